@@ -1,0 +1,371 @@
+"""Async calls to the RealtimeKit livestream API, with budget, retries and one error type.
+
+Every request passes the token's :class:`~exporter.budget.RequestBudget`, a concurrency
+limit and ``api.timeout``; transient failures (timeouts, connection errors, 5xx) are
+retried with full-jitter backoff while the cycle's deadline allows. Whatever goes wrong
+surfaces as :class:`ApiError` with a ``reason`` from a small fixed set. Error text never
+holds the token: it is only ever put in the ``Authorization`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import re
+import time
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
+from urllib.parse import quote
+
+import aiohttp
+
+from exporter import decode
+from exporter.budget import BudgetExhausted, RequestBudget
+from exporter.model import ActiveSession, Listing, Livestream
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Mapping
+
+    from exporter.config import Secret
+
+log = logging.getLogger(__name__)
+
+Reason = Literal["auth", "rate_limited", "timeout", "connection", "http_error", "decode"]
+REASONS: Final[tuple[Reason, ...]] = (
+    "auth",
+    "rate_limited",
+    "timeout",
+    "connection",
+    "http_error",
+    "decode",
+)
+ENDPOINT_LISTING: Final = "livestreams"
+ENDPOINT_SESSION: Final = "active_livestream_session"
+ENDPOINTS: Final = (ENDPOINT_LISTING, ENDPOINT_SESSION)
+
+LISTING_PAGE_SIZE: Final = 100
+MAX_LISTING_PAGES: Final = 1000
+MAX_BODY_BYTES: Final = 8 * 1024 * 1024
+DEFAULT_RETRY_AFTER: Final = 60.0
+_RATELIMIT_R = re.compile(r"(?:^|;)\s*r=(\d+)")
+_RATELIMIT_T = re.compile(r"(?:^|;)\s*t=(\d+)")
+
+
+class ApiError(Exception):
+    """A request failed; ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        *,
+        endpoint: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        where = f"{endpoint}: HTTP {status}" if status is not None else endpoint
+        super().__init__(f"{where}: {message}")
+        self.reason: Reason = reason
+        self.endpoint = endpoint
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        """Worth another try inside the same cycle."""
+        if self.reason in ("timeout", "connection"):
+            return True
+        return self.reason == "http_error" and self.status is not None and self.status >= 500
+
+
+class RequestObserver(Protocol):
+    """Where the client reports each request it sends (the exporter's own metrics)."""
+
+    def request(self, endpoint: str, code: str, seconds: float) -> None: ...
+
+    def rate_limit_remaining(self, remaining: int) -> None: ...
+
+
+class _NullObserver:
+    def request(self, endpoint: str, code: str, seconds: float) -> None:
+        pass
+
+    def rate_limit_remaining(self, remaining: int) -> None:
+        pass
+
+
+class RealtimeKitClient:
+    """Calls for one token; shares one :class:`aiohttp.ClientSession` and one budget."""
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        token: Secret,
+        budget: RequestBudget,
+        timeout: float = 10.0,
+        max_concurrency: int = 8,
+        retries: int = 2,
+        backoff: float = 0.5,
+        observer: RequestObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        jitter: Callable[[], float] = random.random,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self._session = session
+        self._base_url = base_url.rstrip("/")
+        self._token = token
+        self.budget = budget
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_seconds = timeout
+        self._limit = asyncio.Semaphore(max_concurrency)
+        self._retries = retries
+        self._backoff = backoff
+        self._observer: RequestObserver = observer or _NullObserver()
+        self._clock = clock
+        self._sleep = sleep
+        self._jitter = jitter
+        self._max_body = max_body_bytes
+
+    def __repr__(self) -> str:
+        return f"RealtimeKitClient(base_url={self._base_url!r})"
+
+    def set_token(self, token: Secret) -> None:
+        self._token = token
+
+    async def list_livestreams(
+        self,
+        account_id: str,
+        app_id: str,
+        *,
+        deadline: float | None = None,
+        per_page: int = LISTING_PAGE_SIZE,
+    ) -> Listing:
+        """Every livestream of the app, following pages until the listing ends."""
+        path = f"{_app_path(account_id, app_id)}/livestreams"
+        seen: dict[str, Livestream] = {}
+        received = 0
+        for page_no in range(1, MAX_LISTING_PAGES + 1):
+            doc = await self._get_json(
+                ENDPOINT_LISTING, path, {"page_no": page_no, "per_page": per_page}, deadline
+            )
+            page = _decoded(ENDPOINT_LISTING, decode.listing_page, doc)
+            received += len(page.livestreams)
+            before = len(seen)
+            for stream in page.livestreams:
+                seen.setdefault(stream.id, stream)
+            if _listing_done(page, received, per_page) or len(seen) == before:
+                return Listing(livestreams=tuple(seen.values()), pages=page_no)
+        raise ApiError(
+            "decode",
+            f"listing did not end within {MAX_LISTING_PAGES} pages",
+            endpoint=ENDPOINT_LISTING,
+        )
+
+    async def active_session(
+        self, account_id: str, app_id: str, livestream_id: str, *, deadline: float | None = None
+    ) -> ActiveSession:
+        """The stream's active session; a 404 means "no active session", not an error."""
+        path = (
+            f"{_app_path(account_id, app_id)}/livestreams/"
+            f"{quote(livestream_id, safe='')}/active-livestream-session"
+        )
+        doc = await self._get_json(ENDPOINT_SESSION, path, None, deadline, not_found_ok=True)
+        if doc is None:
+            return ActiveSession(livestream=None, session=None)
+        answer: ActiveSession = _decoded(
+            ENDPOINT_SESSION,
+            lambda d: decode.active_session(d, livestream_id=livestream_id),
+            doc,
+        )
+        return answer
+
+    async def _get_json(
+        self,
+        endpoint: str,
+        path: str,
+        params: Mapping[str, int | str] | None,
+        deadline: float | None,
+        *,
+        not_found_ok: bool = False,
+    ) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await self._get_once(endpoint, path, params, deadline, not_found_ok)
+            except ApiError as exc:
+                if not exc.transient or attempt >= self._retries:
+                    raise
+                delay = self._jitter() * self._backoff * (2**attempt)
+                if (
+                    deadline is not None
+                    and self._clock() + delay + self._timeout_seconds > deadline
+                ):
+                    raise
+                log.debug("retrying %s after %.2fs: %s", endpoint, delay, exc)
+                await self._sleep(delay)
+                attempt += 1
+
+    async def _get_once(
+        self,
+        endpoint: str,
+        path: str,
+        params: Mapping[str, int | str] | None,
+        deadline: float | None,
+        not_found_ok: bool,
+    ) -> Any:
+        try:
+            await self.budget.acquire(deadline=deadline)
+        except BudgetExhausted as exc:
+            raise ApiError("rate_limited", str(exc), endpoint=endpoint) from None
+        headers = {"Authorization": f"Bearer {self._token.reveal()}", "Accept": "application/json"}
+        async with self._limit:
+            started = self._clock()
+            try:
+                async with self._session.get(
+                    self._base_url + path,
+                    params=params,
+                    headers=headers,
+                    timeout=self._timeout,
+                    allow_redirects=False,
+                ) as response:
+                    body = await self._read(response, endpoint)
+                    status = response.status
+                    response_headers = response.headers
+            except TimeoutError:
+                self._observer.request(endpoint, "timeout", self._clock() - started)
+                raise ApiError(
+                    "timeout", f"no answer within {self._timeout_seconds:g}s", endpoint=endpoint
+                ) from None
+            except aiohttp.ClientError as exc:
+                self._observer.request(endpoint, "connection_error", self._clock() - started)
+                raise ApiError("connection", _connection_text(exc), endpoint=endpoint) from None
+        self._observer.request(endpoint, str(status), self._clock() - started)
+        self._note_rate_limit(response_headers)
+        return self._interpret(endpoint, status, response_headers, body, not_found_ok)
+
+    async def _read(self, response: aiohttp.ClientResponse, endpoint: str) -> bytes:
+        if response.content_length is not None and response.content_length > self._max_body:
+            raise ApiError(
+                "decode",
+                f"body of {response.content_length} bytes is over the limit",
+                endpoint=endpoint,
+                status=response.status,
+            )
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > self._max_body:
+                raise ApiError(
+                    "decode",
+                    f"body is over the limit of {self._max_body} bytes",
+                    endpoint=endpoint,
+                    status=response.status,
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _note_rate_limit(self, headers: Mapping[str, str]) -> None:
+        value = headers.get("Ratelimit")
+        if not value:
+            return
+        remaining = _RATELIMIT_R.search(value)
+        if remaining is None:
+            return
+        left = int(remaining.group(1))
+        self._observer.rate_limit_remaining(left)
+        if left <= 0:
+            reset = _RATELIMIT_T.search(value)
+            self.budget.pause_for(float(reset.group(1)) if reset else DEFAULT_RETRY_AFTER)
+
+    def _interpret(
+        self,
+        endpoint: str,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        not_found_ok: bool,
+    ) -> Any:
+        if 200 <= status < 300:
+            doc = _decoded(endpoint, decode.parse_json, body)
+            if decode.is_failure(doc):
+                _, message = decode.error_summary(doc)
+                raise ApiError(
+                    "http_error",
+                    f"success is false: {message or 'no message'}",
+                    endpoint=endpoint,
+                    status=status,
+                )
+            return doc
+        if status == 404 and not_found_ok:
+            return None
+        code, message = _error_text(body)
+        detail = f"{message} (code {code})" if code is not None else message or "no message"
+        if status == 429:
+            wait = retry_after(headers)
+            self.budget.pause_for(wait)
+            raise ApiError(
+                "rate_limited",
+                f"throttled, pausing {wait:g}s: {detail}",
+                endpoint=endpoint,
+                status=status,
+                retry_after=wait,
+            )
+        if status in (401, 403):
+            raise ApiError("auth", detail, endpoint=endpoint, status=status)
+        raise ApiError("http_error", detail, endpoint=endpoint, status=status)
+
+
+def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float:
+    """Seconds to wait from ``Retry-After`` (seconds or HTTP date), else ``Ratelimit``'s t."""
+    value = (headers.get("Retry-After") or "").strip()
+    if value:
+        if value.isdigit():
+            return float(value)
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            when = None
+        if when is not None:
+            return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    reset = _RATELIMIT_T.search(headers.get("Ratelimit") or "")
+    return float(reset.group(1)) if reset else DEFAULT_RETRY_AFTER
+
+
+def _app_path(account_id: str, app_id: str) -> str:
+    return f"/accounts/{quote(account_id, safe='')}/realtime/kit/{quote(app_id, safe='')}"
+
+
+def _listing_done(page: decode.ListingPage, received: int, per_page: int) -> bool:
+    if not page.livestreams:
+        return True
+    paging = page.paging
+    if paging is not None and paging.total_count is not None:
+        reached = paging.end_offset if paging.end_offset is not None else received
+        return max(reached, received) >= paging.total_count
+    return len(page.livestreams) < per_page
+
+
+def _decoded(endpoint: str, parse: Callable[[Any], Any], doc: Any) -> Any:
+    try:
+        return parse(doc)
+    except decode.DecodeError as exc:
+        raise ApiError("decode", str(exc), endpoint=endpoint) from None
+
+
+def _error_text(body: bytes) -> tuple[int | None, str]:
+    try:
+        doc = decode.parse_json(body)
+    except decode.DecodeError:
+        return None, "body is not JSON"
+    return decode.error_summary(doc)
+
+
+def _connection_text(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port} ({exc.strerror or type(exc).__name__})"
+    return type(exc).__name__

@@ -1,0 +1,446 @@
+"""YAML configuration -> frozen :class:`Config`, or one :class:`ConfigError` naming every problem.
+
+Parse at the edge, then trust the types. Validation walks the whole document and collects
+each problem with its key path (``apps[0].livestreams[1].id: ...``); unknown keys are
+problems too. Error text never quotes a value that could be a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+import yaml
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+DEFAULT_BASE_URL: Final = "https://api.cloudflare.com/client/v4"
+TOKEN_ENV: Final = "CLOUDFLARE_API_TOKEN"  # noqa: S105 (a variable name, not a secret)
+API_RATE_LIMIT: Final = (1200, 300.0)  # what Cloudflare allows per token
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PATH_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``problems`` lists each one with its key path."""
+
+    def __init__(self, problems: list[str], *, source: str = "config") -> None:
+        self.problems = list(problems)
+        self.source = source
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{source}: {count} {noun}: " + "; ".join(self.problems))
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str``; call :meth:`reveal` to use it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    requests: int
+    window: float  # seconds
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.window
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{format_duration(self.window)}"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    token: Secret
+    base_url: str = DEFAULT_BASE_URL
+    token_file: Path | None = None
+    timeout: float = 10.0
+    max_concurrency: int = 8
+    rate_limit: RateLimit = RateLimit(1000, 300.0)
+
+
+@dataclass(frozen=True, slots=True)
+class PollConfig:
+    interval: float = 30.0
+    max_staleness: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class LivestreamConfig:
+    id: str
+    expect_live: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    account_id: str
+    app_id: str
+    discover: bool = False
+    livestreams: tuple[LivestreamConfig, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.account_id, self.app_id)
+
+    def expected_live(self, livestream_id: str) -> bool | None:
+        for ls in self.livestreams:
+            if ls.id == livestream_id:
+                return ls.expect_live
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    api: ApiConfig
+    poll: PollConfig = field(default_factory=PollConfig)
+    apps: tuple[AppConfig, ...] = ()
+    source: str = "config"
+
+    def summary(self) -> str:
+        streams = sum(len(a.livestreams) for a in self.apps)
+        discovering = sum(1 for a in self.apps if a.discover)
+        return (
+            f"{len(self.apps)} app(s), {streams} configured livestream(s), "
+            f"discovery on {discovering} app(s), poll every {format_duration(self.poll.interval)}, "
+            f"budget {self.api.rate_limit}"
+        )
+
+
+def parse_duration(value: object) -> float:
+    """``500ms``, ``30s``, ``5m``, ``1h`` or a plain number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30s, 5m or 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    else:
+        raise ValueError("must be a duration such as 30s, 5m or 1h")
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+
+
+def parse_rate_limit(value: object) -> RateLimit:
+    """``1000/5m`` -> 1000 requests per 300 s."""
+    if not isinstance(value, str) or "/" not in value:
+        raise ValueError("must look like 1000/5m (requests per window)")
+    count_text, window_text = value.split("/", 1)
+    try:
+        count = int(count_text.strip())
+    except ValueError:
+        raise ValueError("must look like 1000/5m (requests per window)") from None
+    if count < 1:
+        raise ValueError("the request count must be at least 1")
+    return RateLimit(count, parse_duration(window_text.strip()))
+
+
+def load(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a config file; raise :class:`ConfigError` listing every problem."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read file: {exc.strerror or exc}"], source=source) from None
+    except UnicodeDecodeError:
+        raise ConfigError(["file is not UTF-8 text"], source=source) from None
+    return loads(text, source=source, environ=environ, base_dir=Path(path).parent)
+
+
+def loads(
+    text: str,
+    *,
+    source: str = "config",
+    environ: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """Validate YAML text; see :func:`load`."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"not valid YAML{where}"], source=source) from None
+    env = os.environ if environ is None else environ
+    return _Validator(env, base_dir or Path.cwd()).config(document, source)
+
+
+class _Validator:
+    """Collects problems while building the config; each check returns a usable default."""
+
+    def __init__(self, environ: Mapping[str, str], base_dir: Path) -> None:
+        self.environ = environ
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}" if path else message)
+
+    def config(self, document: object, source: str) -> Config:
+        if document is None:
+            document = {}
+        root = self.mapping("", document, {"api", "poll", "apps"})
+        api = self.api(root.get("api", {}))
+        poll = self.poll(root.get("poll", {}))
+        apps = self.apps(root.get("apps"))
+        if self.problems:
+            raise ConfigError(self.problems, source=source)
+        assert api is not None
+        return Config(api=api, poll=poll, apps=apps, source=source)
+
+    def mapping(self, path: str, value: object, allowed: set[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path or "(top level)", "must be a mapping")
+            return {}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or key not in allowed:
+                self.fail(
+                    _join(path, str(key)), f"unknown key (allowed: {', '.join(sorted(allowed))})"
+                )
+            else:
+                out[key] = item
+        return out
+
+    def expand(self, path: str, value: str) -> str:
+        def substitute(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name is None:
+                return "$"
+            if name not in self.environ:
+                self.fail(path, f"environment variable {name} is not set")
+                return ""
+            return self.environ[name]
+
+        return _ENV_REF.sub(substitute, value)
+
+    def string(self, path: str, value: object, *, secret: bool = False) -> str | None:
+        if isinstance(value, str):
+            return self.expand(path, value)
+        got = "" if secret else f" (got {type(value).__name__})"
+        self.fail(path, f"must be a string{got}; quote it")
+        return None
+
+    def checked(
+        self, path: str, value: object, parse: Callable[[object], Any], default: Any
+    ) -> Any:
+        if isinstance(value, str):
+            value = self.expand(path, value)
+        try:
+            return parse(value)
+        except ValueError as exc:
+            self.fail(path, str(exc))
+            return default
+
+    def api(self, value: object) -> ApiConfig | None:
+        raw = self.mapping(
+            "api",
+            value,
+            {"base_url", "token", "token_file", "timeout", "max_concurrency", "rate_limit"},
+        )
+        base_url = DEFAULT_BASE_URL
+        if "base_url" in raw and (url := self.string("api.base_url", raw["base_url"])) is not None:
+            base_url = self.base_url(url)
+        timeout = self.checked("api.timeout", raw.get("timeout", 10.0), parse_duration, 10.0)
+        concurrency = raw.get("max_concurrency", 8)
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            self.fail("api.max_concurrency", "must be a whole number of at least 1")
+            concurrency = 8
+        rate = self.checked(
+            "api.rate_limit",
+            raw.get("rate_limit", "1000/5m"),
+            parse_rate_limit,
+            RateLimit(1000, 300.0),
+        )
+        token, token_file = self.token(raw)
+        return ApiConfig(
+            token=token,
+            base_url=base_url,
+            token_file=token_file,
+            timeout=timeout,
+            max_concurrency=concurrency,
+            rate_limit=rate,
+        )
+
+    def base_url(self, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail("api.base_url", "must be an http:// or https:// URL")
+        elif parts.username is not None or parts.password is not None:
+            self.fail("api.base_url", "must not carry credentials; use api.token or api.token_file")
+        elif parts.query or parts.fragment:
+            self.fail("api.base_url", "must not have a query or fragment")
+        return url.rstrip("/")
+
+    def token(self, raw: dict[str, Any]) -> tuple[Secret, Path | None]:
+        if "token" in raw and "token_file" in raw:
+            self.fail("api", "set api.token or api.token_file, not both")
+            return Secret(""), None
+        if "token_file" in raw:
+            name = self.string("api.token_file", raw["token_file"])
+            if name is None:
+                return Secret(""), None
+            path = Path(name)
+            if not path.is_absolute():
+                path = self.base_dir / path
+            try:
+                return Secret(read_token_file(path)), path
+            except ValueError as exc:
+                self.fail("api.token_file", str(exc))
+                return Secret(""), path
+        if "token" in raw:
+            reported = len(self.problems)
+            text = self.string("api.token", raw["token"], secret=True)
+            if text is not None and not text.strip() and len(self.problems) == reported:
+                self.fail("api.token", "is empty")
+            return Secret((text or "").strip()), None
+        env_token = self.environ.get(TOKEN_ENV, "").strip()
+        if not env_token:
+            self.fail("api", f"no API token: set api.token, api.token_file or {TOKEN_ENV}")
+        return Secret(env_token), None
+
+    def poll(self, value: object) -> PollConfig:
+        raw = self.mapping("poll", value, {"interval", "max_staleness"})
+        interval = self.checked("poll.interval", raw.get("interval", 30.0), parse_duration, 30.0)
+        staleness = self.checked(
+            "poll.max_staleness", raw.get("max_staleness", 300.0), parse_duration, 300.0
+        )
+        if staleness < interval:
+            self.fail("poll.max_staleness", "must be at least poll.interval")
+        return PollConfig(interval=interval, max_staleness=staleness)
+
+    def apps(self, value: object) -> tuple[AppConfig, ...]:
+        if value is None:
+            self.fail("apps", "at least one app is required")
+            return ()
+        if not isinstance(value, list) or not value:
+            self.fail("apps", "must be a non-empty list")
+            return ()
+        apps: list[AppConfig] = []
+        seen: set[tuple[str, str]] = set()
+        for i, item in enumerate(value):
+            app = self.app(f"apps[{i}]", item)
+            if app is None:
+                continue
+            if app.key in seen:
+                self.fail(f"apps[{i}]", "duplicate of an earlier app (same account_id and app_id)")
+            seen.add(app.key)
+            apps.append(app)
+        return tuple(apps)
+
+    def identifier(self, path: str, value: object, *, max_len: int | None = None) -> str | None:
+        if value is None:
+            self.fail(path, "is required")
+            return None
+        text = self.string(path, value)
+        if text is None:
+            return None
+        if not _PATH_ID.match(text):
+            self.fail(path, "must be non-empty and use only letters, digits, '-', '_' and '.'")
+            return None
+        if max_len is not None and len(text) > max_len:
+            self.fail(path, f"must be at most {max_len} characters")
+            return None
+        return text
+
+    def boolean(self, path: str, value: object) -> bool | None:
+        if not isinstance(value, bool):
+            self.fail(path, "must be true or false")
+            return None
+        return value
+
+    def app(self, path: str, value: object) -> AppConfig | None:
+        raw = self.mapping(path, value, {"account_id", "app_id", "discover", "livestreams"})
+        if not raw and not isinstance(value, dict):
+            return None
+        account = self.identifier(f"{path}.account_id", raw.get("account_id"), max_len=32)
+        app_id = self.identifier(f"{path}.app_id", raw.get("app_id"), max_len=32)
+        discover = self.boolean(f"{path}.discover", raw.get("discover", False)) or False
+        streams = self.livestreams(f"{path}.livestreams", raw.get("livestreams"))
+        if not streams and not discover:
+            self.fail(path, "lists no livestreams and discover is false: nothing to poll")
+        if account is None or app_id is None:
+            return None
+        return AppConfig(account_id=account, app_id=app_id, discover=discover, livestreams=streams)
+
+    def livestreams(self, path: str, value: object) -> tuple[LivestreamConfig, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.fail(path, "must be a list")
+            return ()
+        out: list[LivestreamConfig] = []
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            where = f"{path}[{i}]"
+            raw = self.mapping(where, item, {"id", "expect_live"})
+            stream_id = self.identifier(f"{where}.id", raw.get("id"))
+            expect = None
+            if "expect_live" in raw and raw["expect_live"] is not None:
+                expect = self.boolean(f"{where}.expect_live", raw["expect_live"])
+            if stream_id is None:
+                continue
+            if stream_id in seen:
+                self.fail(f"{where}.id", "duplicate livestream id in this app")
+                continue
+            seen.add(stream_id)
+            out.append(LivestreamConfig(id=stream_id, expect_live=expect))
+        return tuple(out)
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``, stripped; ``ValueError`` (never quoting the content) otherwise."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    if not text:
+        raise ValueError(f"{path} is empty")
+    if any(ch.isspace() for ch in text):
+        raise ValueError(f"{path} must hold one token with no spaces or line breaks")
+    return text
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

@@ -1,0 +1,254 @@
+"""Lenient decoding of RealtimeKit response bodies into :mod:`exporter.model` records.
+
+The published schema and the real answers disagree (``data`` as array or object,
+``paging`` at the top or inside ``data``, numbers as strings, booleans as strings, an open
+set of statuses), so every field is read forgivingly. What cannot be read raises
+:class:`DecodeError` and nothing else. Secret fields (``stream_key``, ``ingest_server``)
+are never read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from exporter.model import ActiveSession, Livestream, Session
+
+MAX_LABEL_LENGTH: Final = 256
+_STATUS = re.compile(r"^[A-Z][A-Z0-9_]{0,31}$")
+_LIST_KEYS: Final = ("livestreams", "items", "data", "results")
+
+
+class DecodeError(Exception):
+    """A body could not be understood."""
+
+
+@dataclass(frozen=True, slots=True)
+class Paging:
+    total_count: int | None
+    start_offset: int | None
+    end_offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListingPage:
+    livestreams: tuple[Livestream, ...]
+    paging: Paging | None
+
+
+def parse_json(body: bytes) -> Any:
+    """JSON text -> Python value; ``DecodeError`` on anything else."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError(f"body is not JSON ({type(exc).__name__})") from None
+
+
+def error_summary(doc: object) -> tuple[int | None, str]:
+    """Code and message from either error envelope, for logs (``(None, "")`` if absent).
+
+    RealtimeKit: ``{"success": false, "error": {"code", "message"}}``; the Cloudflare
+    gateway: ``{"success": false, "errors": [{"code", "message"}], "result": null}``.
+    """
+    if not isinstance(doc, dict):
+        return None, ""
+    candidates: list[object] = []
+    if isinstance(doc.get("error"), dict):
+        candidates.append(doc["error"])
+    elif isinstance(doc.get("error"), str):
+        return None, _clip(doc["error"])
+    if isinstance(doc.get("errors"), list):
+        candidates.extend(doc["errors"])
+    for item in candidates:
+        if isinstance(item, dict):
+            code = _int(item.get("code"))
+            message = item.get("message")
+            return code, _clip(message) if isinstance(message, str) else ""
+    return None, ""
+
+
+def is_failure(doc: object) -> bool:
+    """True when a 2xx body still reports failure (``success: false``)."""
+    return isinstance(doc, dict) and doc.get("success") is False
+
+
+def listing_page(doc: object) -> ListingPage:
+    """One page of ``GET /livestreams`` in any of its published shapes."""
+    if not isinstance(doc, dict):
+        raise DecodeError("listing body is not an object")
+    data = doc.get("data")
+    paging_raw = doc.get("paging")
+    items: list[Any]
+    if isinstance(data, list):
+        items = data
+    elif isinstance(data, dict):
+        if paging_raw is None:
+            paging_raw = data.get("paging")
+        nested = next((data[k] for k in _LIST_KEYS if isinstance(data.get(k), list)), None)
+        if nested is not None:
+            items = nested
+        elif "id" in data:
+            items = [data]  # the schema's reading: one livestream object with paging inside
+        else:
+            raise DecodeError("listing data object holds no livestreams")
+    else:
+        # null, absent or a scalar: an empty listing would silently drop every stream
+        raise DecodeError("listing data is neither a list nor an object")
+    streams = tuple(s for s in (livestream(item) for item in items) if s is not None)
+    return ListingPage(livestreams=streams, paging=paging(paging_raw))
+
+
+def livestream(item: object, *, fallback_id: str | None = None) -> Livestream | None:
+    """A livestream object; ``None`` when it has no id (it cannot be attributed)."""
+    if not isinstance(item, dict):
+        raise DecodeError("livestream entry is not an object")
+    stream_id = _text(item.get("id")) or fallback_id
+    if not stream_id:
+        return None
+    status = status_value(item.get("status"))
+    return Livestream(
+        id=_clip(stream_id),
+        status=status,
+        name=_optional_text(item.get("name")),
+        meeting_id=_optional_text(item.get("meeting_id")),
+        disabled=boolean(item.get("disabled")),
+    )
+
+
+def active_session(doc: object, *, livestream_id: str) -> ActiveSession:
+    """The body of ``active-livestream-session`` (200 only; 404 is handled by the client)."""
+    if not isinstance(doc, dict):
+        raise DecodeError("session body is not an object")
+    data = doc.get("data")
+    if data is None:
+        return ActiveSession(livestream=None, session=None)
+    if not isinstance(data, dict):
+        raise DecodeError("session data is not an object")
+    stream_raw = data.get("livestream")
+    stream = None
+    if isinstance(stream_raw, dict) and stream_raw.get("status") is not None:
+        stream = livestream(stream_raw, fallback_id=livestream_id)
+    session_raw = data.get("session")
+    if session_raw is None and isinstance(data.get("sessions"), list):
+        session_raw = next((s for s in data["sessions"] if isinstance(s, dict)), None)
+    return ActiveSession(livestream=stream, session=session(session_raw))
+
+
+def session(item: object) -> Session | None:
+    if item is None:
+        return None
+    if not isinstance(item, dict):
+        raise DecodeError("session is not an object")
+    return Session(
+        id=_clip(_text(item.get("id")) or ""),
+        started_time=timestamp(item.get("started_time")),
+        stopped_time=timestamp(item.get("stopped_time")),
+        err_message=_optional_text(item.get("err_message")) or None,
+        ingest_seconds=number(item.get("ingest_seconds")),
+        viewer_seconds=number(item.get("viewer_seconds")),
+    )
+
+
+def status_value(value: object) -> str:
+    """Upper-cased status; an unknown but well-formed one passes through unchanged."""
+    if not isinstance(value, str):
+        raise DecodeError("livestream status is missing or not a string")
+    status = value.strip().upper()
+    if not _STATUS.match(status):
+        raise DecodeError("livestream status is not a status word")
+    return status
+
+
+def paging(value: object) -> Paging | None:
+    if not isinstance(value, dict):
+        return None
+    return Paging(
+        total_count=_int(value.get("total_count")),
+        start_offset=_int(value.get("start_offset")),
+        end_offset=_int(value.get("end_offset")),
+    )
+
+
+def number(value: object) -> float | None:
+    """A finite, non-negative number from a number or a numeric string; else ``None``."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        result = float(value)
+    elif isinstance(value, str):
+        try:
+            result = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    if not math.isfinite(result) or result < 0:
+        return None
+    return result
+
+
+def boolean(value: object) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    return None
+
+
+def timestamp(value: object) -> float | None:
+    """ISO 8601 (``Z`` or offset, any precision) or epoch seconds/milliseconds -> Unix seconds."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+        if not math.isfinite(seconds) or seconds <= 0:
+            return None
+        return seconds / 1000.0 if seconds > 1e11 else seconds
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text.endswith(("z", "Z")):
+        text = text[:-1] + "+00:00"
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)  # fromisoformat takes at most microseconds
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _int(value: object) -> int | None:
+    n = number(value)
+    return int(n) if n is not None and n.is_integer() else None
+
+
+def _text(value: object) -> str | None:
+    if isinstance(value, str):
+        return value.strip() or None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _optional_text(value: object) -> str | None:
+    text = _text(value)
+    return _clip(text) if text is not None else None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_LABEL_LENGTH else text[:MAX_LABEL_LENGTH]

@@ -1,0 +1,101 @@
+"""Log formatting (logfmt or JSON) with a last line of defence against leaked secrets.
+
+Fields passed with ``extra={...}`` (account_id, app_id, livestream_id, reason) become
+key=value pairs. Whatever a record says, every secret the caller registers is replaced by
+``<redacted>`` in the final line: the token should never reach a log call, and if a bug
+ever lets it, it still does not reach the log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import TYPE_CHECKING, Final, Literal, TextIO
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+Format = Literal["logfmt", "json"]
+Level = Literal["debug", "info", "warn", "error"]
+LEVELS: Final[dict[str, int]] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+_FIELDS: Final = ("account_id", "app_id", "livestream_id", "reason", "address")
+REDACTED: Final = "<redacted>"
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, secrets: Callable[[], Iterable[str]]) -> None:
+        super().__init__()
+        self._secrets = secrets
+
+    def fields(self, record: logging.LogRecord) -> dict[str, str]:
+        out = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": {"WARNING": "warn", "CRITICAL": "error"}.get(
+                record.levelname, record.levelname.lower()
+            ),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in _FIELDS:
+            value = record.__dict__.get(key)
+            if value is not None:
+                out[key] = str(value)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return out
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.render(self.fields(record))
+        for secret in self._secrets():
+            if secret:
+                line = line.replace(secret, REDACTED)
+        return line
+
+    def render(self, fields: dict[str, str]) -> str:
+        raise NotImplementedError
+
+
+class LogfmtFormatter(_Formatter):
+    def render(self, fields: dict[str, str]) -> str:
+        return " ".join(f"{key}={_logfmt_value(value)}" for key, value in fields.items())
+
+
+class JsonFormatter(_Formatter):
+    def render(self, fields: dict[str, str]) -> str:
+        return json.dumps(fields, ensure_ascii=False)
+
+
+def _logfmt_value(value: str) -> str:
+    if value and not any(ch in value for ch in ' ="\\\n\t'):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def configure(
+    *,
+    level: Level = "info",
+    fmt: Format = "logfmt",
+    secrets: Callable[[], Iterable[str]] = tuple,
+    stream: TextIO | None = None,
+) -> logging.Handler:
+    """Send the root logger to ``stream`` (stderr) in ``fmt``; returns the handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    formatter = JsonFormatter(secrets) if fmt == "json" else LogfmtFormatter(secrets)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(LEVELS[level])
+    # aiohttp logs every request at info; scrapes are not news.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    return handler

@@ -1,0 +1,126 @@
+"""Immutable records of what the exporter knows about livestreams.
+
+Plain data, standard library only: the decoder builds these from API bodies, the poller
+merges them into a :class:`Snapshot`, and the collector reads the snapshot. Nothing here
+holds a secret: stream keys and ingest URLs are dropped at the decoding edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+LIVE: Final = "LIVE"
+KNOWN_STATUSES: Final = ("LIVE", "IDLE", "ERRORED", "INVOKED", "OFFLINE")
+
+
+@dataclass(frozen=True, slots=True)
+class Livestream:
+    """One livestream as the API lists it."""
+
+    id: str
+    status: str
+    name: str | None = None
+    meeting_id: str | None = None
+    disabled: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One livestream session; times are Unix seconds."""
+
+    id: str
+    started_time: float | None = None
+    stopped_time: float | None = None
+    err_message: str | None = None
+    ingest_seconds: float | None = None
+    viewer_seconds: float | None = None
+
+    @property
+    def active(self) -> bool:
+        """A session is active once started and until stopped (sessions carry no status)."""
+        return self.started_time is not None and self.stopped_time is None
+
+    @property
+    def errored(self) -> bool:
+        return bool(self.err_message)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSession:
+    """The answer of ``active-livestream-session``: either part may be missing."""
+
+    livestream: Livestream | None
+    session: Session | None
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """All pages of an app's livestream listing, de-duplicated by id (first wins)."""
+
+    livestreams: tuple[Livestream, ...]
+    pages: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StreamState:
+    """What is exported for one tracked livestream.
+
+    ``session`` is the current session while live, else the last one seen (its final
+    values), or ``None`` if no session was ever seen. ``last_update`` is when every piece
+    of this stream's data was last fetched fresh; the poller drops the stream once that is
+    older than ``poll.max_staleness``.
+    """
+
+    livestream: Livestream
+    live: bool
+    session: Session | None
+    last_update: float
+    expected_live: bool | None = None
+
+    @property
+    def id(self) -> str:
+        return self.livestream.id
+
+    @property
+    def session_current(self) -> bool:
+        return self.live and self.session is not None and self.session.active
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    """One polled app: its health and its tracked streams, sorted by id."""
+
+    account_id: str
+    app_id: str
+    up: bool
+    last_success: float | None
+    streams: tuple[StreamState, ...] = ()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.account_id, self.app_id)
+
+    def stream(self, livestream_id: str) -> StreamState | None:
+        for s in self.streams:
+            if s.id == livestream_id:
+                return s
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the collector needs, replaced whole after every poll cycle."""
+
+    apps: tuple[AppState, ...] = ()
+    taken_at: float = 0.0
+    cycles: int = 0
+
+    def app(self, account_id: str, app_id: str) -> AppState | None:
+        for a in self.apps:
+            if a.key == (account_id, app_id):
+                return a
+        return None
+
+
+EMPTY_SNAPSHOT: Final = Snapshot()

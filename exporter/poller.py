@@ -1,0 +1,273 @@
+"""When and what to fetch; owns the latest :class:`~exporter.model.Snapshot`.
+
+Each cycle lists every app's livestreams (all pages), fetches session details only for
+streams that are LIVE or were LIVE last cycle, merges the answers with the previous state
+(:mod:`exporter.merge`) and swaps in a new immutable snapshot. Scrapes only read it.
+Logs are written on state changes (app up/down, stream went LIVE/stopped), never per poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from exporter import merge
+from exporter.client import ApiError
+from exporter.config import API_RATE_LIMIT
+from exporter.model import EMPTY_SNAPSHOT, AppState, Snapshot
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from exporter.config import AppConfig, Config
+    from exporter.model import ActiveSession, Listing
+
+log = logging.getLogger(__name__)
+
+_PERMISSION_HINT = "the API token needs the Realtime or Realtime Admin permission"
+
+
+class Api(Protocol):
+    """What the poller needs of :class:`~exporter.client.RealtimeKitClient`."""
+
+    async def list_livestreams(
+        self, account_id: str, app_id: str, *, deadline: float | None = None
+    ) -> Listing: ...
+
+    async def active_session(
+        self, account_id: str, app_id: str, livestream_id: str, *, deadline: float | None = None
+    ) -> ActiveSession: ...
+
+
+class PollObserver(Protocol):
+    def poll_error(self, account_id: str, app_id: str, reason: str) -> None: ...
+
+    def track_app(self, account_id: str, app_id: str) -> None: ...
+
+    def cycle(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Health:
+    up: bool
+    reason: str | None = None
+
+
+class Poller:
+    """Polls every configured app each ``poll.interval`` and keeps the latest snapshot."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        api: Api,
+        observer: PollObserver | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._api = api
+        self._observer = observer
+        self._clock = clock
+        self._monotonic = monotonic
+        self._snapshot: Snapshot = EMPTY_SNAPSHOT
+        self._health: dict[tuple[str, str], _Health] = {}
+        self._missing: dict[tuple[str, str], frozenset[str]] = {}
+        for app in config.apps:
+            self._track(app)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def ready(self) -> bool:
+        """True once a poll cycle has completed (successfully or not)."""
+        return self._snapshot.cycles > 0
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll until ``stop`` is set; a cycle that overruns starts the next one at once."""
+        interval = self._config.poll.interval
+        while not stop.is_set():
+            started = self._monotonic()
+            await self.poll_once()
+            delay = max(0.0, started + interval - self._monotonic())
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+
+    async def poll_once(self) -> Snapshot:
+        """One cycle over every app; returns (and publishes) the new snapshot."""
+        started = self._monotonic()
+        deadline = started + self._config.poll.interval
+        prev = self._snapshot
+        apps = await asyncio.gather(
+            *(self._poll_app(app, prev.app(*app.key), deadline) for app in self._config.apps)
+        )
+        snapshot = Snapshot(apps=tuple(apps), taken_at=self._clock(), cycles=prev.cycles + 1)
+        self._snapshot = snapshot
+        if self._observer is not None:
+            self._observer.cycle(self._monotonic() - started)
+        return snapshot
+
+    async def _poll_app(self, app: AppConfig, prev: AppState | None, deadline: float) -> AppState:
+        try:
+            state, errors = await self._fetch_app(app, prev, deadline)
+        except Exception:
+            # The poll loop must outlive any bug in one app's handling; the app reads as down.
+            log.exception("unexpected error while polling app", extra=_app_fields(app))
+            now = self._clock()
+            state = merge.merge_app(
+                app,
+                prev,
+                None,
+                {},
+                now=now,
+                max_staleness=self._config.poll.max_staleness,
+                ok=False,
+            )
+            errors = []
+        for error in errors:
+            if self._observer is not None:
+                self._observer.poll_error(app.account_id, app.app_id, error.reason)
+        self._note_health(app, state, errors)
+        self._note_streams(app, prev, state)
+        return state
+
+    async def _fetch_app(
+        self, app: AppConfig, prev: AppState | None, deadline: float
+    ) -> tuple[AppState, list[ApiError]]:
+        staleness = self._config.poll.max_staleness
+        try:
+            listing = await self._api.list_livestreams(
+                app.account_id, app.app_id, deadline=deadline
+            )
+        except ApiError as exc:
+            state = merge.merge_app(
+                app, prev, None, {}, now=self._clock(), max_staleness=staleness, ok=False
+            )
+            return state, [exc]
+        self._note_missing(app, listing)
+        streams = merge.tracked(app, listing)
+        wanted = merge.sessions_to_fetch(streams, prev)
+        answers = await asyncio.gather(
+            *(
+                self._api.active_session(app.account_id, app.app_id, sid, deadline=deadline)
+                for sid in wanted
+            ),
+            return_exceptions=True,
+        )
+        sessions: dict[str, merge.SessionOutcome] = {}
+        errors: list[ApiError] = []
+        for sid, answer in zip(wanted, answers, strict=True):
+            if isinstance(answer, ApiError):
+                errors.append(answer)
+                sessions[sid] = None
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                sessions[sid] = answer
+        state = merge.merge_app(
+            app,
+            prev,
+            listing,
+            sessions,
+            now=self._clock(),
+            max_staleness=staleness,
+            ok=not errors,
+        )
+        return state, errors
+
+    def _track(self, app: AppConfig) -> None:
+        if self._observer is not None:
+            self._observer.track_app(app.account_id, app.app_id)
+
+    def _note_health(self, app: AppConfig, state: AppState, errors: list[ApiError]) -> None:
+        reason = errors[0].reason if errors else None
+        health = _Health(up=state.up, reason=None if state.up else reason)
+        before = self._health.get(app.key)
+        self._health[app.key] = health
+        if before == health:
+            return
+        fields = _app_fields(app)
+        if health.up:
+            if before is not None:
+                log.info("app is up again", extra=fields)
+            return
+        error = errors[0] if errors else None
+        fields["reason"] = health.reason or "internal"
+        if error is not None and error.reason == "auth":
+            log.error("API rejected the token (%s): %s", _PERMISSION_HINT, error, extra=fields)
+        else:
+            log.warning("app is down: %s", error or "internal error", extra=fields)
+
+    def _note_missing(self, app: AppConfig, listing: Listing) -> None:
+        now_missing = frozenset(merge.missing(app, listing))
+        if now_missing == self._missing.get(app.key, frozenset()):
+            return
+        self._missing[app.key] = now_missing
+        if now_missing:
+            log.warning(
+                "configured livestreams are not in the app's listing: %s",
+                ", ".join(sorted(now_missing)),
+                extra=_app_fields(app),
+            )
+
+    def _note_streams(self, app: AppConfig, prev: AppState | None, state: AppState) -> None:
+        before = {s.id: s for s in prev.streams} if prev is not None else {}
+        for stream in state.streams:
+            old = before.pop(stream.id, None)
+            fields = {**_app_fields(app), "livestream_id": stream.id}
+            if old is None:
+                log.debug("tracking livestream (status %s)", stream.livestream.status, extra=fields)
+                if stream.live:
+                    log.info("livestream is LIVE", extra=fields)
+            elif stream.live != old.live:
+                if stream.live:
+                    log.info("livestream went LIVE", extra=fields)
+                else:
+                    log.info(
+                        "livestream stopped being LIVE (status %s)",
+                        stream.livestream.status,
+                        extra=fields,
+                    )
+        for gone in before:
+            log.info(
+                "livestream no longer tracked", extra={**_app_fields(app), "livestream_id": gone}
+            )
+
+
+def budget_warning(config: Config) -> str | None:
+    """A warning when the configured polling may need more requests than the budget allows.
+
+    Estimate per cycle and app: one listing page, plus one session request per configured
+    stream (each may be LIVE). Discovered streams are unknown at start-up and not counted.
+    """
+    rate = config.api.rate_limit
+    api_requests, api_window = API_RATE_LIMIT
+    if rate.per_second > api_requests / api_window:
+        return (
+            f"api.rate_limit {rate} is above the API's own limit of {api_requests} requests "
+            f"per {api_window:g}s per token; going over blocks the token for 5 minutes"
+        )
+    per_cycle = sum(1 + len(app.livestreams) for app in config.apps)
+    needed = per_cycle * rate.window / config.poll.interval
+    if needed > rate.requests:
+        return (
+            f"polling may need up to {needed:.0f} requests per {rate.window:g}s "
+            f"({per_cycle} per cycle every {config.poll.interval:g}s) but api.rate_limit allows "
+            f"{rate.requests}; cycles will be cut short when the budget runs out: "
+            "raise poll.interval or api.rate_limit"
+        )
+    return None
+
+
+def _app_fields(app: AppConfig) -> dict[str, str]:
+    return {"account_id": app.account_id, "app_id": app.app_id}

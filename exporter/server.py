@@ -1,0 +1,235 @@
+"""The exporter process: wiring, HTTP endpoints and lifecycle.
+
+:class:`Exporter` builds one HTTP client session, the token's budget, the API client, the
+poller and the metrics registry from a :class:`~exporter.config.Config`.
+:func:`create_app` serves ``/metrics``, ``/-/healthy``, ``/-/ready`` and a landing page;
+:class:`Server` runs both until asked to stop, and stops within a bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+from contextlib import suppress
+from typing import TYPE_CHECKING, Final
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+from exporter.budget import RequestBudget
+from exporter.client import ENDPOINTS, REASONS, RealtimeKitClient
+from exporter.collector import SnapshotCollector
+from exporter.poller import Poller, budget_warning
+from exporter.telemetry import ExporterMetrics
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from exporter.config import Config
+
+log = logging.getLogger(__name__)
+
+REGISTRY: Final = web.AppKey("registry", CollectorRegistry)
+READY: Final[web.AppKey[Callable[[], bool]]] = web.AppKey("ready")
+STOP_TIMEOUT: Final = 4.0
+
+
+class ServeError(Exception):
+    """The server could not start (for example, the address is in use)."""
+
+
+class Exporter:
+    """Everything one exporter process owns; use as ``async with Exporter(config) as e``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        registry: CollectorRegistry | None = None,
+        process_metrics: bool = True,
+    ) -> None:
+        self.config = config
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
+        self.metrics = ExporterMetrics(registry=self.registry, endpoints=ENDPOINTS, reasons=REASONS)
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        self._session: aiohttp.ClientSession | None = None
+        self._poller: Poller | None = None
+        self.registry.register(SnapshotCollector(lambda: self.poller.snapshot))
+
+    @property
+    def poller(self) -> Poller:
+        if self._poller is None:
+            raise RuntimeError("Exporter is not started; use 'async with'")
+        return self._poller
+
+    def secrets(self) -> list[str]:
+        """Values that must never be shown, for the log redactor."""
+        return [self.config.api.token.reveal()]
+
+    async def __aenter__(self) -> Exporter:
+        api = self.config.api
+        self._session = aiohttp.ClientSession(
+            headers={"User-Agent": f"realtimekit-exporter/{__version__}"},
+            connector=aiohttp.TCPConnector(limit=max(api.max_concurrency, 1)),
+            trust_env=True,
+        )
+        budget = RequestBudget(requests=api.rate_limit.requests, window=api.rate_limit.window)
+        client = RealtimeKitClient(
+            session=self._session,
+            base_url=api.base_url,
+            token=api.token,
+            budget=budget,
+            timeout=api.timeout,
+            max_concurrency=api.max_concurrency,
+            observer=self.metrics,
+        )
+        self._poller = Poller(config=self.config, api=client, observer=self.metrics)
+        if (warning := budget_warning(self.config)) is not None:
+            log.warning("%s", warning)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def create_app(*, registry: CollectorRegistry, ready: Callable[[], bool]) -> web.Application:
+    """The HTTP app; ``ready`` says whether a poll cycle has completed."""
+    app = web.Application()
+    app[REGISTRY] = registry
+    app[READY] = ready
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/-/healthy", _healthy)
+    app.router.add_get("/-/ready", _ready)
+    app.router.add_get("/", _index)
+    return app
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    registry = request.app[REGISTRY]
+    # The snapshot is immutable and prometheus_client is thread-safe: render off the loop
+    # so a large exposition never delays polling or other scrapes.
+    body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+    headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
+    if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
+        body = gzip.compress(body, compresslevel=6)
+        headers["Content-Encoding"] = "gzip"
+    return web.Response(body=body, headers=headers)
+
+
+def _accepts_gzip(header: str) -> bool:
+    for part in header.split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip().lower() == "gzip":
+            q = params.strip().replace(" ", "")
+            return q not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
+async def _healthy(request: web.Request) -> web.Response:
+    return web.Response(text="OK\n")
+
+
+async def _ready(request: web.Request) -> web.Response:
+    if request.app[READY]():
+        return web.Response(text="OK\n")
+    return web.Response(status=503, text="not ready: no poll cycle has completed yet\n")
+
+
+_INDEX = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>RealtimeKit exporter</title></head>
+<body><h1>RealtimeKit exporter</h1>
+<p>Prometheus exporter for Cloudflare RealtimeKit livestreams, version {version}.</p>
+<ul>
+<li><a href="/metrics">/metrics</a>: the metrics</li>
+<li><a href="/-/healthy">/-/healthy</a>: 200 while the process runs</li>
+<li><a href="/-/ready">/-/ready</a>: 200 once the first poll cycle has completed</li>
+</ul></body></html>
+"""
+
+
+async def _index(request: web.Request) -> web.Response:
+    return web.Response(text=_INDEX.format(version=__version__), content_type="text/html")
+
+
+class Server:
+    """Runs the poller and the HTTP server for one :class:`Exporter` until stopped."""
+
+    def __init__(self, exporter: Exporter, *, host: str | None, port: int) -> None:
+        self._exporter = exporter
+        self._host = host
+        self._port = port
+        self._runner: web.AppRunner | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self.failure: BaseException | None = None
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The bound ``(host, port)`` pairs (port 0 resolves to the real port)."""
+        if self._runner is None:
+            return []
+        return [(str(a[0]), int(a[1])) for a in self._runner.addresses]
+
+    async def start(self) -> None:
+        app = create_app(
+            registry=self._exporter.registry, ready=lambda: self._exporter.poller.ready
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, self._port, shutdown_timeout=1.0)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            where = f"{self._host or '*'}:{self._port}"
+            raise ServeError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        self._poll_task = asyncio.create_task(self._exporter.poller.run(self._stop), name="poller")
+        self._poll_task.add_done_callback(self._poller_done)
+        for host, port in self.addresses:
+            log.info("listening on %s:%d", host, port, extra={"address": f"{host}:{port}"})
+
+    def _poller_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self.failure = task.exception()
+        log.critical("the poller stopped unexpectedly: %r", self.failure)
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Ask the server to stop; safe to call from a signal handler."""
+        self._stop.set()
+
+    async def wait(self) -> None:
+        await self._stop.wait()
+
+    async def close(self) -> None:
+        """Stop polling and serving, within :data:`STOP_TIMEOUT` seconds."""
+        self._stop.set()
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            with suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._poll_task, timeout=STOP_TIMEOUT / 2)
+            self._poll_task = None
+        if self._runner is not None:
+            try:
+                await asyncio.wait_for(self._runner.cleanup(), timeout=STOP_TIMEOUT / 2)
+            except TimeoutError:
+                log.warning("HTTP server did not stop in time; open connections were dropped")
+            self._runner = None

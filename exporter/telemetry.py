@@ -1,0 +1,118 @@
+"""The exporter's own metrics: API requests, poll cycles, errors, rate limit, build.
+
+These change between polls, so they live apart from the snapshot collector; each is
+registered in the registry the caller passes in (never the global one in tests).
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import TYPE_CHECKING
+
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+
+from exporter import __version__
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
+# Counters here carry no ``*_created`` series: they double the exposition for no use.
+disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
+
+_REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_CYCLE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class ExporterMetrics:
+    """Counters and histograms the client and poller update as they work."""
+
+    def __init__(
+        self, *, registry: CollectorRegistry, endpoints: Iterable[str], reasons: Iterable[str]
+    ) -> None:
+        self._reasons = tuple(reasons)
+        self.api_requests = Counter(
+            "realtimekit_exporter_api_requests",
+            "Requests sent to the RealtimeKit API, by endpoint and HTTP status "
+            "(or timeout/connection_error).",
+            ["endpoint", "code"],
+            registry=registry,
+        )
+        self.api_duration = Histogram(
+            "realtimekit_exporter_api_request_duration_seconds",
+            "Duration of requests to the RealtimeKit API.",
+            ["endpoint"],
+            buckets=_REQUEST_BUCKETS,
+            registry=registry,
+        )
+        for endpoint in endpoints:
+            self.api_duration.labels(endpoint)
+        self.poll_duration = Histogram(
+            "realtimekit_exporter_poll_duration_seconds",
+            "Duration of whole poll cycles over every configured app.",
+            buckets=_CYCLE_BUCKETS,
+            registry=registry,
+        )
+        self.poll_errors = Counter(
+            "realtimekit_exporter_poll_errors",
+            "Failed API calls while polling an app, by reason "
+            "(auth, rate_limited, timeout, connection, http_error, decode).",
+            ["account_id", "app_id", "reason"],
+            registry=registry,
+        )
+        build = Gauge(
+            "realtimekit_exporter_build_info",
+            "Version of the exporter and of Python; always 1.",
+            ["version", "python_version"],
+            registry=registry,
+        )
+        build.labels(__version__, platform.python_version()).set(1)
+        self._remaining: int | None = None
+        registry.register(_RateLimitCollector(self))
+
+    def request(self, endpoint: str, code: str, seconds: float) -> None:
+        self.api_requests.labels(endpoint, code).inc()
+        self.api_duration.labels(endpoint).observe(max(0.0, seconds))
+
+    def rate_limit_remaining(self, remaining: int) -> None:
+        self._remaining = remaining
+
+    def cycle(self, seconds: float) -> None:
+        self.poll_duration.observe(max(0.0, seconds))
+
+    def poll_error(self, account_id: str, app_id: str, reason: str) -> None:
+        self.poll_errors.labels(account_id, app_id, reason).inc()
+
+    def track_app(self, account_id: str, app_id: str) -> None:
+        """Create the app's error series at zero so ``rate()`` sees the first error."""
+        for reason in self._reasons:
+            self.poll_errors.labels(account_id, app_id, reason)
+
+    @property
+    def remaining(self) -> int | None:
+        return self._remaining
+
+
+class _RateLimitCollector:
+    """``realtimekit_exporter_rate_limit_remaining``, only once a ``Ratelimit`` header was seen."""
+
+    def __init__(self, metrics: ExporterMetrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        remaining = self._metrics.remaining
+        if remaining is None:
+            return
+        family = GaugeMetricFamily(
+            "realtimekit_exporter_rate_limit_remaining",
+            "Requests left in the token's current rate-limit window, from the last "
+            "Ratelimit response header.",
+        )
+        family.add_metric([], remaining)
+        yield family
