@@ -1,0 +1,229 @@
+"""The command line, run as a real subprocess: flags, exit codes, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.cli import UsageError, parse_listen
+from tests.conftest import ACCOUNT, APP
+from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+CONFIG = """\
+api:
+  base_url: {base_url}
+  token: ${{RTK_TEST_TOKEN}}
+  timeout: 2s
+poll:
+  interval: {interval}
+apps:
+  - account_id: "{account}"
+    app_id: "{app}"
+    livestreams:
+      - id: ls-1
+        expect_live: true
+"""
+
+
+def write_config(tmp_path: Path, base_url: str, *, interval: str = "30s") -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        CONFIG.format(base_url=base_url, interval=interval, account=ACCOUNT, app=APP),
+        encoding="utf-8",
+    )
+    return path
+
+
+def env(token: str = TOKEN) -> dict[str, str]:
+    return {**os.environ, "RTK_TEST_TOKEN": token, "PYTHONUNBUFFERED": "1"}
+
+
+async def run(*args: str, token: str = TOKEN, limit: float = 30) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exporter",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env(token),
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), limit)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_config_check_ok(tmp_path: Path) -> None:
+    """--config.check on a valid file prints one summary line and exits 0."""
+    code, out, err = await run(
+        "--config.file", str(write_config(tmp_path, "http://127.0.0.1:9")), "--config.check"
+    )
+    assert code == 0, err
+    assert out.count("\n") == 1 and "OK: 1 app(s), 1 configured livestream(s)" in out
+
+
+async def test_config_check_invalid_exits_2_with_one_line_and_no_secret(tmp_path: Path) -> None:
+    """An invalid config exits 2 with every problem on one stderr line, never the token."""
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "api:\n  token: ${RTK_TEST_TOKEN}\n  timeout: soon\n  colour: red\npoll:\n  interval: 0s\n"
+        "apps:\n  - account_id: acc\n",
+        encoding="utf-8",
+    )
+    code, out, err = await run("--config.file", str(path), "--config.check")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1
+    for problem in ("api.timeout", "api.colour: unknown key", "poll.interval", "apps[0].app_id"):
+        assert problem in err
+    assert TOKEN not in err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--config.file"],
+        ["--bogus"],
+        ["--config.file", "x.yaml", "--web.listen-address", "nope"],
+        ["--config.file", "x.yaml", "--log.level", "loud"],
+    ],
+    ids=["no-config", "flag-without-value", "unknown-flag", "bad-listen", "bad-level"],
+)
+async def test_usage_errors_exit_2(args: list[str]) -> None:
+    """Usage mistakes exit 2 with a one-line reason on stderr."""
+    code, out, err = await run(*args)
+    assert code == 2 and out == ""
+    assert err.startswith("realtimekit-exporter: usage error:") and err.count("\n") == 1
+
+
+async def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    """A config path that does not exist is a config error (2)."""
+    code, _, err = await run("--config.file", str(tmp_path / "absent.yaml"))
+    assert code == 2 and "cannot read file" in err
+
+
+async def test_once_prints_exposition_and_exits_0(tmp_path: Path, fake_api: FakeApi) -> None:
+    """--once polls once, prints the exposition and exits 0 when every app succeeded."""
+    s = fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    fake_api.go_live(s, ingest=42)
+    code, out, err = await run(
+        "--config.file", str(write_config(tmp_path, fake_api.base_url)), "--once"
+    )
+    assert code == 0, err
+    values = {
+        (sample.name, sample.labels.get("livestream_id")): sample.value
+        for family in text_string_to_metric_families(out)
+        for sample in family.samples
+    }
+    assert values[("realtimekit_livestream_live", "ls-1")] == 1
+    assert values[("realtimekit_livestream_ingest_seconds", "ls-1")] == 42
+    assert values[("realtimekit_up", None)] == 1
+    assert TOKEN not in out + err and STREAM_KEY_PREFIX not in out + err
+
+
+async def test_once_exits_1_when_an_app_fails(tmp_path: Path, fake_api: FakeApi) -> None:
+    """--once exits 1 when the API rejects the token; the token is not printed."""
+    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    code, out, err = await run(
+        "--config.file",
+        str(write_config(tmp_path, fake_api.base_url)),
+        "--once",
+        "--log.level",
+        "debug",
+        token="rejected-token-0xDEADBEEF",
+    )
+    assert code == 1
+    assert 'realtimekit_up{account_id="acc-1",app_id="app-1"} 0.0' in out
+    assert "Realtime or Realtime Admin" in err
+    assert "rejected-token-0xDEADBEEF" not in out + err
+
+
+async def test_serves_and_stops_on_sigterm_within_5s(tmp_path: Path, fake_api: FakeApi) -> None:
+    """The daemon serves /metrics, logs JSON when asked, and exits 0 on SIGTERM within 5 s."""
+    s = fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    fake_api.go_live(s)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exporter",
+        "--config.file",
+        str(write_config(tmp_path, fake_api.base_url, interval="1s")),
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--log.format",
+        "json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env(),
+    )
+    try:
+        assert proc.stderr is not None
+        lines: list[str] = []
+        port = None
+        async with asyncio.timeout(15):
+            while port is None:
+                line = (await proc.stderr.readline()).decode()
+                assert line, "exporter exited early: " + "".join(lines)
+                lines.append(line)
+                record = json.loads(line)
+                if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", record["msg"]):
+                    port = int(m.group(1))
+        async with aiohttp.ClientSession() as http, asyncio.timeout(15):
+            while True:
+                async with http.get(f"http://127.0.0.1:{port}/-/ready") as r:
+                    if r.status == 200:
+                        break
+                await asyncio.sleep(0.05)
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                sample = 'live{account_id="acc-1",app_id="app-1",livestream_id="ls-1"} 1.0'
+                assert sample in await r.text()
+        proc.send_signal(signal.SIGTERM)
+        rest = await asyncio.wait_for(proc.stderr.read(), timeout=5)
+        assert await asyncio.wait_for(proc.wait(), timeout=5) == 0
+        logged = "".join(lines) + rest.decode()
+        messages = [json.loads(line)["msg"] for line in logged.splitlines()]
+        assert "shutting down" in messages
+        assert TOKEN not in logged
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        (":10241", (None, 10241)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("localhost:80", ("localhost", 80)),
+    ],
+    ids=["all-interfaces", "ipv4", "ipv6", "name"],
+)
+def test_parse_listen(address: str, expected: tuple[str | None, int]) -> None:
+    """Listen addresses take the Prometheus HOST:PORT forms."""
+    assert parse_listen(address) == expected
+
+
+@pytest.mark.parametrize("address", ["10241", "host:", "host:99999", "::1:80"], ids=str)
+def test_parse_listen_rejects(address: str) -> None:
+    """Malformed listen addresses are usage errors."""
+    with pytest.raises(UsageError):
+        parse_listen(address)

@@ -1,0 +1,321 @@
+"""Poll cycles against a loopback fake of the API, through the real client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from exporter.budget import RequestBudget
+from exporter.client import ENDPOINTS, REASONS, RealtimeKitClient
+from exporter.config import RateLimit
+from exporter.model import ActiveSession, Listing, Livestream
+from exporter.poller import Poller, budget_warning
+from exporter.telemetry import ExporterMetrics
+from tests.conftest import ACCOUNT, APP, make_config
+from tests.fakeapi import FakeApi, FakeStream, Fault
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from exporter.config import Config
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Rig:
+    """A poller wired to the fake API with a private registry and a hand-moved clock."""
+
+    def __init__(self, api: FakeApi, session: aiohttp.ClientSession) -> None:
+        self.api = api
+        self.session = session
+        self.clock = Clock()
+        self.registry = CollectorRegistry()
+        self.metrics = ExporterMetrics(registry=self.registry, endpoints=ENDPOINTS, reasons=REASONS)
+
+    def poller(self, config: Config) -> Poller:
+        client = RealtimeKitClient(
+            session=self.session,
+            base_url=config.api.base_url,
+            token=config.api.token,
+            budget=RequestBudget(requests=1000, window=300),
+            timeout=config.api.timeout,
+            observer=self.metrics,
+            sleep=_no_sleep,
+        )
+        return Poller(config=config, api=client, observer=self.metrics, clock=self.clock)
+
+    def errors(self, reason: str) -> float:
+        value = self.registry.get_sample_value(
+            "realtimekit_exporter_poll_errors_total",
+            {"account_id": ACCOUNT, "app_id": APP, "reason": reason},
+        )
+        assert value is not None
+        return value
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
+@pytest.fixture
+async def rig(fake_api: FakeApi) -> AsyncIterator[Rig]:
+    async with aiohttp.ClientSession() as session:
+        yield Rig(fake_api, session)
+
+
+async def test_cycle_costs_one_listing_plus_one_request_per_live_stream(rig: Rig) -> None:
+    """Only LIVE streams cost a session request; everyone's status comes from the listing."""
+    streams = [rig.api.add(ACCOUNT, APP, FakeStream(f"s{i}")) for i in range(5)]
+    rig.api.go_live(streams[1], ingest="120.5", viewer=300)
+    rig.api.go_live(streams[3])
+    streams[4].status = "OFFLINE"
+    poller = rig.poller(make_config(rig.api.base_url, streams=tuple(s.id for s in streams)))
+
+    snapshot = await poller.poll_once()
+
+    assert rig.api.count("livestreams") == 1
+    assert rig.api.count("session") == 2
+    app = snapshot.apps[0]
+    assert app.up
+    assert [s.livestream.status for s in app.streams] == ["IDLE", "LIVE", "IDLE", "LIVE", "OFFLINE"]
+    assert [s.live for s in app.streams] == [False, True, False, True, False]
+    s1 = app.stream("s1")
+    assert s1 is not None and s1.session is not None
+    assert s1.session.ingest_seconds == 120.5 and s1.session.viewer_seconds == 300
+
+
+async def test_discovery_pages_through_the_listing(rig: Rig) -> None:
+    """discover: true follows every page and tracks every stream once."""
+    rig.api.page_size_cap = 40
+    for i in range(95):
+        rig.api.add(ACCOUNT, APP, FakeStream(f"s{i:03d}"))
+    poller = rig.poller(make_config(rig.api.base_url, discover=True))
+
+    snapshot = await poller.poll_once()
+
+    assert rig.api.count("livestreams") == 3
+    assert [q["page_no"] for _, q in rig.api.requests] == ["1", "2", "3"]
+    assert len(snapshot.apps[0].streams) == 95
+
+
+async def test_stream_that_stops_gets_one_final_fetch(rig: Rig) -> None:
+    """Leaving LIVE costs one more session request for the final values, then none."""
+    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    rig.api.go_live(s, ingest=100, viewer=50)
+    poller = rig.poller(make_config(rig.api.base_url, streams=("s1",)))
+    await poller.poll_once()
+    assert s.session is not None
+    s.session["ingest_seconds"] = 130
+    rig.api.stop(s, keep_session=True)
+
+    snapshot = await poller.poll_once()
+    assert rig.api.count("session") == 2
+    (state,) = snapshot.apps[0].streams
+    assert not state.live and state.session is not None and state.session.ingest_seconds == 130
+
+    rig.api.stop(s)
+    snapshot = await poller.poll_once()
+    await poller.poll_once()
+    assert rig.api.count("session") == 2
+    (state,) = snapshot.apps[0].streams
+    assert state.session is not None and state.session.ingest_seconds == 130
+
+
+async def test_api_failure_keeps_live_streams_live_until_max_staleness(rig: Rig) -> None:
+    """A failing listing marks the app down, keeps values, then drops them after max_staleness."""
+    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    rig.api.go_live(s)
+    config = make_config(rig.api.base_url, streams=("s1",), interval=30, max_staleness=90)
+    poller = rig.poller(config)
+    await poller.poll_once()
+    rig.api.sticky["livestreams"] = Fault(
+        502, {"success": False, "error": {"code": 502, "message": "bad gateway"}}
+    )
+
+    for _ in range(3):
+        rig.clock.now += 30
+        snapshot = await poller.poll_once()
+        app = snapshot.apps[0]
+        assert not app.up and app.streams[0].live
+    assert rig.errors("http_error") == 3
+    rig.clock.now += 30
+    snapshot = await poller.poll_once()
+    assert snapshot.apps[0].streams == ()
+
+    rig.api.sticky["livestreams"] = None
+    snapshot = await poller.poll_once()
+    assert snapshot.apps[0].up and snapshot.apps[0].streams[0].live
+
+
+async def test_rejected_token_logs_once_per_state_change(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """401 counts an auth error every cycle but logs once, naming the permission."""
+    rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    poller = rig.poller(make_config(rig.api.base_url, streams=("s1",), token="wrong-token"))
+    caplog.set_level(logging.INFO, logger="exporter")
+    for _ in range(3):
+        snapshot = await poller.poll_once()
+        assert not snapshot.apps[0].up
+    assert rig.errors("auth") == 3
+    rejected = [r for r in caplog.records if "rejected the token" in r.getMessage()]
+    assert len(rejected) == 1
+    assert "Realtime or Realtime Admin" in rejected[0].getMessage()
+    assert "wrong-token" not in caplog.text
+
+
+async def test_recovery_is_logged_once(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """App down then up: one warning, one info, nothing for the unchanged cycles."""
+    rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    poller = rig.poller(make_config(rig.api.base_url, streams=("s1",)))
+    caplog.set_level(logging.INFO, logger="exporter")
+    await poller.poll_once()
+    rig.api.fail_next("livestreams", Fault(503, {"success": False}), times=6)
+    await poller.poll_once()
+    await poller.poll_once()
+    await poller.poll_once()
+    await poller.poll_once()
+    messages = [r.getMessage() for r in caplog.records if r.name == "exporter.poller"]
+    assert sum("app is down" in m for m in messages) == 1
+    assert sum("app is up again" in m for m in messages) == 1
+
+
+async def test_live_transitions_are_logged_once(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Going LIVE and stopping each log one line; steady cycles log nothing."""
+    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    poller = rig.poller(make_config(rig.api.base_url, streams=("s1",)))
+    caplog.set_level(logging.INFO, logger="exporter")
+    await poller.poll_once()
+    rig.api.go_live(s)
+    await poller.poll_once()
+    await poller.poll_once()
+    rig.api.stop(s)
+    await poller.poll_once()
+    await poller.poll_once()
+    messages = [r.getMessage() for r in caplog.records if r.name == "exporter.poller"]
+    assert messages == ["livestream went LIVE", "livestream stopped being LIVE (status IDLE)"]
+
+
+async def test_session_error_keeps_stream_live_and_marks_app_down(rig: Rig) -> None:
+    """A failed session fetch is an app error, not a stopped stream."""
+    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    rig.api.go_live(s, ingest=70)
+    poller = rig.poller(make_config(rig.api.base_url, streams=("s1",)))
+    await poller.poll_once()
+    rig.api.fail_next("session", Fault(500, {"success": False}), times=3)
+    snapshot = await poller.poll_once()
+    (state,) = snapshot.apps[0].streams
+    assert state.live and state.session is not None and state.session.ingest_seconds == 70
+    assert not snapshot.apps[0].up
+    assert rig.errors("http_error") == 1
+
+
+async def test_missing_configured_stream_is_reported_once(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A configured id the listing does not have is warned about once, and not exported."""
+    rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    poller = rig.poller(make_config(rig.api.base_url, streams=("s1", "ghost")))
+    caplog.set_level(logging.WARNING, logger="exporter")
+    await poller.poll_once()
+    snapshot = await poller.poll_once()
+    assert [s.id for s in snapshot.apps[0].streams] == ["s1"]
+    warnings = [
+        r.getMessage() for r in caplog.records if "not in the app's listing" in r.getMessage()
+    ]
+    assert warnings == ["configured livestreams are not in the app's listing: ghost"]
+
+
+class ExplodingApi:
+    """An API double whose listing raises a bug-like exception once."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def list_livestreams(
+        self, account_id: str, app_id: str, *, deadline: float | None = None
+    ) -> Listing:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("bug")
+        return Listing(livestreams=(Livestream("s1", "IDLE"),))
+
+    async def active_session(
+        self, account_id: str, app_id: str, livestream_id: str, *, deadline: float | None = None
+    ) -> ActiveSession:
+        raise AssertionError("not live, never asked")
+
+
+async def test_unexpected_error_marks_app_down_and_polling_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug in one cycle is logged with its traceback; the next cycle works."""
+    api = ExplodingApi()
+    poller = Poller(config=make_config("http://127.0.0.1:9", streams=("s1",)), api=api)
+    caplog.set_level(logging.ERROR, logger="exporter")
+    first = await poller.poll_once()
+    second = await poller.poll_once()
+    assert not first.apps[0].up and second.apps[0].up
+    assert any(r.exc_info for r in caplog.records)
+
+
+async def test_run_polls_every_interval_until_stopped() -> None:
+    """run() keeps cycling and returns as soon as the stop event is set."""
+    stop = asyncio.Event()
+    cycles: list[float] = []
+
+    class Observer:
+        def poll_error(self, account_id: str, app_id: str, reason: str) -> None: ...
+
+        def track_app(self, account_id: str, app_id: str) -> None: ...
+
+        def cycle(self, seconds: float) -> None:
+            cycles.append(seconds)
+            if len(cycles) == 3:
+                stop.set()
+
+    poller = Poller(
+        config=make_config("http://127.0.0.1:9", streams=("s1",), interval=0.01, max_staleness=1),
+        api=ExplodingApi(),
+        observer=Observer(),
+    )
+    await asyncio.wait_for(poller.run(stop), timeout=5)
+    assert len(cycles) == 3 and poller.snapshot.cycles == 3 and poller.ready
+
+
+@pytest.mark.parametrize(
+    ("streams", "interval", "rate", "expected"),
+    [
+        (3, 30.0, RateLimit(1000, 300), None),
+        (150, 30.0, RateLimit(1000, 300), "polling may need up to 1510 requests per 300s"),
+        (0, 30.0, RateLimit(2000, 300), "above the API's own limit of 1200"),
+    ],
+    ids=["fits", "over-budget", "budget-over-api-limit"],
+)
+def test_budget_warning(
+    streams: int, interval: float, rate: RateLimit, expected: str | None
+) -> None:
+    """Start-up warns when configured polling could need more than the budget."""
+    config = make_config(
+        "http://127.0.0.1:9",
+        streams=tuple(f"s{i}" for i in range(streams)),
+        discover=streams == 0,
+        interval=interval,
+        rate_limit=rate,
+    )
+    warning = budget_warning(config)
+    if expected is None:
+        assert warning is None
+    else:
+        assert warning is not None and expected in warning
