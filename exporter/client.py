@@ -15,6 +15,7 @@ import logging
 import random
 import re
 import time
+from datetime import UTC
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import quote
 
@@ -48,6 +49,8 @@ LISTING_PAGE_SIZE: Final = 100
 MAX_LISTING_PAGES: Final = 1000
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 DEFAULT_RETRY_AFTER: Final = 60.0
+MAX_PAUSE: Final = 900.0  # the API blocks for 300 s; a larger ask is more likely a bug
+_SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
 _RATELIMIT_R = re.compile(r"(?:^|;)\s*r=(\d+)")
 _RATELIMIT_T = re.compile(r"(?:^|;)\s*t=(\d+)")
 
@@ -153,7 +156,7 @@ class RealtimeKitClient:
                 ENDPOINT_LISTING, path, {"page_no": page_no, "per_page": per_page}, deadline
             )
             page = _decoded(ENDPOINT_LISTING, decode.listing_page, doc)
-            received += len(page.livestreams)
+            received += page.entries
             before = len(seen)
             for stream in page.livestreams:
                 seen.setdefault(stream.id, stream)
@@ -232,9 +235,14 @@ class RealtimeKitClient:
                     timeout=self._timeout,
                     allow_redirects=False,
                 ) as response:
-                    body = await self._read(response, endpoint)
                     status = response.status
                     response_headers = response.headers
+                    try:
+                        body = await self._read(response, endpoint)
+                    except ApiError:  # over the size limit, but it was still answered
+                        self._observer.request(endpoint, str(status), self._clock() - started)
+                        self._note_rate_limit(response_headers)
+                        raise
             except TimeoutError:
                 self._observer.request(endpoint, "timeout", self._clock() - started)
                 raise ApiError(
@@ -280,7 +288,8 @@ class RealtimeKitClient:
         self._observer.rate_limit_remaining(left)
         if left <= 0:
             reset = _RATELIMIT_T.search(value)
-            self.budget.pause_for(float(reset.group(1)) if reset else DEFAULT_RETRY_AFTER)
+            wait = float(reset.group(1)) if reset else DEFAULT_RETRY_AFTER
+            self.budget.pause_for(min(MAX_PAUSE, wait))
 
     def _interpret(
         self,
@@ -301,9 +310,11 @@ class RealtimeKitClient:
                     status=status,
                 )
             return doc
-        if status == 404 and not_found_ok:
+        code, message, gateway = _error_text(body)
+        if status == 404 and not_found_ok and not gateway:
+            # RealtimeKit's "no active session". A 404 from Cloudflare's gateway (wrong
+            # account, app or route) is an error, or it would hide every live stream.
             return None
-        code, message = _error_text(body)
         detail = f"{message} (code {code})" if code is not None else message or "no message"
         if status == 429:
             wait = retry_after(headers)
@@ -322,15 +333,21 @@ class RealtimeKitClient:
 
 def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float:
     """Seconds to wait from ``Retry-After`` (seconds or HTTP date), else ``Ratelimit``'s t."""
+    return min(MAX_PAUSE, _retry_after(headers, now))
+
+
+def _retry_after(headers: Mapping[str, str], now: float | None) -> float:
     value = (headers.get("Retry-After") or "").strip()
     if value:
-        if value.isdigit():
+        if _SECONDS.match(value):
             return float(value)
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             when = None
         if when is not None:
+            if when.tzinfo is None:  # "-0000" zone: UTC, not local time
+                when = when.replace(tzinfo=UTC)
             return max(0.0, when.timestamp() - (time.time() if now is None else now))
     reset = _RATELIMIT_T.search(headers.get("Ratelimit") or "")
     return float(reset.group(1)) if reset else DEFAULT_RETRY_AFTER
@@ -341,13 +358,13 @@ def _app_path(account_id: str, app_id: str) -> str:
 
 
 def _listing_done(page: decode.ListingPage, received: int, per_page: int) -> bool:
-    if not page.livestreams:
+    if not page.entries:
         return True
     paging = page.paging
     if paging is not None and paging.total_count is not None:
         reached = paging.end_offset if paging.end_offset is not None else received
         return max(reached, received) >= paging.total_count
-    return len(page.livestreams) < per_page
+    return page.entries < per_page  # entries without an id still fill the page
 
 
 def _decoded(endpoint: str, parse: Callable[[Any], Any], doc: Any) -> Any:
@@ -357,12 +374,14 @@ def _decoded(endpoint: str, parse: Callable[[Any], Any], doc: Any) -> Any:
         raise ApiError("decode", str(exc), endpoint=endpoint) from None
 
 
-def _error_text(body: bytes) -> tuple[int | None, str]:
+def _error_text(body: bytes) -> tuple[int | None, str, bool]:
+    """Code and message of an error body, and whether it is the gateway's envelope."""
     try:
         doc = decode.parse_json(body)
     except decode.DecodeError:
-        return None, "body is not JSON"
-    return decode.error_summary(doc)
+        return None, "body is not JSON", False
+    code, message = decode.error_summary(doc)
+    return code, message, decode.is_gateway_error(doc)
 
 
 def _connection_text(exc: aiohttp.ClientError) -> str:

@@ -21,6 +21,7 @@ from exporter.model import ActiveSession, Livestream, Session
 MAX_LABEL_LENGTH: Final = 256
 _STATUS = re.compile(r"^[A-Z][A-Z0-9_]{0,31}$")
 _LIST_KEYS: Final = ("livestreams", "items", "data", "results")
+_EPOCH_TEXT = re.compile(r"^\d{9,}(?:\.\d+)?$")  # epoch seconds/ms as text; 8 digits is ISO basic
 
 
 class DecodeError(Exception):
@@ -38,6 +39,8 @@ class Paging:
 class ListingPage:
     livestreams: tuple[Livestream, ...]
     paging: Paging | None
+    entries: int
+    """Entries on the page as sent, counting those dropped for having no id."""
 
 
 def parse_json(body: bytes) -> Any:
@@ -71,6 +74,11 @@ def error_summary(doc: object) -> tuple[int | None, str]:
     return None, ""
 
 
+def is_gateway_error(doc: object) -> bool:
+    """True for Cloudflare's gateway envelope (``errors`` list), not RealtimeKit's (``error``)."""
+    return isinstance(doc, dict) and "error" not in doc and bool(doc.get("errors"))
+
+
 def is_failure(doc: object) -> bool:
     """True when a 2xx body still reports failure (``success: false``)."""
     return isinstance(doc, dict) and doc.get("success") is False
@@ -99,7 +107,7 @@ def listing_page(doc: object) -> ListingPage:
         # null, absent or a scalar: an empty listing would silently drop every stream
         raise DecodeError("listing data is neither a list nor an object")
     streams = tuple(s for s in (livestream(item) for item in items) if s is not None)
-    return ListingPage(livestreams=streams, paging=paging(paging_raw))
+    return ListingPage(livestreams=streams, paging=paging(paging_raw), entries=len(items))
 
 
 def livestream(item: object, *, fallback_id: str | None = None) -> Livestream | None:
@@ -134,7 +142,10 @@ def active_session(doc: object, *, livestream_id: str) -> ActiveSession:
         stream = livestream(stream_raw, fallback_id=livestream_id)
     session_raw = data.get("session")
     if session_raw is None and isinstance(data.get("sessions"), list):
-        session_raw = next((s for s in data["sessions"] if isinstance(s, dict)), None)
+        # the array's order is not documented: prefer the active session, else the first
+        candidates = [session(s) for s in data["sessions"] if isinstance(s, dict)]
+        found = next((s for s in candidates if s is not None and s.active), None)
+        return ActiveSession(livestream=stream, session=found or next(iter(candidates), None))
     return ActiveSession(livestream=stream, session=session(session_raw))
 
 
@@ -177,18 +188,18 @@ def number(value: object) -> float | None:
     """A finite, non-negative number from a number or a numeric string; else ``None``."""
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, int | float):
+            result = float(value)
+        elif isinstance(value, str):
             result = float(value.strip())
-        except ValueError:
+        else:
             return None
-    else:
+    except (ValueError, OverflowError):  # OverflowError: an int too large for a float
         return None
     if not math.isfinite(result) or result < 0:
         return None
-    return result
+    return result + 0.0  # -0.0 -> 0.0
 
 
 def boolean(value: object) -> bool | None:
@@ -210,16 +221,20 @@ def timestamp(value: object) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            return None
         if not math.isfinite(seconds) or seconds <= 0:
             return None
         return seconds / 1000.0 if seconds > 1e11 else seconds
     if not isinstance(value, str) or not value.strip():
         return None
     text = value.strip()
+    if _EPOCH_TEXT.match(text):
+        return timestamp(float(text))
     if text.endswith(("z", "Z")):
         text = text[:-1] + "+00:00"
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)  # fromisoformat takes at most microseconds
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
@@ -227,9 +242,10 @@ def timestamp(value: object) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     try:
-        return parsed.timestamp()
+        seconds = parsed.timestamp()
     except (OverflowError, OSError, ValueError):
         return None
+    return seconds if seconds > 0 else None  # as for numbers: nothing at or before 1970
 
 
 def _int(value: object) -> int | None:

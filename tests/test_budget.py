@@ -1,0 +1,224 @@
+"""The sliding-log request budget, driven by a fake clock whose sleep advances it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from exporter.budget import BudgetExhausted, RequestBudget
+
+
+class FakeClock:
+    """A monotonic clock that only moves when told to, or when something sleeps on it."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)  # let other waiters run, as a real sleep would
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(now=1000.0)
+
+
+def make_budget(clock: FakeClock, requests: int = 3, window: float = 10.0) -> RequestBudget:
+    return RequestBudget(requests=requests, window=window, clock=clock, sleep=clock.sleep)
+
+
+def assert_at_most_n_in_any_window(grants: list[float], requests: int, window: float) -> None:
+    """Every window [t, t + window) starting at a grant holds at most ``requests`` grants."""
+    for start in grants:
+        inside = [t for t in grants if start <= t < start + window]
+        assert len(inside) <= requests, (start, inside)
+
+
+@pytest.mark.parametrize(
+    ("requests", "window"),
+    [(0, 10.0), (-1, 10.0), (1, 0.0), (1, -5.0)],
+    ids=["zero-requests", "negative-requests", "zero-window", "negative-window"],
+)
+def test_rejects_a_budget_that_can_grant_nothing(requests: int, window: float) -> None:
+    """A budget without at least one request per positive window is refused."""
+    with pytest.raises(ValueError, match="at least one request"):
+        RequestBudget(requests=requests, window=window)
+
+
+async def test_grants_up_to_n_requests_at_once_without_waiting(clock: FakeClock) -> None:
+    """N requests in a fresh window are granted immediately."""
+    budget = make_budget(clock, requests=3)
+    for _ in range(3):
+        await budget.acquire()
+    assert clock.sleeps == []
+    assert clock.now == 1000.0
+    assert budget.available() == 0
+
+
+async def test_next_grant_waits_exactly_until_the_oldest_grant_leaves_the_window(
+    clock: FakeClock,
+) -> None:
+    """The N+1th request waits until the oldest grant is a full window old, no more, no less."""
+    budget = make_budget(clock, requests=3, window=10.0)
+    for _ in range(3):
+        await budget.acquire()  # grants at 1000, 1001, 1002
+        clock.advance(1.0)
+    assert clock.now == 1003.0
+    await budget.acquire()
+    assert clock.sleeps == [7.0]
+    assert clock.now == 1010.0
+    await budget.acquire()  # the second grant (1001) must leave next
+    assert clock.sleeps == [7.0, 1.0]
+    assert clock.now == 1011.0
+
+
+async def test_never_grants_more_than_n_in_any_window_under_a_burst(clock: FakeClock) -> None:
+    """A long burst, with the clock moving irregularly, never puts N+1 grants in one window."""
+    budget = make_budget(clock, requests=4, window=10.0)
+    grants: list[float] = []
+    steps = [0.0, 0.5, 0.0, 3.0, 6.4, 0.1, 0.0, 9.9, 0.2, 0.0, 0.0, 12.0, 0.3, 0.0, 0.0, 0.0]
+    for step in steps:
+        clock.advance(step)
+        await budget.acquire()
+        grants.append(clock.now)
+    assert len(grants) == len(steps)
+    assert_at_most_n_in_any_window(grants, requests=4, window=10.0)
+    # a fixed-window or token-bucket budget would allow up to 2N across a boundary; a
+    # sliding log keeps each grant at least one window after the grant N places earlier
+    for earlier, later in zip(grants, grants[4:], strict=False):
+        assert later - earlier >= 10.0
+
+
+async def test_concurrent_waiters_never_exceed_the_limit(clock: FakeClock) -> None:
+    """Many tasks acquiring at once are spread out so no window holds more than N grants."""
+    budget = make_budget(clock, requests=2, window=5.0)
+    grants: list[float] = []
+
+    async def one() -> None:
+        await budget.acquire()
+        grants.append(clock.now)
+
+    await asyncio.gather(*(one() for _ in range(7)))
+    assert len(grants) == 7
+    assert_at_most_n_in_any_window(sorted(grants), requests=2, window=5.0)
+
+
+async def test_pause_for_blocks_every_grant_until_it_ends(clock: FakeClock) -> None:
+    """A pause makes the next request wait until the pause is over, even with budget left."""
+    budget = make_budget(clock, requests=3)
+    budget.pause_for(30.0)
+    assert budget.paused_until == 1030.0
+    assert budget.available() == 0
+    await budget.acquire()
+    assert clock.sleeps == [30.0]
+    assert clock.now == 1030.0
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "until"),
+    [(30.0, 5.0, 1030.0), (30.0, 60.0, 1060.0), (30.0, 0.0, 1030.0), (30.0, -10.0, 1030.0)],
+    ids=["shorter-kept", "longer-extends", "zero-kept", "negative-kept"],
+)
+def test_pause_for_never_shortens_a_pause_in_force(
+    clock: FakeClock, first: float, second: float, until: float
+) -> None:
+    """A second pause can only extend the first one."""
+    budget = make_budget(clock)
+    budget.pause_for(first)
+    budget.pause_for(second)
+    assert budget.paused_until == until
+
+
+async def test_negative_pause_does_not_block(clock: FakeClock) -> None:
+    """A pause of negative length is no pause at all."""
+    budget = make_budget(clock)
+    budget.pause_for(-5.0)
+    await budget.acquire()
+    assert clock.sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("full", "pause", "deadline_in", "wait", "check_at"),
+    [
+        (True, None, 5.0, 96.0, 1100.0),
+        (False, 30.0, 10.0, 30.0, 1034.0),
+        (False, 30.0, 29.9, 30.0, 1034.0),
+    ],
+    ids=["window-full", "paused", "paused-just-past-deadline"],
+)
+async def test_raises_budget_exhausted_when_the_grant_would_come_after_the_deadline(
+    clock: FakeClock,
+    full: bool,
+    pause: float | None,
+    deadline_in: float,
+    wait: float,
+    check_at: float,
+) -> None:
+    """No grant can come before the deadline: fail at once, without waiting or recording one."""
+    budget = make_budget(clock, requests=3, window=100.0)
+    await budget.acquire()  # 1000
+    clock.advance(4.0)
+    await budget.acquire()  # 1004
+    if full:
+        await budget.acquire()  # 1004: the window is full until 1100
+    if pause is not None:
+        budget.pause_for(pause)
+    with pytest.raises(BudgetExhausted) as caught:
+        await budget.acquire(deadline=clock.now + deadline_in)
+    assert caught.value.wait == pytest.approx(wait)
+    assert clock.sleeps == []
+    # one request is free again once the blocker is over; a recorded refusal would use it
+    clock.now = check_at
+    assert budget.available() == 1
+
+
+async def test_waits_when_the_grant_comes_exactly_at_the_deadline(clock: FakeClock) -> None:
+    """A grant due at the deadline itself is waited for, not refused."""
+    budget = make_budget(clock, requests=1, window=10.0)
+    await budget.acquire()
+    await budget.acquire(deadline=1010.0)
+    assert clock.sleeps == [10.0]
+
+
+@pytest.mark.parametrize(
+    ("grants", "later", "paused", "expected"),
+    [
+        (0, 0.0, False, 3),
+        (1, 0.0, False, 2),
+        (3, 0.0, False, 0),
+        (3, 9.9, False, 0),
+        (3, 10.0, False, 3),
+        (0, 0.0, True, 0),
+        (2, 10.0, True, 0),
+    ],
+    ids=[
+        "fresh",
+        "one-used",
+        "all-used",
+        "all-used-window-not-over",
+        "window-over",
+        "paused",
+        "paused-after-window",
+    ],
+)
+async def test_available_counts_what_could_be_granted_now(
+    clock: FakeClock, grants: int, later: float, paused: bool, expected: int
+) -> None:
+    """available() is N minus the grants in the window, and zero during a pause."""
+    budget = make_budget(clock, requests=3, window=10.0)
+    for _ in range(grants):
+        await budget.acquire()
+    if paused:
+        budget.pause_for(60.0)
+    clock.advance(later)
+    assert budget.available() == expected

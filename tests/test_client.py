@@ -1,0 +1,899 @@
+"""The API client against a mocked server: paths, pages, retries, throttling, errors."""
+
+from __future__ import annotations
+
+import email.utils
+import inspect
+import json
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+from multidict import CIMultiDict
+
+from exporter import client as client_module
+from exporter.budget import RequestBudget
+from exporter.client import ENDPOINT_LISTING, ENDPOINT_SESSION, ApiError, RealtimeKitClient
+from exporter.config import Secret
+from exporter.model import ActiveSession, Livestream
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+
+    from yarl import URL
+
+TOKEN = "tok_Zx9-very-secret-token-value-0123456789"
+BASE = "https://api.example.test/client/v4"
+ACCOUNT = "acc1"
+APP = "app1"
+APP_URL = f"{BASE}/accounts/{ACCOUNT}/realtime/kit/{APP}"
+LIST_URL = f"{APP_URL}/livestreams"
+STREAM_ID = "b60ef3da-fbbb-441b-9168-8235b0035248"
+SESSION_URL = f"{LIST_URL}/{STREAM_ID}/active-livestream-session"
+NOW = 1000.0
+
+SESSION_EXAMPLE: dict[str, Any] = {
+    "success": True,
+    "data": {
+        "livestream": {
+            "id": STREAM_ID,
+            "name": None,
+            "ingest_server": "rtmps://2ec802dd47b0.global-contribute.live-video.net:443/app/",
+            "stream_key": "sk_ap-south-1_x3lKBdJa8UDN_3q6PPLMJnqnbnhyrkXrOG504MUsxnZ",
+            "status": "LIVE",
+            "meeting_id": "bbb87945-df1c-49d9-8159-262a7ae6cfde",
+            "disabled": False,
+        },
+        "session": {
+            "id": "cf55a850-c3fd-46b5-b5d2-25b3b9aa1686",
+            "livestream_id": STREAM_ID,
+            "err_message": None,
+            "started_time": "2023-07-15T07:08:39.000Z",
+            "stopped_time": None,
+            "ingest_seconds": 60,
+            "viewer_seconds": 60,
+        },
+    },
+}
+NOT_FOUND: dict[str, Any] = {
+    "success": False,
+    "error": {"code": 404, "message": f"No active session found for {STREAM_ID}"},
+}
+AUTH_ERROR: dict[str, Any] = {
+    "success": False,
+    "errors": [{"code": 10000, "message": "Authentication error"}],
+    "messages": [],
+    "result": None,
+}
+THROTTLED: dict[str, Any] = {
+    "success": False,
+    "errors": [{"code": 971, "message": "More than 1200 requests per 300 seconds reached"}],
+    "messages": [],
+    "result": None,
+}
+
+
+class _SentWriter:
+    """Stands in for the stream writer of a request that was already sent."""
+
+    output_size = 0
+
+
+class _MockResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 does not pass ``stream_writer``, required since aiohttp 3.14.
+
+    See pnuckowski/aioresponses#289; drop this once aioresponses passes it itself.
+    """
+
+    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
+        if _NEEDS_STREAM_WRITER:
+            kwargs.setdefault("stream_writer", _SentWriter())
+        super().__init__(method, url, **kwargs)
+
+
+_NEEDS_STREAM_WRITER = "stream_writer" in inspect.signature(aiohttp.ClientResponse).parameters
+
+
+class MockServer(aioresponses):
+    """aioresponses whose responses can be built with the installed aiohttp."""
+
+    def add(self, url: Any, method: str = "GET", *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("response_class", _MockResponse)
+        super().add(url, method, *args, **kwargs)
+
+
+class FakeClock:
+    """Monotonic time that moves only when something sleeps on it."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class FakeJitter:
+    """Hands out the given jitter fractions in order, then repeats the last one."""
+
+    def __init__(self, *values: float) -> None:
+        self.values = list(values)
+
+    def __call__(self) -> float:
+        return self.values.pop(0) if len(self.values) > 1 else self.values[0]
+
+
+class RecordingObserver:
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+        self.remaining: list[int] = []
+
+    def request(self, endpoint: str, code: str, seconds: float) -> None:
+        self.requests.append((endpoint, code))
+
+    def rate_limit_remaining(self, remaining: int) -> None:
+        self.remaining.append(remaining)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    session = aiohttp.ClientSession()
+    yield session
+    await session.close()
+
+
+@pytest.fixture
+def server() -> Iterator[aioresponses]:
+    with MockServer() as mocked:
+        yield mocked
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def observer() -> RecordingObserver:
+    return RecordingObserver()
+
+
+MakeClient = Callable[..., RealtimeKitClient]
+
+
+@pytest.fixture
+def make_client(
+    http: aiohttp.ClientSession, clock: FakeClock, observer: RecordingObserver
+) -> MakeClient:
+    def make(**overrides: Any) -> RealtimeKitClient:
+        options: dict[str, Any] = {
+            "session": http,
+            "base_url": BASE + "/",
+            "token": Secret(TOKEN),
+            "budget": RequestBudget(requests=1200, window=300.0, clock=clock, sleep=clock.sleep),
+            "timeout": 10.0,
+            "retries": 2,
+            "backoff": 0.5,
+            "observer": observer,
+            "clock": clock,
+            "sleep": clock.sleep,
+            "jitter": FakeJitter(0.5),
+        }
+        options.update(overrides)
+        return RealtimeKitClient(**options)
+
+    return make
+
+
+def sent(server: aioresponses) -> list[tuple[URL, dict[str, Any]]]:
+    """Every request the mock received, as (URL with query, request kwargs)."""
+    return [(url, call.kwargs) for (_, url), calls in server.requests.items() for call in calls]
+
+
+def page(*ids: str, status: str = "IDLE", **paging: int) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "success": True,
+        "data": [{"id": i, "status": status, "stream_key": "sk"} for i in ids],
+    }
+    if paging:
+        body["paging"] = paging
+    return body
+
+
+def page_url(page_no: int, per_page: int) -> str:
+    return f"{LIST_URL}?page_no={page_no}&per_page={per_page}"
+
+
+async def fail(call: Any) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        await call
+    return caught.value
+
+
+# --- request shape ----------------------------------------------------------------------
+
+
+async def test_sends_the_token_as_a_bearer_header(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """Every request carries ``Authorization: Bearer <token>`` and does not follow redirects."""
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE)
+    await make_client().active_session(ACCOUNT, APP, STREAM_ID)
+    [(_, kwargs)] = sent(server)
+    assert kwargs["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    assert kwargs["allow_redirects"] is False
+
+
+async def test_set_token_replaces_the_bearer_token(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """After set_token, requests carry the new token."""
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE)
+    client = make_client()
+    client.set_token(Secret("rotated"))
+    await client.active_session(ACCOUNT, APP, STREAM_ID)
+    [(_, kwargs)] = sent(server)
+    assert kwargs["headers"]["Authorization"] == "Bearer rotated"
+
+
+@pytest.mark.parametrize(
+    ("account", "app", "stream", "raw_path"),
+    [
+        (
+            "acc1",
+            "app1",
+            STREAM_ID,
+            f"/client/v4/accounts/acc1/realtime/kit/app1/livestreams/{STREAM_ID}"
+            "/active-livestream-session",
+        ),
+        (
+            "acc/1",
+            "app 1",
+            "ls/../x?y#z",
+            "/client/v4/accounts/acc%2F1/realtime/kit/app%201/livestreams/ls%2F..%2Fx%3Fy%23z"
+            "/active-livestream-session",
+        ),
+    ],
+    ids=["plain", "special-characters"],
+)
+async def test_session_path_holds_the_quoted_ids(
+    server: aioresponses,
+    make_client: MakeClient,
+    account: str,
+    app: str,
+    stream: str,
+    raw_path: str,
+) -> None:
+    """Account, app and livestream ids each fill one path segment, quoted whole."""
+    server.get(re.compile(r".*"), payload={"success": True, "data": None})
+    await make_client().active_session(account, app, stream)
+    [(url, _)] = sent(server)
+    assert url.raw_path == raw_path
+    assert not url.query
+    assert url.host == "api.example.test"
+
+
+# --- listing pages ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "with_end_offset", [True, False], ids=["end-offset", "counted-without-end-offset"]
+)
+async def test_listing_follows_pages_until_total_count_is_reached(
+    server: aioresponses, make_client: MakeClient, with_end_offset: bool
+) -> None:
+    """Full pages are followed until total_count is reached, and no further."""
+
+    def paging(end: int) -> dict[str, int]:
+        extra = {"end_offset": end} if with_end_offset else {}
+        return {"total_count": 6, "start_offset": end - 1, **extra}
+
+    server.get(page_url(1, 2), payload=page("a", "b", **paging(2)))
+    server.get(page_url(2, 2), payload=page("c", "d", **paging(4)))
+    server.get(page_url(3, 2), payload=page("e", "f", **paging(6)))
+    listing = await make_client().list_livestreams(ACCOUNT, APP, per_page=2)
+    assert [s.id for s in listing.livestreams] == ["a", "b", "c", "d", "e", "f"]
+    assert listing.pages == 3
+    requests = sent(server)
+    assert [dict(url.query) for url, _ in requests] == [
+        {"page_no": "1", "per_page": "2"},
+        {"page_no": "2", "per_page": "2"},
+        {"page_no": "3", "per_page": "2"},
+    ]
+    assert {url.path for url, _ in requests} == {
+        f"/client/v4/accounts/{ACCOUNT}/realtime/kit/{APP}/livestreams"
+    }
+
+
+async def test_listing_uses_the_default_page_size(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """Without per_page, pages of LISTING_PAGE_SIZE are asked for."""
+    server.get(page_url(1, 100), payload=page("a", total_count=1, start_offset=1, end_offset=1))
+    listing = await make_client().list_livestreams(ACCOUNT, APP)
+    assert [s.id for s in listing.livestreams] == ["a"]
+    assert len(sent(server)) == 1
+
+
+@pytest.mark.parametrize(
+    ("second", "ids"),
+    [
+        (page("c"), ["a", "b", "c"]),
+        (page(), ["a", "b"]),
+    ],
+    ids=["short-page", "empty-page"],
+)
+async def test_listing_without_paging_stops_on_a_short_page(
+    server: aioresponses, make_client: MakeClient, second: dict[str, Any], ids: list[str]
+) -> None:
+    """Without paging, a page shorter than per_page is the last one."""
+    server.get(page_url(1, 2), payload=page("a", "b"))
+    server.get(page_url(2, 2), payload=second)
+    listing = await make_client().list_livestreams(ACCOUNT, APP, per_page=2)
+    assert [s.id for s in listing.livestreams] == ids
+    assert listing.pages == 2
+    assert len(sent(server)) == 2
+
+
+@pytest.mark.parametrize(
+    "paging",
+    [{}, {"total_count": 3}],
+    ids=["no-paging", "total-count-without-end-offset"],
+)
+async def test_listing_entry_without_id_still_counts_towards_the_listing(
+    server: aioresponses, make_client: MakeClient, paging: dict[str, int]
+) -> None:
+    """An entry dropped for having no id still fills its page and counts towards total_count."""
+    first = page("a", **paging)
+    first["data"].append({"status": "LIVE", "name": "no id"})
+    server.get(page_url(1, 2), payload=first)
+    server.get(page_url(2, 2), payload=page("c", **paging))
+    listing = await make_client().list_livestreams(ACCOUNT, APP, per_page=2)
+    assert [s.id for s in listing.livestreams] == ["a", "c"]
+    assert len(sent(server)) == 2
+
+
+async def test_listing_stops_when_a_page_repeats_the_same_ids(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """A server that ignores page_no (same page again) ends the listing instead of looping."""
+    server.get(page_url(1, 2), payload=page("a", "b"))
+    server.get(page_url(2, 2), payload=page("b", "a"))
+    listing = await make_client().list_livestreams(ACCOUNT, APP, per_page=2)
+    assert [s.id for s in listing.livestreams] == ["a", "b"]
+    assert listing.pages == 2
+    assert len(sent(server)) == 2
+
+
+async def test_listing_deduplicates_ids_across_pages_first_wins(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """An id seen on an earlier page keeps its first record; later copies are dropped."""
+    server.get(page_url(1, 2), payload=page("a", "b", status="IDLE", total_count=5))
+    server.get(page_url(2, 2), payload=page("b", "c", status="LIVE", total_count=5))
+    server.get(page_url(3, 2), payload=page("d", status="LIVE", total_count=5))
+    listing = await make_client().list_livestreams(ACCOUNT, APP, per_page=2)
+    assert listing.livestreams == (
+        Livestream(id="a", status="IDLE"),
+        Livestream(id="b", status="IDLE"),
+        Livestream(id="c", status="LIVE"),
+        Livestream(id="d", status="LIVE"),
+    )
+    assert len(sent(server)) == 3
+
+
+async def test_listing_that_never_ends_is_a_decode_error(
+    server: aioresponses, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A listing that keeps producing new full pages is cut off at MAX_LISTING_PAGES."""
+    monkeypatch.setattr(client_module, "MAX_LISTING_PAGES", 3)
+    for n in range(1, 4):
+        server.get(page_url(n, 1), payload=page(f"s{n}"))
+    error = await fail(make_client().list_livestreams(ACCOUNT, APP, per_page=1))
+    assert error.reason == "decode"
+    assert len(sent(server)) == 3
+
+
+# --- not found and failures in 2xx ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body", [json.dumps(NOT_FOUND), "", "not json"], ids=["envelope", "empty", "junk"]
+)
+async def test_404_on_active_session_means_not_live(
+    server: aioresponses, make_client: MakeClient, body: str
+) -> None:
+    """A 404 from active-livestream-session is "no active session", not an error."""
+    server.get(SESSION_URL, status=404, body=body)
+    result = await make_client().active_session(ACCOUNT, APP, STREAM_ID)
+    assert result == ActiveSession(livestream=None, session=None)
+    assert len(sent(server)) == 1
+
+
+async def test_gateway_404_on_active_session_is_an_error(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """A 404 in Cloudflare's gateway envelope (bad route) is an error, not "not live"."""
+    gateway = {
+        "success": False,
+        "errors": [{"code": 7003, "message": "Could not route to /accounts/x"}],
+        "messages": [],
+        "result": None,
+    }
+    server.get(SESSION_URL, status=404, payload=gateway)
+    error = await fail(make_client().active_session(ACCOUNT, APP, STREAM_ID))
+    assert (error.reason, error.status) == ("http_error", 404)
+    assert "Could not route" in str(error)
+
+
+async def test_active_session_decodes_a_live_session(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """A 200 with the example body yields the LIVE stream and its active session."""
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE)
+    result = await make_client().active_session(ACCOUNT, APP, STREAM_ID)
+    assert result.livestream is not None
+    assert result.livestream.status == "LIVE"
+    assert result.session is not None
+    assert result.session.active
+    assert result.session.ingest_seconds == 60.0
+
+
+async def test_404_on_listing_is_an_http_error(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """Only the session endpoint treats 404 as an answer; a missing listing is an error."""
+    server.get(
+        page_url(1, 100),
+        status=404,
+        payload={"success": False, "error": {"code": 404, "message": "App not found"}},
+    )
+    error = await fail(make_client().list_livestreams(ACCOUNT, APP))
+    assert (error.reason, error.status, error.endpoint) == ("http_error", 404, ENDPOINT_LISTING)
+    assert "App not found (code 404)" in str(error)
+    assert not error.transient
+    assert len(sent(server)) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "call"),
+    [
+        (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP)),
+        (SESSION_URL, lambda c: c.active_session(ACCOUNT, APP, STREAM_ID)),
+    ],
+    ids=["listing", "active-session"],
+)
+async def test_200_with_success_false_is_an_http_error(
+    server: aioresponses, make_client: MakeClient, url: str, call: Any
+) -> None:
+    """A 2xx body that says ``success: false`` is a failure and is not retried."""
+    server.get(url, payload={"success": False, "error": {"code": 400, "message": "bad app"}})
+    error = await fail(call(make_client()))
+    assert (error.reason, error.status) == ("http_error", 200)
+    assert "bad app" in str(error)
+    assert len(sent(server)) == 1
+
+
+# --- auth and retries -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_auth_failures_are_reported_as_auth_and_not_retried(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock, status: int
+) -> None:
+    """401 and 403 (gateway envelope) are ``auth`` errors after exactly one request."""
+    server.get(SESSION_URL, status=status, payload=AUTH_ERROR, repeat=True)
+    error = await fail(make_client().active_session(ACCOUNT, APP, STREAM_ID))
+    assert (error.reason, error.status) == ("auth", status)
+    assert "Authentication error (code 10000)" in str(error)
+    assert len(sent(server)) == 1
+    assert clock.sleeps == []
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_server_errors_are_retried_with_jittered_backoff(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock, status: int
+) -> None:
+    """5xx answers are retried after jitter * backoff * 2**attempt, then succeed."""
+    server.get(SESSION_URL, status=status, body="upstream trouble")
+    server.get(SESSION_URL, status=status, payload={"success": False, "error": {"code": status}})
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE)
+    client = make_client(retries=2, backoff=0.5, jitter=FakeJitter(0.5, 0.75))
+    result = await client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + 60)
+    assert result.session is not None
+    assert len(sent(server)) == 3
+    assert clock.sleeps == [pytest.approx(0.5 * 0.5 * 1), pytest.approx(0.75 * 0.5 * 2)]
+
+
+@pytest.mark.parametrize("retries", [0, 1, 2, 4])
+async def test_persistent_server_error_fails_after_retries_plus_one_attempts(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock, retries: int
+) -> None:
+    """A 503 that does not go away is an http_error after exactly retries + 1 attempts."""
+    server.get(SESSION_URL, status=503, body="unavailable", repeat=True)
+    error = await fail(make_client(retries=retries).active_session(ACCOUNT, APP, STREAM_ID))
+    assert (error.reason, error.status) == ("http_error", 503)
+    assert error.transient
+    assert len(sent(server)) == retries + 1
+    assert len(clock.sleeps) == retries
+
+
+@pytest.mark.parametrize(
+    ("deadline_in", "attempts"),
+    [(5.0, 1), (10.2, 1), (10.3, 2), (60.0, 2)],
+    ids=["far-inside-timeout", "just-short", "just-enough", "plenty"],
+)
+async def test_retry_is_skipped_when_it_could_not_finish_before_the_deadline(
+    server: aioresponses,
+    make_client: MakeClient,
+    clock: FakeClock,
+    deadline_in: float,
+    attempts: int,
+) -> None:
+    """A retry is only made if its delay plus a full timeout still ends by the deadline."""
+    server.get(SESSION_URL, status=503, body="unavailable")
+    server.get(SESSION_URL, status=503, body="unavailable")
+    # delay 0.5 * 0.5 = 0.25s, timeout 10s: a retry needs 10.25s before the deadline
+    client = make_client(retries=1, timeout=10.0, backoff=0.5, jitter=FakeJitter(0.5))
+    error = await fail(client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + deadline_in))
+    assert error.status == 503
+    assert len(sent(server)) == attempts
+    assert len(clock.sleeps) == attempts - 1
+
+
+@pytest.mark.parametrize(
+    ("exception", "reason", "code"),
+    [
+        (TimeoutError(), "timeout", "timeout"),
+        (aiohttp.ServerTimeoutError("read timeout"), "timeout", "timeout"),
+        (aiohttp.ClientConnectionError("connection reset"), "connection", "connection_error"),
+        (aiohttp.ServerDisconnectedError(), "connection", "connection_error"),
+        (aiohttp.ClientPayloadError("truncated"), "connection", "connection_error"),
+    ],
+    ids=["timeout", "server-timeout", "connection", "disconnected", "payload"],
+)
+async def test_transport_failures_have_their_own_reason(
+    server: aioresponses,
+    make_client: MakeClient,
+    observer: RecordingObserver,
+    exception: Exception,
+    reason: str,
+    code: str,
+) -> None:
+    """Timeouts are ``timeout`` and other transport failures ``connection``, both transient."""
+    server.get(SESSION_URL, exception=exception)
+    error = await fail(make_client(retries=0).active_session(ACCOUNT, APP, STREAM_ID))
+    assert error.reason == reason
+    assert error.status is None
+    assert error.transient
+    assert observer.requests == [(ENDPOINT_SESSION, code)]
+
+
+@pytest.mark.parametrize(
+    "exception",
+    [TimeoutError(), aiohttp.ClientConnectionError("reset")],
+    ids=["timeout", "connection"],
+)
+async def test_transport_failures_are_retried(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock, exception: Exception
+) -> None:
+    """A timeout or connection failure is retried and the retry's answer is used."""
+    server.get(SESSION_URL, exception=exception)
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE)
+    result = await make_client(retries=1).active_session(ACCOUNT, APP, STREAM_ID)
+    assert result.session is not None
+    assert len(sent(server)) == 2
+    assert clock.sleeps == [pytest.approx(0.25)]
+
+
+# --- throttling -------------------------------------------------------------------------
+
+
+async def test_429_pauses_the_budget_and_the_next_call_fails_fast(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock
+) -> None:
+    """A 429 is rate_limited, not retried, pauses the whole budget for Retry-After seconds."""
+    server.get(SESSION_URL, status=429, payload=THROTTLED, headers={"Retry-After": "30"})
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE)
+    client = make_client()
+    error = await fail(client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + 20))
+    assert (error.reason, error.status, error.retry_after) == ("rate_limited", 429, 30.0)
+    assert not error.transient
+    assert "971" in str(error)
+    assert client.budget.paused_until == NOW + 30
+    assert len(sent(server)) == 1
+
+    again = await fail(client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + 20))
+    assert again.reason == "rate_limited"
+    assert again.status is None
+    assert len(sent(server)) == 1  # nothing was sent
+    assert clock.sleeps == []
+
+
+async def test_a_call_without_deadline_waits_out_the_pause(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock
+) -> None:
+    """Without a deadline, the call after a 429 waits until the pause ends, then sends."""
+    server.get(SESSION_URL, status=429, payload=THROTTLED, headers={"Retry-After": "30"})
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE)
+    client = make_client()
+    await fail(client.active_session(ACCOUNT, APP, STREAM_ID))
+    result = await client.active_session(ACCOUNT, APP, STREAM_ID)
+    assert result.session is not None
+    assert clock.sleeps == [30.0]
+    assert len(sent(server)) == 2
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait", "paused"),
+    [
+        ({"Retry-After": "30"}, 30.0, 30.0),
+        ({"Retry-After": "0"}, 0.0, 0.0),
+        ({"Retry-After": "7", "Ratelimit": '"default";r=3;t=45'}, 7.0, 7.0),
+        ({"Ratelimit": '"default";r=3;t=45'}, 45.0, 45.0),
+        ({"Retry-After": "soon", "Ratelimit": '"default";r=3;t=45'}, 45.0, 45.0),
+        ({}, 60.0, 60.0),
+        ({"Retry-After": "soon"}, 60.0, 60.0),
+        ({"Retry-After": "7", "Ratelimit": '"default";r=0;t=45'}, 7.0, 45.0),
+    ],
+    ids=[
+        "retry-after",
+        "retry-after-zero",
+        "retry-after-beats-ratelimit-t",
+        "ratelimit-t",
+        "junk-retry-after-uses-ratelimit-t",
+        "default",
+        "junk-retry-after-default",
+        "exhausted-ratelimit-keeps-the-longer-pause",
+    ],
+)
+async def test_429_pause_length_comes_from_the_headers(
+    server: aioresponses,
+    make_client: MakeClient,
+    headers: dict[str, str],
+    wait: float,
+    paused: float,
+) -> None:
+    """The pause is Retry-After, else the Ratelimit t value, else 60 seconds."""
+    server.get(SESSION_URL, status=429, payload=THROTTLED, headers=headers)
+    client = make_client()
+    error = await fail(client.active_session(ACCOUNT, APP, STREAM_ID))
+    assert error.reason == "rate_limited"
+    assert error.retry_after == wait
+    assert client.budget.paused_until == NOW + paused
+    assert len(sent(server)) == 1
+
+
+async def test_429_retry_after_as_http_date(server: aioresponses, make_client: MakeClient) -> None:
+    """Retry-After given as an HTTP date pauses until that (wall-clock) time."""
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)  # whole seconds
+    server.get(SESSION_URL, status=429, payload=THROTTLED, headers={"Retry-After": when})
+    client = make_client()
+    error = await fail(client.active_session(ACCOUNT, APP, STREAM_ID))
+    assert error.reason == "rate_limited"
+    assert error.retry_after is not None
+    assert 115.0 < error.retry_after <= 120.0
+    assert client.budget.paused_until == pytest.approx(NOW + error.retry_after)
+
+
+@pytest.fixture
+def local_time_not_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run with a local time zone far from UTC, so a date read as local time shows."""
+    monkeypatch.setenv("TZ", "America/Los_Angeles")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("headers", "wait"),
+    [
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 90.0),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:28:00 -0000"}, 90.0),
+        ({"Retry-After": "Wed, 21 Oct 2015 09:28:00 +0200"}, 90.0),
+        ({"Retry-After": "Wed, 21 Oct 2015 07:00:00 GMT"}, 0.0),
+        ({"Retry-After": " 12 "}, 12.0),
+        ({"retry-after": "12"}, 12.0),
+        ({"Retry-After": "1.5"}, 1.5),
+        ({"Retry-After": "86400"}, 900.0),
+    ],
+    ids=[
+        "gmt",
+        "minus-zero-zone",
+        "offset",
+        "past",
+        "padded",
+        "lower-case-name",
+        "fraction",
+        "capped",
+    ],
+)
+def test_retry_after_reads_seconds_and_http_dates(
+    headers: dict[str, str], wait: float, local_time_not_utc: None
+) -> None:
+    """HTTP dates are read against the given wall-clock time, in any zone; the past is 0."""
+    now = 1445412390.0  # Wed, 21 Oct 2015 07:26:30 GMT
+    assert client_module.retry_after(CIMultiDict(headers), now=now) == pytest.approx(wait)
+
+
+@pytest.mark.parametrize(
+    ("ratelimit", "remaining", "paused_for"),
+    [
+        ('"default";r=0;t=42', [0], 42.0),
+        ('"default";r=0', [0], 60.0),
+        ('"default";r=17;t=42', [17], None),
+        ('"default";t=42', [], None),
+    ],
+    ids=["exhausted", "exhausted-without-t", "some-left", "no-r"],
+)
+async def test_ratelimit_header_reports_remaining_and_pauses_at_zero(
+    server: aioresponses,
+    make_client: MakeClient,
+    observer: RecordingObserver,
+    ratelimit: str,
+    remaining: list[int],
+    paused_for: float | None,
+) -> None:
+    """The observer gets Ratelimit's r; r=0 pauses the budget for t seconds (default 60)."""
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE, headers={"Ratelimit": ratelimit})
+    client = make_client()
+    result = await client.active_session(ACCOUNT, APP, STREAM_ID)
+    assert result.session is not None  # the answer itself is still good
+    assert observer.remaining == remaining
+    if paused_for is None:
+        assert client.budget.available() > 0
+    else:
+        assert client.budget.paused_until == NOW + paused_for
+
+
+async def test_budget_exhausted_before_sending_is_rate_limited(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock
+) -> None:
+    """When the budget cannot grant before the deadline, nothing is sent."""
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE, repeat=True)
+    budget = RequestBudget(requests=1, window=300.0, clock=clock, sleep=clock.sleep)
+    client = make_client(budget=budget)
+    await client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + 10)
+    error = await fail(client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + 10))
+    assert error.reason == "rate_limited"
+    assert len(sent(server)) == 1
+    assert clock.sleeps == []
+
+
+# --- observer ---------------------------------------------------------------------------
+
+
+async def test_observer_sees_every_request_with_its_outcome(
+    server: aioresponses, make_client: MakeClient, observer: RecordingObserver
+) -> None:
+    """Each request sent is reported once, as (endpoint, status code or failure kind)."""
+    server.get(page_url(1, 100), payload=page("a"))
+    server.get(SESSION_URL, status=404, payload=NOT_FOUND)
+    server.get(SESSION_URL, status=503, body="x")
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE)
+    server.get(SESSION_URL, exception=TimeoutError())
+    server.get(SESSION_URL, exception=aiohttp.ClientConnectionError("reset"))
+    client = make_client(retries=1)
+    await client.list_livestreams(ACCOUNT, APP)
+    await client.active_session(ACCOUNT, APP, STREAM_ID)  # 404
+    await client.active_session(ACCOUNT, APP, STREAM_ID)  # 503, retried: 200
+    await fail(client.active_session(ACCOUNT, APP, STREAM_ID))  # timeout, retried: connection
+    assert observer.requests == [
+        (ENDPOINT_LISTING, "200"),
+        (ENDPOINT_SESSION, "404"),
+        (ENDPOINT_SESSION, "503"),
+        (ENDPOINT_SESSION, "200"),
+        (ENDPOINT_SESSION, "timeout"),
+        (ENDPOINT_SESSION, "connection_error"),
+    ]
+
+
+# --- bodies -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "call", "body"),
+    [
+        (SESSION_URL, lambda c: c.active_session(ACCOUNT, APP, STREAM_ID), "<html>oops</html>"),
+        (
+            SESSION_URL,
+            lambda c: c.active_session(ACCOUNT, APP, STREAM_ID),
+            json.dumps(SESSION_EXAMPLE)[:-10],
+        ),
+        (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP), "not json"),
+        (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP), '{"data": [{"id": "a"'),
+        (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP), "[]"),
+        (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP), '{"success": true}'),
+    ],
+    ids=[
+        "session-html",
+        "session-truncated",
+        "listing-junk",
+        "listing-truncated",
+        "listing-not-object",
+        "listing-without-data",
+    ],
+)
+async def test_unreadable_2xx_body_is_a_decode_error(
+    server: aioresponses, make_client: MakeClient, url: str, call: Any, body: str
+) -> None:
+    """A 200 whose body is not JSON, is cut short, or has no usable shape is ``decode``."""
+    server.get(url, body=body, repeat=True)
+    error = await fail(call(make_client()))
+    assert error.reason == "decode"
+    assert not error.transient
+    assert len(sent(server)) == 1
+
+
+@pytest.mark.parametrize(
+    "declared", [True, False], ids=["content-length", "streamed-without-length"]
+)
+async def test_body_over_the_size_limit_is_a_decode_error(
+    server: aioresponses,
+    make_client: MakeClient,
+    observer: RecordingObserver,
+    declared: bool,
+) -> None:
+    """A body larger than max_body_bytes is refused (declared or counted while reading)."""
+    body = json.dumps(SESSION_EXAMPLE)
+    headers = {"Content-Length": str(len(body))} if declared else {}
+    server.get(SESSION_URL, body=body, headers=headers, repeat=True)
+    error = await fail(make_client(max_body_bytes=64).active_session(ACCOUNT, APP, STREAM_ID))
+    assert (error.reason, error.status) == ("decode", 200)
+    assert "limit" in str(error)
+    # a declared length is refused before reading; otherwise the count while reading stops it
+    assert (f"{len(body)} bytes" in str(error)) is declared
+    assert len(sent(server)) == 1
+    assert observer.requests == [(ENDPOINT_SESSION, "200")]
+
+
+async def test_body_at_the_size_limit_is_read(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """A body of exactly max_body_bytes is still accepted."""
+    body = json.dumps(SESSION_EXAMPLE)
+    server.get(SESSION_URL, body=body)
+    result = await make_client(max_body_bytes=len(body)).active_session(ACCOUNT, APP, STREAM_ID)
+    assert result.session is not None
+
+
+# --- the token --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        {"status": 401, "payload": AUTH_ERROR},
+        {"status": 403, "payload": AUTH_ERROR},
+        {"status": 429, "payload": THROTTLED, "headers": {"Retry-After": "30"}},
+        {"status": 500, "body": "boom"},
+        {"status": 200, "body": "not json"},
+        {"status": 200, "payload": {"success": False, "error": {"message": "no"}}},
+        {"exception": TimeoutError()},
+        {"exception": aiohttp.ClientConnectionError("reset")},
+    ],
+    ids=["401", "403", "429", "500", "decode", "success-false", "timeout", "connection"],
+)
+async def test_token_never_appears_in_error_text_or_client_repr(
+    server: aioresponses, make_client: MakeClient, response: dict[str, Any]
+) -> None:
+    """Neither an ApiError (str, repr, args) nor the client's repr ever shows the token."""
+    server.get(page_url(1, 100), repeat=True, **response)
+    client = make_client(retries=0)
+    error = await fail(client.list_livestreams(ACCOUNT, APP))
+    texts = [str(error), repr(error), *map(str, error.args), repr(client), str(client)]
+    cause = error.__cause__ or error.__context__
+    if cause is not None and not error.__suppress_context__:
+        texts.append(repr(cause))
+    for text in texts:
+        assert TOKEN not in text
+    assert len(sent(server)) == 1

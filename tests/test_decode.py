@@ -1,0 +1,749 @@
+"""Lenient decoding of RealtimeKit bodies: every published shape, every lying type."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from typing import Any
+
+import pytest
+
+from exporter import decode
+from exporter.decode import DecodeError, Paging
+from exporter.model import ActiveSession, Livestream, Session
+
+# The published examples (realtimekit-livestreams.openapi.json), secrets included on purpose.
+LISTING_STREAM_KEY = "f26566285faca6fbe2e79a73a66rsrrsrrsr3cde23a2bb7dbc6c2c1761b98f4e4"
+LISTING_INGEST = "rtmps://live.cloudflare.com:443/live/"
+SESSION_STREAM_KEY = "sk_ap-south-1_x3lKBdJa8UDN_3q6PPLMJnqnbnhyrkXrOG504MUsxnZ"
+SESSION_INGEST = "rtmps://2ec802dd47b0.global-contribute.live-video.net:443/app/"
+
+LISTING_ITEM: dict[str, Any] = {
+    "created_at": "2023-07-15T11:48:34.753Z",
+    "disabled": False,
+    "id": "3fd739f4-3c41-456e-bfba-6ebd51e16d2c",
+    "ingest_server": LISTING_INGEST,
+    "meeting_id": None,
+    "name": None,
+    "playback_url": "https://customer-s8oj0c1n5ek8ah1e.cloudflarestream.com/7de6a3fec0f9c05bf1df140950d3a237/manifest/video.m3u8",
+    "status": "IDLE",
+    "stream_key": LISTING_STREAM_KEY,
+    "updated_at": "2023-07-15T11:48:34.753Z",
+}
+LISTING_EXAMPLE: dict[str, Any] = {
+    "data": [LISTING_ITEM],
+    "paging": {"end_offset": 1, "start_offset": 1, "total_count": 1},
+    "success": True,
+}
+LISTING_STREAM = Livestream(
+    id="3fd739f4-3c41-456e-bfba-6ebd51e16d2c",
+    status="IDLE",
+    name=None,
+    meeting_id=None,
+    disabled=False,
+)
+
+SESSION_EXAMPLE: dict[str, Any] = {
+    "success": True,
+    "data": {
+        "livestream": {
+            "id": "b60ef3da-fbbb-441b-9168-8235b0035248",
+            "name": None,
+            "ingest_server": SESSION_INGEST,
+            "stream_key": SESSION_STREAM_KEY,
+            "status": "LIVE",
+            "meeting_id": "bbb87945-df1c-49d9-8159-262a7ae6cfde",
+            "playback_url": "https://2ec802dd47b0.ap-south-1.playback.live-video.net/api/video/v1/ap-south-1.944908621410.channel.ob5KQUrP5Zaf.m3u8",
+            "created_at": "2023-07-15T07:08:26.634Z",
+            "updated_at": "2023-07-15T07:08:40.726Z",
+            "disabled": False,
+        },
+        "session": {
+            "id": "cf55a850-c3fd-46b5-b5d2-25b3b9aa1686",
+            "livestream_id": "b60ef3da-fbbb-441b-9168-8235b0035248",
+            "err_message": None,
+            "invoked_time": None,
+            "started_time": "2023-07-15T07:08:39.000Z",
+            "stopped_time": None,
+            "created_at": "2023-07-15T07:08:40.742Z",
+            "updated_at": "2023-07-15T07:08:40.742Z",
+            "ingest_seconds": 60,
+            "viewer_seconds": 60,
+        },
+    },
+}
+SESSION_STREAM_ID = "b60ef3da-fbbb-441b-9168-8235b0035248"
+STARTED = 1689404919.0  # 2023-07-15T07:08:39Z
+STOPPED = 1689405519.5  # ten minutes later
+LIVE_STREAM = Livestream(
+    id=SESSION_STREAM_ID,
+    status="LIVE",
+    name=None,
+    meeting_id="bbb87945-df1c-49d9-8159-262a7ae6cfde",
+    disabled=False,
+)
+ACTIVE_SESSION = Session(
+    id="cf55a850-c3fd-46b5-b5d2-25b3b9aa1686",
+    started_time=STARTED,
+    stopped_time=None,
+    err_message=None,
+    ingest_seconds=60.0,
+    viewer_seconds=60.0,
+)
+
+
+def stream(stream_id: str, status: str = "IDLE", **extra: Any) -> dict[str, Any]:
+    return {"id": stream_id, "status": status, "stream_key": LISTING_STREAM_KEY, **extra}
+
+
+def session_body(**session_fields: Any) -> dict[str, Any]:
+    """The active-session example with some of its ``data.session`` fields replaced."""
+    body = copy.deepcopy(SESSION_EXAMPLE)
+    for key, value in session_fields.items():
+        body["data"]["session"][key] = value
+    return body
+
+
+# --- listing ---------------------------------------------------------------------------
+
+
+def test_listing_reads_the_example_array_with_top_level_paging() -> None:
+    """The published example (``data`` array, ``paging`` at the top) decodes completely."""
+    page = decode.listing_page(LISTING_EXAMPLE)
+    assert page.livestreams == (LISTING_STREAM,)
+    assert page.paging == Paging(total_count=1, start_offset=1, end_offset=1)
+    assert page.entries == 1
+
+
+@pytest.mark.parametrize("key", ["livestreams", "items", "data", "results"])
+def test_listing_reads_an_object_with_a_nested_list_and_paging_inside(key: str) -> None:
+    """``data`` as an object holding the list and ``paging`` is read like the array shape."""
+    doc = {
+        "success": True,
+        "data": {
+            key: [stream("a", "LIVE"), stream("b", "IDLE")],
+            "paging": {"start_offset": 1, "end_offset": 2, "total_count": 7},
+        },
+    }
+    page = decode.listing_page(doc)
+    assert page.livestreams == (
+        Livestream(id="a", status="LIVE"),
+        Livestream(id="b", status="IDLE"),
+    )
+    assert page.paging == Paging(total_count=7, start_offset=1, end_offset=2)
+    assert page.entries == 2
+
+
+def test_listing_prefers_top_level_paging_over_paging_inside_data() -> None:
+    """When both places hold paging, the top-level one (the real answers' place) wins."""
+    doc = {
+        "data": {"livestreams": [stream("a")], "paging": {"total_count": 99}},
+        "paging": {"total_count": 1, "start_offset": 1, "end_offset": 1},
+    }
+    assert decode.listing_page(doc).paging == Paging(total_count=1, start_offset=1, end_offset=1)
+
+
+def test_listing_reads_the_schemas_single_object_with_paging_inside() -> None:
+    """The schema's reading (``data`` is one livestream with ``paging`` inside) gives one stream."""
+    item = dict(LISTING_ITEM, paging={"end_offset": 1, "start_offset": 1, "total_count": 1})
+    page = decode.listing_page({"success": True, "data": item})
+    assert page.livestreams == (LISTING_STREAM,)
+    assert page.paging == Paging(total_count=1, start_offset=1, end_offset=1)
+
+
+def test_listing_keeps_duplicates_for_the_client_to_resolve() -> None:
+    """A page listing one id twice is decoded as sent; de-duplication is the client's job."""
+    doc = {"data": [stream("a", "LIVE"), stream("a", "IDLE")]}
+    page = decode.listing_page(doc)
+    assert [s.status for s in page.livestreams] == ["LIVE", "IDLE"]
+
+
+def test_listing_drops_entries_without_an_id_but_counts_them() -> None:
+    """An entry with no id cannot be attributed, yet it still counts towards the page size."""
+    doc = {"data": [stream("a"), {"status": "LIVE", "name": "anonymous"}, stream("", "LIVE")]}
+    page = decode.listing_page(doc)
+    assert [s.id for s in page.livestreams] == ["a"]
+    assert page.entries == 3
+
+
+def test_listing_without_paging_has_none() -> None:
+    """A listing without any paging object reports ``paging`` as ``None``."""
+    page = decode.listing_page({"data": []})
+    assert page.livestreams == ()
+    assert page.paging is None
+    assert page.entries == 0
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"success": True},
+        {"success": True, "data": None},
+        {"success": True, "data": "livestreams"},
+        {"success": True, "data": 3},
+        {"success": True, "data": {"paging": {"total_count": 1}}},
+        {"success": True, "data": ["not an object"]},
+        {"success": True, "data": [None]},
+    ],
+    ids=["absent", "null", "string", "number", "object-without-list", "entry-string", "entry-null"],
+)
+def test_listing_without_readable_livestreams_is_a_decode_error(doc: dict[str, Any]) -> None:
+    """A listing whose streams cannot be found is an error, never a silently empty listing."""
+    with pytest.raises(DecodeError):
+        decode.listing_page(doc)
+
+
+@pytest.mark.parametrize(
+    ("paging", "expected"),
+    [
+        ({"total_count": 5, "start_offset": 1, "end_offset": 2}, Paging(5, 1, 2)),
+        ({"total_count": "5", "start_offset": "1", "end_offset": "2"}, Paging(5, 1, 2)),
+        ({"total_count": 5.0}, Paging(5, None, None)),
+        ({"total_count": 5.5, "start_offset": -1, "end_offset": "x"}, Paging(None, None, None)),
+        ("5", None),
+        ([5], None),
+    ],
+    ids=["ints", "strings", "whole-float", "junk", "not-object-string", "not-object-list"],
+)
+def test_paging_reads_whole_numbers_and_ignores_the_rest(
+    paging: object, expected: Paging | None
+) -> None:
+    """Paging counts may be strings or whole floats; anything else is unknown (``None``)."""
+    assert decode.listing_page({"data": [], "paging": paging}).paging == expected
+
+
+# --- livestream fields ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("LIVE", "LIVE"),
+        ("IDLE", "IDLE"),
+        ("ERRORED", "ERRORED"),
+        ("INVOKED", "INVOKED"),
+        ("OFFLINE", "OFFLINE"),
+        ("live", "LIVE"),
+        (" Idle ", "IDLE"),
+        ("PAUSED", "PAUSED"),
+        ("STOPPED_BY_ADMIN", "STOPPED_BY_ADMIN"),
+    ],
+    ids=[
+        "live",
+        "idle",
+        "errored",
+        "invoked",
+        "offline",
+        "lower-case",
+        "mixed-case-padded",
+        "unknown-passes",
+        "unknown-underscore",
+    ],
+)
+def test_status_is_upper_cased_and_unknown_ones_pass_through(raw: str, expected: str) -> None:
+    """Statuses are normalised to upper case and the set is open."""
+    assert decode.status_value(raw) == expected
+    assert decode.livestream({"id": "x", "status": raw}) == Livestream(id="x", status=expected)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        1,
+        True,
+        ["LIVE"],
+        {"value": "LIVE"},
+        "",
+        "   ",
+        "LIVE NOW",
+        "LIVE;DROP",
+        "9LIVES",
+        "A" * 40,
+    ],
+    ids=[
+        "missing",
+        "number",
+        "bool",
+        "list",
+        "object",
+        "empty",
+        "blank",
+        "space",
+        "punctuation",
+        "leading-digit",
+        "too-long",
+    ],
+)
+def test_status_that_is_missing_or_not_a_status_word_is_a_decode_error(raw: object) -> None:
+    """A livestream without a readable status cannot be exported and is a decode error."""
+    item: dict[str, Any] = {"id": "x"} if raw is None else {"id": "x", "status": raw}
+    with pytest.raises(DecodeError):
+        decode.livestream(item)
+
+
+def test_livestream_reads_name_meeting_and_disabled_and_clips_long_text() -> None:
+    """Optional fields are read as text or booleans; over-long labels are clipped."""
+    item = stream(
+        "  s1  ", "LIVE", name="n" * 300, meeting_id=1234, disabled="true", ingest_server="x"
+    )
+    result = decode.livestream(item)
+    assert result == Livestream(
+        id="s1", status="LIVE", name="n" * 256, meeting_id="1234", disabled=True
+    )
+
+
+def test_livestream_without_id_uses_the_fallback_id() -> None:
+    """A livestream object missing its id takes the id the caller asked about."""
+    assert decode.livestream({"status": "LIVE"}, fallback_id="asked") == Livestream(
+        id="asked", status="LIVE"
+    )
+    assert decode.livestream({"status": "LIVE"}) is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (60, 60.0),
+        ("60", 60.0),
+        (" 60 ", 60.0),
+        (116.11599994199997, 116.11599994199997),
+        ("116.1", 116.1),
+        (0, 0.0),
+        ("-0", 0.0),
+        ("abc", None),
+        ("", None),
+        (None, None),
+        (True, None),
+        (False, None),
+        (math.nan, None),
+        ("NaN", None),
+        (math.inf, None),
+        ("inf", None),
+        ("1e400", None),
+        (10**400, None),
+        (-1, None),
+        ("-0.5", None),
+        ([60], None),
+        ({"value": 60}, None),
+    ],
+    ids=[
+        "int",
+        "numeric-string",
+        "padded-string",
+        "fraction",
+        "fraction-string",
+        "zero",
+        "negative-zero",
+        "junk-string",
+        "empty-string",
+        "null",
+        "true",
+        "false",
+        "nan",
+        "nan-string",
+        "inf",
+        "inf-string",
+        "overflow-string",
+        "int-too-big-for-float",
+        "negative",
+        "negative-string",
+        "list",
+        "object",
+    ],
+)
+def test_number_reads_finite_non_negative_numbers_and_numeric_strings(
+    raw: object, expected: float | None
+) -> None:
+    """Counters come as numbers or strings; anything not a finite non-negative number is None."""
+    result = decode.number(raw)
+    assert result == expected
+    if result is not None:
+        assert type(result) is float
+        assert math.copysign(1.0, result) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("field", "raw", "expected"),
+    [
+        ("ingest_seconds", "116.11599994199997", 116.11599994199997),
+        ("viewer_seconds", "abc", None),
+        ("ingest_seconds", True, None),
+    ],
+    ids=["string-counter", "junk-counter", "bool-counter"],
+)
+def test_session_counters_use_the_lenient_number_reading(
+    field: str, raw: object, expected: float | None
+) -> None:
+    """Session counters accept what ``number`` accepts and drop the rest."""
+    result = decode.active_session(session_body(**{field: raw}), livestream_id=SESSION_STREAM_ID)
+    assert result.session is not None
+    assert getattr(result.session, field) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (True, True),
+        (False, False),
+        ("true", True),
+        ("false", False),
+        ("TRUE", True),
+        (" False ", False),
+        ("1", True),
+        ("0", False),
+        ("yes", True),
+        ("no", False),
+        (1, True),
+        (0, False),
+        (2, None),
+        (1.0, None),
+        ("maybe", None),
+        ("", None),
+        (None, None),
+        ([], None),
+    ],
+    ids=[
+        "true",
+        "false",
+        "true-string",
+        "false-string",
+        "upper-string",
+        "padded-string",
+        "one-string",
+        "zero-string",
+        "yes",
+        "no",
+        "one",
+        "zero",
+        "two",
+        "float",
+        "junk",
+        "empty",
+        "null",
+        "list",
+    ],
+)
+def test_boolean_reads_bools_and_their_string_forms(raw: object, expected: bool | None) -> None:
+    """``disabled`` comes as a bool or a string; anything unclear is unknown (None)."""
+    assert decode.boolean(raw) is expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2023-07-15T07:08:40.742Z", 1689404920.742),
+        ("2023-07-15T07:08:40.742z", 1689404920.742),
+        ("2023-07-15T09:08:40.742+02:00", 1689404920.742),
+        ("2023-07-15T02:08:40.742-05:00", 1689404920.742),
+        ("2023-07-15T07:08:40Z", 1689404920.0),
+        ("2023-07-15T07:08:40", 1689404920.0),
+        ("2023-07-15T07:08:40.742123456Z", 1689404920.742123),
+        ("2023-07-15T09:08:40.742123456+02:00", 1689404920.742123),
+        ("2023-07-15T07:08:40.7Z", 1689404920.7),
+        (" 2023-07-15T07:08:40Z ", 1689404920.0),
+        (1689404920, 1689404920.0),
+        (1689404920.5, 1689404920.5),
+        (1689404920742, 1689404920.742),
+        ("1689404920", 1689404920.0),
+        ("1689404920742", 1689404920.742),
+        ("junk", None),
+        ("2023-13-45T99:99:99Z", None),
+        ("", None),
+        (None, None),
+        (True, None),
+        (0, None),
+        (-5, None),
+        (math.nan, None),
+        (math.inf, None),
+        (10**400, None),
+        ("1" * 400, None),
+        ("0001-01-01T00:00:00Z", None),
+        (["2023-07-15T07:08:40Z"], None),
+    ],
+    ids=[
+        "iso-ms-z",
+        "iso-ms-lower-z",
+        "iso-plus-offset",
+        "iso-minus-offset",
+        "iso-no-fraction",
+        "iso-naive-is-utc",
+        "iso-nanoseconds",
+        "iso-nanoseconds-offset",
+        "iso-one-digit-fraction",
+        "iso-padded",
+        "epoch-seconds",
+        "epoch-seconds-fraction",
+        "epoch-ms",
+        "epoch-seconds-string",
+        "epoch-ms-string",
+        "junk",
+        "impossible-date",
+        "empty",
+        "null",
+        "bool",
+        "zero",
+        "negative",
+        "nan",
+        "inf",
+        "int-too-big-for-float",
+        "digits-too-big-for-float",
+        "before-1970",
+        "list",
+    ],
+)
+def test_timestamp_reads_iso_and_epoch_forms_into_unix_seconds(
+    raw: object, expected: float | None
+) -> None:
+    """Times come as ISO 8601 at any precision or as epoch seconds/ms; junk is None."""
+    result = decode.timestamp(raw)
+    if expected is None:
+        assert result is None
+    else:
+        assert result == pytest.approx(expected, abs=1e-6)
+
+
+# --- active session ---------------------------------------------------------------------
+
+
+def test_active_session_reads_the_example_as_live() -> None:
+    """The published example decodes to a LIVE stream with an active session."""
+    result = decode.active_session(SESSION_EXAMPLE, livestream_id=SESSION_STREAM_ID)
+    assert result == ActiveSession(livestream=LIVE_STREAM, session=ACTIVE_SESSION)
+    assert result.session is not None
+    assert result.session.active
+    assert not result.session.errored
+
+
+def test_active_session_with_stopped_time_is_not_active() -> None:
+    """A session whose ``stopped_time`` is set is over, even on the active-session endpoint."""
+    body = session_body(stopped_time="2023-07-15T07:18:39.500Z", err_message="encoder lost")
+    result = decode.active_session(body, livestream_id=SESSION_STREAM_ID)
+    assert result.session is not None
+    assert result.session.stopped_time == pytest.approx(STOPPED)
+    assert not result.session.active
+    assert result.session.errored
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"livestream": SESSION_EXAMPLE["data"]["livestream"], "session": None},
+        {"livestream": SESSION_EXAMPLE["data"]["livestream"]},
+        {"livestream": SESSION_EXAMPLE["data"]["livestream"], "sessions": []},
+    ],
+    ids=["session-null", "session-absent", "sessions-empty"],
+)
+def test_active_session_without_a_session_is_not_live(data: dict[str, Any]) -> None:
+    """No session object means "not live", not an error; the livestream is still read."""
+    result = decode.active_session({"success": True, "data": data}, livestream_id="x")
+    assert result == ActiveSession(livestream=LIVE_STREAM, session=None)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [{"success": True, "data": None}, {"success": True}],
+    ids=["data-null", "data-absent"],
+)
+def test_active_session_without_data_is_empty(doc: dict[str, Any]) -> None:
+    """A 200 without ``data`` answers "nothing active"."""
+    assert decode.active_session(doc, livestream_id="x") == ActiveSession(None, None)
+
+
+@pytest.mark.parametrize(
+    ("sessions", "expected_id"),
+    [
+        ([{"id": "only", "started_time": "2023-07-15T07:08:39Z"}], "only"),
+        (
+            [
+                {"id": "old", "started_time": 1689000000, "stopped_time": 1689000600},
+                {"id": "now", "started_time": 1689404919, "stopped_time": None},
+            ],
+            "now",
+        ),
+        (
+            [
+                {"id": "b", "started_time": 1689000000, "stopped_time": 1689000600},
+                {"id": "a", "started_time": 1688000000, "stopped_time": 1688000600},
+            ],
+            "b",
+        ),
+        (["junk", {"id": "real", "started_time": 1689404919}], "real"),
+    ],
+    ids=["single", "active-after-stopped", "all-stopped-first-wins", "skips-non-objects"],
+)
+def test_active_session_reads_a_sessions_array(sessions: list[object], expected_id: str) -> None:
+    """The ``sessions`` array form is accepted; an active session in it is preferred."""
+    doc = {"data": {"livestream": {"status": "LIVE"}, "sessions": sessions}}
+    result = decode.active_session(doc, livestream_id="asked")
+    assert result.session is not None
+    assert result.session.id == expected_id
+    assert result.livestream == Livestream(id="asked", status="LIVE")
+
+
+def test_active_session_ignores_a_livestream_without_status() -> None:
+    """A livestream object without a status is not a stream state to export."""
+    doc = {"data": {"livestream": {"id": "x", "name": "n"}, "session": None}}
+    assert decode.active_session(doc, livestream_id="x") == ActiveSession(None, None)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"data": ["livestream"]},
+        {"data": "live"},
+        {"data": {"session": "running"}},
+        {"data": {"session": 1}},
+        {"data": {"livestream": {"id": "x", "status": 7}}},
+    ],
+    ids=["data-list", "data-string", "session-string", "session-number", "bad-status"],
+)
+def test_active_session_with_unreadable_parts_is_a_decode_error(doc: dict[str, Any]) -> None:
+    """Parts that are present but of the wrong kind are decode errors."""
+    with pytest.raises(DecodeError):
+        decode.active_session(doc, livestream_id="x")
+
+
+# --- secrets ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("decoded", "secrets"),
+    [
+        (
+            lambda: decode.listing_page(LISTING_EXAMPLE),
+            (LISTING_STREAM_KEY, LISTING_INGEST),
+        ),
+        (
+            lambda: decode.listing_page({"data": dict(LISTING_ITEM, paging={"total_count": 1})}),
+            (LISTING_STREAM_KEY, LISTING_INGEST),
+        ),
+        (
+            lambda: decode.active_session(SESSION_EXAMPLE, livestream_id=SESSION_STREAM_ID),
+            (SESSION_STREAM_KEY, SESSION_INGEST),
+        ),
+    ],
+    ids=["listing-array", "listing-single-object", "active-session"],
+)
+def test_stream_key_and_ingest_server_never_reach_the_model(
+    decoded: Any, secrets: tuple[str, ...]
+) -> None:
+    """Decoded objects hold neither the stream key nor the ingest server, in any form."""
+    result = decoded()
+    text = repr(result)
+    for secret in secrets:
+        assert secret not in text
+    for model in (Livestream, Session):
+        assert "stream_key" not in model.__slots__
+        assert "ingest_server" not in model.__slots__
+
+
+# --- envelopes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (
+            {"success": False, "error": {"code": 404, "message": "No active session found"}},
+            (404, "No active session found"),
+        ),
+        (
+            {
+                "success": False,
+                "errors": [{"code": 10000, "message": "Authentication error"}],
+                "messages": [],
+                "result": None,
+            },
+            (10000, "Authentication error"),
+        ),
+        (
+            {
+                "success": False,
+                "errors": [
+                    "junk",
+                    {"code": "971", "message": "More than 1200 requests per 300 seconds"},
+                ],
+                "result": None,
+            },
+            (971, "More than 1200 requests per 300 seconds"),
+        ),
+        ({"success": False, "error": "Bad request"}, (None, "Bad request")),
+        ({"success": False, "error": {"code": 500}}, (500, "")),
+        ({"success": False, "error": {"message": "m" * 300}}, (None, "m" * 256)),
+        ({"success": False, "errors": []}, (None, "")),
+        ({"success": False}, (None, "")),
+        (["error"], (None, "")),
+        (None, (None, "")),
+    ],
+    ids=[
+        "realtimekit",
+        "gateway",
+        "gateway-string-code-skips-junk",
+        "error-string",
+        "no-message",
+        "long-message-clipped",
+        "errors-empty",
+        "no-error",
+        "not-object",
+        "null",
+    ],
+)
+def test_error_summary_reads_both_envelopes(doc: object, expected: tuple[int | None, str]) -> None:
+    """Code and message come from RealtimeKit's ``error`` or the gateway's ``errors``."""
+    assert decode.error_summary(doc) == expected
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        ({"success": False, "error": {}}, True),
+        ({"success": True, "data": []}, False),
+        ({"data": []}, False),
+        ({"success": "false"}, False),
+        ([], False),
+    ],
+    ids=["false", "true", "absent", "string-false", "not-object"],
+)
+def test_is_failure_only_on_explicit_success_false(doc: object, expected: bool) -> None:
+    """Only a literal ``success: false`` marks a 2xx body as a failure."""
+    assert decode.is_failure(doc) is expected
+
+
+# --- raw bodies -------------------------------------------------------------------------
+
+
+def test_parse_json_reads_json() -> None:
+    """A JSON body becomes its Python value."""
+    assert decode.parse_json(json.dumps(LISTING_EXAMPLE).encode()) == LISTING_EXAMPLE
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"<html>Bad gateway</html>",
+        json.dumps(LISTING_EXAMPLE).encode()[:-7],
+        b"",
+        b"\xff\xfe\x00",
+        b"[" * 100_000,
+        b"1" * 5000,
+    ],
+    ids=["html", "truncated", "empty", "not-utf8", "too-deep", "too-many-digits"],
+)
+def test_parse_json_raises_decode_error_on_anything_else(body: bytes) -> None:
+    """Every way a body can fail to be JSON is a DecodeError, never another exception."""
+    with pytest.raises(DecodeError, match="not JSON"):
+        decode.parse_json(body)
+
+
+@pytest.mark.parametrize("doc", [None, [], [LISTING_EXAMPLE], "data", 1, True])
+@pytest.mark.parametrize(
+    "parse",
+    [decode.listing_page, lambda d: decode.active_session(d, livestream_id="x")],
+    ids=["listing", "active-session"],
+)
+def test_a_document_that_is_not_an_object_is_a_decode_error(parse: Any, doc: object) -> None:
+    """Both endpoints need a JSON object at the top."""
+    with pytest.raises(DecodeError):
+        parse(doc)
