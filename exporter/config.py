@@ -7,6 +7,7 @@ problems too. Error text never quotes a value that could be a secret.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ API_RATE_LIMIT: Final = (1200, 300.0)  # what Cloudflare allows per token
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_PATH_ID = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_PATH_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # used with fullmatch: no trailing newline
 
 
 class ConfigError(Exception):
@@ -140,11 +141,16 @@ def parse_duration(value: object) -> float:
     """``500ms``, ``30s``, ``5m``, ``1h`` or a plain number of seconds -> seconds."""
     if isinstance(value, bool):
         raise ValueError("must be a duration such as 30s, 5m or 1h")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-    else:
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
+            seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        else:
+            seconds = math.nan
+    except OverflowError:  # an integer too large for a float
+        seconds = math.inf
+    if not math.isfinite(seconds):  # also rejects YAML's .nan and .inf
         raise ValueError("must be a duration such as 30s, 5m or 1h")
     if seconds <= 0:
         raise ValueError("must be greater than zero")
@@ -169,7 +175,11 @@ def parse_rate_limit(value: object) -> RateLimit:
         raise ValueError("must look like 1000/5m (requests per window)") from None
     if count < 1:
         raise ValueError("the request count must be at least 1")
-    return RateLimit(count, parse_duration(window_text.strip()))
+    try:
+        window = parse_duration(window_text.strip())
+    except ValueError as exc:
+        raise ValueError(f"the window {exc}") from None
+    return RateLimit(count, window)
 
 
 def load(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
@@ -193,13 +203,48 @@ def loads(
 ) -> Config:
     """Validate YAML text; see :func:`load`."""
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKeyError as exc:
+        raise ConfigError([str(exc)], source=source) from None
     except yaml.YAMLError as exc:
+        # Only the position: PyYAML's own message can quote part of the offending line.
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError([f"not valid YAML{where}"], source=source) from None
     env = os.environ if environ is None else environ
     return _Validator(env, base_dir or Path.cwd()).config(document, source)
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+_SCHEMA_KEYS: Final = frozenset(
+    {"api", "poll", "apps", "base_url", "token", "token_file", "timeout", "max_concurrency"}
+    | {"rate_limit", "interval", "max_staleness", "account_id", "app_id", "discover"}
+    | {"livestreams", "id", "expect_live"}
+)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a key repeated in one mapping instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            # Merge keys (<<) may legitimately be overridden; only plain scalar keys are checked.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                mark = key_node.start_mark
+                # Name only our own keys: anything else might be a misplaced secret.
+                name = f" {key}" if key in _SCHEMA_KEYS else ""
+                raise _DuplicateKeyError(
+                    f"duplicate key{name} at line {mark.line + 1}, column {mark.column + 1}"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 class _Validator:
@@ -216,13 +261,15 @@ class _Validator:
     def config(self, document: object, source: str) -> Config:
         if document is None:
             document = {}
+        if not isinstance(document, dict):
+            # Nothing below can be checked; the missing api/apps would only be noise.
+            raise ConfigError(["(top level): must be a mapping"], source=source)
         root = self.mapping("", document, {"api", "poll", "apps"})
         api = self.api(root.get("api", {}))
         poll = self.poll(root.get("poll", {}))
         apps = self.apps(root.get("apps"))
         if self.problems:
             raise ConfigError(self.problems, source=source)
-        assert api is not None
         return Config(api=api, poll=poll, apps=apps, source=source)
 
     def mapping(self, path: str, value: object, allowed: set[str]) -> dict[str, Any]:
@@ -241,19 +288,26 @@ class _Validator:
                 out[key] = item
         return out
 
-    def expand(self, path: str, value: str) -> str:
+    def expand(self, path: str, value: str) -> str | None:
+        """``${VAR}`` from the environment, ``$$`` -> ``$``; None (reported) if a VAR is unset."""
+        missing: list[str] = []
+
         def substitute(m: re.Match[str]) -> str:
             name = m.group(1)
             if name is None:
                 return "$"
             if name not in self.environ:
-                self.fail(path, f"environment variable {name} is not set")
+                missing.append(name)
                 return ""
             return self.environ[name]
 
-        return _ENV_REF.sub(substitute, value)
+        expanded = _ENV_REF.sub(substitute, value)
+        for name in dict.fromkeys(missing):
+            self.fail(path, f"environment variable {name} is not set")
+        return None if missing else expanded
 
     def string(self, path: str, value: object, *, secret: bool = False) -> str | None:
+        """The expanded string, or None once a problem has been reported."""
         if isinstance(value, str):
             return self.expand(path, value)
         got = "" if secret else f" (got {type(value).__name__})"
@@ -262,16 +316,20 @@ class _Validator:
 
     def checked(
         self, path: str, value: object, parse: Callable[[object], Any], default: Any
-    ) -> Any:
+    ) -> tuple[Any, bool]:
+        """``(parse(value), True)``, or ``(default, False)`` after reporting the problem."""
         if isinstance(value, str):
-            value = self.expand(path, value)
+            expanded = self.expand(path, value)
+            if expanded is None:
+                return default, False
+            value = expanded
         try:
-            return parse(value)
+            return parse(value), True
         except ValueError as exc:
             self.fail(path, str(exc))
-            return default
+            return default, False
 
-    def api(self, value: object) -> ApiConfig | None:
+    def api(self, value: object) -> ApiConfig:
         raw = self.mapping(
             "api",
             value,
@@ -280,12 +338,12 @@ class _Validator:
         base_url = DEFAULT_BASE_URL
         if "base_url" in raw and (url := self.string("api.base_url", raw["base_url"])) is not None:
             base_url = self.base_url(url)
-        timeout = self.checked("api.timeout", raw.get("timeout", 10.0), parse_duration, 10.0)
+        timeout, _ = self.checked("api.timeout", raw.get("timeout", 10.0), parse_duration, 10.0)
         concurrency = raw.get("max_concurrency", 8)
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             self.fail("api.max_concurrency", "must be a whole number of at least 1")
             concurrency = 8
-        rate = self.checked(
+        rate, _ = self.checked(
             "api.rate_limit",
             raw.get("rate_limit", "1000/5m"),
             parse_rate_limit,
@@ -302,8 +360,14 @@ class _Validator:
         )
 
     def base_url(self, url: str) -> str:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        # Messages never quote the URL: it may carry a password.
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError:  # e.g. an unbalanced IPv6 bracket
+            self.fail("api.base_url", "must be an http:// or https:// URL")
+            return DEFAULT_BASE_URL
+        if parts.scheme not in ("http", "https") or not hostname:
             self.fail("api.base_url", "must be an http:// or https:// URL")
         elif parts.username is not None or parts.password is not None:
             self.fail("api.base_url", "must not carry credentials; use api.token or api.token_file")
@@ -328,23 +392,33 @@ class _Validator:
                 self.fail("api.token_file", str(exc))
                 return Secret(""), path
         if "token" in raw:
-            reported = len(self.problems)
-            text = self.string("api.token", raw["token"], secret=True)
-            if text is not None and not text.strip() and len(self.problems) == reported:
+            if raw["token"] is None:
                 self.fail("api.token", "is empty")
-            return Secret((text or "").strip()), None
+                return Secret(""), None
+            text = self.string("api.token", raw["token"], secret=True)
+            if text is None:
+                return Secret(""), None
+            text = text.strip()
+            if problem := _token_problem(text):
+                self.fail("api.token", problem)
+            return Secret(text), None
         env_token = self.environ.get(TOKEN_ENV, "").strip()
         if not env_token:
             self.fail("api", f"no API token: set api.token, api.token_file or {TOKEN_ENV}")
+        elif problem := _token_problem(env_token):
+            self.fail("api", f"{TOKEN_ENV} {problem}")
         return Secret(env_token), None
 
     def poll(self, value: object) -> PollConfig:
         raw = self.mapping("poll", value, {"interval", "max_staleness"})
-        interval = self.checked("poll.interval", raw.get("interval", 30.0), parse_duration, 30.0)
-        staleness = self.checked(
+        interval, interval_ok = self.checked(
+            "poll.interval", raw.get("interval", 30.0), parse_duration, 30.0
+        )
+        staleness, staleness_ok = self.checked(
             "poll.max_staleness", raw.get("max_staleness", 300.0), parse_duration, 300.0
         )
-        if staleness < interval:
+        # Compare only values the user actually gave validly, never a stand-in default.
+        if interval_ok and staleness_ok and staleness < interval:
             self.fail("poll.max_staleness", "must be at least poll.interval")
         return PollConfig(interval=interval, max_staleness=staleness)
 
@@ -374,8 +448,11 @@ class _Validator:
         text = self.string(path, value)
         if text is None:
             return None
-        if not _PATH_ID.match(text):
+        if not _PATH_ID.fullmatch(text):
             self.fail(path, "must be non-empty and use only letters, digits, '-', '_' and '.'")
+            return None
+        if text in (".", ".."):  # identifiers become URL path segments
+            self.fail(path, "must not be '.' or '..'")
             return None
         if max_len is not None and len(text) > max_len:
             self.fail(path, f"must be at most {max_len} characters")
@@ -389,18 +466,24 @@ class _Validator:
         return value
 
     def app(self, path: str, value: object) -> AppConfig | None:
-        raw = self.mapping(path, value, {"account_id", "app_id", "discover", "livestreams"})
-        if not raw and not isinstance(value, dict):
+        if not isinstance(value, dict):  # includes a bare "-" (null) list item
+            self.fail(path, "must be a mapping")
             return None
+        raw = self.mapping(path, value, {"account_id", "app_id", "discover", "livestreams"})
         account = self.identifier(f"{path}.account_id", raw.get("account_id"), max_len=32)
         app_id = self.identifier(f"{path}.app_id", raw.get("app_id"), max_len=32)
-        discover = self.boolean(f"{path}.discover", raw.get("discover", False)) or False
-        streams = self.livestreams(f"{path}.livestreams", raw.get("livestreams"))
-        if not streams and not discover:
+        discover = self.boolean(f"{path}.discover", raw.get("discover", False))
+        written = raw.get("livestreams")
+        streams = self.livestreams(f"{path}.livestreams", written)
+        # Judged on what was written, so a bad livestream entry or discover value is not
+        # reported a second time as "nothing to poll".
+        if discover is False and (written is None or written == []):
             self.fail(path, "lists no livestreams and discover is false: nothing to poll")
         if account is None or app_id is None:
             return None
-        return AppConfig(account_id=account, app_id=app_id, discover=discover, livestreams=streams)
+        return AppConfig(
+            account_id=account, app_id=app_id, discover=bool(discover), livestreams=streams
+        )
 
     def livestreams(self, path: str, value: object) -> tuple[LivestreamConfig, ...]:
         if value is None:
@@ -412,6 +495,9 @@ class _Validator:
         seen: set[str] = set()
         for i, item in enumerate(value):
             where = f"{path}[{i}]"
+            if not isinstance(item, dict):
+                self.fail(where, "must be a mapping with an id")
+                continue
             raw = self.mapping(where, item, {"id", "expect_live"})
             stream_id = self.identifier(f"{where}.id", raw.get("id"))
             expect = None
@@ -425,6 +511,15 @@ class _Validator:
             seen.add(stream_id)
             out.append(LivestreamConfig(id=stream_id, expect_live=expect))
         return tuple(out)
+
+
+def _token_problem(token: str) -> str | None:
+    """Why a (stripped) token cannot be used, never quoting it; None if it can."""
+    if not token:
+        return "is empty"
+    if any(ch.isspace() for ch in token):
+        return "must be one token with no spaces or line breaks"
+    return None
 
 
 def read_token_file(path: Path) -> str:

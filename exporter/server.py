@@ -70,10 +70,6 @@ class Exporter:
             raise RuntimeError("Exporter is not started; use 'async with'")
         return self._poller
 
-    def secrets(self) -> list[str]:
-        """Values that must never be shown, for the log redactor."""
-        return [self.config.api.token.reveal()]
-
     async def __aenter__(self) -> Exporter:
         api = self.config.api
         self._session = aiohttp.ClientSession(
