@@ -207,6 +207,41 @@ async def test_serves_and_stops_on_sigterm_within_5s(tmp_path: Path, fake_api: F
             await proc.wait()
 
 
+async def test_sigint_during_a_hung_api_call_stops_within_5s(
+    tmp_path: Path, fake_api: FakeApi
+) -> None:
+    """Even with a request in flight that the API never answers, SIGINT ends the process."""
+    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    fake_api.gate = asyncio.Event()
+    config = tmp_path / "slow.yaml"
+    config.write_text(
+        write_config(tmp_path, fake_api.base_url).read_text().replace("timeout: 2s", "timeout: 60s")
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exporter",
+        "--config.file",
+        str(config),
+        "--web.listen-address",
+        "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env(),
+    )
+    try:
+        async with asyncio.timeout(15):
+            while not fake_api.requests:
+                await asyncio.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), timeout=5) == 0
+    finally:
+        fake_api.gate.set()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 @pytest.mark.parametrize(
     ("address", "expected"),
     [

@@ -1,0 +1,83 @@
+"""Log lines: logfmt and JSON, structured fields, and redaction of secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from typing import TYPE_CHECKING
+
+import pytest
+
+from exporter import logs
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+SECRET = "tok-very-secret-0123"
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def emit(fmt: logs.Format, level: logs.Level = "info") -> tuple[str, logging.Logger]:
+    stream = io.StringIO()
+    logs.configure(level=level, fmt=fmt, secrets=lambda: (SECRET,), stream=stream)
+    logger = logging.getLogger("exporter.test")
+    logger.info("stream went LIVE", extra={"app_id": "app 1", "livestream_id": "ls-1"})
+    logger.warning("bad answer: %s", f"Bearer {SECRET} rejected")
+    logger.debug("hidden at info")
+    return stream.getvalue(), logger
+
+
+def test_logfmt_lines_carry_fields_and_quote_values(restore_root: None) -> None:
+    """logfmt: one line per record, level names Prometheus-style, values with spaces quoted."""
+    text, _ = emit("logfmt")
+    first, second = text.splitlines()
+    assert ' level=info logger=exporter.test msg="stream went LIVE" ' in first
+    assert first.endswith('app_id="app 1" livestream_id=ls-1')
+    assert " level=warn " in second
+    assert "hidden at info" not in text
+
+
+def test_json_lines_parse(restore_root: None) -> None:
+    """JSON: every line is an object with ts, level, logger, msg and the extra fields."""
+    text, _ = emit("json")
+    records = [json.loads(line) for line in text.splitlines()]
+    assert records[0]["msg"] == "stream went LIVE"
+    assert records[0]["livestream_id"] == "ls-1" and records[0]["level"] == "info"
+    assert records[0]["ts"].endswith("Z")
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_secrets_are_redacted_whatever_the_message(restore_root: None, fmt: logs.Format) -> None:
+    """A registered secret never reaches the output, even if a message contains it."""
+    text, _ = emit(fmt)
+    assert SECRET not in text
+    assert logs.REDACTED in text
+
+
+def test_secrets_in_tracebacks_are_redacted(restore_root: None) -> None:
+    """Exception text inside a logged traceback is redacted too."""
+    stream = io.StringIO()
+    logs.configure(fmt="logfmt", secrets=lambda: (SECRET,), stream=stream)
+    try:
+        raise ValueError(f"token {SECRET} in an exception")
+    except ValueError:
+        logging.getLogger("exporter.test").exception("failed")
+    assert "ValueError" in stream.getvalue() and SECRET not in stream.getvalue()
+
+
+def test_debug_level_shows_debug(restore_root: None) -> None:
+    """--log.level debug lets debug lines through."""
+    text, _ = emit("logfmt", level="debug")
+    assert "hidden at info" in text
