@@ -123,17 +123,7 @@ class Poller:
         except Exception:
             # The poll loop must outlive any bug in one app's handling; the app reads as down.
             log.exception("unexpected error while polling app", extra=_app_fields(app))
-            now = self._clock()
-            state = merge.merge_app(
-                app,
-                prev,
-                None,
-                {},
-                now=now,
-                max_staleness=self._config.poll.max_staleness,
-                ok=False,
-            )
-            errors = []
+            state, errors = self._failed(app, prev), []
         for error in errors:
             if self._observer is not None:
                 self._observer.poll_error(app.account_id, app.app_id, error.reason)
@@ -150,10 +140,7 @@ class Poller:
                 app.account_id, app.app_id, deadline=deadline
             )
         except ApiError as exc:
-            state = merge.merge_app(
-                app, prev, None, {}, now=self._clock(), max_staleness=staleness, ok=False
-            )
-            return state, [exc]
+            return self._failed(app, prev), [exc]
         self._note_missing(app, listing)
         streams = merge.tracked(app, listing)
         wanted = merge.sessions_to_fetch(streams, prev)
@@ -184,6 +171,18 @@ class Poller:
             ok=not errors,
         )
         return state, errors
+
+    def _failed(self, app: AppConfig, prev: AppState | None) -> AppState:
+        """The app's state when this cycle learnt nothing: last values, within staleness."""
+        return merge.merge_app(
+            app,
+            prev,
+            None,
+            {},
+            now=self._clock(),
+            max_staleness=self._config.poll.max_staleness,
+            ok=False,
+        )
 
     def _track(self, app: AppConfig) -> None:
         if self._observer is not None:
