@@ -23,7 +23,7 @@ import aiohttp
 
 from exporter import decode
 from exporter.budget import BudgetExhausted, RequestBudget
-from exporter.model import ActiveSession, Listing, Livestream
+from exporter.model import ActiveSession, Listing, Livestream, Session
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping
@@ -43,7 +43,8 @@ REASONS: Final[tuple[Reason, ...]] = (
 )
 ENDPOINT_LISTING: Final = "livestreams"
 ENDPOINT_SESSION: Final = "active_livestream_session"
-ENDPOINTS: Final = (ENDPOINT_LISTING, ENDPOINT_SESSION)
+ENDPOINT_SESSION_BY_ID: Final = "livestream_session"
+ENDPOINTS: Final = (ENDPOINT_LISTING, ENDPOINT_SESSION, ENDPOINT_SESSION_BY_ID)
 
 LISTING_PAGE_SIZE: Final = 100
 MAX_LISTING_PAGES: Final = 1000
@@ -160,7 +161,7 @@ class RealtimeKitClient:
             before = len(seen)
             for stream in page.livestreams:
                 seen.setdefault(stream.id, stream)
-            if _listing_done(page, received, per_page) or len(seen) == before:
+            if _listing_done(page, received) or len(seen) == before:
                 return Listing(livestreams=tuple(seen.values()), pages=page_no)
         raise ApiError(
             "decode",
@@ -185,6 +186,17 @@ class RealtimeKitClient:
             doc,
         )
         return answer
+
+    async def session(
+        self, account_id: str, app_id: str, session_id: str, *, deadline: float | None = None
+    ) -> ActiveSession:
+        """One session by id (its final values once stopped); ``session`` None if not found."""
+        path = f"{_app_path(account_id, app_id)}/livestreams/sessions/{quote(session_id, safe='')}"
+        doc = await self._get_json(ENDPOINT_SESSION_BY_ID, path, None, deadline, not_found_ok=True)
+        if doc is None:
+            return ActiveSession(livestream=None, session=None)
+        found: Session | None = _decoded(ENDPOINT_SESSION_BY_ID, decode.session_by_id, doc)
+        return ActiveSession(livestream=None, session=found)
 
     async def _get_json(
         self,
@@ -220,12 +232,15 @@ class RealtimeKitClient:
         deadline: float | None,
         not_found_ok: bool,
     ) -> Any:
-        try:
-            await self.budget.acquire(deadline=deadline)
-        except BudgetExhausted as exc:
-            raise ApiError("rate_limited", str(exc), endpoint=endpoint) from None
         headers = {"Authorization": f"Bearer {self._token.reveal()}", "Accept": "application/json"}
         async with self._limit:
+            # The budget is asked only once a connection slot is free, right before sending:
+            # its log then holds send times, and a pause set by a 429 that arrived while
+            # this request queued stops it from going out.
+            try:
+                await self.budget.acquire(deadline=deadline)
+            except BudgetExhausted as exc:
+                raise ApiError("rate_limited", str(exc), endpoint=endpoint) from None
             started = self._clock()
             try:
                 async with self._session.get(
@@ -310,10 +325,11 @@ class RealtimeKitClient:
                     status=status,
                 )
             return doc
-        code, message, gateway = _error_text(body)
-        if status == 404 and not_found_ok and not gateway:
-            # RealtimeKit's "no active session". A 404 from Cloudflare's gateway (wrong
-            # account, app or route) is an error, or it would hide every live stream.
+        code, message, service_error = _error_text(body)
+        if status == 404 and not_found_ok and service_error:
+            # RealtimeKit's own "not found" envelope: no such (active) session. Any other
+            # 404 (the gateway's envelope for a bad route, a proxy's HTML page) is an error,
+            # or it would make live streams look stopped.
             return None
         detail = f"{message} (code {code})" if code is not None else message or "no message"
         if status == 429:
@@ -357,14 +373,16 @@ def _app_path(account_id: str, app_id: str) -> str:
     return f"/accounts/{quote(account_id, safe='')}/realtime/kit/{quote(app_id, safe='')}"
 
 
-def _listing_done(page: decode.ListingPage, received: int, per_page: int) -> bool:
+def _listing_done(page: decode.ListingPage, received: int) -> bool:
     if not page.entries:
         return True
     paging = page.paging
     if paging is not None and paging.total_count is not None:
         reached = paging.end_offset if paging.end_offset is not None else received
         return max(reached, received) >= paging.total_count
-    return page.entries < per_page  # entries without an id still fill the page
+    # No paging block: a short page proves nothing (the server may cap per_page), so go on
+    # until an empty page or a page with nothing new.
+    return False
 
 
 def _decoded(endpoint: str, parse: Callable[[Any], Any], doc: Any) -> Any:
@@ -375,13 +393,13 @@ def _decoded(endpoint: str, parse: Callable[[Any], Any], doc: Any) -> Any:
 
 
 def _error_text(body: bytes) -> tuple[int | None, str, bool]:
-    """Code and message of an error body, and whether it is the gateway's envelope."""
+    """Code and message of an error body, and whether it is RealtimeKit's own envelope."""
     try:
         doc = decode.parse_json(body)
     except decode.DecodeError:
         return None, "body is not JSON", False
     code, message = decode.error_summary(doc)
-    return code, message, decode.is_gateway_error(doc)
+    return code, message, decode.is_service_error(doc)
 
 
 def _connection_text(exc: aiohttp.ClientError) -> str:

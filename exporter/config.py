@@ -26,6 +26,7 @@ API_RATE_LIMIT: Final = (1200, 300.0)  # what Cloudflare allows per token
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SHOWN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,23}")
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # used with fullmatch: no trailing newline
 
@@ -282,7 +283,8 @@ class _Validator:
         for key, item in value.items():
             if not isinstance(key, str) or key not in allowed:
                 self.fail(
-                    _join(path, str(key)), f"unknown key (allowed: {', '.join(sorted(allowed))})"
+                    _join(path, _shown_key(key)),
+                    f"unknown key (allowed: {', '.join(sorted(allowed))})",
                 )
             else:
                 out[key] = item
@@ -535,6 +537,18 @@ def read_token_file(path: Path) -> str:
     if any(ch.isspace() for ch in text):
         raise ValueError(f"{path} must hold one token with no spaces or line breaks")
     return text
+
+
+def _shown_key(key: object) -> str:
+    """A mistyped key as it may be shown: short and plain, else described, never quoted.
+
+    A long or odd key could be a secret pasted in the wrong place (API tokens are 40
+    characters), and a control character would break the one-line error.
+    """
+    text = str(key)
+    if _SHOWN_KEY.fullmatch(text):
+        return text
+    return f"<unknown key of {len(text)} characters>"
 
 
 def _join(path: str, key: str) -> str:

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from exporter.model import ActiveSession, Livestream, Session
+from exporter.model import UNKNOWN_STATUS, ActiveSession, Livestream, Session
 
 MAX_LABEL_LENGTH: Final = 256
-_STATUS = re.compile(r"^[A-Z][A-Z0-9_]{0,31}$")
-_LIST_KEYS: Final = ("livestreams", "items", "data", "results")
+MAX_STATUS_LENGTH: Final = 64
+_LIST_KEYS: Final = ("livestreams", "data")
 _EPOCH_TEXT = re.compile(r"^\d{9,}(?:\.\d+)?$")  # epoch seconds/ms as text; 8 digits is ISO basic
 
 
@@ -74,9 +74,18 @@ def error_summary(doc: object) -> tuple[int | None, str]:
     return None, ""
 
 
-def is_gateway_error(doc: object) -> bool:
-    """True for Cloudflare's gateway envelope (``errors`` list), not RealtimeKit's (``error``)."""
-    return isinstance(doc, dict) and "error" not in doc and bool(doc.get("errors"))
+def is_service_error(doc: object) -> bool:
+    """True for RealtimeKit's own error envelope ``{"success": false, "error": {...}}``.
+
+    Not for Cloudflare's gateway envelope (``errors`` list, ``result``), which speaks of
+    authentication, routing and throttling rather than of the resource.
+    """
+    return (
+        isinstance(doc, dict)
+        and doc.get("success") is False
+        and isinstance(doc.get("error"), dict)
+        and not doc.get("errors")
+    )
 
 
 def is_failure(doc: object) -> bool:
@@ -149,15 +158,31 @@ def active_session(doc: object, *, livestream_id: str) -> ActiveSession:
     return ActiveSession(livestream=stream, session=session(session_raw))
 
 
+def session_by_id(doc: object) -> Session | None:
+    """The body of ``GET /livestreams/sessions/{id}``: ``data`` is the session itself."""
+    if not isinstance(doc, dict):
+        raise DecodeError("session body is not an object")
+    data = doc.get("data")
+    if isinstance(data, dict) and "session" in data:
+        data = data["session"]
+    return session(data)
+
+
 def session(item: object) -> Session | None:
     if item is None:
         return None
     if not isinstance(item, dict):
         raise DecodeError("session is not an object")
+    stopped_raw = item.get("stopped_time")
+    if not _text(item.get("id")) and item.get("started_time") is None and stopped_raw is None:
+        return None  # nothing says a session exists: an empty object is no session
+    stopped = timestamp(stopped_raw)
     return Session(
         id=_clip(_text(item.get("id")) or ""),
         started_time=timestamp(item.get("started_time")),
-        stopped_time=timestamp(item.get("stopped_time")),
+        stopped_time=stopped,
+        # A stop time that is there but unreadable still means the session has ended.
+        ended=stopped is None and stopped_raw not in (None, ""),
         err_message=_optional_text(item.get("err_message")) or None,
         ingest_seconds=number(item.get("ingest_seconds")),
         viewer_seconds=number(item.get("viewer_seconds")),
@@ -165,13 +190,14 @@ def session(item: object) -> Session | None:
 
 
 def status_value(value: object) -> str:
-    """Upper-cased status; an unknown but well-formed one passes through unchanged."""
-    if not isinstance(value, str):
-        raise DecodeError("livestream status is missing or not a string")
-    status = value.strip().upper()
-    if not _STATUS.match(status):
-        raise DecodeError("livestream status is not a status word")
-    return status
+    """Upper-cased status, whatever it says; :data:`UNKNOWN_STATUS` when there is none.
+
+    An odd status on one stream must not fail the whole listing: the set is open, and
+    the poller asks the session endpoint about any status not known to mean "not live".
+    """
+    if not isinstance(value, str) or not value.strip():
+        return UNKNOWN_STATUS
+    return " ".join(value.split()).upper()[:MAX_STATUS_LENGTH].rstrip()
 
 
 def paging(value: object) -> Paging | None:

@@ -27,6 +27,7 @@ LEVELS: Final[dict[str, int]] = {
 }
 _FIELDS: Final = ("account_id", "app_id", "livestream_id", "reason", "address")
 REDACTED: Final = "<redacted>"
+MIN_REDACTED_LENGTH: Final = 8
 
 
 class _Formatter(logging.Formatter):
@@ -55,7 +56,9 @@ class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line = self.render(self.fields(record))
         for secret in self._secrets():
-            if secret:
+            # Replacing a very short string would mangle every line and, by its gaps,
+            # show the secret; real API tokens are 40 characters.
+            if len(secret) >= MIN_REDACTED_LENGTH:
                 line = line.replace(secret, REDACTED)
         return line
 

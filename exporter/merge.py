@@ -7,17 +7,42 @@ a stream no longer listed (or removed from config) disappears at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from exporter.model import LIVE, ActiveSession, AppState, Listing, Livestream, StreamState
+from exporter.model import (
+    LIVE,
+    NOT_LIVE,
+    UNKNOWN_STATUS,
+    ActiveSession,
+    AppState,
+    Listing,
+    Livestream,
+    Session,
+    StreamState,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Collection, Mapping
 
     from exporter.config import AppConfig
 
 # What a session fetch gave: an answer, or None when the request failed.
 SessionOutcome = ActiveSession | None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The session requests one cycle needs for one app.
+
+    ``active``: streams whose listing status does not rule out a session (LIVE, or a
+    status the exporter does not know), asked at ``active-livestream-session``.
+    ``final``: streams that were live last cycle and are listed as not live now, mapped to
+    the id of their last session, asked by id for its final values.
+    """
+
+    active: tuple[str, ...] = ()
+    final: Mapping[str, str] = field(default_factory=dict)
 
 
 def tracked(app: AppConfig, listing: Listing) -> list[Livestream]:
@@ -34,10 +59,19 @@ def missing(app: AppConfig, listing: Listing) -> list[str]:
     return [ls.id for ls in app.livestreams if ls.id not in listed]
 
 
-def sessions_to_fetch(streams: list[Livestream], prev: AppState | None) -> list[str]:
-    """Ids whose session details are needed: LIVE now, or LIVE last cycle (final values)."""
-    was_live = {s.id for s in prev.streams if s.live} if prev is not None else set()
-    return [s.id for s in streams if s.status == LIVE or s.id in was_live]
+def plan(streams: list[Livestream], prev: AppState | None) -> Plan:
+    """Which session requests this cycle needs (see :class:`Plan`)."""
+    before = {s.id: s for s in prev.streams} if prev is not None else {}
+    active: list[str] = []
+    final: dict[str, str] = {}
+    for stream in streams:
+        if stream.status not in NOT_LIVE:
+            active.append(stream.id)
+            continue
+        old = before.get(stream.id)
+        if old is not None and old.live and old.session is not None and old.session.id:
+            final[stream.id] = old.session.id
+    return Plan(active=tuple(active), final=final)
 
 
 def stale_kept(
@@ -63,22 +97,26 @@ def merge_app(
     now: float,
     max_staleness: float,
     ok: bool,
+    final: Collection[str] = (),
 ) -> AppState:
     """The app's new state.
 
     ``listing`` is ``None`` when it failed; ``sessions`` maps each fetched id to its answer
-    (``None`` if that fetch failed); ``ok`` says every request of the app succeeded.
+    (``None`` if that fetch failed), ``final`` names those that were final-value fetches
+    (:attr:`Plan.final`); ``ok`` says every request of the app succeeded.
     """
     last_success = now if ok else (prev.last_success if prev is not None else None)
     if listing is None:
         streams = stale_kept(app, prev, now=now, max_staleness=max_staleness)
     else:
         before = {s.id: s for s in prev.streams} if prev is not None else {}
-        states = (
-            _stream(app, stream, before.get(stream.id), sessions, now, max_staleness)
-            for stream in tracked(app, listing)
+        rules = _Rules(app, sessions, frozenset(final), now, max_staleness)
+        streams = tuple(
+            sorted(
+                (rules.stream(stream, before.get(stream.id)) for stream in tracked(app, listing)),
+                key=lambda s: s.id,
+            )
         )
-        streams = tuple(sorted((s for s in states if s is not None), key=lambda s: s.id))
     return AppState(
         account_id=app.account_id,
         app_id=app.app_id,
@@ -88,57 +126,71 @@ def merge_app(
     )
 
 
-def _stream(
-    app: AppConfig,
-    listed: Livestream,
-    prev: StreamState | None,
-    sessions: Mapping[str, SessionOutcome],
-    now: float,
-    max_staleness: float,
-) -> StreamState | None:
-    expected = app.expected_live(listed.id)
-    if listed.id not in sessions:
-        # Listed as not live and not live before: the listing alone is the whole truth.
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    app: AppConfig
+    sessions: Mapping[str, SessionOutcome]
+    final: frozenset[str]
+    now: float
+    max_staleness: float
+
+    def stream(self, listed: Livestream, prev: StreamState | None) -> StreamState:
+        """A listed stream's new state. A listed stream is always exported."""
         last = prev.session if prev is not None else None
-        return StreamState(
-            listed, live=False, session=last, last_update=now, expected_live=expected
-        )
-    outcome = sessions[listed.id]
-    if outcome is None:
-        # The fetch failed. The listing is fresh, so liveness follows it; only the session
-        # values are old, and they age out after max_staleness while the stream stays LIVE.
-        live = listed.status == LIVE
-        last_update = now
-        if live and prev is not None:
-            if now - prev.last_update > max_staleness:
-                return None
-            last_update = prev.last_update
-        return StreamState(
+        if listed.id not in self.sessions:
+            # Listed as not live and not live before: the listing is the whole truth.
+            return self.state(listed, live=False, session=last)
+        outcome = self.sessions[listed.id]
+        if outcome is None:
+            return self.failed(listed, prev)
+        if listed.id in self.final:
+            # The listing says it stopped; the session by id gives its final values.
+            return self.state(listed, live=False, session=outcome.session or last)
+        stream = listed
+        fresher = outcome.livestream
+        if fresher is not None and fresher.status not in (UNKNOWN_STATUS, listed.status):
+            stream = replace(listed, status=fresher.status)
+        session = outcome.session
+        if session is None:
+            # No active session: not live; the last session seen keeps its final values.
+            return self.state(stream, live=False, session=last)
+        return self.state(stream, live=session.active, session=session)
+
+    def failed(self, listed: Livestream, prev: StreamState | None) -> StreamState:
+        """The session request failed: the listing (fresh) decides liveness.
+
+        An unknown status keeps the previous liveness. The old session values stay until
+        ``max_staleness`` after the stream's last complete update, then only they go: the
+        stream itself stays, so its series never flap.
+        """
+        if prev is None:
+            return self.state(listed, live=listed.status == LIVE, session=None)
+        live = listed.status == LIVE or (listed.status not in NOT_LIVE and prev.live)
+        if not live or listed.id in self.final:
+            return self.state(listed, live=False, session=prev.session)
+        fresh = self.now - prev.last_update <= self.max_staleness
+        return self.state(
             listed,
-            live=live,
-            session=prev.session if prev is not None else None,
-            last_update=last_update,
-            expected_live=expected,
+            live=True,
+            session=prev.session if fresh else None,
+            last_update=prev.last_update,
         )
-    stream = listed
-    if outcome.livestream is not None and outcome.livestream.status != listed.status:
-        stream = Livestream(
-            id=listed.id,
-            status=outcome.livestream.status,
-            name=listed.name,
-            meeting_id=listed.meeting_id,
-            disabled=listed.disabled,
-        )
-    session = outcome.session
-    if session is None:
-        # No active session: not live; keep the last session seen for its final values.
-        last = prev.session if prev is not None else None
+
+    def state(
+        self,
+        stream: Livestream,
+        *,
+        live: bool,
+        session: Session | None,
+        last_update: float | None = None,
+    ) -> StreamState:
         return StreamState(
-            stream, live=False, session=last, last_update=now, expected_live=expected
+            stream,
+            live=live,
+            session=session,
+            last_update=self.now if last_update is None else last_update,
+            expected_live=self.app.expected_live(stream.id),
         )
-    return StreamState(
-        stream, live=session.active, session=session, last_update=now, expected_live=expected
-    )
 
 
 def _with_expectation(state: StreamState, app: AppConfig) -> StreamState:

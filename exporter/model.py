@@ -12,6 +12,10 @@ from typing import Final
 
 LIVE: Final = "LIVE"
 KNOWN_STATUSES: Final = ("LIVE", "IDLE", "ERRORED", "INVOKED", "OFFLINE")
+# Statuses that say for sure there is no active session: no session request is spent on them.
+NOT_LIVE: Final = frozenset({"IDLE", "ERRORED", "INVOKED", "OFFLINE"})
+# What a livestream without a readable status is exported as.
+UNKNOWN_STATUS: Final = "UNKNOWN"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +39,12 @@ class Session:
     err_message: str | None = None
     ingest_seconds: float | None = None
     viewer_seconds: float | None = None
+    ended: bool = False  # a stop time was given but could not be read
 
     @property
     def active(self) -> bool:
-        """A session is active once started and until stopped (sessions carry no status)."""
-        return self.started_time is not None and self.stopped_time is None
+        """Sessions carry no status: one that has not stopped is active."""
+        return self.stopped_time is None and not self.ended
 
     @property
     def errored(self) -> bool:
@@ -68,8 +73,9 @@ class StreamState:
 
     ``session`` is the current session while live, else the last one seen (its final
     values), or ``None`` if no session was ever seen. ``last_update`` is when every piece
-    of this stream's data was last fetched fresh; the poller drops the stream once that is
-    older than ``poll.max_staleness``.
+    of this stream's data was last fetched fresh; once that is older than
+    ``poll.max_staleness`` the stream is dropped if the listing fails, or only its session
+    values if just the session requests fail.
     """
 
     livestream: Livestream

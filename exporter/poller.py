@@ -1,7 +1,8 @@
 """When and what to fetch; owns the latest :class:`~exporter.model.Snapshot`.
 
-Each cycle lists every app's livestreams (all pages), fetches session details only for
-streams that are LIVE or were LIVE last cycle, merges the answers with the previous state
+Each cycle lists every app's livestreams (all pages), asks for session details only where
+the listed status allows a live session, plus once by session id for a stream that has just
+stopped (its final values), merges the answers with the previous state
 (:mod:`exporter.merge`) and swaps in a new immutable snapshot. Scrapes only read it.
 Logs are written on state changes (app up/down, stream went LIVE/stopped), never per poll.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from contextlib import suppress
 from dataclasses import dataclass
@@ -21,13 +23,14 @@ from exporter.config import API_RATE_LIMIT
 from exporter.model import EMPTY_SNAPSHOT, AppState, Snapshot
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from exporter.config import AppConfig, Config
     from exporter.model import ActiveSession, Listing
 
 log = logging.getLogger(__name__)
 
+INTERNAL = "internal"  # health reason for a bug, not an API failure; never a metric label
 _PERMISSION_HINT = "the API token needs the Realtime or Realtime Admin permission"
 
 
@@ -40,6 +43,10 @@ class Api(Protocol):
 
     async def active_session(
         self, account_id: str, app_id: str, livestream_id: str, *, deadline: float | None = None
+    ) -> ActiveSession: ...
+
+    async def session(
+        self, account_id: str, app_id: str, session_id: str, *, deadline: float | None = None
     ) -> ActiveSession: ...
 
 
@@ -120,21 +127,28 @@ class Poller:
     async def _poll_app(self, app: AppConfig, prev: AppState | None, deadline: float) -> AppState:
         try:
             state, errors = await self._fetch_app(app, prev, deadline)
+            reason: str | None = errors[0].reason if errors else None
         except Exception:
-            # The poll loop must outlive any bug in one app's handling; the app reads as down.
-            log.exception("unexpected error while polling app", extra=_app_fields(app))
-            state, errors = self._failed(app, prev), []
+            # The poll loop must outlive any bug in one app's handling; the app reads as down
+            # and the traceback is logged once, when the app goes down for this reason.
+            again = self._health.get(app.key) == _Health(up=False, reason=INTERNAL)
+            log.log(
+                logging.DEBUG if again else logging.ERROR,
+                "unexpected error while polling app",
+                exc_info=True,
+                extra={**_app_fields(app), "reason": INTERNAL},
+            )
+            state, errors, reason = self._failed(app, prev), [], INTERNAL
         for error in errors:
             if self._observer is not None:
                 self._observer.poll_error(app.account_id, app.app_id, error.reason)
-        self._note_health(app, state, errors)
+        self._note_health(app, state, reason, errors[0] if errors else None)
         self._note_streams(app, prev, state)
         return state
 
     async def _fetch_app(
         self, app: AppConfig, prev: AppState | None, deadline: float
     ) -> tuple[AppState, list[ApiError]]:
-        staleness = self._config.poll.max_staleness
         try:
             listing = await self._api.list_livestreams(
                 app.account_id, app.app_id, deadline=deadline
@@ -142,18 +156,19 @@ class Poller:
         except ApiError as exc:
             return self._failed(app, prev), [exc]
         self._note_missing(app, listing)
-        streams = merge.tracked(app, listing)
-        wanted = merge.sessions_to_fetch(streams, prev)
-        answers = await asyncio.gather(
-            *(
-                self._api.active_session(app.account_id, app.app_id, sid, deadline=deadline)
-                for sid in wanted
-            ),
-            return_exceptions=True,
-        )
+        plan = merge.plan(merge.tracked(app, listing), prev)
+        requests: list[tuple[str, Awaitable[ActiveSession]]] = [
+            (sid, self._api.active_session(app.account_id, app.app_id, sid, deadline=deadline))
+            for sid in plan.active
+        ]
+        requests += [
+            (sid, self._api.session(app.account_id, app.app_id, session_id, deadline=deadline))
+            for sid, session_id in plan.final.items()
+        ]
+        answers = await asyncio.gather(*(call for _, call in requests), return_exceptions=True)
         sessions: dict[str, merge.SessionOutcome] = {}
         errors: list[ApiError] = []
-        for sid, answer in zip(wanted, answers, strict=True):
+        for (sid, _), answer in zip(requests, answers, strict=True):
             if isinstance(answer, ApiError):
                 errors.append(answer)
                 sessions[sid] = None
@@ -167,8 +182,9 @@ class Poller:
             listing,
             sessions,
             now=self._clock(),
-            max_staleness=staleness,
+            max_staleness=self._config.poll.max_staleness,
             ok=not errors,
+            final=plan.final.keys(),
         )
         return state, errors
 
@@ -188,8 +204,9 @@ class Poller:
         if self._observer is not None:
             self._observer.track_app(app.account_id, app.app_id)
 
-    def _note_health(self, app: AppConfig, state: AppState, errors: list[ApiError]) -> None:
-        reason = errors[0].reason if errors else None
+    def _note_health(
+        self, app: AppConfig, state: AppState, reason: str | None, error: ApiError | None
+    ) -> None:
         health = _Health(up=state.up, reason=None if state.up else reason)
         before = self._health.get(app.key)
         self._health[app.key] = health
@@ -200,12 +217,13 @@ class Poller:
             if before is not None:
                 log.info("app is up again", extra=fields)
             return
-        error = errors[0] if errors else None
-        fields["reason"] = health.reason or "internal"
-        if error is not None and error.reason == "auth":
+        fields["reason"] = reason or INTERNAL
+        if error is None:
+            return  # an internal error, logged with its traceback where it was caught
+        if error.reason == "auth":
             log.error("API rejected the token (%s): %s", _PERMISSION_HINT, error, extra=fields)
         else:
-            log.warning("app is down: %s", error or "internal error", extra=fields)
+            log.warning("app is down: %s", error, extra=fields)
 
     def _note_missing(self, app: AppConfig, listing: Listing) -> None:
         now_missing = frozenset(merge.missing(app, listing))
@@ -251,7 +269,10 @@ def budget_warning(config: Config) -> str | None:
     """
     rate = config.api.rate_limit
     api_requests, api_window = API_RATE_LIMIT
-    if rate.per_second > api_requests / api_window:
+    # The most the budget lets through in any one API window: a whole budget at once when
+    # its window is at least as long, else one budget per started window of ours.
+    burst = rate.requests * max(1, math.ceil(api_window / rate.window))
+    if burst > api_requests:
         return (
             f"api.rate_limit {rate} is above the API's own limit of {api_requests} requests "
             f"per {api_window:g}s per token; going over blocks the token for 5 minutes"

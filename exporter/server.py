@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
-from contextlib import suppress
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
@@ -222,8 +221,11 @@ class Server:
         self._stop.set()
         if self._poll_task is not None:
             self._poll_task.cancel()
-            with suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(self._poll_task, timeout=STOP_TIMEOUT / 2)
+            # wait() never raises the task's own CancelledError, so a cancellation of
+            # close() itself still propagates.
+            _, pending = await asyncio.wait({self._poll_task}, timeout=STOP_TIMEOUT / 2)
+            if pending:
+                log.warning("the poller did not stop in time")
             self._poll_task = None
         if self._runner is not None:
             try:

@@ -60,8 +60,9 @@ class FakeApi:
     def __init__(self, *, page_size_cap: int = 100) -> None:
         self.apps: dict[tuple[str, str], dict[str, FakeStream]] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
-        self.faults: dict[str, list[Fault]] = {"livestreams": [], "session": []}
-        self.sticky: dict[str, Fault | None] = {"livestreams": None, "session": None}
+        self.faults: dict[str, list[Fault]] = {"livestreams": [], "session": [], "by_id": []}
+        self.sticky: dict[str, Fault | None] = {"livestreams": None, "session": None, "by_id": None}
+        self.sessions_by_id: dict[str, dict[str, Any]] = {}
         self.page_size_cap = page_size_cap
         self.server: TestServer | None = None
         self.gate: asyncio.Event | None = None  # when set to an unset Event, listings hang
@@ -85,6 +86,7 @@ class FakeApi:
             "ingest_seconds": ingest,
             "viewer_seconds": viewer,
         }
+        self.sessions_by_id[stream.session["id"]] = stream.session
 
     def stop(self, stream: FakeStream, *, status: str = "IDLE", keep_session: bool = False) -> None:
         stream.status = status
@@ -97,12 +99,8 @@ class FakeApi:
         self.faults[endpoint].extend([fault] * times)
 
     def count(self, endpoint: str) -> int:
-        marker = "active-livestream-session" if endpoint == "session" else None
-        return sum(
-            1
-            for path, _ in self.requests
-            if (marker in path if marker else not path.endswith("active-livestream-session"))
-        )
+        """Requests received for "livestreams", "session" (active) or "by_id"."""
+        return sum(1 for path, _ in self.requests if _endpoint(path) == endpoint)
 
     # -- serving ----------------------------------------------------------------------
     @property
@@ -114,6 +112,7 @@ class FakeApi:
         app = web.Application()
         app.router.add_get(BASE, self._listing)
         app.router.add_get(BASE + "/{livestream_id}/active-livestream-session", self._session)
+        app.router.add_get(BASE + "/sessions/{session_id}", self._session_by_id)
         self.server = TestServer(app, host="127.0.0.1")
         await self.server.start_server()
 
@@ -184,3 +183,25 @@ class FakeApi:
         return web.json_response(
             {"success": True, "data": {"livestream": stream.body(), "session": stream.session}}
         )
+
+    async def _session_by_id(self, request: web.Request) -> web.Response:
+        self.requests.append((request.path, dict(request.query)))
+        if (denied := self._auth(request)) is not None:
+            return denied
+        if (faulty := self._fault("by_id")) is not None:
+            return faulty
+        found = self.sessions_by_id.get(request.match_info["session_id"])
+        if found is None:
+            return web.json_response(
+                {"success": False, "error": {"code": 404, "message": "Session not found"}},
+                status=404,
+            )
+        return web.json_response({"success": True, "data": found})
+
+
+def _endpoint(path: str) -> str:
+    if path.endswith("/active-livestream-session"):
+        return "session"
+    if "/livestreams/sessions/" in path:
+        return "by_id"
+    return "livestreams"

@@ -207,10 +207,11 @@ async def test_serves_and_stops_on_sigterm_within_5s(tmp_path: Path, fake_api: F
             await proc.wait()
 
 
-async def test_sigint_during_a_hung_api_call_stops_within_5s(
-    tmp_path: Path, fake_api: FakeApi
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_signal_during_a_hung_api_call_stops_within_5s(
+    tmp_path: Path, fake_api: FakeApi, sig: signal.Signals
 ) -> None:
-    """Even with a request in flight that the API never answers, SIGINT ends the process."""
+    """Even with a request in flight that the API never answers, a signal ends the process."""
     fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
     fake_api.gate = asyncio.Event()
     config = tmp_path / "slow.yaml"
@@ -233,7 +234,7 @@ async def test_sigint_during_a_hung_api_call_stops_within_5s(
         async with asyncio.timeout(15):
             while not fake_api.requests:
                 await asyncio.sleep(0.02)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         assert await asyncio.wait_for(proc.wait(), timeout=5) == 0
     finally:
         fake_api.gate.set()

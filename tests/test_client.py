@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import inspect
 import json
@@ -12,14 +13,20 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-from aioresponses import aioresponses
+from aioresponses import CallbackResult, aioresponses
 from multidict import CIMultiDict
 
 from exporter import client as client_module
 from exporter.budget import RequestBudget
-from exporter.client import ENDPOINT_LISTING, ENDPOINT_SESSION, ApiError, RealtimeKitClient
+from exporter.client import (
+    ENDPOINT_LISTING,
+    ENDPOINT_SESSION,
+    ENDPOINT_SESSION_BY_ID,
+    ApiError,
+    RealtimeKitClient,
+)
 from exporter.config import Secret
-from exporter.model import ActiveSession, Livestream
+from exporter.model import ActiveSession, Livestream, Session
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -34,6 +41,8 @@ APP_URL = f"{BASE}/accounts/{ACCOUNT}/realtime/kit/{APP}"
 LIST_URL = f"{APP_URL}/livestreams"
 STREAM_ID = "b60ef3da-fbbb-441b-9168-8235b0035248"
 SESSION_URL = f"{LIST_URL}/{STREAM_ID}/active-livestream-session"
+SESSION_ID = "cf55a850-c3fd-46b5-b5d2-25b3b9aa1686"
+SESSION_BY_ID_URL = f"{LIST_URL}/sessions/{SESSION_ID}"
 NOW = 1000.0
 
 SESSION_EXAMPLE: dict[str, Any] = {
@@ -59,6 +68,30 @@ SESSION_EXAMPLE: dict[str, Any] = {
         },
     },
 }
+# The published example of GET .../livestreams/sessions/{livestream-session-id}.
+SESSION_BY_ID_EXAMPLE: dict[str, Any] = {
+    "data": {
+        "created_at": "2023-07-15T07:08:40.742Z",
+        "err_message": None,
+        "id": SESSION_ID,
+        "ingest_seconds": 60,
+        "invoked_time": None,
+        "livestream_id": STREAM_ID,
+        "started_time": "2023-07-15T07:08:39.000Z",
+        "stopped_time": None,
+        "updated_at": "2023-07-15T07:08:40.742Z",
+        "viewer_seconds": 60,
+    },
+    "success": True,
+}
+EXAMPLE_SESSION = Session(
+    id=SESSION_ID,
+    started_time=1689404919.0,  # 2023-07-15T07:08:39Z
+    stopped_time=None,
+    err_message=None,
+    ingest_seconds=60.0,
+    viewer_seconds=60.0,
+)
 NOT_FOUND: dict[str, Any] = {
     "success": False,
     "error": {"code": 404, "message": f"No active session found for {STREAM_ID}"},
@@ -129,6 +162,37 @@ class FakeJitter:
 
     def __call__(self) -> float:
         return self.values.pop(0) if len(self.values) > 1 else self.values[0]
+
+
+class RecordingBudget(RequestBudget):
+    """A budget that notes the clock's time at every grant."""
+
+    def __init__(self, clock: FakeClock, *, requests: int, window: float) -> None:
+        super().__init__(requests=requests, window=window, clock=clock, sleep=clock.sleep)
+        self.grants: list[float] = []
+        self._now = clock
+
+    async def acquire(self, *, deadline: float | None = None) -> None:
+        await super().acquire(deadline=deadline)
+        self.grants.append(self._now())
+
+
+class SlowServer:
+    """Its ``respond`` (an aioresponses callback) notes each arrival, then takes ``seconds``.
+
+    It yields to the event loop once, so requests queued behind it really wait.
+    """
+
+    def __init__(self, clock: FakeClock, seconds: float = 0.0) -> None:
+        self.clock = clock
+        self.seconds = seconds
+        self.arrivals: list[float] = []
+
+    async def respond(self, url: URL, **kwargs: Any) -> CallbackResult | None:
+        self.arrivals.append(self.clock.now)
+        await asyncio.sleep(0)
+        self.clock.now += self.seconds
+        return None
 
 
 class RecordingObserver:
@@ -208,6 +272,14 @@ def page(*ids: str, status: str = "IDLE", **paging: int) -> dict[str, Any]:
     return body
 
 
+def session_call(client: RealtimeKitClient) -> Any:
+    return client.session(ACCOUNT, APP, SESSION_ID)
+
+
+def active_call(client: RealtimeKitClient) -> Any:
+    return client.active_session(ACCOUNT, APP, STREAM_ID)
+
+
 def page_url(page_no: int, per_page: int) -> str:
     return f"{LIST_URL}?page_no={page_no}&per_page={per_page}"
 
@@ -281,6 +353,41 @@ async def test_session_path_holds_the_quoted_ids(
     assert url.host == "api.example.test"
 
 
+@pytest.mark.parametrize(
+    ("account", "app", "session_id", "raw_path"),
+    [
+        (
+            "acc1",
+            "app1",
+            SESSION_ID,
+            f"/client/v4/accounts/acc1/realtime/kit/app1/livestreams/sessions/{SESSION_ID}",
+        ),
+        (
+            "acc/1",
+            "app 1",
+            "s/../x?y#z",
+            "/client/v4/accounts/acc%2F1/realtime/kit/app%201/livestreams/sessions/s%2F..%2Fx%3Fy%23z",
+        ),
+    ],
+    ids=["plain", "special-characters"],
+)
+async def test_session_by_id_path_holds_the_quoted_ids(
+    server: aioresponses,
+    make_client: MakeClient,
+    account: str,
+    app: str,
+    session_id: str,
+    raw_path: str,
+) -> None:
+    """The session-by-id request puts account, app and session id each in one quoted segment."""
+    server.get(re.compile(r".*"), payload={"success": True, "data": None})
+    await make_client().session(account, app, session_id)
+    [(url, kwargs)] = sent(server)
+    assert url.raw_path == raw_path
+    assert not url.query
+    assert kwargs["headers"]["Authorization"] == f"Bearer {TOKEN}"
+
+
 # --- listing pages ----------------------------------------------------------------------
 
 
@@ -324,41 +431,51 @@ async def test_listing_uses_the_default_page_size(
 
 
 @pytest.mark.parametrize(
-    ("second", "ids"),
+    ("pages", "ids"),
     [
-        (page("c"), ["a", "b", "c"]),
-        (page(), ["a", "b"]),
+        ([page("a", "b"), page("c"), page()], ["a", "b", "c"]),
+        ([page("a", "b"), page()], ["a", "b"]),
+        ([page("a"), page("b"), page("c"), page()], ["a", "b", "c"]),
+        ([page("a", "b"), page("c"), page("c")], ["a", "b", "c"]),
     ],
-    ids=["short-page", "empty-page"],
+    ids=["short-page-then-empty", "full-page-then-empty", "capped-pages", "short-page-repeated"],
 )
-async def test_listing_without_paging_stops_on_a_short_page(
-    server: aioresponses, make_client: MakeClient, second: dict[str, Any], ids: list[str]
+async def test_listing_without_paging_goes_on_past_a_short_page(
+    server: aioresponses, make_client: MakeClient, pages: list[dict[str, Any]], ids: list[str]
 ) -> None:
-    """Without paging, a page shorter than per_page is the last one."""
-    server.get(page_url(1, 2), payload=page("a", "b"))
-    server.get(page_url(2, 2), payload=second)
+    """Without paging, a short page is not the end: reading stops at an empty or all-seen page."""
+    for n, body in enumerate(pages, start=1):
+        server.get(page_url(n, 2), payload=body)
+    server.get(page_url(len(pages) + 1, 2), payload=page("never asked"))
     listing = await make_client().list_livestreams(ACCOUNT, APP, per_page=2)
     assert [s.id for s in listing.livestreams] == ids
-    assert listing.pages == 2
-    assert len(sent(server)) == 2
+    assert listing.pages == len(pages)
+    assert [url.query["page_no"] for url, _ in sent(server)] == [
+        str(n) for n in range(1, len(pages) + 1)
+    ]
 
 
 @pytest.mark.parametrize(
-    "paging",
-    [{}, {"total_count": 3}],
+    ("paging", "page_numbers"),
+    [({}, ["1", "2", "3"]), ({"total_count": 3}, ["1", "2"])],
     ids=["no-paging", "total-count-without-end-offset"],
 )
 async def test_listing_entry_without_id_still_counts_towards_the_listing(
-    server: aioresponses, make_client: MakeClient, paging: dict[str, int]
+    server: aioresponses,
+    make_client: MakeClient,
+    paging: dict[str, int],
+    page_numbers: list[str],
 ) -> None:
-    """An entry dropped for having no id still fills its page and counts towards total_count."""
+    """An entry dropped for having no id still counts towards total_count (no paging: read on)."""
     first = page("a", **paging)
     first["data"].append({"status": "LIVE", "name": "no id"})
     server.get(page_url(1, 2), payload=first)
     server.get(page_url(2, 2), payload=page("c", **paging))
+    server.get(page_url(3, 2), payload=page(**paging))
     listing = await make_client().list_livestreams(ACCOUNT, APP, per_page=2)
     assert [s.id for s in listing.livestreams] == ["a", "c"]
-    assert len(sent(server)) == 2
+    assert [url.query["page_no"] for url, _ in sent(server)] == page_numbers
+    assert listing.pages == len(page_numbers)
 
 
 async def test_listing_stops_when_a_page_repeats_the_same_ids(
@@ -390,6 +507,102 @@ async def test_listing_deduplicates_ids_across_pages_first_wins(
     assert len(sent(server)) == 3
 
 
+@pytest.mark.parametrize(
+    ("bodies", "per_page"),
+    [
+        (
+            [
+                {
+                    "success": True,
+                    "data": [{"id": "a", "status": "LIVE"}, {"id": "b", "status": "idle"}],
+                    "paging": {"total_count": 3, "start_offset": 1, "end_offset": 2},
+                },
+                {
+                    "success": True,
+                    "data": [{"id": "c", "status": "OFFLINE"}],
+                    "paging": {"total_count": 3, "start_offset": 3, "end_offset": 3},
+                },
+            ],
+            2,
+        ),
+        (
+            [
+                {
+                    "success": True,
+                    "data": {
+                        "livestreams": [
+                            {"id": "a", "status": "LIVE"},
+                            {"id": "b", "status": "idle"},
+                        ],
+                        "paging": {"total_count": 3, "start_offset": 1, "end_offset": 2},
+                    },
+                },
+                {
+                    "success": True,
+                    "data": {
+                        "livestreams": [{"id": "c", "status": "OFFLINE"}],
+                        "paging": {"total_count": 3, "start_offset": 3, "end_offset": 3},
+                    },
+                },
+            ],
+            2,
+        ),
+        (
+            [
+                {
+                    "success": True,
+                    "data": {
+                        "id": sid,
+                        "status": status,
+                        "stream_key": "sk",
+                        "paging": {"total_count": 3, "start_offset": n, "end_offset": n},
+                    },
+                }
+                for n, (sid, status) in enumerate(
+                    [("a", "LIVE"), ("b", "idle"), ("c", "OFFLINE")], start=1
+                )
+            ],
+            1,
+        ),
+    ],
+    ids=["array-top-level-paging", "object-nested-list-paging-inside", "schema-single-object"],
+)
+async def test_listing_reads_every_published_shape_across_pages(
+    server: aioresponses,
+    make_client: MakeClient,
+    bodies: list[dict[str, Any]],
+    per_page: int,
+) -> None:
+    """Each lenient listing shape is followed page by page until its paging's total_count."""
+    for n, body in enumerate(bodies, start=1):
+        server.get(page_url(n, per_page), payload=body)
+    server.get(page_url(len(bodies) + 1, per_page), payload=page("never asked"))
+    listing = await make_client().list_livestreams(ACCOUNT, APP, per_page=per_page)
+    assert [(s.id, s.status) for s in listing.livestreams] == [
+        ("a", "LIVE"),
+        ("b", "IDLE"),
+        ("c", "OFFLINE"),
+    ]
+    assert listing.pages == len(bodies)
+    assert len(sent(server)) == len(bodies)
+
+
+async def test_listing_keeps_streams_with_a_missing_or_odd_status(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """A stream with a null or unexpected status is listed as such; the listing does not fail."""
+    body = page("a", "d", status="LIVE", total_count=4)
+    body["data"][1:1] = [{"id": "b", "status": None}, {"id": "c", "status": "RE-CONNECTING"}]
+    server.get(page_url(1, 100), payload=body)
+    listing = await make_client().list_livestreams(ACCOUNT, APP)
+    assert listing.livestreams == (
+        Livestream(id="a", status="LIVE"),
+        Livestream(id="b", status="UNKNOWN"),
+        Livestream(id="c", status="RE-CONNECTING"),
+        Livestream(id="d", status="LIVE"),
+    )
+
+
 async def test_listing_that_never_ends_is_a_decode_error(
     server: aioresponses, make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -406,15 +619,85 @@ async def test_listing_that_never_ends_is_a_decode_error(
 
 
 @pytest.mark.parametrize(
-    "body", [json.dumps(NOT_FOUND), "", "not json"], ids=["envelope", "empty", "junk"]
+    ("url", "call", "body"),
+    [
+        (SESSION_URL, active_call, NOT_FOUND),
+        (
+            SESSION_BY_ID_URL,
+            session_call,
+            {"success": False, "error": {"code": 404, "message": "Session not found"}},
+        ),
+        (SESSION_URL, active_call, {"success": False, "error": {}}),
+    ],
+    ids=["active-session", "session-by-id", "envelope-without-details"],
 )
 async def test_404_on_active_session_means_not_live(
-    server: aioresponses, make_client: MakeClient, body: str
+    server: aioresponses, make_client: MakeClient, url: str, call: Any, body: dict[str, Any]
 ) -> None:
-    """A 404 from active-livestream-session is "no active session", not an error."""
-    server.get(SESSION_URL, status=404, body=body)
-    result = await make_client().active_session(ACCOUNT, APP, STREAM_ID)
+    """A 404 in RealtimeKit's own envelope from a session endpoint means "no such session"."""
+    server.get(url, status=404, payload=body)
+    result = await call(make_client())
     assert result == ActiveSession(livestream=None, session=None)
+    assert len(sent(server)) == 1
+
+
+GATEWAY_404: dict[str, Any] = {
+    "success": False,
+    "errors": [{"code": 7003, "message": "Could not route to /accounts/x"}],
+    "messages": [],
+    "result": None,
+}
+
+
+@pytest.mark.parametrize(
+    ("url", "call", "body", "detail"),
+    [
+        (SESSION_URL, active_call, "", "body is not JSON"),
+        (SESSION_URL, active_call, "not json", "body is not JSON"),
+        (SESSION_URL, active_call, "<html><h1>404 Not Found</h1></html>", "body is not JSON"),
+        (SESSION_URL, active_call, json.dumps(GATEWAY_404), "Could not route"),
+        (
+            SESSION_URL,
+            active_call,
+            json.dumps({"success": False, "error": "Not found"}),
+            "Not found",
+        ),
+        (
+            SESSION_URL,
+            active_call,
+            json.dumps({"error": {"code": 404, "message": "gone"}}),
+            "gone (code 404)",
+        ),
+        (SESSION_BY_ID_URL, session_call, "", "body is not JSON"),
+        (SESSION_BY_ID_URL, session_call, "<html>Not Found</html>", "body is not JSON"),
+        (SESSION_BY_ID_URL, session_call, json.dumps(GATEWAY_404), "Could not route"),
+    ],
+    ids=[
+        "empty",
+        "junk",
+        "html-page",
+        "gateway-envelope",
+        "error-string",
+        "without-success-false",
+        "session-by-id-empty",
+        "session-by-id-html-page",
+        "session-by-id-gateway-envelope",
+    ],
+)
+async def test_404_without_realtimekits_envelope_is_an_error(
+    server: aioresponses,
+    make_client: MakeClient,
+    url: str,
+    call: Any,
+    body: str,
+    detail: str,
+) -> None:
+    """A 404 whose body is not RealtimeKit's error envelope is an http_error, never "not live"."""
+    server.get(url, status=404, body=body)
+    error = await fail(call(make_client()))
+    assert (error.reason, error.status) == ("http_error", 404)
+    assert detail in str(error)
+    assert not error.transient
     assert len(sent(server)) == 1
 
 
@@ -422,13 +705,7 @@ async def test_gateway_404_on_active_session_is_an_error(
     server: aioresponses, make_client: MakeClient
 ) -> None:
     """A 404 in Cloudflare's gateway envelope (bad route) is an error, not "not live"."""
-    gateway = {
-        "success": False,
-        "errors": [{"code": 7003, "message": "Could not route to /accounts/x"}],
-        "messages": [],
-        "result": None,
-    }
-    server.get(SESSION_URL, status=404, payload=gateway)
+    server.get(SESSION_URL, status=404, payload=GATEWAY_404)
     error = await fail(make_client().active_session(ACCOUNT, APP, STREAM_ID))
     assert (error.reason, error.status) == ("http_error", 404)
     assert "Could not route" in str(error)
@@ -445,6 +722,57 @@ async def test_active_session_decodes_a_live_session(
     assert result.session is not None
     assert result.session.active
     assert result.session.ingest_seconds == 60.0
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (SESSION_BY_ID_EXAMPLE["data"], EXAMPLE_SESSION),
+        ({"session": SESSION_BY_ID_EXAMPLE["data"]}, EXAMPLE_SESSION),
+        (
+            dict(SESSION_BY_ID_EXAMPLE["data"], stopped_time="2023-07-15T07:18:39Z"),
+            Session(
+                id=SESSION_ID,
+                started_time=1689404919.0,
+                stopped_time=1689405519.0,
+                ingest_seconds=60.0,
+                viewer_seconds=60.0,
+            ),
+        ),
+        (None, None),
+    ],
+    ids=["example", "nested-under-session", "stopped", "data-null"],
+)
+async def test_session_by_id_decodes_the_session(
+    server: aioresponses,
+    make_client: MakeClient,
+    data: dict[str, Any] | None,
+    expected: Session | None,
+) -> None:
+    """A 200 from the session-by-id endpoint yields that session and no livestream."""
+    server.get(SESSION_BY_ID_URL, payload={"success": True, "data": data})
+    result = await make_client().session(ACCOUNT, APP, SESSION_ID)
+    assert result == ActiveSession(livestream=None, session=expected)
+    assert len(sent(server)) == 1
+
+
+async def test_session_by_id_requests_are_reported_as_livestream_session(
+    server: aioresponses, make_client: MakeClient, observer: RecordingObserver
+) -> None:
+    """Requests for a session by id carry the endpoint label ``livestream_session``."""
+    server.get(SESSION_BY_ID_URL, payload=SESSION_BY_ID_EXAMPLE)
+    server.get(SESSION_BY_ID_URL, status=404, payload=NOT_FOUND)
+    server.get(SESSION_BY_ID_URL, status=500, body="boom", repeat=True)
+    client = make_client(retries=0)
+    await client.session(ACCOUNT, APP, SESSION_ID)
+    await client.session(ACCOUNT, APP, SESSION_ID)
+    error = await fail(client.session(ACCOUNT, APP, SESSION_ID))
+    assert ENDPOINT_SESSION_BY_ID == error.endpoint == "livestream_session"
+    assert observer.requests == [
+        ("livestream_session", "200"),
+        ("livestream_session", "404"),
+        ("livestream_session", "500"),
+    ]
 
 
 async def test_404_on_listing_is_an_http_error(
@@ -467,9 +795,10 @@ async def test_404_on_listing_is_an_http_error(
     ("url", "call"),
     [
         (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP)),
-        (SESSION_URL, lambda c: c.active_session(ACCOUNT, APP, STREAM_ID)),
+        (SESSION_URL, active_call),
+        (SESSION_BY_ID_URL, session_call),
     ],
-    ids=["listing", "active-session"],
+    ids=["listing", "active-session", "session-by-id"],
 )
 async def test_200_with_success_false_is_an_http_error(
     server: aioresponses, make_client: MakeClient, url: str, call: Any
@@ -769,6 +1098,54 @@ async def test_budget_exhausted_before_sending_is_rate_limited(
     assert clock.sleeps == []
 
 
+async def test_requests_queued_behind_a_429_are_not_sent(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock
+) -> None:
+    """A 429 pauses requests already waiting for a connection slot: they fail unsent."""
+    arrivals = SlowServer(clock)
+    server.get(
+        SESSION_URL,
+        status=429,
+        payload=THROTTLED,
+        headers={"Retry-After": "300"},
+        callback=arrivals.respond,
+    )
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE, callback=arrivals.respond, repeat=True)
+    client = make_client(max_concurrency=1)
+    results = await asyncio.gather(
+        *(client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + 60) for _ in range(5)),
+        return_exceptions=True,
+    )
+    assert len(sent(server)) == 1
+    assert arrivals.arrivals == [NOW]
+    assert all(isinstance(r, ApiError) for r in results)
+    errors = [r for r in results if isinstance(r, ApiError)]
+    assert [(e.reason, e.status) for e in errors] == [("rate_limited", 429)] + [
+        ("rate_limited", None)
+    ] * 4
+    assert client.budget.paused_until == NOW + 300
+    assert clock.sleeps == []
+
+
+async def test_budget_grants_requests_when_they_are_sent(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock
+) -> None:
+    """The budget grants a request only when it can be sent, so its log holds the send times."""
+    slow = SlowServer(clock, seconds=3.0)
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE, callback=slow.respond, repeat=True)
+    budget = RecordingBudget(clock, requests=2, window=10.0)
+    client = make_client(budget=budget, max_concurrency=1)
+    results = await asyncio.gather(
+        *(client.active_session(ACCOUNT, APP, STREAM_ID) for _ in range(3)),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, ActiveSession) for r in results)
+    # each answer takes 3 s; the third waits until the first grant leaves the 10 s window
+    assert slow.arrivals == [NOW, NOW + 3.0, NOW + 10.0]
+    assert budget.grants == slow.arrivals
+    assert len(sent(server)) == 3
+
+
 # --- observer ---------------------------------------------------------------------------
 
 
@@ -777,24 +1154,32 @@ async def test_observer_sees_every_request_with_its_outcome(
 ) -> None:
     """Each request sent is reported once, as (endpoint, status code or failure kind)."""
     server.get(page_url(1, 100), payload=page("a"))
+    server.get(page_url(2, 100), payload=page())
     server.get(SESSION_URL, status=404, payload=NOT_FOUND)
     server.get(SESSION_URL, status=503, body="x")
     server.get(SESSION_URL, payload=SESSION_EXAMPLE)
     server.get(SESSION_URL, exception=TimeoutError())
     server.get(SESSION_URL, exception=aiohttp.ClientConnectionError("reset"))
+    server.get(SESSION_BY_ID_URL, exception=TimeoutError())
+    server.get(SESSION_BY_ID_URL, payload=SESSION_BY_ID_EXAMPLE)
     client = make_client(retries=1)
-    await client.list_livestreams(ACCOUNT, APP)
+    await client.list_livestreams(ACCOUNT, APP)  # page 1, then an empty page 2
     await client.active_session(ACCOUNT, APP, STREAM_ID)  # 404
     await client.active_session(ACCOUNT, APP, STREAM_ID)  # 503, retried: 200
     await fail(client.active_session(ACCOUNT, APP, STREAM_ID))  # timeout, retried: connection
+    await client.session(ACCOUNT, APP, SESSION_ID)  # timeout, retried: 200
     assert observer.requests == [
+        (ENDPOINT_LISTING, "200"),
         (ENDPOINT_LISTING, "200"),
         (ENDPOINT_SESSION, "404"),
         (ENDPOINT_SESSION, "503"),
         (ENDPOINT_SESSION, "200"),
         (ENDPOINT_SESSION, "timeout"),
         (ENDPOINT_SESSION, "connection_error"),
+        (ENDPOINT_SESSION_BY_ID, "timeout"),
+        (ENDPOINT_SESSION_BY_ID, "200"),
     ]
+    assert {endpoint for endpoint, _ in observer.requests} == set(client_module.ENDPOINTS)
 
 
 # --- bodies -----------------------------------------------------------------------------
@@ -813,6 +1198,13 @@ async def test_observer_sees_every_request_with_its_outcome(
         (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP), '{"data": [{"id": "a"'),
         (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP), "[]"),
         (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP), '{"success": true}'),
+        (
+            page_url(1, 100),
+            lambda c: c.list_livestreams(ACCOUNT, APP),
+            '{"success": true, "data": {"items": [{"id": "a", "status": "LIVE"}]}}',
+        ),
+        (SESSION_BY_ID_URL, session_call, "<html>oops</html>"),
+        (SESSION_BY_ID_URL, session_call, '{"success": true, "data": "running"}'),
     ],
     ids=[
         "session-html",
@@ -821,6 +1213,9 @@ async def test_observer_sees_every_request_with_its_outcome(
         "listing-truncated",
         "listing-not-object",
         "listing-without-data",
+        "listing-list-under-a-guessed-key",
+        "session-by-id-html",
+        "session-by-id-data-string",
     ],
 )
 async def test_unreadable_2xx_body_is_a_decode_error(

@@ -295,7 +295,10 @@ def test_degenerate_documents(tmp_path: Path, text: str, expected: list[str]) ->
         ),
         (
             render(app={"livestreams": [{"id": "a", 7: True}]}),
-            ["apps[0].livestreams[0].7: unknown key (allowed: expect_live, id)"],
+            [
+                "apps[0].livestreams[0].<unknown key of 1 characters>: unknown key "
+                "(allowed: expect_live, id)"
+            ],
         ),
     ],
     ids=["top level", "api", "poll", "app", "livestream", "non-string key"],
@@ -305,6 +308,64 @@ def test_unknown_keys_are_errors_at_every_level(
 ) -> None:
     """A key outside the schema is reported with its path and the allowed keys."""
     assert problems_of(text, tmp_path) == expected
+
+
+API_KEYS = "allowed: base_url, max_concurrency, rate_limit, timeout, token, token_file"
+TOKEN_LIKE_KEY = "Zx9aQ3vL7mK2pR8sT4wY6uB1nC5dE0fG-hJ_kM2q"  # 40 characters, like an API token
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [
+        ("tokn", "tokn"),
+        ("_private.x-y", "_private.x-y"),
+        ("k" * 24, "k" * 24),
+        ("k" * 25, "<unknown key of 25 characters>"),
+        (TOKEN_LIKE_KEY, "<unknown key of 40 characters>"),
+        ("to\nken", "<unknown key of 6 characters>"),
+        ("tok en", "<unknown key of 6 characters>"),
+        ("9lives", "<unknown key of 6 characters>"),
+        ("t\u00f6ken", "<unknown key of 5 characters>"),
+        (12345, "<unknown key of 5 characters>"),
+    ],
+    ids=[
+        "plain",
+        "underscore-dot-dash",
+        "24-characters",
+        "25-characters",
+        "token-like",
+        "newline",
+        "space",
+        "leading-digit",
+        "non-ascii",
+        "number",
+    ],
+)
+def test_unknown_key_is_named_only_when_short_and_plain(
+    tmp_path: Path, key: object, shown: str
+) -> None:
+    """An unknown key is shown only if it matches [A-Za-z_][A-Za-z0-9_.-]{0,23}, else described."""
+    assert problems_of(render(api={key: "x"}), tmp_path) == [
+        f"api.{shown}: unknown key ({API_KEYS})"
+    ]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [TOKEN_LIKE_KEY, "leak\nme", "line\rbreak", "bell\x07"],
+    ids=["token-like", "newline", "carriage-return", "control-character"],
+)
+def test_unknown_key_that_may_be_a_secret_or_break_the_line_is_not_echoed(
+    tmp_path: Path, key: str
+) -> None:
+    """A long or control-character key appears in no error text, which stays on one line."""
+    with pytest.raises(ConfigError) as caught:
+        loads(render(api={key: "x"}), environ=ENVIRON, base_dir=tmp_path)
+    err = caught.value
+    for text in (str(err), repr(err), *err.problems, *(str(a) for a in err.args)):
+        assert key not in text
+    assert "\n" not in str(err)
+    assert "\r" not in str(err)
 
 
 @pytest.mark.parametrize(

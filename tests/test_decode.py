@@ -93,6 +93,25 @@ ACTIVE_SESSION = Session(
 )
 
 
+# GET .../livestreams/sessions/{livestream-session-id}: ``data`` is the session itself.
+SESSION_BY_ID_EXAMPLE: dict[str, Any] = {
+    "data": {
+        "created_at": "2023-07-15T07:08:40.742Z",
+        "err_message": None,
+        "id": "cf55a850-c3fd-46b5-b5d2-25b3b9aa1686",
+        "ingest_seconds": 60,
+        "invoked_time": None,
+        "livestream_id": "b60ef3da-fbbb-441b-9168-8235b0035248",
+        "started_time": "2023-07-15T07:08:39.000Z",
+        "stopped_time": None,
+        "updated_at": "2023-07-15T07:08:40.742Z",
+        "viewer_seconds": 60,
+    },
+    "success": True,
+}
+MISSING: Any = object()  # as a raw value: leave the key out
+
+
 def stream(stream_id: str, status: str = "IDLE", **extra: Any) -> dict[str, Any]:
     return {"id": stream_id, "status": status, "stream_key": LISTING_STREAM_KEY, **extra}
 
@@ -116,7 +135,7 @@ def test_listing_reads_the_example_array_with_top_level_paging() -> None:
     assert page.entries == 1
 
 
-@pytest.mark.parametrize("key", ["livestreams", "items", "data", "results"])
+@pytest.mark.parametrize("key", ["livestreams", "data"])
 def test_listing_reads_an_object_with_a_nested_list_and_paging_inside(key: str) -> None:
     """``data`` as an object holding the list and ``paging`` is read like the array shape."""
     doc = {
@@ -133,6 +152,16 @@ def test_listing_reads_an_object_with_a_nested_list_and_paging_inside(key: str) 
     )
     assert page.paging == Paging(total_count=7, start_offset=1, end_offset=2)
     assert page.entries == 2
+
+
+@pytest.mark.parametrize("key", ["items", "results", "streams"])
+def test_listing_object_with_a_list_under_a_guessed_key_and_no_id_is_a_decode_error(
+    key: str,
+) -> None:
+    """Only ``livestreams`` and ``data`` hold the nested list; other keys are not guessed."""
+    doc = {"success": True, "data": {key: [stream("a", "LIVE")], "paging": {"total_count": 1}}}
+    with pytest.raises(DecodeError, match="holds no livestreams"):
+        decode.listing_page(doc)
 
 
 def test_listing_prefers_top_level_paging_over_paging_inside_data() -> None:
@@ -165,6 +194,27 @@ def test_listing_drops_entries_without_an_id_but_counts_them() -> None:
     page = decode.listing_page(doc)
     assert [s.id for s in page.livestreams] == ["a"]
     assert page.entries == 3
+
+
+def test_listing_decodes_streams_with_a_missing_or_odd_status_next_to_normal_ones() -> None:
+    """One stream with a null or unexpected status does not fail the listing page."""
+    doc = {
+        "data": [
+            stream("a", "LIVE"),
+            {"id": "b", "status": None, "stream_key": LISTING_STREAM_KEY},
+            stream("c", "re-connecting"),
+            stream("d", "IDLE"),
+        ],
+        "paging": {"total_count": 4, "start_offset": 1, "end_offset": 4},
+    }
+    page = decode.listing_page(doc)
+    assert page.livestreams == (
+        Livestream(id="a", status="LIVE"),
+        Livestream(id="b", status="UNKNOWN"),
+        Livestream(id="c", status="RE-CONNECTING"),
+        Livestream(id="d", status="IDLE"),
+    )
+    assert page.entries == 4
 
 
 def test_listing_without_paging_has_none() -> None:
@@ -248,39 +298,55 @@ def test_status_is_upper_cased_and_unknown_ones_pass_through(raw: str, expected:
 
 
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "expected"),
     [
-        None,
-        1,
-        True,
-        ["LIVE"],
-        {"value": "LIVE"},
-        "",
-        "   ",
-        "LIVE NOW",
-        "LIVE;DROP",
-        "9LIVES",
-        "A" * 40,
+        (MISSING, "UNKNOWN"),
+        (None, "UNKNOWN"),
+        (1, "UNKNOWN"),
+        (True, "UNKNOWN"),
+        (["LIVE"], "UNKNOWN"),
+        ({"value": "LIVE"}, "UNKNOWN"),
+        ("", "UNKNOWN"),
+        ("   ", "UNKNOWN"),
+        ("\t\n", "UNKNOWN"),
+        ("live now", "LIVE NOW"),
+        ("  live \t\n  now  ", "LIVE NOW"),
+        ("re-connecting", "RE-CONNECTING"),
+        ("LIVE;DROP", "LIVE;DROP"),
+        ("9lives", "9LIVES"),
+        ("a" * 40, "A" * 40),
+        ("a" * 64, "A" * 64),
+        ("a" * 65, "A" * 64),
+        ("  " + "ab   " * 30, "AB " * 21 + "A"),
     ],
     ids=[
         "missing",
+        "null",
         "number",
         "bool",
         "list",
         "object",
         "empty",
         "blank",
+        "only-control-whitespace",
         "space",
+        "whitespace-collapsed",
+        "dash",
         "punctuation",
         "leading-digit",
-        "too-long",
+        "longer-than-a-word",
+        "at-the-limit",
+        "cut-to-the-limit",
+        "collapsed-before-cutting",
     ],
 )
-def test_status_that_is_missing_or_not_a_status_word_is_a_decode_error(raw: object) -> None:
-    """A livestream without a readable status cannot be exported and is a decode error."""
-    item: dict[str, Any] = {"id": "x"} if raw is None else {"id": "x", "status": raw}
-    with pytest.raises(DecodeError):
-        decode.livestream(item)
+def test_status_that_is_missing_or_odd_still_decodes(raw: object, expected: str) -> None:
+    """Any status text is upper-cased, whitespace-collapsed and cut; none at all is UNKNOWN."""
+    item: dict[str, Any] = {"id": "x"} if raw is MISSING else {"id": "x", "status": raw}
+    if raw is not MISSING:
+        assert decode.status_value(raw) == expected
+    assert decode.livestream(item) == Livestream(id="x", status=expected)
+    assert len(expected) <= decode.MAX_STATUS_LENGTH == 64
 
 
 def test_livestream_reads_name_meeting_and_disabled_and_clips_long_text() -> None:
@@ -595,14 +661,129 @@ def test_active_session_ignores_a_livestream_without_status() -> None:
         {"data": "live"},
         {"data": {"session": "running"}},
         {"data": {"session": 1}},
-        {"data": {"livestream": {"id": "x", "status": 7}}},
     ],
-    ids=["data-list", "data-string", "session-string", "session-number", "bad-status"],
+    ids=["data-list", "data-string", "session-string", "session-number"],
 )
 def test_active_session_with_unreadable_parts_is_a_decode_error(doc: dict[str, Any]) -> None:
     """Parts that are present but of the wrong kind are decode errors."""
     with pytest.raises(DecodeError):
         decode.active_session(doc, livestream_id="x")
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(7, "UNKNOWN"), ("", "UNKNOWN"), ("re-connecting", "RE-CONNECTING")],
+    ids=["number", "empty", "odd-word"],
+)
+def test_active_session_livestream_with_an_odd_status_still_decodes(
+    status: object, expected: str
+) -> None:
+    """An unreadable or unexpected livestream status is read, not a decode error."""
+    doc = {"data": {"livestream": {"id": "x", "status": status}, "session": None}}
+    assert decode.active_session(doc, livestream_id="x") == ActiveSession(
+        livestream=Livestream(id="x", status=expected), session=None
+    )
+
+
+@pytest.mark.parametrize(
+    ("started", "stopped", "expected"),
+    [
+        ("2023-07-15T07:08:39Z", None, (STARTED, None, False, True)),
+        ("not a time", None, (None, None, False, True)),
+        (None, None, (None, None, False, True)),
+        (MISSING, MISSING, (None, None, False, True)),
+        ("2023-07-15T07:08:39Z", "", (STARTED, None, False, True)),
+        ("2023-07-15T07:08:39Z", "2023-07-15T07:18:39.500Z", (STARTED, STOPPED, False, False)),
+        ("2023-07-15T07:08:39Z", "not a time", (STARTED, None, True, False)),
+        ("2023-07-15T07:08:39Z", 0, (STARTED, None, True, False)),
+        (None, "not a time", (None, None, True, False)),
+    ],
+    ids=[
+        "started-not-stopped",
+        "unreadable-start-not-stopped",
+        "null-start-not-stopped",
+        "no-times-at-all",
+        "empty-stop",
+        "stopped",
+        "unreadable-stop",
+        "zero-stop",
+        "only-an-unreadable-stop",
+    ],
+)
+def test_session_is_active_until_a_stop_time_is_given_readable_or_not(
+    started: object, stopped: object, expected: tuple[float | None, float | None, bool, bool]
+) -> None:
+    """A session with no stop time is active; a non-empty stop time, even unreadable, ends it."""
+    raw: dict[str, Any] = {"id": "s1"}
+    if started is not MISSING:
+        raw["started_time"] = started
+    if stopped is not MISSING:
+        raw["stopped_time"] = stopped
+    result = decode.session(raw)
+    assert result is not None
+    started_time, stopped_time, ended, active = expected
+    assert result.started_time == (None if started_time is None else pytest.approx(started_time))
+    assert result.stopped_time == (None if stopped_time is None else pytest.approx(stopped_time))
+    assert (result.ended, result.active) == (ended, active)
+
+
+# --- session by id ----------------------------------------------------------------------
+
+
+def test_session_by_id_reads_the_example() -> None:
+    """The published example of the session-by-id endpoint (``data`` is the session) decodes."""
+    assert decode.session_by_id(SESSION_BY_ID_EXAMPLE) == ACTIVE_SESSION
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        (
+            {"success": True, "data": {"session": SESSION_BY_ID_EXAMPLE["data"]}},
+            ACTIVE_SESSION,
+        ),
+        (
+            {
+                "success": True,
+                "data": dict(
+                    SESSION_BY_ID_EXAMPLE["data"],
+                    stopped_time="2023-07-15T07:18:39.500Z",
+                    err_message="encoder lost",
+                    ingest_seconds="600",
+                ),
+            },
+            Session(
+                id="cf55a850-c3fd-46b5-b5d2-25b3b9aa1686",
+                started_time=STARTED,
+                stopped_time=STOPPED,
+                err_message="encoder lost",
+                ingest_seconds=600.0,
+                viewer_seconds=60.0,
+            ),
+        ),
+        ({"success": True, "data": None}, None),
+        ({"success": True}, None),
+    ],
+    ids=["nested-under-session", "stopped-final-values", "data-null", "data-absent"],
+)
+def test_session_by_id_reads_the_session_nested_or_not_and_none_without_data(
+    doc: dict[str, Any], expected: Session | None
+) -> None:
+    """``data.session`` is accepted as well as ``data``; no data at all is no session."""
+    assert decode.session_by_id(doc) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    ["session", 1, [SESSION_BY_ID_EXAMPLE["data"]]],
+    ids=["string", "number", "list"],
+)
+def test_session_by_id_with_data_that_is_not_a_session_object_is_a_decode_error(
+    data: object,
+) -> None:
+    """A ``data`` that is present but not a session object is a decode error."""
+    with pytest.raises(DecodeError):
+        decode.session_by_id({"success": True, "data": data})
 
 
 # --- secrets ----------------------------------------------------------------------------
@@ -740,10 +921,37 @@ def test_parse_json_raises_decode_error_on_anything_else(body: bytes) -> None:
 @pytest.mark.parametrize("doc", [None, [], [LISTING_EXAMPLE], "data", 1, True])
 @pytest.mark.parametrize(
     "parse",
-    [decode.listing_page, lambda d: decode.active_session(d, livestream_id="x")],
-    ids=["listing", "active-session"],
+    [
+        decode.listing_page,
+        lambda d: decode.active_session(d, livestream_id="x"),
+        decode.session_by_id,
+    ],
+    ids=["listing", "active-session", "session-by-id"],
 )
 def test_a_document_that_is_not_an_object_is_a_decode_error(parse: Any, doc: object) -> None:
-    """Both endpoints need a JSON object at the top."""
+    """Every endpoint needs a JSON object at the top."""
     with pytest.raises(DecodeError):
         parse(doc)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [{"data": {"session": {}}}, {"data": {"session": {"err_message": None, "ingest_seconds": 5}}}],
+    ids=["empty", "no-id-or-times"],
+)
+def test_session_object_with_nothing_that_says_it_exists_is_no_session(
+    doc: dict[str, Any],
+) -> None:
+    """A session object without id or times is read as no session, so it cannot mark live."""
+    assert decode.active_session(doc, livestream_id="x").session is None
+
+
+def test_session_by_id_with_a_non_object_session_is_a_decode_error() -> None:
+    """``data.session`` that is not an object is an error, not an empty session."""
+    with pytest.raises(DecodeError):
+        decode.session_by_id({"success": True, "data": {"session": "running"}})
+
+
+def test_status_cut_to_length_does_not_end_in_a_space() -> None:
+    """A status cut at the length limit loses a trailing space left by the cut."""
+    assert decode.status_value("a" * 63 + " b") == "A" * 63

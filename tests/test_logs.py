@@ -81,3 +81,11 @@ def test_debug_level_shows_debug(restore_root: None) -> None:
     """--log.level debug lets debug lines through."""
     text, _ = emit("logfmt", level="debug")
     assert "hidden at info" in text
+
+
+def test_too_short_secrets_are_not_replaced(restore_root: None) -> None:
+    """A secret under 8 characters is not substituted: that would mangle and reveal it."""
+    stream = io.StringIO()
+    logs.configure(fmt="logfmt", secrets=lambda: ("t",), stream=stream)
+    logging.getLogger("exporter.test").info("listening on the network")
+    assert "listening on the network" in stream.getvalue()

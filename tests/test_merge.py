@@ -45,12 +45,27 @@ def test_discovering_app_tracks_every_listed_stream() -> None:
     assert [s.id for s in got] == ["s1", "other"]
 
 
-def test_sessions_are_fetched_only_for_live_or_just_stopped_streams() -> None:
-    """Session details cost a request each: only LIVE streams and those LIVE last cycle."""
-    streams = merge.tracked(DISCOVER, listing(("s1", "LIVE"), ("s2", "IDLE"), ("s3", "IDLE")))
-    prev = state(live_state("s2"))
-    assert merge.sessions_to_fetch(streams, prev) == ["s1", "s2"]
-    assert merge.sessions_to_fetch(streams, None) == ["s1"]
+def test_plan_asks_sessions_only_where_the_listing_allows_a_live_session() -> None:
+    """Session requests go to LIVE and unknown statuses; just-stopped streams get a final fetch."""
+    streams = merge.tracked(
+        DISCOVER,
+        listing(
+            ("s1", "LIVE"), ("s2", "IDLE"), ("s3", "OFFLINE"), ("s4", "PAUSED"), ("s5", "IDLE")
+        ),
+    )
+    prev = state(live_state("s2"), live_state("s4"))
+    got = merge.plan(streams, prev)
+    assert got.active == ("s1", "s4")
+    assert dict(got.final) == {"s2": "x"}
+    first = merge.plan(streams, None)
+    assert first.active == ("s1", "s4") and not first.final
+
+
+def test_plan_skips_the_final_fetch_when_no_session_was_ever_seen() -> None:
+    """A stream that was live without a known session has nothing to ask for by id."""
+    prev = state(StreamState(Livestream("s1", "LIVE"), live=True, session=None, last_update=NOW))
+    got = merge.plan(merge.tracked(APP, listing(("s1", "IDLE"))), prev)
+    assert not got.active and not got.final
 
 
 def test_active_session_makes_stream_live_with_its_values() -> None:
@@ -142,13 +157,79 @@ def test_failed_session_fetch_keeps_live_while_listing_says_live() -> None:
     assert not got.up
 
 
-def test_failed_session_fetch_of_stale_live_stream_drops_it() -> None:
-    """Counters that could not be refreshed for max_staleness disappear."""
+def test_failed_session_fetches_age_out_the_counters_but_never_the_stream() -> None:
+    """Session requests failing past max_staleness drop the counters; the stream stays LIVE."""
     prev = state(live_state("s1", at=NOW - STALE - 1))
     got = merge.merge_app(
         APP, prev, listing(("s1", "LIVE")), {"s1": None}, now=NOW, max_staleness=STALE, ok=False
     )
-    assert got.streams == ()
+    (s1,) = got.streams
+    assert s1.live and s1.session is None and s1.last_update == NOW - STALE - 1
+    again = merge.merge_app(
+        APP, got, listing(("s1", "LIVE")), {"s1": None}, now=NOW + 30, max_staleness=STALE, ok=False
+    )
+    assert again.streams == (s1,)
+
+
+def test_failed_fetch_of_unknown_status_keeps_the_previous_liveness() -> None:
+    """An unknown status cannot say whether the stream is live: the last answer stands."""
+    got = merge.merge_app(
+        APP,
+        state(live_state("s1")),
+        listing(("s1", "RECONNECTING")),
+        {"s1": None},
+        now=NOW,
+        max_staleness=STALE,
+        ok=False,
+    )
+    assert got.streams[0].live and got.streams[0].livestream.status == "RECONNECTING"
+
+
+def test_final_fetch_reports_final_values_and_follows_the_listing() -> None:
+    """The session by id gives final counters; liveness follows the listing even if it lags."""
+    lagging = Session(id="x", started_time=NOW - 60, ingest_seconds=58.0)
+    for outcome, ingest in ((STOPPED, 55.0), (lagging, 58.0)):
+        got = merge.merge_app(
+            APP,
+            state(live_state("s1")),
+            listing(("s1", "IDLE")),
+            {"s1": ActiveSession(None, outcome)},
+            now=NOW,
+            max_staleness=STALE,
+            ok=True,
+            final={"s1"},
+        )
+        (s1,) = got.streams
+        assert not s1.live and s1.session is not None and s1.session.ingest_seconds == ingest
+
+
+def test_final_fetch_not_found_keeps_the_last_seen_values() -> None:
+    """If the session by id is gone, the values seen while live stay exported."""
+    got = merge.merge_app(
+        APP,
+        state(live_state("s1")),
+        listing(("s1", "IDLE")),
+        {"s1": ActiveSession(None, None)},
+        now=NOW,
+        max_staleness=STALE,
+        ok=True,
+        final={"s1"},
+    )
+    assert not got.streams[0].live and got.streams[0].session == ACTIVE
+
+
+def test_unknown_status_from_the_session_endpoint_does_not_override_the_listing() -> None:
+    """A status the session endpoint leaves unreadable never replaces a readable one."""
+    got = merge.merge_app(
+        APP,
+        None,
+        listing(("s1", "LIVE")),
+        {"s1": ActiveSession(Livestream("s1", "UNKNOWN"), ACTIVE)},
+        now=NOW,
+        max_staleness=STALE,
+        ok=True,
+    )
+    assert got.streams[0].livestream.status == "LIVE" and got.streams[0].live
 
 
 def test_failed_final_fetch_follows_the_listing() -> None:

@@ -110,26 +110,55 @@ async def test_discovery_pages_through_the_listing(rig: Rig) -> None:
 
 
 async def test_stream_that_stops_gets_one_final_fetch(rig: Rig) -> None:
-    """Leaving LIVE costs one more session request for the final values, then none."""
+    """Leaving LIVE costs one request for the session by id, which has the final values."""
     s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
     rig.api.go_live(s, ingest=100, viewer=50)
     poller = rig.poller(make_config(rig.api.base_url, streams=("s1",)))
     await poller.poll_once()
     assert s.session is not None
     s.session["ingest_seconds"] = 130
-    rig.api.stop(s, keep_session=True)
+    rig.api.stop(s)  # the active endpoint now answers 404, as the real one does
 
     snapshot = await poller.poll_once()
-    assert rig.api.count("session") == 2
+    assert (rig.api.count("session"), rig.api.count("by_id")) == (1, 1)
     (state,) = snapshot.apps[0].streams
     assert not state.live and state.session is not None and state.session.ingest_seconds == 130
+    assert snapshot.apps[0].up
 
-    rig.api.stop(s)
     snapshot = await poller.poll_once()
     await poller.poll_once()
-    assert rig.api.count("session") == 2
+    assert (rig.api.count("session"), rig.api.count("by_id")) == (1, 1)
     (state,) = snapshot.apps[0].streams
     assert state.session is not None and state.session.ingest_seconds == 130
+
+
+async def test_unknown_status_is_asked_about_and_exported(rig: Rig) -> None:
+    """A status the exporter does not know costs a session request and is exported as is."""
+    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    rig.api.go_live(s)
+    s.status = "Re-connecting"
+    poller = rig.poller(make_config(rig.api.base_url, discover=True))
+    snapshot = await poller.poll_once()
+    (state,) = snapshot.apps[0].streams
+    assert rig.api.count("session") == 1
+    assert state.live and state.livestream.status == "RE-CONNECTING"
+
+
+async def test_persistent_session_failures_never_make_series_flap(rig: Rig) -> None:
+    """Session requests failing past max_staleness drop the counters, never the stream."""
+    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    rig.api.go_live(s, ingest=5)
+    poller = rig.poller(
+        make_config(rig.api.base_url, streams=("s1",), interval=30, max_staleness=90)
+    )
+    await poller.poll_once()
+    rig.api.sticky["session"] = Fault(500, {"success": False})
+    seen = []
+    for _ in range(6):
+        rig.clock.now += 30
+        (state,) = (await poller.poll_once()).apps[0].streams
+        seen.append((state.live, state.session is not None))
+    assert seen == [(True, True)] * 3 + [(True, False)] * 3
 
 
 async def test_api_failure_keeps_live_streams_live_until_max_staleness(rig: Rig) -> None:
@@ -300,8 +329,10 @@ async def test_run_polls_every_interval_until_stopped() -> None:
         (3, 30.0, RateLimit(1000, 300), None),
         (150, 30.0, RateLimit(1000, 300), "polling may need up to 1510 requests per 300s"),
         (0, 30.0, RateLimit(2000, 300), "above the API's own limit of 1200"),
+        (0, 30.0, RateLimit(1300, 600), "above the API's own limit of 1200"),
+        (0, 30.0, RateLimit(500, 120), "above the API's own limit of 1200"),
     ],
-    ids=["fits", "over-budget", "budget-over-api-limit"],
+    ids=["fits", "over-budget", "budget-over-api-limit", "long-window-burst", "short-window"],
 )
 def test_budget_warning(
     streams: int, interval: float, rate: RateLimit, expected: str | None
