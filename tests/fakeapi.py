@@ -141,14 +141,16 @@ class FakeApi:
         }
         return web.json_response(body, status=401)
 
-    async def _listing(self, request: web.Request) -> web.Response:
+    async def _refusal(self, request: web.Request, endpoint: str) -> web.Response | None:
+        """Record the request; answer it here if auth fails or a fault is queued."""
         self.requests.append((request.path, dict(request.query)))
-        if self.gate is not None:
+        if endpoint == "livestreams" and self.gate is not None:
             await self.gate.wait()
-        if (denied := self._auth(request)) is not None:
-            return denied
-        if (faulty := self._fault("livestreams")) is not None:
-            return faulty
+        return self._auth(request) or self._fault(endpoint)
+
+    async def _listing(self, request: web.Request) -> web.Response:
+        if (refused := await self._refusal(request, "livestreams")) is not None:
+            return refused
         key = (request.match_info["account_id"], request.match_info["app_id"])
         streams = list(self.apps.get(key, {}).values())
         per_page = min(int(request.query.get("per_page", "20")), self.page_size_cap)
@@ -168,11 +170,8 @@ class FakeApi:
         )
 
     async def _session(self, request: web.Request) -> web.Response:
-        self.requests.append((request.path, dict(request.query)))
-        if (denied := self._auth(request)) is not None:
-            return denied
-        if (faulty := self._fault("session")) is not None:
-            return faulty
+        if (refused := await self._refusal(request, "session")) is not None:
+            return refused
         key = (request.match_info["account_id"], request.match_info["app_id"])
         stream = self.apps.get(key, {}).get(request.match_info["livestream_id"])
         if stream is None or stream.session is None:
@@ -185,11 +184,8 @@ class FakeApi:
         )
 
     async def _session_by_id(self, request: web.Request) -> web.Response:
-        self.requests.append((request.path, dict(request.query)))
-        if (denied := self._auth(request)) is not None:
-            return denied
-        if (faulty := self._fault("by_id")) is not None:
-            return faulty
+        if (refused := await self._refusal(request, "by_id")) is not None:
+            return refused
         found = self.sessions_by_id.get(request.match_info["session_id"])
         if found is None:
             return web.json_response(
