@@ -114,11 +114,9 @@ class AppConfig:
     def key(self) -> tuple[str, str]:
         return (self.account_id, self.app_id)
 
-    def expected_live(self, livestream_id: str) -> bool | None:
-        for ls in self.livestreams:
-            if ls.id == livestream_id:
-                return ls.expect_live
-        return None
+    def expectations(self) -> dict[str, bool | None]:
+        """``expect_live`` by configured livestream id (``None`` where it is not set)."""
+        return {ls.id: ls.expect_live for ls in self.livestreams}
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,11 +80,11 @@ def stale_kept(
     """Previous streams still within ``max_staleness``, for a cycle whose listing failed."""
     if prev is None:
         return ()
-    wanted = {ls.id for ls in app.livestreams}
+    expected = app.expectations()
     return tuple(
-        _with_expectation(s, app)
+        s if s.expected_live == expected.get(s.id) else replace(s, expected_live=expected.get(s.id))
         for s in prev.streams
-        if now - s.last_update <= max_staleness and (app.discover or s.id in wanted)
+        if now - s.last_update <= max_staleness and (app.discover or s.id in expected)
     )
 
 
@@ -110,7 +110,7 @@ def merge_app(
         streams = stale_kept(app, prev, now=now, max_staleness=max_staleness)
     else:
         before = {s.id: s for s in prev.streams} if prev is not None else {}
-        rules = _Rules(app, sessions, frozenset(final), now, max_staleness)
+        rules = _Rules(app.expectations(), sessions, frozenset(final), now, max_staleness)
         streams = tuple(
             sorted(
                 (rules.stream(stream, before.get(stream.id)) for stream in tracked(app, listing)),
@@ -128,7 +128,7 @@ def merge_app(
 
 @dataclass(frozen=True, slots=True)
 class _Rules:
-    app: AppConfig
+    expected: Mapping[str, bool | None]
     sessions: Mapping[str, SessionOutcome]
     final: frozenset[str]
     now: float
@@ -189,18 +189,5 @@ class _Rules:
             live=live,
             session=session,
             last_update=self.now if last_update is None else last_update,
-            expected_live=self.app.expected_live(stream.id),
+            expected_live=self.expected.get(stream.id),
         )
-
-
-def _with_expectation(state: StreamState, app: AppConfig) -> StreamState:
-    expected = app.expected_live(state.id)
-    if expected == state.expected_live:
-        return state
-    return StreamState(
-        state.livestream,
-        live=state.live,
-        session=state.session,
-        last_update=state.last_update,
-        expected_live=expected,
-    )

@@ -114,10 +114,11 @@ def test_full_config_parses_into_expected_dataclasses(tmp_path: Path) -> None:
     assert config.api.token.reveal() == SECRET
     assert config.api.rate_limit.per_second == pytest.approx(1000 / 300)
     assert config.apps[0].key == (ACCOUNT, "app-main")
-    assert config.apps[0].expected_live("9fb22eea-3392-42ad-b884-1129a4f517d2") is True
-    assert config.apps[0].expected_live("0c3bd1f5-9f0e-4a1c-bb0e-3a0b5f1f2d11") is False
-    assert config.apps[0].expected_live("5d6e7f80-1a2b-4c3d-8e9f-a0b1c2d3e4f5") is None
-    assert config.apps[0].expected_live("not-configured") is None
+    assert config.apps[0].expectations() == {
+        "9fb22eea-3392-42ad-b884-1129a4f517d2": True,
+        "0c3bd1f5-9f0e-4a1c-bb0e-3a0b5f1f2d11": False,
+        "5d6e7f80-1a2b-4c3d-8e9f-a0b1c2d3e4f5": None,
+    }
 
 
 def test_omitted_keys_take_their_defaults(tmp_path: Path) -> None:
