@@ -151,18 +151,19 @@ class RealtimeKitClient:
         """Every livestream of the app, following pages until the listing ends."""
         path = f"{_app_path(account_id, app_id)}/livestreams"
         seen: dict[str, Livestream] = {}
-        received = 0
+        received = skipped = 0
         for page_no in range(1, MAX_LISTING_PAGES + 1):
             doc = await self._get_json(
                 ENDPOINT_LISTING, path, {"page_no": page_no, "per_page": per_page}, deadline
             )
             page = _decoded(ENDPOINT_LISTING, decode.listing_page, doc)
             received += page.entries
+            skipped += page.skipped
             before = len(seen)
             for stream in page.livestreams:
                 seen.setdefault(stream.id, stream)
             if _listing_done(page, received) or len(seen) == before:
-                return Listing(livestreams=tuple(seen.values()), pages=page_no)
+                return Listing(livestreams=tuple(seen.values()), pages=page_no, skipped=skipped)
         raise ApiError(
             "decode",
             f"listing did not end within {MAX_LISTING_PAGES} pages",

@@ -40,7 +40,11 @@ class ListingPage:
     livestreams: tuple[Livestream, ...]
     paging: Paging | None
     entries: int
-    """Entries on the page as sent, counting those dropped for having no id."""
+    """Entries on the page as sent, counting those skipped (no object, or no id)."""
+
+    @property
+    def skipped(self) -> int:
+        return self.entries - len(self.livestreams)
 
 
 def parse_json(body: bytes) -> Any:
@@ -115,7 +119,13 @@ def listing_page(doc: object) -> ListingPage:
     else:
         # null, absent or a scalar: an empty listing would silently drop every stream
         raise DecodeError("listing data is neither a list nor an object")
-    streams = tuple(s for s in (livestream(item) for item in items) if s is not None)
+    # An entry that is no object, or has no id, cannot be attributed to any stream: it is
+    # skipped (and reported) rather than failing the streams that can be read.
+    streams = tuple(
+        s
+        for s in (livestream(item) if isinstance(item, dict) else None for item in items)
+        if s is not None
+    )
     return ListingPage(livestreams=streams, paging=paging(paging_raw), entries=len(items))
 
 
@@ -163,9 +173,15 @@ def session_by_id(doc: object) -> Session | None:
     if not isinstance(doc, dict):
         raise DecodeError("session body is not an object")
     data = doc.get("data")
-    if isinstance(data, dict) and "session" in data:
-        data = data["session"]
-    return session(data)
+    if isinstance(data, dict):
+        # Also the shapes of the sibling endpoints: data.session, data.data, data.sessions.
+        data = next((data[k] for k in ("session", "data", "sessions") if k in data), data)
+    if isinstance(data, list):
+        data = data[0] if data else None
+    found = session(data)
+    if found is None and data:
+        raise DecodeError("session body holds no recognisable session")
+    return found
 
 
 def session(item: object) -> Session | None:

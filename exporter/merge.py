@@ -1,8 +1,13 @@
 """Pure rules that turn one cycle's API answers and the previous state into a new AppState.
 
 Kept apart from the poller's I/O so that the rules users rely on are plain functions:
-an API failure never turns ``live`` to 0; last good values stay until ``max_staleness``;
-a stream no longer listed (or removed from config) disappears at once.
+
+- an API failure never turns ``live`` to 0; the last good values stay until
+  ``max_staleness``, then go (the whole stream if the listing fails, only its session
+  values if the session requests fail while the listing still shows it);
+- a stream no longer listed, or removed from config, disappears at once;
+- a stream that stops keeps its session, and the session is asked for by id until its
+  final values (a stop time) arrive.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ if TYPE_CHECKING:
 
     from exporter.config import AppConfig
 
-# What a session fetch gave: an answer, or None when the request failed.
+# What a session request gave: an answer, or None when the request failed.
 SessionOutcome = ActiveSession | None
 
 
@@ -35,10 +40,10 @@ SessionOutcome = ActiveSession | None
 class Plan:
     """The session requests one cycle needs for one app.
 
-    ``active``: streams whose listing status does not rule out a session (LIVE, or a
+    ``active``: streams whose listed status does not rule out a live session (LIVE, or a
     status the exporter does not know), asked at ``active-livestream-session``.
-    ``final``: streams that were live last cycle and are listed as not live now, mapped to
-    the id of their last session, asked by id for its final values.
+    ``final``: streams listed as not live whose last session has not been seen to end,
+    mapped to that session's id, asked by id for its final values.
     """
 
     active: tuple[str, ...] = ()
@@ -59,7 +64,9 @@ def missing(app: AppConfig, listing: Listing) -> list[str]:
     return [ls.id for ls in app.livestreams if ls.id not in listed]
 
 
-def plan(streams: list[Livestream], prev: AppState | None) -> Plan:
+def plan(
+    streams: list[Livestream], prev: AppState | None, *, now: float, max_staleness: float
+) -> Plan:
     """Which session requests this cycle needs (see :class:`Plan`)."""
     before = {s.id: s for s in prev.streams} if prev is not None else {}
     active: list[str] = []
@@ -67,24 +74,35 @@ def plan(streams: list[Livestream], prev: AppState | None) -> Plan:
     for stream in streams:
         if stream.status not in NOT_LIVE:
             active.append(stream.id)
-            continue
-        old = before.get(stream.id)
-        if old is not None and old.live and old.session is not None and old.session.id:
+        elif (old := before.get(stream.id)) is not None and _awaits_final(old, now, max_staleness):
+            assert old.session is not None
             final[stream.id] = old.session.id
     return Plan(active=tuple(active), final=final)
+
+
+def _awaits_final(old: StreamState, now: float, max_staleness: float) -> bool:
+    """The stream's last session may still change: it was not seen to end, recently."""
+    session = old.session
+    return (
+        session is not None
+        and bool(session.id)
+        and session.active
+        and old.last_live is not None
+        and now - old.last_live <= max_staleness
+    )
 
 
 def stale_kept(
     app: AppConfig, prev: AppState | None, *, now: float, max_staleness: float
 ) -> tuple[StreamState, ...]:
-    """Previous streams still within ``max_staleness``, for a cycle whose listing failed."""
+    """For a cycle whose listing failed: the previous streams listed within max_staleness."""
     if prev is None:
         return ()
     expected = app.expectations()
     return tuple(
         s if s.expected_live == expected.get(s.id) else replace(s, expected_live=expected.get(s.id))
         for s in prev.streams
-        if now - s.last_update <= max_staleness and (app.discover or s.id in expected)
+        if now - s.seen_at <= max_staleness and (app.discover or s.id in expected)
     )
 
 
@@ -101,8 +119,8 @@ def merge_app(
 ) -> AppState:
     """The app's new state.
 
-    ``listing`` is ``None`` when it failed; ``sessions`` maps each fetched id to its answer
-    (``None`` if that fetch failed), ``final`` names those that were final-value fetches
+    ``listing`` is ``None`` when it failed; ``sessions`` maps each asked id to its answer
+    (``None`` if that request failed), ``final`` names those asked by session id
     (:attr:`Plan.final`); ``ok`` says every request of the app succeeded.
     """
     last_success = now if ok else (prev.last_success if prev is not None else None)
@@ -111,12 +129,8 @@ def merge_app(
     else:
         before = {s.id: s for s in prev.streams} if prev is not None else {}
         rules = _Rules(app.expectations(), sessions, frozenset(final), now, max_staleness)
-        streams = tuple(
-            sorted(
-                (rules.stream(stream, before.get(stream.id)) for stream in tracked(app, listing)),
-                key=lambda s: s.id,
-            )
-        )
+        states = (rules.stream(s, before.get(s.id)) for s in tracked(app, listing))
+        streams = tuple(sorted((s for s in states if s is not None), key=lambda s: s.id))
     return AppState(
         account_id=app.account_id,
         app_id=app.app_id,
@@ -134,46 +148,67 @@ class _Rules:
     now: float
     max_staleness: float
 
-    def stream(self, listed: Livestream, prev: StreamState | None) -> StreamState:
-        """A listed stream's new state. A listed stream is always exported."""
+    def stream(self, listed: Livestream, prev: StreamState | None) -> StreamState | None:
+        """A listed stream's new state (``None``: nothing can be said about it yet)."""
         last = prev.session if prev is not None else None
+        last_live = prev.last_live if prev is not None else None
         if listed.id not in self.sessions:
-            # Listed as not live and not live before: the listing is the whole truth.
-            return self.state(listed, live=False, session=last)
+            # Listed as not live, nothing to ask: the listing is the whole truth.
+            return self.state(listed, live=False, session=last, last_live=last_live)
         outcome = self.sessions[listed.id]
         if outcome is None:
             return self.failed(listed, prev)
         if listed.id in self.final:
-            # The listing says it stopped; the session by id gives its final values.
-            return self.state(listed, live=False, session=outcome.session or last)
+            return self.state(
+                listed, live=False, session=_final(outcome.session, last), last_live=last_live
+            )
         stream = listed
         fresher = outcome.livestream
         if fresher is not None and fresher.status not in (UNKNOWN_STATUS, listed.status):
             stream = replace(listed, status=fresher.status)
         session = outcome.session
         if session is None:
-            # No active session: not live; the last session seen keeps its final values.
-            return self.state(stream, live=False, session=last)
-        return self.state(stream, live=session.active, session=session)
-
-    def failed(self, listed: Livestream, prev: StreamState | None) -> StreamState:
-        """The session request failed: the listing (fresh) decides liveness.
-
-        An unknown status keeps the previous liveness. The old session values stay until
-        ``max_staleness`` after the stream's last complete update, then only they go: the
-        stream itself stays, so its series never flap.
-        """
-        if prev is None:
-            return self.state(listed, live=listed.status == LIVE, session=None)
-        live = listed.status == LIVE or (listed.status not in NOT_LIVE and prev.live)
-        if not live or listed.id in self.final:
-            return self.state(listed, live=False, session=prev.session)
-        fresh = self.now - prev.last_update <= self.max_staleness
+            # No active session: not live; the last session seen keeps its values.
+            return self.state(stream, live=False, session=last, last_live=last_live)
+        live = session.active
         return self.state(
-            listed,
-            live=True,
-            session=prev.session if fresh else None,
-            last_update=prev.last_update,
+            stream, live=live, session=session, last_live=self.now if live else last_live
+        )
+
+    def failed(self, listed: Livestream, prev: StreamState | None) -> StreamState | None:
+        """The stream's session request failed; the (fresh) listing decides what it can."""
+        if prev is None:
+            if listed.status != LIVE:
+                return None  # an unknown status and no answer: wait for one
+            return self.state(listed, live=True, session=None, last_live=self.now)
+        held = self.now - prev.last_update
+        if listed.id in self.final or listed.status in NOT_LIVE:
+            # The final values could not be fetched: keep what was seen; ask again next cycle.
+            return self.state(
+                listed,
+                live=False,
+                session=prev.session,
+                last_update=prev.last_update,
+                last_live=prev.last_live,
+            )
+        if listed.status != LIVE and (held > self.max_staleness or not prev.live):
+            # An unknown status says nothing; the last answer stands only while fresh.
+            if held > self.max_staleness:
+                return None
+            return self.state(
+                listed,
+                live=False,
+                session=prev.session,
+                last_update=prev.last_update,
+                last_live=prev.last_live,
+            )
+        # Live. Old session values stay while fresh, and only if that session had not
+        # ended: an ended one belongs to an earlier broadcast, not to this one.
+        session = prev.session
+        if session is not None and (held > self.max_staleness or not session.active):
+            session = None
+        return self.state(
+            listed, live=True, session=session, last_update=prev.last_update, last_live=self.now
         )
 
     def state(
@@ -182,6 +217,7 @@ class _Rules:
         *,
         live: bool,
         session: Session | None,
+        last_live: float | None,
         last_update: float | None = None,
     ) -> StreamState:
         return StreamState(
@@ -190,4 +226,16 @@ class _Rules:
             session=session,
             last_update=self.now if last_update is None else last_update,
             expected_live=self.expected.get(stream.id),
+            listed_at=self.now,
+            last_live=last_live,
         )
+
+
+def _final(answer: Session | None, last: Session | None) -> Session | None:
+    """The session after a by-id request: the answer, or, if it is gone, the last one seen
+    marked as ended (its stop time will never be known, and it is not asked for again)."""
+    if answer is not None:
+        return answer
+    if last is not None and last.active:
+        return replace(last, ended=True)
+    return last

@@ -39,7 +39,7 @@ class Session:
     err_message: str | None = None
     ingest_seconds: float | None = None
     viewer_seconds: float | None = None
-    ended: bool = False  # a stop time was given but could not be read
+    ended: bool = False  # known to have ended though no readable stop time was given
 
     @property
     def active(self) -> bool:
@@ -65,17 +65,21 @@ class Listing:
 
     livestreams: tuple[Livestream, ...]
     pages: int = 1
+    skipped: int = 0  # entries that were not livestream objects with an id
 
 
 @dataclass(frozen=True, slots=True)
 class StreamState:
-    """What is exported for one tracked livestream.
+    """What is exported for one tracked livestream, and what the next cycle needs to know.
 
-    ``session`` is the current session while live, else the last one seen (its final
-    values), or ``None`` if no session was ever seen. ``last_update`` is when every piece
-    of this stream's data was last fetched fresh; once that is older than
-    ``poll.max_staleness`` the stream is dropped if the listing fails, or only its session
-    values if just the session requests fail.
+    ``session`` is the current session while live, else the last one seen (with its final
+    values once they were fetched), or ``None`` if no session was ever seen.
+    ``last_update`` is when all of the stream's data was last fetched fresh (exported);
+    once it is older than ``poll.max_staleness`` the session values are dropped.
+    ``listed_at`` (default: ``last_update``) is when the listing last included the stream;
+    if the listing fails, the stream is dropped once that is older than max_staleness.
+    ``last_live`` is when the stream was last seen live; final values of its session are
+    asked for until max_staleness after that.
     """
 
     livestream: Livestream
@@ -83,10 +87,17 @@ class StreamState:
     session: Session | None
     last_update: float
     expected_live: bool | None = None
+    listed_at: float | None = None
+    last_live: float | None = None
 
     @property
     def id(self) -> str:
         return self.livestream.id
+
+    @property
+    def seen_at(self) -> float:
+        """When the listing last included the stream."""
+        return self.last_update if self.listed_at is None else self.listed_at
 
     @property
     def session_current(self) -> bool:

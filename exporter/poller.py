@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from exporter import merge
-from exporter.client import ApiError
+from exporter.client import ENDPOINT_LISTING, ApiError
 from exporter.config import API_RATE_LIMIT
 from exporter.model import EMPTY_SNAPSHOT, AppState, Snapshot
 
@@ -60,8 +60,12 @@ class PollObserver(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class _Health:
+    """What a log line is written for: the app going up or down, and the token being
+    rejected or accepted again. Other changes of reason while down are debug lines."""
+
     up: bool
-    reason: str | None = None
+    auth_failing: bool = False
+    internal: bool = False
 
 
 class Poller:
@@ -84,6 +88,8 @@ class Poller:
         self._snapshot: Snapshot = EMPTY_SNAPSHOT
         self._health: dict[tuple[str, str], _Health] = {}
         self._missing: dict[tuple[str, str], frozenset[str]] = {}
+        self._cycle_requests = 0
+        self._over_budget = False
         for app in config.apps:
             self._track(app)
 
@@ -115,34 +121,36 @@ class Poller:
         started = self._monotonic()
         deadline = started + self._config.poll.interval
         prev = self._snapshot
+        self._cycle_requests = 0
         apps = await asyncio.gather(
             *(self._poll_app(app, prev.app(*app.key), deadline) for app in self._config.apps)
         )
         snapshot = Snapshot(apps=tuple(apps), taken_at=self._clock(), cycles=prev.cycles + 1)
         self._snapshot = snapshot
+        self._note_budget(self._cycle_requests)
         if self._observer is not None:
             self._observer.cycle(self._monotonic() - started)
         return snapshot
 
     async def _poll_app(self, app: AppConfig, prev: AppState | None, deadline: float) -> AppState:
+        internal = False
         try:
             state, errors = await self._fetch_app(app, prev, deadline)
-            reason: str | None = errors[0].reason if errors else None
         except Exception:
             # The poll loop must outlive any bug in one app's handling; the app reads as down
             # and the traceback is logged once, when the app goes down for this reason.
-            again = self._health.get(app.key) == _Health(up=False, reason=INTERNAL)
+            before = self._health.get(app.key)
             log.log(
-                logging.DEBUG if again else logging.ERROR,
+                logging.DEBUG if before is not None and before.internal else logging.ERROR,
                 "unexpected error while polling app",
                 exc_info=True,
                 extra={**_app_fields(app), "reason": INTERNAL},
             )
-            state, errors, reason = self._failed(app, prev), [], INTERNAL
+            state, errors, internal = self._failed(app, prev), [], True
         for error in errors:
             if self._observer is not None:
                 self._observer.poll_error(app.account_id, app.app_id, error.reason)
-        self._note_health(app, state, reason, errors[0] if errors else None)
+        self._note_health(app, state, errors, internal=internal)
         self._note_streams(app, prev, state)
         return state
 
@@ -156,7 +164,13 @@ class Poller:
         except ApiError as exc:
             return self._failed(app, prev), [exc]
         self._note_missing(app, listing)
-        plan = merge.plan(merge.tracked(app, listing), prev)
+        plan = merge.plan(
+            merge.tracked(app, listing),
+            prev,
+            now=self._clock(),
+            max_staleness=self._config.poll.max_staleness,
+        )
+        self._cycle_requests += listing.pages + len(plan.active) + len(plan.final)
         requests: list[tuple[str, Awaitable[ActiveSession]]] = [
             (sid, self._api.active_session(app.account_id, app.app_id, sid, deadline=deadline))
             for sid in plan.active
@@ -168,10 +182,22 @@ class Poller:
         answers = await asyncio.gather(*(call for _, call in requests), return_exceptions=True)
         sessions: dict[str, merge.SessionOutcome] = {}
         errors: list[ApiError] = []
+        if listing.skipped:
+            errors.append(
+                ApiError(
+                    "decode",
+                    f"{listing.skipped} listing entries are not livestreams with an id",
+                    endpoint=ENDPOINT_LISTING,
+                )
+            )
         for (sid, _), answer in zip(requests, answers, strict=True):
             if isinstance(answer, ApiError):
                 errors.append(answer)
                 sessions[sid] = None
+            elif isinstance(answer, asyncio.CancelledError):
+                # Not our own cancellation (gather would have raised it): a library
+                # cancelled one request. Treated as a bug so the poller itself lives on.
+                raise RuntimeError("a session request was cancelled") from answer
             elif isinstance(answer, BaseException):
                 raise answer
             else:
@@ -205,25 +231,47 @@ class Poller:
             self._observer.track_app(app.account_id, app.app_id)
 
     def _note_health(
-        self, app: AppConfig, state: AppState, reason: str | None, error: ApiError | None
+        self, app: AppConfig, state: AppState, errors: list[ApiError], *, internal: bool
     ) -> None:
-        health = _Health(up=state.up, reason=None if state.up else reason)
+        auth = next((e for e in errors if e.reason == "auth"), None)
+        health = _Health(up=state.up, auth_failing=auth is not None, internal=internal)
         before = self._health.get(app.key)
         self._health[app.key] = health
-        if before == health:
-            return
         fields = _app_fields(app)
+        if errors:
+            fields["reason"] = errors[0].reason
+        if auth is not None and (before is None or not before.auth_failing):
+            log.error("API rejected the token (%s): %s", _PERMISSION_HINT, auth, extra=fields)
+        if before is not None and before.up == health.up:
+            if errors:
+                log.debug("app still down: %s", errors[0], extra=fields)
+            return
         if health.up:
             if before is not None:
                 log.info("app is up again", extra=fields)
+        elif errors and auth is None:
+            log.warning("app is down: %s", errors[0], extra=fields)
+
+    def _note_budget(self, planned: int) -> None:
+        """Warn once when a cycle's needs, at this interval, outrun ``api.rate_limit``."""
+        rate = self._config.api.rate_limit
+        needed = planned * rate.window / self._config.poll.interval
+        over = needed > rate.requests
+        if over == self._over_budget:
             return
-        fields["reason"] = reason or INTERNAL
-        if error is None:
-            return  # an internal error, logged with its traceback where it was caught
-        if error.reason == "auth":
-            log.error("API rejected the token (%s): %s", _PERMISSION_HINT, error, extra=fields)
+        self._over_budget = over
+        if over:
+            log.warning(
+                "this cycle planned %d requests, %.0f per %gs at this interval, but "
+                "api.rate_limit allows %d: cycles will be cut short; raise poll.interval "
+                "or api.rate_limit",
+                planned,
+                needed,
+                rate.window,
+                rate.requests,
+            )
         else:
-            log.warning("app is down: %s", error, extra=fields)
+            log.info("polling fits api.rate_limit again (%d requests this cycle)", planned)
 
     def _note_missing(self, app: AppConfig, listing: Listing) -> None:
         now_missing = frozenset(merge.missing(app, listing))

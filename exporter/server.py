@@ -203,9 +203,13 @@ class Server:
             log.info("listening on %s:%d", host, port, extra={"address": f"{host}:{port}"})
 
     def _poller_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        self.failure = task.exception()
+        if self._stop.is_set() and (task.cancelled() or task.exception() is None):
+            return  # a shutdown
+        # Ended by itself: a crash, or a cancellation from a library. Serving a frozen
+        # snapshot would hide it, so the process stops and exits 1 for a restart.
+        self.failure = (
+            RuntimeError("the poller was cancelled") if task.cancelled() else task.exception()
+        )
         log.critical("the poller stopped unexpectedly: %r", self.failure)
         self._stop.set()
 

@@ -233,15 +233,22 @@ def test_listing_without_paging_has_none() -> None:
         {"success": True, "data": "livestreams"},
         {"success": True, "data": 3},
         {"success": True, "data": {"paging": {"total_count": 1}}},
-        {"success": True, "data": ["not an object"]},
-        {"success": True, "data": [None]},
     ],
-    ids=["absent", "null", "string", "number", "object-without-list", "entry-string", "entry-null"],
+    ids=["absent", "null", "string", "number", "object-without-list"],
 )
 def test_listing_without_readable_livestreams_is_a_decode_error(doc: dict[str, Any]) -> None:
     """A listing whose streams cannot be found is an error, never a silently empty listing."""
     with pytest.raises(DecodeError):
         decode.listing_page(doc)
+
+
+def test_entries_that_cannot_be_attributed_are_skipped_and_counted() -> None:
+    """Non-objects and objects without an id are skipped, not fatal, and counted as skipped."""
+    page = decode.listing_page(
+        {"data": ["not an object", None, {"status": "LIVE"}, {"id": "a", "status": "IDLE"}]}
+    )
+    assert [s.id for s in page.livestreams] == ["a"]
+    assert (page.entries, page.skipped) == (4, 3)
 
 
 @pytest.mark.parametrize(
@@ -775,8 +782,8 @@ def test_session_by_id_reads_the_session_nested_or_not_and_none_without_data(
 
 @pytest.mark.parametrize(
     "data",
-    ["session", 1, [SESSION_BY_ID_EXAMPLE["data"]]],
-    ids=["string", "number", "list"],
+    ["session", 1, ["session"], {"unrelated": 1}],
+    ids=["string", "number", "list-of-string", "object-without-session"],
 )
 def test_session_by_id_with_data_that_is_not_a_session_object_is_a_decode_error(
     data: object,
@@ -955,3 +962,23 @@ def test_session_by_id_with_a_non_object_session_is_a_decode_error() -> None:
 def test_status_cut_to_length_does_not_end_in_a_space() -> None:
     """A status cut at the length limit loses a trailing space left by the cut."""
     assert decode.status_value("a" * 63 + " b") == "A" * 63
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"data": [SESSION_BY_ID_EXAMPLE["data"]]},
+        {"data": {"data": [SESSION_BY_ID_EXAMPLE["data"]], "paging": {"total_count": 1}}},
+        {"data": {"sessions": [SESSION_BY_ID_EXAMPLE["data"]]}},
+    ],
+    ids=["data-list", "nested-data-list", "sessions-list"],
+)
+def test_session_by_id_reads_the_sibling_endpoints_shapes(doc: dict[str, Any]) -> None:
+    """A session by id wrapped the way sibling endpoints wrap sessions is still read."""
+    found = decode.session_by_id(doc)
+    assert found is not None and found.id == SESSION_BY_ID_EXAMPLE["data"]["id"]
+
+
+def test_session_by_id_with_an_empty_list_is_not_found() -> None:
+    """An empty list of sessions means no such session."""
+    assert decode.session_by_id({"data": []}) is None

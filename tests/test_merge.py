@@ -1,35 +1,104 @@
-"""The rules that turn one cycle's answers and the previous state into the new state."""
+"""The rules that turn one cycle's answers and the previous state into the new state.
+
+Most tests drive whole cycles the way the poller does: plan the requests from the listing
+and the previous state, answer exactly those, merge.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from exporter import merge
 from exporter.config import AppConfig, LivestreamConfig
 from exporter.model import ActiveSession, AppState, Listing, Livestream, Session, StreamState
 
-NOW = 1_000_000.0
-STALE = 300.0
+T0 = 1_000_000.0
+STALE = 90.0
+STEP = 30.0
 APP = AppConfig(
     account_id="a",
     app_id="b",
     livestreams=(LivestreamConfig("s1", expect_live=True), LivestreamConfig("s2")),
 )
 DISCOVER = AppConfig(account_id="a", app_id="b", discover=True)
-ACTIVE = Session(id="x", started_time=NOW - 60, ingest_seconds=50.0, viewer_seconds=70.0)
-STOPPED = Session(
-    id="x", started_time=NOW - 60, stopped_time=NOW - 5, ingest_seconds=55.0, viewer_seconds=90.0
-)
+
+
+def session(sid: str = "x1", *, ingest: float = 50.0, stopped: bool = False) -> Session:
+    return Session(
+        id=sid,
+        started_time=T0 - 60,
+        stopped_time=T0 + 10 if stopped else None,
+        ingest_seconds=ingest,
+        viewer_seconds=2 * ingest,
+    )
 
 
 def listing(*streams: tuple[str, str]) -> Listing:
     return Listing(livestreams=tuple(Livestream(id=i, status=s) for i, s in streams))
 
 
-def state(*streams: StreamState, up: bool = True) -> AppState:
-    return AppState(account_id="a", app_id="b", up=up, last_success=NOW - 30, streams=streams)
+@dataclass
+class Api:
+    """Answers to the requests a plan makes; a missing answer is a failed request."""
+
+    active: dict[str, ActiveSession] = field(default_factory=dict)
+    by_id: dict[str, ActiveSession] = field(default_factory=dict)
+    asked: list[tuple[str, str]] = field(default_factory=list)
 
 
-def live_state(stream_id: str, *, at: float = NOW - 30) -> StreamState:
-    return StreamState(Livestream(stream_id, "LIVE"), live=True, session=ACTIVE, last_update=at)
+class Cycles:
+    """Runs plan + merge cycle after cycle, STEP seconds apart."""
+
+    def __init__(self, app: AppConfig = APP) -> None:
+        self.app = app
+        self.state: AppState | None = None
+        self.now = T0
+
+    def run(self, statuses: dict[str, str] | None, api: Api | None = None) -> AppState:
+        """One cycle; ``statuses`` None means the listing failed."""
+        api = api or Api()
+        self.now += STEP
+        if statuses is None:
+            self.state = merge.merge_app(
+                self.app, self.state, None, {}, now=self.now, max_staleness=STALE, ok=False
+            )
+            return self.state
+        lst = listing(*statuses.items())
+        plan = merge.plan(
+            merge.tracked(self.app, lst), self.state, now=self.now, max_staleness=STALE
+        )
+        sessions: dict[str, merge.SessionOutcome] = {}
+        for sid in plan.active:
+            api.asked.append(("active", sid))
+            sessions[sid] = api.active.get(sid)
+        for sid, session_id in plan.final.items():
+            api.asked.append(("by_id", session_id))
+            sessions[sid] = api.by_id.get(session_id)
+        self.state = merge.merge_app(
+            self.app,
+            self.state,
+            lst,
+            sessions,
+            now=self.now,
+            max_staleness=STALE,
+            ok=all(v is not None for v in sessions.values()),
+            final=plan.final.keys(),
+        )
+        return self.state
+
+    def stream(self, sid: str = "s1") -> StreamState | None:
+        assert self.state is not None
+        return self.state.stream(sid)
+
+
+def live(sid: str = "x1", **kw: float) -> Api:
+    return Api(active={"s1": ActiveSession(Livestream("s1", "LIVE"), session(sid, **kw))})
+
+
+NOT_FOUND = ActiveSession(None, None)
+
+
+# --- what is tracked and what is asked ------------------------------------------------
 
 
 def test_configured_app_tracks_only_configured_streams_that_are_listed() -> None:
@@ -45,239 +114,245 @@ def test_discovering_app_tracks_every_listed_stream() -> None:
     assert [s.id for s in got] == ["s1", "other"]
 
 
-def test_plan_asks_sessions_only_where_the_listing_allows_a_live_session() -> None:
-    """Session requests go to LIVE and unknown statuses; just-stopped streams get a final fetch."""
-    streams = merge.tracked(
-        DISCOVER,
-        listing(
-            ("s1", "LIVE"), ("s2", "IDLE"), ("s3", "OFFLINE"), ("s4", "PAUSED"), ("s5", "IDLE")
-        ),
+def test_sessions_are_asked_only_where_the_listing_allows_a_live_session() -> None:
+    """LIVE and unknown statuses cost a session request; IDLE, ERRORED, INVOKED, OFFLINE none."""
+    api = Api()
+    Cycles(DISCOVER).run(
+        {"a": "LIVE", "b": "IDLE", "c": "ERRORED", "d": "INVOKED", "e": "OFFLINE", "f": "NEW"},
+        api,
     )
-    prev = state(live_state("s2"), live_state("s4"))
-    got = merge.plan(streams, prev)
-    assert got.active == ("s1", "s4")
-    assert dict(got.final) == {"s2": "x"}
-    first = merge.plan(streams, None)
-    assert first.active == ("s1", "s4") and not first.final
+    assert api.asked == [("active", "a"), ("active", "f")]
 
 
-def test_plan_skips_the_final_fetch_when_no_session_was_ever_seen() -> None:
-    """A stream that was live without a known session has nothing to ask for by id."""
-    prev = state(StreamState(Livestream("s1", "LIVE"), live=True, session=None, last_update=NOW))
-    got = merge.plan(merge.tracked(APP, listing(("s1", "IDLE"))), prev)
-    assert not got.active and not got.final
+def test_listed_streams_are_sorted_by_id_with_their_expectation() -> None:
+    """Output order is stable whatever the listing order; expect_live comes from config."""
+    c = Cycles(APP)
+    c.run({"s2": "IDLE", "s1": "OFFLINE"})
+    assert c.state is not None
+    assert [(s.id, s.expected_live) for s in c.state.streams] == [("s1", True), ("s2", None)]
+
+
+# --- live, stop, final values -----------------------------------------------------------
 
 
 def test_active_session_makes_stream_live_with_its_values() -> None:
-    """A fetched active session sets live=1 and carries its counters."""
-    got = merge.merge_app(
-        APP,
-        None,
-        listing(("s1", "LIVE")),
-        {"s1": ActiveSession(None, ACTIVE)},
-        now=NOW,
-        max_staleness=STALE,
-        ok=True,
-    )
-    (s1,) = got.streams
-    assert s1.live and s1.session == ACTIVE and s1.session_current
-    assert s1.expected_live is True and s1.last_update == NOW
-    assert got.up and got.last_success == NOW
+    """An active session sets live=1 and carries its counters."""
+    c = Cycles()
+    state = c.run({"s1": "LIVE"}, live(ingest=70))
+    s1 = c.stream()
+    assert s1 is not None and s1.live and s1.session_current
+    assert s1.session is not None and s1.session.ingest_seconds == 70
+    assert state.up and state.last_success == c.now and s1.last_live == c.now
 
 
-def test_stopped_session_captures_final_values_and_is_not_live() -> None:
-    """The final fetch after a stream leaves LIVE keeps the stopped session's final values."""
-    got = merge.merge_app(
-        APP,
-        state(live_state("s1")),
-        listing(("s1", "IDLE")),
-        {"s1": ActiveSession(Livestream("s1", "IDLE"), STOPPED)},
-        now=NOW,
-        max_staleness=STALE,
-        ok=True,
-    )
-    (s1,) = got.streams
-    assert not s1.live and s1.session == STOPPED and not s1.session_current
-    assert s1.livestream.status == "IDLE"
+def test_stop_fetches_the_session_by_id_for_its_final_values() -> None:
+    """When the listing shows the stop, the session is asked by id and its final values kept."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live(ingest=70))
+    api = Api(by_id={"x1": ActiveSession(None, session(ingest=130, stopped=True))})
+    c.run({"s1": "IDLE"}, api)
+    s1 = c.stream()
+    assert api.asked == [("by_id", "x1")]
+    assert s1 is not None and not s1.live and s1.session is not None
+    assert s1.session.ingest_seconds == 130 and not s1.session.active
+    later = Api()
+    c.run({"s1": "IDLE"}, later)
+    assert later.asked == []
 
 
-def test_no_active_session_keeps_the_last_seen_session() -> None:
-    """A 404 after LIVE means not live; the last seen counters stay exported."""
-    got = merge.merge_app(
-        APP,
-        state(live_state("s1")),
-        listing(("s1", "IDLE")),
-        {"s1": ActiveSession(None, None)},
-        now=NOW,
-        max_staleness=STALE,
-        ok=True,
-    )
-    (s1,) = got.streams
-    assert not s1.live and s1.session == ACTIVE and not s1.session_current
+def test_stop_seen_first_by_the_active_endpoint_still_gets_final_values() -> None:
+    """A 404 from the active endpoint while still listed LIVE, then IDLE: final values come."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live(ingest=100))
+    c.run({"s1": "LIVE"}, Api(active={"s1": NOT_FOUND}))
+    s1 = c.stream()
+    assert s1 is not None and not s1.live and s1.session is not None
+    assert s1.session.ingest_seconds == 100
+    api = Api(by_id={"x1": ActiveSession(None, session(ingest=130, stopped=True))})
+    c.run({"s1": "IDLE"}, api)
+    s1 = c.stream()
+    assert api.asked == [("by_id", "x1")]
+    assert s1 is not None and s1.session is not None and s1.session.ingest_seconds == 130
 
 
-def test_session_endpoint_status_overrides_the_listing() -> None:
-    """The session answer is fresher than the listing, so its status wins."""
-    got = merge.merge_app(
-        APP,
-        None,
-        listing(("s1", "LIVE")),
-        {"s1": ActiveSession(Livestream("s1", "ERRORED"), None)},
-        now=NOW,
-        max_staleness=STALE,
-        ok=True,
-    )
-    assert got.streams[0].livestream.status == "ERRORED"
+def test_failed_final_fetch_is_retried_next_cycle() -> None:
+    """A by-id request that fails keeps the values seen and is asked again."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live(ingest=100))
+    state = c.run({"s1": "IDLE"}, Api())
+    s1 = c.stream()
+    assert not state.up and s1 is not None and not s1.live
+    assert s1.session is not None and s1.session.ingest_seconds == 100
+    api = Api(by_id={"x1": ActiveSession(None, session(ingest=130, stopped=True))})
+    c.run({"s1": "IDLE"}, api)
+    s1 = c.stream()
+    assert api.asked == [("by_id", "x1")]
+    assert s1 is not None and s1.session is not None and s1.session.ingest_seconds == 130
+
+
+def test_lagging_final_values_are_asked_until_the_stop_time_arrives() -> None:
+    """A by-id answer without a stop time is not final: it is asked again next cycle."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live(ingest=60))
+    lagging = Api(by_id={"x1": ActiveSession(None, session(ingest=60))})
+    c.run({"s1": "IDLE"}, lagging)
+    final = Api(by_id={"x1": ActiveSession(None, session(ingest=1800, stopped=True))})
+    c.run({"s1": "IDLE"}, final)
+    s1 = c.stream()
+    assert final.asked == [("by_id", "x1")]
+    assert s1 is not None and s1.session is not None and s1.session.ingest_seconds == 1800
+    done = Api()
+    c.run({"s1": "IDLE"}, done)
+    assert done.asked == []
+
+
+def test_final_values_are_not_asked_for_past_max_staleness() -> None:
+    """Asking by id stops max_staleness after the stream was last seen live."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live())
+    asked = []
+    for _ in range(5):
+        api = Api()
+        c.run({"s1": "IDLE"}, api)
+        asked.append(len(api.asked))
+    assert asked == [1, 1, 1, 0, 0]
+
+
+def test_session_gone_by_id_keeps_the_last_values_and_stops_asking() -> None:
+    """A by-id 404 keeps the values seen while live, marks the session ended, asks no more."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live(ingest=100))
+    c.run({"s1": "IDLE"}, Api(by_id={"x1": NOT_FOUND}))
+    s1 = c.stream()
+    assert s1 is not None and s1.session is not None
+    assert s1.session.ingest_seconds == 100 and s1.session.ended and not s1.session.active
+    api = Api()
+    c.run({"s1": "IDLE"}, api)
+    assert api.asked == []
+
+
+def test_session_endpoint_status_overrides_the_listing_unless_unreadable() -> None:
+    """The session answer's status is fresher than the listing's, unless it has none."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, Api(active={"s1": ActiveSession(Livestream("s1", "ERRORED"), None)}))
+    s1 = c.stream()
+    assert s1 is not None and s1.livestream.status == "ERRORED"
+    c.run({"s1": "LIVE"}, Api(active={"s1": ActiveSession(Livestream("s1", "UNKNOWN"), session())}))
+    s1 = c.stream()
+    assert s1 is not None and s1.livestream.status == "LIVE" and s1.live
+
+
+def test_restart_replaces_the_session() -> None:
+    """A new session after a stop is the one exported."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live("x1", ingest=100))
+    c.run({"s1": "IDLE"}, Api(by_id={"x1": ActiveSession(None, session(stopped=True))}))
+    c.run({"s1": "LIVE"}, live("x2", ingest=5))
+    s1 = c.stream()
+    assert s1 is not None and s1.live and s1.session is not None and s1.session.id == "x2"
+
+
+# --- failures ---------------------------------------------------------------------------
 
 
 def test_failed_listing_keeps_last_values_and_marks_app_down() -> None:
     """An API failure never turns live to 0: the previous streams stay, app up=0."""
-    prev = state(live_state("s1"))
-    got = merge.merge_app(APP, prev, None, {}, now=NOW, max_staleness=STALE, ok=False)
-    assert not got.up and got.last_success == prev.last_success
-    assert got.streams[0].live and got.streams[0].session == ACTIVE
-    assert got.streams[0].last_update == NOW - 30
+    c = Cycles()
+    first = c.run({"s1": "LIVE"}, live())
+    state = c.run(None)
+    s1 = c.stream()
+    assert not state.up and state.last_success == first.last_success
+    assert s1 is not None and s1.live and s1.session == session()
 
 
-def test_failed_listing_drops_streams_older_than_max_staleness() -> None:
-    """Past max_staleness the kept values are dropped, stream by stream."""
-    prev = state(live_state("s1", at=NOW - STALE - 1), live_state("s2", at=NOW - 10))
-    got = merge.merge_app(APP, prev, None, {}, now=NOW, max_staleness=STALE, ok=False)
-    assert [s.id for s in got.streams] == ["s2"]
+def test_failed_listing_drops_streams_not_listed_within_max_staleness() -> None:
+    """Past max_staleness since the last listing, the kept streams go."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live())
+    kept = [len(c.run(None).streams) for _ in range(4)]
+    assert kept == [1, 1, 1, 0]
 
 
-def test_failed_session_fetch_keeps_live_while_listing_says_live() -> None:
-    """A failed session fetch keeps the old counters and liveness; only their age grows."""
-    prev = state(live_state("s1"))
-    got = merge.merge_app(
-        APP, prev, listing(("s1", "LIVE")), {"s1": None}, now=NOW, max_staleness=STALE, ok=False
-    )
-    (s1,) = got.streams
-    assert s1.live and s1.session == ACTIVE and s1.last_update == NOW - 30
-    assert not got.up
-
-
-def test_failed_session_fetches_age_out_the_counters_but_never_the_stream() -> None:
+def test_failed_session_requests_age_out_counters_but_never_the_stream() -> None:
     """Session requests failing past max_staleness drop the counters; the stream stays LIVE."""
-    prev = state(live_state("s1", at=NOW - STALE - 1))
-    got = merge.merge_app(
-        APP, prev, listing(("s1", "LIVE")), {"s1": None}, now=NOW, max_staleness=STALE, ok=False
-    )
-    (s1,) = got.streams
-    assert s1.live and s1.session is None and s1.last_update == NOW - STALE - 1
-    again = merge.merge_app(
-        APP, got, listing(("s1", "LIVE")), {"s1": None}, now=NOW + 30, max_staleness=STALE, ok=False
-    )
-    assert again.streams == (s1,)
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live())
+    seen = []
+    for _ in range(5):
+        c.run({"s1": "LIVE"}, Api())
+        s1 = c.stream()
+        assert s1 is not None
+        seen.append((s1.live, s1.session is not None))
+    assert seen == [(True, True)] * 3 + [(True, False)] * 2
 
 
-def test_failed_fetch_of_unknown_status_keeps_the_previous_liveness() -> None:
-    """An unknown status cannot say whether the stream is live: the last answer stands."""
-    got = merge.merge_app(
-        APP,
-        state(live_state("s1")),
-        listing(("s1", "RECONNECTING")),
-        {"s1": None},
-        now=NOW,
-        max_staleness=STALE,
-        ok=False,
-    )
-    assert got.streams[0].live and got.streams[0].livestream.status == "RECONNECTING"
+def test_listing_failure_after_long_session_failures_keeps_the_stream() -> None:
+    """What keeps a stream through a failed listing is when it was last listed."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live())
+    for _ in range(5):
+        c.run({"s1": "LIVE"}, Api())
+    c.run(None)
+    s1 = c.stream()
+    assert s1 is not None and s1.live
 
 
-def test_final_fetch_reports_final_values_and_follows_the_listing() -> None:
-    """The session by id gives final counters; liveness follows the listing even if it lags."""
-    lagging = Session(id="x", started_time=NOW - 60, ingest_seconds=58.0)
-    for outcome, ingest in ((STOPPED, 55.0), (lagging, 58.0)):
-        got = merge.merge_app(
-            APP,
-            state(live_state("s1")),
-            listing(("s1", "IDLE")),
-            {"s1": ActiveSession(None, outcome)},
-            now=NOW,
-            max_staleness=STALE,
-            ok=True,
-            final={"s1"},
-        )
-        (s1,) = got.streams
-        assert not s1.live and s1.session is not None and s1.session.ingest_seconds == ingest
+def test_restart_with_a_failed_session_request_shows_no_old_session() -> None:
+    """LIVE again after a stop, with the request failing: the ended session is not shown."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live("x1", ingest=3600))
+    c.run({"s1": "IDLE"}, Api(by_id={"x1": ActiveSession(None, session(stopped=True))}))
+    c.run({"s1": "LIVE"}, Api())
+    s1 = c.stream()
+    assert s1 is not None and s1.live and s1.session is None
 
 
-def test_final_fetch_not_found_keeps_the_last_seen_values() -> None:
-    """If the session by id is gone, the values seen while live stay exported."""
-    got = merge.merge_app(
-        APP,
-        state(live_state("s1")),
-        listing(("s1", "IDLE")),
-        {"s1": ActiveSession(None, None)},
-        now=NOW,
-        max_staleness=STALE,
-        ok=True,
-        final={"s1"},
-    )
-    assert not got.streams[0].live and got.streams[0].session == ACTIVE
+def test_new_live_stream_whose_request_fails_is_live_without_values() -> None:
+    """Listed LIVE but unanswerable: live=1 from the listing, no counters yet."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, Api())
+    s1 = c.stream()
+    assert s1 is not None and s1.live and s1.session is None
 
 
-def test_unknown_status_from_the_session_endpoint_does_not_override_the_listing() -> None:
-    """A status the session endpoint leaves unreadable never replaces a readable one."""
-    got = merge.merge_app(
-        APP,
-        None,
-        listing(("s1", "LIVE")),
-        {"s1": ActiveSession(Livestream("s1", "UNKNOWN"), ACTIVE)},
-        now=NOW,
-        max_staleness=STALE,
-        ok=True,
-    )
-    assert got.streams[0].livestream.status == "LIVE" and got.streams[0].live
+def test_unknown_status_with_failing_requests_is_held_only_while_fresh() -> None:
+    """An unknown status says nothing: the last answer stands for max_staleness, then the
+    stream is not exported until a request succeeds."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live())
+    exported = []
+    for _ in range(5):
+        c.run({"s1": "RECONNECTING"}, Api())
+        s1 = c.stream()
+        exported.append(None if s1 is None else s1.live)
+    assert exported == [True, True, True, None, None]
+    c.run({"s1": "RECONNECTING"}, live())
+    s1 = c.stream()
+    assert s1 is not None and s1.live
 
 
-def test_failed_final_fetch_follows_the_listing() -> None:
-    """If the listing says a stream left LIVE, a failed final fetch still reports not live."""
-    got = merge.merge_app(
-        APP,
-        state(live_state("s1")),
-        listing(("s1", "IDLE")),
-        {"s1": None},
-        now=NOW,
-        max_staleness=STALE,
-        ok=False,
-    )
-    assert not got.streams[0].live and got.streams[0].session == ACTIVE
+def test_unknown_status_without_any_answer_is_not_exported() -> None:
+    """A new stream with an unknown status and a failed request is not guessed at."""
+    c = Cycles()
+    c.run({"s1": "RECONNECTING"}, Api())
+    assert c.stream() is None
+
+
+# --- membership -------------------------------------------------------------------------
 
 
 def test_stream_no_longer_listed_disappears_at_once() -> None:
     """A successful listing without the stream removes it immediately."""
-    prev = state(live_state("s1"), live_state("s2"))
-    got = merge.merge_app(
-        APP,
-        prev,
-        listing(("s2", "LIVE")),
-        {"s2": ActiveSession(None, ACTIVE)},
-        now=NOW,
-        max_staleness=STALE,
-        ok=True,
-    )
-    assert [s.id for s in got.streams] == ["s2"]
+    c = Cycles(DISCOVER)
+    c.run({"s1": "IDLE", "s2": "IDLE"})
+    state = c.run({"s2": "IDLE"})
+    assert [s.id for s in state.streams] == ["s2"]
 
 
 def test_stream_removed_from_config_disappears_even_when_listing_fails() -> None:
-    """Kept stale values only cover streams the config still tracks."""
-    prev = state(live_state("s1"), live_state("gone"))
-    got = merge.merge_app(APP, prev, None, {}, now=NOW, max_staleness=STALE, ok=False)
-    assert [s.id for s in got.streams] == ["s1"]
-    assert got.streams[0].expected_live is True
-
-
-def test_streams_are_sorted_by_id() -> None:
-    """Output order is stable whatever the listing order."""
-    got = merge.merge_app(
-        DISCOVER,
-        None,
-        listing(("z", "IDLE"), ("a", "IDLE"), ("m", "OFFLINE")),
-        {},
-        now=NOW,
-        max_staleness=STALE,
-        ok=True,
-    )
-    assert [s.id for s in got.streams] == ["a", "m", "z"]
+    """Kept stale values only cover streams the config still tracks, with today's expectation."""
+    c = Cycles(DISCOVER)
+    c.run({"s1": "IDLE", "gone": "IDLE"})
+    c.app = APP
+    state = c.run(None)
+    assert [(s.id, s.expected_live) for s in state.streams] == [("s1", True)]

@@ -350,3 +350,100 @@ def test_budget_warning(
         assert warning is None
     else:
         assert warning is not None and expected in warning
+
+
+async def test_mixed_failures_log_down_once(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """An app down for changing reasons logs one warning, not one per cycle."""
+    rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    poller = rig.poller(make_config(rig.api.base_url, streams=("s1",)))
+    caplog.set_level(logging.INFO, logger="exporter")
+    await poller.poll_once()
+    for fault in (Fault(500, {"success": False}), Fault(200, raw=b"{not json")) * 2:
+        rig.api.fail_next("livestreams", fault, times=3)
+        await poller.poll_once()
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert sum("app is down" in m for m in messages) == 1
+
+
+async def test_auth_failure_is_named_even_when_not_the_first_error(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 403 behind another failure in the same cycle still logs the permission hint once."""
+    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    rig.api.go_live(s)
+    t = rig.api.add(ACCOUNT, APP, FakeStream("s2"))
+    rig.api.go_live(t)
+    poller = rig.poller(make_config(rig.api.base_url, discover=True))
+    caplog.set_level(logging.INFO, logger="exporter")
+    await poller.poll_once()
+    gateway = {"success": False, "errors": [{"code": 10000, "message": "Authentication error"}]}
+    rig.api.fail_next("session", Fault(502, {"success": False}), times=3)
+    rig.api.fail_next("session", Fault(403, gateway))
+    await poller.poll_once()
+    hints = [r for r in caplog.records if "Realtime or Realtime Admin" in r.getMessage()]
+    assert len(hints) == 1
+
+
+async def test_listing_entries_that_cannot_be_read_mark_the_app_down(rig: Rig) -> None:
+    """Unattributable listing entries are skipped, counted as decode errors, and up is 0."""
+    rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    poller = rig.poller(make_config(rig.api.base_url, discover=True))
+    body = {
+        "success": True,
+        "data": [FakeStream("s1").body(), "garbage", {"status": "LIVE"}],
+        "paging": {"start_offset": 1, "end_offset": 3, "total_count": 3},
+    }
+    rig.api.fail_next("livestreams", Fault(200, body))
+    snapshot = await poller.poll_once()
+    assert [s.id for s in snapshot.apps[0].streams] == ["s1"]
+    assert not snapshot.apps[0].up and rig.errors("decode") == 1
+
+
+class CancellingApi(ExplodingApi):
+    """A double whose session request ends cancelled, as a library bug could make it."""
+
+    async def list_livestreams(
+        self, account_id: str, app_id: str, *, deadline: float | None = None
+    ) -> Listing:
+        return Listing(livestreams=(Livestream("s1", "LIVE"),))
+
+    async def active_session(
+        self, account_id: str, app_id: str, livestream_id: str, *, deadline: float | None = None
+    ) -> ActiveSession:
+        raise asyncio.CancelledError
+
+
+async def test_a_cancelled_request_is_an_internal_error_not_a_dead_poller(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A request that ends cancelled (not by us) marks the app down; polling goes on."""
+    poller = Poller(config=make_config("http://127.0.0.1:9", streams=("s1",)), api=CancellingApi())
+    caplog.set_level(logging.DEBUG, logger="exporter")
+    first = await poller.poll_once()
+    second = await poller.poll_once()
+    assert not first.apps[0].up and not second.apps[0].up and second.cycles == 2
+    tracebacks = [r for r in caplog.records if r.exc_info and r.levelno >= logging.ERROR]
+    assert len(tracebacks) == 1
+
+
+async def test_over_budget_cycles_are_warned_about_once(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When a cycle's requests outrun the budget at this interval, one warning says so."""
+    streams = [rig.api.add(ACCOUNT, APP, FakeStream(f"s{i}")) for i in range(4)]
+    for s in streams:
+        rig.api.go_live(s)
+    config = make_config(
+        rig.api.base_url, discover=True, interval=30, rate_limit=RateLimit(40, 300)
+    )
+    poller = rig.poller(config)
+    caplog.set_level(logging.INFO, logger="exporter")
+    await poller.poll_once()
+    await poller.poll_once()
+    warned = [
+        r.getMessage() for r in caplog.records if "cycles will be cut short" in r.getMessage()
+    ]
+    assert warned == [
+        "this cycle planned 5 requests, 50 per 300s at this interval, but api.rate_limit "
+        "allows 40: cycles will be cut short; raise poll.interval or api.rate_limit"
+    ]

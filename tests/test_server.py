@@ -218,3 +218,14 @@ async def test_address_in_use_is_a_serve_error(fake_api: FakeApi) -> None:
             server = Server(exporter, host="127.0.0.1", port=port)
             with pytest.raises(ServeError, match=f"127.0.0.1:{port}"):
                 await server.start()
+
+
+async def test_poller_ending_by_itself_stops_the_server_as_a_failure(fake_api: FakeApi) -> None:
+    """A poller cancelled by something other than shutdown stops the server with a failure."""
+    async for running in start(make_config(fake_api.base_url, discover=True)):
+        await running.wait_ready()
+        task = running.server._poll_task  # the only handle on the poller; no public one needed
+        assert task is not None
+        task.cancel()
+        await asyncio.wait_for(running.server.wait(), timeout=5)
+        assert isinstance(running.server.failure, RuntimeError)
