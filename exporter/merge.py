@@ -182,19 +182,11 @@ class _Rules:
                 return None  # an unknown status and no answer: wait for one
             return self.state(listed, live=True, session=None, last_live=self.now)
         held = self.now - prev.last_update
-        if listed.id in self.final or listed.status in NOT_LIVE:
-            # The final values could not be fetched: keep what was seen; ask again next cycle.
-            return self.state(
-                listed,
-                live=False,
-                session=prev.session,
-                last_update=prev.last_update,
-                last_live=prev.last_live,
-            )
-        if listed.status != LIVE and (held > self.max_staleness or not prev.live):
-            # An unknown status says nothing; the last answer stands only while fresh.
-            if held > self.max_staleness:
-                return None
+        unknown = listed.status != LIVE and listed.status not in NOT_LIVE
+        if unknown and held > self.max_staleness:
+            return None  # an unknown status says nothing, and the last answer is too old
+        if listed.status != LIVE and not (unknown and prev.live):
+            # Not live: keep what was seen; a final-values request is asked again next cycle.
             return self.state(
                 listed,
                 live=False,
