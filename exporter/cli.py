@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import sys
 from typing import TYPE_CHECKING, Final
@@ -24,6 +25,7 @@ DEFAULT_PORT: Final = 10241
 DEFAULT_LISTEN: Final = f":{DEFAULT_PORT}"
 
 log = logging.getLogger("exporter")
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 class UsageError(Exception):
@@ -91,10 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_listen(address: str) -> tuple[str | None, int]:
     """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all interfaces) -> (host, port)."""
     host, sep, port_text = address.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not _PORT.fullmatch(port_text) or not 0 <= int(port_text) <= 65535:
         raise UsageError(f"--web.listen-address {address!r} is not HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        if not host:
+            raise UsageError(f"--web.listen-address {address!r}: empty brackets")
     elif ":" in host:
         raise UsageError(f"--web.listen-address {address!r}: write IPv6 hosts as [addr]:port")
     return (host or None), int(port_text)
@@ -127,12 +131,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServeError as exc:
         return _fail(EXIT_FAILURE, str(exc))
     except KeyboardInterrupt:
-        return EXIT_OK
+        # Only reachable before the signal handlers are in place.
+        return _fail(EXIT_FAILURE, "interrupted") if args.once else EXIT_OK
 
 
 async def _once(cfg: config.Config) -> int:
     async with Exporter(cfg) as exporter:
-        snapshot = await exporter.poller.poll_once()
+        poll = asyncio.ensure_future(exporter.poller.poll_once())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, poll.cancel)
+        try:
+            snapshot = await poll
+        except asyncio.CancelledError:
+            if poll.cancelled():  # by a signal: an interrupted poll is not a success
+                return _fail(EXIT_FAILURE, "interrupted before the poll completed")
+            raise
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
         sys.stdout.buffer.write(generate_latest(exporter.registry))
         sys.stdout.flush()
     return EXIT_OK if all(app.up for app in snapshot.apps) else EXIT_FAILURE

@@ -15,9 +15,10 @@ import logging
 import random
 import re
 import time
+import urllib.request
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -123,8 +124,8 @@ class RealtimeKitClient:
         self._base_url = base_url.rstrip("/")
         self._token = token
         self.budget = budget
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_seconds = timeout
+        self._proxy = proxy_for(self._base_url)
         self._limit = asyncio.Semaphore(max_concurrency)
         self._retries = retries
         self._backoff = backoff
@@ -243,13 +244,25 @@ class RealtimeKitClient:
             except BudgetExhausted as exc:
                 raise ApiError("rate_limited", str(exc), endpoint=endpoint) from None
             started = self._clock()
+            timeout = self._timeout_seconds
+            if deadline is not None:
+                # A request never outlives its cycle: a slow API cuts the cycle short
+                # instead of stretching it over several intervals.
+                timeout = min(timeout, deadline - started)
+                if timeout <= 0:
+                    raise ApiError(
+                        "timeout",
+                        "the poll cycle ran out of time before this request",
+                        endpoint=endpoint,
+                    )
             try:
                 async with self._session.get(
                     self._base_url + path,
                     params=params,
                     headers=headers,
-                    timeout=self._timeout,
+                    timeout=aiohttp.ClientTimeout(total=timeout),
                     allow_redirects=False,
+                    proxy=self._proxy,
                 ) as response:
                     status = response.status
                     response_headers = response.headers
@@ -262,7 +275,7 @@ class RealtimeKitClient:
             except TimeoutError:
                 self._observer.request(endpoint, "timeout", self._clock() - started)
                 raise ApiError(
-                    "timeout", f"no answer within {self._timeout_seconds:g}s", endpoint=endpoint
+                    "timeout", f"no answer within {timeout:g}s", endpoint=endpoint
                 ) from None
             except aiohttp.ClientError as exc:
                 self._observer.request(endpoint, "connection_error", self._clock() - started)
@@ -368,6 +381,18 @@ def _retry_after(headers: Mapping[str, str], now: float | None) -> float:
             return max(0.0, when.timestamp() - (time.time() if now is None else now))
     reset = _RATELIMIT_T.search(headers.get("Ratelimit") or "")
     return float(reset.group(1)) if reset else DEFAULT_RETRY_AFTER
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment (``HTTPS_PROXY``, ``NO_PROXY``, ...) sets for ``url``.
+
+    Read here rather than by aiohttp's ``trust_env``, which would also apply ``~/.netrc``
+    credentials and then refuse every request that carries our Authorization header.
+    """
+    parts = urlsplit(url)
+    if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def _app_path(account_id: str, app_id: str) -> str:

@@ -387,7 +387,8 @@ class _Validator:
             if not path.is_absolute():
                 path = self.base_dir / path
             try:
-                return Secret(read_token_file(path)), path
+                shown = _shown_path(raw["token_file"], path)
+                return Secret(read_token_file(path, shown=shown)), path
             except ValueError as exc:
                 self.fail("api.token_file", str(exc))
                 return Secret(""), path
@@ -522,19 +523,33 @@ def _token_problem(token: str) -> str | None:
     return None
 
 
-def read_token_file(path: Path) -> str:
-    """The token in ``path``, stripped; ``ValueError`` (never quoting the content) otherwise."""
+def read_token_file(path: Path, *, shown: str | None = None) -> str:
+    """The token in ``path``, stripped; ``ValueError`` otherwise.
+
+    Errors name the file as ``shown`` (default: the path) and never quote the content.
+    """
+    name = str(path) if shown is None else shown
     try:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        raise ValueError(f"cannot read {name}: {exc.strerror or type(exc).__name__}") from None
     except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text") from None
+        raise ValueError(f"{name} is not UTF-8 text") from None
     if not text:
-        raise ValueError(f"{path} is empty")
+        raise ValueError(f"{name} is empty")
     if any(ch.isspace() for ch in text):
-        raise ValueError(f"{path} must hold one token with no spaces or line breaks")
+        raise ValueError(f"{name} must hold one token with no spaces or line breaks")
     return text
+
+
+def _shown_path(written: str, path: Path) -> str:
+    """How an error may name the token file: by its path when written out literally and
+    path-like (a separator or a dot, or short). ``${VAR}`` or a long bare word could be the
+    token itself put in the wrong key (API tokens are 40 characters)."""
+    literal = "$" not in written
+    if literal and (len(written) <= 24 or any(c in written for c in "/\\.")):
+        return str(path)
+    return f"the file named by api.token_file ({len(written)} characters)"
 
 
 def _shown_key(key: object) -> str:

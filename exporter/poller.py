@@ -309,32 +309,34 @@ class Poller:
             )
 
 
-def budget_warning(config: Config) -> str | None:
-    """A warning when the configured polling may need more requests than the budget allows.
+def budget_warnings(config: Config) -> list[str]:
+    """Warnings when the budget, or the configured polling, may go over a limit.
 
-    Estimate per cycle and app: one listing page, plus one session request per configured
-    stream (each may be LIVE). Discovered streams are unknown at start-up and not counted.
+    Polling is estimated per cycle and app as one listing page plus one session request
+    per configured stream (each may be LIVE); discovered streams are unknown at start-up,
+    and the poller checks every real cycle against the budget as it runs.
     """
+    warnings = []
     rate = config.api.rate_limit
     api_requests, api_window = API_RATE_LIMIT
     # The most the budget lets through in any one API window: a whole budget at once when
     # its window is at least as long, else one budget per started window of ours.
     burst = rate.requests * max(1, math.ceil(api_window / rate.window))
     if burst > api_requests:
-        return (
+        warnings.append(
             f"api.rate_limit {rate} is above the API's own limit of {api_requests} requests "
             f"per {api_window:g}s per token; going over blocks the token for 5 minutes"
         )
     per_cycle = sum(1 + len(app.livestreams) for app in config.apps)
     needed = per_cycle * rate.window / config.poll.interval
     if needed > rate.requests:
-        return (
+        warnings.append(
             f"polling may need up to {needed:.0f} requests per {rate.window:g}s "
             f"({per_cycle} per cycle every {config.poll.interval:g}s) but api.rate_limit allows "
             f"{rate.requests}; cycles will be cut short when the budget runs out: "
             "raise poll.interval or api.rate_limit"
         )
-    return None
+    return warnings
 
 
 def _app_fields(app: AppConfig) -> dict[str, str]:

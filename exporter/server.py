@@ -22,7 +22,8 @@ from exporter import __version__
 from exporter.budget import RequestBudget
 from exporter.client import ENDPOINTS, REASONS, RealtimeKitClient
 from exporter.collector import SnapshotCollector
-from exporter.poller import Poller, budget_warning
+from exporter.negotiate import accepts_gzip, media_range
+from exporter.poller import Poller, budget_warnings
 from exporter.telemetry import ExporterMetrics
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class Exporter:
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": f"realtimekit-exporter/{__version__}"},
             connector=aiohttp.TCPConnector(limit=max(api.max_concurrency, 1)),
-            trust_env=True,
+            trust_env=False,  # see client.proxy_for
         )
         budget = RequestBudget(requests=api.rate_limit.requests, window=api.rate_limit.window)
         client = RealtimeKitClient(
@@ -87,7 +88,7 @@ class Exporter:
             observer=self.metrics,
         )
         self._poller = Poller(config=self.config, api=client, observer=self.metrics)
-        if (warning := budget_warning(self.config)) is not None:
+        for warning in budget_warnings(self.config):
             log.warning("%s", warning)
         return self
 
@@ -115,25 +116,16 @@ def create_app(*, registry: CollectorRegistry, ready: Callable[[], bool]) -> web
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    encoder, content_type = choose_encoder(media_range(request.headers.get("Accept", "")))
     registry = request.app[REGISTRY]
     # The snapshot is immutable and prometheus_client is thread-safe: render off the loop
     # so a large exposition never delays polling or other scrapes.
     body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
     headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
-    if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
+    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
         body = gzip.compress(body, compresslevel=6)
         headers["Content-Encoding"] = "gzip"
     return web.Response(body=body, headers=headers)
-
-
-def _accepts_gzip(header: str) -> bool:
-    for part in header.split(","):
-        name, _, params = part.strip().partition(";")
-        if name.strip().lower() == "gzip":
-            q = params.strip().replace(" ", "")
-            return q not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
-    return False
 
 
 async def _healthy(request: web.Request) -> web.Response:
@@ -195,12 +187,13 @@ class Server:
         except OSError as exc:
             await self._runner.cleanup()
             self._runner = None
-            where = f"{self._host or '*'}:{self._port}"
+            where = join_host_port(self._host or "*", self._port)
             raise ServeError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         self._poll_task = asyncio.create_task(self._exporter.poller.run(self._stop), name="poller")
         self._poll_task.add_done_callback(self._poller_done)
         for host, port in self.addresses:
-            log.info("listening on %s:%d", host, port, extra={"address": f"{host}:{port}"})
+            address = join_host_port(host, port)
+            log.info("listening on %s", address, extra={"address": address})
 
     def _poller_done(self, task: asyncio.Task[None]) -> None:
         if self._stop.is_set() and (task.cancelled() or task.exception() is None):
@@ -237,3 +230,8 @@ class Server:
             except TimeoutError:
                 log.warning("HTTP server did not stop in time; open connections were dropped")
             self._runner = None
+
+
+def join_host_port(host: str, port: int) -> str:
+    """``host:port``, with IPv6 hosts in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -243,6 +243,39 @@ async def test_signal_during_a_hung_api_call_stops_within_5s(
             await proc.wait()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_once_interrupted_exits_1(
+    tmp_path: Path, fake_api: FakeApi, sig: signal.Signals
+) -> None:
+    """--once stopped by a signal before its poll completes is a failure (1), not a success."""
+    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    fake_api.gate = asyncio.Event()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exporter",
+        "--once",
+        "--config.file",
+        str(write_config(tmp_path, fake_api.base_url)),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env(),
+    )
+    try:
+        async with asyncio.timeout(15):
+            while not fake_api.requests:
+                await asyncio.sleep(0.02)
+        proc.send_signal(sig)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=5)
+        assert proc.returncode == 1 and out == b""
+        assert b"interrupted" in err
+    finally:
+        fake_api.gate.set()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
 @pytest.mark.parametrize(
     ("address", "expected"),
     [
@@ -258,7 +291,9 @@ def test_parse_listen(address: str, expected: tuple[str | None, int]) -> None:
     assert parse_listen(address) == expected
 
 
-@pytest.mark.parametrize("address", ["10241", "host:", "host:99999", "::1:80"], ids=str)
+@pytest.mark.parametrize(
+    "address", ["10241", "host:", "host:99999", "::1:80", "[]:80", ":\u0661\u0660\u0662"], ids=str
+)
 def test_parse_listen_rejects(address: str) -> None:
     """Malformed listen addresses are usage errors."""
     with pytest.raises(UsageError):

@@ -1311,3 +1311,18 @@ def test_example_config_documents_every_key() -> None:
 def test_summary_is_one_line(tmp_path: Path, text: str, expected: str) -> None:
     """Config.summary() counts apps, livestreams and discovery and names interval and budget."""
     assert parse(text, tmp_path).summary() == expected
+
+
+def test_token_file_error_never_shows_a_token_put_there_by_mistake(tmp_path: Path) -> None:
+    """token_file given as ${VAR} or a bare word is not echoed; a literal path is named."""
+    secret = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-xy"
+    by_var = "api:\n  token_file: ${TOKEN}\napps:\n  - {account_id: a, app_id: b, discover: true}\n"
+    bare = by_var.replace("${TOKEN}", secret)
+    for text in (by_var, bare):
+        with pytest.raises(ConfigError) as caught:
+            loads(text, environ={"TOKEN": secret}, base_dir=tmp_path)
+        assert secret not in str(caught.value)
+        assert "the file named by api.token_file (" in str(caught.value)
+    literal = by_var.replace("${TOKEN}", "/nonexistent/token")
+    with pytest.raises(ConfigError, match="cannot read /nonexistent/token"):
+        loads(literal, environ={}, base_dir=tmp_path)

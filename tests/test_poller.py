@@ -14,7 +14,7 @@ from exporter.budget import RequestBudget
 from exporter.client import ENDPOINTS, REASONS, RealtimeKitClient
 from exporter.config import RateLimit
 from exporter.model import ActiveSession, Listing, Livestream
-from exporter.poller import Poller, budget_warning
+from exporter.poller import Poller, budget_warnings
 from exporter.telemetry import ExporterMetrics
 from tests.conftest import ACCOUNT, APP, make_config
 from tests.fakeapi import FakeApi, FakeStream, Fault
@@ -324,32 +324,41 @@ async def test_run_polls_every_interval_until_stopped() -> None:
 
 
 @pytest.mark.parametrize(
-    ("streams", "interval", "rate", "expected"),
+    ("streams", "rate", "expected"),
     [
-        (3, 30.0, RateLimit(1000, 300), None),
-        (150, 30.0, RateLimit(1000, 300), "polling may need up to 1510 requests per 300s"),
-        (0, 30.0, RateLimit(2000, 300), "above the API's own limit of 1200"),
-        (0, 30.0, RateLimit(1300, 600), "above the API's own limit of 1200"),
-        (0, 30.0, RateLimit(500, 120), "above the API's own limit of 1200"),
+        (3, RateLimit(1000, 300), []),
+        (150, RateLimit(1000, 300), ["polling may need up to 1510 requests per 300s"]),
+        (0, RateLimit(2000, 300), ["above the API's own limit of 1200"]),
+        (0, RateLimit(1300, 600), ["above the API's own limit of 1200"]),
+        (0, RateLimit(500, 120), ["above the API's own limit of 1200"]),
+        (
+            150,
+            RateLimit(1300, 300),
+            ["above the API's own limit of 1200", "polling may need up to 1510 requests"],
+        ),
     ],
-    ids=["fits", "over-budget", "budget-over-api-limit", "long-window-burst", "short-window"],
+    ids=[
+        "fits",
+        "over-budget",
+        "budget-over-api-limit",
+        "long-window-burst",
+        "short-window",
+        "both",
+    ],
 )
-def test_budget_warning(
-    streams: int, interval: float, rate: RateLimit, expected: str | None
-) -> None:
-    """Start-up warns when configured polling could need more than the budget."""
+def test_budget_warnings(streams: int, rate: RateLimit, expected: list[str]) -> None:
+    """Start-up warns when the budget could go over the API's limit, or polling over the budget."""
     config = make_config(
         "http://127.0.0.1:9",
         streams=tuple(f"s{i}" for i in range(streams)),
         discover=streams == 0,
-        interval=interval,
+        interval=30.0,
         rate_limit=rate,
     )
-    warning = budget_warning(config)
-    if expected is None:
-        assert warning is None
-    else:
-        assert warning is not None and expected in warning
+    warnings = budget_warnings(config)
+    assert len(warnings) == len(expected)
+    for warning, fragment in zip(warnings, expected, strict=True):
+        assert fragment in warning
 
 
 async def test_mixed_failures_log_down_once(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:

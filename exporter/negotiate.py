@@ -1,0 +1,51 @@
+"""HTTP content negotiation for /metrics: which exposition format, and whether to gzip.
+
+prometheus_client's ``choose_encoder`` takes the first OpenMetrics range it sees, even one
+with ``q=0``, and compares media types case-sensitively. This module picks the preferred
+range by quality first and hands only that range on.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+OPENMETRICS: Final = "application/openmetrics-text"
+TEXT: Final = "text/plain"
+_SUPPORTED: Final = (OPENMETRICS, TEXT)
+
+
+def media_range(accept: str) -> str:
+    """The supported range of ``accept`` with the highest quality (first wins a tie),
+    media type lower-cased, parameters kept; ``""`` (plain text) if none is acceptable."""
+    best = ""
+    best_q = 0.0
+    for element in accept.split(","):
+        media_type, _, params = element.partition(";")
+        media_type = media_type.strip().lower()
+        if media_type not in _SUPPORTED:
+            continue
+        q = _quality(params)
+        if q > best_q:
+            best, best_q = f"{media_type};{params}" if params else media_type, q
+    return best
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """True when ``Accept-Encoding`` names gzip with a quality above zero."""
+    for element in accept_encoding.split(","):
+        coding, _, params = element.partition(";")
+        if coding.strip().lower() == "gzip":
+            return _quality(params) > 0
+    return False
+
+
+def _quality(params: str) -> float:
+    for param in params.split(";"):
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                q = float(value.strip())
+            except ValueError:
+                return 0.0
+            return q if 0.0 <= q <= 1.0 else 0.0
+    return 1.0

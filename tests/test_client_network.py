@@ -1,0 +1,110 @@
+"""The client over real sockets on 127.0.0.1: timeouts, deadlines, proxies, ~/.netrc."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+import pytest
+
+from exporter.budget import RequestBudget
+from exporter.client import ApiError, RealtimeKitClient
+from exporter.config import Secret
+from exporter.server import Exporter
+from tests.conftest import ACCOUNT, APP, make_config
+from tests.fakeapi import TOKEN, FakeApi, FakeStream
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+
+@contextlib.asynccontextmanager
+async def stalling_server() -> AsyncIterator[tuple[str, list[bytes]]]:
+    """Answers with headers, then never sends the body; records what it was sent."""
+    received: list[bytes] = []
+    release = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        await release.wait()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/client/v4", received
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+
+
+def make(session: aiohttp.ClientSession, base_url: str, *, timeout: float) -> RealtimeKitClient:
+    return RealtimeKitClient(
+        session=session,
+        base_url=base_url,
+        token=Secret(TOKEN),
+        budget=RequestBudget(requests=100, window=300),
+        timeout=timeout,
+        retries=0,
+    )
+
+
+async def test_a_stalled_body_times_out_after_api_timeout() -> None:
+    """Headers then silence: the request fails as a timeout once api.timeout has passed."""
+    async with stalling_server() as (url, received), aiohttp.ClientSession() as session:
+        started = time.monotonic()
+        with pytest.raises(ApiError) as caught:
+            await asyncio.wait_for(make(session, url, timeout=0.3).list_livestreams("a", "b"), 10)
+        elapsed = time.monotonic() - started
+    assert caught.value.reason == "timeout" and len(received) == 1
+    assert elapsed < 5  # bounded by the 0.3 s timeout, not by the 10 s guard
+
+
+async def test_a_request_never_outlives_its_cycle() -> None:
+    """With a cycle deadline nearer than api.timeout, the deadline bounds the request."""
+    async with stalling_server() as (url, _), aiohttp.ClientSession() as session:
+        client = make(session, url, timeout=60)
+        deadline = time.monotonic() + 0.3
+        with pytest.raises(ApiError) as caught:
+            await asyncio.wait_for(client.list_livestreams("a", "b", deadline=deadline), 10)
+        assert caught.value.reason == "timeout"
+        with pytest.raises(ApiError, match="ran out of time"):
+            await client.list_livestreams("a", "b", deadline=time.monotonic() - 1)
+
+
+async def test_netrc_credentials_do_not_break_requests(
+    fake_api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ~/.netrc with a default entry neither replaces the token nor fails the poll."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login someone password something\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    fake_api.add(ACCOUNT, APP, FakeStream("s1"))
+    async with Exporter(make_config(fake_api.base_url, discover=True)) as exporter:
+        snapshot = await exporter.poller.poll_once()
+    assert snapshot.apps[0].up and [s.id for s in snapshot.apps[0].streams] == ["s1"]
+
+
+async def test_proxy_from_the_environment_is_used(
+    fake_api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY is honoured: requests for the API host go to the proxy."""
+    fake_api.add(ACCOUNT, APP, FakeStream("s1"))
+    monkeypatch.setenv("HTTP_PROXY", fake_api.base_url.removesuffix("/client/v4"))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    config = make_config("http://rtk-api.invalid/client/v4", discover=True)
+    async with Exporter(config) as exporter:
+        snapshot = await exporter.poller.poll_once()
+    assert snapshot.apps[0].up and [s.id for s in snapshot.apps[0].streams] == ["s1"]
+    assert fake_api.count("livestreams") == 1
