@@ -99,11 +99,17 @@ def stale_kept(
     if prev is None:
         return ()
     expected = app.expectations()
-    return tuple(
-        s if s.expected_live == expected.get(s.id) else replace(s, expected_live=expected.get(s.id))
-        for s in prev.streams
-        if now - s.seen_at <= max_staleness and (app.discover or s.id in expected)
-    )
+    kept = []
+    for s in prev.streams:
+        if now - s.seen_at > max_staleness or not (app.discover or s.id in expected):
+            continue
+        # A live stream's session values go once too old, as when only they fail to come.
+        too_old = s.live and s.session is not None and now - s.last_update > max_staleness
+        expected_live = expected.get(s.id)
+        if too_old or s.expected_live != expected_live:
+            s = replace(s, expected_live=expected_live, session=None if too_old else s.session)
+        kept.append(s)
+    return tuple(kept)
 
 
 def merge_app(
