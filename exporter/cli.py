@@ -139,9 +139,9 @@ async def _once(cfg: config.Config) -> int:
     async with Exporter(cfg) as exporter:
         poll = asyncio.ensure_future(exporter.poller.poll_once())
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, poll.cancel)
         try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, poll.cancel)
             snapshot = await poll
         except asyncio.CancelledError:
             if poll.cancelled():  # by a signal: an interrupted poll is not a success
@@ -150,6 +150,9 @@ async def _once(cfg: config.Config) -> int:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+            if not poll.done():  # never leave the poll running against a closed session
+                poll.cancel()
+                await asyncio.wait({poll})
         sys.stdout.buffer.write(generate_latest(exporter.registry))
         sys.stdout.flush()
     return EXIT_OK if all(app.up for app in snapshot.apps) else EXIT_FAILURE

@@ -51,6 +51,7 @@ LISTING_PAGE_SIZE: Final = 100
 MAX_LISTING_PAGES: Final = 1000
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 DEFAULT_RETRY_AFTER: Final = 60.0
+MIN_REQUEST_TIME: Final = 1.0  # default: no request starts with less of its cycle left
 MAX_PAUSE: Final = 900.0  # the API blocks for 300 s; a larger ask is more likely a bug
 _SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
 _RATELIMIT_R = re.compile(r"(?:^|;)\s*r=(\d+)")
@@ -119,12 +120,14 @@ class RealtimeKitClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
         max_body_bytes: int = MAX_BODY_BYTES,
+        min_request_time: float = MIN_REQUEST_TIME,
     ) -> None:
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._token = token
         self.budget = budget
         self._timeout_seconds = timeout
+        self._min_time = min(timeout, min_request_time)
         self._proxy = proxy_for(self._base_url)
         self._limit = asyncio.Semaphore(max_concurrency)
         self._retries = retries
@@ -217,10 +220,7 @@ class RealtimeKitClient:
                 if not exc.transient or attempt >= self._retries:
                     raise
                 delay = self._jitter() * self._backoff * (2**attempt)
-                if (
-                    deadline is not None
-                    and self._clock() + delay + self._timeout_seconds > deadline
-                ):
+                if deadline is not None and self._clock() + delay + self._min_time > deadline:
                     raise
                 log.debug("retrying %s after %.2fs: %s", endpoint, delay, exc)
                 await self._sleep(delay)
@@ -239,22 +239,24 @@ class RealtimeKitClient:
             # The budget is asked only once a connection slot is free, right before sending:
             # its log then holds send times, and a pause set by a 429 that arrived while
             # this request queued stops it from going out.
+            # A request never outlives its cycle (a slow API cuts the cycle short instead
+            # of stretching it over several intervals), and none is sent with less than
+            # _min_time left, where it could only time out and waste the token's quota.
+            last_start = None if deadline is None else deadline - self._min_time
+            if last_start is not None and self._clock() > last_start:
+                raise ApiError(
+                    "timeout",
+                    "the poll cycle ran out of time before this request",
+                    endpoint=endpoint,
+                )
             try:
-                await self.budget.acquire(deadline=deadline)
+                await self.budget.acquire(deadline=last_start)
             except BudgetExhausted as exc:
                 raise ApiError("rate_limited", str(exc), endpoint=endpoint) from None
             started = self._clock()
             timeout = self._timeout_seconds
             if deadline is not None:
-                # A request never outlives its cycle: a slow API cuts the cycle short
-                # instead of stretching it over several intervals.
                 timeout = min(timeout, deadline - started)
-                if timeout <= 0:
-                    raise ApiError(
-                        "timeout",
-                        "the poll cycle ran out of time before this request",
-                        endpoint=endpoint,
-                    )
             try:
                 async with self._session.get(
                     self._base_url + path,
@@ -392,7 +394,10 @@ def proxy_for(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.hostname is None or urllib.request.proxy_bypass(parts.hostname):
         return None
-    return urllib.request.getproxies().get(parts.scheme)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and "://" not in proxy:
+        proxy = "http://" + proxy  # "host:port", as curl and requests accept it
+    return proxy or None
 
 
 def _app_path(account_id: str, app_id: str) -> str:

@@ -387,7 +387,7 @@ class _Validator:
             if not path.is_absolute():
                 path = self.base_dir / path
             try:
-                shown = _shown_path(raw["token_file"], path)
+                shown = _shown_path(name, path)
                 return Secret(read_token_file(path, shown=shown)), path
             except ValueError as exc:
                 self.fail("api.token_file", str(exc))
@@ -542,14 +542,13 @@ def read_token_file(path: Path, *, shown: str | None = None) -> str:
     return text
 
 
-def _shown_path(written: str, path: Path) -> str:
-    """How an error may name the token file: by its path when written out literally and
-    path-like (a separator or a dot, or short). ``${VAR}`` or a long bare word could be the
-    token itself put in the wrong key (API tokens are 40 characters)."""
-    literal = "$" not in written
-    if literal and (len(written) <= 24 or any(c in written for c in "/\\.")):
+def _shown_path(name: str, path: Path) -> str:
+    """How an error may name the token file: by its path when ``name`` (as expanded) looks
+    like one (a separator or a dot, or short). A long bare word could be the token itself
+    put in the wrong key (API tokens are 40 characters of letters, digits, '-' and '_')."""
+    if len(name) <= 24 or any(c in name for c in "/\\."):
         return str(path)
-    return f"the file named by api.token_file ({len(written)} characters)"
+    return f"the file named by api.token_file ({len(name)} characters)"
 
 
 def _shown_key(key: object) -> str:

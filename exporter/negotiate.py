@@ -22,7 +22,7 @@ def media_range(accept: str) -> str:
     for element in accept.split(","):
         media_type, _, params = element.partition(";")
         media_type = media_type.strip().lower()
-        if media_type not in _SUPPORTED:
+        if media_type not in _SUPPORTED or not _servable(media_type, params):
             continue
         q = _quality(params)
         if q > best_q:
@@ -39,13 +39,33 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def _quality(params: str) -> float:
+def _servable(media_type: str, params: str) -> bool:
+    """Whether prometheus_client can serve the range's version: OpenMetrics from 1.0.0 on,
+    text in any well-formed version. A range it cannot serve must not win, or the reply
+    would fall back to plain text although a servable range was offered too."""
+    version = _param(params, "version")
+    if version is None:
+        return True
+    parts = version.split(".")
+    if len(parts) != 3 or not all(p.isascii() and p.isdigit() for p in parts):
+        return False
+    return media_type != OPENMETRICS or tuple(int(p) for p in parts) >= (1, 0, 0)
+
+
+def _param(params: str, wanted: str) -> str | None:
     for param in params.split(";"):
         name, _, value = param.partition("=")
-        if name.strip().lower() == "q":
-            try:
-                q = float(value.strip())
-            except ValueError:
-                return 0.0
-            return q if 0.0 <= q <= 1.0 else 0.0
-    return 1.0
+        if name.strip().lower() == wanted:
+            return value.strip()
+    return None
+
+
+def _quality(params: str) -> float:
+    value = _param(params, "q")
+    if value is None:
+        return 1.0
+    try:
+        q = float(value)
+    except ValueError:
+        return 0.0
+    return q if 0.0 <= q <= 1.0 else 0.0

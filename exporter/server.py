@@ -20,7 +20,7 @@ from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__
 from exporter.budget import RequestBudget
-from exporter.client import ENDPOINTS, REASONS, RealtimeKitClient
+from exporter.client import ENDPOINTS, MIN_REQUEST_TIME, REASONS, RealtimeKitClient
 from exporter.collector import SnapshotCollector
 from exporter.negotiate import accepts_gzip, media_range
 from exporter.poller import Poller, budget_warnings
@@ -84,6 +84,8 @@ class Exporter:
             token=api.token,
             budget=budget,
             timeout=api.timeout,
+            # Short intervals (tests, demos) still leave most of the cycle for requests.
+            min_request_time=min(MIN_REQUEST_TIME, self.config.poll.interval / 4),
             max_concurrency=api.max_concurrency,
             observer=self.metrics,
         )

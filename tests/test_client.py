@@ -857,8 +857,8 @@ async def test_persistent_server_error_fails_after_retries_plus_one_attempts(
 
 @pytest.mark.parametrize(
     ("deadline_in", "attempts"),
-    [(5.0, 1), (10.2, 1), (10.3, 2), (60.0, 2)],
-    ids=["far-inside-timeout", "just-short", "just-enough", "plenty"],
+    [(1.0, 1), (1.2, 1), (1.3, 2), (60.0, 2)],
+    ids=["no-time-left", "just-short", "just-enough", "plenty"],
 )
 async def test_retry_is_skipped_when_it_could_not_finish_before_the_deadline(
     server: aioresponses,
@@ -867,10 +867,10 @@ async def test_retry_is_skipped_when_it_could_not_finish_before_the_deadline(
     deadline_in: float,
     attempts: int,
 ) -> None:
-    """A retry is only made if its delay plus a full timeout still ends by the deadline."""
+    """A retry is only made if its delay plus the minimum request time fit before the deadline."""
     server.get(SESSION_URL, status=503, body="unavailable")
     server.get(SESSION_URL, status=503, body="unavailable")
-    # delay 0.5 * 0.5 = 0.25s, timeout 10s: a retry needs 10.25s before the deadline
+    # delay 0.5 * 0.5 = 0.25s, minimum request time 1s: a retry needs 1.25s left
     client = make_client(retries=1, timeout=10.0, backoff=0.5, jitter=FakeJitter(0.5))
     error = await fail(client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + deadline_in))
     assert error.status == 503
@@ -1292,3 +1292,48 @@ async def test_token_never_appears_in_error_text_or_client_repr(
     for text in texts:
         assert TOKEN not in text
     assert len(sent(server)) == 1
+
+
+async def test_no_request_starts_with_less_than_the_minimum_time_left(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """Too near the deadline nothing is sent (it could only time out) and no budget is spent."""
+    client = make_client(min_request_time=1.0)
+    error = await fail(client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + 0.5))
+    assert error.reason == "timeout" and "ran out of time" in str(error)
+    assert sent(server) == [] and client.budget.available() == 1200
+
+
+async def test_budget_wait_past_the_last_start_is_rate_limited(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock
+) -> None:
+    """A grant that would come later than deadline minus the minimum time is refused."""
+    budget = RequestBudget(requests=1, window=300.0, clock=clock, sleep=clock.sleep)
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE)
+    client = make_client(budget=budget, min_request_time=1.0)
+    await client.active_session(ACCOUNT, APP, STREAM_ID)
+    # The next grant comes at NOW + 300: before the deadline, but after its last start.
+    error = await fail(client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + 300.5))
+    assert error.reason == "rate_limited" and len(sent(server)) == 1
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"HTTPS_PROXY": "http://proxy.test:3128"}, "http://proxy.test:3128"),
+        ({"HTTPS_PROXY": "proxy.test:3128"}, "http://proxy.test:3128"),
+        ({"https_proxy": ""}, None),
+        ({"HTTP_PROXY": "http://proxy.test:3128"}, None),
+        ({"HTTPS_PROXY": "http://proxy.test:3128", "NO_PROXY": "api.example.test"}, None),
+    ],
+    ids=["https", "no-scheme", "empty", "http-only", "no-proxy"],
+)
+def test_proxy_for_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], expected: str | None
+) -> None:
+    """The API's proxy comes from the environment like curl's: scheme optional, NO_PROXY obeyed."""
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert client_module.proxy_for(BASE) == expected

@@ -1326,3 +1326,5 @@ def test_token_file_error_never_shows_a_token_put_there_by_mistake(tmp_path: Pat
     literal = by_var.replace("${TOKEN}", "/nonexistent/token")
     with pytest.raises(ConfigError, match="cannot read /nonexistent/token"):
         loads(literal, environ={}, base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="cannot read /nonexistent/cf_token"):
+        loads(by_var.replace("${TOKEN}", "${DIR}/cf_token"), environ={"DIR": "/nonexistent"})

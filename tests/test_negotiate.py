@@ -29,6 +29,16 @@ PROMETHEUS_3 = (
         ("application/openmetrics-text;q=abc", ""),
         ("application/openmetrics-text;q=2", ""),
         (PROMETHEUS_3, "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6"),
+        (
+            "application/openmetrics-text;version=0.0.1;q=0.9,"
+            "application/openmetrics-text;version=1.0.0;q=0.8",
+            "application/openmetrics-text;version=1.0.0;q=0.8",
+        ),
+        ("application/openmetrics-text;version=1.0.x, text/plain;q=0.1", "text/plain;q=0.1"),
+        (
+            "text/plain;version=banana;q=0.9, text/plain;version=0.0.4;q=0.5",
+            "text/plain;version=0.0.4;q=0.5",
+        ),
     ],
     ids=[
         "none",
@@ -43,6 +53,9 @@ PROMETHEUS_3 = (
         "bad-q",
         "q-out-of-range",
         "prometheus-3",
+        "old-openmetrics-skipped",
+        "malformed-version-skipped",
+        "malformed-text-version",
     ],
 )
 def test_media_range_picks_the_highest_quality_supported_range(accept: str, expected: str) -> None:
