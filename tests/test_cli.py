@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from tests.conftest import ACCOUNT, APP
 from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
 CONFIG = """\
@@ -50,7 +52,9 @@ def env(token: str = TOKEN) -> dict[str, str]:
     return {**os.environ, "RTK_TEST_TOKEN": token, "PYTHONUNBUFFERED": "1"}
 
 
-async def run(*args: str, token: str = TOKEN, limit: float = 30) -> tuple[int, str, str]:
+@contextlib.asynccontextmanager
+async def spawned(*args: str, token: str = TOKEN) -> AsyncIterator[asyncio.subprocess.Process]:
+    """The exporter as a subprocess with piped output; killed on the way out if still running."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -61,11 +65,22 @@ async def run(*args: str, token: str = TOKEN, limit: float = 30) -> tuple[int, s
         env=env(token),
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), limit)
+        yield proc
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def first_request(fake_api: FakeApi) -> None:
+    async with asyncio.timeout(15):
+        while not fake_api.requests:
+            await asyncio.sleep(0.02)
+
+
+async def run(*args: str, token: str = TOKEN, limit: float = 30) -> tuple[int, str, str]:
+    async with spawned(*args, token=token) as proc:
+        out, err = await asyncio.wait_for(proc.communicate(), limit)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
@@ -159,21 +174,9 @@ async def test_serves_and_stops_on_sigterm_within_5s(tmp_path: Path, fake_api: F
     """The daemon serves /metrics, logs JSON when asked, and exits 0 on SIGTERM within 5 s."""
     s = fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
     fake_api.go_live(s)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "exporter",
-        "--config.file",
-        str(write_config(tmp_path, fake_api.base_url, interval="1s")),
-        "--web.listen-address",
-        "127.0.0.1:0",
-        "--log.format",
-        "json",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env(),
-    )
-    try:
+    config = write_config(tmp_path, fake_api.base_url, interval="1s")
+    listen = ("--web.listen-address", "127.0.0.1:0", "--log.format", "json")
+    async with spawned("--config.file", str(config), *listen) as proc:
         assert proc.stderr is not None
         lines: list[str] = []
         port = None
@@ -201,10 +204,6 @@ async def test_serves_and_stops_on_sigterm_within_5s(tmp_path: Path, fake_api: F
         messages = [json.loads(line)["msg"] for line in logged.splitlines()]
         assert "shutting down" in messages
         assert TOKEN not in logged
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -218,29 +217,13 @@ async def test_signal_during_a_hung_api_call_stops_within_5s(
     config.write_text(
         write_config(tmp_path, fake_api.base_url).read_text().replace("timeout: 2s", "timeout: 60s")
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "exporter",
-        "--config.file",
-        str(config),
-        "--web.listen-address",
-        "127.0.0.1:0",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env(),
-    )
-    try:
-        async with asyncio.timeout(15):
-            while not fake_api.requests:
-                await asyncio.sleep(0.02)
-        proc.send_signal(sig)
-        assert await asyncio.wait_for(proc.wait(), timeout=5) == 0
-    finally:
-        fake_api.gate.set()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    async with spawned("--config.file", str(config), "--web.listen-address", "127.0.0.1:0") as proc:
+        try:
+            await first_request(fake_api)
+            proc.send_signal(sig)
+            assert await asyncio.wait_for(proc.wait(), timeout=5) == 0
+        finally:
+            fake_api.gate.set()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -250,30 +233,16 @@ async def test_once_interrupted_exits_1(
     """--once stopped by a signal before its poll completes is a failure (1), not a success."""
     fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
     fake_api.gate = asyncio.Event()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "exporter",
-        "--once",
-        "--config.file",
-        str(write_config(tmp_path, fake_api.base_url)),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env(),
-    )
-    try:
-        async with asyncio.timeout(15):
-            while not fake_api.requests:
-                await asyncio.sleep(0.02)
-        proc.send_signal(sig)
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=5)
-        assert proc.returncode == 1 and out == b""
-        assert b"interrupted" in err
-    finally:
-        fake_api.gate.set()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    config = write_config(tmp_path, fake_api.base_url)
+    async with spawned("--once", "--config.file", str(config)) as proc:
+        try:
+            await first_request(fake_api)
+            proc.send_signal(sig)
+            out, err = await asyncio.wait_for(proc.communicate(), timeout=5)
+        finally:
+            fake_api.gate.set()
+    assert proc.returncode == 1 and out == b""
+    assert b"interrupted" in err
 
 
 @pytest.mark.parametrize(
