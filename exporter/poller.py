@@ -102,10 +102,6 @@ class Poller:
         """True once a poll cycle has completed (successfully or not)."""
         return self._snapshot.cycles > 0
 
-    @property
-    def config(self) -> Config:
-        return self._config
-
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; a cycle that overruns starts the next one at once."""
         interval = self._config.poll.interval
