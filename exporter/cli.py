@@ -5,24 +5,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import generate_latest
 
-from exporter import __version__, config, logs
-from exporter.server import Exporter, ServeError, Server
+from exporter import __version__, config, demo, logs
+from exporter.server import Exporter, ServeError, Server, join_host_port
+from exporter.simulator import DEMO, REALISTIC, Faults, RateLimiter, Simulator, World
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 DEFAULT_PORT: Final = 10241
 DEFAULT_LISTEN: Final = f":{DEFAULT_PORT}"
+SIMULATOR_LISTEN: Final = "127.0.0.1:10242"
+SIMULATOR_TOKEN_ENV: Final = "REALTIMEKIT_SIMULATOR_TOKEN"  # noqa: S105 (a variable name)
+# The simulator guards nothing; its token only exercises the exporter's auth handling.
+SIMULATOR_DEFAULT_TOKEN: Final = "simulator-token"  # noqa: S105
 
 log = logging.getLogger("exporter")
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -87,7 +94,103 @@ def build_parser() -> argparse.ArgumentParser:
         help="poll once, print the exposition to stdout and exit "
         "(0 if every app was polled successfully, else 1)",
     )
+    run.add_argument(
+        "--demo",
+        action="store_true",
+        help="no token needed: poll a simulated RealtimeKit API run inside this process "
+        "(streams start and stop within a minute); replaces --config.file",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_simulate(commands)
     return parser
+
+
+def _add_simulate(commands: argparse._SubParsersAction[_Parser]) -> None:
+    sim = commands.add_parser(
+        "simulate",
+        help="serve a simulated RealtimeKit livestream API (for demos, tests, benchmarks)",
+        description="Serve a simulated RealtimeKit livestream API with a control interface "
+        "under /-/simulator. The token it accepts is read from --token-file, else from "
+        f"${SIMULATOR_TOKEN_ENV}, else it is {SIMULATOR_DEFAULT_TOKEN!r}.",
+    )
+    sim.add_argument(
+        "--listen",
+        default=SIMULATOR_LISTEN,
+        metavar="HOST:PORT",
+        help=f"address to serve on (default {SIMULATOR_LISTEN}; port 0 picks a free one); "
+        "the control interface has no auth, so keep it on loopback",
+    )
+    sim.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
+    sim.add_argument("--account-id", default="sim-account", help="default sim-account")
+    sim.add_argument("--app-id", default="sim-app", help="default sim-app")
+    sim.add_argument("--livestreams", type=_count, default=20, help="streams to create (20)")
+    sim.add_argument("--live", type=_count, default=5, help="of which live at start (5)")
+    sim.add_argument(
+        "--profile",
+        choices=["realistic", "demo"],
+        default="realistic",
+        help="phase lengths: realistic (live 10-60 min) or demo (live 40-90 s)",
+    )
+    sim.add_argument("--token-file", metavar="PATH", help="file holding the accepted token")
+    sim.add_argument(
+        "--rate-limit",
+        default="1200/5m",
+        metavar="REQUESTS/WINDOW",
+        help="per-token limit; overrunning it blocks the token for a window (1200/5m)",
+    )
+    sim.add_argument(
+        "--max-per-page", type=_count, default=100, help="largest per_page honoured (100)"
+    )
+    faults = sim.add_argument_group(
+        "faults (all can be changed at run time: PUT /-/simulator/faults)"
+    )
+    faults.add_argument("--fault.latency", dest="latency", type=_duration, default=0.0)
+    faults.add_argument("--fault.jitter", dest="jitter", type=_duration, default=0.0)
+    for name, text in (
+        ("error-rate", "share of requests answered 5xx"),
+        ("malformed-rate", "share answered with a body that is not the API's"),
+        ("throttle-rate", "share that start a burst of 429s"),
+    ):
+        faults.add_argument(
+            f"--fault.{name}", dest=name.replace("-", "_"), type=_share, default=0.0, help=text
+        )
+    faults.add_argument(
+        "--fault.throttle-seconds", dest="throttle_seconds", type=_duration, default=30.0
+    )
+    faults.add_argument(
+        "--fault.numbers-as-strings",
+        dest="numbers_as_strings",
+        action="store_true",
+        help="send the session counters as strings, their declared type",
+    )
+    for flag, dest, default, choices in (
+        ("--log.level", "log_level", "info", list(logs.LEVELS)),
+        ("--log.format", "log_format", "logfmt", ["logfmt", "json"]),
+    ):
+        sim.add_argument(flag, dest=dest, default=default, choices=choices)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text)
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1")
+    return value
+
+
+def _duration(text: str) -> float:
+    try:
+        return config.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_listen(address: str) -> tuple[str | None, int]:
@@ -107,11 +210,25 @@ def parse_listen(address: str) -> tuple[str | None, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "simulate":
+            return _simulate_main(args)
         listen = parse_listen(args.listen)
-        if not args.config_file:
-            raise UsageError("--config.file is required")
+        if args.demo:
+            if args.config_file or args.config_check or args.once:
+                raise UsageError("--demo runs without --config.file, --config.check or --once")
+        elif not args.config_file:
+            raise UsageError("--config.file is required (or try --demo)")
     except UsageError as exc:
         return _fail(EXIT_USAGE, f"usage error: {exc} (see --help)")
+
+    if args.demo:
+        logs.configure(level=args.log_level, fmt=args.log_format)
+        try:
+            return asyncio.run(_demo(*listen))
+        except ServeError as exc:
+            return _fail(EXIT_FAILURE, str(exc))
+        except KeyboardInterrupt:
+            return EXIT_OK
 
     try:
         cfg = config.load(args.config_file)
@@ -162,18 +279,102 @@ async def _serve(cfg: config.Config, host: str | None, port: int) -> int:
     async with Exporter(cfg) as exporter:
         server = Server(exporter, host=host, port=port)
         await server.start()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, server.stop)
         log.info("started realtimekit-exporter %s: %s", __version__, cfg.summary())
         try:
-            await server.wait()
+            await _until_signal(server.wait(), server.stop)
             log.info("shutting down")
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
             await server.close()
     return EXIT_FAILURE if server.failure is not None else EXIT_OK
+
+
+async def _until_signal(done: Awaitable[object], stop: Callable[[], None]) -> None:
+    """Await ``done`` with SIGTERM and SIGINT calling ``stop``."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+    try:
+        await done
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _demo(host: str | None, port: int) -> int:
+    simulated = demo.world()
+    token = demo.token()
+    async with Simulator(simulated, token=token) as simulator:
+        cfg = demo.config(simulated, simulator.base_url, token)
+        shown = join_host_port(host or "localhost", port)
+        log.info(
+            "demo mode: polling a simulated RealtimeKit API at %s; see http://%s/metrics",
+            simulator.base_url,
+            shown,
+            extra={"address": simulator.origin},
+        )
+        return await _serve(cfg, host, port)
+
+
+def _simulate_main(args: argparse.Namespace) -> int:
+    try:
+        host, port = parse_listen(args.listen)
+        rate = config.parse_rate_limit(args.rate_limit)
+        if args.live > args.livestreams:
+            raise UsageError("--live cannot exceed --livestreams")
+        faults = Faults(
+            latency=args.latency,
+            jitter=args.jitter,
+            error_rate=args.error_rate,
+            malformed_rate=args.malformed_rate,
+            throttle_rate=args.throttle_rate,
+            throttle_seconds=args.throttle_seconds,
+            numbers_as_strings=args.numbers_as_strings,
+        )
+        token = _simulator_token(args.token_file)
+    except (UsageError, ValueError) as exc:
+        return _fail(EXIT_USAGE, f"usage error: {exc} (see simulate --help)")
+    logs.configure(level=args.log_level, fmt=args.log_format, secrets=lambda: (token,))
+    world = World(seed=args.seed, profile=DEMO if args.profile == "demo" else REALISTIC)
+    world.populate(args.account_id, args.app_id, args.livestreams, live=args.live)
+    simulator = Simulator(
+        world,
+        token=token,
+        faults=faults,
+        limiter=RateLimiter(rate.requests, rate.window),
+        max_per_page=args.max_per_page,
+    )
+    try:
+        return asyncio.run(_simulate(simulator, host, port))
+    except OSError as exc:
+        return _fail(EXIT_FAILURE, f"cannot listen on {args.listen}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _simulator_token(path: str | None) -> str:
+    if path is not None:
+        return config.read_token_file(Path(path), shown="--token-file")
+    return os.environ.get(SIMULATOR_TOKEN_ENV) or SIMULATOR_DEFAULT_TOKEN
+
+
+async def _simulate(simulator: Simulator, host: str | None, port: int) -> int:
+    stop = asyncio.Event()
+    await simulator.start(host, port)
+    try:
+        world = simulator.world
+        log.info(
+            "simulator listening: api %s, control %s/; %d app(s), %d livestream(s)",
+            simulator.base_url,
+            simulator.control_url,
+            len(world.apps()),
+            sum(1 for _ in world.all_streams()),
+            extra={"address": simulator.origin},
+        )
+        await _until_signal(stop.wait(), stop.set)
+        log.info("shutting down")
+    finally:
+        await simulator.close()
+    return EXIT_OK
 
 
 def _fail(code: int, message: str) -> int:

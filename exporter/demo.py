@@ -1,0 +1,47 @@
+"""Demo mode: a simulated RealtimeKit app and the configuration that polls it.
+
+``realtimekit-exporter --demo`` serves :func:`world` from an in-process simulator on a
+loopback port and runs the exporter with :func:`config`, so that a user without a token
+sees streams start and stop within a minute.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Final
+
+from exporter.config import ApiConfig, AppConfig, Config, LivestreamConfig, PollConfig, Secret
+from exporter.simulator import DEMO, World
+
+ACCOUNT_ID: Final = "demo-account"
+MAIN_APP: Final = "demo-app"
+EVENTS_APP: Final = "demo-events"
+INTERVAL: Final = 5.0
+
+
+def world(seed: int = 0) -> World:
+    """Two apps: one with six streams (two live now), one with three (one live now)."""
+    demo = World(seed=seed, profile=DEMO)
+    demo.populate(ACCOUNT_ID, MAIN_APP, 6, live=2)
+    demo.populate(ACCOUNT_ID, EVENTS_APP, 3, live=1)
+    return demo
+
+
+def token() -> str:
+    """A throwaway token that the in-process simulator accepts."""
+    return "demo-" + secrets.token_urlsafe(24)
+
+
+def config(simulated: World, base_url: str, api_token: str) -> Config:
+    """Discover every stream of both apps; expect the main app's first stream to be live."""
+    main = simulated.streams(ACCOUNT_ID, MAIN_APP) or []
+    expected = tuple(LivestreamConfig(id=s.id, expect_live=True) for s in main[:1])
+    return Config(
+        api=ApiConfig(token=Secret(api_token), base_url=base_url),
+        poll=PollConfig(interval=INTERVAL, max_staleness=60.0),
+        apps=(
+            AppConfig(account_id=ACCOUNT_ID, app_id=MAIN_APP, discover=True, livestreams=expected),
+            AppConfig(account_id=ACCOUNT_ID, app_id=EVENTS_APP, discover=True),
+        ),
+        source="demo",
+    )

@@ -1,0 +1,517 @@
+"""The simulator's HTTP face: the RealtimeKit livestream endpoints and a control interface.
+
+API routes live under ``/client/v4/accounts/{account_id}/realtime/kit/{app_id}`` and
+answer as the real API documents, warts included: the listing's ``data`` is an array with
+``paging`` beside it, no active session is a 404 in RealtimeKit's envelope, a bad token a
+401 in the Cloudflare gateway's envelope, and every answer carries the ``Ratelimit``
+headers of a per-token sliding window that blocks the token for a whole window when it
+is overrun. Faults (:class:`~exporter.simulator.faults.Faults`) are rolled per request.
+
+Control routes live under ``/-/simulator`` (no auth: bind the simulator to loopback) and
+take and give JSON; see :func:`create_app` for the list.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections import Counter
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
+
+from aiohttp import web
+
+from exporter.simulator.faults import Dice, FaultError, Faults
+from exporter.simulator.ratelimit import RateLimiter
+from exporter.simulator.world import FILTER_STATUSES, World, WorldError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from exporter.simulator.world import SimSession, SimStream
+
+    Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+API_PREFIX: Final = "/client/v4"
+APP_PATH: Final = API_PREFIX + "/accounts/{account_id}/realtime/kit/{app_id}"
+CONTROL: Final = "/-/simulator"
+DEFAULT_PER_PAGE: Final = 20
+INGEST_SERVER: Final = "rtmps://live.cloudflare.com:443/live/"
+_EDGE_PAGE: Final = (
+    "<!DOCTYPE html><html><head><title>{code}: {text}</title></head>"
+    "<body><h1>Error {code}</h1><p>{text}</p><p>cloudflare</p></body></html>"
+)
+
+
+class SimulatorState:
+    """Everything the handlers share; tests may change ``faults`` between requests."""
+
+    def __init__(
+        self,
+        world: World,
+        *,
+        token: str,
+        faults: Faults | None = None,
+        limiter: RateLimiter | None = None,
+        max_per_page: int = 100,
+    ) -> None:
+        self.world = world
+        self.token = token
+        self.faults = faults or Faults()
+        self.limiter = limiter or RateLimiter()
+        self.max_per_page = max_per_page
+        self.dice = Dice(world.seed)
+        self.requests: Counter[tuple[str, int]] = Counter()
+
+    def __repr__(self) -> str:  # the token is not printed, even a simulated one
+        return f"SimulatorState(apps={len(self.world.apps())}, faults={self.faults!r})"
+
+
+STATE: Final = web.AppKey("state", SimulatorState)
+
+
+# -- bodies -------------------------------------------------------------------------
+def iso(t: float) -> str:
+    """RealtimeKit's timestamps: ISO 8601, milliseconds, ``Z``."""
+    ms = round(t * 1000)
+    seconds, ms = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
+
+
+def livestream_body(stream: SimStream) -> dict[str, Any]:
+    return {
+        "id": stream.id,
+        "name": stream.name,
+        "status": stream.status,
+        "meeting_id": stream.meeting_id,
+        "disabled": stream.disabled,
+        "ingest_server": INGEST_SERVER,
+        "stream_key": stream.stream_key,
+        "playback_url": (
+            f"https://customer-sim.cloudflarestream.com/{stream.id.replace('-', '')}"
+            "/manifest/video.m3u8"
+        ),
+        "created_at": iso(stream.created_at),
+        "updated_at": iso(stream.updated_at),
+    }
+
+
+def session_body(session: SimSession, now: float, *, as_strings: bool) -> dict[str, Any]:
+    ingest: float | str = session.ingest_seconds(now)
+    viewer: float | str = session.viewer_seconds(now)
+    if as_strings:
+        ingest, viewer = repr(ingest), repr(viewer)
+    live = session.stopped_time is None
+    return {
+        "id": session.id,
+        "livestream_id": session.livestream_id,
+        "err_message": session.err_message,
+        "invoked_time": None if session.invoked_time is None else iso(session.invoked_time),
+        "started_time": iso(session.started_time),
+        "stopped_time": None if live else iso(session.stopped_time or 0.0),
+        "created_at": iso(session.started_time),
+        "updated_at": iso(now if live else session.updated_at),
+        "ingest_seconds": ingest,
+        "viewer_seconds": viewer,
+    }
+
+
+def _service_error(status: int, message: str) -> web.Response:
+    """RealtimeKit's own error envelope."""
+    body = {"success": False, "error": {"code": status, "message": message}}
+    return web.json_response(body, status=status)
+
+
+def _gateway_error(
+    status: int, code: int, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    """The Cloudflare API gateway's envelope (auth, permissions, rate limit)."""
+    body = {"success": False, "errors": [{"code": code, "message": message}], "messages": []}
+    body["result"] = None
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _paging(start: int, count: int, total: int) -> dict[str, int]:
+    return {"start_offset": start, "end_offset": start + count - 1, "total_count": total}
+
+
+# -- the API ------------------------------------------------------------------------
+def _api(name: str, handler: Handler) -> Handler:
+    """Wrap an API handler in what every request goes through: faults, auth, rate limit."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        response = await _gatekeep(state, request, handler)
+        state.requests[(name, response.status)] += 1
+        return response
+
+    return wrapped
+
+
+async def _gatekeep(
+    state: SimulatorState, request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    faults = state.faults
+    verdict = state.dice.roll(faults)
+    if verdict.delay:
+        await asyncio.sleep(verdict.delay)
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    good = scheme == "Bearer" and hmac.compare_digest(token.encode(), state.token.encode())
+    if not good or faults.reject_token:
+        return _gateway_error(401, 10000, "Authentication error")
+    world = state.world
+    now = world.now()
+    if not world.has_account(request.match_info["account_id"]):
+        return _gateway_error(403, 10000, "Authentication error")
+    if verdict.kind == "throttle":
+        state.limiter.block(token, now, faults.throttle_seconds)
+    decision = state.limiter.check(token, now)
+    headers = {
+        "Ratelimit": f'"default";r={decision.remaining};t={decision.reset}',
+        "Ratelimit-Policy": state.limiter.policy(),
+    }
+    if not decision.allowed:
+        headers["Retry-After"] = str(decision.retry_after)
+        message = (
+            f"More than {state.limiter.requests} requests per "
+            f"{round(state.limiter.window)} seconds reached"
+        )
+        return _gateway_error(429, 971, message, headers)
+    response: web.StreamResponse
+    if verdict.kind == "server_error":
+        response = _server_error(verdict.status)
+    elif verdict.kind == "malformed":
+        response = _malformed(verdict.variant)
+    elif world.streams(request.match_info["account_id"], request.match_info["app_id"]) is None:
+        response = _service_error(404, "App not found")
+    else:
+        response = await handler(request)
+    response.headers.update(headers)
+    return response
+
+
+def _server_error(status: int) -> web.Response:
+    if status in (502, 504):
+        text = "Bad gateway" if status == 502 else "Gateway time-out"
+        return web.Response(
+            status=status, text=_EDGE_PAGE.format(code=status, text=text), content_type="text/html"
+        )
+    return _service_error(
+        status, "Internal Server Error" if status == 500 else "Service Unavailable"
+    )
+
+
+def _malformed(variant: str) -> web.Response:
+    if variant == "truncated":
+        return web.Response(
+            body=b'{"success": true, "data": [{"id": "', content_type="application/json"
+        )
+    if variant == "html":
+        return web.Response(text="<html><body>Loading...</body></html>", content_type="text/html")
+    if variant == "not_an_object":
+        return web.json_response(["success", True])
+    return web.json_response({"success": False, "error": {"code": 200, "message": "Try again"}})
+
+
+class _BadQuery(Exception):
+    pass
+
+
+def _int_param(request: web.Request, key: str, default: int) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    if not raw.isdigit() or int(raw) < 1:
+        raise _BadQuery(f"{key} must be a positive integer")
+    return int(raw)
+
+
+def _time_param(request: web.Request, key: str) -> float | None:
+    raw = request.query.get(key)
+    if raw is None:
+        return None
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise _BadQuery(f"{key} must be an ISO 8601 date-time") from None
+
+
+async def _listing(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    streams = state.world.by_creation_time(
+        request.match_info["account_id"], request.match_info["app_id"]
+    )
+    assert streams is not None  # checked by _gatekeep
+    try:
+        page_no = _int_param(request, "page_no", 1)
+        per_page = min(_int_param(request, "per_page", DEFAULT_PER_PAGE), state.max_per_page)
+        start = _time_param(request, "start_time")
+        end = _time_param(request, "end_time")
+        status = request.query.get("status")
+        if status is not None and status not in FILTER_STATUSES:
+            raise _BadQuery(f"status must be one of {', '.join(FILTER_STATUSES)}")
+        order = request.query.get("sort_order", "DSC")
+        if order not in ("ASC", "DSC"):
+            raise _BadQuery("sort_order must be ASC or DSC")
+        exclude = request.query.get("exclude_meetings", "false")
+        if exclude not in ("true", "false"):
+            raise _BadQuery("exclude_meetings must be true or false")
+    except _BadQuery as exc:
+        return _service_error(400, str(exc))
+    chosen = streams
+    if status is not None or exclude == "true" or start is not None or end is not None:
+        chosen = [
+            s
+            for s in streams
+            if (status is None or s.status == status)
+            and (exclude == "false" or s.meeting_id is None)
+            and (start is None or s.created_at >= start)
+            and (end is None or s.created_at <= end)
+        ]
+    if order == "DSC":
+        chosen = chosen[::-1]
+    first = (page_no - 1) * per_page
+    page = chosen[first : first + per_page]
+    return web.json_response(
+        {
+            "success": True,
+            "data": [livestream_body(s) for s in page],
+            "paging": _paging(first + 1, len(page), len(chosen)),
+        }
+    )
+
+
+async def _active_session(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    world = state.world
+    stream = world.stream(
+        request.match_info["account_id"],
+        request.match_info["app_id"],
+        request.match_info["livestream_id"],
+    )
+    if stream is None:
+        return _service_error(404, "Livestream not found")
+    session = stream.session
+    if session is None:
+        return _service_error(404, f"No active session found for livestream {stream.id}")
+    body = session_body(session, world.now(), as_strings=state.faults.numbers_as_strings)
+    return web.json_response(
+        {"success": True, "data": {"livestream": livestream_body(stream), "session": body}}
+    )
+
+
+async def _livestream(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    world = state.world
+    stream = world.stream(
+        request.match_info["account_id"],
+        request.match_info["app_id"],
+        request.match_info["livestream_id"],
+    )
+    if stream is None:
+        return _service_error(404, "Livestream not found")
+    try:
+        page_no = _int_param(request, "page_no", 1)
+        per_page = min(_int_param(request, "per_page", DEFAULT_PER_PAGE), state.max_per_page)
+    except _BadQuery as exc:
+        return _service_error(400, str(exc))
+    now = world.now()
+    newest_first = stream.sessions[::-1]
+    first = (page_no - 1) * per_page
+    page = newest_first[first : first + per_page]
+    sessions = [session_body(s, now, as_strings=state.faults.numbers_as_strings) for s in page]
+    paging = _paging(first + 1, len(page), len(newest_first))
+    return web.json_response(
+        {
+            "success": True,
+            # The published examples: ``sessions`` is an array, ``paging`` at the top.
+            "data": {"livestream": livestream_body(stream), "sessions": sessions},
+            "paging": paging,
+        }
+    )
+
+
+async def _session_by_id(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    world = state.world
+    session = world.session(
+        request.match_info["account_id"],
+        request.match_info["app_id"],
+        request.match_info["session_id"],
+    )
+    if session is None:
+        return _service_error(404, "Livestream session not found")
+    body = session_body(session, world.now(), as_strings=state.faults.numbers_as_strings)
+    return web.json_response({"success": True, "data": body})
+
+
+# -- control ------------------------------------------------------------------------
+async def _json(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        body = await request.json()
+    except json.JSONDecodeError:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "body is not JSON"}), content_type="application/json"
+        ) from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": "body must be a JSON object"}),
+            content_type="application/json",
+        )
+    return body
+
+
+def _control_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _stream_view(stream: SimStream, now: float) -> dict[str, Any]:
+    session = stream.session or (stream.sessions[-1] if stream.sessions else None)
+    return {
+        "account_id": stream.account_id,
+        "app_id": stream.app_id,
+        "id": stream.id,
+        "name": stream.name,
+        "status": stream.status,
+        "live": stream.session is not None,
+        "manual": stream.manual,
+        "next_change": stream.next_change,
+        "session": None if session is None else session_body(session, now, as_strings=False),
+    }
+
+
+async def _control_list(request: web.Request) -> web.StreamResponse:
+    world = request.app[STATE].world
+    now = world.now()
+    return web.json_response({"livestreams": [_stream_view(s, now) for s in world.all_streams()]})
+
+
+async def _control_create(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    body = await _json(request)
+    apps = state.world.apps()
+    account_id = body.get("account_id", apps[0][0] if apps else "sim-account")
+    app_id = body.get("app_id", apps[0][1] if apps else "sim-app")
+    try:
+        for key in ("account_id", "app_id", "id", "name", "meeting_id"):
+            if key in body and body[key] is not None and not isinstance(body[key], str):
+                raise WorldError(f"{key} must be a string")
+        stream = state.world.create(
+            account_id,
+            app_id,
+            livestream_id=body.get("id"),
+            name=body.get("name"),
+            meeting_id=body.get("meeting_id"),
+            manual=not body.get("autopilot", False),
+        )
+    except WorldError as exc:
+        return _control_error(400, str(exc))
+    return web.json_response(_stream_view(stream, state.world.now()), status=201)
+
+
+async def _control_action(request: web.Request) -> web.StreamResponse:
+    world = request.app[STATE].world
+    livestream_id = request.match_info["livestream_id"]
+    action = request.match_info["action"]
+    body = await _json(request)
+    try:
+        if action == "live":
+            viewers = body.get("viewers")
+            if viewers is not None and (
+                isinstance(viewers, bool) or not isinstance(viewers, int | float)
+            ):
+                raise WorldError("viewers must be a number")
+            world.go_live(livestream_id, viewers=viewers)
+        elif action == "stop":
+            world.stop(livestream_id, status=str(body.get("status", "IDLE")))
+        elif action == "error":
+            world.fail(livestream_id, message=str(body.get("message", "Ingest failed")))
+        elif action == "stall":
+            world.stall(livestream_id, stalled=True)
+        elif action == "unstall":
+            world.stall(livestream_id, stalled=False)
+        elif action == "autopilot":
+            world.resume(livestream_id)
+        else:
+            return _control_error(404, f"unknown action {action!r}")
+    except WorldError as exc:
+        status = 404 if str(exc).startswith("no livestream") else 409
+        return _control_error(status, str(exc))
+    return web.json_response(_stream_view(world.find(livestream_id), world.now()))
+
+
+async def _control_delete(request: web.Request) -> web.StreamResponse:
+    try:
+        request.app[STATE].world.delete(request.match_info["livestream_id"])
+    except WorldError as exc:
+        return _control_error(404, str(exc))
+    return web.Response(status=204)
+
+
+async def _control_faults(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    if request.method == "PUT":
+        try:
+            state.faults = state.faults.update(await _json(request))
+        except FaultError as exc:
+            return _control_error(400, str(exc))
+    return web.json_response(state.faults.as_dict())
+
+
+async def _control_throttle(request: web.Request) -> web.StreamResponse:
+    """Block the token now for ``seconds``, as if something else had spent its budget."""
+    state = request.app[STATE]
+    seconds = (await _json(request)).get("seconds", state.faults.throttle_seconds)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+        return _control_error(400, "seconds must be a positive number")
+    state.limiter.block(state.token, state.world.now(), float(seconds))
+    return web.json_response({"blocked_for": seconds})
+
+
+async def _control_stats(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    by_endpoint: dict[str, dict[str, int]] = {}
+    for (endpoint, status), count in sorted(state.requests.items()):
+        by_endpoint.setdefault(endpoint, {})[str(status)] = count
+    return web.json_response({"requests": by_endpoint, "total": sum(state.requests.values())})
+
+
+def create_app(state: SimulatorState) -> web.Application:
+    """The simulator's aiohttp app. Control routes:
+
+    - ``GET /-/simulator/livestreams``: every stream, its status and session;
+    - ``POST /-/simulator/livestreams``: create one (JSON: account_id, app_id, id, name,
+      meeting_id, autopilot), OFFLINE and under manual control unless autopilot is true;
+    - ``POST /-/simulator/livestreams/{id}/{action}`` with action ``live`` (``viewers``),
+      ``stop`` (``status``: IDLE or OFFLINE), ``error`` (``message``), ``stall``,
+      ``unstall`` or ``autopilot`` (hand back to the lifecycle);
+    - ``DELETE /-/simulator/livestreams/{id}``;
+    - ``GET`` and ``PUT /-/simulator/faults`` (a partial JSON object of Faults fields);
+    - ``POST /-/simulator/throttle`` (``seconds``): block the token now;
+    - ``GET /-/simulator/stats``: API requests by endpoint and status.
+    """
+    app = web.Application()
+    app[STATE] = state
+    streams = APP_PATH + "/livestreams"
+    app.router.add_get(streams, _api("livestreams", _listing))
+    app.router.add_get(
+        streams + "/sessions/{session_id}", _api("livestream_session", _session_by_id)
+    )
+    app.router.add_get(
+        streams + "/{livestream_id}/active-livestream-session",
+        _api("active_livestream_session", _active_session),
+    )
+    app.router.add_get(streams + "/{livestream_id}", _api("livestream", _livestream))
+    app.router.add_get(CONTROL + "/livestreams", _control_list)
+    app.router.add_post(CONTROL + "/livestreams", _control_create)
+    app.router.add_post(CONTROL + "/livestreams/{livestream_id}/{action}", _control_action)
+    app.router.add_delete(CONTROL + "/livestreams/{livestream_id}", _control_delete)
+    app.router.add_get(CONTROL + "/faults", _control_faults)
+    app.router.add_put(CONTROL + "/faults", _control_faults)
+    app.router.add_post(CONTROL + "/throttle", _control_throttle)
+    app.router.add_get(CONTROL + "/stats", _control_stats)
+    return app

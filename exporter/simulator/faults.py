@@ -1,0 +1,79 @@
+"""Fault knobs of the simulated API, and the seeded dice that apply them per request."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Final, Literal
+
+Kind = Literal["ok", "server_error", "malformed", "throttle"]
+
+# 5xx statuses a failing request gets; 502 and 504 come from Cloudflare's edge as HTML.
+SERVER_ERRORS: Final = (500, 502, 503, 504)
+MALFORMED: Final = ("truncated", "html", "not_an_object", "success_false")
+
+
+class FaultError(ValueError):
+    """A fault setting that is not valid; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """What goes wrong, and how often. Shares are 0..1, times are seconds."""
+
+    latency: float = 0.0  # added to every API answer
+    jitter: float = 0.0  # plus a uniform 0..jitter
+    error_rate: float = 0.0  # share of API requests answered 500/502/503/504
+    malformed_rate: float = 0.0  # share answered 200 with a body that is not the API's
+    throttle_rate: float = 0.0  # share of requests that start a burst of 429s
+    throttle_seconds: float = 30.0  # how long such a burst lasts (its Retry-After)
+    numbers_as_strings: bool = False  # counters as "116.1" (their declared type)
+    reject_token: bool = False  # every request gets 401, as if the token were revoked
+
+    def update(self, changes: dict[str, Any]) -> Faults:
+        """A copy with ``changes`` applied; raises FaultError naming a bad key or value."""
+        known = {f.name: f for f in fields(self)}
+        for key, value in changes.items():
+            if key not in known:
+                raise FaultError(f"unknown fault {key!r}; known: {', '.join(known)}")
+            if isinstance(getattr(self, key), bool):
+                if not isinstance(value, bool):
+                    raise FaultError(f"{key} must be true or false")
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise FaultError(f"{key} must be a number")
+            elif not 0 <= value <= (1 if key.endswith("_rate") else 86400):
+                limit = "between 0 and 1" if key.endswith("_rate") else "between 0 and 86400"
+                raise FaultError(f"{key} must be {limit}")
+        clean: dict[str, Any] = {
+            k: (v if isinstance(v, bool) else float(v)) for k, v in changes.items()
+        }
+        return replace(self, **clean)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    kind: Kind
+    delay: float = 0.0
+    status: int = 200
+    variant: str = ""
+
+
+class Dice:
+    """Rolls the faults for each request in arrival order, from one seeded generator."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(f"faults:{seed}")
+
+    def roll(self, faults: Faults) -> Verdict:
+        rng = self._rng
+        delay = faults.latency + (rng.uniform(0.0, faults.jitter) if faults.jitter else 0.0)
+        if faults.throttle_rate and rng.random() < faults.throttle_rate:
+            return Verdict("throttle", delay, 429)
+        if faults.error_rate and rng.random() < faults.error_rate:
+            return Verdict("server_error", delay, rng.choice(SERVER_ERRORS))
+        if faults.malformed_rate and rng.random() < faults.malformed_rate:
+            return Verdict("malformed", delay, 200, rng.choice(MALFORMED))
+        return Verdict("ok", delay)

@@ -1,0 +1,472 @@
+"""The simulated RealtimeKit world: apps, livestreams and their sessions, driven by a clock.
+
+Deterministic: the same seed and the same clock readings give the same streams, ids,
+names, lifecycles and counters. Each stream runs on autopilot (OFFLINE or IDLE ->
+INVOKED -> LIVE -> IDLE, OFFLINE or ERRORED -> ...), with phase lengths drawn from a
+:class:`Profile`, until a test or a user takes it over through :meth:`World.go_live`,
+:meth:`World.stop` and friends; from then on it changes only when told to.
+
+Counters follow what RealtimeKit reports: ``ingest_seconds`` grows by one per second of
+ingest, ``viewer_seconds`` by the number of concurrent viewers per second (a smooth,
+seeded wave around a per-session mean), and both read 60 for the first 40-50 seconds
+of a session (a placeholder the real API shows).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+PLACEHOLDER_VALUE: Final = 60.0
+# The statuses the listing's ``status`` filter accepts (the documented enum; OFFLINE
+# occurs in answers but is not a filter value).
+FILTER_STATUSES: Final = ("LIVE", "IDLE", "ERRORED", "INVOKED")
+_ERRORS: Final = (
+    "RTMP connection closed by encoder",
+    "Ingest timeout: no media received for 30s",
+    "Unsupported codec in ingest stream",
+)
+_NAMES: Final = (
+    "Main stage",
+    "Keynote",
+    "Town hall",
+    "Product launch",
+    "Office hours",
+    "Backstage",
+    "Q&A room",
+    "Workshop A",
+    "Workshop B",
+    "Sponsor lounge",
+)
+
+
+class WorldError(Exception):
+    """A control request that cannot be applied (unknown stream, bad value)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How long each phase lasts (uniform ranges, seconds) and how sessions look."""
+
+    invoked: tuple[float, float] = (5.0, 20.0)
+    live: tuple[float, float] = (600.0, 3600.0)
+    idle: tuple[float, float] = (300.0, 1800.0)
+    placeholder: tuple[float, float] = (40.0, 50.0)
+    viewers: tuple[float, float] = (5.0, 400.0)  # mean concurrent viewers of a session
+    error_share: float = 0.05  # sessions that end ERRORED with an err_message
+    offline_share: float = 0.2  # stops that leave the stream OFFLINE rather than IDLE
+    unnamed_share: float = 0.2  # livestreams whose name is null
+    meeting_share: float = 0.5  # livestreams attached to a meeting
+    invoked_time_share: float = 0.7  # sessions whose invoked_time is set (else null)
+
+
+REALISTIC: Final = Profile()
+# Fast enough that a demo shows streams starting and stopping within a minute.
+DEMO: Final = Profile(
+    invoked=(2.0, 5.0),
+    live=(40.0, 90.0),
+    idle=(10.0, 30.0),
+    placeholder=(8.0, 12.0),
+    viewers=(3.0, 60.0),
+    error_share=0.15,
+)
+
+
+@dataclass(slots=True)
+class SimSession:
+    id: str
+    livestream_id: str
+    started_time: float
+    invoked_time: float | None
+    placeholder: float
+    viewers: float  # mean concurrent viewers
+    wave: float  # relative amplitude of the viewer wave
+    period: float  # seconds
+    phase: float  # radians
+    stopped_time: float | None = None
+    err_message: str | None = None
+    stalled_at: float | None = None  # ingest frozen since then (while live)
+    stalled_for: float = 0.0  # ingest time lost to earlier stalls
+    updated_at: float = 0.0
+
+    def _end(self, now: float) -> float:
+        return now if self.stopped_time is None else min(now, self.stopped_time)
+
+    def in_placeholder(self, now: float) -> bool:
+        return self._end(now) - self.started_time < self.placeholder
+
+    def ingest_seconds(self, now: float) -> float:
+        if self.in_placeholder(now):
+            return PLACEHOLDER_VALUE
+        end = self._end(now)
+        stalled = self.stalled_for
+        if self.stalled_at is not None:
+            stalled += max(0.0, end - self.stalled_at)
+        return max(0.0, end - self.started_time - stalled)
+
+    def viewer_seconds(self, now: float) -> float:
+        if self.in_placeholder(now):
+            return PLACEHOLDER_VALUE
+        t = self._end(now) - self.started_time
+        omega = 2 * math.pi / self.period
+        # The integral of viewers * (1 + wave * sin(omega * s + phase)) over [0, t].
+        swing = self.wave / omega * (math.cos(self.phase) - math.cos(omega * t + self.phase))
+        return max(0.0, self.viewers * (t + swing))
+
+    def concurrent_viewers(self, now: float) -> float:
+        if self.stopped_time is not None and now >= self.stopped_time:
+            return 0.0
+        t = now - self.started_time
+        return self.viewers * (1 + self.wave * math.sin(2 * math.pi / self.period * t + self.phase))
+
+
+@dataclass(slots=True)
+class SimStream:
+    id: str
+    account_id: str
+    app_id: str
+    name: str | None
+    meeting_id: str | None
+    stream_key: str
+    created_at: float
+    status: str
+    updated_at: float
+    index: int  # creation order: seeds this stream's random draws
+    draws: int = 0
+    disabled: bool = False
+    sessions: list[SimSession] = field(default_factory=list)
+    manual: bool = False
+    next_change: float | None = None
+    version: int = 0  # invalidates scheduled events after a manual change
+
+    def rng(self, seed: int) -> random.Random:
+        """A fresh generator for this stream's next decision (no generator is kept:
+        100,000 streams would hold 250 MB of Mersenne Twister state)."""
+        self.draws += 1
+        return random.Random(f"{seed}:{self.index}:{self.draws}")
+
+    @property
+    def session(self) -> SimSession | None:
+        """The active session: started and not stopped."""
+        if self.sessions and self.sessions[-1].stopped_time is None:
+            return self.sessions[-1]
+        return None
+
+
+def _uuid(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _between(rng: random.Random, span: tuple[float, float]) -> float:
+    return rng.uniform(*span)
+
+
+class World:
+    """All simulated apps and streams. Not thread-safe; one event loop drives it."""
+
+    def __init__(
+        self,
+        *,
+        seed: int = 0,
+        profile: Profile = REALISTIC,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.seed = seed
+        self.profile = profile
+        self._clock = clock
+        self._apps: dict[tuple[str, str], dict[str, SimStream]] = {}
+        self._sessions: dict[str, tuple[SimStream, SimSession]] = {}
+        self._events: list[tuple[float, int, str, int]] = []
+        self._index: dict[str, SimStream] = {}
+        self._counter = 0
+        self._created = 0
+        self._ordered: dict[tuple[str, str], list[SimStream]] = {}
+
+    # -- reading ----------------------------------------------------------------------
+    def now(self) -> float:
+        """The clock, after every scheduled change up to it has been applied."""
+        now = self._clock()
+        self._advance(now)
+        return now
+
+    def apps(self) -> list[tuple[str, str]]:
+        return list(self._apps)
+
+    def has_account(self, account_id: str) -> bool:
+        return any(account == account_id for account, _ in self._apps)
+
+    def streams(self, account_id: str, app_id: str) -> list[SimStream] | None:
+        """The app's streams in creation order, or None for an unknown app."""
+        found = self._apps.get((account_id, app_id))
+        return None if found is None else list(found.values())
+
+    def by_creation_time(self, account_id: str, app_id: str) -> list[SimStream] | None:
+        """The app's streams, oldest ``created_at`` first (cached: listings page through
+        it once per request), or None for an unknown app."""
+        key = (account_id, app_id)
+        found = self._apps.get(key)
+        if found is None:
+            return None
+        ordered = self._ordered.get(key)
+        if ordered is None:
+            ordered = self._ordered[key] = sorted(found.values(), key=lambda s: s.created_at)
+        return ordered
+
+    def stream(self, account_id: str, app_id: str, livestream_id: str) -> SimStream | None:
+        return self._apps.get((account_id, app_id), {}).get(livestream_id)
+
+    def session(self, account_id: str, app_id: str, session_id: str) -> SimSession | None:
+        found = self._sessions.get(session_id)
+        if found is None:
+            return None
+        stream, session = found
+        return session if (stream.account_id, stream.app_id) == (account_id, app_id) else None
+
+    def all_streams(self) -> Iterator[SimStream]:
+        for streams in self._apps.values():
+            yield from streams.values()
+
+    def secrets(self) -> list[str]:
+        """Every stream key, so tests can check that none leaks."""
+        return [s.stream_key for s in self.all_streams()]
+
+    def find(self, livestream_id: str) -> SimStream:
+        stream = self._index.get(livestream_id)
+        if stream is None:
+            raise WorldError(f"no livestream {livestream_id!r}")
+        return stream
+
+    # -- populating -------------------------------------------------------------------
+    def populate(self, account_id: str, app_id: str, count: int, *, live: int = 0) -> None:
+        """Add ``count`` autopilot streams to the app, ``live`` of them live right now.
+
+        Of the others, about one in ten has never been live (OFFLINE); the rest are IDLE
+        after an earlier session, and go live again after an idle phase.
+        """
+        if not 0 <= live <= count:
+            raise WorldError(f"live ({live}) must be between 0 and count ({count})")
+        now = self._clock()
+        for i in range(count):
+            stream = self._new_stream(account_id, app_id, now=now)
+            p = self.profile
+            rng = stream.rng(self.seed)
+            if i < live:
+                # Mid-session: started some time ago, past the placeholder phase.
+                length = _between(rng, p.live)
+                elapsed = rng.uniform(p.placeholder[1] + 10.0, max(length, 120.0))
+                self._start_session(stream, now - elapsed)
+                self._schedule(stream, now + max(length - elapsed, _between(rng, p.live) / 2))
+            elif rng.random() < 0.1:
+                self._schedule(stream, now + _between(rng, p.idle))
+            else:
+                # An earlier session, ended a while ago, for the by-id endpoint to know.
+                ended = now - _between(rng, p.idle) / 2
+                session = self._start_session(stream, ended - _between(rng, p.live))
+                self._stop_session(stream, session, ended, status="IDLE")
+                self._schedule(stream, now + _between(rng, p.idle) / 2)
+
+    def create(
+        self,
+        account_id: str,
+        app_id: str,
+        *,
+        livestream_id: str | None = None,
+        name: str | None = None,
+        meeting_id: str | None = None,
+        manual: bool = True,
+    ) -> SimStream:
+        """A new OFFLINE stream (taken over unless ``manual`` is False)."""
+        if livestream_id is not None and livestream_id in self._index:
+            raise WorldError(f"livestream {livestream_id!r} exists")
+        now = self.now()
+        stream = self._new_stream(account_id, app_id, now=now, livestream_id=livestream_id)
+        stream.name = name
+        stream.meeting_id = meeting_id
+        stream.manual = manual
+        if not manual:
+            self._schedule(stream, now + _between(stream.rng(self.seed), self.profile.idle))
+        return stream
+
+    def _new_stream(
+        self, account_id: str, app_id: str, *, now: float, livestream_id: str | None = None
+    ) -> SimStream:
+        index = self._created
+        self._created += 1
+        rng = random.Random(f"{self.seed}:{index}")
+        p = self.profile
+        stream_id = livestream_id or _uuid(rng)
+        name = None if rng.random() < p.unnamed_share else f"{rng.choice(_NAMES)} {index + 1}"
+        meeting = _uuid(rng) if rng.random() < p.meeting_share else None
+        created = now - rng.uniform(3600.0, 30 * 86400.0)
+        stream = SimStream(
+            id=stream_id,
+            account_id=account_id,
+            app_id=app_id,
+            name=name,
+            meeting_id=meeting,
+            stream_key=f"sk_sim_{rng.getrandbits(160):040x}",
+            created_at=created,
+            status="OFFLINE",
+            updated_at=created,
+            index=index,
+        )
+        self._apps.setdefault((account_id, app_id), {})[stream_id] = stream
+        self._index[stream_id] = stream
+        self._ordered.pop((account_id, app_id), None)
+        return stream
+
+    # -- control ----------------------------------------------------------------------
+    def go_live(self, livestream_id: str, *, viewers: float | None = None) -> SimSession:
+        stream = self._take_over(livestream_id)
+        if stream.session is not None:
+            raise WorldError(f"livestream {livestream_id!r} is already live")
+        session = self._start_session(stream, self.now(), invoked=True)
+        if viewers is not None:
+            session.viewers = viewers
+        return session
+
+    def stop(self, livestream_id: str, *, status: str = "IDLE") -> None:
+        if status not in ("IDLE", "OFFLINE"):
+            raise WorldError("status must be IDLE or OFFLINE")
+        stream = self._take_over(livestream_id)
+        now = self.now()
+        if stream.session is not None:
+            self._stop_session(stream, stream.session, now, status=status)
+        else:
+            self._set_status(stream, status, now)
+
+    def fail(self, livestream_id: str, *, message: str = _ERRORS[0]) -> None:
+        """The stream goes ERRORED; a live session stops with ``err_message``."""
+        stream = self._take_over(livestream_id)
+        now = self.now()
+        if stream.session is not None:
+            self._stop_session(stream, stream.session, now, status="ERRORED", error=message)
+        else:
+            self._set_status(stream, "ERRORED", now)
+
+    def stall(self, livestream_id: str, *, stalled: bool = True) -> None:
+        """Freeze (or resume) the live session's ingest counter."""
+        stream = self._take_over(livestream_id)
+        session = stream.session
+        if session is None:
+            raise WorldError(f"livestream {livestream_id!r} is not live")
+        now = self.now()
+        if stalled and session.stalled_at is None:
+            session.stalled_at = now
+        elif not stalled and session.stalled_at is not None:
+            session.stalled_for += now - session.stalled_at
+            session.stalled_at = None
+        session.updated_at = now
+
+    def delete(self, livestream_id: str) -> None:
+        stream = self.find(livestream_id)
+        del self._apps[(stream.account_id, stream.app_id)][stream.id]
+        del self._index[stream.id]
+        self._ordered.pop((stream.account_id, stream.app_id), None)
+        for session in stream.sessions:
+            self._sessions.pop(session.id, None)
+        stream.version += 1
+
+    def resume(self, livestream_id: str) -> None:
+        """Hand a taken-over stream back to the autopilot."""
+        stream = self.find(livestream_id)
+        if stream.manual:
+            stream.manual = False
+            now = self.now()
+            span = self.profile.live if stream.session is not None else self.profile.idle
+            self._schedule(stream, now + _between(stream.rng(self.seed), span))
+
+    def _take_over(self, livestream_id: str) -> SimStream:
+        stream = self.find(livestream_id)
+        self.now()  # apply what the autopilot had due before the manual change
+        stream.manual = True
+        stream.version += 1
+        stream.next_change = None
+        return stream
+
+    # -- the autopilot ----------------------------------------------------------------
+    def _schedule(self, stream: SimStream, at: float) -> None:
+        stream.next_change = at
+        self._counter += 1
+        heapq.heappush(self._events, (at, self._counter, stream.id, stream.version))
+
+    def _advance(self, now: float) -> None:
+        while self._events and self._events[0][0] <= now:
+            at, _, stream_id, version = heapq.heappop(self._events)
+            stream = self._index.get(stream_id)
+            if stream is None or stream.manual or stream.version != version:
+                continue
+            self._step(stream, at)
+
+    def _step(self, stream: SimStream, at: float) -> None:
+        p = self.profile
+        rng = stream.rng(self.seed)
+        if stream.session is not None:
+            roll = rng.random()
+            if roll < p.error_share:
+                self._stop_session(
+                    stream, stream.session, at, status="ERRORED", error=rng.choice(_ERRORS)
+                )
+            else:
+                status = "OFFLINE" if roll < p.error_share + p.offline_share else "IDLE"
+                self._stop_session(stream, stream.session, at, status=status)
+            self._schedule(stream, at + _between(rng, p.idle))
+        elif stream.status == "INVOKED":
+            self._start_session(stream, at, invoked=True)
+            self._schedule(stream, at + _between(rng, p.live))
+        else:
+            self._set_status(stream, "INVOKED", at)
+            self._schedule(stream, at + _between(rng, p.invoked))
+
+    def _start_session(self, stream: SimStream, at: float, *, invoked: bool = False) -> SimSession:
+        rng = stream.rng(self.seed)
+        p = self.profile
+        invoked_time = None
+        if rng.random() < p.invoked_time_share:
+            invoked_time = at - (_between(rng, p.invoked) if invoked else 5.0)
+        session = SimSession(
+            id=_uuid(rng),
+            livestream_id=stream.id,
+            started_time=at,
+            invoked_time=invoked_time,
+            placeholder=_between(rng, p.placeholder),
+            viewers=_between(rng, p.viewers),
+            wave=rng.uniform(0.1, 0.4),
+            period=rng.uniform(120.0, 900.0),
+            phase=rng.uniform(0.0, 2 * math.pi),
+            updated_at=at,
+        )
+        stream.sessions.append(session)
+        self._sessions[session.id] = (stream, session)
+        self._set_status(stream, "LIVE", at)
+        return session
+
+    def _stop_session(
+        self,
+        stream: SimStream,
+        session: SimSession,
+        at: float,
+        *,
+        status: str,
+        error: str | None = None,
+    ) -> None:
+        if session.stalled_at is not None:
+            session.stalled_for += at - session.stalled_at
+            session.stalled_at = None
+        session.stopped_time = at
+        session.err_message = error
+        session.updated_at = at
+        self._set_status(stream, status, at)
+
+    @staticmethod
+    def _set_status(stream: SimStream, status: str, at: float) -> None:
+        stream.status = status
+        stream.updated_at = at
