@@ -61,6 +61,8 @@ class SimulatorState:
         self.token = token
         self.faults = faults or Faults()
         self.limiter = limiter or RateLimiter()
+        # Cloudflare also allows 200 requests per second per client IP.
+        self.ip_limiter = RateLimiter(200, 1.0, block=False)
         self.max_per_page = max_per_page
         self.dice = Dice(world.seed)
         self.requests: Counter[tuple[str, int]] = Counter()
@@ -163,6 +165,12 @@ async def _gatekeep(
         return _gateway_error(401, 10000, "Authentication error")
     world = state.world
     now = world.now()
+    per_ip = state.ip_limiter.check(request.remote or "", now)
+    if not per_ip.allowed:
+        headers = {"Retry-After": str(per_ip.retry_after)}
+        return _gateway_error(
+            429, 971, "Please wait and consider throttling your request speed", headers
+        )
     if not world.has_account(request.match_info["account_id"]):
         return _gateway_error(403, 10000, "Authentication error")
     if verdict.kind == "throttle":

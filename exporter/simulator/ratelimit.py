@@ -27,11 +27,16 @@ class _Usage:
 
 
 class RateLimiter:
-    def __init__(self, requests: int = 1200, window: float = 300.0) -> None:
+    """``requests`` per sliding ``window`` per key; with ``block``, going over shuts the
+    key out for a whole window (Cloudflare's per-token limit), else only that request is
+    refused (its per-IP limit)."""
+
+    def __init__(self, requests: int = 1200, window: float = 300.0, *, block: bool = True) -> None:
         if requests < 1 or window <= 0:
             raise ValueError("rate limit needs at least 1 request per positive window")
         self.requests = requests
         self.window = window
+        self._block = block
         self._usage: dict[str, _Usage] = {}
 
     def policy(self) -> str:
@@ -51,6 +56,9 @@ class RateLimiter:
             wait = math.ceil(usage.blocked_until - now)
             return Decision(False, 0, wait, retry_after=wait)
         if len(times) >= self.requests:
+            if not self._block:
+                wait = max(1, math.ceil(times[0] + self.window - now))
+                return Decision(False, 0, wait, retry_after=wait)
             usage.blocked_until = now + self.window
             wait = math.ceil(self.window)
             return Decision(False, 0, wait, retry_after=wait)
