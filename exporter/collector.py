@@ -73,6 +73,10 @@ def families(snapshot: Snapshot) -> list[Metric]:
         "realtimekit_livestream_expected_live",
         "1 if the config expects the livestream to be live (expect_live), else 0",
     )
+    unlisted = _gauge(
+        "realtimekit_livestream_unlisted",
+        "1 for a configured livestream that the app's last successful listing lacked",
+    )
     updated = _gauge(
         "realtimekit_livestream_last_update_timestamp_seconds",
         "When fresh data for the livestream last arrived, as Unix time",
@@ -125,6 +129,11 @@ def families(snapshot: Snapshot) -> list[Metric]:
             errored.add_metric(labels, 1.0 if session.errored else 0.0)
             if stream.session_current:
                 session_info.add_metric([*labels, session.id], 1.0)
+        for gone in app.unlisted:
+            labels = [*app_labels, gone.id]
+            unlisted.add_metric(labels, 1.0)
+            if gone.expected_live is not None:
+                expected.add_metric(labels, 1.0 if gone.expected_live else 0.0)
 
     return [
         up,
@@ -140,6 +149,7 @@ def families(snapshot: Snapshot) -> list[Metric]:
         errored,
         disabled,
         expected,
+        unlisted,
         updated,
     ]
 

@@ -25,6 +25,7 @@ from exporter.model import (
     Livestream,
     Session,
     StreamState,
+    Unlisted,
 )
 
 if TYPE_CHECKING:
@@ -130,9 +131,17 @@ def merge_app(
     (:attr:`Plan.final`); ``ok`` says every request of the app succeeded.
     """
     last_success = now if ok else (prev.last_success if prev is not None else None)
+    expected = app.expectations()
     if listing is None:
         streams = stale_kept(app, prev, now=now, max_staleness=max_staleness)
+        # The last good listing's word stands, for the streams still configured.
+        unlisted = tuple(
+            Unlisted(u.id, expected[u.id])
+            for u in (prev.unlisted if prev is not None else ())
+            if u.id in expected
+        )
     else:
+        unlisted = tuple(Unlisted(i, expected[i]) for i in sorted(missing(app, listing)))
         before = {s.id: s for s in prev.streams} if prev is not None else {}
         rules = _Rules(app.expectations(), sessions, frozenset(final), now, max_staleness)
         states = (rules.stream(s, before.get(s.id)) for s in tracked(app, listing))
@@ -143,6 +152,7 @@ def merge_app(
         up=ok,
         last_success=last_success,
         streams=streams,
+        unlisted=unlisted,
     )
 
 

@@ -105,14 +105,24 @@ class StreamState:
 
 
 @dataclass(frozen=True, slots=True)
+class Unlisted:
+    """A configured livestream that the app's last successful listing did not contain."""
+
+    id: str
+    expected_live: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AppState:
-    """One polled app: its health and its tracked streams, sorted by id."""
+    """One polled app: its health, its tracked streams sorted by id, and the configured
+    streams its last successful listing lacked (deleted, or a wrong id), sorted by id."""
 
     account_id: str
     app_id: str
     up: bool
     last_success: float | None
     streams: tuple[StreamState, ...] = ()
+    unlisted: tuple[Unlisted, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:

@@ -7,7 +7,15 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.collector import SnapshotCollector, families
-from exporter.model import EMPTY_SNAPSHOT, AppState, Livestream, Session, Snapshot, StreamState
+from exporter.model import (
+    EMPTY_SNAPSHOT,
+    AppState,
+    Livestream,
+    Session,
+    Snapshot,
+    StreamState,
+    Unlisted,
+)
 
 LIVE_SESSION = Session(
     id="sess-1",
@@ -180,3 +188,23 @@ def test_help_says_values_are_cached_and_openmetrics_renders() -> None:
         'realtimekit_livestream_live{account_id="acc",app_id="app",livestream_id="ls-1"} 1.0'
         in text
     )
+
+
+def test_unlisted_configured_streams_export_unlisted_and_their_expectation() -> None:
+    """A configured stream the listing lacks is exported as unlisted, with expected_live
+    when it is set, and nothing else (no status, no live)."""
+    app = AppState(
+        account_id="acc",
+        app_id="app",
+        up=True,
+        last_success=1.0,
+        unlisted=(Unlisted("gone", True), Unlisted("typo", None)),
+    )
+    got = samples(Snapshot(apps=(app,)))
+    assert got[key("realtimekit_livestream_unlisted", **stream("gone"))] == 1
+    assert got[key("realtimekit_livestream_unlisted", **stream("typo"))] == 1
+    assert got[key("realtimekit_livestream_expected_live", **stream("gone"))] == 1
+    per_stream = {name for name, labels in got if ("livestream_id", "typo") in labels}
+    assert per_stream == {"realtimekit_livestream_unlisted"}
+    gone = {name for name, labels in got if ("livestream_id", "gone") in labels}
+    assert gone == {"realtimekit_livestream_unlisted", "realtimekit_livestream_expected_live"}

@@ -10,7 +10,15 @@ from dataclasses import dataclass, field
 
 from exporter import merge
 from exporter.config import AppConfig, LivestreamConfig
-from exporter.model import ActiveSession, AppState, Listing, Livestream, Session, StreamState
+from exporter.model import (
+    ActiveSession,
+    AppState,
+    Listing,
+    Livestream,
+    Session,
+    StreamState,
+    Unlisted,
+)
 
 T0 = 1_000_000.0
 STALE = 90.0
@@ -356,3 +364,39 @@ def test_stream_removed_from_config_disappears_even_when_listing_fails() -> None
     c.app = APP
     state = c.run(None)
     assert [(s.id, s.expected_live) for s in state.streams] == [("s1", True)]
+
+
+# --- configured streams the listing lacks ------------------------------------------------
+
+
+def test_configured_streams_missing_from_a_good_listing_are_unlisted_with_expectation() -> None:
+    """A configured id the listing lacks is reported with its expect_live, sorted by id."""
+    cycles = Cycles()
+    state = cycles.run({"other": "LIVE"})
+    assert state.unlisted == (Unlisted("s1", True), Unlisted("s2", None))
+    state = cycles.run({"s1": "IDLE"})
+    assert state.unlisted == (Unlisted("s2", None),)
+
+
+def test_a_failed_listing_keeps_the_last_good_listings_word_on_unlisted_streams() -> None:
+    """While the listing fails, a stream last seen missing stays unlisted; one last seen
+    listed is not declared missing."""
+    cycles = Cycles()
+    cycles.run({"s2": "IDLE"})
+    for _ in range(5):  # well past max_staleness
+        state = cycles.run(None)
+        assert state.unlisted == (Unlisted("s1", True),)
+    assert state.stream("s2") is None  # dropped after max_staleness, not called missing
+
+
+def test_unlisted_streams_follow_the_configuration() -> None:
+    """A stream removed from the config is no longer reported, even on a failed listing."""
+    cycles = Cycles()
+    cycles.run({})
+    cycles.app = AppConfig(account_id="a", app_id="b", livestreams=(LivestreamConfig("s2"),))
+    state = cycles.run(None)
+    assert state.unlisted == (Unlisted("s2", None),)
+
+
+def test_discovering_app_without_configured_streams_has_none_unlisted() -> None:
+    assert Cycles(DISCOVER).run({"x": "LIVE"}).unlisted == ()

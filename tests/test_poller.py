@@ -253,13 +253,15 @@ async def test_session_error_keeps_stream_live_and_marks_app_down(rig: Rig) -> N
 async def test_missing_configured_stream_is_reported_once(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A configured id the listing does not have is warned about once, and not exported."""
+    """A configured id the listing does not have is warned about once and exported only
+    as unlisted."""
     rig.api.add(ACCOUNT, APP, FakeStream("s1"))
     poller = rig.poller(make_config(rig.api.base_url, streams=("s1", "ghost")))
     caplog.set_level(logging.WARNING, logger="exporter")
     await poller.poll_once()
     snapshot = await poller.poll_once()
     assert [s.id for s in snapshot.apps[0].streams] == ["s1"]
+    assert [u.id for u in snapshot.apps[0].unlisted] == ["ghost"]
     warnings = [
         r.getMessage() for r in caplog.records if "not in the app's listing" in r.getMessage()
     ]
