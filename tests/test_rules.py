@@ -1,0 +1,192 @@
+"""The Prometheus rules in deploy/prometheus: promtool accepts them, their unit tests pass,
+and every alert and recording rule is covered by those tests and documented in docs/alerts.md.
+
+promtool comes from the Debian ``prometheus`` package. Without it the promtool tests skip,
+except in CI (``CI`` set), where they fail: CI installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES_DIR = ROOT / "deploy" / "prometheus"
+ALERTS = RULES_DIR / "alerts.yml"
+RECORDING = RULES_DIR / "recording.yml"
+RULE_TESTS = sorted((RULES_DIR / "tests").glob("*.yml"))
+ALERTS_DOC = ROOT / "docs" / "alerts.md"
+RUNBOOK_BASE = (
+    "https://github.com/realtimekit-exporter/realtimekit-exporter/blob/main/docs/alerts.md"
+)
+PROMTOOL_TIMEOUT = 30  # seconds; promtool finishes these files in well under one
+SEVERITIES = {"critical", "warning", "info"}
+
+
+def _load(path: Path) -> Any:
+    with path.open(encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _rules(path: Path, kind: str) -> list[dict[str, Any]]:
+    """Every rule of ``kind`` ("alert" or "record") in a rule file, in file order."""
+    return [rule for group in _load(path)["groups"] for rule in group["rules"] if kind in rule]
+
+
+ALERT_RULES = _rules(ALERTS, "alert")
+RECORDING_RULES = _rules(RECORDING, "record")
+PER_STREAM_ALERTS = [r for r in ALERT_RULES if "realtimekit_livestream_" in r["expr"]]
+# A configured stream missing from the listing is exported only as unlisted (and
+# expected_live): an alert on it alone has no name to give.
+NAMELESS_ALERTS = {"RealtimeKitLivestreamUnlisted"}
+
+
+def _tests_loading(rule_file: Path) -> list[dict[str, Any]]:
+    """The test groups of every promtool test file whose rule_files include ``rule_file``."""
+    groups: list[dict[str, Any]] = []
+    for path in RULE_TESTS:
+        spec = _load(path)
+        loaded = {(path.parent / name).resolve() for name in spec.get("rule_files", [])}
+        if rule_file.resolve() in loaded:
+            groups.extend(spec.get("tests", []))
+    return groups
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces
+    turned into hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _doc_anchors() -> set[str]:
+    anchors = set()
+    fenced = False
+    for line in ALERTS_DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (match := re.match(r"#{1,6} (.+)", line)):
+            anchors.add(github_anchor(match.group(1)))
+    return anchors
+
+
+def _run(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
+    # promtool is the absolute path shutil.which found; the arguments are this repo's files.
+    return subprocess.run(  # noqa: S603
+        [promtool, *args],
+        capture_output=True,
+        text=True,
+        timeout=PROMTOOL_TIMEOUT,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+@pytest.fixture
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(
+                "promtool is not on PATH; CI must install the Debian package prometheus",
+                pytrace=False,
+            )
+        pytest.skip("promtool is not on PATH (install the Debian package prometheus)")
+    return path
+
+
+def test_promtool_check_rules(promtool: str) -> None:
+    result = _run(promtool, "check", "rules", str(ALERTS), str(RECORDING))
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    # Anything beyond "Checking FILE" and "SUCCESS: N rules found" is a warning or lint finding.
+    extra = [
+        line
+        for line in output.splitlines()
+        if line.strip()
+        and not line.startswith("Checking ")
+        and not re.fullmatch(r"\s*SUCCESS: \d+ rules found", line)
+    ]
+    assert extra == [], output
+
+
+@pytest.mark.parametrize("test_file", RULE_TESTS, ids=[p.name for p in RULE_TESTS])
+def test_promtool_unit_tests(promtool: str, test_file: Path) -> None:
+    result = _run(promtool, "test", "rules", str(test_file))
+    assert result.returncode == 0, f"promtool test rules failed:\n{result.stdout}{result.stderr}"
+
+
+def test_rule_files_and_tests_exist() -> None:
+    assert ALERT_RULES
+    assert RECORDING_RULES
+    assert RULE_TESTS
+
+
+@pytest.mark.parametrize("rule", ALERT_RULES, ids=[r["alert"] for r in ALERT_RULES])
+def test_alert_is_tested_firing_and_quiet(rule: dict[str, Any]) -> None:
+    cases = [
+        case
+        for group in _tests_loading(ALERTS)
+        for case in group.get("alert_rule_test", [])
+        if case["alertname"] == rule["alert"]
+    ]
+    assert any(case.get("exp_alerts") for case in cases), "no case where it fires"
+    assert any(not case.get("exp_alerts") for case in cases), "no case where it stays quiet"
+
+
+@pytest.mark.parametrize("rule", ALERT_RULES, ids=[r["alert"] for r in ALERT_RULES])
+def test_alert_labels_and_annotations(rule: dict[str, Any]) -> None:
+    assert re.fullmatch(r"RealtimeKit(?:[A-Z][a-z0-9]*)+", rule["alert"])
+    assert rule.get("labels", {}).get("severity") in SEVERITIES
+    annotations = rule.get("annotations", {})
+    for key in ("summary", "description", "runbook_url"):
+        assert str(annotations.get(key, "")).strip(), f"missing annotation {key}"
+    assert "keep_firing_for" not in rule  # Prometheus 2.42 does not know it
+
+
+@pytest.mark.parametrize("rule", ALERT_RULES, ids=[r["alert"] for r in ALERT_RULES])
+def test_runbook_url_points_at_the_alert_section(rule: dict[str, Any]) -> None:
+    base, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+    assert base == RUNBOOK_BASE
+    assert anchor == github_anchor(rule["alert"])
+    assert anchor in _doc_anchors(), f"docs/alerts.md has no heading for #{anchor}"
+
+
+@pytest.mark.parametrize("rule", PER_STREAM_ALERTS, ids=[r["alert"] for r in PER_STREAM_ALERTS])
+def test_per_stream_alert_names_the_stream(rule: dict[str, Any]) -> None:
+    description = rule["annotations"]["description"]
+    assert "$labels.livestream_id" in description
+    assert "$labels.app_id" in description
+    if rule["alert"] in NAMELESS_ALERTS:
+        # Only about unlisted streams, which have no info series and so no name.
+        assert set(re.findall(r"realtimekit_livestream_\w+", rule["expr"])) == {
+            "realtimekit_livestream_unlisted"
+        }
+    else:
+        assert "$labels.name" in description
+        assert "realtimekit_livestream_info" in rule["expr"]
+
+
+@pytest.mark.parametrize("rule", RECORDING_RULES, ids=[r["record"] for r in RECORDING_RULES])
+def test_recording_rule_is_tested(rule: dict[str, Any]) -> None:
+    name = re.compile(rf"(?<![\w:]){re.escape(rule['record'])}(?![\w:])")
+    cases = [
+        case
+        for group in _tests_loading(RECORDING)
+        for case in group.get("promql_expr_test", [])
+        if name.search(case["expr"])
+    ]
+    assert any(case.get("exp_samples") for case in cases), "no promql_expr_test with samples"
+
+
+def test_github_anchor() -> None:
+    assert github_anchor("RealtimeKitApiDown") == "realtimekitapidown"
+    assert github_anchor("Loading the rules") == "loading-the-rules"
+    assert github_anchor("What `for` means, briefly!") == "what-for-means-briefly"
