@@ -18,7 +18,7 @@ import hmac
 import json
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
@@ -231,7 +231,7 @@ def _int_param(request: web.Request, key: str, default: int) -> int:
     raw = request.query.get(key)
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:  # "²" is a digit to isdigit
         raise _BadQuery(f"{key} must be a positive integer")
     return int(raw)
 
@@ -241,9 +241,12 @@ def _time_param(request: web.Request, key: str) -> float | None:
     if raw is None:
         return None
     try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
     except ValueError:
         raise _BadQuery(f"{key} must be an ISO 8601 date-time") from None
+    if when.tzinfo is None:  # UTC, not the local time of wherever the simulator runs
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 async def _listing(request: web.Request) -> web.StreamResponse:
@@ -432,10 +435,13 @@ async def _control_action(request: web.Request) -> web.StreamResponse:
             if viewers is not None and (
                 isinstance(viewers, bool) or not isinstance(viewers, int | float)
             ):
-                raise WorldError("viewers must be a number")
+                return _control_error(400, "viewers must be a number")
             world.go_live(livestream_id, viewers=viewers)
         elif action == "stop":
-            world.stop(livestream_id, status=str(body.get("status", "IDLE")))
+            status = body.get("status", "IDLE")
+            if status not in ("IDLE", "OFFLINE"):
+                return _control_error(400, "status must be IDLE or OFFLINE")
+            world.stop(livestream_id, status=status)
         elif action == "error":
             world.fail(livestream_id, message=str(body.get("message", "Ingest failed")))
         elif action == "stall":
@@ -474,8 +480,12 @@ async def _control_throttle(request: web.Request) -> web.StreamResponse:
     """Block the token now for ``seconds``, as if something else had spent its budget."""
     state = request.app[STATE]
     seconds = (await _json(request)).get("seconds", state.faults.throttle_seconds)
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
-        return _control_error(400, "seconds must be a positive number")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 < seconds <= 86400  # also refuses NaN and Infinity
+    ):
+        return _control_error(400, "seconds must be a number between 0 and 86400")
     state.limiter.block(state.token, state.world.now(), float(seconds))
     return web.json_response({"blocked_for": seconds})
 

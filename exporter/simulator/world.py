@@ -184,7 +184,9 @@ class World:
         self._clock = clock
         self._apps: dict[tuple[str, str], dict[str, SimStream]] = {}
         self._sessions: dict[str, tuple[SimStream, SimSession]] = {}
-        self._events: list[tuple[float, int, str, int]] = []
+        # (time, tie-breaker, stream, its version): the stream itself, not its id, so that
+        # a deleted stream's pending change never drives a new stream created under its id.
+        self._events: list[tuple[float, int, SimStream, int]] = []
         self._index: dict[str, SimStream] = {}
         self._counter = 0
         self._created = 0
@@ -325,9 +327,9 @@ class World:
 
     # -- control ----------------------------------------------------------------------
     def go_live(self, livestream_id: str, *, viewers: float | None = None) -> SimSession:
-        stream = self._take_over(livestream_id)
-        if stream.session is not None:
+        if self._live(livestream_id) is not None:  # refused before taking the stream over
             raise WorldError(f"livestream {livestream_id!r} is already live")
+        stream = self._take_over(livestream_id)
         session = self._start_session(stream, self.now(), invoked=True)
         if viewers is not None:
             session.viewers = viewers
@@ -354,10 +356,11 @@ class World:
 
     def stall(self, livestream_id: str, *, stalled: bool = True) -> None:
         """Freeze (or resume) the live session's ingest counter."""
+        if self._live(livestream_id) is None:  # refused before taking the stream over
+            raise WorldError(f"livestream {livestream_id!r} is not live")
         stream = self._take_over(livestream_id)
         session = stream.session
-        if session is None:
-            raise WorldError(f"livestream {livestream_id!r} is not live")
+        assert session is not None
         now = self.now()
         if stalled and session.stalled_at is None:
             session.stalled_at = now
@@ -384,6 +387,12 @@ class World:
             span = self.profile.live if stream.session is not None else self.profile.idle
             self._schedule(stream, now + _between(stream.rng(self.seed), span))
 
+    def _live(self, livestream_id: str) -> SimSession | None:
+        """The stream's active session once the autopilot has caught up with the clock."""
+        stream = self.find(livestream_id)
+        self.now()
+        return stream.session
+
     def _take_over(self, livestream_id: str) -> SimStream:
         stream = self.find(livestream_id)
         self.now()  # apply what the autopilot had due before the manual change
@@ -396,13 +405,14 @@ class World:
     def _schedule(self, stream: SimStream, at: float) -> None:
         stream.next_change = at
         self._counter += 1
-        heapq.heappush(self._events, (at, self._counter, stream.id, stream.version))
+        heapq.heappush(self._events, (at, self._counter, stream, stream.version))
 
     def _advance(self, now: float) -> None:
         while self._events and self._events[0][0] <= now:
-            at, _, stream_id, version = heapq.heappop(self._events)
-            stream = self._index.get(stream_id)
-            if stream is None or stream.manual or stream.version != version:
+            at, _, stream, version = heapq.heappop(self._events)
+            if self._index.get(stream.id) is not stream:
+                continue  # deleted
+            if stream.manual or stream.version != version:
                 continue
             self._step(stream, at)
 

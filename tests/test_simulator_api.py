@@ -1,0 +1,797 @@
+"""The simulator over HTTP on 127.0.0.1: RealtimeKit's answers, rate limits, faults, control."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+
+from exporter.simulator import REALISTIC, Faults, RateLimiter, Simulator, World
+from exporter.simulator.world import FILTER_STATUSES
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+
+    from exporter.simulator.world import SimSession, SimStream
+
+TOKEN = "sim-token-7c41d2e9b0"
+ACCOUNT = "acc-1"
+APP = "app-1"
+OTHER_APP = "app-2"
+T0 = 1_800_000_000.0
+STREAMS = 45
+LIVE = 6
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+LIVESTREAM_KEYS = {
+    "id",
+    "name",
+    "status",
+    "meeting_id",
+    "disabled",
+    "ingest_server",
+    "stream_key",
+    "playback_url",
+    "created_at",
+    "updated_at",
+}
+SESSION_KEYS = {
+    "id",
+    "livestream_id",
+    "err_message",
+    "invoked_time",
+    "started_time",
+    "stopped_time",
+    "created_at",
+    "updated_at",
+    "ingest_seconds",
+    "viewer_seconds",
+}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Mapping[str, str]
+    text: str
+    content_type: str
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+    def remaining(self) -> int:
+        found = re.fullmatch(r'"default";r=(\d+);t=(\d+)', self.headers["Ratelimit"])
+        assert found is not None, self.headers["Ratelimit"]
+        return int(found.group(1))
+
+
+class Rig:
+    def __init__(self, sim: Simulator, http: aiohttp.ClientSession, clock: Clock) -> None:
+        self.sim = sim
+        self.http = http
+        self.clock = clock
+
+    @property
+    def world(self) -> World:
+        return self.sim.world
+
+    def url(self, path: str = "", *, account: str = ACCOUNT, app: str = APP) -> str:
+        return f"{self.sim.base_url}/accounts/{account}/realtime/kit/{app}/livestreams{path}"
+
+    async def get(
+        self,
+        path: str = "",
+        params: Mapping[str, str] | None = None,
+        *,
+        token: str | None = TOKEN,
+        account: str = ACCOUNT,
+        app: str = APP,
+    ) -> Answer:
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        async with self.http.get(
+            self.url(path, account=account, app=app), params=params, headers=headers
+        ) as r:
+            return Answer(r.status, r.headers, await r.text(), r.content_type)
+
+    async def control(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        kwargs: dict[str, Any] = {} if body is None else {"data": json.dumps(body)}
+        async with self.http.request(method, self.sim.control_url + path, **kwargs) as r:
+            text = await r.text()
+            return r.status, (json.loads(text) if text else None)
+
+    async def faults(self, **changes: Any) -> dict[str, Any]:
+        status, body = await self.control("PUT", "/faults", changes)
+        assert status == 200, body
+        assert isinstance(body, dict)
+        return body
+
+    def streams(self, app: str = APP) -> list[SimStream]:
+        self.world.now()
+        return self.world.streams(ACCOUNT, app) or []
+
+    def live(self) -> list[SimStream]:
+        return [s for s in self.streams() if s.session is not None]
+
+    def resting(self) -> list[SimStream]:
+        return [s for s in self.streams() if s.session is None]
+
+
+@pytest.fixture
+async def start() -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
+    """Starts simulators of a seeded world (45 streams, 6 live, plus a second app)."""
+    sims: list[Simulator] = []
+    async with aiohttp.ClientSession() as http:
+
+        async def factory(
+            *,
+            seed: int = 5,
+            limiter: RateLimiter | None = None,
+            faults: Faults | None = None,
+            max_per_page: int = 100,
+        ) -> Rig:
+            clock = Clock()
+            world = World(seed=seed, profile=REALISTIC, clock=clock)
+            world.populate(ACCOUNT, APP, STREAMS, live=LIVE)
+            world.populate(ACCOUNT, OTHER_APP, 3, live=1)
+            sim = Simulator(
+                world, token=TOKEN, faults=faults, limiter=limiter, max_per_page=max_per_page
+            )
+            await sim.start()
+            sims.append(sim)
+            return Rig(sim, http, clock)
+
+        try:
+            yield factory
+        finally:
+            for sim in sims:
+                await sim.close()
+
+
+@pytest.fixture
+async def rig(start: Callable[..., Awaitable[Rig]]) -> Rig:
+    return await start()
+
+
+def assert_service_error(answer: Answer, status: int) -> str:
+    """RealtimeKit's own envelope; returns the message."""
+    assert answer.status == status, answer.text
+    body = answer.json
+    assert set(body) == {"success", "error"}
+    assert body["success"] is False and body["error"]["code"] == status
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return str(body["error"]["message"])
+
+
+def assert_gateway_error(answer: Answer, status: int, code: int) -> str:
+    """The Cloudflare gateway's envelope; returns the message."""
+    assert answer.status == status, answer.text
+    body = answer.json
+    assert set(body) == {"success", "errors", "messages", "result"}
+    assert body["success"] is False and body["messages"] == [] and body["result"] is None
+    (error,) = body["errors"]
+    assert error["code"] == code and isinstance(error["message"], str)
+    return str(error["message"])
+
+
+def iso(t: float) -> str:
+    """A whole second in RealtimeKit's format."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".000Z"
+
+
+def parse(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# -- the listing ------------------------------------------------------------------------
+async def test_listing_shape(rig: Rig) -> None:
+    """``data`` is an array, ``paging`` sits beside it, and the secrets are in the body."""
+    answer = await rig.get()
+    assert answer.status == 200 and answer.content_type == "application/json"
+    body = answer.json
+    assert set(body) == {"success", "data", "paging"} and body["success"] is True
+    assert isinstance(body["data"], list) and len(body["data"]) == 20  # the default page
+    assert body["paging"] == {"start_offset": 1, "end_offset": 20, "total_count": STREAMS}
+    world = {s.id: s for s in rig.streams()}
+    for item in body["data"]:
+        assert set(item) == LIVESTREAM_KEYS
+        stream = world[item["id"]]
+        assert item["stream_key"] == stream.stream_key and item["stream_key"]
+        assert (item["status"], item["name"], item["meeting_id"]) == (
+            stream.status,
+            stream.name,
+            stream.meeting_id,
+        )
+        assert item["disabled"] is False
+        assert ISO.match(item["created_at"]) and ISO.match(item["updated_at"])
+
+
+async def test_paging_covers_every_stream_exactly_once(rig: Rig) -> None:
+    seen: list[str] = []
+    for page_no in range(1, 8):
+        body = (await rig.get(params={"page_no": str(page_no), "per_page": "7"})).json
+        first = (page_no - 1) * 7 + 1
+        assert body["paging"] == {
+            "start_offset": first,
+            "end_offset": first + len(body["data"]) - 1,
+            "total_count": STREAMS,
+        }
+        assert len(body["data"]) == (7 if page_no < 7 else STREAMS - 42)
+        seen += [item["id"] for item in body["data"]]
+    assert len(seen) == len(set(seen)) == STREAMS
+    assert set(seen) == {s.id for s in rig.streams()}
+    past = (await rig.get(params={"page_no": "8", "per_page": "7"})).json
+    assert past["data"] == [] and past["paging"]["total_count"] == STREAMS
+
+
+async def test_per_page_is_clamped_at_max_per_page(start: Callable[..., Awaitable[Rig]]) -> None:
+    rig = await start(max_per_page=25)
+    body = (await rig.get(params={"per_page": "1000"})).json
+    assert len(body["data"]) == 25
+    assert body["paging"] == {"start_offset": 1, "end_offset": 25, "total_count": STREAMS}
+    second = (await rig.get(params={"per_page": "1000", "page_no": "2"})).json
+    assert len(second["data"]) == STREAMS - 25
+    assert second["paging"]["start_offset"] == 26
+
+
+async def test_sort_order(rig: Rig) -> None:
+    """Newest ``created_at`` first by default (DSC), oldest first with ASC."""
+    oldest_first = [s.id for s in rig.world.by_creation_time(ACCOUNT, APP) or []]
+    params = {"per_page": "100"}
+    default = (await rig.get(params=params)).json["data"]
+    dsc = (await rig.get(params={**params, "sort_order": "DSC"})).json["data"]
+    asc = (await rig.get(params={**params, "sort_order": "ASC"})).json["data"]
+    assert [i["id"] for i in default] == [i["id"] for i in dsc] == oldest_first[::-1]
+    assert [i["id"] for i in asc] == oldest_first
+    created = [i["created_at"] for i in asc]
+    assert created == sorted(created) and len(set(created)) == STREAMS
+
+
+@pytest.mark.parametrize("status", FILTER_STATUSES)
+async def test_status_filter(rig: Rig, status: str) -> None:
+    if status == "ERRORED":
+        rig.world.fail(rig.resting()[0].id)
+    while status == "INVOKED" and not any(s.status == status for s in rig.streams()):
+        rig.clock.now += 1  # until the autopilot invokes a stream
+        assert rig.clock.now < T0 + 3600
+    expected = {s.id for s in rig.streams() if s.status == status}
+    body = (await rig.get(params={"status": status, "per_page": "100"})).json
+    assert {i["id"] for i in body["data"]} == expected and expected
+    assert {i["status"] for i in body["data"]} == {status}
+    assert body["paging"]["total_count"] == len(expected)
+    if status == "LIVE":
+        assert len(expected) == LIVE
+
+
+async def test_exclude_meetings_and_time_filters(rig: Rig) -> None:
+    streams = rig.streams()
+    standalone = {s.id for s in streams if s.meeting_id is None}
+    assert 0 < len(standalone) < STREAMS
+    body = (await rig.get(params={"exclude_meetings": "true", "per_page": "100"})).json
+    assert {i["id"] for i in body["data"]} == standalone
+    assert body["paging"]["total_count"] == len(standalone)
+    everything = (await rig.get(params={"exclude_meetings": "false", "per_page": "100"})).json
+    assert everything["paging"]["total_count"] == STREAMS
+
+    created = sorted(s.created_at for s in streams)
+    start = (created[10] + created[11]) / 2
+    end = (created[30] + created[31]) / 2
+    window = {s.id for s in streams if start <= s.created_at <= end}
+    assert len(window) == 20
+    params = {"start_time": iso(start), "end_time": iso(end), "per_page": "100"}
+    body = (await rig.get(params=params)).json
+    assert {i["id"] for i in body["data"]} == window
+    only_start = (await rig.get(params={"start_time": iso(start), "per_page": "100"})).json
+    assert only_start["paging"]["total_count"] == STREAMS - 11
+    only_end = (await rig.get(params={"end_time": iso(end), "per_page": "100"})).json
+    assert only_end["paging"]["total_count"] == 31
+    combined = {**params, "exclude_meetings": "true", "sort_order": "ASC"}
+    body = (await rig.get(params=combined)).json
+    assert [i["id"] for i in body["data"]] == [
+        s.id
+        for s in rig.world.by_creation_time(ACCOUNT, APP) or []
+        if s.id in window and s.id in standalone
+    ]
+
+
+async def test_a_time_without_zone_is_utc_whatever_the_local_zone(rig: Rig) -> None:
+    """The answer does not depend on the time zone of the machine the simulator runs on."""
+    created = sorted(s.created_at for s in rig.streams())
+    naive = iso(created[20] + 1).removesuffix(".000Z")  # just after the 21st oldest stream
+    old = os.environ.get("TZ")
+    try:
+        os.environ["TZ"] = "XXX-14"  # 14 hours ahead of UTC
+        time.tzset()
+        body = (await rig.get(params={"start_time": naive, "per_page": "100"})).json
+    finally:
+        if old is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = old
+        time.tzset()
+    assert body["paging"]["total_count"] == STREAMS - 21
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"page_no": "0"},
+        {"page_no": "-1"},
+        {"page_no": "one"},
+        {"page_no": "²"},
+        {"per_page": "0"},
+        {"per_page": "2.5"},
+        {"status": "OFFLINE"},
+        {"status": "live"},
+        {"sort_order": "DESC"},
+        {"sort_order": "asc"},
+        {"exclude_meetings": "yes"},
+        {"start_time": "yesterday"},
+        {"end_time": "2023-13-45T00:00:00.000Z"},
+    ],
+    ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()),
+)
+async def test_bad_listing_queries_are_400(rig: Rig, params: dict[str, str]) -> None:
+    answer = await rig.get(params=params)
+    message = assert_service_error(answer, 400)
+    assert next(iter(params)) in message
+    assert "Ratelimit" in answer.headers
+
+
+async def test_bad_paging_of_sessions_is_400(rig: Rig) -> None:
+    stream = rig.streams()[0]
+    assert_service_error(await rig.get(f"/{stream.id}", {"page_no": "0"}), 400)
+    assert_service_error(await rig.get(f"/{stream.id}", {"per_page": "x"}), 400)
+
+
+# -- sessions ---------------------------------------------------------------------------
+def session_values(session: SimSession, now: float) -> tuple[float, float]:
+    return session.ingest_seconds(now), session.viewer_seconds(now)
+
+
+async def test_active_session_of_a_live_stream(rig: Rig) -> None:
+    stream = rig.live()[0]
+    session = stream.session
+    assert session is not None
+    rig.clock.now += 12.5
+    answer = await rig.get(f"/{stream.id}/active-livestream-session")
+    assert answer.status == 200
+    body = answer.json
+    assert set(body) == {"success", "data"} and body["success"] is True
+    assert set(body["data"]) == {"livestream", "session"}
+    livestream, got = body["data"]["livestream"], body["data"]["session"]
+    assert set(livestream) == LIVESTREAM_KEYS and livestream["id"] == stream.id
+    assert livestream["status"] == "LIVE" and livestream["stream_key"] == stream.stream_key
+    assert set(got) == SESSION_KEYS
+    assert (got["id"], got["livestream_id"], got["stopped_time"]) == (session.id, stream.id, None)
+    assert got["err_message"] is None
+    assert (got["ingest_seconds"], got["viewer_seconds"]) == session_values(session, rig.clock.now)
+    assert parse(got["started_time"]) == pytest.approx(session.started_time, abs=0.001)
+    assert parse(got["updated_at"]) == rig.clock.now
+    assert all(ISO.match(got[k]) for k in ("started_time", "created_at", "updated_at"))
+
+
+async def test_no_active_session_is_a_404_envelope(rig: Rig) -> None:
+    resting = rig.resting()[0]
+    message = assert_service_error(await rig.get(f"/{resting.id}/active-livestream-session"), 404)
+    assert "No active session" in message
+    assert_service_error(await rig.get("/nope/active-livestream-session"), 404)
+    # A stream that just stopped has no active session either.
+    live = rig.live()[0]
+    rig.world.stop(live.id)
+    assert_service_error(await rig.get(f"/{live.id}/active-livestream-session"), 404)
+
+
+async def test_livestream_by_id_lists_its_sessions_newest_first(rig: Rig) -> None:
+    stream = rig.resting()[0]
+    for _ in range(3):
+        rig.clock.now += 60
+        rig.world.go_live(stream.id)
+        rig.clock.now += 120
+        rig.world.stop(stream.id)
+    rig.clock.now += 60
+    rig.world.go_live(stream.id)
+    total = len(stream.sessions)
+    assert total >= 4
+
+    body = (await rig.get(f"/{stream.id}")).json
+    assert set(body) == {"success", "data", "paging"}
+    assert set(body["data"]) == {"livestream", "sessions"}
+    assert body["data"]["livestream"]["id"] == stream.id
+    assert body["data"]["livestream"]["status"] == "LIVE"
+    sessions = body["data"]["sessions"]
+    assert [s["id"] for s in sessions] == [s.id for s in reversed(stream.sessions)]
+    assert all(set(s) == SESSION_KEYS for s in sessions)
+    assert sessions[0]["stopped_time"] is None
+    assert all(s["stopped_time"] is not None for s in sessions[1:])
+    started = [s["started_time"] for s in sessions]
+    assert started == sorted(started, reverse=True)
+    assert body["paging"] == {"start_offset": 1, "end_offset": total, "total_count": total}
+
+    page = (await rig.get(f"/{stream.id}", {"per_page": "2", "page_no": "2"})).json
+    assert [s["id"] for s in page["data"]["sessions"]] == [s["id"] for s in sessions[2:4]]
+    assert page["paging"] == {"start_offset": 3, "end_offset": 4, "total_count": total}
+    assert_service_error(await rig.get("/nope"), 404)
+
+
+async def test_session_by_id(rig: Rig) -> None:
+    stream = rig.live()[0]
+    live = stream.session
+    assert live is not None
+    body = (await rig.get(f"/sessions/{live.id}")).json
+    assert set(body) == {"success", "data"} and set(body["data"]) == SESSION_KEYS
+    assert body["data"]["id"] == live.id and body["data"]["stopped_time"] is None
+
+    rig.clock.now += 30
+    rig.world.fail(stream.id, message="Encoder gone")
+    final = session_values(live, rig.clock.now)
+    rig.clock.now += 300
+    data = (await rig.get(f"/sessions/{live.id}")).json["data"]
+    assert data["stopped_time"] == iso(T0 + 30)
+    assert data["err_message"] == "Encoder gone"
+    assert (data["ingest_seconds"], data["viewer_seconds"]) == final
+    assert data["updated_at"] == iso(T0 + 30)
+
+    assert_service_error(await rig.get("/sessions/nope"), 404)
+    # Another app's session is not found through this app.
+    other = next(s for s in rig.streams(OTHER_APP) if s.session is not None)
+    assert other.session is not None
+    assert_service_error(await rig.get(f"/sessions/{other.session.id}"), 404)
+    assert (await rig.get(f"/sessions/{other.session.id}", app=OTHER_APP)).status == 200
+
+
+# -- routing and auth -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "path",
+    ["", "/x", "/x/active-livestream-session", "/sessions/x"],
+    ids=["listing", "livestream", "active-session", "session"],
+)
+async def test_unknown_app_and_account(rig: Rig, path: str) -> None:
+    message = assert_service_error(await rig.get(path, app="no-such-app"), 404)
+    assert "App not found" in message
+    assert_gateway_error(await rig.get(path, account="no-such-account"), 403, 10000)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": TOKEN},
+        {"Authorization": "Bearer "},
+    ],
+    ids=["missing", "wrong", "longer", "basic", "no-scheme", "empty"],
+)
+async def test_a_bad_token_is_a_401_gateway_answer(rig: Rig, headers: dict[str, str]) -> None:
+    for path in ("", f"/{rig.live()[0].id}/active-livestream-session"):
+        async with rig.http.get(rig.url(path), headers=headers) as r:
+            assert r.status == 401
+            body = await r.json()
+        assert body == {
+            "success": False,
+            "errors": [{"code": 10000, "message": "Authentication error"}],
+            "messages": [],
+            "result": None,
+        }
+
+
+async def test_rate_limit_headers_count_down_on_every_answer(rig: Rig) -> None:
+    live, resting = rig.live()[0], rig.resting()[0]
+    assert live.session is not None
+    requests: list[tuple[str, dict[str, str], str]] = [
+        ("", {}, APP),
+        (f"/{live.id}/active-livestream-session", {}, APP),
+        (f"/{resting.id}/active-livestream-session", {}, APP),
+        (f"/{live.id}", {}, APP),
+        (f"/sessions/{live.session.id}", {}, APP),
+        ("", {"sort_order": "DESC"}, APP),
+        ("", {}, "no-such-app"),
+        ("/nope", {}, APP),
+    ]
+    seen = []
+    for path, params, app in requests:
+        answer = await rig.get(path, params, app=app)
+        assert answer.headers["Ratelimit-Policy"] == '"burst";q=1200;w=300'
+        seen.append((answer.status, answer.remaining()))
+        assert re.fullmatch(r'"default";r=\d+;t=([1-9]\d*)', answer.headers["Ratelimit"])
+    assert [status for status, _ in seen] == [200, 200, 404, 200, 200, 400, 404, 404]
+    assert [left for _, left in seen] == list(range(1199, 1199 - len(requests), -1))
+
+
+async def test_overrunning_the_rate_limit_blocks_the_token_for_a_window(
+    start: Callable[..., Awaitable[Rig]],
+) -> None:
+    rig = await start(limiter=RateLimiter(3, 60))
+    left = []
+    for offset in (0, 1, 2):
+        rig.clock.now = T0 + offset
+        answer = await rig.get()
+        assert answer.status == 200 and "Retry-After" not in answer.headers
+        assert answer.headers["Ratelimit-Policy"] == '"burst";q=3;w=60'
+        left.append(answer.remaining())
+    assert left == [2, 1, 0]
+
+    rig.clock.now = T0 + 10
+    answer = await rig.get()
+    message = assert_gateway_error(answer, 429, 971)
+    assert message == "More than 3 requests per 60 seconds reached"
+    assert answer.headers["Retry-After"] == "60" and answer.remaining() == 0
+    # Still blocked after every counted request aged out of the window.
+    for at, wait in ((T0 + 40, "30"), (T0 + 65, "5"), (T0 + 69.5, "1")):
+        rig.clock.now = at
+        answer = await rig.get(f"/{rig.live()[0].id}/active-livestream-session")
+        assert_gateway_error(answer, 429, 971)
+        assert answer.headers["Retry-After"] == wait
+    rig.clock.now = T0 + 70
+    answer = await rig.get()
+    assert answer.status == 200 and answer.remaining() == 2
+
+
+async def test_per_ip_limit_refuses_only_the_request_over_it(rig: Rig) -> None:
+    """200 requests per second per address; the 201st is refused, the token stays usable."""
+    for _ in range(200):
+        assert (await rig.get("/nope")).status == 404
+    answer = await rig.get()
+    assert_gateway_error(answer, 429, 971)
+    assert answer.headers["Retry-After"] == "1"
+    rig.clock.now += 1
+    answer = await rig.get()
+    assert answer.status == 200 and answer.remaining() == 1200 - 201
+
+
+# -- faults -----------------------------------------------------------------------------
+def kind(answer: Answer) -> str:
+    """What an answer is, for comparing sequences of them."""
+    if answer.status != 200:
+        return str(answer.status)
+    try:
+        body = json.loads(answer.text)
+    except ValueError:
+        return "html" if answer.content_type == "text/html" else "truncated"
+    if not isinstance(body, dict):
+        return "not_an_object"
+    if body.get("success") is not True:
+        return "success_false"
+    return "ok"
+
+
+async def test_error_rate_gives_5xx(rig: Rig) -> None:
+    faults = await rig.faults(error_rate=1)
+    assert faults["error_rate"] == 1.0
+    seen = set()
+    for _ in range(40):
+        answer = await rig.get()
+        seen.add(answer.status)
+        assert "Ratelimit" in answer.headers
+        if answer.status in (502, 504):
+            assert answer.content_type == "text/html"
+            assert answer.text.startswith("<!DOCTYPE html>")
+            assert f"Error {answer.status}" in answer.text
+        else:
+            assert_service_error(answer, answer.status)
+    assert seen == {500, 502, 503, 504}
+    await rig.faults(error_rate=0)
+    assert (await rig.get()).status == 200
+
+
+async def test_malformed_rate_gives_bodies_that_are_not_answers(rig: Rig) -> None:
+    await rig.faults(malformed_rate=1)
+    kinds = [kind(await rig.get()) for _ in range(40)]
+    assert set(kinds) == {"truncated", "html", "not_an_object", "success_false"}
+
+
+async def test_throttle_rate_gives_429_for_throttle_seconds(rig: Rig) -> None:
+    await rig.faults(throttle_rate=1, throttle_seconds=45)
+    answer = await rig.get()
+    assert_gateway_error(answer, 429, 971)
+    assert answer.headers["Retry-After"] == "45" and answer.remaining() == 0
+    await rig.faults(throttle_rate=0)
+    rig.clock.now += 44
+    assert (await rig.get()).status == 429
+    rig.clock.now += 1
+    assert (await rig.get()).status == 200
+
+
+async def test_numbers_as_strings(rig: Rig) -> None:
+    await rig.faults(numbers_as_strings=True)
+    stream = rig.live()[0]
+    session = stream.session
+    assert session is not None
+    rig.clock.now += 7.25
+    expected = session_values(session, rig.clock.now)
+    answers = [
+        (await rig.get(f"/{stream.id}/active-livestream-session")).json["data"]["session"],
+        (await rig.get(f"/sessions/{session.id}")).json["data"],
+        (await rig.get(f"/{stream.id}")).json["data"]["sessions"][0],
+    ]
+    for got in answers:
+        assert isinstance(got["ingest_seconds"], str) and isinstance(got["viewer_seconds"], str)
+        assert (float(got["ingest_seconds"]), float(got["viewer_seconds"])) == expected
+
+
+async def test_reject_token(rig: Rig) -> None:
+    await rig.faults(reject_token=True)
+    assert_gateway_error(await rig.get(), 401, 10000)
+    await rig.faults(reject_token=False)
+    assert (await rig.get()).status == 200
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"bogus": 1},
+        {"error_rate": 1.5},
+        {"error_rate": -0.1},
+        {"error_rate": "0.5"},
+        {"error_rate": True},
+        {"reject_token": 1},
+        {"numbers_as_strings": "yes"},
+        {"latency": 86401},
+        {"throttle_seconds": -1},
+        {"error_rate": 0.5, "bogus": 1},
+        {"malformed_rate": 0.5, "throttle_rate": 2},
+    ],
+    ids=lambda c: ",".join(c),
+)
+async def test_bad_fault_settings_are_400_and_change_nothing(
+    rig: Rig, changes: dict[str, Any]
+) -> None:
+    before = await rig.faults(numbers_as_strings=True)
+    status, body = await rig.control("PUT", "/faults", changes)
+    assert status == 400 and isinstance(body["error"], str)
+    bad = [k for k, v in changes.items() if k == "bogus" or v != 0.5]
+    assert any(k in body["error"] for k in bad)
+    assert await rig.control("GET", "/faults") == (200, before)
+    assert rig.sim.state.faults == Faults(numbers_as_strings=True)
+
+
+async def test_fault_bodies_that_are_not_objects_are_400(rig: Rig) -> None:
+    assert (await rig.control("PUT", "/faults", [1]))[0] == 400
+    async with rig.http.put(rig.sim.control_url + "/faults", data="{oops") as r:
+        assert r.status == 400
+    assert rig.sim.state.faults == Faults()
+
+
+async def test_fault_dice_are_deterministic_per_seed(start: Callable[..., Awaitable[Rig]]) -> None:
+    mixed = Faults(error_rate=0.3, malformed_rate=0.3)
+    runs = []
+    for seed in (5, 5, 6):
+        rig = await start(seed=seed, faults=mixed)
+        runs.append([kind(await rig.get()) for _ in range(30)])
+    assert runs[0] == runs[1]
+    assert runs[0] != runs[2]
+    assert "ok" in runs[0] and len(set(runs[0])) >= 4
+
+
+# -- control ----------------------------------------------------------------------------
+async def test_throttle_blocks_the_token(rig: Rig) -> None:
+    status, body = await rig.control("POST", "/throttle", {"seconds": 90})
+    assert (status, body) == (200, {"blocked_for": 90})
+    answer = await rig.get()
+    assert_gateway_error(answer, 429, 971)
+    assert answer.headers["Retry-After"] == "90"
+    rig.clock.now += 89
+    assert (await rig.get()).status == 429
+    rig.clock.now += 1
+    assert (await rig.get()).status == 200
+    # Without a body: throttle_seconds.
+    assert (await rig.control("POST", "/throttle"))[1] == {"blocked_for": 30.0}
+    assert (await rig.get()).headers["Retry-After"] == "30"
+
+
+@pytest.mark.parametrize("seconds", [0, -5, "10", True, None, float("inf"), 1e9])
+async def test_throttle_rejects_bad_seconds(rig: Rig, seconds: Any) -> None:
+    status, body = await rig.control("POST", "/throttle", {"seconds": seconds})
+    assert status == 400 and "seconds" in body["error"]
+    assert (await rig.get()).status == 200
+
+
+async def test_control_lifecycle_of_a_stream(rig: Rig) -> None:
+    base = "/livestreams"
+    status, view = await rig.control("POST", base, {"id": "mine", "name": "Mine"})
+    assert status == 201
+    assert view["id"] == "mine" and view["status"] == "OFFLINE" and view["manual"] is True
+    assert (view["account_id"], view["app_id"], view["live"], view["session"]) == (
+        ACCOUNT,
+        APP,
+        False,
+        None,
+    )
+    assert (await rig.control("POST", base, {"id": "mine"}))[0] == 400
+    assert (await rig.control("POST", base, {"name": 5}))[0] == 400
+
+    status, view = await rig.control("POST", f"{base}/mine/live", {"viewers": 25})
+    assert status == 200 and view["live"] and view["status"] == "LIVE"
+    assert rig.world.find("mine").sessions[-1].viewers == 25
+    assert (await rig.get("/mine/active-livestream-session")).status == 200
+    assert (await rig.control("POST", f"{base}/mine/live"))[0] == 409
+
+    rig.clock.now += 60
+    assert (await rig.control("POST", f"{base}/mine/stall"))[0] == 200
+    rig.clock.now += 30
+    status, view = await rig.control("POST", f"{base}/mine/unstall")
+    assert status == 200 and view["session"]["ingest_seconds"] == pytest.approx(60.0)
+
+    assert (await rig.control("POST", f"{base}/mine/stop", {"status": "ERRORED"}))[0] == 400
+    status, view = await rig.control("POST", f"{base}/mine/stop", {"status": "OFFLINE"})
+    assert status == 200 and view["status"] == "OFFLINE" and not view["live"]
+    assert view["session"]["stopped_time"] is not None
+    assert_service_error(await rig.get("/mine/active-livestream-session"), 404)
+    assert (await rig.control("POST", f"{base}/mine/stall"))[0] == 409
+    assert (await rig.control("POST", f"{base}/mine/unstall"))[0] == 409
+
+    assert (await rig.control("POST", f"{base}/mine/live", {"viewers": "many"}))[0] == 400
+    assert (await rig.control("POST", f"{base}/mine/live"))[0] == 200
+    status, view = await rig.control("POST", f"{base}/mine/error", {"message": "Encoder gone"})
+    assert status == 200 and view["status"] == "ERRORED"
+    assert view["session"]["err_message"] == "Encoder gone"
+
+    status, view = await rig.control("POST", f"{base}/mine/autopilot")
+    assert status == 200 and view["manual"] is False and view["next_change"] is not None
+    assert (await rig.control("POST", f"{base}/mine/dance"))[0] == 404
+
+    status, listed = await rig.control("GET", base)
+    assert status == 200 and "mine" in {s["id"] for s in listed["livestreams"]}
+    assert len(listed["livestreams"]) == STREAMS + 3 + 1
+
+    assert (await rig.control("DELETE", f"{base}/mine"))[0] == 204
+    assert (await rig.control("DELETE", f"{base}/mine"))[0] == 404
+    assert_service_error(await rig.get("/mine"), 404)
+
+
+@pytest.mark.parametrize("action", ["live", "stop", "error", "stall", "unstall", "autopilot"])
+async def test_control_of_an_unknown_stream_is_404(rig: Rig, action: str) -> None:
+    status, body = await rig.control("POST", f"/livestreams/ghost/{action}")
+    assert status == 404 and "ghost" in body["error"]
+
+
+async def test_control_create_in_another_app(rig: Rig) -> None:
+    status, view = await rig.control(
+        "POST", "/livestreams", {"account_id": ACCOUNT, "app_id": "app-3", "autopilot": True}
+    )
+    assert status == 201 and view["app_id"] == "app-3" and view["manual"] is False
+    body = (await rig.get(app="app-3")).json
+    assert [i["id"] for i in body["data"]] == [view["id"]]
+
+
+async def test_stats_count_requests_by_endpoint_and_status(rig: Rig) -> None:
+    live = rig.live()[0]
+    assert live.session is not None
+    await rig.get()
+    await rig.get()
+    await rig.get(params={"status": "OFFLINE"})
+    await rig.get(token="wrong")
+    await rig.get(f"/{live.id}/active-livestream-session")
+    await rig.get(f"/{rig.resting()[0].id}/active-livestream-session")
+    await rig.get(f"/{live.id}")
+    await rig.get(f"/sessions/{live.session.id}")
+    await rig.get("/sessions/nope")
+    await rig.control("GET", "/faults")
+    assert await rig.control("GET", "/stats") == (
+        200,
+        {
+            "requests": {
+                "livestreams": {"200": 2, "400": 1, "401": 1},
+                "active_livestream_session": {"200": 1, "404": 1},
+                "livestream": {"200": 1},
+                "livestream_session": {"200": 1, "404": 1},
+            },
+            "total": 9,
+        },
+    )
