@@ -736,7 +736,9 @@ async def test_control_lifecycle_of_a_stream(rig: Rig) -> None:
     assert (await rig.control("POST", f"{base}/mine/stall"))[0] == 409
     assert (await rig.control("POST", f"{base}/mine/unstall"))[0] == 409
 
-    assert (await rig.control("POST", f"{base}/mine/live", {"viewers": "many"}))[0] == 400
+    for viewers in ("many", -1, 1e300):
+        assert (await rig.control("POST", f"{base}/mine/live", {"viewers": viewers}))[0] == 400
+    assert rig.world.find("mine").session is None  # a refused request changes nothing
     assert (await rig.control("POST", f"{base}/mine/live"))[0] == 200
     status, view = await rig.control("POST", f"{base}/mine/error", {"message": "Encoder gone"})
     assert status == 200 and view["status"] == "ERRORED"
@@ -759,6 +761,19 @@ async def test_control_lifecycle_of_a_stream(rig: Rig) -> None:
 async def test_control_of_an_unknown_stream_is_404(rig: Rig, action: str) -> None:
     status, body = await rig.control("POST", f"/livestreams/ghost/{action}")
     assert status == 404 and "ghost" in body["error"]
+
+
+async def test_a_created_stream_is_new_and_listed_first(rig: Rig) -> None:
+    """A stream created through control was created now: newest first in the listing."""
+    status, _ = await rig.control("POST", "/livestreams", {"id": "fresh"})
+    assert status == 201
+    assert rig.world.find("fresh").created_at == rig.clock.now
+    assert (await rig.get()).json["data"][0]["id"] == "fresh"
+
+
+async def test_control_create_checks_autopilot_is_a_boolean(rig: Rig) -> None:
+    status, body = await rig.control("POST", "/livestreams", {"autopilot": "false"})
+    assert status == 400 and "autopilot" in body["error"]
 
 
 async def test_control_create_in_another_app(rig: Rig) -> None:

@@ -25,7 +25,7 @@ from aiohttp import web
 
 from exporter.simulator.faults import Dice, FaultError, Faults
 from exporter.simulator.ratelimit import RateLimiter
-from exporter.simulator.world import FILTER_STATUSES, World, WorldError
+from exporter.simulator.world import FILTER_STATUSES, MAX_VIEWERS, World, WorldError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -411,6 +411,8 @@ async def _control_create(request: web.Request) -> web.StreamResponse:
         for key in ("account_id", "app_id", "id", "name", "meeting_id"):
             if key in body and body[key] is not None and not isinstance(body[key], str):
                 raise WorldError(f"{key} must be a string")
+        if not isinstance(body.get("autopilot", False), bool):
+            raise WorldError("autopilot must be true or false")
         stream = state.world.create(
             account_id,
             app_id,
@@ -433,9 +435,11 @@ async def _control_action(request: web.Request) -> web.StreamResponse:
         if action == "live":
             viewers = body.get("viewers")
             if viewers is not None and (
-                isinstance(viewers, bool) or not isinstance(viewers, int | float)
+                isinstance(viewers, bool)
+                or not isinstance(viewers, int | float)
+                or not 0 <= viewers <= MAX_VIEWERS  # NaN fails this too
             ):
-                return _control_error(400, "viewers must be a number")
+                return _control_error(400, f"viewers must be a number from 0 to {MAX_VIEWERS:g}")
             world.go_live(livestream_id, viewers=viewers)
         elif action == "stop":
             status = body.get("status", "IDLE")

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 PLACEHOLDER_VALUE: Final = 60.0
+MAX_VIEWERS: Final = 10_000_000.0
 # The statuses the listing's ``status`` filter accepts (the documented enum; OFFLINE
 # occurs in answers but is not a filter value).
 FILTER_STATUSES: Final = ("LIVE", "IDLE", "ERRORED", "INVOKED")
@@ -292,6 +293,8 @@ class World:
         stream = self._new_stream(account_id, app_id, now=now, livestream_id=livestream_id)
         stream.name = name
         stream.meeting_id = meeting_id
+        stream.created_at = stream.updated_at = now  # created just now, unlike populate's
+        self._ordered.pop((account_id, app_id), None)
         stream.manual = manual
         if not manual:
             self._schedule(stream, now + _between(stream.rng(self.seed), self.profile.idle))
@@ -327,6 +330,8 @@ class World:
 
     # -- control ----------------------------------------------------------------------
     def go_live(self, livestream_id: str, *, viewers: float | None = None) -> SimSession:
+        if viewers is not None and not (math.isfinite(viewers) and 0 <= viewers <= MAX_VIEWERS):
+            raise WorldError(f"viewers must be between 0 and {MAX_VIEWERS:g}")
         if self._live(livestream_id) is not None:  # refused before taking the stream over
             raise WorldError(f"livestream {livestream_id!r} is already live")
         stream = self._take_over(livestream_id)
