@@ -193,18 +193,23 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def parse_listen(address: str) -> tuple[str | None, int]:
+def parse_listen(address: str, flag: str = "--web.listen-address") -> tuple[str | None, int]:
     """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all interfaces) -> (host, port)."""
     host, sep, port_text = address.rpartition(":")
     if not sep or not _PORT.fullmatch(port_text) or not 0 <= int(port_text) <= 65535:
-        raise UsageError(f"--web.listen-address {address!r} is not HOST:PORT")
+        raise UsageError(f"{flag} {address!r} is not HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         if not host:
-            raise UsageError(f"--web.listen-address {address!r}: empty brackets")
+            raise UsageError(f"{flag} {address!r}: empty brackets")
     elif ":" in host:
-        raise UsageError(f"--web.listen-address {address!r}: write IPv6 hosts as [addr]:port")
+        raise UsageError(f"{flag} {address!r}: write IPv6 hosts as [addr]:port")
     return (host or None), int(port_text)
+
+
+def argv_says_simulate(argv: Sequence[str] | None) -> bool:
+    """Whether the command line asks for the simulate command (for pointing at its help)."""
+    return "simulate" in (sys.argv[1:] if argv is None else argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,7 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif not args.config_file:
             raise UsageError("--config.file is required (or try --demo)")
     except UsageError as exc:
-        return _fail(EXIT_USAGE, f"usage error: {exc} (see --help)")
+        where = "simulate --help" if argv_says_simulate(argv) else "--help"
+        return _fail(EXIT_USAGE, f"usage error: {exc} (see {where})")
 
     if args.demo:
         logs.configure(level=args.log_level, fmt=args.log_format)
@@ -317,7 +323,7 @@ async def _demo(host: str | None, port: int) -> int:
 
 def _simulate_main(args: argparse.Namespace) -> int:
     try:
-        host, port = parse_listen(args.listen)
+        host, port = parse_listen(args.listen, "--listen")
         rate = config.parse_rate_limit(args.rate_limit)
         if args.live > args.livestreams:
             raise UsageError("--live cannot exceed --livestreams")

@@ -128,6 +128,25 @@ async def test_usage_errors_exit_2(args: list[str]) -> None:
     assert err.startswith("realtimekit-exporter: usage error:") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["simulate", "--listen", "nowhere"], "--listen 'nowhere'"),
+        (["simulate", "--fault.error-rate", "2"], "--fault.error-rate"),
+        (["simulate", "--livestreams", "2", "--live", "3"], "--live"),
+    ],
+    ids=["bad-listen", "bad-share", "live-above-count"],
+)
+async def test_simulate_usage_errors_name_the_flag_and_its_help(
+    args: list[str], names: str
+) -> None:
+    """A simulate mistake exits 2, names the simulate flag and points at simulate's help."""
+    code, out, err = await run(*args)
+    assert code == 2 and out == ""
+    assert names in err and err.rstrip().endswith("(see simulate --help)")
+    assert err.count("\n") == 1
+
+
 async def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     """A config path that does not exist is a config error (2)."""
     code, _, err = await run("--config.file", str(tmp_path / "absent.yaml"))

@@ -763,6 +763,20 @@ async def test_control_of_an_unknown_stream_is_404(rig: Rig, action: str) -> Non
     assert status == 404 and "ghost" in body["error"]
 
 
+async def test_control_can_list_a_stream_with_any_status(rig: Rig) -> None:
+    """A status the docs do not name is listed as given; the session is left alone."""
+    live = rig.live()[0]
+    status, view = await rig.control("POST", f"/livestreams/{live.id}/status", {"status": "PAUSED"})
+    assert status == 200 and view["status"] == "PAUSED" and view["live"] and view["manual"]
+    listed = {
+        s["id"]: s["status"] for s in (await rig.get(params={"per_page": "100"})).json["data"]
+    }
+    assert listed[live.id] == "PAUSED"
+    assert (await rig.get(f"/{live.id}/active-livestream-session")).status == 200
+    for bad in ({}, {"status": ""}, {"status": 5}, {"status": "X" * 65}):
+        assert (await rig.control("POST", f"/livestreams/{live.id}/status", bad))[0] == 400
+
+
 async def test_a_created_stream_is_new_and_listed_first(rig: Rig) -> None:
     """A stream created through control was created now: newest first in the listing."""
     status, _ = await rig.control("POST", "/livestreams", {"id": "fresh"})

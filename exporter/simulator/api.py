@@ -448,6 +448,11 @@ async def _control_action(request: web.Request) -> web.StreamResponse:
             world.stop(livestream_id, status=status)
         elif action == "error":
             world.fail(livestream_id, message=str(body.get("message", "Ingest failed")))
+        elif action == "status":
+            status = body.get("status")
+            if not isinstance(status, str) or not 0 < len(status) <= 64:
+                return _control_error(400, "status must be a string of 1 to 64 characters")
+            world.set_status(livestream_id, status)
         elif action == "stall":
             world.stall(livestream_id, stalled=True)
         elif action == "unstall":
@@ -509,7 +514,8 @@ def create_app(state: SimulatorState) -> web.Application:
     - ``POST /-/simulator/livestreams``: create one (JSON: account_id, app_id, id, name,
       meeting_id, autopilot), OFFLINE and under manual control unless autopilot is true;
     - ``POST /-/simulator/livestreams/{id}/{action}`` with action ``live`` (``viewers``),
-      ``stop`` (``status``: IDLE or OFFLINE), ``error`` (``message``), ``stall``,
+      ``stop`` (``status``: IDLE or OFFLINE), ``error`` (``message``), ``status``
+      (``status``: any text, sessions untouched), ``stall``,
       ``unstall`` or ``autopilot`` (hand back to the lifecycle);
     - ``DELETE /-/simulator/livestreams/{id}``;
     - ``GET`` and ``PUT /-/simulator/faults`` (a partial JSON object of Faults fields);

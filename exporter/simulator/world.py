@@ -359,6 +359,14 @@ class World:
         else:
             self._set_status(stream, "ERRORED", now)
 
+    def set_status(self, livestream_id: str, status: str) -> None:
+        """List the stream with ``status`` (any text, e.g. one the docs do not name, or a
+        stale one), leaving its sessions as they are."""
+        if not status or len(status) > 64:
+            raise WorldError("status must be 1 to 64 characters")
+        stream = self._take_over(livestream_id)
+        self._set_status(stream, status, self.now())
+
     def stall(self, livestream_id: str, *, stalled: bool = True) -> None:
         """Freeze (or resume) the live session's ingest counter."""
         if self._live(livestream_id) is None:  # refused before taking the stream over
