@@ -294,14 +294,17 @@ async def _listing(request: web.Request) -> web.StreamResponse:
     )
 
 
+def _requested_stream(request: web.Request) -> SimStream | None:
+    info = request.match_info
+    return request.app[STATE].world.stream(
+        info["account_id"], info["app_id"], info["livestream_id"]
+    )
+
+
 async def _active_session(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     world = state.world
-    stream = world.stream(
-        request.match_info["account_id"],
-        request.match_info["app_id"],
-        request.match_info["livestream_id"],
-    )
+    stream = _requested_stream(request)
     if stream is None:
         return _service_error(404, "Livestream not found")
     session = stream.session
@@ -316,11 +319,7 @@ async def _active_session(request: web.Request) -> web.StreamResponse:
 async def _livestream(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     world = state.world
-    stream = world.stream(
-        request.match_info["account_id"],
-        request.match_info["app_id"],
-        request.match_info["livestream_id"],
-    )
+    stream = _requested_stream(request)
     if stream is None:
         return _service_error(404, "Livestream not found")
     try:
