@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -213,6 +214,31 @@ def argv_says_simulate(argv: Sequence[str] | None) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    previous = interrupt_on_sigterm()
+    try:
+        return _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def interrupt_on_sigterm() -> signal.Handlers | Callable[..., object] | int | None:
+    """Make SIGTERM raise KeyboardInterrupt until the event loop takes it over.
+
+    As PID 1 in a container a signal without a handler does nothing, so a SIGTERM in the
+    first moments would be lost; KeyboardInterrupt ends the process like SIGINT. Returns
+    the previous handler (None off the main thread, where nothing is changed).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "simulate":

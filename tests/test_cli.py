@@ -9,12 +9,14 @@ import os
 import re
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter import cli
 from exporter.cli import UsageError, parse_listen
 from tests.conftest import ACCOUNT, APP
 from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream
@@ -286,3 +288,21 @@ def test_parse_listen_rejects(address: str) -> None:
     """Malformed listen addresses are usage errors."""
     with pytest.raises(UsageError):
         parse_listen(address)
+
+
+def _terminate_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # interrupted at once; the sleep only bounds a failure
+
+
+def test_sigterm_interrupts_before_the_event_loop_handles_it() -> None:
+    """As PID 1 a SIGTERM without a handler is ignored: main() makes it a KeyboardInterrupt
+    from the start, and main's caller gets the old handler back."""
+    before = signal.getsignal(signal.SIGTERM)
+    previous = cli.interrupt_on_sigterm()
+    try:
+        assert previous == before
+        with pytest.raises(KeyboardInterrupt):
+            _terminate_self()
+    finally:
+        signal.signal(signal.SIGTERM, before)
