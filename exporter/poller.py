@@ -1,4 +1,5 @@
-"""When and what to fetch; owns the latest :class:`~exporter.model.Snapshot`.
+"""When and what to fetch; owns the latest :class:`~exporter.model.Snapshot` and the last
+errors seen (:attr:`Poller.recent_errors`, for the status page).
 
 Each cycle lists every app's livestreams (all pages), asks for session details only where
 the listed status allows a live session, plus once by session id for a stream that has just
@@ -13,6 +14,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INTERNAL = "internal"  # health reason for a bug, not an API failure; never a metric label
+RECENT_ERRORS = 20  # how many errors :attr:`Poller.recent_errors` keeps
 _PERMISSION_HINT = "the API token needs the Realtime or Realtime Admin permission"
 
 
@@ -56,6 +59,22 @@ class PollObserver(Protocol):
     def track_app(self, account_id: str, app_id: str) -> None: ...
 
     def cycle(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PollError:
+    """One failed API call (or a bug, reason ``internal``) while polling an app.
+
+    ``message`` is built from the reason, HTTP status and pause only, never from the
+    :class:`ApiError`'s text: that may quote a response body, which could echo a secret.
+    """
+
+    time: float
+    account_id: str
+    app_id: str
+    endpoint: str  # "" for an internal error
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +109,7 @@ class Poller:
         self._missing: dict[tuple[str, str], frozenset[str]] = {}
         self._cycle_requests = 0
         self._over_budget = False
+        self._errors: deque[PollError] = deque(maxlen=RECENT_ERRORS)
         for app in config.apps:
             self._track(app)
 
@@ -101,6 +121,11 @@ class Poller:
     def ready(self) -> bool:
         """True once a poll cycle has completed (successfully or not)."""
         return self._snapshot.cycles > 0
+
+    @property
+    def recent_errors(self) -> tuple[PollError, ...]:
+        """The last :data:`RECENT_ERRORS` errors seen while polling, newest first."""
+        return tuple(reversed(self._errors))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; a cycle that overruns starts the next one at once."""
@@ -143,9 +168,7 @@ class Poller:
                 extra={**_app_fields(app), "reason": INTERNAL},
             )
             state, errors, internal = self._failed(app, prev), [], True
-        for error in errors:
-            if self._observer is not None:
-                self._observer.poll_error(app.account_id, app.app_id, error.reason)
+        self._note_errors(app, errors, internal=internal)
         self._note_health(app, state, errors, internal=internal)
         self._note_streams(app, prev, state)
         return state
@@ -225,6 +248,33 @@ class Poller:
     def _track(self, app: AppConfig) -> None:
         if self._observer is not None:
             self._observer.track_app(app.account_id, app.app_id)
+
+    def _note_errors(self, app: AppConfig, errors: list[ApiError], *, internal: bool) -> None:
+        now = self._clock()
+        for error in errors:
+            if self._observer is not None:
+                self._observer.poll_error(app.account_id, app.app_id, error.reason)
+            self._errors.append(
+                PollError(
+                    time=now,
+                    account_id=app.account_id,
+                    app_id=app.app_id,
+                    endpoint=error.endpoint,
+                    reason=error.reason,
+                    message=_safe(error),
+                )
+            )
+        if internal:
+            self._errors.append(
+                PollError(
+                    time=now,
+                    account_id=app.account_id,
+                    app_id=app.app_id,
+                    endpoint="",
+                    reason=INTERNAL,
+                    message="unexpected error in the exporter; see its log",
+                )
+            )
 
     def _note_health(
         self, app: AppConfig, state: AppState, errors: list[ApiError], *, internal: bool
@@ -333,6 +383,28 @@ def budget_warnings(config: Config) -> list[str]:
             "raise poll.interval or api.rate_limit"
         )
     return warnings
+
+
+_REASON_TEXT = {
+    "auth": "the API rejected the token",
+    "rate_limited": "rate limited: request budget spent or paused, not sent",
+    "timeout": "no answer in time, or no time left in the poll cycle",
+    "connection": "cannot connect to the API",
+    "http_error": "the API answered with an error",
+    "decode": "the answer could not be understood",
+}
+
+
+def _safe(error: ApiError) -> str:
+    """What :class:`PollError` says of ``error``: no text of the API's answer."""
+    text = _REASON_TEXT.get(error.reason, error.reason)
+    if error.reason == "rate_limited" and error.status is not None:
+        text = "throttled by the API"
+    if error.status is not None:
+        text += f" (HTTP {error.status})"
+    if error.retry_after is not None:
+        text += f", pausing requests for {error.retry_after:g} s"
+    return text
 
 
 def _app_fields(app: AppConfig) -> dict[str, str]:

@@ -2,40 +2,48 @@
 
 :class:`Exporter` builds one HTTP client session, the token's budget, the API client, the
 poller and the metrics registry from a :class:`~exporter.config.Config`.
-:func:`create_app` serves ``/metrics``, ``/-/healthy``, ``/-/ready`` and a landing page;
+:func:`create_app` serves ``/metrics``, ``/-/healthy``, ``/-/ready`` and the status page
+(:mod:`exporter.statuspage`) at ``/``;
 :class:`Server` runs both until asked to stop, and stops within a bounded time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import logging
-from typing import TYPE_CHECKING, Final
+import time
+from typing import TYPE_CHECKING, Final, Protocol
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
-from exporter import __version__
+from exporter import __version__, statuspage
 from exporter.budget import RequestBudget
 from exporter.client import ENDPOINTS, MIN_REQUEST_TIME, REASONS, RealtimeKitClient
 from exporter.collector import SnapshotCollector
+from exporter.model import EMPTY_SNAPSHOT
 from exporter.negotiate import accepts_gzip, media_range
 from exporter.poller import Poller, budget_warnings
 from exporter.telemetry import ExporterMetrics
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from types import TracebackType
 
     from exporter.config import Config
+    from exporter.model import Snapshot
+    from exporter.poller import PollError
 
 log = logging.getLogger(__name__)
 
 REGISTRY: Final = web.AppKey("registry", CollectorRegistry)
 READY: Final[web.AppKey[Callable[[], bool]]] = web.AppKey("ready")
+STATUS: Final[web.AppKey[StatusSource | None]] = web.AppKey("status")
+REFRESH: Final[web.AppKey[float | None]] = web.AppKey("refresh")
 STOP_TIMEOUT: Final = 4.0
 
 
@@ -105,11 +113,30 @@ class Exporter:
             self._session = None
 
 
-def create_app(*, registry: CollectorRegistry, ready: Callable[[], bool]) -> web.Application:
-    """The HTTP app; ``ready`` says whether a poll cycle has completed."""
+class StatusSource(Protocol):
+    """What the status page at ``/`` shows (the :class:`~exporter.poller.Poller`)."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    @property
+    def recent_errors(self) -> Sequence[PollError]: ...
+
+
+def create_app(
+    *,
+    registry: CollectorRegistry,
+    ready: Callable[[], bool],
+    status: StatusSource | None = None,
+    refresh: float | None = None,
+) -> web.Application:
+    """The HTTP app; ``ready`` says whether a poll cycle has completed, ``status`` feeds
+    the page at ``/`` (which reloads itself every ``refresh`` seconds if given)."""
     app = web.Application()
     app[REGISTRY] = registry
     app[READY] = ready
+    app[STATUS] = status
+    app[REFRESH] = refresh
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
@@ -140,20 +167,32 @@ async def _ready(request: web.Request) -> web.Response:
     return web.Response(status=503, text="not ready: no poll cycle has completed yet\n")
 
 
-_INDEX = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>RealtimeKit exporter</title></head>
-<body><h1>RealtimeKit exporter</h1>
-<p>Prometheus exporter for Cloudflare RealtimeKit livestreams, version {version}.</p>
-<ul>
-<li><a href="/metrics">/metrics</a>: the metrics</li>
-<li><a href="/-/healthy">/-/healthy</a>: 200 while the process runs</li>
-<li><a href="/-/ready">/-/ready</a>: 200 once the first poll cycle has completed</li>
-</ul></body></html>
-"""
+# No script runs on the page and it loads nothing: the policy forbids all but inline CSS.
+_INDEX_HEADERS: Final = {
+    "Content-Type": "text/html; charset=utf-8",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+    "Cache-Control": "no-store",
+}
 
 
 async def _index(request: web.Request) -> web.Response:
-    return web.Response(text=_INDEX.format(version=__version__), content_type="text/html")
+    source = request.app[STATUS]
+    # Both are read here, on the loop (the poller swaps the snapshot and appends errors on
+    # it); the render then runs off the loop, as /metrics does, for apps with many streams.
+    snapshot = source.snapshot if source is not None else EMPTY_SNAPSHOT
+    errors = tuple(source.recent_errors) if source is not None else ()
+    render = functools.partial(
+        statuspage.render,
+        snapshot,
+        errors,
+        time.time(),
+        __version__,
+        refresh=request.app[REFRESH],
+    )
+    page = await asyncio.get_running_loop().run_in_executor(None, render)
+    # "replace": a lone surrogate from a JSON \ud800 escape cannot fail the page.
+    return web.Response(body=page.encode("utf-8", "replace"), headers=_INDEX_HEADERS)
 
 
 class Server:
@@ -177,7 +216,10 @@ class Server:
 
     async def start(self) -> None:
         app = create_app(
-            registry=self._exporter.registry, ready=lambda: self._exporter.poller.ready
+            registry=self._exporter.registry,
+            ready=lambda: self._exporter.poller.ready,
+            status=self._exporter.poller,
+            refresh=self._exporter.config.poll.interval,
         )
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=1.0
