@@ -19,6 +19,10 @@ from typing import Any, Final
 from exporter.model import UNKNOWN_STATUS, ActiveSession, Livestream, Session
 
 MAX_LABEL_LENGTH: Final = 256
+MAX_MESSAGE_LENGTH: Final = 200
+# In an API's error text, a run this long of letters, digits and _+/= may be a secret (a
+# stream key, a token) echoed back; ids with hyphens (UUIDs) stay readable.
+_SECRET_LIKE: Final = re.compile(r"[A-Za-z0-9_+/=]{24,}")
 MAX_STATUS_LENGTH: Final = 64
 _LIST_KEYS: Final = ("livestreams", "data")
 _EPOCH_TEXT = re.compile(r"^\d{9,}(?:\.\d+)?$")  # epoch seconds/ms as text; 8 digits is ISO basic
@@ -67,14 +71,14 @@ def error_summary(doc: object) -> tuple[int | None, str]:
     if isinstance(doc.get("error"), dict):
         candidates.append(doc["error"])
     elif isinstance(doc.get("error"), str):
-        return None, _clip(doc["error"])
+        return None, _quoted(doc["error"])
     if isinstance(doc.get("errors"), list):
         candidates.extend(doc["errors"])
     for item in candidates:
         if isinstance(item, dict):
             code = _int(item.get("code"))
             message = item.get("message")
-            return code, _clip(message) if isinstance(message, str) else ""
+            return code, _quoted(message) if isinstance(message, str) else ""
     return None, ""
 
 
@@ -213,7 +217,7 @@ def status_value(value: object) -> str:
     """
     if not isinstance(value, str) or not value.strip():
         return UNKNOWN_STATUS
-    return " ".join(value.split()).upper()[:MAX_STATUS_LENGTH].rstrip()
+    return " ".join(_encodable(value).split()).upper()[:MAX_STATUS_LENGTH].rstrip()
 
 
 def paging(value: object) -> Paging | None:
@@ -295,9 +299,23 @@ def _int(value: object) -> int | None:
     return int(n) if n is not None and n.is_integer() else None
 
 
+def _quoted(message: str) -> str:
+    """An API's error message, fit to log: clipped, secret-like runs redacted."""
+    return _SECRET_LIKE.sub("<redacted>", _encodable(message)[:MAX_MESSAGE_LENGTH])
+
+
+def _encodable(text: str) -> str:
+    """``text`` with lone surrogates (valid in JSON, not in UTF-8) replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
 def _text(value: object) -> str | None:
     if isinstance(value, str):
-        return value.strip() or None
+        return _encodable(value).strip() or None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None

@@ -859,7 +859,7 @@ def test_stream_key_and_ingest_server_never_reach_the_model(
         ),
         ({"success": False, "error": "Bad request"}, (None, "Bad request")),
         ({"success": False, "error": {"code": 500}}, (500, "")),
-        ({"success": False, "error": {"message": "m" * 300}}, (None, "m" * 256)),
+        ({"success": False, "error": {"message": "m " * 150}}, (None, "m " * 100)),
         ({"success": False, "errors": []}, (None, "")),
         ({"success": False}, (None, "")),
         (["error"], (None, "")),
@@ -982,3 +982,47 @@ def test_session_by_id_reads_the_sibling_endpoints_shapes(doc: dict[str, Any]) -
 def test_session_by_id_with_an_empty_list_is_not_found() -> None:
     """An empty list of sessions means no such session."""
     assert decode.session_by_id({"data": []}) is None
+
+
+# --- text that reaches logs and labels ---------------------------------------------------
+
+STREAM_KEY = "f26566285faca6fbe2e79a73a66rsrrsrrsr3cde23a2bb7dbc6c2c1761b98f4e4"
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"success": False, "error": {"code": 400, "message": f"bad stream_key {STREAM_KEY}"}},
+        {"success": False, "errors": [{"code": 10000, "message": f"key={STREAM_KEY}!"}]},
+        {
+            "success": False,
+            "error": f"sk_ap-south-1_x3lKBdJa8UDN_3q6PPLMJnqnbnhyrkXrOG504MUsxnZ {STREAM_KEY}",
+        },
+    ],
+    ids=["service", "gateway", "string"],
+)
+def test_error_messages_redact_secret_like_runs(doc: dict[str, Any]) -> None:
+    """An error message that echoes a stream key does not carry it into logs."""
+    _, message = decode.error_summary(doc)
+    assert "<redacted>" in message
+    assert (
+        STREAM_KEY not in message and "x3lKBdJa8UDN_3q6PPLMJnqnbnhyrkXrOG504MUsxnZ" not in message
+    )
+
+
+def test_error_messages_keep_ids_and_ordinary_text_and_are_clipped() -> None:
+    text = "No active session found for livestream b60ef3da-fbbb-441b-9168-8235b0035248"
+    assert decode.error_summary({"error": {"code": 404, "message": text}}) == (404, text)
+    _, long = decode.error_summary({"error": {"code": 500, "message": "word " * 100}})
+    assert len(long) == decode.MAX_MESSAGE_LENGTH
+
+
+def test_lone_surrogates_become_replacement_characters() -> None:
+    """JSON allows a lone surrogate (\\ud800); UTF-8 cannot carry it to a label or a log."""
+    doc = json.loads('{"id": "ls-1", "name": "a\\ud800b", "status": "li\\udfffve"}')
+    stream = decode.livestream(doc)
+    assert stream.name == "a\ufffdb"
+    assert stream.status == "LI\ufffdVE"
+    stream.name.encode("utf-8")
+    _, message = decode.error_summary(json.loads('{"error": {"message": "x\\ud800"}}'))
+    assert message == "x\ufffd"
