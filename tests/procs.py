@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from http.client import HTTPConnection
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 
@@ -260,3 +260,106 @@ def get(url: str, **kwargs: Any) -> Response:
 
 def post(url: str, body: Any = None, **kwargs: Any) -> Response:
     return request("POST", url, body=body, **kwargs)
+
+
+# -- simulator, exporter and Prometheus as processes (shared by the dashboard test) -------
+# Added for tests/test_dashboard.py; tests/test_e2e_prometheus.py still has its own copy of
+# the Prometheus start-up.
+def prometheus_config(
+    *, job: str, target: str, rule_files: Iterable[Path] = (), interval: str = "1s"
+) -> str:
+    """A prometheus.yml that scrapes ``target`` as ``job`` and evaluates ``rule_files``,
+    both every ``interval``."""
+    rules = [json.dumps(str(path)) for path in rule_files]
+    return "\n".join(
+        [
+            "global:",
+            f"  scrape_interval: {interval}",
+            f"  scrape_timeout: {interval}",
+            f"  evaluation_interval: {interval}",
+            f"rule_files: [{', '.join(rules)}]",
+            "scrape_configs:",
+            f"  - job_name: {json.dumps(job)}",
+            "    static_configs:",
+            f"      - targets: [{json.dumps(target)}]",
+            "",
+        ]
+    )
+
+
+@contextlib.contextmanager
+def spawned_prometheus(
+    workdir: Path, config_text: str, *, watch: Iterable[Proc] = ()
+) -> Iterator[tuple[Proc, str]]:
+    """Prometheus running ``config_text``, ready: yields the process and its base URL.
+
+    Prometheus cannot listen on port 0: take a free port, and once more on a bind failure
+    (someone took it in between)."""
+    binary = require_tool("prometheus")
+    config = workdir / "prometheus.yml"
+    config.write_text(config_text, encoding="utf-8")
+    watched = list(watch)
+    for attempt in (1, 2):
+        port = free_port()
+        url = f"http://{LOOPBACK}:{port}"
+        command = [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / f'tsdb-{attempt}'}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+            "--log.level=info",
+        ]
+        log_path = workdir / f"prometheus-{attempt}.log"
+        with spawned("prometheus", command, log_path=log_path) as proc:
+
+            def ready(proc: Proc = proc, url: str = url) -> bool:
+                if proc.exited():
+                    return True  # decided below
+                return get(f"{url}/-/ready").status == 200
+
+            wait_for(ready, timeout=30, what="Prometheus to be ready", watch=watched)
+            if proc.exited():
+                if attempt == 1 and "address already in use" in proc.log():
+                    continue
+                pytest.fail(f"Prometheus did not start\n{proc.describe()}", pytrace=False)
+            yield proc, url
+            return
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def prometheus_api(url: str, path: str, **params: str) -> dict[str, Any]:
+    """GET ``path`` of Prometheus' HTTP API at ``url``: the decoded envelope (``status``,
+    ``data`` or ``errorType``/``error``), whatever the HTTP status, so that a rejected query
+    can be reported with Prometheus' reason."""
+    response = get(f"{url}{path}?{urlencode(params)}", timeout=10.0)
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise AssertionError(f"{path} {params}: HTTP {response.status}: {response.text[:500]}")
+    return body
+
+
+@contextlib.contextmanager
+def spawned_simulator(workdir: Path, *args: str) -> Iterator[tuple[Proc, str]]:
+    """``realtimekit-exporter simulate ARGS`` on a free loopback port: yields the process and
+    its origin (``http://127.0.0.1:PORT``; the API is under /client/v4)."""
+    command = exporter_command("simulate", "--listen", f"{LOOPBACK}:0", *args)
+    with spawned("simulator", command, log_path=workdir / "simulator.log") as proc:
+        origin = wait_for_log(proc, r"address=(http://127\.0\.0\.1:\d+)", timeout=20)[1]
+        yield proc, origin
+
+
+@contextlib.contextmanager
+def spawned_exporter(workdir: Path, config_text: str, *args: str) -> Iterator[tuple[Proc, str]]:
+    """The exporter running ``config_text`` on a free loopback port: yields the process and
+    its ``host:port``."""
+    config = workdir / "exporter.yaml"
+    config.write_text(config_text, encoding="utf-8")
+    command = exporter_command(
+        "--config.file", str(config), "--web.listen-address", f"{LOOPBACK}:0", *args
+    )
+    with spawned("exporter", command, log_path=workdir / "exporter.log") as proc:
+        port = wait_for_log(proc, r"listening on 127\.0\.0\.1:(\d+)", timeout=20)[1]
+        yield proc, f"{LOOPBACK}:{port}"

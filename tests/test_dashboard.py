@@ -1,0 +1,631 @@
+"""The Grafana dashboard deploy/grafana/realtimekit-livestreams.json.
+
+Structure: valid JSON, unique panel ids, a tidy grid, every query on the datasource
+variable, every metric it names documented in docs/metrics.md or recorded by
+deploy/prometheus/recording.yml, and every stream-level (app-level) selector filtered by
+the template variables.
+
+Then the real check: the simulator, the exporter and Prometheus (with the recording rules)
+run as processes on loopback, the simulator holding live streams, an ERRORED stream whose
+session ended with an error, a stream with a status the exporter does not know, a second
+app, and a burst of API errors. Every panel query, with the template variables filled in
+as Grafana would, must be accepted by Prometheus and return data; a few panels must
+return the values the simulator's state implies, and selecting an app or streams must
+narrow every result to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from tests.procs import (
+    get,
+    post,
+    prometheus_api,
+    prometheus_config,
+    request,
+    require_tool,
+    spawned_exporter,
+    spawned_prometheus,
+    spawned_simulator,
+    wait_for,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+
+    from tests.procs import Proc
+
+REPO = Path(__file__).resolve().parent.parent
+DASHBOARD = REPO / "deploy" / "grafana" / "realtimekit-livestreams.json"
+METRICS_DOC = REPO / "docs" / "metrics.md"
+RECORDING = REPO / "deploy" / "prometheus" / "recording.yml"
+
+DS_VARIABLE = "DS_PROMETHEUS"
+DS_REF = "${" + DS_VARIABLE + "}"
+STREAM_VARS = ("account_id", "app_id", "livestream_id")
+APP_VARS = ("account_id", "app_id")
+GRID_COLUMNS = 24
+# What Grafana would put in for its built-in variables (the test's Prometheus scrapes
+# every second; 1m holds enough samples for every rate()).
+BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
+RANGE_SECONDS = 30
+RANGE_STEP = "2"
+
+
+# -- reading the dashboard ----------------------------------------------------------------
+def _dashboard() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def _all_panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every panel, rows included, and the panels inside collapsed rows."""
+    for panel in dashboard["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
+def _query_panels(dashboard: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in _all_panels(dashboard) if p["type"] != "row"]
+
+
+def _targets(dashboard: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(panel, target) for every target with an expression."""
+    return [
+        (panel, target)
+        for panel in _query_panels(dashboard)
+        for target in panel.get("targets", [])
+        if target.get("expr")
+    ]
+
+
+def _variables(dashboard: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in dashboard["templating"]["list"]}
+
+
+def _variable_query(variable: Mapping[str, Any]) -> str:
+    query = variable["query"]
+    return str(query["query"] if isinstance(query, dict) else query)
+
+
+_LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\s*\)$", re.DOTALL)
+
+
+def _label_values(variable: Mapping[str, Any]) -> tuple[str, str]:
+    """(series selector, label) of a ``label_values(selector, label)`` variable query."""
+    match = _LABEL_VALUES.match(_variable_query(variable).strip())
+    assert match, f"variable {variable['name']}: not a label_values() query"
+    return match["selector"].strip(), match["label"]
+
+
+# -- what the docs and the rules define ---------------------------------------------------
+def _documented_metrics() -> dict[str, str]:
+    """Every metric of docs/metrics.md (histograms as their _bucket/_sum/_count series),
+    mapped to its level: "stream", "app" or "exporter"."""
+    levels = {
+        "## Per livestream": "stream",
+        "## Per app": "app",
+        "## The exporter itself": "exporter",
+    }
+    found: dict[str, str] = {}
+    level = None
+    for line in METRICS_DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            level = levels.get(line.strip())
+        match = re.match(r"\|\s*`(realtimekit_\w+)`\s*\|\s*(\w+)", line)
+        if match and level:
+            name, kind = match.groups()
+            if kind == "histogram":
+                found.update({f"{name}{suffix}": level for suffix in ("_bucket", "_sum", "_count")})
+            else:
+                found[name] = level
+    assert len(found) > 20, f"cannot read the metric tables of {METRICS_DOC}"
+    return found
+
+
+def _recorded_metrics() -> dict[str, str]:
+    """Every recording rule of recording.yml, mapped to the level its name gives."""
+    rules = yaml.safe_load(RECORDING.read_text(encoding="utf-8"))
+    found = {}
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "record" in rule:
+                level_labels = rule["record"].split(":")[0]
+                found[rule["record"]] = (
+                    "stream"
+                    if "livestream_id" in level_labels
+                    else "app"
+                    if "app_id" in level_labels
+                    else "exporter"
+                )
+    assert found, f"no recording rule in {RECORDING}"
+    return found
+
+
+# -- a small PromQL scanner: enough to find the vector selectors ---------------------------
+_TOKEN = re.compile(
+    r"""
+      (?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|`[^`]*`)
+    | (?P<braces>\{(?:[^{}"']|"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')*\})
+    | (?P<range>\[[^\]]*\])
+    | (?P<ident>[A-Za-z_:][A-Za-z0-9_:]*)
+    | (?P<number>[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?(?:ms|[smhdwy])*)  # or a duration
+    | (?P<other>\S)
+    """,
+    re.VERBOSE,
+)
+_AGGREGATIONS = {
+    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
+    "bottomk", "topk", "quantile", "limitk", "limit_ratio",
+}  # fmt: skip
+_GROUPING = {"by", "without", "on", "ignoring", "group_left", "group_right"}
+_KEYWORDS = {"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan", "start", "end"}
+
+
+def _selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric name, matchers between the braces or "") of every vector selector."""
+    tokens = [(m.lastgroup, m.group()) for m in _TOKEN.finditer(expr)]
+    found = []
+    i = 0
+    while i < len(tokens):
+        kind, text = tokens[i]
+        after = tokens[i + 1] if i + 1 < len(tokens) else (None, "")
+        if kind == "braces":
+            raise AssertionError(f"a selector without a metric name in {expr!r}")
+        if kind == "ident":
+            if text in _GROUPING and after[1] == "(":
+                i += 2  # skip the label list up to its ")"
+                while i < len(tokens) and tokens[i][1] != ")":
+                    i += 1
+            elif after[1] == "(" or text in _AGGREGATIONS or text in _KEYWORDS:
+                pass  # a function call, an aggregation, a keyword
+            elif after[0] == "braces":
+                found.append((text, after[1][1:-1]))
+                i += 1
+            else:
+                found.append((text, ""))
+        i += 1
+    return found
+
+
+def _matchers(braces: str) -> set[str]:
+    """The matchers of a selector, whitespace taken out of each."""
+    parts = re.findall(r'\w+\s*(?:=~|!~|!=|=)\s*"(?:[^"\\]|\\.)*"', braces)
+    return {re.sub(r"\s+", "", part) for part in parts}
+
+
+def _required(variables: tuple[str, ...]) -> set[str]:
+    return {f'{name}=~"${name}"' for name in variables}
+
+
+def test_scanner_finds_selectors_and_skips_labels_and_strings() -> None:
+    expr = (
+        'label_replace(sum by (app_id) (rate(a_total{x="1", y=~"$y"}[5m])) * on (k) '
+        'group_left (name) topk by (k) (1, b), "stream", "$1", "name", "(.+)") '
+        "or vector(0) and bool c:d:e offset 5m"
+    )
+    assert _selectors(expr) == [("a_total", 'x="1", y=~"$y"'), ("b", ""), ("c:d:e", "")]
+    assert _matchers('x="1", y =~ "$y"') == {'x="1"', 'y=~"$y"'}
+
+
+# -- structure ----------------------------------------------------------------------------
+def test_dashboard_is_valid_json_with_its_uid_and_variables() -> None:
+    dashboard = _dashboard()
+    assert dashboard["uid"] == "realtimekit-livestreams"
+    assert dashboard["title"]
+    assert 36 <= dashboard["schemaVersion"] <= 41
+    assert dashboard.get("id") is None, "an importable dashboard carries no database id"
+
+    variables = _variables(dashboard)
+    datasource = variables[DS_VARIABLE]
+    assert datasource["type"] == "datasource" and datasource["query"] == "prometheus"
+    for name in STREAM_VARS:
+        variable = variables[name]
+        assert variable["type"] == "query", name
+        assert variable["multi"] and variable["includeAll"], name
+        assert variable["datasource"]["uid"] == DS_REF, name
+        selector, label = _label_values(variable)
+        assert label == name
+        metric = _selectors(selector)[0][0]
+        assert metric in ("realtimekit_up", "realtimekit_livestream_info"), name
+    # Chained: app_id depends on account_id, livestream_id on both.
+    assert _matchers(_label_values(variables["app_id"])[0]) >= _required(("account_id",))
+    assert _matchers(_label_values(variables["livestream_id"])[0]) >= _required(APP_VARS)
+    # Variables come before those that use them.
+    order = [v["name"] for v in dashboard["templating"]["list"]]
+    assert order.index(DS_VARIABLE) < order.index("account_id") < order.index("app_id")
+    assert order.index("app_id") < order.index("livestream_id")
+
+
+def test_panels_have_unique_ids_a_tidy_grid_and_the_datasource_variable() -> None:
+    dashboard = _dashboard()
+    panels = list(_all_panels(dashboard))
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {sorted(ids)}"
+
+    boxes = []
+    for panel in panels:
+        grid = panel["gridPos"]
+        title = panel.get("title")
+        assert grid["w"] > 0 and grid["h"] > 0, title
+        assert grid["x"] >= 0 and grid["y"] >= 0, title
+        assert grid["x"] + grid["w"] <= GRID_COLUMNS, f"{title} is wider than the grid"
+        boxes.append((title, grid["x"], grid["y"], grid["x"] + grid["w"], grid["y"] + grid["h"]))
+    for i, (a, ax0, ay0, ax1, ay1) in enumerate(boxes):
+        for b, bx0, by0, bx1, by1 in boxes[i + 1 :]:
+            overlap = ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1
+            assert not overlap, f"panels {a!r} and {b!r} overlap"
+
+    rows = [p["title"] for p in panels if p["type"] == "row"]
+    assert rows == ["Overview", "Streams", "Viewers & ingest", "Exporter health"]
+    for panel in _query_panels(dashboard):
+        title = panel["title"]
+        assert panel["datasource"] == {"type": "prometheus", "uid": DS_REF}, title
+        assert panel.get("description"), f"{title} has no description"
+        assert panel["fieldConfig"]["defaults"].get("unit"), f"{title} has no unit"
+        assert panel["targets"], f"{title} has no query"
+        refs = [t["refId"] for t in panel["targets"]]
+        assert len(refs) == len(set(refs)), title
+        for target in panel["targets"]:
+            assert target["datasource"] == {"type": "prometheus", "uid": DS_REF}, title
+            assert target.get("expr"), title
+
+
+def test_every_metric_is_documented_and_every_selector_filtered() -> None:
+    """Names come from docs/metrics.md or recording.yml; stream-level selectors carry
+    the account, app and livestream variables, app-level ones the account and app ones."""
+    known = _documented_metrics() | _recorded_metrics()
+    dashboard = _dashboard()
+    queries = [(p["title"], t["expr"]) for p, t in _targets(dashboard)]
+    for name in STREAM_VARS:
+        queries.append((f"variable {name}", _label_values(_variables(dashboard)[name])[0]))
+    used = set()
+    for title, expr in queries:
+        selectors = _selectors(expr)
+        assert selectors, f"{title}: no metric in {expr!r}"
+        for metric, braces in selectors:
+            assert metric in known, f"{title}: {metric} is not in docs/metrics.md or recording.yml"
+            used.add(metric)
+            if title.startswith("variable "):
+                continue
+            level = known[metric]
+            needed = _required(STREAM_VARS if level == "stream" else APP_VARS)
+            if level != "exporter":
+                missing = needed - _matchers(braces)
+                assert not missing, f"{title}: {metric}{{{braces}}} lacks {sorted(missing)}"
+    # Every recording rule feeds a panel (they exist for the dashboard).
+    assert set(_recorded_metrics()) <= used
+
+
+# -- against a real Prometheus ------------------------------------------------------------
+ACCOUNT = "sim-account"
+APP = "sim-app"
+OTHER_APP = "sim-app-2"
+SEED = 7  # with 4 streams, 2 live: the realistic profile changes none within minutes
+STREAMS = 4
+LIVE_AT_START = 2
+ERRORED = "dash-errored"  # live, then stopped with an error; expect_live: true
+UNKNOWN = "dash-paused"  # listed with a status the exporter does not know
+UNKNOWN_STATUS = "PAUSED"
+OTHER = "dash-other"  # the other app's only stream, live
+JOB = "realtimekit-exporter"
+SETTLE_TIMEOUT = 25.0
+SERVER_ERRORS = 'realtimekit_exporter_api_requests_total{code=~"5.."}'
+
+EXPORTER_CONFIG = """\
+api:
+  base_url: {base_url}
+  token_file: {token_file}
+  timeout: 2s
+poll:
+  interval: 1s
+  max_staleness: 15s
+apps:
+  - account_id: "{account}"
+    app_id: "{app}"
+    discover: true
+    livestreams:
+      - id: "{errored}"
+        expect_live: true
+  - account_id: "{account}"
+    app_id: "{other_app}"
+    discover: true
+"""
+
+
+def _substitute(expr: str, values: Mapping[str, str]) -> str:
+    """``expr`` with ``$var``, ``${var}`` and ``${var:format}`` filled in; an unknown
+    variable fails the test rather than reach Prometheus. ``$1`` (label_replace) stays."""
+    known = {**BUILTINS, **values}
+
+    def fill(match: re.Match[str]) -> str:
+        name = match["braced"] or match["bare"]
+        assert name in known, f"unknown variable ${name} in {expr!r}"
+        return known[name]
+
+    return re.sub(r"\$(?:\{(?P<braced>[A-Za-z_]\w*)(?::\w+)?\}|(?P<bare>[A-Za-z_]\w*))", fill, expr)
+
+
+def _regex_of(values: list[str]) -> str:
+    """A multi-value selection as Grafana formats it for Prometheus: (a|b), escaped."""
+    escaped = [re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", v) for v in values]
+    return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+
+
+class Queries:
+    """The dashboard's queries against one Prometheus."""
+
+    def __init__(self, url: str, dashboard: Mapping[str, Any]) -> None:
+        self.url = url
+        self.targets = _targets(dashboard)
+
+    def run(self, expr: str, *, at: float | None = None) -> dict[str, Any]:
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        return prometheus_api(self.url, "/api/v1/query", **params)
+
+    def run_range(self, expr: str, end: float) -> dict[str, Any]:
+        return prometheus_api(
+            self.url,
+            "/api/v1/query_range",
+            query=expr,
+            start=f"{end - RANGE_SECONDS:.3f}",
+            end=f"{end:.3f}",
+            step=RANGE_STEP,
+        )
+
+    def instant(self, values: Mapping[str, str]) -> dict[str, list[dict[str, Any]]]:
+        """Each target's instant result, keyed "panel title/refId"; a rejected query fails
+        the test at once with Prometheus' reason."""
+        at = time.time()
+        results = {}
+        for panel, target in self.targets:
+            key = f"{panel['title']}/{target['refId']}"
+            expr = _substitute(target["expr"], values)
+            body = self.run(expr, at=at)
+            _accepted(key, expr, body)
+            results[key] = body["data"]["result"]
+        return results
+
+    def value(self, title: str, values: Mapping[str, str], ref: str = "A") -> float | None:
+        """The single value of a one-series panel query, None without data."""
+        for panel, target in self.targets:
+            if panel["title"] == title and target["refId"] == ref:
+                body = self.run(_substitute(target["expr"], values))
+                result = body["data"]["result"]
+                assert len(result) <= 1, (title, result)
+                return float(result[0]["value"][1]) if result else None
+        raise AssertionError(f"no panel {title!r} with query {ref}")
+
+
+def _accepted(key: str, expr: str, body: Mapping[str, Any]) -> None:
+    if body.get("status") != "success":
+        pytest.fail(
+            f"Prometheus rejected the query of {key}: {body.get('errorType')}: "
+            f"{body.get('error')}\n{expr}",
+            pytrace=False,
+        )
+
+
+def _set_faults(control: str, **faults: Any) -> None:
+    answer = request("PUT", control + "/faults", body=faults)
+    assert answer.status == 200, answer.text
+
+
+@contextlib.contextmanager
+def _world(workdir: Path) -> Iterator[tuple[str, str, list[Proc]]]:
+    """Simulator, exporter and Prometheus: yields the simulator's control URL, Prometheus'
+    URL and the processes to watch."""
+    require_tool("prometheus")
+    token_file = workdir / "token"
+    token_file.write_text("dashboard-test-token\n", encoding="utf-8")
+    with contextlib.ExitStack() as stack:
+        simulator, origin = stack.enter_context(
+            spawned_simulator(
+                workdir,
+                *("--seed", str(SEED), "--livestreams", str(STREAMS)),
+                *("--live", str(LIVE_AT_START), "--profile", "realistic"),
+                *("--account-id", ACCOUNT, "--app-id", APP, "--token-file", str(token_file)),
+            )
+        )
+        control = origin + "/-/simulator"
+        for stream_id, app, name in (
+            (ERRORED, APP, "Errored stream"),
+            (UNKNOWN, APP, None),
+            (OTHER, OTHER_APP, "Other app's stream"),
+        ):
+            created = post(
+                control + "/livestreams",
+                {"account_id": ACCOUNT, "app_id": app, "id": stream_id, "name": name},
+            )
+            assert created.status == 201, created.text
+        for stream_id in (ERRORED, OTHER):
+            went_live = post(f"{control}/livestreams/{stream_id}/live", {"viewers": 40})
+            assert went_live.status == 200, went_live.text
+        changed = post(f"{control}/livestreams/{UNKNOWN}/status", {"status": UNKNOWN_STATUS})
+        assert changed.status == 200, changed.text
+
+        exporter, target = stack.enter_context(
+            spawned_exporter(
+                workdir,
+                EXPORTER_CONFIG.format(
+                    base_url=json.dumps(origin + "/client/v4"),
+                    token_file=json.dumps(str(token_file)),
+                    account=ACCOUNT,
+                    app=APP,
+                    other_app=OTHER_APP,
+                    errored=ERRORED,
+                ),
+            )
+        )
+        procs = [simulator, exporter]
+        prometheus, url = stack.enter_context(
+            spawned_prometheus(
+                workdir,
+                prometheus_config(job=JOB, target=target, rule_files=[RECORDING]),
+                watch=procs,
+            )
+        )
+        yield control, url, [*procs, prometheus]
+
+
+def _wait(
+    what: str | Callable[[], str],
+    condition: Callable[[], Any],
+    procs: list[Proc],
+    timeout: float = 20,
+) -> Any:
+    return wait_for(condition, timeout=timeout, what=what, watch=procs, interval=0.25)
+
+
+@pytest.mark.timeout(90)
+def test_every_panel_query_returns_data_from_the_simulator() -> None:
+    dashboard = _dashboard()
+    everything = dict.fromkeys(STREAM_VARS, ".*")
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="rtk-dashboard-"))
+        control, url, procs = stack.enter_context(_world(Path(tmp)))
+        queries = Queries(url, dashboard)
+
+        def value(promql: str) -> float | None:
+            result = queries.run(promql)["data"]["result"]
+            return float(result[0]["value"][1]) if len(result) == 1 else None
+
+        def stream(stream_id: str) -> str:
+            return f'{{job="{JOB}",livestream_id="{stream_id}"}}'
+
+        # The errored stream is seen live (so the exporter knows its session), then
+        # fails: ERRORED, and its session ends with an error message.
+        _wait(
+            f"{ERRORED} to be live in Prometheus",
+            lambda: value(f"realtimekit_livestream_live{stream(ERRORED)}") == 1,
+            procs,
+        )
+        failed = post(f"{control}/livestreams/{ERRORED}/error", {"message": "test error"})
+        assert failed.status == 200, failed.text
+        _wait(
+            f"the session error of {ERRORED} in Prometheus",
+            lambda: value(f"realtimekit_livestream_session_errored{stream(ERRORED)}") == 1,
+            procs,
+        )
+        # A burst of 5xx answers: API error series, poll errors, an app down a moment.
+        _set_faults(control, error_rate=0.5)
+        try:
+            _wait(
+                "API errors in Prometheus",
+                lambda: queries.run(SERVER_ERRORS)["data"]["result"],
+                procs,
+            )
+        finally:
+            _set_faults(control, error_rate=0.0)
+
+        # Every panel query, all variables at All, is accepted and returns data once
+        # the rates have two samples and the recording rules have run.
+        empty: list[str] = []
+
+        def all_have_data() -> bool:
+            results = queries.instant(everything)
+            empty[:] = [key for key, result in results.items() if not result]
+            return not empty
+
+        _wait(
+            lambda: f"every panel query to return data; still empty: {empty}",
+            all_have_data,
+            procs,
+            timeout=SETTLE_TIMEOUT,
+        )
+        end = time.time()
+        for panel, target in queries.targets:
+            if not target.get("range", True):
+                continue
+            key = f"{panel['title']}/{target['refId']}"
+            expr = _substitute(target["expr"], everything)
+            body = queries.run_range(expr, end)
+            _accepted(key, expr, body)
+            assert body["data"]["result"], f"{key}: no data over the last {RANGE_SECONDS} s"
+
+        _check_values(queries, control, everything)
+        _check_variables(url, dashboard)
+        _check_selections(queries)
+        for proc in procs:
+            assert not proc.exited(), proc.describe()
+
+
+def _check_values(queries: Queries, control: str, everything: Mapping[str, str]) -> None:
+    """Panels that count or encode something read what the simulator's state implies."""
+    world = get(control + "/livestreams").json()["livestreams"]
+    live = {s["id"] for s in world if s["live"]}
+    assert ERRORED not in live and OTHER in live and len(live) == LIVE_AT_START + 1, world
+    assert queries.value("Streams live now", everything) == len(live)
+    assert queries.value("Expected live, not live", everything) == 1  # the errored stream
+    assert queries.value("Streams ERRORED", everything) == 1
+    assert queries.value("Session errors", everything) == 1
+    assert queries.value("Apps with failing polls", everything) == 0
+
+    # The status timeline: one series per stream, named, its status encoded as mapped.
+    panel = next(p for p in _query_panels(_dashboard()) if p["title"] == "Status per stream")
+    mapped = {
+        text["text"]: int(code)
+        for mapping in panel["fieldConfig"]["defaults"]["mappings"]
+        for code, text in mapping["options"].items()
+    }
+    result = queries.run(_substitute(panel["targets"][0]["expr"], everything))["data"]["result"]
+    codes = {r["metric"]["livestream_id"]: int(float(r["value"][1])) for r in result}
+    names = {r["metric"]["livestream_id"]: r["metric"]["stream"] for r in result}
+    assert len(codes) == len(result) == len(world), result
+    assert codes[ERRORED] == mapped["ERRORED"] and names[ERRORED] == "Errored stream"
+    assert codes[UNKNOWN] == mapped["OTHER"] and names[UNKNOWN] == UNKNOWN
+    for stream_id in live:
+        assert codes[stream_id] == mapped["LIVE"], (stream_id, codes)
+
+
+def _check_variables(url: str, dashboard: Mapping[str, Any]) -> None:
+    """The variable queries, as Grafana runs label_values(), list the simulator's ids,
+    and each narrows to the selection of the ones before it."""
+    variables = _variables(dashboard)
+
+    def options(name: str, values: Mapping[str, str]) -> set[str]:
+        selector, label = _label_values(variables[name])
+        body = prometheus_api(
+            url,
+            f"/api/v1/label/{label}/values",
+            **{"match[]": _substitute(selector, values), "start": f"{time.time() - 600:.0f}"},
+        )
+        assert body["status"] == "success", body
+        return set(body["data"])
+
+    assert options("account_id", {}) == {ACCOUNT}
+    assert options("app_id", {"account_id": ".*"}) == {APP, OTHER_APP}
+    assert options("app_id", {"account_id": "no-such-account"}) == set()
+    streams = options("livestream_id", {"account_id": ACCOUNT, "app_id": ".*"})
+    assert {ERRORED, UNKNOWN, OTHER} <= streams and len(streams) == STREAMS + 3
+    assert options("livestream_id", {"account_id": ACCOUNT, "app_id": OTHER_APP}) == {OTHER}
+
+
+def _check_selections(queries: Queries) -> None:
+    """Selecting an app, or some streams, narrows every result that has the label."""
+    for label, selected, values in (
+        ("app_id", {OTHER_APP}, {"account_id": ".*", "app_id": OTHER_APP, "livestream_id": ".*"}),
+        (
+            "livestream_id",
+            {ERRORED, UNKNOWN},
+            {
+                "account_id": _regex_of([ACCOUNT]),
+                "app_id": _regex_of([APP, OTHER_APP]),
+                "livestream_id": _regex_of([ERRORED, UNKNOWN]),
+            },
+        ),
+    ):
+        for key, result in queries.instant(values).items():
+            seen = {r["metric"][label] for r in result if label in r["metric"]}
+            assert seen <= selected, f"{key} with {label}={selected}: {seen}"
