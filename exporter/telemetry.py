@@ -38,13 +38,13 @@ class ExporterMetrics:
             "realtimekit_exporter_api_requests",
             "Requests sent to the RealtimeKit API, by endpoint and HTTP status "
             "(or timeout/connection_error).",
-            ["endpoint", "code"],
+            ["api_endpoint", "code"],
             registry=registry,
         )
         self.api_duration = Histogram(
             "realtimekit_exporter_api_request_duration_seconds",
             "Duration of requests to the RealtimeKit API.",
-            ["endpoint"],
+            ["api_endpoint"],
             buckets=_REQUEST_BUCKETS,
             registry=registry,
         )

@@ -97,9 +97,14 @@ async def test_metrics_show_the_polled_streams(running: Running, fake_api: FakeA
     assert got[("realtimekit_up", labels())] == 1
     assert got[("realtimekit_exporter_livestreams_tracked", labels())] == 2
     requests = "realtimekit_exporter_api_requests_total"
-    assert got[(requests, frozenset({"endpoint": "livestreams", "code": "200"}.items()))] == 1
+    assert got[(requests, frozenset({"api_endpoint": "livestreams", "code": "200"}.items()))] == 1
     assert (
-        got[(requests, frozenset({"endpoint": "active_livestream_session", "code": "200"}.items()))]
+        got[
+            (
+                requests,
+                frozenset({"api_endpoint": "active_livestream_session", "code": "200"}.items()),
+            )
+        ]
         == 1
     )
     assert ("realtimekit_exporter_poll_duration_seconds_count", frozenset()) in got

@@ -46,10 +46,10 @@ def test_requests_cycles_and_build_info() -> None:
     metrics.cycle(1.5)
     get = registry.get_sample_value
     name = "realtimekit_exporter_api_requests_total"
-    assert get(name, {"endpoint": "livestreams", "code": "200"}) == 1
-    assert get(name, {"endpoint": "livestreams", "code": "timeout"}) == 1
+    assert get(name, {"api_endpoint": "livestreams", "code": "200"}) == 1
+    assert get(name, {"api_endpoint": "livestreams", "code": "timeout"}) == 1
     duration = "realtimekit_exporter_api_request_duration_seconds_count"
-    assert get(duration, {"endpoint": "livestreams"}) == 2
+    assert get(duration, {"api_endpoint": "livestreams"}) == 2
     assert get("realtimekit_exporter_poll_duration_seconds_sum") == 1.5
     info = {"version": __version__, "python_version": platform.python_version()}
     assert get("realtimekit_exporter_build_info", info) == 1
