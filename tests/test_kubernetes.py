@@ -1,0 +1,552 @@
+"""The Kubernetes manifests in deploy/kubernetes, as kustomize renders them.
+
+- The base and the demo overlay render offline (``kubectl kustomize``), into the expected
+  objects, without a namespace, a Secret or a stray name.
+- The core kinds validate against the Kubernetes API schemas (``kubernetes-validate``,
+  offline, strict: unknown fields are errors) of the oldest supported and newest known
+  Kubernetes versions; the Prometheus Operator's kinds are checked by hand here.
+- The Deployment keeps its security settings, probes, resources and mounts; the config the
+  ConfigMap carries passes ``--config.check``; a change to it renames the ConfigMap and so
+  rolls the pod.
+- The PrometheusRule is exactly what scripts/gen-prometheusrule writes, its groups are those
+  of deploy/prometheus/*.yml and promtool accepts them; the ServiceMonitor makes the job
+  label the one the alerts select, and its relabeling works in a real Prometheus.
+- checkov finds nothing that is not suppressed with a reason.
+
+kubectl, promtool, prometheus and checkov are looked up on PATH, kubernetes-validate is
+imported: when one is missing the tests that need it skip, except in CI (``CI`` set),
+where they fail.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import pytest
+import yaml
+
+from exporter import __version__
+from exporter.cli import DEFAULT_PORT
+from tests.procs import (
+    LOOPBACK,
+    exporter_command,
+    free_port,
+    get,
+    require_tool,
+    run,
+    spawned,
+    wait_for,
+    wait_for_log,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import ModuleType
+
+    from tests.procs import Proc
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "kubernetes"
+BASE = K8S / "base"
+DEMO = K8S / "demo"
+CHECKOV_CONFIG = K8S / ".checkov.yaml"
+RULE_FILES = (
+    ROOT / "deploy" / "prometheus" / "alerts.yml",
+    ROOT / "deploy" / "prometheus" / "recording.yml",
+)
+GENERATOR = ROOT / "scripts" / "gen-prometheusrule"
+PROMETHEUS_RULE = BASE / "prometheusrule.yaml"
+
+NAME = "realtimekit-exporter"
+LABELS = {"app.kubernetes.io/name": NAME, "app.kubernetes.io/instance": NAME}
+IMAGE = f"ghcr.io/realtimekit-exporter/realtimekit-exporter:{__version__}"
+CONFIG_DIR = "/etc/realtimekit-exporter"
+CONFIG_PATH = f"{CONFIG_DIR}/config.yaml"
+TOKEN_PATH = f"{CONFIG_DIR}/token/token"
+TOKEN_SECRET = "realtimekit-exporter-token"
+UID = 10241  # the image's USER (Dockerfile)
+PORT = DEFAULT_PORT  # 10241, the default --web.listen-address port
+CORE_KINDS = {"ServiceAccount", "ConfigMap", "Service", "Deployment"}
+OPERATOR_API = "monitoring.coreos.com/v1"
+# The oldest Kubernetes the manifests must suit, and the newest kubernetes-validate knows.
+MIN_KUBERNETES = "1.29"
+# What checkov may report as skipped, each with its reason in a checkov.io/skipN annotation
+# (CKV_K8S_21, the default namespace, is skipped in .checkov.yaml: the base has none).
+CHECKOV_ACCEPTED = {"CKV_K8S_43", "CKV_K8S_15", "CKV2_K8S_6"}
+# The target labels the Prometheus Operator gives every scraped series.
+OPERATOR_LABELS = {
+    "endpoint": "http",
+    "namespace": "test",
+    "service": "realtimekit-exporter",
+    "pod": "realtimekit-exporter-0",
+    "container": "exporter",
+}
+
+TIMEOUT = 60  # seconds for one kubectl, promtool, checkov or exporter run; all take a few
+
+Doc = dict[str, Any]
+
+
+def _job_selected_by_alerts() -> str:
+    """The job that RealtimeKitExporterDown selects in deploy/prometheus/alerts.yml."""
+    rules = [r for g in _load(RULE_FILES[0])["groups"] for r in g["rules"]]
+    (down,) = [r for r in rules if r.get("alert") == "RealtimeKitExporterDown"]
+    match = re.search(r'up\{job="([^"]+)"\}', down["expr"])
+    assert match, down["expr"]
+    return match.group(1)
+
+
+def _load(path: Path) -> Any:
+    with path.open(encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def _source_groups() -> list[Doc]:
+    return [group for path in RULE_FILES for group in _load(path)["groups"]]
+
+
+def require_module(name: str) -> ModuleType:
+    """Import ``name``; without it, fail on CI (env CI set), else skip."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        reason = f"Python module {name} is not installed; it is needed for this test"
+        if os.environ.get("CI"):
+            pytest.fail(reason + " and CI is set", pytrace=False)
+        pytest.skip(reason)
+
+
+def kustomize(directory: Path) -> list[Doc]:
+    """The objects ``kubectl kustomize directory`` renders, in its order."""
+    kubectl = require_tool("kubectl")
+    done = run([kubectl, "kustomize", str(directory)], timeout=TIMEOUT)
+    assert done.returncode == 0, f"kubectl kustomize {directory} failed:\n{done.stderr}"
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc is not None]
+
+
+def one(docs: list[Doc], kind: str) -> Doc:
+    found = [doc for doc in docs if doc["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def container(docs: list[Doc]) -> Doc:
+    (only,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return dict(only)
+
+
+@pytest.fixture(scope="module")
+def base() -> list[Doc]:
+    return kustomize(BASE)
+
+
+@pytest.fixture(scope="module")
+def demo() -> list[Doc]:
+    return kustomize(DEMO)
+
+
+# -- what is rendered -----------------------------------------------------------------
+def test_base_renders_the_expected_objects(base: list[Doc]) -> None:
+    kinds = sorted((doc["apiVersion"], doc["kind"]) for doc in base)
+    assert kinds == sorted(
+        [
+            ("v1", "ServiceAccount"),
+            ("v1", "ConfigMap"),
+            ("v1", "Service"),
+            ("apps/v1", "Deployment"),
+            (OPERATOR_API, "ServiceMonitor"),
+            (OPERATOR_API, "PrometheusRule"),
+        ]
+    )
+    for doc in base:
+        meta = doc["metadata"]
+        assert "namespace" not in meta, f"{doc['kind']} names a namespace"
+        assert LABELS.items() <= meta["labels"].items(), doc["kind"]
+        if doc["kind"] != "ConfigMap":
+            assert meta["name"] == NAME, doc["kind"]
+    # No Secret: it is created by hand (an applied placeholder would overwrite the token).
+    example = _load(BASE / "secret.example.yaml")
+    assert example["kind"] == "Secret" and example["metadata"]["name"] == TOKEN_SECRET
+    assert set(example["stringData"]) == {"token"}
+
+
+def test_demo_overlay_runs_demo_mode_without_token_or_rules(
+    base: list[Doc], demo: list[Doc]
+) -> None:
+    assert {d["kind"] for d in demo} == {d["kind"] for d in base} - {"PrometheusRule"}
+    exporter = container(demo)
+    assert exporter["args"] == ["--demo", "--log.format=json"]
+    assert not exporter.get("volumeMounts")
+    assert not one(demo, "Deployment")["spec"]["template"]["spec"].get("volumes")
+    # Everything else is the base's.
+    for key in ("securityContext", "resources", "livenessProbe", "readinessProbe", "ports"):
+        assert exporter[key] == container(base)[key], key
+
+
+@pytest.mark.parametrize("overlay", ["base", "demo"])
+@pytest.mark.parametrize("version", [MIN_KUBERNETES, "newest"])
+def test_core_objects_validate_against_the_kubernetes_schemas(
+    overlay: str, version: str, request: pytest.FixtureRequest
+) -> None:
+    kv = require_module("kubernetes_validate")
+    if version == "newest":
+        version = kv.latest_version()
+    known = {kv.utils.major_minor(v) for v in kv.utils.all_versions()}
+    assert kv.utils.major_minor(version) in known, (
+        f"kubernetes-validate {kv.version.__version__} has no schemas for Kubernetes "
+        f"{version} (only {sorted(known)}): raise MIN_KUBERNETES or pin an older release"
+    )
+    docs: list[Doc] = request.getfixturevalue(overlay)
+    core = [doc for doc in docs if doc["kind"] in CORE_KINDS]
+    assert {doc["kind"] for doc in core} == CORE_KINDS
+    for doc in core:
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.path)
+            pytest.fail(
+                f"{doc['kind']} is invalid for Kubernetes {version} at {where}: {exc.message}"
+            )
+
+
+def test_schema_validation_catches_a_misspelt_field(base: list[Doc]) -> None:
+    """The validation above is strict: a typo in a security setting is not ignored."""
+    kv = require_module("kubernetes_validate")
+    deployment = copy.deepcopy(one(base, "Deployment"))
+    context = deployment["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    context["readOnlyRootFileSystem"] = context.pop("readOnlyRootFilesystem")
+    with pytest.raises(kv.ValidationError, match="readOnlyRootFileSystem"):
+        kv.validate(deployment, MIN_KUBERNETES, strict=True)
+
+
+# -- the Deployment -------------------------------------------------------------------
+def test_deployment_runs_one_exporter_at_a_time(base: list[Doc]) -> None:
+    spec = one(base, "Deployment")["spec"]
+    assert spec["replicas"] == 1  # one exporter per API token
+    assert spec["strategy"] == {"type": "Recreate"}  # never two, even during a rollout
+    assert spec["selector"]["matchLabels"] == LABELS
+    assert LABELS.items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def test_deployment_security_settings(base: list[Doc]) -> None:
+    sa = one(base, "ServiceAccount")
+    assert sa["automountServiceAccountToken"] is False
+    pod = one(base, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+    exporter = container(base)
+    assert exporter["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert all(mount.get("readOnly") for mount in exporter["volumeMounts"])
+
+
+def test_deployment_image_args_and_resources(base: list[Doc]) -> None:
+    exporter = container(base)
+    assert exporter["image"] == IMAGE  # the release in exporter/__init__.py
+    assert exporter["args"] == [f"--config.file={CONFIG_PATH}", "--log.format=json"]
+    assert "command" not in exporter  # the image's ENTRYPOINT, realtimekit-exporter
+    resources = exporter["resources"]
+    assert set(resources) == {"requests", "limits"}
+    for kind in ("requests", "limits"):
+        assert set(resources[kind]) == {"cpu", "memory"}, kind
+    assert resources["requests"] == {"cpu": "10m", "memory": "64Mi"}
+    assert resources["limits"] == {"cpu": "500m", "memory": "128Mi"}
+
+
+def test_probes_and_port(base: list[Doc]) -> None:
+    exporter = container(base)
+    assert exporter["ports"] == [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
+    # No --web.listen-address: the exporter's default, :10241, is the containerPort.
+    assert not any(arg.startswith("--web.listen-address") for arg in exporter["args"])
+    assert exporter["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http"}
+    assert exporter["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http"}
+
+
+def test_config_and_token_mounts(base: list[Doc]) -> None:
+    configmap = one(base, "ConfigMap")
+    generated = configmap["metadata"]["name"]
+    assert re.fullmatch(r"realtimekit-exporter-config-[a-z0-9]{10}", generated), generated
+    pod = one(base, "Deployment")["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    mounts = {mount["name"]: mount for mount in container(base)["volumeMounts"]}
+    assert set(volumes) == set(mounts) == {"config", "token"}
+
+    # The config file: the generated (hash-suffixed) ConfigMap, mounted where the args say.
+    assert volumes["config"]["configMap"]["name"] == generated
+    assert mounts["config"]["mountPath"] == CONFIG_PATH
+    assert mounts["config"]["subPath"] in configmap["data"]
+    assert configmap["data"][mounts["config"]["subPath"]] == (BASE / "config.yaml").read_text(
+        encoding="utf-8"
+    )
+
+    # The token: the Secret's key `token`, at the path config.yaml's api.token_file names.
+    secret = volumes["token"]["secret"]
+    assert secret["secretName"] == TOKEN_SECRET
+    assert not secret.get("optional")
+    (item,) = secret["items"]
+    assert item["key"] == "token"
+    assert f"{mounts['token']['mountPath']}/{item['path']}" == TOKEN_PATH
+    config = yaml.safe_load(configmap["data"]["config.yaml"])
+    assert config["api"]["token_file"] == TOKEN_PATH
+    assert "token" not in config["api"]
+
+
+def test_configmap_config_passes_config_check(base: list[Doc], tmp_path: Path) -> None:
+    """The exporter accepts the config the ConfigMap carries, with the Secret's file in
+    place (only api.token_file is pointed at a stand-in for it)."""
+    config = yaml.safe_load(one(base, "ConfigMap")["data"]["config.yaml"])
+    assert config["api"]["token_file"] == TOKEN_PATH
+    token = tmp_path / "token"
+    token.write_text("dummy-token-for-config-check\n", encoding="utf-8")
+    config["api"]["token_file"] = str(token)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "CLOUDFLARE_API_TOKEN"}
+    done = run(
+        exporter_command("--config.file", str(path), "--config.check"), timeout=TIMEOUT, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert ": OK: " in done.stdout, done.stdout
+
+
+def test_a_config_change_renames_the_configmap_and_rolls_the_pod(
+    base: list[Doc], tmp_path: Path
+) -> None:
+    copied = tmp_path / "base"
+    shutil.copytree(BASE, copied)
+    config = copied / "config.yaml"
+    config.write_text(config.read_text(encoding="utf-8").replace("30s", "60s"), encoding="utf-8")
+    changed = kustomize(copied)
+    before, after = (
+        one(base, "ConfigMap")["metadata"]["name"],
+        one(changed, "ConfigMap")["metadata"]["name"],
+    )
+    assert before != after
+    (volume,) = [
+        v
+        for v in one(changed, "Deployment")["spec"]["template"]["spec"]["volumes"]
+        if "configMap" in v
+    ]
+    assert volume["configMap"]["name"] == after
+
+
+# -- Service and ServiceMonitor -------------------------------------------------------
+def test_service_selects_the_pod_on_port_http(base: list[Doc]) -> None:
+    service = one(base, "Service")
+    assert service["metadata"]["name"] == NAME
+    assert service["spec"]["type"] == "ClusterIP"
+    pod_labels = one(base, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}
+    ]
+
+
+def test_servicemonitor_scrapes_the_service_as_the_alerts_job(base: list[Doc]) -> None:
+    job = _job_selected_by_alerts()
+    assert job == NAME
+    service = one(base, "Service")
+    monitor = one(base, "ServiceMonitor")
+    assert monitor["apiVersion"] == OPERATOR_API
+    assert monitor["metadata"]["name"] == NAME
+    spec = monitor["spec"]
+    assert set(spec) <= {"jobLabel", "selector", "endpoints", "namespaceSelector"}
+    # The Operator's job label is the value of the Service label jobLabel names, and the
+    # Service's name when that label is missing: both are the alerts' job.
+    assert service["metadata"]["labels"][spec["jobLabel"]] == job
+    assert service["metadata"]["name"] == job
+    # It selects the Service, in its own namespace (no namespaceSelector).
+    assert set(spec["selector"]) == {"matchLabels"}
+    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert "namespaceSelector" not in spec
+    (endpoint,) = spec["endpoints"]
+    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["port"] == "http"
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["interval"] == "30s"  # what the rules' unit tests assume
+    assert _seconds(endpoint["scrapeTimeout"]) <= _seconds(endpoint["interval"])
+    assert "metricRelabelings" not in endpoint  # the exporter's labels need no repair
+
+
+def _seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)([sm])", duration)
+    assert match, duration
+    return int(match[1]) * (60 if match[2] == "m" else 1)
+
+
+# -- PrometheusRule -------------------------------------------------------------------
+def test_prometheusrule_is_what_the_generator_writes() -> None:
+    """The committed file cannot drift from deploy/prometheus/*.yml."""
+    done = run([sys.executable, str(GENERATOR), "--stdout"], timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == PROMETHEUS_RULE.read_text(encoding="utf-8"), (
+        f"{PROMETHEUS_RULE.relative_to(ROOT)} is out of date: run scripts/gen-prometheusrule"
+    )
+    assert done.stdout.startswith("# generated by scripts/gen-prometheusrule; do not edit")
+    check = run([sys.executable, str(GENERATOR), "--check"], timeout=TIMEOUT)
+    assert check.returncode == 0, check.stderr
+
+
+def test_prometheusrule_carries_the_rule_files_groups(base: list[Doc]) -> None:
+    rule = one(base, "PrometheusRule")
+    assert rule["apiVersion"] == OPERATOR_API
+    assert rule["metadata"]["name"] == NAME
+    assert set(rule["spec"]) == {"groups"}
+    assert rule["spec"]["groups"] == _source_groups()
+    assert _load(PROMETHEUS_RULE)["spec"]["groups"] == _source_groups()
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules", "limit"}, group["name"]
+        for item in group["rules"]:
+            assert ("alert" in item) != ("record" in item), item
+            assert set(item) <= {
+                "alert",
+                "record",
+                "expr",
+                "for",
+                "keep_firing_for",
+                "labels",
+                "annotations",
+            }
+            assert isinstance(item["expr"], str) and item["expr"].strip()
+
+
+def test_promtool_accepts_the_prometheusrule_groups(base: list[Doc], tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    rules = tmp_path / "prometheusrule-groups.yml"
+    rules.write_text(
+        yaml.safe_dump({"groups": one(base, "PrometheusRule")["spec"]["groups"]}), encoding="utf-8"
+    )
+    done = run([promtool, "check", "rules", str(rules)], timeout=TIMEOUT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout, done.stdout
+
+
+# -- checkov --------------------------------------------------------------------------
+@pytest.mark.parametrize("overlay", ["base", "demo"])
+def test_checkov_finds_nothing_unexplained(
+    overlay: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    checkov = require_tool("checkov")
+    docs: list[Doc] = request.getfixturevalue(overlay)
+    manifests = tmp_path / f"{overlay}.yaml"
+    manifests.write_text(yaml.safe_dump_all(docs), encoding="utf-8")
+    command = [checkov, "--config-file", str(CHECKOV_CONFIG), "-f", str(manifests), "-o", "json"]
+    env = {**os.environ, "HOME": str(tmp_path)}  # its caches go there, not to ~
+    done = run(command, timeout=TIMEOUT, env=env)
+    try:
+        report = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        pytest.fail(
+            f"checkov gave no JSON report (exit {done.returncode}):\n{done.stdout}\n{done.stderr}"
+        )
+    reports = report if isinstance(report, list) else [report]
+    assert [r["check_type"] for r in reports] == ["kubernetes"]
+    results = reports[0]["results"]
+    failed = [
+        f"{c['check_id']} {c['check_name']}: {c['resource']}" for c in results["failed_checks"]
+    ]
+    assert failed == [], "checkov findings:\n" + "\n".join(failed)
+    assert results["parsing_errors"] == []
+    skipped = {c["check_id"]: c for c in results["skipped_checks"]}
+    assert set(skipped) == CHECKOV_ACCEPTED
+    for check in skipped.values():
+        reason = check["check_result"].get("suppress_comment", "")
+        assert len(reason) > 20, f"{check['check_id']} is skipped without a reason"
+    assert done.returncode == 0, done.stderr
+
+
+# -- the exporter's labels under the Operator's target labels, in a real Prometheus ----
+@contextlib.contextmanager
+def _prometheus(workdir: Path, config: Doc, watch: list[Proc]) -> Iterator[str]:
+    """A Prometheus with ``config``, ready: yields its base URL. Prometheus cannot listen
+    on port 0: take a free port, and once more on a bind failure."""
+    binary = require_tool("prometheus")
+    path = workdir / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    for attempt in (1, 2):
+        port = free_port()
+        command = [
+            binary,
+            f"--config.file={path}",
+            f"--storage.tsdb.path={workdir / f'tsdb-{attempt}'}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+        ]
+        with spawned("prometheus", command, log_path=workdir / f"prometheus-{attempt}.log") as proc:
+            url = f"http://{LOOPBACK}:{port}"
+
+            def ready(proc: Proc = proc, url: str = url) -> bool:
+                return proc.exited() or get(f"{url}/-/ready").status == 200
+
+            wait_for(ready, timeout=30, what="Prometheus to be ready", watch=watch)
+            if proc.exited():
+                if attempt == 1 and "address already in use" in proc.log():
+                    continue
+                pytest.fail(f"Prometheus did not start\n{proc.describe()}", pytrace=False)
+            yield url
+            return
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@pytest.mark.timeout(90)
+def test_no_exporter_label_collides_with_the_operators_target_labels(tmp_path: Path) -> None:
+    """Scraped with the target labels the Operator sets, no series of the demo exporter has
+    a label renamed to exported_* (as an `endpoint` label of its own once was)."""
+    require_tool("prometheus")
+    command = exporter_command("--demo", "--web.listen-address", f"{LOOPBACK}:0")
+    with spawned("exporter", command, log_path=tmp_path / "exporter.log") as exporter:
+        port = wait_for_log(exporter, r"listening on 127\.0\.0\.1:(\d+)", timeout=20)[1]
+        target = {"targets": [f"{LOOPBACK}:{port}"], "labels": OPERATOR_LABELS}
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [{"job_name": NAME, "static_configs": [target]}],
+        }
+        with _prometheus(tmp_path, config, [exporter]) as url:
+
+            def series() -> list[dict[str, str]]:
+                query = urlencode({"match[]": f'{{job="{NAME}"}}'})
+                answer = get(f"{url}/api/v1/series?{query}")
+                assert answer.status == 200, answer.text
+                return list(answer.json()["data"])
+
+            requests = "realtimekit_exporter_api_requests_total"
+            wait_for(
+                lambda: (
+                    any(m["__name__"] == requests for m in series())
+                    and any(m["__name__"] == "realtimekit_livestream_live" for m in series())
+                ),
+                timeout=30,
+                what=f"{requests} and the livestream series in Prometheus",
+                watch=[exporter],
+            )
+            found = series()
+            renamed = sorted({k for m in found for k in m if k.startswith("exported_")})
+            assert renamed == [], renamed
+            assert all(m["endpoint"] == "http" for m in found)
+            api = {m["api_endpoint"] for m in found if m["__name__"] == requests}
+            assert api <= {"livestreams", "active_livestream_session", "livestream_session"}
+            assert "livestreams" in api
