@@ -50,6 +50,9 @@ class ExporterMetrics:
         )
         for endpoint in endpoints:
             self.api_duration.labels(endpoint)
+            # Present from the start, so that increase() sees the first 429 (an alert on
+            # rate limiting needs no special case for a series that is new).
+            self.api_requests.labels(endpoint, "429")
         self.poll_duration = Histogram(
             "realtimekit_exporter_poll_duration_seconds",
             "Duration of whole poll cycles over every configured app.",

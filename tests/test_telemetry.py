@@ -54,3 +54,12 @@ def test_requests_cycles_and_build_info() -> None:
     info = {"version": __version__, "python_version": platform.python_version()}
     assert get("realtimekit_exporter_build_info", info) == 1
     assert b"_created" not in generate_latest(registry)
+
+
+def test_rate_limited_requests_start_at_zero_per_endpoint() -> None:
+    """code="429" exists at 0 for every API endpoint from the start, so increase() sees the
+    first 429; other codes appear when they happen."""
+    metrics, registry = make()
+    name = "realtimekit_exporter_api_requests_total"
+    assert registry.get_sample_value(name, {"api_endpoint": "livestreams", "code": "429"}) == 0
+    assert registry.get_sample_value(name, {"api_endpoint": "livestreams", "code": "200"}) is None
