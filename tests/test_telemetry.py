@@ -59,7 +59,7 @@ def test_requests_cycles_and_build_info() -> None:
 def test_rate_limited_requests_start_at_zero_per_endpoint() -> None:
     """code="429" exists at 0 for every API endpoint from the start, so increase() sees the
     first 429; other codes appear when they happen."""
-    metrics, registry = make()
+    _, registry = make()
     name = "realtimekit_exporter_api_requests_total"
     assert registry.get_sample_value(name, {"api_endpoint": "livestreams", "code": "429"}) == 0
     assert registry.get_sample_value(name, {"api_endpoint": "livestreams", "code": "200"}) is None
