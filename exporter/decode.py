@@ -20,9 +20,10 @@ from exporter.model import UNKNOWN_STATUS, ActiveSession, Livestream, Session
 
 MAX_LABEL_LENGTH: Final = 256
 MAX_MESSAGE_LENGTH: Final = 200
-# In an API's error text, a run this long of letters, digits and _+/= may be a secret (a
-# stream key, a token) echoed back; ids with hyphens (UUIDs) stay readable.
-_SECRET_LIKE: Final = re.compile(r"[A-Za-z0-9_+/=]{24,}")
+# In an API's error text, a run this long of letters, digits and _+/=- may be a secret (a
+# stream key, a token) echoed back; a UUID (a livestream or session id) stays readable.
+_SECRET_LIKE: Final = re.compile(r"[A-Za-z0-9_+/=-]{24,}")
+_UUID: Final = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 MAX_STATUS_LENGTH: Final = 64
 _LIST_KEYS: Final = ("livestreams", "data")
 _EPOCH_TEXT = re.compile(r"^\d{9,}(?:\.\d+)?$")  # epoch seconds/ms as text; 8 digits is ISO basic
@@ -300,8 +301,13 @@ def _int(value: object) -> int | None:
 
 
 def _quoted(message: str) -> str:
-    """An API's error message, fit to log: clipped, secret-like runs redacted."""
-    return _SECRET_LIKE.sub("<redacted>", _encodable(message)[:MAX_MESSAGE_LENGTH])
+    """An API's error message, fit to log: secret-like runs redacted, then clipped (the
+    other way round, a secret cut by the clip could slip under the length threshold)."""
+    return _SECRET_LIKE.sub(_redact, _encodable(message))[:MAX_MESSAGE_LENGTH]
+
+
+def _redact(match: re.Match[str]) -> str:
+    return match[0] if _UUID.fullmatch(match[0]) else "<redacted>"
 
 
 def _encodable(text: str) -> str:

@@ -998,8 +998,13 @@ STREAM_KEY = "f26566285faca6fbe2e79a73a66rsrrsrrsr3cde23a2bb7dbc6c2c1761b98f4e4"
             "success": False,
             "error": f"sk_ap-south-1_x3lKBdJa8UDN_3q6PPLMJnqnbnhyrkXrOG504MUsxnZ {STREAM_KEY}",
         },
+        {"success": False, "error": {"message": "word " * 36 + STREAM_KEY}},
+        {
+            "success": False,
+            "error": {"message": "key sk_ap-south-1_x3lKBdJa8UDN-3q6PPLMJnqnbnhy-zZ"},
+        },
     ],
-    ids=["service", "gateway", "string"],
+    ids=["service", "gateway", "string", "at-the-clip", "hyphenated"],
 )
 def test_error_messages_redact_secret_like_runs(doc: dict[str, Any]) -> None:
     """An error message that echoes a stream key does not carry it into logs."""
