@@ -307,11 +307,19 @@ async def _once(cfg: config.Config) -> int:
     return EXIT_OK if all(app.up for app in snapshot.apps) else EXIT_FAILURE
 
 
-async def _serve(cfg: config.Config, host: str | None, port: int) -> int:
+async def _serve(
+    cfg: config.Config,
+    host: str | None,
+    port: int,
+    *,
+    started: Callable[[Server], None] | None = None,
+) -> int:
     async with Exporter(cfg) as exporter:
         server = Server(exporter, host=host, port=port)
         await server.start()
         log.info("started realtimekit-exporter %s: %s", __version__, cfg.summary())
+        if started is not None:
+            started(server)
         try:
             await _until_signal(server.wait(), server.stop)
             log.info("shutting down")
@@ -337,14 +345,22 @@ async def _demo(host: str | None, port: int) -> int:
     token = demo.token()
     async with Simulator(simulated, token=token) as simulator:
         cfg = demo.config(simulated, simulator.base_url, token)
-        shown = join_host_port(host or "localhost", port)
-        log.info(
-            "demo mode: polling a simulated RealtimeKit API at %s; see http://%s/metrics",
-            simulator.base_url,
-            shown,
-            extra={"address": simulator.origin},
-        )
-        return await _serve(cfg, host, port)
+
+        def banner(server: Server) -> None:
+            # Said once the port is bound (and known, for port 0).
+            bound = server.addresses[0][1] if server.addresses else port
+            shown = join_host_port(host or "localhost", bound)
+            log.info(
+                "demo mode: polling a simulated RealtimeKit API at %s (control: %s/); "
+                "metrics at http://%s/metrics, status page at http://%s/",
+                simulator.base_url,
+                simulator.control_url,
+                shown,
+                shown,
+                extra={"address": simulator.origin},
+            )
+
+        return await _serve(cfg, host, port, started=banner)
 
 
 def _simulate_main(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 READY_WITHIN = 60.0  # seconds from start until the exposition shows the demo working
-CHANGE_WITHIN = 75.0  # seconds from start until some stream's status has changed
+CHANGE_WITHIN = 80.0  # seconds from start until a stream has gone live and one has stopped
 SCRAPE_EVERY = 0.5
 
 
@@ -50,6 +50,14 @@ def _statuses(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> d
     return current
 
 
+def _live(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> dict[str, float]:
+    """livestream_id -> realtimekit_livestream_live."""
+    return {
+        dict(k)["livestream_id"]: v
+        for k, v in metrics.get("realtimekit_livestream_live", {}).items()
+    }
+
+
 def _working(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> list[str]:
     """What the exposition still lacks of a working demo (empty: nothing)."""
     missing = []
@@ -72,17 +80,21 @@ def _working(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> li
 
 @pytest.mark.timeout(100)
 def test_demo_shows_streams_changing_and_stops_on_sigterm(tmp_path: Path) -> None:
-    """A user running --demo sees both apps up, live streams with counters, a status
-    change within a minute and a bit, and a clean exit 0 on SIGTERM."""
+    """A user running --demo sees both apps up, live streams with counters, a stream going
+    live and one stopping within a minute and a bit, and a clean exit 0 on SIGTERM."""
     command = exporter_command("--demo", "--web.listen-address", "127.0.0.1:0")
     started = time.monotonic()
     with spawned("demo", command, log_path=tmp_path / "demo.log") as demo:
-        wait_for_log(demo, r"demo mode: ", timeout=20)
         port = wait_for_log(demo, r"listening on 127\.0\.0\.1:(\d+)", timeout=20).group(1)
+        banner = wait_for_log(demo, r"demo mode: .* metrics at (http://\S+/metrics)", timeout=20)
         url = f"http://127.0.0.1:{port}/metrics"
+        assert banner.group(1) == url  # the bound port, not the 0 asked for
 
         seen: dict[str, str] = {}
         changes: list[str] = []
+        live_before: dict[str, float] = {}
+        went_live: list[str] = []
+        stopped: list[str] = []
         working_at: float | None = None
         missing: list[str] = []
 
@@ -101,15 +113,22 @@ def test_demo_shows_streams_changing_and_stops_on_sigterm(tmp_path: Path) -> Non
                 if before is not None and before != status:
                     changes.append(f"{stream}: {before} -> {status} at {elapsed:.1f} s")
                 seen[stream] = status
-            return working_at is not None and bool(changes)
+            for stream, live in _live(metrics).items():
+                before_live = live_before.get(stream)
+                if before_live == 0 and live == 1:
+                    went_live.append(stream)
+                elif before_live == 1 and live == 0:
+                    stopped.append(stream)
+                live_before[stream] = live
+            return working_at is not None and bool(went_live) and bool(stopped)
 
         wait_for(
             observe,
             timeout=CHANGE_WITHIN - (time.monotonic() - started),
             what=lambda: (
-                "a stream's status to change"
+                "a stream to go live and one to stop"
                 + (f" (the demo still lacks {missing})" if missing else "")
-                + f"; statuses seen: {seen}"
+                + f"; went live: {went_live}, stopped: {stopped}, status changes: {changes}"
             ),
             watch=[demo],
             interval=SCRAPE_EVERY,

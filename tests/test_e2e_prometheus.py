@@ -186,7 +186,7 @@ def _prometheus(workdir: Path, target: str, watch: list[Proc]) -> Iterator[Prome
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(90)
 def test_stream_goes_live_then_stops_and_prometheus_alerts() -> None:
     """Live is seen and counted, viewers measured, stopping raises StoppedLive for that
     stream only, and no secret leaks into /metrics or the exporter's logs."""
