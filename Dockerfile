@@ -14,6 +14,7 @@
 # certificates, e.g. python:3.12-slim or a Debian image with python3, python3-venv and
 # ca-certificates (scripts/container-smoke.sh builds such a base without a registry).
 ARG PYTHON_IMAGE=python:3.12-slim
+# checkov:skip=CKV_DOCKER_7:the base is the build argument above, pinned to python:3.12-slim by default; checkov cannot resolve ARGs
 
 FROM ${PYTHON_IMAGE} AS build
 
