@@ -186,6 +186,19 @@ def test_recording_rule_is_tested(rule: dict[str, Any]) -> None:
     assert any(case.get("exp_samples") for case in cases), "no promql_expr_test with samples"
 
 
+@pytest.mark.parametrize("rule", RECORDING_RULES, ids=[r["record"] for r in RECORDING_RULES])
+def test_recording_rule_counts_each_stream_once(rule: dict[str, Any]) -> None:
+    """A rule over the exporter's per-stream series takes the max per stream over targets
+    (job, instance) first, so that two targets exporting the same stream during a rolling
+    restart do not count it twice; the promtool tests check the values."""
+    if not re.search(r"(?<![\w:])realtimekit_livestream_\w+", rule["expr"]):
+        return  # built on another recording rule, which did so already
+    assert re.search(r"\bmax by \(account_id, app_id, livestream_id\b", rule["expr"]), rule["expr"]
+    assert not re.search(r"\bsum by \([^)]*\) \(\s*(?:rate|realtimekit_)", rule["expr"]), (
+        "sums the exporter's series across targets"
+    )
+
+
 def test_github_anchor() -> None:
     assert github_anchor("RealtimeKitApiDown") == "realtimekitapidown"
     assert github_anchor("Loading the rules") == "loading-the-rules"
