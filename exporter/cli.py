@@ -125,7 +125,13 @@ def _add_simulate(commands: argparse._SubParsersAction[_Parser]) -> None:
     sim.add_argument("--account-id", default="sim-account", help="default sim-account")
     sim.add_argument("--app-id", default="sim-app", help="default sim-app")
     sim.add_argument("--livestreams", type=_count, default=20, help="streams to create (20)")
-    sim.add_argument("--live", type=_count, default=5, help="of which live at start (5)")
+    sim.add_argument(
+        "--live",
+        type=_count,
+        default=5,
+        help="of which live at start, and about as many at any later time (5): just enough "
+        "streams cycle on the autopilot, the others stay dormant",
+    )
     sim.add_argument(
         "--profile",
         choices=["realistic", "demo"],
@@ -140,23 +146,50 @@ def _add_simulate(commands: argparse._SubParsersAction[_Parser]) -> None:
         help="per-token limit; overrunning it blocks the token for a window (1200/5m)",
     )
     sim.add_argument(
-        "--max-per-page", type=_count, default=100, help="largest per_page honoured (100)"
+        "--ip-rate-limit",
+        default="200/1s",
+        metavar="REQUESTS/WINDOW",
+        help="per-client-address limit, only the request over it is refused (200/1s); "
+        '"off" for none, e.g. for benchmarks',
+    )
+    sim.add_argument(
+        "--max-per-page", type=_count, default=100, help="largest per_page honoured (100, >= 1)"
     )
     faults = sim.add_argument_group(
         "faults (all can be changed at run time: PUT /-/simulator/faults)"
     )
-    faults.add_argument("--fault.latency", dest="latency", type=_duration, default=0.0)
-    faults.add_argument("--fault.jitter", dest="jitter", type=_duration, default=0.0)
+
+    def seconds(text: str) -> float:  # a duration that may be zero
+        return 0.0 if text.strip() in ("0", "0s", "0ms") else _duration(text)
+
+    faults.add_argument(
+        "--fault.latency", dest="latency", type=seconds, default=0.0, help="added to every answer"
+    )
+    faults.add_argument(
+        "--fault.jitter", dest="jitter", type=seconds, default=0.0, help="plus up to this much"
+    )
     for name, text in (
         ("error-rate", "share of requests answered 5xx"),
         ("malformed-rate", "share answered with a body that is not the API's"),
         ("throttle-rate", "share that start a burst of 429s"),
+        ("variant-rate", "share answered in another shape the API documents"),
     ):
         faults.add_argument(
             f"--fault.{name}", dest=name.replace("-", "_"), type=_share, default=0.0, help=text
         )
     faults.add_argument(
-        "--fault.throttle-seconds", dest="throttle_seconds", type=_duration, default=30.0
+        "--fault.throttle-seconds",
+        dest="throttle_seconds",
+        type=_duration,
+        default=30.0,
+        help="how long such a burst lasts (30s)",
+    )
+    faults.add_argument(
+        "--fault.status-lag",
+        dest="status_lag",
+        type=seconds,
+        default=0.0,
+        help="livestream objects show the previous status this long after a change (0)",
     )
     faults.add_argument(
         "--fault.numbers-as-strings",
@@ -367,16 +400,29 @@ def _simulate_main(args: argparse.Namespace) -> int:
     try:
         host, port = parse_listen(args.listen, "--listen")
         rate = config.parse_rate_limit(args.rate_limit)
+        ip_rate = None
+        if args.ip_rate_limit != "off":
+            try:
+                ip_rate = config.parse_rate_limit(args.ip_rate_limit)
+            except ValueError as exc:
+                raise UsageError(f"--ip-rate-limit {args.ip_rate_limit!r} {exc}") from None
         if args.live > args.livestreams:
             raise UsageError("--live cannot exceed --livestreams")
-        faults = Faults(
-            latency=args.latency,
-            jitter=args.jitter,
-            error_rate=args.error_rate,
-            malformed_rate=args.malformed_rate,
-            throttle_rate=args.throttle_rate,
-            throttle_seconds=args.throttle_seconds,
-            numbers_as_strings=args.numbers_as_strings,
+        if args.max_per_page < 1:
+            raise UsageError("--max-per-page must be at least 1")
+        # Checked as the control interface checks them (FaultError names the setting).
+        faults = Faults().update(
+            {
+                "latency": args.latency,
+                "jitter": args.jitter,
+                "error_rate": args.error_rate,
+                "malformed_rate": args.malformed_rate,
+                "throttle_rate": args.throttle_rate,
+                "throttle_seconds": args.throttle_seconds,
+                "numbers_as_strings": args.numbers_as_strings,
+                "variant_rate": args.variant_rate,
+                "status_lag": args.status_lag,
+            }
         )
         token = _simulator_token(args.token_file)
     except (UsageError, ValueError) as exc:
@@ -389,6 +435,9 @@ def _simulate_main(args: argparse.Namespace) -> int:
         token=token,
         faults=faults,
         limiter=RateLimiter(rate.requests, rate.window),
+        ip_limiter="off"
+        if ip_rate is None
+        else RateLimiter(ip_rate.requests, ip_rate.window, block=False),
         max_per_page=args.max_per_page,
     )
     try:

@@ -20,10 +20,13 @@ INTERVAL: Final = 5.0
 
 
 def world(seed: int = 0) -> World:
-    """Two apps: one with six streams (two live now), one with three (one live now)."""
+    """Two apps: one with six streams, three live at a time (four cycle, two stay dormant),
+    one with three, two live at a time (all three cycle). With the demo profile's phases
+    (live 40-90 s, idle 10-30 s) a stream goes live and another stops within the first
+    half minute."""
     demo = World(seed=seed, profile=DEMO)
-    demo.populate(ACCOUNT_ID, MAIN_APP, 6, live=2)
-    demo.populate(ACCOUNT_ID, EVENTS_APP, 3, live=1)
+    demo.populate(ACCOUNT_ID, MAIN_APP, 6, live=3)
+    demo.populate(ACCOUNT_ID, EVENTS_APP, 3, live=2)
     return demo
 
 

@@ -42,7 +42,7 @@ def build_world() -> World:
     world.fail(ERRORED_ID)  # ERRORED without a session
     world.create(ACCOUNT, APP, livestream_id=SESSION_ERROR_ID, name="Errored session")
     world.go_live(SESSION_ERROR_ID)  # fails after the first poll
-    # The control interface has no way to set a status RealtimeKit might add one day.
+    # A status RealtimeKit might add one day (the control interface's /status sets one too).
     world.create(ACCOUNT, APP, livestream_id=UNKNOWN_ID).status = ODD_STATUS
     world.create(ACCOUNT, APP, livestream_id=UNKNOWN_LIVE_ID, name="Unknown, live")
     world.go_live(UNKNOWN_LIVE_ID)

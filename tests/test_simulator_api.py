@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import aiohttp
 import pytest
@@ -18,6 +20,7 @@ from exporter.simulator.world import FILTER_STATUSES
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+    from pathlib import Path
 
     from exporter.simulator.world import SimSession, SimStream
 
@@ -342,8 +345,12 @@ async def test_a_time_without_zone_is_utc_whatever_the_local_zone(rig: Rig) -> N
         {"exclude_meetings": "yes"},
         {"start_time": "yesterday"},
         {"end_time": "2023-13-45T00:00:00.000Z"},
+        # Beyond Python's 4300-digit limit for int(), and just beyond the 9-digit cap.
+        {"page_no": "9" * 4301},
+        {"per_page": "1" * 5000},
+        {"page_no": "1234567890"},
     ],
-    ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()),
+    ids=lambda p: "-".join(f"{k}={v[:12]}" for k, v in p.items()),
 )
 async def test_bad_listing_queries_are_400(rig: Rig, params: dict[str, str]) -> None:
     answer = await rig.get(params=params)
@@ -356,6 +363,72 @@ async def test_bad_paging_of_sessions_is_400(rig: Rig) -> None:
     stream = rig.streams()[0]
     assert_service_error(await rig.get(f"/{stream.id}", {"page_no": "0"}), 400)
     assert_service_error(await rig.get(f"/{stream.id}", {"per_page": "x"}), 400)
+    assert_service_error(await rig.get(f"/{stream.id}", {"page_no": "7" * 4400}), 400)
+    assert_service_error(await rig.get(f"/{stream.id}", {"per_page": "1" * 10}), 400)
+
+
+async def test_nine_digit_pages_are_answered(rig: Rig) -> None:
+    """The cap refuses nothing a client could mean: page 999,999,999 is just empty."""
+    body = (await rig.get(params={"page_no": "999999999", "per_page": "999999999"})).json
+    assert body["data"] == [] and body["paging"]["total_count"] == STREAMS
+    stream = rig.streams()[0]
+    assert (await rig.get(f"/{stream.id}", {"page_no": "999999999"})).status == 200
+
+
+class CountingSequence(Sequence["SimStream"]):
+    """A stream list that counts how many of its items a request reads."""
+
+    def __init__(self, items: list[SimStream]) -> None:
+        self.items = items
+        self.read = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @overload
+    def __getitem__(self, index: int) -> SimStream: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[SimStream]: ...
+    def __getitem__(self, index: int | slice) -> SimStream | list[SimStream]:
+        if isinstance(index, slice):
+            got = self.items[index]
+            self.read += len(got)
+            return got
+        self.read += 1
+        return self.items[index]
+
+
+@pytest.mark.parametrize("order", ["DSC", "ASC"])
+async def test_a_listing_page_reads_only_its_streams(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, order: str
+) -> None:
+    """A page of 5 newest-first reads 5 streams of the app, not a reversed copy of all
+    of them (at 100,000 streams that copy was most of a page's time)."""
+    ordered = rig.world.by_creation_time(ACCOUNT, APP) or []
+    counting = CountingSequence(list(ordered))
+    monkeypatch.setattr(rig.world, "by_creation_time", lambda *_: counting)
+    body = (await rig.get(params={"page_no": "3", "per_page": "5", "sort_order": order})).json
+    expected = list(ordered) if order == "ASC" else list(reversed(ordered))
+    assert [i["id"] for i in body["data"]] == [s.id for s in expected[10:15]]
+    assert counting.read == 5
+
+
+async def test_requests_do_not_copy_the_apps_streams(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checking that the app exists is a lookup, not a copy of its streams per request."""
+
+    def no_copies(*_: object) -> None:
+        raise AssertionError("copied an app's streams")
+
+    monkeypatch.setattr(rig.world, "streams", no_copies)
+    monkeypatch.setattr(rig.world, "all_streams", no_copies)
+    live = next(s for s in rig.world.by_creation_time(ACCOUNT, APP) or [] if s.session)
+    assert (await rig.get()).status == 200
+    assert (await rig.get(f"/{live.id}/active-livestream-session")).status == 200
+    assert_service_error(await rig.get(app="no-such-app"), 404)
+    assert rig.world.has_app(ACCOUNT, APP) and not rig.world.has_app(ACCOUNT, "no-such-app")
+    assert not rig.world.has_app("no-such-account", APP)
 
 
 # -- sessions ---------------------------------------------------------------------------
@@ -824,3 +897,357 @@ async def test_stats_count_requests_by_endpoint_and_status(rig: Rig) -> None:
             "total": 9,
         },
     )
+
+
+async def test_control_list_filters_by_app_and_pages(rig: Rig) -> None:
+    """GET /-/simulator/livestreams: every stream by default, one app's with app_id (and
+    account_id), a page of them with per_page and page_no."""
+    status, body = await rig.control("GET", "/livestreams")
+    assert status == 200 and body["total_count"] == len(body["livestreams"]) == STREAMS + 3
+    status, body = await rig.control("GET", f"/livestreams?app_id={OTHER_APP}")
+    assert {s["app_id"] for s in body["livestreams"]} == {OTHER_APP}
+    assert body["total_count"] == 3
+    everyone = [
+        s["id"] for s in (await rig.control("GET", f"/livestreams?app_id={APP}"))[1]["livestreams"]
+    ]
+    assert everyone == [s.id for s in rig.streams()]
+    pages = []
+    for page_no in (1, 2, 3, 4, 5):
+        query = f"/livestreams?account_id={ACCOUNT}&app_id={APP}&per_page=10&page_no={page_no}"
+        status, body = await rig.control("GET", query)
+        assert status == 200 and body["total_count"] == STREAMS
+        pages += [s["id"] for s in body["livestreams"]]
+    assert pages == everyone
+    assert (await rig.control("GET", "/livestreams?account_id=nobody"))[1] == {
+        "livestreams": [],
+        "total_count": 0,
+    }
+    for bad in ("per_page=0", "page_no=x", "per_page=" + "9" * 4400):
+        status, body = await rig.control("GET", f"/livestreams?{bad}")
+        assert status == 400 and "must be a positive integer" in body["error"]
+
+
+async def test_control_list_marks_dormant_streams(rig: Rig) -> None:
+    """Populated streams that do not cycle are listed as dormant; autopilot wakes one."""
+    _, body = await rig.control("GET", f"/livestreams?app_id={APP}")
+    dormant = [s for s in body["livestreams"] if s["dormant"]]
+    cycling = [s for s in body["livestreams"] if not s["dormant"]]
+    # REALISTIC's live share is 2100 / 3162.5: round(6 / 0.664) = 9 of the 45 cycle.
+    assert len(cycling) == 9 and len(dormant) == STREAMS - 9
+    assert all(s["next_change"] is None and not s["live"] for s in dormant)
+    status, view = await rig.control("POST", f"/livestreams/{dormant[0]['id']}/autopilot")
+    assert status == 200 and not view["dormant"] and view["next_change"] is not None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xfe{}",  # not UTF-8
+        b'{"viewers": "\xc3\x28"}',  # an invalid UTF-8 sequence inside JSON
+        b'{"viewers": ' + b"1" * 5000 + b"}",  # beyond Python's digit limit
+        b"[" * 100_000 + b"]" * 100_000,  # nested beyond the recursion limit
+    ],
+    ids=["not-utf8", "bad-utf8-in-string", "huge-integer", "deep-nesting"],
+)
+async def test_control_bodies_that_cannot_be_read_are_400(rig: Rig, body: bytes) -> None:
+    """Bodies that are not UTF-8 JSON the simulator can hold are a 400, not a 500."""
+    stream = rig.resting()[0]
+    for method, path in (
+        ("PUT", "/faults"),
+        ("POST", "/livestreams"),
+        ("POST", f"/livestreams/{stream.id}/live"),
+        ("POST", "/throttle"),
+    ):
+        async with rig.http.request(method, rig.sim.control_url + path, data=body) as r:
+            assert r.status == 400, (path, await r.text())
+            assert (await r.json())["error"] == "body is not JSON"
+    assert rig.sim.state.faults == Faults() and stream.session is None
+
+
+async def test_control_create_with_null_app_uses_the_default(rig: Rig) -> None:
+    status, view = await rig.control(
+        "POST", "/livestreams", {"account_id": None, "app_id": None, "id": "nulls"}
+    )
+    assert status == 201 and (view["account_id"], view["app_id"]) == (ACCOUNT, APP)
+
+
+async def test_the_simulators_own_failures_are_counted(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug answering a request is a 500 in RealtimeKit's envelope, logged and counted in
+    the stats like every other answer."""
+    from exporter.simulator import api
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(api, "livestream_body", broken)
+    answer = await rig.get()
+    assert_service_error(answer, 500)
+    assert "simulated bug" in caplog.text
+    await rig.get(f"/sessions/{rig.live()[0].sessions[-1].id}")  # needs no livestream body
+    _, stats = await rig.control("GET", "/stats")
+    assert stats["requests"] == {"livestreams": {"500": 1}, "livestream_session": {"200": 1}}
+    assert stats["total"] == 2
+
+
+# -- documented variants, integral counters, a lagging listing -------------------------
+def shape(body: Any) -> str:
+    """Which documented shape an answer has."""
+    data = body["data"]
+    if isinstance(data, list):
+        items = data
+    elif "livestreams" in data:
+        return "listing_object"
+    elif "session" in data and "livestream" in data and "sessions" not in data:
+        if data["session"] is None:
+            return "null_session"
+        items = [data["livestream"]]
+        if "paging" in data:
+            return "single_session"
+    else:
+        items = [data["livestream"]]
+    kinds = {type(i["disabled"]) for i in items}
+    return "disabled_text" if kinds == {str} else "usual"
+
+
+async def test_variant_rate_answers_in_every_documented_shape(rig: Rig) -> None:
+    """At variant_rate 1 every answer takes one of the other shapes the docs publish, by
+    the seeded dice; each shape holds the same facts as the usual one."""
+    stream = rig.resting()[0]
+    stream.disabled = True
+    for _ in range(3):  # a few sessions for the by-id endpoint
+        rig.world.go_live(stream.id)
+        rig.clock.now += 120
+        rig.world.stop(stream.id)
+    usual_listing = (await rig.get(params={"per_page": "100"})).json
+    usual_by_id = (await rig.get(f"/{stream.id}")).json
+    await rig.faults(variant_rate=1)
+    seen: dict[str, set[str]] = {}
+    for _ in range(30):
+        listing = (await rig.get(params={"per_page": "100"})).json
+        kind = shape(listing)
+        seen.setdefault("listing", set()).add(kind)
+        if kind == "listing_object":
+            assert set(listing) == {"success", "data"}
+            assert listing["data"]["livestreams"] == usual_listing["data"]
+            assert listing["data"]["paging"] == usual_listing["paging"]
+        else:
+            assert kind == "disabled_text"
+            assert {i["disabled"] for i in listing["data"]} == {"true", "false"}
+            assert [i["id"] for i in listing["data"]] == [i["id"] for i in usual_listing["data"]]
+
+        by_id = (await rig.get(f"/{stream.id}")).json
+        kind = shape(by_id)
+        seen.setdefault("livestream", set()).add(kind)
+        if kind == "single_session":
+            assert by_id["data"]["session"] == usual_by_id["data"]["sessions"][0]
+            assert by_id["data"]["paging"]["total_count"] == len(stream.sessions)
+        else:
+            assert kind == "disabled_text" and by_id["data"]["livestream"]["disabled"] == "true"
+
+        answer = await rig.get(f"/{stream.id}/active-livestream-session")
+        if answer.status == 404:
+            seen.setdefault("active", set()).add("404")
+        else:
+            body = answer.json
+            assert body["success"] is True and body["data"]["session"] is None
+            assert body["data"]["livestream"]["id"] == stream.id
+            seen.setdefault("active", set()).add(shape(body))
+        live = await rig.get(f"/{rig.live()[0].id}/active-livestream-session")
+        assert live.status == 200 and live.json["data"]["livestream"]["disabled"] == "false"
+    assert seen == {
+        "listing": {"listing_object", "disabled_text"},
+        "livestream": {"single_session", "disabled_text"},
+        "active": {"null_session", "404"},
+    }
+    await rig.faults(variant_rate=0)
+    assert shape((await rig.get()).json) == "usual"
+
+
+async def test_variant_dice_are_deterministic_per_seed(
+    start: Callable[..., Awaitable[Rig]],
+) -> None:
+    runs = []
+    for seed in (5, 5, 6):
+        rig = await start(seed=seed, faults=Faults(variant_rate=0.5))
+        runs.append([shape((await rig.get()).json) for _ in range(30)])
+    assert runs[0] == runs[1] != runs[2]
+    assert set(runs[0]) == {"usual", "listing_object", "disabled_text"}
+
+
+async def test_integral_counters_are_json_integers(rig: Rig) -> None:
+    """The placeholder is ``60`` as in the examples, not ``60.0``; so is any whole value."""
+    stream = rig.resting()[0]
+    session = rig.world.go_live(stream.id)
+    rig.clock.now += 1
+    answer = await rig.get(f"/{stream.id}/active-livestream-session")
+    assert re.search(r'"ingest_seconds": 60[,}]', answer.text)
+    assert re.search(r'"viewer_seconds": 60[,}]', answer.text)
+    got = answer.json["data"]["session"]
+    assert type(got["ingest_seconds"]) is int and type(got["viewer_seconds"]) is int
+    rig.clock.now = session.started_time + 100
+    rig.world.stop(stream.id)
+    data = (await rig.get(f"/sessions/{session.id}")).json["data"]
+    assert data["ingest_seconds"] == 100 and type(data["ingest_seconds"]) is int
+    assert type(data["viewer_seconds"]) is float  # a fractional value stays one
+    await rig.faults(numbers_as_strings=True)
+    data = (await rig.get(f"/sessions/{session.id}")).json["data"]
+    assert data["ingest_seconds"] == "100"
+    assert float(data["viewer_seconds"]) == session.viewer_seconds(rig.clock.now)
+
+
+async def test_status_lag_delays_the_listed_status_but_not_the_sessions(rig: Rig) -> None:
+    """With status_lag, the listing, its status filter and the livestream objects show a
+    stream's previous status until the lag is over; the session endpoints are current."""
+    lag = 30.0
+    await rig.faults(status_lag=lag)
+    rig.clock.now += lag  # whatever changed before the test has settled
+    resting, live = rig.resting()[0], rig.live()[0]
+    before = resting.status
+    session = rig.world.go_live(resting.id)
+    rig.world.stop(live.id)
+
+    async def listed() -> dict[str, str]:
+        body = (await rig.get(params={"per_page": "100"})).json
+        return {i["id"]: i["status"] for i in body["data"]}
+
+    async def filtered(status: str) -> set[str]:
+        body = (await rig.get(params={"per_page": "100", "status": status})).json
+        return {i["id"] for i in body["data"]}
+
+    for _ in range(2):
+        seen = await listed()
+        assert (seen[resting.id], seen[live.id]) == (before, "LIVE")
+        assert live.id in await filtered("LIVE") and resting.id not in await filtered("LIVE")
+        active = await rig.get(f"/{resting.id}/active-livestream-session")
+        assert active.json["data"]["session"]["id"] == session.id
+        assert active.json["data"]["livestream"]["status"] == before
+        assert_service_error(await rig.get(f"/{live.id}/active-livestream-session"), 404)
+        by_id = (await rig.get(f"/{resting.id}")).json["data"]
+        assert by_id["livestream"]["status"] == before
+        assert by_id["sessions"][0]["id"] == session.id
+        rig.clock.now += lag - 0.5
+    rig.clock.now += 0.5 - (lag - 0.5)  # exactly lag seconds after the changes
+    seen = await listed()
+    assert (seen[resting.id], seen[live.id]) == ("LIVE", "IDLE")
+    assert resting.id in await filtered("LIVE") and live.id not in await filtered("LIVE")
+
+
+# -- limits and the command line --------------------------------------------------------
+async def test_ip_limit_can_be_changed_or_switched_off() -> None:
+    """The per-address limit is a parameter: off, nothing is refused; 5 per second, the
+    sixth request is."""
+    clock = Clock()
+    world = World(seed=1, profile=REALISTIC, clock=clock)
+    world.populate(ACCOUNT, APP, 3, live=1)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        for limiter, refused in (("off", 0), (RateLimiter(5, 1.0, block=False), 245), (None, 50)):
+            sim = Simulator(
+                world, token=TOKEN, limiter=RateLimiter(10_000, 300), ip_limiter=limiter
+            )
+            async with sim:
+                url = f"{sim.base_url}/accounts/{ACCOUNT}/realtime/kit/{APP}/livestreams"
+                statuses = []
+                for _ in range(250):
+                    async with http.get(url) as r:
+                        statuses.append(r.status)
+            assert statuses.count(429) == refused, limiter
+
+
+def test_max_per_page_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="max_per_page"):
+        Simulator(World(), token=TOKEN, max_per_page=0)
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--max-per-page", "0"], "--max-per-page"),
+        (["--ip-rate-limit", "lots"], "--ip-rate-limit"),
+        (["--ip-rate-limit", "0/1s"], "--ip-rate-limit"),
+        (["--fault.variant-rate", "1.5"], "--fault.variant-rate"),
+        (["--fault.status-lag", "soon"], "--fault.status-lag"),
+        (["--fault.status-lag", "2d"], "--fault.status-lag"),
+        (["--fault.status-lag", "90000s"], "status_lag"),
+    ],
+    ids=lambda v: "-".join(v) if isinstance(v, list) else None,
+)
+def test_simulate_refuses_bad_flags(
+    args: list[str], names: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad simulate flags exit 2 with a one-line reason naming the flag (or setting)."""
+    from exporter import cli
+
+    assert cli.main(["simulate", "--listen", "127.0.0.1:0", *args]) == 2
+    err = capsys.readouterr().err
+    assert names in err and err.startswith("realtimekit-exporter: usage error:")
+    assert err.count("\n") == 1
+
+
+def test_simulate_flags_reach_the_simulator(tmp_path: Path) -> None:
+    """The new flags work end to end: faults readable at /-/simulator/faults, the
+    per-address limit off (a burst is not refused), a listing in the variant shape."""
+    from tests.procs import get, spawned_simulator
+
+    args = ("--ip-rate-limit", "off", "--fault.variant-rate", "1", "--fault.status-lag", "30s")
+    with spawned_simulator(
+        tmp_path, *args, "--fault.latency", "0", "--token-file", str(_token_file(tmp_path))
+    ) as (_, origin):
+        faults = get(origin + "/-/simulator/faults").json()
+        assert (faults["variant_rate"], faults["status_lag"], faults["latency"]) == (1.0, 30.0, 0)
+        url = f"{origin}/client/v4/accounts/sim-account/realtime/kit/sim-app/livestreams"
+
+        async def burst() -> list[int]:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with aiohttp.ClientSession(headers=headers) as http:
+
+                async def one() -> int:
+                    async with http.get(url) as r:
+                        await r.read()
+                        return r.status
+
+                return list(await asyncio.gather(*(one() for _ in range(300))))
+
+        statuses = asyncio.run(burst())
+        assert statuses == [200] * 300
+        listing = get(url, headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert shape(listing) in ("listing_object", "disabled_text")
+
+
+def _token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text(TOKEN + "\n", encoding="utf-8")
+    return path
+
+
+EVERY_INTERFACE = "0.0.0.0"  # noqa: S104 (binding every interface is what is tested)
+
+
+@pytest.mark.parametrize(
+    ("host", "warned"),
+    [
+        ("127.0.0.1", False),
+        ("localhost", False),
+        ("::1", False),
+        (EVERY_INTERFACE, True),
+        (None, True),
+    ],
+    ids=str,
+)
+async def test_listening_beyond_loopback_warns_that_control_has_no_auth(
+    host: str | None, warned: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = Simulator(World(), token=TOKEN)
+    try:
+        await sim.start(host, 0)
+    except OSError:
+        pytest.skip(f"cannot listen on {host}")
+    try:
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert bool(warnings) == warned
+        if warned:
+            assert "no auth" in warnings[0].getMessage()
+    finally:
+        await sim.close()

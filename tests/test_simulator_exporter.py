@@ -355,3 +355,44 @@ async def test_no_stream_key_nor_the_token_is_ever_exported(rig: Rig) -> None:
         for secret in secrets:
             assert secret not in text
         assert TOKEN not in text
+
+
+async def test_every_documented_variant_and_a_lagging_listing_are_understood(rig: Rig) -> None:
+    """With every answer in another documented shape (the listing as an object, disabled
+    as text, no active session as a 200 with a null session) and a listing that lags 30 s
+    behind the sessions, nothing fails to decode, and once the lag is over the exported
+    statuses and live flags are the world's again."""
+    lag = 30.0
+    disabled = next(s for s in rig.streams() if s.session is None)
+    disabled.disabled = True
+    await rig.control("PUT", "/faults", {"variant_rate": 1, "status_lag": lag})
+    rig.clock.now += lag  # what changed before the test has reached the listing
+    snapshot = await rig.poll()
+    assert_mirrors_world(rig, snapshot)
+    assert rig.stream_value("realtimekit_livestream_disabled", disabled) == 1.0
+
+    live = [s for s in rig.streams() if s.session is not None]
+    resting = [s for s in rig.streams() if s.session is None and s is not disabled]
+    rig.world.stop(live[0].id)
+    rig.world.fail(live[1].id)
+    rig.world.go_live(resting[0].id)
+    rig.world.go_live(resting[1].id)
+    for _ in range(int(lag / INTERVAL) - 1):  # the listing still shows the old statuses
+        snapshot = await rig.poll()
+        assert snapshot.apps[0].up
+        # A stream listed LIVE that has stopped is asked, and read as not live at once.
+        assert rig.stream_value("realtimekit_livestream_live", live[0]) == 0.0
+        assert rig.stream_value("realtimekit_livestream_live", live[1]) == 0.0
+    for _ in range(2):
+        snapshot = await rig.poll()
+    assert_mirrors_world(rig, snapshot)
+    for stream in (*live[:2], *resting[:2]):
+        assert rig.stream_value("realtimekit_livestream_live", stream) == (
+            1.0 if stream.session is not None else 0.0
+        )
+    assert rig.stream_value("realtimekit_livestream_disabled", disabled) == 1.0
+    assert rig.errors("decode") == 0
+    stats = (await rig.stats())["requests"]
+    assert set(stats["livestreams"]) == {"200"}
+    # A stopped stream still listed LIVE was asked: 200 with a null session, or the 404.
+    assert set(stats["active_livestream_session"]) == {"200", "404"}

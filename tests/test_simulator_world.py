@@ -11,7 +11,14 @@ from typing import Any
 import pytest
 
 from exporter.simulator import DEMO, REALISTIC, World
-from exporter.simulator.world import PLACEHOLDER_VALUE, SimSession, SimStream, WorldError
+from exporter.simulator.world import (
+    MAX_SESSIONS,
+    PLACEHOLDER_VALUE,
+    Profile,
+    SimSession,
+    SimStream,
+    WorldError,
+)
 
 ACCOUNT = "acc-1"
 APP = "app-1"
@@ -117,22 +124,159 @@ def test_different_seeds_give_different_streams() -> None:
     assert not set(a.secrets()) & set(b.secrets())
 
 
-@pytest.mark.parametrize(("count", "live"), [(0, 0), (1, 1), (30, 0), (30, 5), (30, 30)])
-def test_populate_makes_exactly_the_live_streams_asked_for(count: int, live: int) -> None:
-    world, _ = make_world()
+def cycling(streams: list[SimStream]) -> list[SimStream]:
+    """The streams on the autopilot (not taken over, not dormant)."""
+    return [s for s in streams if not s.manual and s.next_change is not None]
+
+
+@pytest.mark.parametrize(
+    ("count", "live", "cycle"),
+    # DEMO's live share is 65 / (65 + 20 + 3.5) = 0.734: round(live / 0.734) streams cycle.
+    [(0, 0, 0), (1, 1, 1), (30, 0, 0), (30, 5, 7), (30, 22, 30), (30, 30, 30)],
+)
+def test_populate_makes_exactly_the_live_streams_asked_for(
+    count: int, live: int, cycle: int
+) -> None:
+    """``live`` streams are live, just enough others cycle to keep about that many live,
+    and the rest are dormant: resting, on no schedule, never live if OFFLINE."""
+    world, clock = make_world()
     world.populate(ACCOUNT, APP, count, live=live)
     streams = world.streams(ACCOUNT, APP) or []
     assert len(streams) == count
     assert sum(s.status == "LIVE" for s in streams) == live
     assert sum(s.session is not None for s in streams) == live
+    assert len(cycling(streams)) == cycle
     for s in streams:
-        assert s.manual is False and s.next_change is not None
+        assert s.manual is False
         if s.session is not None:
             # Mid-session, past the placeholder: counters already count.
             assert not s.session.in_placeholder(world.now())
+            assert s.next_change is not None
         else:
             assert s.status in ("OFFLINE", "IDLE")
+            assert (s.status == "OFFLINE") == (not s.sessions)
     assert len(set(world.secrets())) == count
+    dormant = [(s, s.status, s.updated_at, len(s.sessions)) for s in streams if not s.next_change]
+    clock.now += 6 * 3600
+    world.now()
+    assert all((s.status, s.updated_at, len(s.sessions)) == tuple(rest) for s, *rest in dormant)
+
+
+def test_live_share_of_a_profile() -> None:
+    """The long-run share of time a cycling stream is live: mean live / mean cycle."""
+    assert Profile(live=(10, 30), idle=(5, 15), invoked=(5, 15)).live_share() == 0.5
+    assert REALISTIC.live_share() == pytest.approx(2100 / 3162.5)
+    assert Profile(live=(0, 0), idle=(0, 0), invoked=(0, 0)).live_share() == 0.0
+
+
+def test_the_live_count_stays_near_live_for_hours() -> None:
+    """10,000 streams, --live 500, the realistic profile, watched for six simulated hours:
+    the live count stays near 500 instead of drifting up to most streams.
+
+    The profile's live share is s = 2100 / 3162.5 = 0.664, so N = round(500 / s) = 753
+    streams cycle. Each is caught at a random moment of its cycle, so at any time each is
+    live with probability s, independently: the live count is Binomial(753, 0.664), mean
+    500, standard deviation sqrt(753 * s * (1 - s)) = 13. The band is five of those either
+    side, [435, 565]; the mean over the hours is within 2%.
+    """
+    world, clock = make_world(seed=3, profile=REALISTIC)
+    world.populate(ACCOUNT, APP, 10_000, live=500)
+    streams = world.streams(ACCOUNT, APP) or []
+    assert len(cycling(streams)) == 753
+    counts = []
+    for _ in range(6 * 60):
+        clock.now += 60
+        world.now()
+        counts.append(sum(s.session is not None for s in streams))
+    assert min(counts) >= 435 and max(counts) <= 565, (min(counts), max(counts))
+    assert sum(counts) / len(counts) == pytest.approx(500, rel=0.02)
+    assert len(set(counts)) > 20  # it does move
+
+
+def test_the_first_changes_are_spread_out() -> None:
+    """No change in the first quiet spell (half the shortest phase: 150 s here), then the
+    resting cycling streams' first changes spread over the idle range, none of its minutes
+    taking more than a tenth of them."""
+    world, _ = make_world(profile=REALISTIC)
+    world.populate(ACCOUNT, APP, 2000, live=400)
+    resting = [
+        s.next_change - T0
+        for s in cycling(world.streams(ACCOUNT, APP) or [])
+        if s.next_change and s.session is None
+    ]
+    assert len(resting) == round(400 / REALISTIC.live_share()) - 400
+    assert all(150.0 <= t <= 150.0 + REALISTIC.idle[1] for t in resting)
+    per_minute = [sum(m * 60 <= t - 150.0 < (m + 1) * 60 for t in resting) for m in range(30)]
+    assert max(per_minute) <= len(resting) / 10, per_minute
+    live = [s.next_change - T0 for s in world.all_streams() if s.session and s.next_change]
+    assert min(live) >= 150.0 and max(live) > 3000.0
+
+
+def test_sessions_are_bounded_over_a_day() -> None:
+    """A day of 10,000 streams leaves each with at most MAX_SESSIONS sessions, and the
+    world holds no more than those (older ones are forgotten, also by id)."""
+    world, clock = make_world(seed=2, profile=REALISTIC)
+    world.populate(ACCOUNT, APP, 10_000, live=500)
+    streams = world.streams(ACCOUNT, APP) or []
+    active = len(cycling(streams))
+    for _ in range(24):
+        clock.now += 3600
+        world.now()
+    held = sum(len(s.sessions) for s in streams)
+    assert world.session_count() == held
+    assert max(len(s.sessions) for s in streams) == MAX_SESSIONS
+    assert held <= active * MAX_SESSIONS + (len(streams) - active)
+
+
+def test_a_stream_keeps_its_last_sessions_only() -> None:
+    world, clock = make_world()
+    (stream,) = _manual_streams(world, 1)
+    started = []
+    for _ in range(MAX_SESSIONS + 5):
+        started.append(world.go_live(stream.id))
+        clock.now += 60
+        world.stop(stream.id)
+        clock.now += 10
+    assert stream.sessions == started[-MAX_SESSIONS:]
+    assert world.session_count() == MAX_SESSIONS
+    assert all(world.session(ACCOUNT, APP, x.id) is None for x in started[:5])
+    assert all(world.session(ACCOUNT, APP, x.id) is x for x in started[5:])
+
+
+def test_autopilot_wakes_a_dormant_stream() -> None:
+    world, clock = make_world()
+    world.populate(ACCOUNT, APP, 5, live=1)
+    dormant = next(s for s in world.all_streams() if s.next_change is None)
+    before = len(dormant.sessions)
+    world.resume(dormant.id)
+    assert dormant.next_change is not None and not dormant.manual
+    clock.now += 600
+    world.now()
+    assert len(dormant.sessions) > before
+
+
+def test_a_lagging_listing_shows_the_previous_status_for_a_while() -> None:
+    world, clock = make_world()
+    (stream,) = _manual_streams(world, 1)
+    created = stream.updated_at
+    assert stream.listed(clock.now, 30.0) == ("OFFLINE", created)
+    clock.now += 100
+    world.go_live(stream.id)
+    assert stream.listed(clock.now, 0.0) == ("LIVE", T0 + 100)
+    assert stream.listed(clock.now + 29.9, 30.0) == ("OFFLINE", created)
+    assert stream.listed(clock.now + 30.0, 30.0) == ("LIVE", T0 + 100)
+    clock.now += 50
+    world.stop(stream.id)
+    assert stream.listed(clock.now + 10, 30.0) == ("LIVE", T0 + 100)
+    assert stream.listed(clock.now + 30, 30.0) == ("IDLE", T0 + 150)
+
+
+def test_a_stream_repr_holds_no_stream_key() -> None:
+    world, _ = make_world()
+    world.populate(ACCOUNT, APP, 3, live=1)
+    for stream in world.all_streams():
+        assert stream.stream_key not in repr(stream)
+        assert stream.id in repr(stream)
 
 
 @pytest.mark.parametrize(("count", "live"), [(3, 4), (3, -1), (-1, 0)])
@@ -148,9 +292,9 @@ def test_autopilot_lifecycle_over_simulated_time() -> None:
     """Every stream cycles rest -> INVOKED -> LIVE -> rest, phases as long as the profile
     says, an ERRORED stop with an err_message and other stops without one."""
     world, clock = make_world(seed=7)
-    world.populate(ACCOUNT, APP, 20, live=5)
+    world.populate(ACCOUNT, APP, 20, live=15)  # at DEMO's live share, all 20 cycle
     streams = world.streams(ACCOUNT, APP)
-    assert streams is not None
+    assert streams is not None and len(cycling(streams)) == 20
     history: dict[str, list[tuple[str, float]]] = {
         s.id: [(s.status, s.updated_at)] for s in streams
     }
@@ -381,7 +525,7 @@ def test_manual_streams_never_change_by_themselves() -> None:
     """A taken-over stream keeps its status and session however long the clock runs;
     handed back, the autopilot moves it again."""
     world, clock = make_world(seed=9)
-    world.populate(ACCOUNT, APP, 6, live=3)
+    world.populate(ACCOUNT, APP, 6, live=5)  # all six cycle
     streams = world.streams(ACCOUNT, APP)
     assert streams is not None
     live = [s for s in streams if s.session is not None]
@@ -398,7 +542,7 @@ def test_manual_streams_never_change_by_themselves() -> None:
         world.now()
         assert [(s.status, len(s.sessions), s.updated_at) for s in taken] == before
     # The untouched streams kept cycling meanwhile.
-    assert all(len(s.sessions) > 3 for s in resting[1:])
+    assert all(len(s.sessions) > 3 for s in streams if s not in taken)
 
     for s in taken:
         world.resume(s.id)
@@ -411,8 +555,9 @@ def test_manual_streams_never_change_by_themselves() -> None:
 def test_a_refused_control_call_does_not_take_the_stream_over() -> None:
     """go_live on a live stream and stall on a resting one fail without side effects."""
     world, clock = make_world(seed=4)
-    world.populate(ACCOUNT, APP, 2, live=1)
-    live, resting = sorted(world.all_streams(), key=lambda s: s.status != "LIVE")
+    world.populate(ACCOUNT, APP, 3, live=2)  # all three cycle
+    live, _, resting = sorted(world.all_streams(), key=lambda s: s.status != "LIVE")
+    assert resting.next_change is not None
     with pytest.raises(WorldError, match="already live"):
         world.go_live(live.id)
     with pytest.raises(WorldError, match="not live"):

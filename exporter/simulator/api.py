@@ -1,11 +1,14 @@
 """The simulator's HTTP face: the RealtimeKit livestream endpoints and a control interface.
 
 API routes live under ``/client/v4/accounts/{account_id}/realtime/kit/{app_id}`` and
-answer as the real API documents, warts included: the listing's ``data`` is an array with
-``paging`` beside it, no active session is a 404 in RealtimeKit's envelope, a bad token a
-401 in the Cloudflare gateway's envelope, and every answer carries the ``Ratelimit``
-headers of a per-token sliding window that blocks the token for a whole window when it
-is overrun. Faults (:class:`~exporter.simulator.faults.Faults`) are rolled per request.
+answer as the real API's examples show, warts included: the listing's ``data`` is an array
+with ``paging`` beside it, no active session is a 404 in RealtimeKit's envelope, a bad
+token a 401 in the Cloudflare gateway's envelope, and every answer carries the
+``Ratelimit`` headers of a per-token sliding window that blocks the token for a whole
+window when it is overrun. Faults (:class:`~exporter.simulator.faults.Faults`) are rolled
+per request; with ``variant_rate`` an answer takes one of the other shapes the docs
+publish (see :data:`VARIANTS`), and with ``status_lag`` livestream objects show a status
+that lags behind the session endpoints.
 
 Control routes live under ``/-/simulator`` (no auth: bind the simulator to loopback) and
 take and give JSON; see :func:`create_app` for the list.
@@ -16,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 from collections import Counter
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from aiohttp import web
 
@@ -28,16 +32,34 @@ from exporter.simulator.ratelimit import RateLimiter
 from exporter.simulator.world import FILTER_STATUSES, MAX_VIEWERS, World, WorldError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from exporter.simulator.world import SimSession, SimStream
 
-    Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+    # A handler gets the request and the dice's pick of a variant shape (None: the
+    # examples' shape).
+    Handler = Callable[[web.Request, float | None], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger(__name__)
 
 API_PREFIX: Final = "/client/v4"
 APP_PATH: Final = API_PREFIX + "/accounts/{account_id}/realtime/kit/{app_id}"
 CONTROL: Final = "/-/simulator"
 DEFAULT_PER_PAGE: Final = 20
+MAX_PAGE_DIGITS: Final = 9  # page_no and per_page beyond 999,999,999 are refused
+# The other shapes the docs publish, by endpoint, that ``variant_rate`` switches to:
+# - listing_object: the schema's listing, ``data`` an object holding ``livestreams`` and
+#   ``paging``;
+# - single_session: the schema's livestream by id, ``data.session`` (the latest session,
+#   or null) and ``data.paging`` instead of the examples' ``data.sessions`` array;
+# - null_session: no active session as a 200 with ``data.session`` null, not a 404 (only
+#   where there is no active session: otherwise disabled_text);
+# - disabled_text: ``disabled`` as the string "true"/"false", its declared type.
+VARIANTS: Final = {
+    "livestreams": ("listing_object", "disabled_text"),
+    "livestream": ("single_session", "disabled_text"),
+    "active_livestream_session": ("null_session", "disabled_text"),
+}
 INGEST_SERVER: Final = "rtmps://live.cloudflare.com:443/live/"
 _EDGE_PAGE: Final = (
     "<!DOCTYPE html><html><head><title>{code}: {text}</title></head>"
@@ -55,14 +77,22 @@ class SimulatorState:
         token: str,
         faults: Faults | None = None,
         limiter: RateLimiter | None = None,
+        ip_limiter: RateLimiter | Literal["off"] | None = None,
         max_per_page: int = 100,
     ) -> None:
+        if max_per_page < 1:
+            raise ValueError("max_per_page must be at least 1")
         self.world = world
         self.token = token
         self.faults = faults or Faults()
         self.limiter = limiter or RateLimiter()
-        # Cloudflare also allows 200 requests per second per client IP.
-        self.ip_limiter = RateLimiter(200, 1.0, block=False)
+        # Cloudflare also allows 200 requests per second per client IP (None: that limit;
+        # "off": none, for benchmarks from one address).
+        self.ip_limiter: RateLimiter | None = None
+        if ip_limiter is None:
+            self.ip_limiter = RateLimiter(200, 1.0, block=False)
+        elif ip_limiter != "off":
+            self.ip_limiter = ip_limiter
         self.max_per_page = max_per_page
         self.dice = Dice(world.seed)
         self.requests: Counter[tuple[str, int]] = Counter()
@@ -82,13 +112,20 @@ def iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
 
 
-def livestream_body(stream: SimStream) -> dict[str, Any]:
+def livestream_body(
+    stream: SimStream, now: float, *, lag: float = 0.0, disabled_text: bool = False
+) -> dict[str, Any]:
+    """The livestream object, its status ``lag`` seconds behind (see SimStream.listed)."""
+    status, updated_at = stream.listed(now, lag)
+    disabled: bool | str = stream.disabled
+    if disabled_text:
+        disabled = "true" if stream.disabled else "false"
     return {
         "id": stream.id,
         "name": stream.name,
-        "status": stream.status,
+        "status": status,
         "meeting_id": stream.meeting_id,
-        "disabled": stream.disabled,
+        "disabled": disabled,
         "ingest_server": INGEST_SERVER,
         "stream_key": stream.stream_key,
         "playback_url": (
@@ -96,15 +133,20 @@ def livestream_body(stream: SimStream) -> dict[str, Any]:
             "/manifest/video.m3u8"
         ),
         "created_at": iso(stream.created_at),
-        "updated_at": iso(stream.updated_at),
+        "updated_at": iso(updated_at),
     }
 
 
+def _counter(value: float, *, as_string: bool) -> float | int | str:
+    """A counter as the examples send it: an integer when integral (the placeholder is
+    ``60``, not ``60.0``), else a float; or the same as a string."""
+    number: float | int = int(value) if value.is_integer() else value
+    return repr(number) if as_string else number
+
+
 def session_body(session: SimSession, now: float, *, as_strings: bool) -> dict[str, Any]:
-    ingest: float | str = session.ingest_seconds(now)
-    viewer: float | str = session.viewer_seconds(now)
-    if as_strings:
-        ingest, viewer = repr(ingest), repr(viewer)
+    ingest = _counter(session.ingest_seconds(now), as_string=as_strings)
+    viewer = _counter(session.viewer_seconds(now), as_string=as_strings)
     live = session.stopped_time is None
     return {
         "id": session.id,
@@ -140,12 +182,22 @@ def _paging(start: int, count: int, total: int) -> dict[str, int]:
 
 
 # -- the API ------------------------------------------------------------------------
-def _api(name: str, handler: Handler) -> Handler:
-    """Wrap an API handler in what every request goes through: faults, auth, rate limit."""
+def _api(name: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Wrap an API handler in what every request goes through: faults, auth, rate limit;
+    and count every answer, the simulator's own failures included."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
-        response = await _gatekeep(state, request, handler)
+        try:
+            response = await _gatekeep(state, request, handler)
+        except web.HTTPException as exc:
+            state.requests[(name, exc.status)] += 1
+            raise
+        except Exception:
+            # A bug in the simulator: answered (and counted) as the 500 it is, so that a
+            # benchmark's stats do not silently lose requests.
+            log.exception("simulator error answering %s", request.path_qs)
+            response = _service_error(500, "Internal Server Error (simulator)")
         state.requests[(name, response.status)] += 1
         return response
 
@@ -165,12 +217,13 @@ async def _gatekeep(
         return _gateway_error(401, 10000, "Authentication error")
     world = state.world
     now = world.now()
-    per_ip = state.ip_limiter.check(request.remote or "", now)
-    if not per_ip.allowed:
-        headers = {"Retry-After": str(per_ip.retry_after)}
-        return _gateway_error(
-            429, 971, "Please wait and consider throttling your request speed", headers
-        )
+    if state.ip_limiter is not None:
+        per_ip = state.ip_limiter.check(request.remote or "", now)
+        if not per_ip.allowed:
+            headers = {"Retry-After": str(per_ip.retry_after)}
+            return _gateway_error(
+                429, 971, "Please wait and consider throttling your request speed", headers
+            )
     if not world.has_account(request.match_info["account_id"]):
         return _gateway_error(403, 10000, "Authentication error")
     if verdict.kind == "throttle":
@@ -192,10 +245,10 @@ async def _gatekeep(
         response = _server_error(verdict.status)
     elif verdict.kind == "malformed":
         response = _malformed(verdict.variant)
-    elif world.streams(request.match_info["account_id"], request.match_info["app_id"]) is None:
+    elif not world.has_app(request.match_info["account_id"], request.match_info["app_id"]):
         response = _service_error(404, "App not found")
     else:
-        response = await handler(request)
+        response = await handler(request, verdict.shape)
     response.headers.update(headers)
     return response
 
@@ -231,9 +284,25 @@ def _int_param(request: web.Request, key: str, default: int) -> int:
     raw = request.query.get(key)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:  # "²" is a digit to isdigit
-        raise _BadQuery(f"{key} must be a positive integer")
+    # "²" is a digit to isdigit; the length cap keeps int() below Python's digit limit.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_PAGE_DIGITS) or int(raw) < 1:
+        raise _BadQuery(f"{key} must be a positive integer of at most {MAX_PAGE_DIGITS} digits")
     return int(raw)
+
+
+def _page(items: Sequence[Any], first: int, count: int, *, newest_first: bool) -> list[Any]:
+    """``items[first:first + count]`` of ``items`` or of its reverse, without copying it."""
+    if not newest_first:
+        return list(items[first : first + count])
+    last = len(items) - 1
+    return [items[last - i] for i in range(first, min(first + count, len(items)))]
+
+
+def _variant(pick: float | None, options: tuple[str, ...]) -> str | None:
+    """Which of ``options`` the dice's ``pick`` (0 <= pick < 1) chose; None: no variant."""
+    if pick is None:
+        return None
+    return options[min(int(pick * len(options)), len(options) - 1)]
 
 
 def _time_param(request: web.Request, key: str) -> float | None:
@@ -249,11 +318,10 @@ def _time_param(request: web.Request, key: str) -> float | None:
     return when.timestamp()
 
 
-async def _listing(request: web.Request) -> web.StreamResponse:
+async def _listing(request: web.Request, pick: float | None) -> web.StreamResponse:
     state = request.app[STATE]
-    streams = state.world.by_creation_time(
-        request.match_info["account_id"], request.match_info["app_id"]
-    )
+    world = state.world
+    streams = world.by_creation_time(request.match_info["account_id"], request.match_info["app_id"])
     assert streams is not None  # checked by _gatekeep
     try:
         page_no = _int_param(request, "page_no", 1)
@@ -271,27 +339,30 @@ async def _listing(request: web.Request) -> web.StreamResponse:
             raise _BadQuery("exclude_meetings must be true or false")
     except _BadQuery as exc:
         return _service_error(400, str(exc))
-    chosen = streams
+    now = world.now()
+    lag = state.faults.status_lag
+    chosen: Sequence[SimStream] = streams
     if status is not None or exclude == "true" or start is not None or end is not None:
         chosen = [
             s
             for s in streams
-            if (status is None or s.status == status)
+            if (status is None or s.listed(now, lag)[0] == status)
             and (exclude == "false" or s.meeting_id is None)
             and (start is None or s.created_at >= start)
             and (end is None or s.created_at <= end)
         ]
-    if order == "DSC":
-        chosen = chosen[::-1]
     first = (page_no - 1) * per_page
-    page = chosen[first : first + per_page]
-    return web.json_response(
-        {
-            "success": True,
-            "data": [livestream_body(s) for s in page],
-            "paging": _paging(first + 1, len(page), len(chosen)),
-        }
-    )
+    page = _page(chosen, first, per_page, newest_first=order == "DSC")
+    variant = _variant(pick, VARIANTS["livestreams"])
+    items = [
+        livestream_body(s, now, lag=lag, disabled_text=variant == "disabled_text") for s in page
+    ]
+    paging = _paging(first + 1, len(page), len(chosen))
+    if variant == "listing_object":
+        return web.json_response(
+            {"success": True, "data": {"livestreams": items, "paging": paging}}
+        )
+    return web.json_response({"success": True, "data": items, "paging": paging})
 
 
 def _requested_stream(request: web.Request) -> SimStream | None:
@@ -301,22 +372,31 @@ def _requested_stream(request: web.Request) -> SimStream | None:
     )
 
 
-async def _active_session(request: web.Request) -> web.StreamResponse:
+async def _active_session(request: web.Request, pick: float | None) -> web.StreamResponse:
     state = request.app[STATE]
     world = state.world
     stream = _requested_stream(request)
     if stream is None:
         return _service_error(404, "Livestream not found")
+    now = world.now()
     session = stream.session
-    if session is None:
-        return _service_error(404, f"No active session found for livestream {stream.id}")
-    body = session_body(session, world.now(), as_strings=state.faults.numbers_as_strings)
-    return web.json_response(
-        {"success": True, "data": {"livestream": livestream_body(stream), "session": body}}
+    # With a session, the only other shape is the livestream's ``disabled`` as text.
+    options = VARIANTS["active_livestream_session"] if session is None else ("disabled_text",)
+    variant = _variant(pick, options)
+    livestream = livestream_body(
+        stream, now, lag=state.faults.status_lag, disabled_text=variant == "disabled_text"
     )
+    if session is None:
+        if variant == "null_session":
+            return web.json_response(
+                {"success": True, "data": {"livestream": livestream, "session": None}}
+            )
+        return _service_error(404, f"No active session found for livestream {stream.id}")
+    body = session_body(session, now, as_strings=state.faults.numbers_as_strings)
+    return web.json_response({"success": True, "data": {"livestream": livestream, "session": body}})
 
 
-async def _livestream(request: web.Request) -> web.StreamResponse:
+async def _livestream(request: web.Request, pick: float | None) -> web.StreamResponse:
     state = request.app[STATE]
     world = state.world
     stream = _requested_stream(request)
@@ -328,22 +408,42 @@ async def _livestream(request: web.Request) -> web.StreamResponse:
     except _BadQuery as exc:
         return _service_error(400, str(exc))
     now = world.now()
-    newest_first = stream.sessions[::-1]
+    variant = _variant(pick, VARIANTS["livestream"])
+    livestream = livestream_body(
+        stream, now, lag=state.faults.status_lag, disabled_text=variant == "disabled_text"
+    )
+    as_strings = state.faults.numbers_as_strings
+    if variant == "single_session":
+        # The schema: one object, the latest session, with paging inside ``data``.
+        latest = stream.sessions[-1] if stream.sessions else None
+        return web.json_response(
+            {
+                "success": True,
+                "data": {
+                    "livestream": livestream,
+                    "session": None
+                    if latest is None
+                    else session_body(latest, now, as_strings=as_strings),
+                    "paging": _paging(1, int(latest is not None), len(stream.sessions)),
+                },
+            }
+        )
     first = (page_no - 1) * per_page
-    page = newest_first[first : first + per_page]
-    sessions = [session_body(s, now, as_strings=state.faults.numbers_as_strings) for s in page]
-    paging = _paging(first + 1, len(page), len(newest_first))
+    page = _page(stream.sessions, first, per_page, newest_first=True)
     return web.json_response(
         {
             "success": True,
             # The published examples: ``sessions`` is an array, ``paging`` at the top.
-            "data": {"livestream": livestream_body(stream), "sessions": sessions},
-            "paging": paging,
+            "data": {
+                "livestream": livestream,
+                "sessions": [session_body(s, now, as_strings=as_strings) for s in page],
+            },
+            "paging": _paging(first + 1, len(page), len(stream.sessions)),
         }
     )
 
 
-async def _session_by_id(request: web.Request) -> web.StreamResponse:
+async def _session_by_id(request: web.Request, pick: float | None) -> web.StreamResponse:
     state = request.app[STATE]
     world = state.world
     session = world.session(
@@ -362,8 +462,10 @@ async def _json(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     try:
-        body = await request.json()
-    except json.JSONDecodeError:
+        body = json.loads(await request.read())
+    except (ValueError, RecursionError):
+        # ValueError: not JSON, not UTF-8, or an integer beyond Python's digit limit;
+        # RecursionError: nested too deeply.
         raise web.HTTPBadRequest(
             text=json.dumps({"error": "body is not JSON"}), content_type="application/json"
         ) from None
@@ -389,23 +491,46 @@ def _stream_view(stream: SimStream, now: float) -> dict[str, Any]:
         "status": stream.status,
         "live": stream.session is not None,
         "manual": stream.manual,
+        # Neither taken over nor cycling: it never changes by itself.
+        "dormant": not stream.manual and stream.next_change is None,
         "next_change": stream.next_change,
         "session": None if session is None else session_body(session, now, as_strings=False),
     }
 
 
 async def _control_list(request: web.Request) -> web.StreamResponse:
+    """Every stream, or one app's (``account_id``, ``app_id``); every one at once unless
+    ``per_page`` (and ``page_no``) ask for a page."""
     world = request.app[STATE].world
+    account_id = request.query.get("account_id")
+    app_id = request.query.get("app_id")
+    try:
+        page_no = _int_param(request, "page_no", 1)
+        per_page = _int_param(request, "per_page", 0) or None
+    except _BadQuery as exc:
+        return _control_error(400, str(exc))
     now = world.now()
-    return web.json_response({"livestreams": [_stream_view(s, now) for s in world.all_streams()]})
+    apps = [
+        (account, app)
+        for account, app in world.apps()
+        if account_id in (None, account) and app_id in (None, app)
+    ]
+    streams: list[SimStream] = []
+    for account, app in apps:
+        streams += world.streams(account, app) or []
+    first = 0 if per_page is None else (page_no - 1) * per_page
+    page = streams[first:] if per_page is None else streams[first : first + per_page]
+    return web.json_response(
+        {"livestreams": [_stream_view(s, now) for s in page], "total_count": len(streams)}
+    )
 
 
 async def _control_create(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     body = await _json(request)
     apps = state.world.apps()
-    account_id = body.get("account_id", apps[0][0] if apps else "sim-account")
-    app_id = body.get("app_id", apps[0][1] if apps else "sim-app")
+    account_id = body.get("account_id") or (apps[0][0] if apps else "sim-account")
+    app_id = body.get("app_id") or (apps[0][1] if apps else "sim-app")
     try:
         for key in ("account_id", "app_id", "id", "name", "meeting_id"):
             if key in body and body[key] is not None and not isinstance(body[key], str):
@@ -509,7 +634,8 @@ async def _control_stats(request: web.Request) -> web.StreamResponse:
 def create_app(state: SimulatorState) -> web.Application:
     """The simulator's aiohttp app. Control routes:
 
-    - ``GET /-/simulator/livestreams``: every stream, its status and session;
+    - ``GET /-/simulator/livestreams``: every stream, its status and session (query:
+      ``account_id``, ``app_id``, ``page_no``, ``per_page``; default every stream);
     - ``POST /-/simulator/livestreams``: create one (JSON: account_id, app_id, id, name,
       meeting_id, autopilot), OFFLINE and under manual control unless autopilot is true;
     - ``POST /-/simulator/livestreams/{id}/{action}`` with action ``live`` (``viewers``),

@@ -29,6 +29,8 @@ class Faults:
     throttle_seconds: float = 30.0  # how long such a burst lasts (its Retry-After)
     numbers_as_strings: bool = False  # counters as "116.1" (their declared type)
     reject_token: bool = False  # every request gets 401, as if the token were revoked
+    variant_rate: float = 0.0  # share answered in another documented shape (api.VARIANTS)
+    status_lag: float = 0.0  # livestream objects show the previous status this long
 
     def update(self, changes: dict[str, Any]) -> Faults:
         """A copy with ``changes`` applied; raises FaultError naming a bad key or value."""
@@ -59,6 +61,7 @@ class Verdict:
     delay: float = 0.0
     status: int = 200
     variant: str = ""
+    shape: float | None = None  # picks a variant shape (0 <= shape < 1); None: the usual
 
 
 class Dice:
@@ -76,4 +79,6 @@ class Dice:
             return Verdict("server_error", delay, rng.choice(SERVER_ERRORS))
         if faults.malformed_rate and rng.random() < faults.malformed_rate:
             return Verdict("malformed", delay, 200, rng.choice(MALFORMED))
+        if faults.variant_rate and rng.random() < faults.variant_rate:
+            return Verdict("ok", delay, shape=rng.random())
         return Verdict("ok", delay)

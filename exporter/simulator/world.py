@@ -1,9 +1,11 @@
 """The simulated RealtimeKit world: apps, livestreams and their sessions, driven by a clock.
 
 Deterministic: the same seed and the same clock readings give the same streams, ids,
-names, lifecycles and counters. Each stream runs on autopilot (OFFLINE or IDLE ->
-INVOKED -> LIVE -> IDLE, OFFLINE or ERRORED -> ...), with phase lengths drawn from a
-:class:`Profile`, until a test or a user takes it over through :meth:`World.go_live`,
+names, lifecycles and counters. A populated stream either cycles on autopilot (OFFLINE or
+IDLE -> INVOKED -> LIVE -> IDLE, OFFLINE or ERRORED -> ...), with phase lengths drawn
+from a :class:`Profile`, or is dormant (resting, never changing by itself); just enough
+streams cycle for the asked-for number to be live at any time (:meth:`World.populate`).
+A test or a user can take any stream over through :meth:`World.go_live`,
 :meth:`World.stop` and friends; from then on it changes only when told to.
 
 Counters follow what RealtimeKit reports: ``ingest_seconds`` grows by one per second of
@@ -18,7 +20,6 @@ import heapq
 import math
 import random
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
 
 PLACEHOLDER_VALUE: Final = 60.0
 MAX_VIEWERS: Final = 10_000_000.0
+# Sessions a stream keeps (newest last); older ones are forgotten, also by id, so that a
+# world running for days holds a bounded number of them.
+MAX_SESSIONS: Final = 10
 # The statuses the listing's ``status`` filter accepts (the documented enum; OFFLINE
 # occurs in answers but is not a filter value).
 FILTER_STATUSES: Final = ("LIVE", "IDLE", "ERRORED", "INVOKED")
@@ -67,6 +71,13 @@ class Profile:
     unnamed_share: float = 0.2  # livestreams whose name is null
     meeting_share: float = 0.5  # livestreams attached to a meeting
     invoked_time_share: float = 0.7  # sessions whose invoked_time is set (else null)
+
+    def live_share(self) -> float:
+        """The share of its time a cycling stream spends live, in the long run: the mean
+        live phase over the mean whole cycle (idle, invoked, live)."""
+        live, idle, invoked = (sum(span) / 2 for span in (self.live, self.idle, self.invoked))
+        cycle = live + idle + invoked
+        return live / cycle if cycle > 0 else 0.0
 
 
 REALISTIC: Final = Profile()
@@ -136,17 +147,20 @@ class SimStream:
     app_id: str
     name: str | None
     meeting_id: str | None
-    stream_key: str
+    stream_key: str = field(repr=False)  # a secret, even a simulated one
     created_at: float
     status: str
     updated_at: float
     index: int  # creation order: seeds this stream's random draws
     draws: int = 0
     disabled: bool = False
-    sessions: list[SimSession] = field(default_factory=list)
+    sessions: list[SimSession] = field(default_factory=list)  # the last MAX_SESSIONS
     manual: bool = False
-    next_change: float | None = None
+    next_change: float | None = None  # None: manual or dormant
     version: int = 0  # invalidates scheduled events after a manual change
+    # The status and updated_at before the last change, for a lagging listing.
+    previous_status: str = "OFFLINE"
+    previous_updated_at: float = 0.0
 
     def rng(self, seed: int) -> random.Random:
         """A fresh generator for this stream's next decision (no generator is kept:
@@ -161,13 +175,37 @@ class SimStream:
             return self.sessions[-1]
         return None
 
+    def listed(self, now: float, lag: float = 0.0) -> tuple[str, float]:
+        """Status and updated_at as a listing that lags ``lag`` seconds behind shows them:
+        the previous ones until ``lag`` seconds after the last change."""
+        if lag > 0 and now < self.updated_at + lag:
+            return self.previous_status, self.previous_updated_at
+        return self.status, self.updated_at
+
 
 def _uuid(rng: random.Random) -> str:
-    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    """A random (version 4) UUID as text: ``str(uuid.UUID(int=..., version=4))``, formatted
+    by hand because that is a third of the time populating 100,000 streams takes."""
+    n = rng.getrandbits(128) & _UUID_KEEP | _UUID_SET
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+# The version (4) and variant (RFC 4122) bits of a random UUID.
+_UUID_KEEP: Final = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_SET: Final = (0x4000 << 64) | (0x8000 << 48)
 
 
 def _between(rng: random.Random, span: tuple[float, float]) -> float:
     return rng.uniform(*span)
+
+
+def _length_biased(rng: random.Random, span: tuple[float, float]) -> float:
+    """The length of the phase a stream is in at a random moment: phases are uniform on
+    ``span``, but a moment falls into a long phase more often (density proportional to
+    the length, sampled by inverting its distribution function)."""
+    low, high = span
+    return math.sqrt(low * low + rng.random() * (high * high - low * low))
 
 
 class World:
@@ -202,6 +240,13 @@ class World:
 
     def apps(self) -> list[tuple[str, str]]:
         return list(self._apps)
+
+    def has_app(self, account_id: str, app_id: str) -> bool:
+        return (account_id, app_id) in self._apps
+
+    def session_count(self) -> int:
+        """Sessions the world holds (each stream keeps its last :data:`MAX_SESSIONS`)."""
+        return len(self._sessions)
 
     def has_account(self, account_id: str) -> bool:
         return any(account == account_id for account, _ in self._apps)
@@ -249,32 +294,49 @@ class World:
 
     # -- populating -------------------------------------------------------------------
     def populate(self, account_id: str, app_id: str, count: int, *, live: int = 0) -> None:
-        """Add ``count`` autopilot streams to the app, ``live`` of them live right now.
+        """Add ``count`` streams to the app, ``live`` of them live now and about as many
+        live at any later time.
 
-        Of the others, about one in ten has never been live (OFFLINE); the rest are IDLE
-        after an earlier session, and go live again after an idle phase.
+        A cycling stream is live for the profile's :meth:`~Profile.live_share` of its time,
+        so about ``round(live / share)`` streams (at most ``count``) cycle on the autopilot:
+        ``live`` of them live now, the others resting. Each is caught at a random moment of
+        its phase (length-biased phase length, uniform moment within it), so the live count
+        stays near ``live`` from the start on and the first changes spread over the whole
+        phase range instead of coming together. Every first change is delayed by a quiet
+        spell of half the shortest live or idle phase, so that nothing changes at first
+        (150 s for the realistic profile, 5 s for the demo one). The other streams are
+        dormant: IDLE after an earlier session, or (about one in ten) OFFLINE and never
+        live, and they never change by themselves.
         """
         if not 0 <= live <= count:
             raise WorldError(f"live ({live}) must be between 0 and count ({count})")
         now = self._clock()
+        p = self.profile
+        share = p.live_share()
+        cycling = count if share <= 0 else min(count, max(live, round(live / share)))
+        quiet = min(p.live[0], p.idle[0]) / 2
         for i in range(count):
-            stream = self._new_stream(account_id, app_id, now=now)
-            p = self.profile
-            rng = stream.rng(self.seed)
+            # One generator for the stream's identity and its starting state: seeding one
+            # is most of the cost of a stream.
+            stream, rng = self._new_stream(account_id, app_id, now=now)
             if i < live:
-                # Mid-session: started some time ago, past the placeholder phase.
-                length = _between(rng, p.live)
-                elapsed = rng.uniform(p.placeholder[1] + 10.0, max(length, 120.0))
-                self._start_session(stream, now - elapsed)
-                self._schedule(stream, now + max(length - elapsed, _between(rng, p.live) / 2))
-            elif rng.random() < 0.1:
-                self._schedule(stream, now + _between(rng, p.idle))
-            else:
-                # An earlier session, ended a while ago, for the by-id endpoint to know.
-                ended = now - _between(rng, p.idle) / 2
-                session = self._start_session(stream, ended - _between(rng, p.live))
+                length = _length_biased(rng, p.live)
+                elapsed = rng.uniform(0.0, length)
+                # Started at least a little before the placeholder phase ended, so that the
+                # counters of a stream live from the start already count.
+                self._start_session(stream, now - max(elapsed, p.placeholder[1] + 10.0), rng=rng)
+                self._schedule(stream, now + quiet + length - elapsed)
+                continue
+            # Resting since ``ended``: for a cycling stream, part of an idle phase.
+            length = _length_biased(rng, p.idle)
+            rested = rng.uniform(0.0, length)
+            ended = now - (rested if i < cycling else _between(rng, p.idle))
+            if rng.random() >= 0.1:
+                # An earlier session, for the by-id endpoint to know.
+                session = self._start_session(stream, ended - _between(rng, p.live), rng=rng)
                 self._stop_session(stream, session, ended, status="IDLE")
-                self._schedule(stream, now + _between(rng, p.idle) / 2)
+            if i < cycling:
+                self._schedule(stream, now + quiet + length - rested)
 
     def create(
         self,
@@ -290,10 +352,11 @@ class World:
         if livestream_id is not None and livestream_id in self._index:
             raise WorldError(f"livestream {livestream_id!r} exists")
         now = self.now()
-        stream = self._new_stream(account_id, app_id, now=now, livestream_id=livestream_id)
+        stream, _ = self._new_stream(account_id, app_id, now=now, livestream_id=livestream_id)
         stream.name = name
         stream.meeting_id = meeting_id
-        stream.created_at = stream.updated_at = now  # created just now, unlike populate's
+        # Created just now, unlike populate's.
+        stream.created_at = stream.updated_at = stream.previous_updated_at = now
         self._ordered.pop((account_id, app_id), None)
         stream.manual = manual
         if not manual:
@@ -302,7 +365,8 @@ class World:
 
     def _new_stream(
         self, account_id: str, app_id: str, *, now: float, livestream_id: str | None = None
-    ) -> SimStream:
+    ) -> tuple[SimStream, random.Random]:
+        """A new OFFLINE stream, and the generator that drew it (for further draws)."""
         index = self._created
         self._created += 1
         rng = random.Random(f"{self.seed}:{index}")
@@ -322,11 +386,12 @@ class World:
             status="OFFLINE",
             updated_at=created,
             index=index,
+            previous_updated_at=created,
         )
         self._apps.setdefault((account_id, app_id), {})[stream_id] = stream
         self._index[stream_id] = stream
         self._ordered.pop((account_id, app_id), None)
-        return stream
+        return stream, rng
 
     # -- control ----------------------------------------------------------------------
     def go_live(self, livestream_id: str, *, viewers: float | None = None) -> SimSession:
@@ -392,9 +457,9 @@ class World:
         stream.version += 1
 
     def resume(self, livestream_id: str) -> None:
-        """Hand a taken-over stream back to the autopilot."""
+        """Hand a taken-over (or a dormant) stream to the autopilot."""
         stream = self.find(livestream_id)
-        if stream.manual:
+        if stream.manual or stream.next_change is None:
             stream.manual = False
             now = self.now()
             span = self.profile.live if stream.session is not None else self.profile.idle
@@ -449,8 +514,15 @@ class World:
             self._set_status(stream, "INVOKED", at)
             self._schedule(stream, at + _between(rng, p.invoked))
 
-    def _start_session(self, stream: SimStream, at: float, *, invoked: bool = False) -> SimSession:
-        rng = stream.rng(self.seed)
+    def _start_session(
+        self,
+        stream: SimStream,
+        at: float,
+        *,
+        invoked: bool = False,
+        rng: random.Random | None = None,
+    ) -> SimSession:
+        rng = rng or stream.rng(self.seed)
         p = self.profile
         invoked_time = None
         if rng.random() < p.invoked_time_share:
@@ -469,6 +541,10 @@ class World:
         )
         stream.sessions.append(session)
         self._sessions[session.id] = (stream, session)
+        if len(stream.sessions) > MAX_SESSIONS:
+            for old in stream.sessions[:-MAX_SESSIONS]:
+                self._sessions.pop(old.id, None)
+            del stream.sessions[:-MAX_SESSIONS]
         self._set_status(stream, "LIVE", at)
         return session
 
@@ -491,5 +567,6 @@ class World:
 
     @staticmethod
     def _set_status(stream: SimStream, status: str, at: float) -> None:
+        stream.previous_status, stream.previous_updated_at = stream.status, stream.updated_at
         stream.status = status
         stream.updated_at = at
