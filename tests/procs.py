@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import pytest
+import yaml
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,6 +34,7 @@ T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 TERMINATE_GRACE = 10.0  # the exporter promises 5 s; Prometheus may take a little longer
+HTTP_TIMEOUT = 5.0  # seconds for one request to a loopback server
 _PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
 
@@ -229,7 +231,7 @@ def request(
     *,
     body: Any = None,
     headers: Mapping[str, str] | None = None,
-    timeout: float = 5.0,
+    timeout: float = HTTP_TIMEOUT,
 ) -> Response:
     """One request to a loopback ``http://`` URL; ``body``, if given, is sent as JSON."""
     parts = urlsplit(url)
@@ -262,9 +264,7 @@ def post(url: str, body: Any = None, **kwargs: Any) -> Response:
     return request("POST", url, body=body, **kwargs)
 
 
-# -- simulator, exporter and Prometheus as processes (shared by the dashboard test) -------
-# Added for tests/test_dashboard.py; tests/test_e2e_prometheus.py still has its own copy of
-# the Prometheus start-up.
+# -- simulator, exporter and Prometheus as processes (shared by the end-to-end tests) -----
 def prometheus_config(
     *, job: str, target: str, rule_files: Iterable[Path] = (), interval: str = "1s"
 ) -> str:
@@ -287,24 +287,70 @@ def prometheus_config(
     )
 
 
+@dataclass(frozen=True)
+class Prometheus:
+    """A running Prometheus (see :func:`spawned_prometheus`) and its HTTP API, as far as
+    the tests need it. Every method fails with Prometheus' reason on a rejected request."""
+
+    proc: Proc
+    url: str  # http://127.0.0.1:PORT
+
+    def data(self, path: str, **params: str) -> Any:
+        """The ``data`` of the successful answer to GET ``path`` with ``params``."""
+        body = _api_envelope(self.url, path, params, timeout=HTTP_TIMEOUT)
+        if body.get("status") != "success":
+            raise AssertionError(f"{path} {params}: {body}")
+        return body["data"]
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """The instant vector (or range vector) ``promql`` evaluates to now."""
+        return list(self.data("/api/v1/query", query=promql)["result"])
+
+    def value(self, promql: str) -> float | None:
+        """The value of a single-series instant query, None if it has no series."""
+        result = self.query(promql)
+        if len(result) > 1:
+            raise AssertionError(f"more than one series for {promql}: {result}")
+        return float(result[0]["value"][1]) if result else None
+
+    def history(self, promql: str) -> str:
+        """``promql``'s samples over the last 2 minutes, for failure messages."""
+        try:
+            result = self.query(f"{promql}[2m]")
+        except (OSError, AssertionError) as exc:
+            return f"{promql}: cannot query ({exc!r})"
+        return (
+            "; ".join(f"{r['metric']}: {[v for _, v in r['values']]}" for r in result)
+            or f"{promql}: no samples"
+        )
+
+    def alerts(self, name: str) -> list[dict[str, Any]]:
+        """Active (pending or firing) alerts called ``name``."""
+        alerts = self.data("/api/v1/alerts")["alerts"]
+        return [a for a in alerts if a["labels"]["alertname"] == name]
+
+
 @contextlib.contextmanager
 def spawned_prometheus(
-    workdir: Path, config_text: str, *, watch: Iterable[Proc] = ()
-) -> Iterator[tuple[Proc, str]]:
-    """Prometheus running ``config_text``, ready: yields the process and its base URL.
+    workdir: Path, config: str | Mapping[str, Any], *, watch: Iterable[Proc] = ()
+) -> Iterator[Prometheus]:
+    """Prometheus running ``config`` (the text of a prometheus.yml, such as
+    :func:`prometheus_config` writes, or its content as a mapping), ready to be queried.
+    While it starts, fail at once if a process in ``watch`` exits.
 
     Prometheus cannot listen on port 0: take a free port, and once more on a bind failure
     (someone took it in between)."""
     binary = require_tool("prometheus")
-    config = workdir / "prometheus.yml"
-    config.write_text(config_text, encoding="utf-8")
+    config_path = workdir / "prometheus.yml"
+    text = config if isinstance(config, str) else yaml.safe_dump(dict(config))
+    config_path.write_text(text, encoding="utf-8")
     watched = list(watch)
     for attempt in (1, 2):
         port = free_port()
         url = f"http://{LOOPBACK}:{port}"
         command = [
             binary,
-            f"--config.file={config}",
+            f"--config.file={config_path}",
             f"--storage.tsdb.path={workdir / f'tsdb-{attempt}'}",
             f"--web.listen-address={LOOPBACK}:{port}",
             "--log.level=info",
@@ -322,7 +368,7 @@ def spawned_prometheus(
                 if attempt == 1 and "address already in use" in proc.log():
                     continue
                 pytest.fail(f"Prometheus did not start\n{proc.describe()}", pytrace=False)
-            yield proc, url
+            yield Prometheus(proc, url)
             return
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -331,7 +377,13 @@ def prometheus_api(url: str, path: str, **params: str) -> dict[str, Any]:
     """GET ``path`` of Prometheus' HTTP API at ``url``: the decoded envelope (``status``,
     ``data`` or ``errorType``/``error``), whatever the HTTP status, so that a rejected query
     can be reported with Prometheus' reason."""
-    response = get(f"{url}{path}?{urlencode(params)}", timeout=10.0)
+    return _api_envelope(url, path, params, timeout=10.0)
+
+
+def _api_envelope(
+    url: str, path: str, params: Mapping[str, str], *, timeout: float
+) -> dict[str, Any]:
+    response = get(f"{url}{path}?{urlencode(params)}", timeout=timeout)
     try:
         body = response.json()
     except ValueError:
@@ -352,14 +404,96 @@ def spawned_simulator(workdir: Path, *args: str) -> Iterator[tuple[Proc, str]]:
 
 
 @contextlib.contextmanager
-def spawned_exporter(workdir: Path, config_text: str, *args: str) -> Iterator[tuple[Proc, str]]:
-    """The exporter running ``config_text`` on a free loopback port: yields the process and
-    its ``host:port``."""
-    config = workdir / "exporter.yaml"
-    config.write_text(config_text, encoding="utf-8")
-    command = exporter_command(
-        "--config.file", str(config), "--web.listen-address", f"{LOOPBACK}:0", *args
-    )
+def spawned_exporter(
+    workdir: Path, config_text: str | None, *args: str
+) -> Iterator[tuple[Proc, str]]:
+    """The exporter running ``config_text`` (none: no --config.file, for ``--demo``) and
+    ``args`` on a free loopback port: yields the process and its ``host:port``."""
+    config_args: list[str] = []
+    if config_text is not None:
+        config = workdir / "exporter.yaml"
+        config.write_text(config_text, encoding="utf-8")
+        config_args = ["--config.file", str(config)]
+    command = exporter_command(*config_args, "--web.listen-address", f"{LOOPBACK}:0", *args)
     with spawned("exporter", command, log_path=workdir / "exporter.log") as proc:
         port = wait_for_log(proc, r"listening on 127\.0\.0\.1:(\d+)", timeout=20)[1]
         yield proc, f"{LOOPBACK}:{port}"
+
+
+class Pipeline:
+    """The simulator, the exporter polling it and Prometheus scraping the exporter, as
+    processes on loopback. The test starts them in that order (preparing the simulator's
+    world in between, as it needs); the ``with`` block reaps them all, last started first.
+
+    The simulator serves ``account``/``app`` and accepts the token in ``token_file``.
+    Prometheus' start-up fails at once if the simulator or the exporter exits."""
+
+    def __init__(self, workdir: Path, *, account: str, app: str, token_file: Path) -> None:
+        self.workdir = workdir
+        self.account = account
+        self.app = app
+        self.token_file = token_file
+        self.procs: list[Proc] = []  # started so far, in order: watch them while waiting
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def start_simulator(self, *args: str) -> str:
+        """``realtimekit-exporter simulate ARGS`` for the account, app and token: its origin
+        (``http://127.0.0.1:PORT``; the API is under /client/v4, its control under
+        /-/simulator)."""
+        ids = ("--account-id", self.account, "--app-id", self.app)
+        proc, origin = self._stack.enter_context(
+            spawned_simulator(self.workdir, *args, *ids, "--token-file", str(self.token_file))
+        )
+        self.procs.append(proc)
+        self.origin = origin
+        return origin
+
+    def start_exporter(
+        self,
+        *args: str,
+        max_staleness: str,
+        expect_live: Iterable[str] = (),
+        other_apps: Iterable[str] = (),
+    ) -> tuple[Proc, str]:
+        """The exporter with ARGS, polling the simulator with the token every second (2 s
+        timeout; stale after ``max_staleness``): the app, its streams discovered and those in
+        ``expect_live`` expected live, then the account's ``other_apps``, discovered: the
+        process and its ``host:port``."""
+        streams = [{"id": stream_id, "expect_live": True} for stream_id in expect_live]
+        apps = [{"account_id": self.account, "app_id": self.app, "discover": True}]
+        if streams:
+            apps[0]["livestreams"] = streams
+        apps += [
+            {"account_id": self.account, "app_id": app, "discover": True} for app in other_apps
+        ]
+        config = {
+            "api": {
+                "base_url": self.origin + "/client/v4",
+                "token_file": str(self.token_file),
+                "timeout": "2s",
+            },
+            "poll": {"interval": "1s", "max_staleness": max_staleness},
+            "apps": apps,
+        }
+        proc, target = self._stack.enter_context(
+            spawned_exporter(self.workdir, yaml.safe_dump(config, sort_keys=False), *args)
+        )
+        self.procs.append(proc)
+        self.target = target
+        return proc, target
+
+    def start_prometheus(self, *, job: str, rule_files: Iterable[Path]) -> Prometheus:
+        """Prometheus scraping the exporter as ``job`` and evaluating ``rule_files``, both
+        every second, ready to be queried."""
+        config = prometheus_config(job=job, target=self.target, rule_files=rule_files)
+        prometheus = self._stack.enter_context(
+            spawned_prometheus(self.workdir, config, watch=self.procs)
+        )
+        self.procs.append(prometheus.proc)
+        return prometheus

@@ -27,18 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from tests.procs import (
-    get,
-    post,
-    prometheus_api,
-    prometheus_config,
-    request,
-    require_tool,
-    spawned_exporter,
-    spawned_prometheus,
-    spawned_simulator,
-    wait_for,
-)
+from tests.procs import Pipeline, get, post, prometheus_api, request, require_tool, wait_for
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -321,26 +310,6 @@ JOB = "realtimekit-exporter"
 SETTLE_TIMEOUT = 25.0
 SERVER_ERRORS = 'realtimekit_exporter_api_requests_total{code=~"5.."}'
 
-EXPORTER_CONFIG = """\
-api:
-  base_url: {base_url}
-  token_file: {token_file}
-  timeout: 2s
-poll:
-  interval: 1s
-  max_staleness: 15s
-apps:
-  - account_id: "{account}"
-    app_id: "{app}"
-    discover: true
-    livestreams:
-      - id: "{errored}"
-        expect_live: true
-  - account_id: "{account}"
-    app_id: "{other_app}"
-    discover: true
-"""
-
 
 def _substitute(expr: str, values: Mapping[str, str]) -> str:
     """``expr`` with ``$var``, ``${var}`` and ``${var:format}`` filled in; an unknown
@@ -429,14 +398,10 @@ def _world(workdir: Path) -> Iterator[tuple[str, str, list[Proc]]]:
     require_tool("prometheus")
     token_file = workdir / "token"
     token_file.write_text("dashboard-test-token\n", encoding="utf-8")
-    with contextlib.ExitStack() as stack:
-        simulator, origin = stack.enter_context(
-            spawned_simulator(
-                workdir,
-                *("--seed", str(SEED), "--livestreams", str(STREAMS)),
-                *("--live", str(LIVE_AT_START), "--profile", "realistic"),
-                *("--account-id", ACCOUNT, "--app-id", APP, "--token-file", str(token_file)),
-            )
+    with Pipeline(workdir, account=ACCOUNT, app=APP, token_file=token_file) as pipeline:
+        origin = pipeline.start_simulator(
+            *("--seed", str(SEED), "--livestreams", str(STREAMS)),
+            *("--live", str(LIVE_AT_START), "--profile", "realistic"),
         )
         control = origin + "/-/simulator"
         for stream_id, app, name in (
@@ -455,28 +420,9 @@ def _world(workdir: Path) -> Iterator[tuple[str, str, list[Proc]]]:
         changed = post(f"{control}/livestreams/{UNKNOWN}/status", {"status": UNKNOWN_STATUS})
         assert changed.status == 200, changed.text
 
-        exporter, target = stack.enter_context(
-            spawned_exporter(
-                workdir,
-                EXPORTER_CONFIG.format(
-                    base_url=json.dumps(origin + "/client/v4"),
-                    token_file=json.dumps(str(token_file)),
-                    account=ACCOUNT,
-                    app=APP,
-                    other_app=OTHER_APP,
-                    errored=ERRORED,
-                ),
-            )
-        )
-        procs = [simulator, exporter]
-        prometheus, url = stack.enter_context(
-            spawned_prometheus(
-                workdir,
-                prometheus_config(job=JOB, target=target, rule_files=[RECORDING]),
-                watch=procs,
-            )
-        )
-        yield control, url, [*procs, prometheus]
+        pipeline.start_exporter(max_staleness="15s", expect_live=[ERRORED], other_apps=[OTHER_APP])
+        prometheus = pipeline.start_prometheus(job=JOB, rule_files=[RECORDING])
+        yield control, prometheus.url, pipeline.procs
 
 
 def _wait(

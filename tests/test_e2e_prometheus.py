@@ -12,34 +12,17 @@ the exporter's /metrics or logs.
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 import secrets
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from typing import Any
 
 import pytest
 
-from tests.procs import (
-    LOOPBACK,
-    exporter_command,
-    free_port,
-    get,
-    post,
-    require_tool,
-    spawned,
-    wait_for,
-    wait_for_log,
-)
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from tests.procs import Proc
+from tests.procs import Pipeline, get, post, require_tool, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -60,78 +43,6 @@ VIEWERS = 50
 # The placeholder lasts 40-50 s from going live; then a scrape, an evaluation, and slack.
 PLACEHOLDER_OVER_WITHIN = 65.0
 
-EXPORTER_CONFIG = """\
-api:
-  base_url: {base_url}
-  token_file: {token_file}
-  timeout: 2s
-poll:
-  interval: 1s
-  max_staleness: 10s
-apps:
-  - account_id: "{account}"
-    app_id: "{app}"
-    discover: true
-    livestreams:
-      - id: "{manual}"
-        expect_live: true
-"""
-
-PROMETHEUS_CONFIG = """\
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
-rule_files:
-  - {alerts}
-  - {recording}
-scrape_configs:
-  - job_name: {job}
-    static_configs:
-      - targets: ["{target}"]
-"""
-
-
-class Prometheus:
-    """Prometheus' HTTP API, as far as the test needs it."""
-
-    def __init__(self, proc: Proc, port: int) -> None:
-        self.proc = proc
-        self.url = f"http://{LOOPBACK}:{port}"
-
-    def _get(self, path: str, **params: str) -> Any:
-        response = get(f"{self.url}{path}?{urlencode(params)}")
-        assert response.status == 200, f"{path} {params}: {response.status} {response.text}"
-        body = response.json()
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """The instant vector (or range vector) ``promql`` evaluates to now."""
-        return list(self._get("/api/v1/query", query=promql)["result"])
-
-    def value(self, promql: str) -> float | None:
-        """The value of a single-series instant query, None if it has no series."""
-        result = self.query(promql)
-        assert len(result) <= 1, result
-        return float(result[0]["value"][1]) if result else None
-
-    def history(self, promql: str) -> str:
-        """``promql``'s samples over the last 2 minutes, for failure messages."""
-        try:
-            result = self.query(f"{promql}[2m]")
-        except (OSError, AssertionError) as exc:
-            return f"{promql}: cannot query ({exc!r})"
-        return (
-            "; ".join(f"{r['metric']}: {[v for _, v in r['values']]}" for r in result)
-            or f"{promql}: no samples"
-        )
-
-    def alerts(self, name: str) -> list[dict[str, Any]]:
-        """Active (pending or firing) alerts called ``name``."""
-        alerts = self._get("/api/v1/alerts")["alerts"]
-        return [a for a in alerts if a["labels"]["alertname"] == name]
-
 
 def _unix(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
@@ -139,51 +50,6 @@ def _unix(iso: str) -> float:
 
 def _selector(livestream_id: str) -> str:
     return f'{{job="{JOB}",app_id="{APP}",livestream_id="{livestream_id}"}}'
-
-
-@contextlib.contextmanager
-def _prometheus(workdir: Path, target: str, watch: list[Proc]) -> Iterator[Prometheus]:
-    """Prometheus scraping ``target`` with the shipped rules, ready to be queried.
-
-    Prometheus cannot listen on port 0: take a free port, and once more on a bind failure
-    (someone took it in between)."""
-    binary = require_tool("prometheus")
-    config = workdir / "prometheus.yml"
-    config.write_text(
-        PROMETHEUS_CONFIG.format(
-            alerts=json.dumps(str(ALERTS)),
-            recording=json.dumps(str(RECORDING)),
-            job=JOB,
-            target=target,
-        ),
-        encoding="utf-8",
-    )
-    for attempt in (1, 2):
-        port = free_port()
-        command = [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={workdir / f'tsdb-{attempt}'}",
-            f"--web.listen-address={LOOPBACK}:{port}",
-            "--log.level=info",
-        ]
-        log_path = workdir / f"prometheus-{attempt}.log"
-        with spawned("prometheus", command, log_path=log_path) as proc:
-            prometheus = Prometheus(proc, port)
-
-            def ready(proc: Proc = proc, port: int = port) -> bool:
-                if proc.exited():
-                    return True  # decided below
-                return get(f"http://{LOOPBACK}:{port}/-/ready").status == 200
-
-            wait_for(ready, timeout=30, what="Prometheus to be ready", watch=watch)
-            if proc.exited():
-                if attempt == 1 and "address already in use" in proc.log():
-                    continue
-                pytest.fail(f"Prometheus did not start\n{proc.describe()}", pytrace=False)
-            yield prometheus
-            return
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @pytest.mark.timeout(90)
@@ -196,33 +62,13 @@ def test_stream_goes_live_then_stops_and_prometheus_alerts() -> None:
         workdir = Path(tmp)
         token_file = workdir / "token"
         token_file.write_text(token + "\n", encoding="utf-8")
-
-        simulator = stack.enter_context(
-            spawned(
-                "simulator",
-                exporter_command(
-                    "simulate",
-                    "--listen",
-                    f"{LOOPBACK}:0",
-                    "--seed",
-                    str(SEED),
-                    "--livestreams",
-                    str(STREAMS),
-                    "--live",
-                    str(LIVE_AT_START),
-                    "--profile",
-                    "realistic",
-                    "--account-id",
-                    ACCOUNT,
-                    "--app-id",
-                    APP,
-                    "--token-file",
-                    str(token_file),
-                ),
-                log_path=workdir / "simulator.log",
-            )
+        pipeline = stack.enter_context(
+            Pipeline(workdir, account=ACCOUNT, app=APP, token_file=token_file)
         )
-        origin = wait_for_log(simulator, r"address=(http://127\.0\.0\.1:\d+)", timeout=20)[1]
+        origin = pipeline.start_simulator(
+            *("--seed", str(SEED), "--livestreams", str(STREAMS), "--live", str(LIVE_AT_START)),
+            *("--profile", "realistic"),
+        )
         control = origin + "/-/simulator"
 
         # The manual stream, live at once so the placeholder phase starts now.
@@ -247,36 +93,11 @@ def test_stream_goes_live_then_stops_and_prometheus_alerts() -> None:
         never_live = {s["id"] for s in world} - live_ids
         assert len(never_live) == STREAMS - LIVE_AT_START
 
-        config = workdir / "exporter.yaml"
-        config.write_text(
-            EXPORTER_CONFIG.format(
-                base_url=json.dumps(origin + "/client/v4"),
-                token_file=json.dumps(str(token_file)),
-                account=ACCOUNT,
-                app=APP,
-                manual=MANUAL_ID,
-            ),
-            encoding="utf-8",
+        exporter, target = pipeline.start_exporter(
+            "--log.level", "debug", max_staleness="10s", expect_live=[MANUAL_ID]
         )
-        exporter = stack.enter_context(
-            spawned(
-                "exporter",
-                exporter_command(
-                    "--config.file",
-                    str(config),
-                    "--web.listen-address",
-                    f"{LOOPBACK}:0",
-                    "--log.level",
-                    "debug",
-                ),
-                log_path=workdir / "exporter.log",
-            )
-        )
-        port = wait_for_log(exporter, r"listening on 127\.0\.0\.1:(\d+)", timeout=20)[1]
-        target = f"{LOOPBACK}:{port}"
-        procs = [simulator, exporter]
-        prometheus = stack.enter_context(_prometheus(workdir, target, procs))
-        procs.append(prometheus.proc)
+        prometheus = pipeline.start_prometheus(job=JOB, rule_files=[ALERTS, RECORDING])
+        procs = pipeline.procs
 
         def check(what: str, condition: Any, timeout: float = 20) -> Any:
             def describe() -> str:

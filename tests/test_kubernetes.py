@@ -20,7 +20,6 @@ where they fail.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
 import json
@@ -30,7 +29,6 @@ import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
 import pytest
 import yaml
@@ -38,22 +36,16 @@ import yaml
 from exporter import __version__
 from exporter.cli import DEFAULT_PORT
 from tests.procs import (
-    LOOPBACK,
     exporter_command,
-    free_port,
-    get,
     require_tool,
     run,
-    spawned,
+    spawned_exporter,
+    spawned_prometheus,
     wait_for,
-    wait_for_log,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from types import ModuleType
-
-    from tests.procs import Proc
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -481,57 +473,21 @@ def test_checkov_finds_nothing_unexplained(
 
 
 # -- the exporter's labels under the Operator's target labels, in a real Prometheus ----
-@contextlib.contextmanager
-def _prometheus(workdir: Path, config: Doc, watch: list[Proc]) -> Iterator[str]:
-    """A Prometheus with ``config``, ready: yields its base URL. Prometheus cannot listen
-    on port 0: take a free port, and once more on a bind failure."""
-    binary = require_tool("prometheus")
-    path = workdir / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config), encoding="utf-8")
-    for attempt in (1, 2):
-        port = free_port()
-        command = [
-            binary,
-            f"--config.file={path}",
-            f"--storage.tsdb.path={workdir / f'tsdb-{attempt}'}",
-            f"--web.listen-address={LOOPBACK}:{port}",
-        ]
-        with spawned("prometheus", command, log_path=workdir / f"prometheus-{attempt}.log") as proc:
-            url = f"http://{LOOPBACK}:{port}"
-
-            def ready(proc: Proc = proc, url: str = url) -> bool:
-                return proc.exited() or get(f"{url}/-/ready").status == 200
-
-            wait_for(ready, timeout=30, what="Prometheus to be ready", watch=watch)
-            if proc.exited():
-                if attempt == 1 and "address already in use" in proc.log():
-                    continue
-                pytest.fail(f"Prometheus did not start\n{proc.describe()}", pytrace=False)
-            yield url
-            return
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 @pytest.mark.timeout(90)
 def test_no_exporter_label_collides_with_the_operators_target_labels(tmp_path: Path) -> None:
     """Scraped with the target labels the Operator sets, no series of the demo exporter has
     a label renamed to exported_* (as an `endpoint` label of its own once was)."""
     require_tool("prometheus")
-    command = exporter_command("--demo", "--web.listen-address", f"{LOOPBACK}:0")
-    with spawned("exporter", command, log_path=tmp_path / "exporter.log") as exporter:
-        port = wait_for_log(exporter, r"listening on 127\.0\.0\.1:(\d+)", timeout=20)[1]
-        target = {"targets": [f"{LOOPBACK}:{port}"], "labels": OPERATOR_LABELS}
+    with spawned_exporter(tmp_path, None, "--demo") as (exporter, address):
+        target = {"targets": [address], "labels": OPERATOR_LABELS}
         config = {
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
             "scrape_configs": [{"job_name": NAME, "static_configs": [target]}],
         }
-        with _prometheus(tmp_path, config, [exporter]) as url:
+        with spawned_prometheus(tmp_path, config, watch=[exporter]) as prometheus:
 
             def series() -> list[dict[str, str]]:
-                query = urlencode({"match[]": f'{{job="{NAME}"}}'})
-                answer = get(f"{url}/api/v1/series?{query}")
-                assert answer.status == 200, answer.text
-                return list(answer.json()["data"])
+                return list(prometheus.data("/api/v1/series", **{"match[]": f'{{job="{NAME}"}}'}))
 
             requests = "realtimekit_exporter_api_requests_total"
             wait_for(
