@@ -61,8 +61,12 @@ LABEL org.opencontainers.image.title="realtimekit-exporter" \
 
 # A named, fixed, unprivileged user. Written straight into /etc/passwd and /etc/group so
 # that any Debian-like base works, with or without useradd.
+# The base's own pip (python:*-slim ships one under /usr/local) is removed too: the
+# runtime installs nothing, and an unused pip only draws scanner findings.
 RUN echo "exporter:x:10241:" >> /etc/group \
-    && echo "exporter:x:10241:10241:realtimekit-exporter:/nonexistent:/usr/sbin/nologin" >> /etc/passwd
+    && echo "exporter:x:10241:10241:realtimekit-exporter:/nonexistent:/usr/sbin/nologin" >> /etc/passwd \
+    && rm -rf /usr/local/lib/python3*/site-packages/pip /usr/local/lib/python3*/site-packages/pip-* \
+        /usr/local/bin/pip /usr/local/bin/pip3*
 
 COPY --from=build /opt/venv /opt/venv
 

@@ -306,3 +306,11 @@ def test_sigterm_interrupts_before_the_event_loop_handles_it() -> None:
             _terminate_self()
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+def test_default_listen_address_is_every_interface_on_10241() -> None:
+    """Containers, Kubernetes probes and Services reach the exporter from outside its own
+    loopback: the default must bind every interface (host None), on port 10241."""
+    assert cli.DEFAULT_LISTEN == ":10241"
+    assert parse_listen(cli.DEFAULT_LISTEN) == (None, 10241)
+    assert cli.build_parser().parse_args(["--config.file", "x.yaml"]).listen == cli.DEFAULT_LISTEN
