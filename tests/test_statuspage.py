@@ -23,7 +23,7 @@ from exporter.model import (
 )
 from exporter.poller import INTERNAL, RECENT_ERRORS, Poller, PollError
 from exporter.server import Exporter, create_app
-from exporter.statuspage import MAX_ROWS, ago, render
+from exporter.statuspage import MAX_ROWS, MAX_TOTAL_ROWS, ago, render
 from tests.conftest import ACCOUNT, APP, make_config
 from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream, Fault
 
@@ -250,8 +250,8 @@ def test_apps_and_streams_are_shown() -> None:
     assert err["updated"] == "2027-01-15 06:53:20 UTC (66 min ago)"
     new = got.rows["ls-new"]
     assert (new["viewer"], new["ingest"], new["errored"], new["since"]) == ("—",) * 4
-    # live streams come first
-    assert list(got.rows) == ["ls-live", "ls-err", "ls-new"]
+    # the ERRORED stream first, then the live one, then the rest
+    assert list(got.rows) == ["ls-err", "ls-live", "ls-new"]
 
 
 def test_hostile_values_are_escaped_everywhere() -> None:
@@ -341,8 +341,9 @@ def test_large_apps_are_capped_with_a_note() -> None:
     assert got.apps[(ACCOUNT, APP)]["tracked"] == "13"
 
 
-def test_thousands_of_streams_render_the_default_cap_quickly() -> None:
-    """Five apps of 3,000 streams: 500 rows each, and a note for the rest."""
+def test_thousands_of_streams_render_the_default_caps_quickly() -> None:
+    """Five apps of 3,000 streams: at most MAX_ROWS rows per app and MAX_TOTAL_ROWS on the
+    page, shared out among the apps, and a note per app for the rest."""
     apps = [
         app(*(stream(f"ls-{i:05d}", name=f"stream {i}") for i in range(3000)), app_id=f"app-{n}")
         for n in range(5)
@@ -350,9 +351,123 @@ def test_thousands_of_streams_render_the_default_cap_quickly() -> None:
     started = time.perf_counter()
     text = render(snap(*apps), (), NOW, "1")
     elapsed = time.perf_counter() - started
-    assert text.count("<tr data-livestream-id=") == 5 * MAX_ROWS
-    assert text.count(f"{3000 - MAX_ROWS} more not shown") == 5
+    assert MAX_TOTAL_ROWS < 5 * MAX_ROWS
+    assert text.count("<tr data-livestream-id=") == MAX_TOTAL_ROWS
+    per_app = MAX_TOTAL_ROWS // 5
+    assert text.count(f"{3000 - per_app} more not shown") == 5
+    assert f"{5 * 3000 - MAX_TOTAL_ROWS} tracked livestreams are not shown" in text
     assert elapsed < 5, f"rendering took {elapsed:.2f} s"
+
+
+def test_streams_that_need_attention_come_first() -> None:
+    """Expected live but not live, then ERRORED (status or session error), then live, then
+    the rest; by name, then id, within each group, whatever order the app lists them in."""
+    failed = Session(id="s-failed", started_time=NOW - 900, stopped_time=NOW - 60, err_message="x")
+    streams = [
+        stream("ls-01", name="a quiet one"),
+        stream("ls-02", "LIVE", name="b live", live=True),
+        stream("ls-03", "ERRORED", name="z errored"),
+        stream("ls-04", "IDLE", name="c failed session", session=failed),
+        stream("ls-05", "IDLE", name="y expected", expected_live=True),
+        stream("ls-06", "LIVE", name="a live", live=True, expected_live=True),
+        stream("ls-07", "ERRORED", name="x expected and errored", expected_live=True),
+        stream("ls-09", "OFFLINE"),  # no name: before the named ones of its group
+        stream("ls-08", "OFFLINE"),
+    ]
+    got = page(snap(app(*streams, unlisted=(Unlisted("ls-gone", expected_live=True),))))
+    assert list(got.rows) == [
+        "ls-07",  # expected live, not live, by name
+        "ls-05",
+        "ls-04",  # a session error ("c...") before an ERRORED status ("z...")
+        "ls-03",
+        "ls-06",  # live
+        "ls-02",
+        "ls-08",  # the rest: unnamed by id, then by name
+        "ls-09",
+        "ls-01",
+        "ls-gone",  # configured but not in the listing: after the app's streams
+    ]
+
+
+def test_an_errored_expected_live_stream_is_never_hidden_by_the_cap() -> None:
+    """1,000 streams, 300 of them live, and one ERRORED stream that is expected live and
+    whose name and id sort after all the others: with the default cap (500 per app) it is
+    shown, at the top, and every live stream is shown after it."""
+    streams = [
+        stream(
+            f"ls-{i:04d}",
+            "LIVE" if i % 10 < 3 else "IDLE",
+            name=f"stream {i:04d}",
+            live=i % 10 < 3,
+        )
+        for i in range(1000)
+    ]
+    broken = stream("zz-broken", "ERRORED", name="zzz last of all", expected_live=True)
+    got = page(snap(app(*streams, broken)))
+    assert MAX_ROWS < 1001
+    assert next(iter(got.rows)) == "zz-broken"
+    assert got.rows["zz-broken"]["status"] == "ERRORED"
+    assert got.rows["zz-broken"]["live"] == "no expected live"
+    live_rows = [sid for sid, row in got.rows.items() if row["live"] == "yes"]
+    assert len(live_rows) == 300 and list(got.rows)[1:301] == live_rows
+    assert len(got.rows) == MAX_ROWS
+    assert f"{1001 - MAX_ROWS} more not shown" in got.text
+
+
+def test_the_page_cap_keeps_every_apps_streams_that_need_attention() -> None:
+    """Twenty apps of 10,000 streams: at most max_total rows on the page, a note per app
+    with how many it leaves out, the streams that need attention of every app (even the
+    last one) before any app's quiet ones, and unlisted streams always."""
+    apps = []
+    for n in range(20):
+        streams = [stream(f"ls-{i:05d}", name=f"stream {i:05d}") for i in range(10_000)]
+        streams[n] = stream(f"ls-{n:05d}", "ERRORED", name="zz errored")
+        if n == 19:
+            streams.append(stream("ls-late", "IDLE", name="zz late", expected_live=True))
+        apps.append(app(*streams, app_id=f"app-{n:02d}", unlisted=(Unlisted(f"ls-gone-{n:02d}"),)))
+    started = time.perf_counter()
+    text = render(snap(*apps), (), NOW, "1")
+    elapsed = time.perf_counter() - started
+    got = Page(text)
+    assert elapsed < 10, f"rendering took {elapsed:.2f} s"
+    assert len(text.encode()) < 1_500_000, len(text.encode())
+    stream_rows = text.count("<tr data-livestream-id=") - text.count('class="unlisted"')
+    assert stream_rows == MAX_TOTAL_ROWS
+    assert "ls-late" in got.rows and got.rows["ls-late"]["live"] == "no expected live"
+    for n in range(20):
+        assert f"ls-gone-{n:02d}" in got.rows
+    # Each app's ERRORED stream is its first row (ids repeat across apps: check the order
+    # of the sections instead).
+    sections = text.split("<section>")[1:]
+    assert len(sections) == 20
+    for n, section in enumerate(sections):
+        first = section.index("<tr data-livestream-id=")
+        expected_first = "ls-late" if n == 19 else f"ls-{n:05d}"
+        assert section[first:].startswith(f'<tr data-livestream-id="{expected_first}"'), n
+        shown = section.count("<tr data-livestream-id=") - 1  # less the unlisted one
+        total = 10_001 if n == 19 else 10_000
+        assert f"{total - shown} more not shown" in section, n
+    assert f"{200_001 - MAX_TOTAL_ROWS} tracked livestreams are not shown" in text
+    # A small cap still leaves room for nothing but the streams that need attention.
+    small = Page(render(snap(*apps), (), NOW, "1", max_total=21))
+    assert {sid for sid in small.rows if not sid.startswith("ls-gone")} == {
+        "ls-late",
+        *(f"ls-{n:05d}" for n in range(20)),
+    }
+
+
+def test_unlisted_streams_are_shown_whatever_the_caps() -> None:
+    got = page(snap(app(stream("ls-1"), unlisted=(Unlisted("ls-gone"),))), max_rows=0, max_total=0)
+    assert list(got.rows) == ["ls-gone"]
+    assert "1 more not shown" in got.text
+
+
+def test_a_hidden_stream_that_needs_attention_is_counted_in_the_note() -> None:
+    """When an app has more streams that need attention than its cap, the note says how
+    many of those are left out."""
+    streams = [stream(f"ls-{i}", "ERRORED") for i in range(4)] + [stream("ls-q")]
+    got = page(snap(app(*streams)), max_rows=2)
+    assert "3 more not shown, 2 of them expected live but not live or ERRORED" in got.text
 
 
 def test_refresh_and_odd_times() -> None:
