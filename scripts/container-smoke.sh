@@ -12,12 +12,21 @@
 #  5. runs `--demo` with podman, as the image's own USER and ENTRYPOINT, with a read-only
 #     root filesystem, no capabilities and the host network (loopback only), then polls
 #     /metrics until the demo apps are up and a livestream is live, checks /-/healthy, the
-#     process's UID, the image's HEALTHCHECK, and a clean exit on SIGTERM.
+#     process's UID, the image's HEALTHCHECK, and a clean exit on SIGTERM;
+#  6. runs `--demo` again with no listen flag, in a network namespace of its own
+#     (--network none), and checks from inside it that the image's default listen address
+#     (:10241, which Kubernetes probes and `docker run -p` rely on) takes every interface.
+#
+# It cleans up after itself (containers, mounts, its /var/tmp/realtimekit-smoke.* directory)
+# on exit, including on SIGTERM or SIGINT; the one container name it uses (SMOKE_CONTAINER)
+# lets a caller remove what is left after a SIGKILL: `podman rm -f NAME`.
 #
 # Images are kept, so a second run reuses the base image and the build cache. Settings:
 #   SMOKE_PORT=10241           loopback port for the exporter (10241 lets the HEALTHCHECK run
 #                              verbatim; with another port its URL is rewritten to match)
 #   SMOKE_TIMEOUT=60           seconds to wait for the demo metrics
+#   SMOKE_CONTAINER=NAME       the demo containers' name (default realtimekit-smoke-PID; one
+#                              at a time, so one name); must not exist yet
 #   SMOKE_REBUILD_BASE=1       rebuild the base image even if it exists
 #   SMOKE_DEBIAN_MIRROR=URL    Debian mirror for debootstrap (default: the one apt uses)
 #   SMOKE_OCI_RUNTIME=runc     OCI runtime for podman (crun 1.8 rejects hybrid cgroups)
@@ -32,6 +41,7 @@ EXPECT_UID=10241
 PORT="${SMOKE_PORT:-10241}"
 TIMEOUT="${SMOKE_TIMEOUT:-60}"
 RUNTIME="${SMOKE_OCI_RUNTIME:-runc}"
+CONTAINER="${SMOKE_CONTAINER:-realtimekit-smoke-$$}"
 HOST_CA=/etc/ssl/certs/ca-certificates.crt
 
 SECONDS=0
@@ -78,7 +88,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 [ "$(id -u)" -eq 0 ] || fail "run as root: rootful buildah/podman and debootstrap need it"
+[[ "$CONTAINER" =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ ]] || fail "SMOKE_CONTAINER '$CONTAINER' is not a container name"
 work="$(mktemp -d /var/tmp/realtimekit-smoke.XXXXXX)"
+echo "work directory: $work; container: $CONTAINER"
 
 # --- 1. tools ---------------------------------------------------------------------------
 step "tools"
@@ -284,9 +296,13 @@ nofile="$(ulimit -Hn)"
 [ "$nofile" = unlimited ] && nofile=1048576
 nproc="$(ulimit -Hu)"
 { [ "$nproc" = unlimited ] || [ "$nproc" -gt 4096 ]; } && nproc=4096
+# --http-proxy=false: podman would copy the host's proxy variables (passed to this script
+# for the build) into the container, where urllib (the HEALTHCHECK, the checks below) would
+# send requests for 127.0.0.1 to the proxy.
 run_opts=(
     --ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc"
     --read-only --read-only-tmpfs=false --cap-drop ALL --security-opt no-new-privileges
+    --http-proxy=false
 )
 podman_run() { podman --runtime "$RUNTIME" run --rm --network none "${run_opts[@]}" "$@"; }
 
@@ -309,7 +325,8 @@ step "--demo on 127.0.0.1:$PORT"
 if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
     fail "127.0.0.1:$PORT is already in use; stop what listens there or set SMOKE_PORT"
 fi
-ctr="realtimekit-smoke-$$"
+podman container exists "$CONTAINER" && fail "a container named $CONTAINER exists already"
+ctr="$CONTAINER"
 podman --runtime "$RUNTIME" run -d --name "$ctr" --network host "${run_opts[@]}" \
     "$IMAGE" --demo --web.listen-address "127.0.0.1:$PORT" >"$work/run.log" 2>&1 ||
     { show_log "$work/run.log"; fail "podman run"; }
@@ -368,21 +385,77 @@ else
     echo "HEALTHCHECK run with its URL rewritten to port $PORT (podman healthcheck run needs 10241)"
 fi
 
+stop_cleanly() { # stop_cleanly: SIGTERM to $ctr, a clean exit 0 before the 10 s SIGKILL
+    local start=$SECONDS took code
+    podman stop --time 10 "$ctr" >/dev/null 2>>"$work/run.log"
+    took=$((SECONDS - start))
+    code="$(podman inspect --format '{{.State.ExitCode}}' "$ctr")"
+    if [ "$code" != 0 ] || [ "$took" -ge 10 ]; then
+        fail "stop took ${took}s, exit code $code (expected a clean exit 0 before the 10s SIGKILL)"
+    fi
+    if podman logs "$ctr" 2>&1 | grep -q Traceback; then
+        podman logs "$ctr" >&2 2>&1
+        fail "a traceback in the exporter's log"
+    fi
+    echo "exited 0 after ${took}s"
+    podman rm "$ctr" >/dev/null 2>&1
+    ctr=""
+}
+
 step "SIGTERM"
-start=$SECONDS
-podman stop --time 10 "$ctr" >/dev/null 2>>"$work/run.log"
-took=$((SECONDS - start))
-code="$(podman inspect --format '{{.State.ExitCode}}' "$ctr")"
-if [ "$code" != 0 ] || [ "$took" -ge 10 ]; then
-    fail "stop took ${took}s, exit code $code (expected a clean exit 0 before the 10s SIGKILL)"
-fi
-if podman logs "$ctr" 2>&1 | grep -q Traceback; then
-    podman logs "$ctr" >&2 2>&1
-    fail "a traceback in the exporter's log"
-fi
-echo "exited 0 after ${took}s"
-podman rm "$ctr" >/dev/null 2>&1
-ctr=""
+stop_cleanly
+
+# The runs above name 127.0.0.1 (the host network is shared); this one keeps the image's
+# default, ":10241", in a network namespace of its own (loopback only, nothing on the host
+# can clash), and looks from inside: /-/healthy answers on 127.0.0.1 and on 127.0.0.2 (which
+# a socket bound to 127.0.0.1 does not take), and /proc/net/tcp{,6} shows the listening
+# socket bound to 0.0.0.0 or ::.
+step "--demo with the default listen address (:10241), --network none"
+ctr="$CONTAINER"
+podman --runtime "$RUNTIME" run -d --name "$ctr" --network none "${run_opts[@]}" \
+    "$IMAGE" --demo >"$work/run.log" 2>&1 || { show_log "$work/run.log"; fail "podman run"; }
+listen_check='
+import sys, time, urllib.request
+port, timeout = 10241, float(sys.argv[1])
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+def get(host):
+    with opener.open(f"http://{host}:{port}/-/healthy", timeout=3) as response:
+        return response.status, response.read().decode().strip()
+deadline = time.monotonic() + timeout
+while True:
+    try:
+        answer = get("127.0.0.1")
+        break
+    except OSError as exc:
+        if time.monotonic() > deadline:
+            sys.exit(f"nothing answers on 127.0.0.1:{port} after {timeout:.0f}s: {exc}")
+        time.sleep(0.5)
+try:
+    other = get("127.0.0.2")
+except OSError as exc:
+    sys.exit(f"127.0.0.1:{port} answers, 127.0.0.2:{port} does not ({exc}): not all interfaces")
+bound = []
+for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()[1:]
+    except FileNotFoundError:
+        continue
+    for line in lines:
+        fields = line.split()
+        address, hexport = fields[1].split(":")
+        if fields[3] == "0A" and int(hexport, 16) == port:  # 0A: LISTEN
+            bound.append("0.0.0.0" if address == "0" * 8 else "::" if address == "0" * 32 else address)
+print(f"127.0.0.1: {answer}, 127.0.0.2: {other}; listening on port {port}: {bound}")
+if answer != (200, "OK") or other != (200, "OK"):
+    sys.exit("/-/healthy is not 200 OK")
+if not bound or any(b not in ("0.0.0.0", "::") for b in bound):
+    sys.exit(f"port {port} is not bound to all interfaces only: {bound}")
+'
+podman exec "$ctr" /opt/venv/bin/python -c "$listen_check" "$TIMEOUT" ||
+    fail "the image's default listen address does not take every interface on port 10241"
+[ "$(podman inspect --format '{{.State.Running}}' "$ctr")" = true ] || fail "the exporter exited"
+stop_cleanly
 
 step "size"
 size="$(podman image inspect --format '{{.Size}}' "$IMAGE")"
