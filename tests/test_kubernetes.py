@@ -172,6 +172,40 @@ def test_base_renders_the_expected_objects(base: list[Doc]) -> None:
     assert set(example["stringData"]) == {"token"}
 
 
+def _scrape_job(docs: list[Doc]) -> str:
+    """The job label the Prometheus Operator gives the targets of the rendered ServiceMonitor:
+    the value of the selected Service's label that jobLabel names, else the Service's name
+    (and no relabeling of job overrides it)."""
+    monitor = one(docs, "ServiceMonitor")["spec"]
+    service = one(docs, "Service")
+    labels = service["metadata"]["labels"]
+    assert set(monitor["selector"]) == {"matchLabels"}
+    assert monitor["selector"]["matchLabels"].items() <= labels.items(), (
+        "the ServiceMonitor does not select the Service"
+    )
+    for endpoint in monitor["endpoints"]:
+        relabeled = [r for r in endpoint.get("relabelings", []) if r.get("targetLabel") == "job"]
+        assert relabeled == [], relabeled
+    return str(labels.get(monitor.get("jobLabel", ""), service["metadata"]["name"]))
+
+
+def test_demo_is_scraped_as_a_job_the_alerts_do_not_select(
+    base: list[Doc], demo: list[Doc]
+) -> None:
+    """In a Prometheus that loads the real rules too, the demo's streams (which stop every
+    minute, one of them expected live) must not count as the exporter's: its job differs."""
+    alerts_job = _job_selected_by_alerts()
+    assert _scrape_job(base) == alerts_job
+    assert _scrape_job(demo) == "realtimekit-exporter-demo" != alerts_job
+    # The demo Service still selects the demo pod.
+    service = one(demo, "Service")
+    pod_labels = one(demo, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    # And the base's ServiceMonitor would not pick the demo's Service up.
+    base_selector = one(base, "ServiceMonitor")["spec"]["selector"]["matchLabels"]
+    assert not base_selector.items() <= service["metadata"]["labels"].items()
+
+
 def test_demo_overlay_runs_demo_mode_without_token_or_rules(
     base: list[Doc], demo: list[Doc]
 ) -> None:
@@ -240,6 +274,7 @@ def test_deployment_security_settings(base: list[Doc]) -> None:
         "runAsNonRoot": True,
         "runAsUser": UID,
         "runAsGroup": UID,
+        "fsGroup": UID,  # the group the kubelet gives the token file (see the mounts)
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
@@ -300,6 +335,9 @@ def test_config_and_token_mounts(base: list[Doc]) -> None:
     secret = volumes["token"]["secret"]
     assert secret["secretName"] == TOKEN_SECRET
     assert not secret.get("optional")
+    # Owned by root and the pod's fsGroup: readable by the exporter's group, not by others.
+    assert secret["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == container(base)["securityContext"]["runAsGroup"]
     (item,) = secret["items"]
     assert item["key"] == "token"
     assert f"{mounts['token']['mountPath']}/{item['path']}" == TOKEN_PATH
