@@ -7,11 +7,13 @@ the template variables.
 
 Then the real check: the simulator, the exporter and Prometheus (with the recording rules)
 run as processes on loopback, the simulator holding live streams, an ERRORED stream whose
-session ended with an error, a stream with a status the exporter does not know, a second
-app, and a burst of API errors. Every panel query, with the template variables filled in
-as Grafana would, must be accepted by Prometheus and return data; a few panels must
-return the values the simulator's state implies, and selecting an app or streams must
-narrow every result to them.
+session ended with an error, a stream with a status the exporter does not know, one whose
+id has a regex metacharacter (and one its unescaped regex would match too), a second app,
+and a burst of API errors. Every panel query, with the template variables filled in as
+Grafana would, must be accepted by Prometheus and return data; a few panels must return
+the values the simulator's state implies, and selecting an app or streams must narrow
+every result to them. Last, the exporter is stopped: the scrape-up panel must read 0 and
+every panel that shows "now" (stats, tables) must show no data rather than a stale value.
 """
 
 from __future__ import annotations
@@ -27,7 +29,16 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from tests.procs import Pipeline, get, post, prometheus_api, request, require_tool, wait_for
+from tests.procs import (
+    Pipeline,
+    get,
+    post,
+    prometheus_api,
+    reap,
+    request,
+    require_tool,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -39,10 +50,17 @@ DASHBOARD = REPO / "deploy" / "grafana" / "realtimekit-livestreams.json"
 METRICS_DOC = REPO / "docs" / "metrics.md"
 RECORDING = REPO / "deploy" / "prometheus" / "recording.yml"
 
+JOB = "realtimekit-exporter"  # the job name the alerts and the dashboard select
 DS_VARIABLE = "DS_PROMETHEUS"
 DS_REF = "${" + DS_VARIABLE + "}"
 STREAM_VARS = ("account_id", "app_id", "livestream_id")
 APP_VARS = ("account_id", "app_id")
+# Series Prometheus writes itself for every target, with their level.
+PROMETHEUS_SERIES = {"up": "exporter"}
+# The labels Prometheus (job, instance) and the Prometheus Operator add to every series.
+TARGET_LABELS = {"job", "instance", "namespace", "service", "endpoint", "pod", "container"}
+EXPORTER_UP = "Exporter scrape up"
+PER_STREAM_LIMIT = re.compile(r"\b(?:topk|bottomk)\((\d+),")
 GRID_COLUMNS = 24
 # What Grafana would put in for its built-in variables (the test's Prometheus scrapes
 # every second; 1m holds enough samples for every rate()).
@@ -233,6 +251,8 @@ def test_dashboard_is_valid_json_with_its_uid_and_variables() -> None:
     order = [v["name"] for v in dashboard["templating"]["list"]]
     assert order.index(DS_VARIABLE) < order.index("account_id") < order.index("app_id")
     assert order.index("app_id") < order.index("livestream_id")
+    # The Livestream selector lists ids (the label values); it says where the names are.
+    assert "Streams now" in variables["livestream_id"]["description"]
 
 
 def test_panels_have_unique_ids_a_tidy_grid_and_the_datasource_variable() -> None:
@@ -270,9 +290,10 @@ def test_panels_have_unique_ids_a_tidy_grid_and_the_datasource_variable() -> Non
 
 
 def test_every_metric_is_documented_and_every_selector_filtered() -> None:
-    """Names come from docs/metrics.md or recording.yml; stream-level selectors carry
-    the account, app and livestream variables, app-level ones the account and app ones."""
-    known = _documented_metrics() | _recorded_metrics()
+    """Names come from docs/metrics.md or recording.yml (or are Prometheus' own ``up``, of
+    the exporter's job); stream-level selectors carry the account, app and livestream
+    variables, app-level ones the account and app ones."""
+    known = _documented_metrics() | _recorded_metrics() | PROMETHEUS_SERIES
     dashboard = _dashboard()
     queries = [(p["title"], t["expr"]) for p, t in _targets(dashboard)]
     for name in STREAM_VARS:
@@ -286,6 +307,8 @@ def test_every_metric_is_documented_and_every_selector_filtered() -> None:
             used.add(metric)
             if title.startswith("variable "):
                 continue
+            if metric in PROMETHEUS_SERIES:
+                assert f'job="{JOB}"' in _matchers(braces), f"{title}: {metric}{{{braces}}}"
             level = known[metric]
             needed = _required(STREAM_VARS if level == "stream" else APP_VARS)
             if level != "exporter":
@@ -293,6 +316,71 @@ def test_every_metric_is_documented_and_every_selector_filtered() -> None:
                 assert not missing, f"{title}: {metric}{{{braces}}} lacks {sorted(missing)}"
     # Every recording rule feeds a panel (they exist for the dashboard).
     assert set(_recorded_metrics()) <= used
+
+
+def _stat_panels(dashboard: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in _query_panels(dashboard) if p["type"] == "stat"]
+
+
+def test_stats_show_the_value_now_and_missing_data_as_missing() -> None:
+    """A stat is an instant query: a range reduced to its last non-null value would keep
+    showing the value from before the exporter died. No stat turns no data into a number."""
+    stats = _stat_panels(_dashboard())
+    assert len(stats) >= 8
+    for panel in stats:
+        title = panel["title"]
+        for target in panel["targets"]:
+            assert target.get("instant") is True and target.get("range") is False, title
+        assert "lastNotNull" not in panel["options"]["reduceOptions"]["calcs"], title
+        no_value = panel["fieldConfig"]["defaults"].get("noValue")
+        assert no_value is None or not re.fullmatch(r"[-+.\d\s]+", no_value), (title, no_value)
+
+
+def test_exporter_scrape_up_is_red_when_down_or_absent() -> None:
+    """min over the job's targets; 0 reads "down", no series reads "no target", both red."""
+    (panel,) = [p for p in _stat_panels(_dashboard()) if p["title"] == EXPORTER_UP]
+    assert (panel["gridPos"]["x"], panel["gridPos"]["y"]) == (0, 1), "first in the Overview row"
+    (target,) = panel["targets"]
+    assert re.fullmatch(rf'min\(up\{{job="{JOB}"\}}\)', target["expr"]), target["expr"]
+    defaults = panel["fieldConfig"]["defaults"]
+    assert defaults["noValue"] == "no target"
+    steps = defaults["thresholds"]["steps"]
+    assert steps[0]["color"] == "red", "no data is drawn in the base threshold colour"
+    assert [s.get("value") for s in steps[1:]] == [1] and steps[1]["color"] == "green"
+    value_maps = [m for m in defaults["mappings"] if m["type"] == "value"]
+    special = [m for m in defaults["mappings"] if m["type"] == "special"]
+    assert value_maps[0]["options"]["0"] == {"color": "red", "index": 0, "text": "down"}
+    assert value_maps[0]["options"]["1"]["text"] == "up"
+    assert special[0]["options"]["match"] == "null"
+    assert special[0]["options"]["result"]["text"] == "no target"
+    assert special[0]["options"]["result"]["color"] == "red"
+
+
+def test_tables_hide_every_target_label() -> None:
+    """Prometheus' and the Operator's target labels are no columns of a stream table."""
+    tables = [p for p in _query_panels(_dashboard()) if p["type"] == "table"]
+    assert tables
+    for panel in tables:
+        (organize,) = [t for t in panel["transformations"] if t["id"] == "organize"]
+        hidden = {k for k, v in organize["options"]["excludeByName"].items() if v}
+        assert hidden >= TARGET_LABELS, (panel["title"], sorted(TARGET_LABELS - hidden))
+
+
+def test_per_stream_timeseries_are_limited_and_say_so() -> None:
+    """With All selected among thousands of streams, a per-stream graph keeps the top (or
+    bottom) N series at each step; its description states N."""
+    per_stream = [
+        p
+        for p in _query_panels(_dashboard())
+        if p["type"] == "timeseries"
+        and any("{{stream}}" in t.get("legendFormat", "") for t in p["targets"])
+    ]
+    assert len(per_stream) >= 5
+    for panel in per_stream:
+        for target in panel["targets"]:
+            match = PER_STREAM_LIMIT.search(target["expr"])
+            assert match, f"{panel['title']}: no topk/bottomk limit"
+            assert f"at most the {match[1]} " in panel["description"], panel["title"]
 
 
 # -- against a real Prometheus ------------------------------------------------------------
@@ -306,7 +394,9 @@ ERRORED = "dash-errored"  # live, then stopped with an error; expect_live: true
 UNKNOWN = "dash-paused"  # listed with a status the exporter does not know
 UNKNOWN_STATUS = "PAUSED"
 OTHER = "dash-other"  # the other app's only stream, live
-JOB = "realtimekit-exporter"
+DOTTED = "dash.dotted"  # an id with a regex metacharacter, which a selection must escape
+DECOY = "dash-dotted"  # what the regex dash.dotted matches unescaped
+EXTRA_STREAMS = (ERRORED, UNKNOWN, DOTTED, DECOY)  # of APP, besides the simulator's own
 SETTLE_TIMEOUT = 25.0
 SERVER_ERRORS = 'realtimekit_exporter_api_requests_total{code=~"5.."}'
 
@@ -325,9 +415,49 @@ def _substitute(expr: str, values: Mapping[str, str]) -> str:
 
 
 def _regex_of(values: list[str]) -> str:
-    """A multi-value selection as Grafana formats it for Prometheus: (a|b), escaped."""
-    escaped = [re.sub(r"([\\^$.|?*+()\[\]{}])", r"\\\1", v) for v in values]
+    """A multi-value selection as Grafana's Prometheus data source puts it into the query
+    text: (a|b), each value regex-escaped *inside a PromQL string*, so with two backslashes
+    (``a.b`` becomes ``a\\\\.b``, read by PromQL as the regex ``a\\.b``) and a backslash as
+    four. This is interpolateQueryExpr and prometheusSpecialRegexEscape (classic behaviour)
+    of packages/grafana-prometheus/src/escaping.ts."""
+    escaped = [
+        re.sub(r"[$^*{}\[\]+?.()|]", lambda m: "\\\\" + m[0], v.replace("\\", "\\" * 4))
+        for v in values
+    ]
     return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+
+
+_GO_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def _promql_string(text: str) -> str:
+    """The value of the double-quoted PromQL string with content ``text``: Go's escapes (the
+    one-character ones are enough here); any other escape, such as ``\\.``, is an error, as
+    it is to Prometheus ("unknown escape sequence")."""
+
+    def unescape(match: re.Match[str]) -> str:
+        char = match[1]
+        if char in "\\\"'":
+            return char
+        if char in _GO_ESCAPES:
+            return _GO_ESCAPES[char]
+        raise ValueError(f"unknown escape sequence {char!r} in {text!r}")
+
+    return re.sub(r"\\(.)", unescape, text, flags=re.DOTALL)
+
+
+def test_regex_of_escapes_as_grafana_does() -> None:
+    assert _regex_of(["dash.dotted"]) == r"dash\\.dotted"
+    assert _regex_of(["a", "b.c"]) == r"(a|b\\.c)"
+    assert _regex_of([r"a\b"]) == r"a\\\\b"
+    assert _regex_of(["plain-id_1"]) == "plain-id_1"
+    for value in ("dash.dotted", "a+b", "x(y)|z", r"back\slash", "[c]{1}^$?*"):
+        regex = _promql_string(_regex_of([value]))
+        assert re.fullmatch(regex, value), (value, regex)
+    assert not re.fullmatch(_promql_string(_regex_of(["dash.dotted"])), "dash-dotted")
+    # What the single-backslash escaping produced: not a valid PromQL string.
+    with pytest.raises(ValueError, match="unknown escape"):
+        _promql_string(r"dash\.dotted")
 
 
 class Queries:
@@ -407,6 +537,8 @@ def _world(workdir: Path) -> Iterator[tuple[str, str, list[Proc]]]:
         for stream_id, app, name in (
             (ERRORED, APP, "Errored stream"),
             (UNKNOWN, APP, None),
+            (DOTTED, APP, "Dotted stream"),
+            (DECOY, APP, None),
             (OTHER, OTHER_APP, "Other app's stream"),
         ):
             created = post(
@@ -511,6 +643,7 @@ def test_every_panel_query_returns_data_from_the_simulator() -> None:
         _check_selections(queries)
         for proc in procs:
             assert not proc.exited(), proc.describe()
+        _check_exporter_down(queries, procs, everything)
 
 
 def _check_values(queries: Queries, control: str, everything: Mapping[str, str]) -> None:
@@ -523,6 +656,29 @@ def _check_values(queries: Queries, control: str, everything: Mapping[str, str])
     assert queries.value("Streams ERRORED", everything) == 1
     assert queries.value("Session errors", everything) == 1
     assert queries.value("Apps with failing polls", everything) == 0
+    assert queries.value(EXPORTER_UP, everything) == 1
+    oldest = queries.value("Oldest app data", everything)
+    assert oldest is not None and 0 <= oldest < 10, oldest
+    # Counts read 0, not no data, when the selection matches no stream of a reported app.
+    nothing = {**everything, "livestream_id": "no-such-stream"}
+    for title in (
+        "Streams live now",
+        "Expected live, not live",
+        "Streams ERRORED",
+        "Session errors",
+        "Average concurrent viewers",
+    ):
+        assert queries.value(title, nothing) == 0, title
+
+    # The stream table: one row per stream, no target label.
+    table = next(p for p in _query_panels(_dashboard()) if p["title"] == "Streams now")
+    rows = queries.run(_substitute(table["targets"][0]["expr"], everything))["data"]["result"]
+    assert sorted(r["metric"]["livestream_id"] for r in rows) == sorted(s["id"] for s in world)
+    for row in rows:
+        assert not set(row["metric"]) & TARGET_LABELS, row["metric"]
+        assert row["metric"]["status"], row["metric"]
+    named = {r["metric"]["livestream_id"]: r["metric"].get("name") for r in rows}
+    assert named[ERRORED] == "Errored stream" and named[DOTTED] == "Dotted stream", named
 
     # The status timeline: one series per stream, named, its status encoded as mapped.
     panel = next(p for p in _query_panels(_dashboard()) if p["title"] == "Status per stream")
@@ -560,24 +716,65 @@ def _check_variables(url: str, dashboard: Mapping[str, Any]) -> None:
     assert options("app_id", {"account_id": ".*"}) == {APP, OTHER_APP}
     assert options("app_id", {"account_id": "no-such-account"}) == set()
     streams = options("livestream_id", {"account_id": ACCOUNT, "app_id": ".*"})
-    assert {ERRORED, UNKNOWN, OTHER} <= streams and len(streams) == STREAMS + 3
+    assert {*EXTRA_STREAMS, OTHER} <= streams and len(streams) == STREAMS + len(EXTRA_STREAMS) + 1
     assert options("livestream_id", {"account_id": ACCOUNT, "app_id": OTHER_APP}) == {OTHER}
 
 
 def _check_selections(queries: Queries) -> None:
-    """Selecting an app, or some streams, narrows every result that has the label."""
+    """Selecting an app, or some streams, narrows every result that has the label, and
+    keeps the selected ones: a selected id with a "." matches itself, not its look-alike."""
+    chosen = [ERRORED, UNKNOWN, DOTTED]
     for label, selected, values in (
         ("app_id", {OTHER_APP}, {"account_id": ".*", "app_id": OTHER_APP, "livestream_id": ".*"}),
         (
             "livestream_id",
-            {ERRORED, UNKNOWN},
+            set(chosen),
             {
                 "account_id": _regex_of([ACCOUNT]),
                 "app_id": _regex_of([APP, OTHER_APP]),
-                "livestream_id": _regex_of([ERRORED, UNKNOWN]),
+                "livestream_id": _regex_of(chosen),
             },
         ),
+        (
+            "livestream_id",
+            {DOTTED},
+            {"account_id": ".*", "app_id": ".*", "livestream_id": _regex_of([DOTTED])},
+        ),
     ):
-        for key, result in queries.instant(values).items():
+        results = queries.instant(values)
+        for key, result in results.items():
             seen = {r["metric"][label] for r in result if label in r["metric"]}
             assert seen <= selected, f"{key} with {label}={selected}: {seen}"
+        if label == "livestream_id":
+            listed = {r["metric"][label] for r in results["Status per stream/A"]}
+            assert listed == selected, f"Status per stream with {label}={selected}: {listed}"
+
+
+def _check_exporter_down(
+    queries: Queries, procs: list[Proc], everything: Mapping[str, str]
+) -> None:
+    """With the exporter stopped and its target down, the scrape-up stat reads 0 ("down")
+    and every panel that shows the present (stats, tables, bar gauge) has no data: its
+    series are stale, not held at their last value nor read as 0."""
+    (exporter,) = [p for p in procs if p.name == "exporter"]
+    reap(exporter)
+    rest = [p for p in procs if p is not exporter]
+    _wait(
+        f"Prometheus to see {JOB} down",
+        lambda: queries.value(EXPORTER_UP, everything) == 0,
+        rest,
+    )
+    results = queries.instant(everything)
+    down = results["Exporter scrape targets/A"]
+    assert [float(r["value"][1]) for r in down] == [0.0], down
+    assert queries.value("Streams live now", everything) is None
+    assert queries.value("Apps with failing polls", everything) is None
+    now_panels = [
+        (panel, target)
+        for panel, target in queries.targets
+        if target.get("instant") and panel["title"] != EXPORTER_UP
+    ]
+    assert len(now_panels) >= 10, now_panels
+    for panel, target in now_panels:
+        key = f"{panel['title']}/{target['refId']}"
+        assert not results[key], f"{key} with {JOB} down: {results[key]}"
