@@ -1,7 +1,8 @@
 """The exporter process: wiring, HTTP endpoints and lifecycle.
 
 :class:`Exporter` builds one HTTP client session, the token's budget, the API client, the
-poller and the metrics registry from a :class:`~exporter.config.Config`.
+poller, the metrics registry and the /metrics exposition (:mod:`exporter.exposition`) from a
+:class:`~exporter.config.Config`.
 :func:`create_app` serves ``/metrics``, ``/-/healthy``, ``/-/ready`` and the status page
 (:mod:`exporter.statuspage`) at ``/``;
 :class:`Server` runs both until asked to stop, and stops within a bounded time.
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gzip
 import logging
 import time
 from typing import TYPE_CHECKING, Final, Protocol
@@ -25,6 +25,7 @@ from exporter import __version__, statuspage
 from exporter.budget import RequestBudget
 from exporter.client import ENDPOINTS, MIN_REQUEST_TIME, REASONS, RealtimeKitClient
 from exporter.collector import SnapshotCollector
+from exporter.exposition import Exposition
 from exporter.model import EMPTY_SNAPSHOT
 from exporter.negotiate import accepts_gzip, media_range
 from exporter.poller import Poller, budget_warnings
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REGISTRY: Final = web.AppKey("registry", CollectorRegistry)
+EXPOSITION: Final = web.AppKey("exposition", Exposition)
 READY: Final[web.AppKey[Callable[[], bool]]] = web.AppKey("ready")
 STATUS: Final[web.AppKey[StatusSource | None]] = web.AppKey("status")
 REFRESH: Final[web.AppKey[float | None]] = web.AppKey("refresh")
@@ -62,15 +63,21 @@ class Exporter:
         process_metrics: bool = True,
     ) -> None:
         self.config = config
+        # ``registry`` holds the whole exposition (for --once and tests): the snapshot's
+        # families, then the exporter's own metrics, which have a registry of their own so
+        # that /metrics can render them per scrape and the snapshot's once per snapshot.
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
-        self.metrics = ExporterMetrics(registry=self.registry, endpoints=ENDPOINTS, reasons=REASONS)
+        own = CollectorRegistry(auto_describe=False)
+        self.metrics = ExporterMetrics(registry=own, endpoints=ENDPOINTS, reasons=REASONS)
         if process_metrics:
-            ProcessCollector(registry=self.registry)
-            PlatformCollector(registry=self.registry)
-            GCCollector(registry=self.registry)
+            ProcessCollector(registry=own)
+            PlatformCollector(registry=own)
+            GCCollector(registry=own)
         self._session: aiohttp.ClientSession | None = None
         self._poller: Poller | None = None
         self.registry.register(SnapshotCollector(lambda: self.poller.snapshot))
+        self.registry.register(own)
+        self.exposition = Exposition(own, lambda: self.poller.snapshot)
 
     @property
     def poller(self) -> Poller:
@@ -97,7 +104,9 @@ class Exporter:
             max_concurrency=api.max_concurrency,
             observer=self.metrics,
         )
-        self._poller = Poller(config=self.config, api=client, observer=self.metrics)
+        self._poller = Poller(
+            config=self.config, api=client, observer=_PollObserver(self.metrics, self.exposition)
+        )
         for warning in budget_warnings(self.config):
             log.warning("%s", warning)
         return self
@@ -113,6 +122,25 @@ class Exporter:
             self._session = None
 
 
+class _PollObserver:
+    """The poller's observer: the exporter's metrics, and the exposition told of each new
+    snapshot (it starts rendering at once what scrapes will ask for)."""
+
+    def __init__(self, metrics: ExporterMetrics, exposition: Exposition) -> None:
+        self._metrics = metrics
+        self._exposition = exposition
+
+    def poll_error(self, account_id: str, app_id: str, reason: str) -> None:
+        self._metrics.poll_error(account_id, app_id, reason)
+
+    def track_app(self, account_id: str, app_id: str) -> None:
+        self._metrics.track_app(account_id, app_id)
+
+    def cycle(self, seconds: float) -> None:
+        self._metrics.cycle(seconds)
+        self._exposition.published()
+
+
 class StatusSource(Protocol):
     """What the status page at ``/`` shows (the :class:`~exporter.poller.Poller`)."""
 
@@ -125,15 +153,22 @@ class StatusSource(Protocol):
 
 def create_app(
     *,
-    registry: CollectorRegistry,
     ready: Callable[[], bool],
+    exposition: Exposition | None = None,
+    registry: CollectorRegistry | None = None,
     status: StatusSource | None = None,
     refresh: float | None = None,
 ) -> web.Application:
-    """The HTTP app; ``ready`` says whether a poll cycle has completed, ``status`` feeds
-    the page at ``/`` (which reloads itself every ``refresh`` seconds if given)."""
+    """The HTTP app. /metrics serves ``exposition`` (the snapshot's part rendered once per
+    snapshot), or else ``registry`` rendered whole on every scrape: pass one of them.
+    ``ready`` says whether a poll cycle has completed, ``status`` feeds the page at ``/``
+    (which reloads itself every ``refresh`` seconds if given)."""
+    if registry is not None and exposition is None:
+        exposition = Exposition(registry)
+    elif exposition is None or registry is not None:
+        raise TypeError("create_app() takes one of exposition and registry")
     app = web.Application()
-    app[REGISTRY] = registry
+    app[EXPOSITION] = exposition
     app[READY] = ready
     app[STATUS] = status
     app[REFRESH] = refresh
@@ -146,13 +181,12 @@ def create_app(
 
 async def _metrics(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(media_range(request.headers.get("Accept", "")))
-    registry = request.app[REGISTRY]
-    # The snapshot is immutable and prometheus_client is thread-safe: render off the loop
-    # so a large exposition never delays polling or other scrapes.
-    body = await asyncio.get_running_loop().run_in_executor(None, encoder, registry)
+    gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
+    # Renders run off the loop (exporter.exposition), so that a large exposition never
+    # delays polling or other scrapes.
+    body = await request.app[EXPOSITION].body(encoder, gzipped=gzipped)
     headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
-    if accepts_gzip(request.headers.get("Accept-Encoding", "")):
-        body = gzip.compress(body, compresslevel=6)
+    if gzipped:
         headers["Content-Encoding"] = "gzip"
     return web.Response(body=body, headers=headers)
 
@@ -216,7 +250,7 @@ class Server:
 
     async def start(self) -> None:
         app = create_app(
-            registry=self._exporter.registry,
+            exposition=self._exporter.exposition,
             ready=lambda: self._exporter.poller.ready,
             status=self._exporter.poller,
             refresh=self._exporter.config.poll.interval,

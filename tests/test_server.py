@@ -6,14 +6,20 @@ import asyncio
 import gzip
 import logging
 import socket
-from typing import TYPE_CHECKING
+import zlib
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.server import Exporter, ServeError, Server
+from exporter.exposition import Exposition
+from exporter.server import Exporter, ServeError, Server, create_app
 from tests.conftest import ACCOUNT, APP, make_config
 from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream
 
@@ -234,3 +240,123 @@ async def test_poller_ending_by_itself_stops_the_server_as_a_failure(fake_api: F
         task.cancel()
         await asyncio.wait_for(running.server.wait(), timeout=5)
         assert isinstance(running.server.failure, RuntimeError)
+
+
+# -- the exposition: snapshot part cached per snapshot, own part per scrape -------------
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+async def scrape(running: Running, accept: str, *, gzipped: bool) -> tuple[dict[str, str], str]:
+    """Headers and decompressed text of /metrics; a gzip body must be one gzip member."""
+    status, headers, body = await running.get(
+        "/metrics", Accept=accept, **{"Accept-Encoding": "gzip" if gzipped else "identity"}
+    )
+    assert status == 200
+    assert headers["Vary"] == "Accept, Accept-Encoding"
+    if gzipped:
+        assert headers["Content-Encoding"] == "gzip"
+        decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        body = decompressor.decompress(body)
+        assert decompressor.eof and decompressor.unused_data == b""
+    else:
+        assert "Content-Encoding" not in headers
+    return headers, body.decode()
+
+
+def families_of(text: str, *, openmetrics: bool) -> dict[str, Any]:
+    """Each family's type and samples (values left out for process and GC metrics, which
+    change between renders)."""
+    parse_families = parse_openmetrics if openmetrics else text_string_to_metric_families
+    out: dict[str, Any] = {}
+    for family in parse_families(text):
+        varying = family.name.startswith(("process_", "python_gc_"))
+        out[family.name] = (
+            family.type,
+            {
+                (s.name, frozenset(s.labels.items())): None if varying else s.value
+                for s in family.samples
+            },
+        )
+    return out
+
+
+@pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
+async def test_a_scrape_holds_the_families_of_the_whole_registry(
+    fake_api: FakeApi, openmetrics: bool, gzipped: bool
+) -> None:
+    """A scrape parses to the families of a fresh render of ``Exporter.registry`` (what
+    --once prints), in either format, plain or gzip."""
+    s1 = fake_api.add(ACCOUNT, APP, FakeStream("ls-1", name="Main stage"))
+    fake_api.add(ACCOUNT, APP, FakeStream("ls-2", status="PAUSED"))
+    fake_api.go_live(s1, ingest=12, viewer=34)
+    config = make_config(fake_api.base_url, streams=("ls-1", "ls-2", "ls-gone"), discover=True)
+    async for running in start(config):  # polls every 30 s: one cycle during the test
+        await running.wait_ready()
+        registry = running.server._exporter.registry  # the only handle; no public one needed
+        headers, text = await scrape(running, OPENMETRICS if openmetrics else "", gzipped=gzipped)
+        if openmetrics:
+            assert headers["Content-Type"].startswith("application/openmetrics-text")
+            fresh = generate_openmetrics(registry).decode()
+        else:
+            assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            fresh = generate_latest(registry).decode()
+        got = families_of(text, openmetrics=openmetrics)
+        assert got == families_of(fresh, openmetrics=openmetrics)
+        for name in (
+            "realtimekit_livestream_live",
+            "realtimekit_livestream_unlisted",
+            "realtimekit_exporter_api_requests",
+            "process_cpu_seconds",
+        ):
+            assert name in got
+
+
+async def test_the_own_part_moves_between_scrapes_of_one_snapshot(fake_api: FakeApi) -> None:
+    """The exporter's own metrics are current in every scrape; the snapshot's stay those
+    of the last cycle."""
+    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    async for running in start(make_config(fake_api.base_url, discover=True)):
+        await running.wait_ready()
+        for gzipped in (False, True):
+            before = parse((await scrape(running, "", gzipped=gzipped))[1].encode())
+            running.server._exporter.metrics.request("livestreams", "200", 0.1)
+            after = parse((await scrape(running, "", gzipped=gzipped))[1].encode())
+            key = (
+                "realtimekit_exporter_api_requests_total",
+                frozenset({"api_endpoint": "livestreams", "code": "200"}.items()),
+            )
+            assert after[key] == before[key] + 1
+            snapshot_part = ("realtimekit_livestream_last_update_timestamp_seconds", labels("ls-1"))
+            assert after[snapshot_part] == before[snapshot_part]
+
+
+async def test_each_poll_cycle_tells_the_exposition(
+    fake_api: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poller's cycle reaches Exposition.published (which renders ahead what was
+    scraped), and still counts the cycle."""
+    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    registry = CollectorRegistry()
+    async with Exporter(make_config(fake_api.base_url, discover=True), registry=registry) as e:
+        told: list[int] = []
+        published = e.exposition.published
+
+        def counting() -> None:
+            told.append(e.poller.snapshot.cycles)
+            published()
+
+        monkeypatch.setattr(e.exposition, "published", counting)
+        await e.poller.poll_once()
+        await e.poller.poll_once()
+        assert told == [1, 2]
+        assert registry.get_sample_value("realtimekit_exporter_poll_duration_seconds_count") == 2
+
+
+def test_create_app_takes_one_source_for_metrics() -> None:
+    """/metrics serves an exposition or a registry, never both, never neither."""
+    registry = CollectorRegistry()
+    with pytest.raises(TypeError):
+        create_app(ready=lambda: True)
+    with pytest.raises(TypeError):
+        create_app(ready=lambda: True, registry=registry, exposition=Exposition(registry))

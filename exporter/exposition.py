@@ -1,0 +1,240 @@
+"""The body of /metrics: the snapshot's families rendered once per snapshot, the exporter's
+own metrics rendered per scrape, joined.
+
+The families of :func:`exporter.collector.families` change only when the poller publishes
+a new :class:`~exporter.model.Snapshot`; at 10,000 livestreams they are some 130,000
+samples and take about a second to render. The exporter's own metrics (request counters,
+histograms, process metrics) change all the time, but are small. So a body is::
+
+    snapshot part (cached per snapshot and variant) + own part (rendered per scrape)
+
+A variant is what the negotiated encoder makes of the families (the text format, or
+OpenMetrics with its escaping and version), plain or gzip. The parts share no family, so
+the text body is their concatenation; in OpenMetrics the cached part goes without its
+``# EOF``, which the own part, last, supplies. A gzip body is one gzip member (RFC 1952):
+the cached part is kept as raw deflate data that ends in a sync flush (byte-aligned, not
+final), to which each scrape appends the own part's deflate data and the trailer, the
+CRC-32 continued from the cached part's; a scrape never reads the cached bytes. (Two
+gzip members in a row would be valid too, but curl, for one, reads only the first.)
+
+Renders run off the event loop. Concurrent scrapes of a variant await one render, and a
+cancelled scrape does not cancel it. When the snapshot changes (:meth:`Exposition.published`
+or the next scrape says so), the previous snapshot's parts are dropped and the variants
+served for it are rendered again at once, in the background, so that the next scrape finds
+them ready; a variant not served for the previous snapshot is rendered on demand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+from exporter.collector import families
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable, Iterable
+    from concurrent.futures import Executor
+
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
+
+    from exporter.model import Snapshot
+
+    # An encoder as prometheus_client's choose_encoder returns it.
+    Encoder = Callable[[Collector], bytes]
+    Render = Callable[[Encoder, Snapshot | None], bytes]
+
+T = TypeVar("T")
+
+EOF: Final = b"# EOF\n"
+GZIP_LEVEL: Final = 6
+# Encoder variants cached per snapshot (each plain, and gzip if asked for); a scrape of
+# any further variant renders the whole exposition, as if there were no cache. Four hold
+# what clients send (Prometheus, curl, browsers) and bound the memory a client can make
+# the exporter spend by varying Accept parameters.
+MAX_VARIANTS: Final = 4
+# RFC 1952 member header: deflate, no flags, no mtime, no extra flags, OS unknown.
+_GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+
+def render_part(encoder: Encoder, snapshot: Snapshot | None) -> bytes:
+    """The snapshot's families as ``encoder`` renders them on their own (for ``None``,
+    no family: what the encoder renders for an empty registry)."""
+    return encoder(_Families(snapshot))
+
+
+class Exposition:
+    """Renders /metrics bodies for ``own`` (a collector, rendered per scrape) and the
+    snapshot ``snapshot`` returns (rendered once per snapshot and variant; without it the
+    body is ``own`` alone).
+
+    Use it on one event loop only. Renders run in ``executor`` (default: the loop's);
+    ``render`` renders the snapshot part. Both are there for tests to count and order
+    renders."""
+
+    def __init__(
+        self,
+        own: Collector,
+        snapshot: Callable[[], Snapshot] | None = None,
+        *,
+        render: Render = render_part,
+        executor: Executor | None = None,
+    ) -> None:
+        self._own = own
+        self._source = snapshot
+        self._render = render
+        self._executor = executor
+        self._generation = _Generation(None)
+
+    async def body(self, encoder: Encoder, *, gzipped: bool) -> bytes:
+        """The whole exposition as ``encoder`` renders it, gzip-compressed if ``gzipped``."""
+        generation = self._current()
+        key = _variant(encoder)
+        loop = asyncio.get_running_loop()
+        if gzipped:
+            start = self._deflated(generation, key, encoder)
+            if key in generation.deflated:
+                generation.served[key, True] = encoder
+            own, deflated = await loop.run_in_executor(
+                self._executor, _own_part, self._own, encoder, True
+            )
+            return _gzip_member(await asyncio.shield(start), own, deflated)
+        part = self._plain(generation, key, encoder)
+        if key in generation.plain:
+            generation.served[key, False] = encoder
+        own, _ = await loop.run_in_executor(self._executor, _own_part, self._own, encoder, False)
+        return await asyncio.shield(part) + own
+
+    def published(self) -> None:
+        """Say, on the event loop, that the source may hold a new snapshot: if so, the
+        variants served for the previous one start rendering for it now."""
+        self._current()
+
+    def _current(self) -> _Generation:
+        snapshot = None if self._source is None else self._source()
+        previous = self._generation
+        if snapshot is previous.snapshot:
+            return previous
+        current = self._generation = _Generation(snapshot)
+        for (key, gzipped), encoder in previous.served.items():
+            if gzipped:
+                self._deflated(current, key, encoder)
+            else:
+                self._plain(current, key, encoder)
+        return current
+
+    def _plain(
+        self, generation: _Generation, key: Hashable, encoder: Encoder
+    ) -> asyncio.Future[bytes]:
+        part = generation.plain.get(key)
+        if part is None:
+            loop = asyncio.get_running_loop()
+            snapshot = generation.snapshot
+            part = loop.run_in_executor(self._executor, self._render_part, encoder, snapshot)
+            _keep(generation.plain, key, part, room=len(generation.plain) < MAX_VARIANTS)
+        return part
+
+    def _deflated(
+        self, generation: _Generation, key: Hashable, encoder: Encoder
+    ) -> asyncio.Future[_Deflated]:
+        part = generation.deflated.get(key)
+        if part is None:
+            part = asyncio.ensure_future(self._deflate(self._plain(generation, key, encoder)))
+            # Cached with its plain part only, so MAX_VARIANTS bounds both.
+            _keep(generation.deflated, key, part, room=key in generation.plain)
+        return part
+
+    async def _deflate(self, plain: asyncio.Future[bytes]) -> _Deflated:
+        data = await asyncio.shield(plain)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, _deflate_start, data)
+
+    def _render_part(self, encoder: Encoder, snapshot: Snapshot | None) -> bytes:
+        data = self._render(encoder, snapshot)
+        # OpenMetrics' closing line comes with the own part. In the text format no line
+        # can be "# EOF" (comments there are HELP and TYPE lines only).
+        if data == EOF or data.endswith(b"\n" + EOF):
+            return data[: -len(EOF)]
+        return data
+
+
+@dataclass(eq=False)
+class _Generation:
+    """The parts rendered, or being rendered, for one snapshot."""
+
+    snapshot: Snapshot | None
+    plain: dict[Hashable, asyncio.Future[bytes]] = field(default_factory=dict)
+    deflated: dict[Hashable, asyncio.Future[_Deflated]] = field(default_factory=dict)
+    # What scrapes asked for (of what is cached), to render for the next snapshot.
+    served: dict[tuple[Hashable, bool], Encoder] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Deflated:
+    """The start of a gzip member: header, then raw deflate data ending in a sync flush."""
+
+    data: bytes
+    crc: int  # CRC-32 of the uncompressed data
+    size: int  # length of the uncompressed data
+
+
+class _Families:
+    def __init__(self, snapshot: Snapshot | None) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        return () if self._snapshot is None else families(self._snapshot)
+
+
+def _variant(encoder: Encoder) -> Hashable:
+    """What makes two encoders render the same bytes: the function and its arguments
+    (choose_encoder returns a fresh ``functools.partial`` per request)."""
+    if isinstance(encoder, functools.partial):
+        return (encoder.func, encoder.args, tuple(sorted(encoder.keywords.items())))
+    return encoder
+
+
+def _keep(
+    cache: dict[Hashable, asyncio.Future[T]], key: Hashable, part: asyncio.Future[T], *, room: bool
+) -> None:
+    """Cache ``part`` under ``key`` if there is ``room``. A part that fails is forgotten
+    (the next scrape tries again); its exception reaches the scrapes awaiting it, and
+    asyncio logs nothing if none is left (all cancelled)."""
+    if room:
+        cache[key] = part
+    part.add_done_callback(functools.partial(_settled, cache if room else None, key))
+
+
+def _settled(
+    cache: dict[Hashable, asyncio.Future[Any]] | None, key: Hashable, part: asyncio.Future[Any]
+) -> None:
+    failed = part.cancelled() or part.exception() is not None
+    if failed and cache is not None and cache.get(key) is part:
+        del cache[key]
+
+
+def _deflate_start(data: bytes) -> _Deflated:
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    return _Deflated(_GZIP_HEADER + deflated, zlib.crc32(data), len(data))
+
+
+def _own_part(own: Collector, encoder: Encoder, gzipped: bool) -> tuple[bytes, bytes]:
+    """``own`` rendered, and its final raw deflate data if ``gzipped`` (else ``b""``)."""
+    data = encoder(own)
+    if not gzipped:
+        return data, b""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return data, compressor.compress(data) + compressor.flush()
+
+
+def _gzip_member(start: _Deflated, data: bytes, deflated: bytes) -> bytes:
+    """One gzip member holding ``start``'s data, then ``data`` (``deflated`` is its final
+    raw deflate data)."""
+    crc = zlib.crc32(data, start.crc)
+    size = (start.size + len(data)) & 0xFFFFFFFF
+    return start.data + deflated + struct.pack("<II", crc, size)

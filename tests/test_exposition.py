@@ -1,0 +1,536 @@
+"""The /metrics exposition: the snapshot part is rendered once per snapshot and variant and
+equals a fresh render; the own part is rendered per scrape; gzip bodies are one member,
+which Prometheus reads whole."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import gzip
+import tempfile
+import threading
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from exporter.client import ENDPOINTS, REASONS
+from exporter.collector import SnapshotCollector
+from exporter.exposition import MAX_VARIANTS, Exposition, render_part
+from exporter.model import (
+    EMPTY_SNAPSHOT,
+    AppState,
+    Livestream,
+    Session,
+    Snapshot,
+    StreamState,
+    Unlisted,
+)
+from exporter.negotiate import media_range
+from exporter.telemetry import ExporterMetrics
+from tests.procs import Pipeline, wait_for
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from prometheus_client.registry import Collector
+
+    Encoder = Callable[[Collector], bytes]
+
+TEXT = ""  # no Accept header: the text format
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+EOF = b"# EOF\n"
+
+
+# -- snapshots ------------------------------------------------------------------------
+def stream(
+    sid: str,
+    status: str = "IDLE",
+    *,
+    live: bool = False,
+    session: Session | None = None,
+    name: str | None = None,
+    expected_live: bool | None = None,
+) -> StreamState:
+    return StreamState(
+        Livestream(sid, status, name=name, meeting_id=f"m-{sid}", disabled=sid.endswith("0")),
+        live=live,
+        session=session,
+        last_update=1_700_000_300.0,
+        expected_live=expected_live,
+    )
+
+
+def many(streams: int, live: int) -> Snapshot:
+    """Two apps sharing ``streams`` (``live`` of them live), and an app that is down."""
+    apps = []
+    for a in range(2):
+        states = []
+        for i in range(streams // 2):
+            is_live = i < live // 2
+            session = None
+            if is_live:
+                session = Session(f"s-{a}-{i}", 1.7e9 + i, None, None, 10.5 + i, 100.25 * i)
+            elif i % 3 == 0:
+                session = Session(f"old-{a}-{i}", 1.6e9, 1.6e9 + 60, "gone" if i % 2 else None)
+            states.append(
+                stream(
+                    f"ls-{a}-{i:05d}",
+                    "LIVE" if is_live else "OFFLINE",
+                    live=is_live,
+                    session=session,
+                    name=f"Stream {i}",
+                    expected_live=(i % 4 == 0) if i % 2 == 0 else None,
+                )
+            )
+        apps.append(AppState("acc", f"app-{a}", True, 1_700_000_300.0, tuple(states)))
+    apps.append(AppState("acc", "down", False, None))
+    return Snapshot(apps=tuple(apps), taken_at=1_700_000_300.0, cycles=2)
+
+
+ONE_APP = Snapshot(
+    apps=(
+        AppState(
+            "acc",
+            "app",
+            True,
+            1_700_000_300.0,
+            (
+                stream(
+                    "ls-1",
+                    "LIVE",
+                    live=True,
+                    session=Session("sess-1", 1.7e9, None, None, 116.11599994199997, 240.0),
+                    name="Main stage",
+                    expected_live=True,
+                ),
+                stream("ls-2", "IDLE"),
+            ),
+        ),
+    ),
+    cycles=1,
+)
+UNKNOWN_STATUSES = Snapshot(
+    apps=(
+        AppState(
+            "acc",
+            "app",
+            False,
+            1_700_000_000.0,
+            (
+                stream("ls-1", "PAUSED", name='quote " back \\ newline \n # EOF'),
+                stream("ls-2", "UNKNOWN", name="Bühne 🎥"),
+                stream("ls-3", "ERRORED", session=Session("s", 1.7e9, 1.7e9 + 1, "boom")),
+            ),
+        ),
+    ),
+    cycles=3,
+)
+UNLISTED = Snapshot(
+    apps=(
+        AppState(
+            "acc",
+            "app",
+            True,
+            1_700_000_300.0,
+            (stream("ls-1"),),
+            (Unlisted("gone", True), Unlisted("typo", None), Unlisted("off", False)),
+        ),
+        AppState("acc", "empty", True, 1_700_000_300.0),
+    ),
+    cycles=4,
+)
+SNAPSHOTS = {
+    "empty": EMPTY_SNAPSHOT,
+    "one-app": ONE_APP,
+    "many-streams": many(300, 30),
+    "unknown-statuses": UNKNOWN_STATUSES,
+    "unlisted": UNLISTED,
+}
+
+
+# -- helpers --------------------------------------------------------------------------
+def encoder_for(accept: str) -> Encoder:
+    """The encoder /metrics negotiates for ``accept`` (a fresh object per call, as there)."""
+    return choose_encoder(media_range(accept))[0]
+
+
+def fresh_part(accept: str, snapshot: Snapshot) -> bytes:
+    """A fresh render of a registry holding only the snapshot's collector (OpenMetrics
+    without its closing # EOF)."""
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(lambda: snapshot))
+    if accept == TEXT:
+        return generate_latest(registry)
+    body = generate_openmetrics(registry)
+    assert body.endswith(EOF)
+    return body[: -len(EOF)]
+
+
+def frozen_own() -> CollectorRegistry:
+    """An own part whose values stay put between renders."""
+    own = CollectorRegistry()
+    Counter("test_scrapes", "Scrapes.", ["code"], registry=own).labels("200").inc(3)
+    Gauge("test_build_info", "Build.", ["version"], registry=own).labels("1.2.3").set(1)
+    return own
+
+
+def gunzip_one_member(body: bytes) -> bytes:
+    """``body`` decompressed, checking it is exactly one gzip member."""
+    assert body[:2] == b"\x1f\x8b"
+    decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    data = decompressor.decompress(body)
+    assert decompressor.eof and decompressor.unused_data == b"", "not exactly one member"
+    assert gzip.decompress(body) == data
+    return data
+
+
+class Renders:
+    """A render function that counts its calls, optionally held until ``gate`` is set."""
+
+    def __init__(self, gate: threading.Event | None = None) -> None:
+        self.snapshots: list[Snapshot | None] = []
+        self.gate = gate
+        self.fail = 0  # this many calls raise first
+
+    def __call__(self, encoder: Encoder, snapshot: Snapshot | None) -> bytes:
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        self.snapshots.append(snapshot)
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("render failed")
+        return render_part(encoder, snapshot)
+
+    @property
+    def count(self) -> int:
+        return len(self.snapshots)
+
+
+class Inline(concurrent.futures.Executor):
+    """Runs each job at once, on the submitting thread: what is submitted has run."""
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
+class Source:
+    """A snapshot source the test swaps, as the poller does."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    def __call__(self) -> Snapshot:
+        return self.snapshot
+
+
+async def body(exposition: Exposition, accept: str, *, gzipped: bool = False) -> bytes:
+    data = await exposition.body(encoder_for(accept), gzipped=gzipped)
+    return gunzip_one_member(data) if gzipped else data
+
+
+# -- equal to a fresh render ----------------------------------------------------------
+@pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("accept", [TEXT, OPENMETRICS], ids=["text", "openmetrics"])
+@pytest.mark.parametrize("name", list(SNAPSHOTS))
+async def test_body_is_the_fresh_snapshot_part_then_the_own_part(
+    name: str, accept: str, gzipped: bool
+) -> None:
+    """For every snapshot and variant the body is a fresh render of the snapshot's
+    collector alone, then the own part (which ends an OpenMetrics body with # EOF); the
+    second scrape, served from the cache, is the same."""
+    snapshot = SNAPSHOTS[name]
+    own = frozen_own()
+    exposition = Exposition(own, lambda: snapshot)
+    expected = fresh_part(accept, snapshot) + encoder_for(accept)(own)
+    assert await body(exposition, accept, gzipped=gzipped) == expected
+    assert await body(exposition, accept, gzipped=gzipped) == expected
+    if accept == OPENMETRICS:
+        assert expected.endswith(b"\n" + EOF) and expected.count(EOF) == 1
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/openmetrics-text; version=1.0.0; escaping=dots",
+        "application/openmetrics-text; version=1.0.0; escaping=allow-utf-8",
+        "text/plain; version=1.0.0; escaping=values",
+        "application/openmetrics-text",
+    ],
+)
+async def test_other_negotiated_variants_render_as_their_encoder_does(accept: str) -> None:
+    """Escaping schemes and versions from the Accept header reach the cached part too."""
+    snapshot = SNAPSHOTS["unknown-statuses"]
+    own = frozen_own()
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(lambda: snapshot))
+    registry.register(own)
+    expected = encoder_for(accept)(registry)
+    exposition = Exposition(own, lambda: snapshot)
+    for gzipped in (False, True, False):
+        assert await body(exposition, accept, gzipped=gzipped) == expected
+
+
+def shape(families: Any) -> dict[str, tuple[str, frozenset[tuple[str, frozenset[Any]]]]]:
+    return {
+        f.name: (f.type, frozenset((s.name, frozenset(s.labels.items())) for s in f.samples))
+        for f in families
+    }
+
+
+def values(families: Any) -> dict[tuple[str, frozenset[Any]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for f in families
+        if not f.name.startswith(("process_", "python_gc_"))  # these change between renders
+        for s in f.samples
+    }
+
+
+@pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip"])
+async def test_full_body_parses_to_the_families_of_the_whole_registry(gzipped: bool) -> None:
+    """With the exporter's real own metrics (process ones included), a body parses, in
+    either format, to the families and values of a fresh render of the whole registry."""
+    snapshot = SNAPSHOTS["many-streams"]
+    own = CollectorRegistry()
+    metrics = ExporterMetrics(registry=own, endpoints=ENDPOINTS, reasons=REASONS)
+    metrics.request("livestreams", "200", 0.2)
+    metrics.rate_limit_remaining(1100)
+    metrics.track_app("acc", "app-0")
+    for collector in (ProcessCollector, PlatformCollector, GCCollector):
+        collector(registry=own)
+    whole = CollectorRegistry()
+    whole.register(SnapshotCollector(lambda: snapshot))
+    whole.register(own)
+    exposition = Exposition(own, lambda: snapshot)
+
+    got = (await body(exposition, TEXT, gzipped=gzipped)).decode()
+    want = generate_latest(whole).decode()
+    assert shape(parse_text(got)) == shape(parse_text(want))
+    assert values(parse_text(got)) == values(parse_text(want))
+
+    got = (await body(exposition, OPENMETRICS, gzipped=gzipped)).decode()
+    want = generate_openmetrics(whole).decode()
+    parsed = list(parse_openmetrics(got))  # strict: one # EOF, at the end; no family twice
+    assert shape(parsed) == shape(parse_openmetrics(want))
+    assert values(parsed) == values(parse_openmetrics(want))
+    snapshot_names = {f.name for f in SnapshotCollector(lambda: snapshot).collect()}
+    assert snapshot_names and not snapshot_names & {f.name for f in own.collect()}
+
+
+# -- caching --------------------------------------------------------------------------
+async def test_concurrent_scrapes_of_a_variant_share_one_render() -> None:
+    """Scrapes that arrive while the render runs await it; there is one render per
+    snapshot and variant, the gzip variant reuses the plain render, and a new snapshot
+    is rendered anew."""
+    gate = threading.Event()
+    renders = Renders(gate)
+    source = Source(ONE_APP)
+    own = frozen_own()
+    exposition = Exposition(own, source, render=renders)
+    scrapes = [
+        asyncio.ensure_future(body(exposition, accept, gzipped=gzipped))
+        for accept in (OPENMETRICS, "application/openmetrics-text")  # the same encoder
+        for gzipped in (False, True)
+        for _ in range(5)
+    ]
+    await asyncio.sleep(0)  # every scrape has asked for its part
+    gate.set()
+    expected = fresh_part(OPENMETRICS, ONE_APP) + encoder_for(OPENMETRICS)(own)
+    assert await asyncio.gather(*scrapes) == [expected] * len(scrapes)
+    assert renders.snapshots == [ONE_APP]
+
+    await body(exposition, OPENMETRICS, gzipped=True)
+    assert renders.count == 1
+    await body(exposition, TEXT)
+    assert renders.count == 2  # another variant
+
+    source.snapshot = UNLISTED
+    expected = fresh_part(OPENMETRICS, UNLISTED) + encoder_for(OPENMETRICS)(own)
+    assert await body(exposition, OPENMETRICS) == expected
+    await body(exposition, TEXT)  # started, for the new snapshot, by the scrape above
+    assert renders.snapshots[2:] == [UNLISTED, UNLISTED]
+
+
+async def test_the_own_part_is_rendered_per_scrape() -> None:
+    """A counter of the own part moves between two scrapes while the snapshot part is
+    served from the cache."""
+    renders = Renders()
+    own = CollectorRegistry()
+    scrapes = Counter("test_scrapes", "Scrapes.", registry=own)
+    exposition = Exposition(own, lambda: ONE_APP, render=renders)
+    first = await body(exposition, TEXT, gzipped=True)
+    scrapes.inc()
+    second = await body(exposition, TEXT, gzipped=True)
+    assert b"test_scrapes_total 0.0\n" in first and b"test_scrapes_total 1.0\n" in second
+    part = fresh_part(TEXT, ONE_APP)
+    assert first.startswith(part) and second.startswith(part)
+    assert renders.count == 1
+
+
+async def test_a_cancelled_scrape_does_not_cancel_the_shared_render() -> None:
+    gate = threading.Event()
+    renders = Renders(gate)
+    exposition = Exposition(frozen_own(), lambda: ONE_APP, render=renders)
+    gone = asyncio.ensure_future(body(exposition, OPENMETRICS, gzipped=True))
+    waiting = asyncio.ensure_future(body(exposition, OPENMETRICS, gzipped=True))
+    await asyncio.sleep(0)
+    gone.cancel()
+    gate.set()
+    assert (await waiting).startswith(fresh_part(OPENMETRICS, ONE_APP))
+    assert gone.cancelled() and renders.count == 1
+
+
+async def test_a_failed_render_is_not_cached() -> None:
+    """A render that raises fails that scrape (a 500); the next scrape renders again."""
+    renders = Renders()
+    renders.fail = 1
+    exposition = Exposition(frozen_own(), lambda: ONE_APP, render=renders)
+    with pytest.raises(RuntimeError, match="render failed"):
+        await body(exposition, TEXT, gzipped=True)
+    assert (await body(exposition, TEXT, gzipped=True)).startswith(fresh_part(TEXT, ONE_APP))
+    assert renders.count == 2
+
+
+async def test_variants_beyond_the_cap_are_rendered_per_scrape() -> None:
+    """Only MAX_VARIANTS encoder variants are cached per snapshot; a further one is
+    rendered on every scrape, correctly, so Accept parameters cannot grow the memory."""
+    renders = Renders()
+    own = frozen_own()
+    exposition = Exposition(own, lambda: ONE_APP, render=renders)
+    accepts = [
+        TEXT,
+        *(f"{OPENMETRICS}; escaping={e}" for e in ("underscores", "dots", "values")),
+        f"{OPENMETRICS}; escaping=allow-utf-8",
+    ]
+    assert len(accepts) == MAX_VARIANTS + 1
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(lambda: ONE_APP))
+    registry.register(own)
+    for _ in range(2):
+        for accept in accepts:
+            for gzipped in (False, True):
+                expected = encoder_for(accept)(registry)
+                assert await body(exposition, accept, gzipped=gzipped) == expected
+    # The first MAX_VARIANTS variants once each; the last one per scrape, gzip or not.
+    assert renders.count == MAX_VARIANTS + 2 * 2
+
+
+async def test_without_a_snapshot_source_the_body_is_the_registry_alone() -> None:
+    """As create_app(registry=...) uses it: the whole registry rendered per scrape."""
+    registry = frozen_own()
+    exposition = Exposition(registry)
+    for accept in (TEXT, OPENMETRICS):
+        for gzipped in (False, True):
+            assert await body(exposition, accept, gzipped=gzipped) == encoder_for(accept)(registry)
+
+
+# -- rendering ahead ------------------------------------------------------------------
+async def test_a_new_snapshot_renders_the_variants_served_for_the_last_one() -> None:
+    """published() starts rendering, for the new snapshot, the variants scraped since the
+    previous one (and only those), so that the next scrape finds them ready."""
+    renders = Renders()
+    source = Source(ONE_APP)
+    exposition = Exposition(frozen_own(), source, render=renders, executor=Inline())
+    exposition.published()
+    assert renders.count == 0  # nothing served yet: nothing to render ahead
+    await body(exposition, OPENMETRICS, gzipped=True)
+    assert renders.snapshots == [ONE_APP]
+
+    source.snapshot = UNLISTED
+    exposition.published()
+    assert renders.snapshots == [ONE_APP, UNLISTED]  # before any scrape
+    exposition.published()  # the same snapshot: nothing new
+    assert renders.count == 2
+    await body(exposition, OPENMETRICS, gzipped=True)
+    await body(exposition, OPENMETRICS)
+    assert renders.count == 2
+    await body(exposition, TEXT)  # not served before: rendered on demand
+    assert renders.snapshots[2:] == [UNLISTED]
+
+    source.snapshot = UNKNOWN_STATUSES
+    exposition.published()  # both variants were served
+    assert renders.snapshots[3:] == [UNKNOWN_STATUSES, UNKNOWN_STATUSES]
+    source.snapshot = ONE_APP
+    exposition.published()  # neither was served for the last snapshot
+    assert renders.count == 5
+
+
+async def test_a_scrape_that_finds_a_new_snapshot_renders_the_other_served_variants() -> None:
+    """Without published(), the first scrape after a new snapshot starts the others."""
+    renders = Renders()
+    source = Source(ONE_APP)
+    exposition = Exposition(frozen_own(), source, render=renders, executor=Inline())
+    await body(exposition, OPENMETRICS)
+    await body(exposition, TEXT)
+    source.snapshot = UNLISTED
+    await body(exposition, TEXT)
+    assert renders.snapshots == [ONE_APP, ONE_APP, UNLISTED, UNLISTED]
+
+
+# -- Prometheus -----------------------------------------------------------------------
+JOB = "exposition"
+STREAMS = 150
+
+
+@pytest.mark.timeout(90)
+def test_prometheus_scrapes_the_joined_gzip_body() -> None:
+    """Prometheus (which asks for OpenMetrics, gzip) stores series from the cached part and
+    from the own part, which comes after it in the one gzip member and ends with # EOF: a
+    body cut short would fail the scrape (up 0)."""
+    with tempfile.TemporaryDirectory(prefix="rtk-expo-") as tmp, contextlib.ExitStack() as stack:
+        workdir = Path(tmp)
+        token_file = workdir / "token"
+        token_file.write_text("exposition-token\n", encoding="utf-8")
+        pipeline = stack.enter_context(
+            Pipeline(workdir, account="acc", app="app", token_file=token_file)
+        )
+        pipeline.start_simulator("--livestreams", str(STREAMS), "--live", "5")
+        pipeline.start_exporter(max_staleness="30s")
+        prometheus = pipeline.start_prometheus(job=JOB, rule_files=[])
+
+        def arrived() -> bool:
+            selector = f'{{job="{JOB}"}}'
+            return (
+                prometheus.value(f"up{selector}") == 1
+                and prometheus.value(f"count(realtimekit_livestream_live{selector})") == STREAMS
+                and prometheus.value(f"count(realtimekit_up{selector})") == 1
+                and prometheus.value(f"count(realtimekit_exporter_build_info{selector})") == 1
+                # The GC collector's families close the own part.
+                and bool(prometheus.query(f"python_gc_collections_total{selector}"))
+            )
+
+        wait_for(
+            arrived,
+            timeout=45,
+            what=lambda: (
+                "the series of both parts in Prometheus; up: "
+                + prometheus.history(f'up{{job="{JOB}"}}')
+            ),
+            watch=pipeline.procs,
+            interval=0.5,
+        )
+        # No scrape failed on the way (a scrape before the first poll fails none either).
+        assert prometheus.value(f'min_over_time(up{{job="{JOB}"}}[5m])') == 1
