@@ -20,8 +20,9 @@ gzip members in a row would be valid too, but curl, for one, reads only the firs
 Renders run off the event loop. Concurrent scrapes of a variant await one render, and a
 cancelled scrape does not cancel it. When the snapshot changes (:meth:`Exposition.published`
 or the next scrape says so), the previous snapshot's parts are dropped and the variants
-served for it are rendered again at once, in the background, so that the next scrape finds
-them ready; a variant not served for the previous snapshot is rendered on demand.
+served within the last :data:`SERVED_FOR` seconds are rendered again at once, in the
+background, so that the next scrape finds them ready, however many poll cycles pass between
+scrapes; a variant not served that recently is rendered on demand.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import struct
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -57,6 +59,9 @@ GZIP_LEVEL: Final = 6
 # what clients send (Prometheus, curl, browsers) and bound the memory a client can make
 # the exporter spend by varying Accept parameters.
 MAX_VARIANTS: Final = 4
+# A variant served within this many seconds is rendered ahead for each new snapshot: longer
+# than any usual scrape interval, so a 1m or 2m scrape of a 30s poll finds its bytes ready.
+SERVED_FOR: Final = 600.0
 # RFC 1952 member header: deflate, no flags, no mtime, no extra flags, OS unknown.
 _GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
@@ -83,12 +88,16 @@ class Exposition:
         *,
         render: Render = render_part,
         executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._own = own
         self._source = snapshot
         self._render = render
         self._executor = executor
+        self._clock = clock
         self._generation = _Generation(None)
+        # Variants served lately (only cached ones: at most MAX_VARIANTS keys), with when.
+        self._served: dict[tuple[Hashable, bool], tuple[Encoder, float]] = {}
 
     async def body(self, encoder: Encoder, *, gzipped: bool) -> bytes:
         """The whole exposition as ``encoder`` renders it, gzip-compressed if ``gzipped``."""
@@ -98,20 +107,20 @@ class Exposition:
         if gzipped:
             start = self._deflated(generation, key, encoder)
             if key in generation.deflated:
-                generation.served[key, True] = encoder
+                self._served[key, True] = (encoder, self._clock())
             own, deflated = await loop.run_in_executor(
                 self._executor, _own_part, self._own, encoder, True
             )
             return _gzip_member(await asyncio.shield(start), own, deflated)
         part = self._plain(generation, key, encoder)
         if key in generation.plain:
-            generation.served[key, False] = encoder
+            self._served[key, False] = (encoder, self._clock())
         own, _ = await loop.run_in_executor(self._executor, _own_part, self._own, encoder, False)
         return await asyncio.shield(part) + own
 
     def published(self) -> None:
         """Say, on the event loop, that the source may hold a new snapshot: if so, the
-        variants served for the previous one start rendering for it now."""
+        variants served lately (within :data:`SERVED_FOR`) start rendering for it now."""
         self._current()
 
     def _current(self) -> _Generation:
@@ -120,7 +129,16 @@ class Exposition:
         if snapshot is previous.snapshot:
             return previous
         current = self._generation = _Generation(snapshot)
-        for (key, gzipped), encoder in previous.served.items():
+        now = self._clock()
+        keys: set[Hashable] = set()
+        recent = sorted(self._served.items(), key=lambda item: item[1][1], reverse=True)
+        for variant, (encoder, at) in recent:
+            key, gzipped = variant
+            # Only what this generation can cache is worth rendering ahead.
+            if now - at > SERVED_FOR or (key not in keys and len(keys) == MAX_VARIANTS):
+                del self._served[variant]
+                continue
+            keys.add(key)
             if gzipped:
                 self._deflated(current, key, encoder)
             else:
@@ -169,8 +187,6 @@ class _Generation:
     snapshot: Snapshot | None
     plain: dict[Hashable, asyncio.Future[bytes]] = field(default_factory=dict)
     deflated: dict[Hashable, asyncio.Future[_Deflated]] = field(default_factory=dict)
-    # What scrapes asked for (of what is cached), to render for the next snapshot.
-    served: dict[tuple[Hashable, bool], Encoder] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

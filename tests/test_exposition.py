@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.client import ENDPOINTS, REASONS
 from exporter.collector import SnapshotCollector
-from exporter.exposition import MAX_VARIANTS, Exposition, render_part
+from exporter.exposition import MAX_VARIANTS, SERVED_FOR, Exposition, render_part
 from exporter.model import (
     EMPTY_SNAPSHOT,
     AppState,
@@ -448,12 +448,16 @@ async def test_without_a_snapshot_source_the_body_is_the_registry_alone() -> Non
 
 
 # -- rendering ahead ------------------------------------------------------------------
-async def test_a_new_snapshot_renders_the_variants_served_for_the_last_one() -> None:
-    """published() starts rendering, for the new snapshot, the variants scraped since the
-    previous one (and only those), so that the next scrape finds them ready."""
+async def test_a_new_snapshot_renders_the_variants_served_lately() -> None:
+    """published() starts rendering, for the new snapshot, the variants scraped within
+    SERVED_FOR (and only those), so that the next scrape finds them ready, even when
+    scrapes come less often than snapshots (a 1m scrape of a 30s poll)."""
     renders = Renders()
     source = Source(ONE_APP)
-    exposition = Exposition(frozen_own(), source, render=renders, executor=Inline())
+    now = [1000.0]
+    exposition = Exposition(
+        frozen_own(), source, render=renders, executor=Inline(), clock=lambda: now[0]
+    )
     exposition.published()
     assert renders.count == 0  # nothing served yet: nothing to render ahead
     await body(exposition, OPENMETRICS, gzipped=True)
@@ -473,9 +477,36 @@ async def test_a_new_snapshot_renders_the_variants_served_for_the_last_one() -> 
     source.snapshot = UNKNOWN_STATUSES
     exposition.published()  # both variants were served
     assert renders.snapshots[3:] == [UNKNOWN_STATUSES, UNKNOWN_STATUSES]
+    now[0] += 30
     source.snapshot = ONE_APP
-    exposition.published()  # neither was served for the last snapshot
-    assert renders.count == 5
+    exposition.published()  # no scrape of the last snapshot, but served 30 s ago
+    assert renders.snapshots[5:] == [ONE_APP, ONE_APP]
+    await body(exposition, TEXT, gzipped=True)
+    assert renders.count == 7  # found ready
+
+    now[0] += SERVED_FOR + 1
+    source.snapshot = UNLISTED
+    exposition.published()  # nothing served for SERVED_FOR: nothing rendered ahead
+    assert renders.count == 7
+
+
+async def test_rendering_ahead_is_limited_to_what_can_be_cached() -> None:
+    """Of many variants served lately, only the MAX_VARIANTS most recent are rendered
+    ahead (the others could not be cached anyway)."""
+    renders = Renders()
+    source = Source(ONE_APP)
+    now = [0.0]
+    exposition = Exposition(
+        frozen_own(), source, render=renders, executor=Inline(), clock=lambda: now[0]
+    )
+    accepts = [f"{OPENMETRICS}; escaping={e}" for e in ("underscores", "dots", "values")]
+    for accept in [TEXT, OPENMETRICS, *accepts]:
+        now[0] += 1
+        await body(exposition, accept)
+    first_snapshot = renders.count
+    source.snapshot = UNLISTED
+    exposition.published()
+    assert renders.count - first_snapshot == MAX_VARIANTS
 
 
 async def test_a_scrape_that_finds_a_new_snapshot_renders_the_other_served_variants() -> None:
