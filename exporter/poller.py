@@ -96,12 +96,15 @@ class Poller:
         config: Config,
         api: Api,
         observer: PollObserver | None = None,
+        on_snapshot: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``on_snapshot`` is called, on the event loop, each time a new snapshot is out."""
         self._config = config
         self._api = api
         self._observer = observer
+        self._on_snapshot = on_snapshot
         self._clock = clock
         self._monotonic = monotonic
         self._snapshot: Snapshot = EMPTY_SNAPSHOT
@@ -148,6 +151,8 @@ class Poller:
         )
         snapshot = Snapshot(apps=tuple(apps), taken_at=self._clock(), cycles=prev.cycles + 1)
         self._snapshot = snapshot
+        if self._on_snapshot is not None:
+            self._on_snapshot()
         self._note_budget(self._cycle_requests)
         if self._observer is not None:
             self._observer.cycle(self._monotonic() - started)

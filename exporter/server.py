@@ -105,7 +105,11 @@ class Exporter:
             observer=self.metrics,
         )
         self._poller = Poller(
-            config=self.config, api=client, observer=_PollObserver(self.metrics, self.exposition)
+            config=self.config,
+            api=client,
+            observer=self.metrics,
+            # The formats scraped lately start rendering for each new snapshot at once.
+            on_snapshot=self.exposition.published,
         )
         for warning in budget_warnings(self.config):
             log.warning("%s", warning)
@@ -120,25 +124,6 @@ class Exporter:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-class _PollObserver:
-    """The poller's observer: the exporter's metrics, and the exposition told of each new
-    snapshot (it starts rendering at once what scrapes will ask for)."""
-
-    def __init__(self, metrics: ExporterMetrics, exposition: Exposition) -> None:
-        self._metrics = metrics
-        self._exposition = exposition
-
-    def poll_error(self, account_id: str, app_id: str, reason: str) -> None:
-        self._metrics.poll_error(account_id, app_id, reason)
-
-    def track_app(self, account_id: str, app_id: str) -> None:
-        self._metrics.track_app(account_id, app_id)
-
-    def cycle(self, seconds: float) -> None:
-        self._metrics.cycle(seconds)
-        self._exposition.published()
 
 
 class StatusSource(Protocol):

@@ -338,15 +338,16 @@ async def test_each_poll_cycle_tells_the_exposition(
     scraped), and still counts the cycle."""
     fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
     registry = CollectorRegistry()
-    async with Exporter(make_config(fake_api.base_url, discover=True), registry=registry) as e:
-        told: list[int] = []
-        published = e.exposition.published
+    exporter = Exporter(make_config(fake_api.base_url, discover=True), registry=registry)
+    told: list[int] = []
+    published = exporter.exposition.published
 
-        def counting() -> None:
-            told.append(e.poller.snapshot.cycles)
-            published()
+    def counting() -> None:
+        told.append(exporter.poller.snapshot.cycles)  # the new snapshot is out already
+        published()
 
-        monkeypatch.setattr(e.exposition, "published", counting)
+    monkeypatch.setattr(exporter.exposition, "published", counting)
+    async with exporter as e:
         await e.poller.poll_once()
         await e.poller.poll_once()
         assert told == [1, 2]
