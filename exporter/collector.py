@@ -99,9 +99,10 @@ def families(snapshot: Snapshot) -> list[Metric]:
 
     for app in snapshot.apps:
         app_labels = [app.account_id, app.app_id]
-        up.add_metric(app_labels, 1.0 if app.up else 0.0)
-        if app.last_success is not None:
-            last_success.add_metric(app_labels, app.last_success)
+        if snapshot.app_level:
+            up.add_metric(app_labels, 1.0 if app.up else 0.0)
+            if app.last_success is not None:
+                last_success.add_metric(app_labels, app.last_success)
         tracked.add_metric(app_labels, float(len(app.streams)))
         for stream in app.streams:
             labels = [*app_labels, stream.id]

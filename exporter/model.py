@@ -142,6 +142,9 @@ class Snapshot:
     apps: tuple[AppState, ...] = ()
     taken_at: float = 0.0
     cycles: int = 0
+    # False on every shard but 0 (``--shard``): the app-level families (``realtimekit_up``,
+    # last success) then have no samples, so that summing over shards counts each app once.
+    app_level: bool = True
 
     def app(self, account_id: str, app_id: str) -> AppState | None:
         for a in self.apps:
