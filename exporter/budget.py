@@ -3,27 +3,92 @@
 Cloudflare blocks a token for five minutes once it goes over 1200 requests in five
 minutes, for every user of that token. A sliding log of grant times keeps this exporter
 strictly inside ``api.rate_limit`` over *any* window (a token bucket would allow twice the
-limit across a window boundary). The API can also tell us to stop: a 429's ``Retry-After``
-or a ``Ratelimit`` header saying nothing remains pauses every request until then.
+limit across a window boundary).
+
+Two kinds of waiting, handled differently:
+
+- The window is full: the request waits for a grant, however long, and the poll cycle
+  stretches (:class:`CycleDeadline`); spending slower is the whole point of the budget.
+- The API told us to stop (a 429's ``Retry-After``, or a ``Ratelimit`` header saying
+  nothing remains): every request is held until then, and one whose cycle would end first
+  is refused at once with :class:`BudgetExhausted` rather than sent late.
+
+Waiting requests are granted in priority order (lower first), then in arrival order, so
+that a cycle short of budget spends it on what matters most first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
+import itertools
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Iterator
 
 
 class BudgetExhausted(Exception):
-    """No request can be granted before the caller's deadline."""
+    """The API paused requests past the caller's deadline: nothing can be sent in time."""
 
     def __init__(self, wait: float) -> None:
-        super().__init__(f"request budget exhausted for the next {wait:.1f}s")
+        super().__init__(f"requests are paused for the next {wait:.1f}s")
         self.wait = wait
+
+
+class CycleDeadline:
+    """When one poll cycle's requests must be done by; waiting for the budget pushes it back.
+
+    A slow API cannot stretch a cycle past its interval (its requests are cut off at
+    :attr:`at`), but a short budget does: while any request of the cycle waits for a grant
+    (:meth:`waiting`), the deadline moves with the clock, so requests granted late still get
+    their time, and requests that arrive meanwhile are not refused as too late.
+    """
+
+    def __init__(self, at: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._base = at
+        self._clock = clock
+        self._waiters = 0
+        self._since = 0.0
+        self._stretched = 0.0
+        self.budget_bound = False  # some request had to wait for the budget
+
+    @property
+    def stretched(self) -> float:
+        """Seconds the deadline has moved back so far."""
+        ongoing = self._clock() - self._since if self._waiters else 0.0
+        return self._stretched + ongoing
+
+    @property
+    def at(self) -> float:
+        return self._base + self.stretched
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Hold the deadline back while the ``with`` body waits for the budget."""
+        if not self._waiters:
+            self._since = self._clock()
+        self._waiters += 1
+        try:
+            yield
+        finally:
+            self._waiters -= 1
+            if not self._waiters:
+                self._stretched += self._clock() - self._since
+
+    def __repr__(self) -> str:
+        return f"CycleDeadline(at={self.at!r}, stretched={self.stretched!r})"
+
+
+@dataclass(order=True)
+class _Waiter:
+    priority: int
+    seq: int
+    wake: asyncio.Event = field(compare=False, default_factory=asyncio.Event)
 
 
 class RequestBudget:
@@ -45,6 +110,8 @@ class RequestBudget:
         self._sleep = sleep
         self._granted: deque[float] = deque()
         self._paused_until = 0.0
+        self._queue: list[_Waiter] = []
+        self._seq = itertools.count()
 
     @property
     def paused_until(self) -> float:
@@ -62,17 +129,48 @@ class RequestBudget:
         """Grant nothing for ``seconds`` (never shortens a pause already in force)."""
         self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))
 
-    async def acquire(self, *, deadline: float | None = None) -> None:
-        """Wait for a grant; raise :class:`BudgetExhausted` if it would come after ``deadline``."""
-        while True:
-            now = self._clock()
-            ready_at = self._ready_at(now)
-            if ready_at <= now:
-                self._granted.append(now)
+    async def acquire(self, *, deadline: float | None = None, priority: int = 0) -> float:
+        """Wait for a grant, behind every waiter of a lower ``priority`` number.
+
+        Returns how long it waited (0.0 if it did not have to). Raises
+        :class:`BudgetExhausted` if a pause would hold it past ``deadline``.
+        """
+        waiter = _Waiter(priority, next(self._seq))
+        heapq.heappush(self._queue, waiter)
+        asked = self._clock()
+        waited = False
+        try:
+            while True:
+                now = self._clock()
+                if deadline is not None and self._paused_until > max(now, deadline):
+                    raise BudgetExhausted(self._paused_until - now)
+                if self._queue[0] is not waiter:
+                    waiter.wake.clear()
+                    waited = True
+                    await waiter.wake.wait()
+                    continue
+                ready_at = self._ready_at(now)
+                if ready_at <= now:
+                    self._granted.append(now)
+                    return now - asked if waited else 0.0
+                waited = True
+                await self._sleep(ready_at - now)
+        finally:
+            self._leave(waiter)
+
+    def _leave(self, waiter: _Waiter) -> None:
+        was_head = bool(self._queue) and self._queue[0] is waiter
+        if was_head:
+            heapq.heappop(self._queue)
+        else:
+            try:
+                self._queue.remove(waiter)
+            except ValueError:
                 return
-            if deadline is not None and ready_at > deadline:
-                raise BudgetExhausted(ready_at - now)
-            await self._sleep(ready_at - now)
+            heapq.heapify(self._queue)
+        if self._queue:
+            # A new head, or one that a higher-priority arrival had displaced, goes on.
+            self._queue[0].wake.set()
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import re
@@ -87,6 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
         default="logfmt",
         choices=["logfmt", "json"],
         help="default logfmt",
+    )
+    shards = parser.add_argument_group(
+        "sharding (for more livestreams than one process polls in time)"
+    )
+    shards.add_argument(
+        "--shard",
+        type=_index,
+        default=0,
+        metavar="I",
+        help="this process's shard, 0 to --total-shards minus 1 (default 0): it exports the "
+        "livestreams whose id hashes to I, and only shard 0 exports the app-level metrics",
+    )
+    shards.add_argument(
+        "--total-shards",
+        type=_count_positive,
+        default=1,
+        metavar="N",
+        help="how many shards share the livestreams and the token's budget (default 1); "
+        "each spends api.rate_limit / N",
     )
     run = parser.add_argument_group("run mode")
     run.add_argument(
@@ -204,6 +224,29 @@ def _add_simulate(commands: argparse._SubParsersAction[_Parser]) -> None:
         sim.add_argument(flag, dest=dest, default=default, choices=choices)
 
 
+def _index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
+def _count_positive(text: str) -> int:
+    value = _index(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
+    return value
+
+
+def _shard(index: int, total: int) -> config.Shard:
+    if index >= total:
+        raise UsageError(f"--shard={index} needs --total-shards above {index} (it is {total})")
+    return config.Shard(index, total)
+
+
 def _count(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
@@ -282,6 +325,7 @@ def _main(argv: Sequence[str] | None) -> int:
                 raise UsageError("--demo runs without --config.file, --config.check or --once")
         elif not args.config_file:
             raise UsageError("--config.file is required (or try --demo)")
+        shard = _shard(args.shard, args.total_shards)
     except UsageError as exc:
         where = "simulate --help" if argv_says_simulate(argv) else "--help"
         return _fail(EXIT_USAGE, f"usage error: {exc} (see {where})")
@@ -296,7 +340,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return EXIT_OK
 
     try:
-        cfg = config.load(args.config_file)
+        cfg = dataclasses.replace(config.load(args.config_file), shard=shard)
     except config.ConfigError as exc:
         return _fail(EXIT_USAGE, f"invalid configuration: {exc}")
 

@@ -10,7 +10,10 @@ holds the token: it is only ever put in the ``Authorization`` header.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import heapq
+import itertools
 import logging
 import random
 import re
@@ -23,11 +26,11 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from exporter import decode
-from exporter.budget import BudgetExhausted, RequestBudget
+from exporter.budget import BudgetExhausted, CycleDeadline, RequestBudget
 from exporter.model import ActiveSession, Listing, Livestream, Session
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 
     from exporter.config import Secret
 
@@ -45,14 +48,27 @@ REASONS: Final[tuple[Reason, ...]] = (
 ENDPOINT_LISTING: Final = "livestreams"
 ENDPOINT_SESSION: Final = "active_livestream_session"
 ENDPOINT_SESSION_BY_ID: Final = "livestream_session"
-ENDPOINTS: Final = (ENDPOINT_LISTING, ENDPOINT_SESSION, ENDPOINT_SESSION_BY_ID)
+ENDPOINT_LIVESTREAM: Final = "livestream"
+ENDPOINTS: Final = (
+    ENDPOINT_LISTING,
+    ENDPOINT_SESSION,
+    ENDPOINT_SESSION_BY_ID,
+    ENDPOINT_LIVESTREAM,
+)
 
-LISTING_PAGE_SIZE: Final = 100
-MAX_LISTING_PAGES: Final = 1000
+# per_page of the listing's first page; the API's own cap, if lower, is learnt from it.
+LISTING_PAGE_ASK: Final = 1000
+LISTING_PAGE_SIZE: Final = 100  # what is asked once the API refuses LISTING_PAGE_ASK
+MAX_LISTING_PAGES: Final = 10_000
 MAX_BODY_BYTES: Final = 8 * 1024 * 1024
 DEFAULT_RETRY_AFTER: Final = 60.0
 MIN_REQUEST_TIME: Final = 1.0  # default: no request starts with less of its cycle left
 MAX_PAUSE: Final = 900.0  # the API blocks for 300 s; a larger ask is more likely a bug
+# Who goes first when requests queue for a connection slot or the budget: the listing
+# (every stream's status), then sessions of streams that may be live, then the rest.
+PRIORITY_LISTING: Final = 0
+PRIORITY_LIVE: Final = 1
+PRIORITY_OTHER: Final = 2
 _SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
 _RATELIMIT_R = re.compile(r"(?:^|;)\s*r=(\d+)")
 _RATELIMIT_T = re.compile(r"(?:^|;)\s*t=(\d+)")
@@ -101,6 +117,45 @@ class _NullObserver:
         pass
 
 
+# A poll cycle's deadline; a plain time is read as a deadline of its own.
+Deadline = CycleDeadline | float | None
+
+
+class _Slots:
+    """At most ``n`` requests in flight; waiters get a slot by priority, then arrival."""
+
+    def __init__(self, n: int) -> None:
+        self._free = n
+        self._queue: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    @contextlib.asynccontextmanager
+    async def hold(self, priority: int) -> AsyncIterator[None]:
+        if self._free > 0 and not self._queue:
+            self._free -= 1
+        else:
+            turn = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._queue, (priority, next(self._seq), turn))
+            try:
+                await turn
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():
+                    self._release()  # handed a slot just as it was cancelled
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._queue:
+            _, _, turn = heapq.heappop(self._queue)
+            if not turn.done():  # a cancelled waiter is skipped
+                turn.set_result(None)
+                return
+        self._free += 1
+
+
 class RealtimeKitClient:
     """Calls for one token; shares one :class:`aiohttp.ClientSession` and one budget."""
 
@@ -129,7 +184,7 @@ class RealtimeKitClient:
         self._timeout_seconds = timeout
         self._min_time = min(timeout, min_request_time)
         self._proxy = proxy_for(self._base_url)
-        self._limit = asyncio.Semaphore(max_concurrency)
+        self._slots = _Slots(max_concurrency)
         self._retries = retries
         self._backoff = backoff
         self._observer: RequestObserver = observer or _NullObserver()
@@ -137,6 +192,7 @@ class RealtimeKitClient:
         self._sleep = sleep
         self._jitter = jitter
         self._max_body = max_body_bytes
+        self._page_ask = LISTING_PAGE_ASK
 
     def __repr__(self) -> str:
         return f"RealtimeKitClient(base_url={self._base_url!r})"
@@ -149,40 +205,114 @@ class RealtimeKitClient:
         account_id: str,
         app_id: str,
         *,
-        deadline: float | None = None,
-        per_page: int = LISTING_PAGE_SIZE,
+        deadline: Deadline = None,
+        stop_early: Callable[[Collection[str], int], bool] | None = None,
+        per_page: int | None = None,
     ) -> Listing:
-        """Every livestream of the app, following pages until the listing ends."""
+        """Every livestream of the app, following pages until the listing ends.
+
+        Pages are asked as large as the API gives them: the first asks for
+        :data:`LISTING_PAGE_ASK` entries (or :data:`LISTING_PAGE_SIZE` once the API has
+        refused that with a 400), and if it comes back shorter while more remain, the API's
+        cap is that length and later pages ask for exactly that, so that page offsets line
+        up however the API counts them. ``stop_early(ids, pages_left)`` is asked after the
+        first page when the paging block tells how many pages are left: if it says yes,
+        the listing stops there, incomplete (:attr:`Listing.complete` false). ``per_page``
+        replaces the first page's ask."""
         path = f"{_app_path(account_id, app_id)}/livestreams"
         seen: dict[str, Livestream] = {}
         received = skipped = 0
-        for page_no in range(1, MAX_LISTING_PAGES + 1):
-            doc = await self._get_json(
-                ENDPOINT_LISTING, path, {"page_no": page_no, "per_page": per_page}, deadline
-            )
+        per_page = per_page or self._page_ask
+        page_no = 1
+        while page_no <= MAX_LISTING_PAGES:
+            try:
+                doc = await self._get_json(
+                    ENDPOINT_LISTING,
+                    path,
+                    {"page_no": page_no, "per_page": per_page},
+                    deadline,
+                    priority=PRIORITY_LISTING,
+                )
+            except ApiError as exc:
+                if page_no == 1 and exc.status == 400 and per_page > LISTING_PAGE_SIZE:
+                    log.info(
+                        "the API refused per_page=%d; asking for %d from now on",
+                        per_page,
+                        LISTING_PAGE_SIZE,
+                    )
+                    self._page_ask = per_page = LISTING_PAGE_SIZE
+                    continue
+                raise
             page = _decoded(ENDPOINT_LISTING, decode.listing_page, doc)
+            if page_no == 1 and 0 < page.entries < per_page:
+                per_page = page.entries  # the API's cap (or the whole listing)
             received += page.entries
             skipped += page.skipped
             before = len(seen)
             for stream in page.livestreams:
                 seen.setdefault(stream.id, stream)
+            total = page.paging.total_count if page.paging is not None else None
             if _listing_done(page, received) or len(seen) == before:
-                return Listing(livestreams=tuple(seen.values()), pages=page_no, skipped=skipped)
+                return Listing(
+                    livestreams=tuple(seen.values()), pages=page_no, skipped=skipped, total=total
+                )
+            if page_no == 1 and stop_early is not None and total is not None:
+                left = -(-(total - received) // per_page)
+                if stop_early(seen.keys(), left):
+                    return Listing(
+                        livestreams=tuple(seen.values()),
+                        pages=1,
+                        skipped=skipped,
+                        total=total,
+                        complete=False,
+                    )
+            page_no += 1
         raise ApiError(
             "decode",
             f"listing did not end within {MAX_LISTING_PAGES} pages",
             endpoint=ENDPOINT_LISTING,
         )
 
+    async def livestream(
+        self, account_id: str, app_id: str, livestream_id: str, *, deadline: Deadline = None
+    ) -> Livestream | None:
+        """One livestream (its status and details, not its sessions); ``None`` if the API
+        says there is no such livestream."""
+        path = f"{_app_path(account_id, app_id)}/livestreams/{quote(livestream_id, safe='')}"
+        doc = await self._get_json(
+            ENDPOINT_LIVESTREAM,
+            path,
+            {"page_no": 1, "per_page": 1},  # its sessions are not needed
+            deadline,
+            not_found_ok=True,
+            priority=PRIORITY_LISTING,
+        )
+        if doc is None:
+            return None
+        found: Livestream = _decoded(
+            ENDPOINT_LIVESTREAM,
+            lambda d: decode.livestream_by_id(d, livestream_id=livestream_id),
+            doc,
+        )
+        return found
+
     async def active_session(
-        self, account_id: str, app_id: str, livestream_id: str, *, deadline: float | None = None
+        self,
+        account_id: str,
+        app_id: str,
+        livestream_id: str,
+        *,
+        deadline: Deadline = None,
+        priority: int = PRIORITY_LIVE,
     ) -> ActiveSession:
         """The stream's active session; a 404 means "no active session", not an error."""
         path = (
             f"{_app_path(account_id, app_id)}/livestreams/"
             f"{quote(livestream_id, safe='')}/active-livestream-session"
         )
-        doc = await self._get_json(ENDPOINT_SESSION, path, None, deadline, not_found_ok=True)
+        doc = await self._get_json(
+            ENDPOINT_SESSION, path, None, deadline, not_found_ok=True, priority=priority
+        )
         if doc is None:
             return ActiveSession(livestream=None, session=None)
         answer: ActiveSession = _decoded(
@@ -193,11 +323,19 @@ class RealtimeKitClient:
         return answer
 
     async def session(
-        self, account_id: str, app_id: str, session_id: str, *, deadline: float | None = None
+        self,
+        account_id: str,
+        app_id: str,
+        session_id: str,
+        *,
+        deadline: Deadline = None,
+        priority: int = PRIORITY_OTHER,
     ) -> ActiveSession:
         """One session by id (its final values once stopped); ``session`` None if not found."""
         path = f"{_app_path(account_id, app_id)}/livestreams/sessions/{quote(session_id, safe='')}"
-        doc = await self._get_json(ENDPOINT_SESSION_BY_ID, path, None, deadline, not_found_ok=True)
+        doc = await self._get_json(
+            ENDPOINT_SESSION_BY_ID, path, None, deadline, not_found_ok=True, priority=priority
+        )
         if doc is None:
             return ActiveSession(livestream=None, session=None)
         found: Session | None = _decoded(ENDPOINT_SESSION_BY_ID, decode.session_by_id, doc)
@@ -208,19 +346,24 @@ class RealtimeKitClient:
         endpoint: str,
         path: str,
         params: Mapping[str, int | str] | None,
-        deadline: float | None,
+        deadline: Deadline,
         *,
         not_found_ok: bool = False,
+        priority: int = PRIORITY_OTHER,
     ) -> Any:
+        if isinstance(deadline, float | int):
+            deadline = CycleDeadline(deadline, self._clock)
         attempt = 0
         while True:
             try:
-                return await self._get_once(endpoint, path, params, deadline, not_found_ok)
+                return await self._get_once(
+                    endpoint, path, params, deadline, not_found_ok, priority
+                )
             except ApiError as exc:
                 if not exc.transient or attempt >= self._retries:
                     raise
                 delay = self._jitter() * self._backoff * (2**attempt)
-                if deadline is not None and self._clock() + delay + self._min_time > deadline:
+                if deadline is not None and self._clock() + delay + self._min_time > deadline.at:
                     raise
                 log.debug("retrying %s after %.2fs: %s", endpoint, delay, exc)
                 await self._sleep(delay)
@@ -231,32 +374,40 @@ class RealtimeKitClient:
         endpoint: str,
         path: str,
         params: Mapping[str, int | str] | None,
-        deadline: float | None,
+        deadline: CycleDeadline | None,
         not_found_ok: bool,
+        priority: int,
     ) -> Any:
         headers = {"Authorization": f"Bearer {self._token.reveal()}", "Accept": "application/json"}
-        async with self._limit:
+        async with self._slots.hold(priority):
             # The budget is asked only once a connection slot is free, right before sending:
             # its log then holds send times, and a pause set by a 429 that arrived while
             # this request queued stops it from going out.
-            # A request never outlives its cycle (a slow API cuts the cycle short instead
-            # of stretching it over several intervals), and none is sent with less than
-            # _min_time left, where it could only time out and waste the token's quota.
-            last_start = None if deadline is None else deadline - self._min_time
-            if last_start is not None and self._clock() > last_start:
+            # A slow API cannot stretch a cycle: a request never outlives its cycle's
+            # deadline, and none is sent with less than _min_time left, where it could
+            # only time out and waste the token's quota. Waiting for the budget does
+            # stretch it: the deadline moves back by the time waited.
+            if deadline is not None and self._clock() > deadline.at - self._min_time:
                 raise ApiError(
                     "timeout",
                     "the poll cycle ran out of time before this request",
                     endpoint=endpoint,
                 )
             try:
-                await self.budget.acquire(deadline=last_start)
+                if deadline is None:
+                    await self.budget.acquire(priority=priority)
+                else:
+                    with deadline.waiting():
+                        waited = await self.budget.acquire(
+                            deadline=deadline.at - self._min_time, priority=priority
+                        )
+                    deadline.budget_bound |= waited > 0
             except BudgetExhausted as exc:
                 raise ApiError("rate_limited", str(exc), endpoint=endpoint) from None
             started = self._clock()
             timeout = self._timeout_seconds
             if deadline is not None:
-                timeout = min(timeout, deadline - started)
+                timeout = min(timeout, deadline.at - started)
             try:
                 async with self._session.get(
                     self._base_url + path,

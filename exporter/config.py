@@ -7,6 +7,7 @@ problems too. Error text never quotes a value that could be a secret.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -120,11 +121,45 @@ class AppConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Shard:
+    """This process's part of the livestreams (``--shard``, ``--total-shards``).
+
+    A livestream belongs to the shard its id hashes to (SHA-256, so every process and
+    every Python version agrees), whatever else the listing holds: a stream never moves
+    between shards while the shard count stays the same."""
+
+    index: int = 0
+    total: int = 1
+
+    def __post_init__(self) -> None:
+        if self.total < 1 or not 0 <= self.index < self.total:
+            raise ValueError(f"shard {self.index} of {self.total} does not exist")
+
+    @property
+    def sharded(self) -> bool:
+        return self.total > 1
+
+    def owns(self, livestream_id: str) -> bool:
+        if self.total == 1:
+            return True
+        digest = hashlib.sha256(livestream_id.encode("utf-8", "surrogatepass")).digest()
+        return int.from_bytes(digest[:8], "big") % self.total == self.index
+
+    def budget(self, rate: RateLimit) -> RateLimit:
+        """This shard's share of the token's budget (at least one request per window)."""
+        return RateLimit(max(1, rate.requests // self.total), rate.window)
+
+    def __str__(self) -> str:
+        return f"shard {self.index} of {self.total}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     api: ApiConfig
     poll: PollConfig = field(default_factory=PollConfig)
     apps: tuple[AppConfig, ...] = ()
     source: str = "config"
+    shard: Shard = Shard()
 
     def summary(self) -> str:
         streams = sum(len(a.livestreams) for a in self.apps)
@@ -133,6 +168,11 @@ class Config:
             f"{len(self.apps)} app(s), {streams} configured livestream(s), "
             f"discovery on {discovering} app(s), poll every {format_duration(self.poll.interval)}, "
             f"budget {self.api.rate_limit}"
+            + (
+                f", {self.shard} (budget {self.shard.budget(self.api.rate_limit)})"
+                if self.shard.sharded
+                else ""
+            )
         )
 
 

@@ -173,6 +173,21 @@ def active_session(doc: object, *, livestream_id: str) -> ActiveSession:
     return ActiveSession(livestream=stream, session=session(session_raw))
 
 
+def livestream_by_id(doc: object, *, livestream_id: str) -> Livestream:
+    """The livestream of ``GET /livestreams/{id}``: ``data.livestream`` (``data`` itself
+    also passes, as the sibling endpoints' shape)."""
+    if not isinstance(doc, dict):
+        raise DecodeError("livestream body is not an object")
+    data = doc.get("data")
+    if not isinstance(data, dict):
+        raise DecodeError("livestream data is not an object")
+    raw = data.get("livestream", data)
+    found = livestream(raw, fallback_id=livestream_id)
+    if found is None:
+        raise DecodeError("livestream body holds no livestream")
+    return found
+
+
 def session_by_id(doc: object) -> Session | None:
     """The body of ``GET /livestreams/sessions/{id}``: ``data`` is the session itself."""
     if not isinstance(doc, dict):

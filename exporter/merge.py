@@ -13,8 +13,9 @@ Kept apart from the poller's I/O so that the rules users rely on are plain funct
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
+from exporter.config import Shard
 from exporter.model import (
     LIVE,
     NOT_LIVE,
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
     from exporter.config import AppConfig
 
+WHOLE: Final = Shard()  # no sharding: every stream
+
 # What a session request gave: an answer, or None when the request failed.
 SessionOutcome = ActiveSession | None
 
@@ -42,7 +45,7 @@ class Plan:
     """The session requests one cycle needs for one app.
 
     ``active``: streams whose listed status does not rule out a live session (LIVE, or a
-    status the exporter does not know), asked at ``active-livestream-session``.
+    status the exporter does not know, in that order), asked at ``active-livestream-session``.
     ``final``: streams listed as not live whose last session has not been seen to end,
     mapped to that session's id, asked by id for its final values.
     """
@@ -51,18 +54,19 @@ class Plan:
     final: Mapping[str, str] = field(default_factory=dict)
 
 
-def tracked(app: AppConfig, listing: Listing) -> list[Livestream]:
-    """The listed streams this app tracks: all of them when discovering, else the configured."""
+def tracked(app: AppConfig, listing: Listing, shard: Shard = WHOLE) -> list[Livestream]:
+    """The listed streams this app tracks: all of them when discovering, else the configured;
+    of those, the ones ``shard`` owns."""
     if app.discover:
-        return list(listing.livestreams)
+        return [s for s in listing.livestreams if shard.owns(s.id)]
     wanted = {ls.id for ls in app.livestreams}
-    return [s for s in listing.livestreams if s.id in wanted]
+    return [s for s in listing.livestreams if s.id in wanted and shard.owns(s.id)]
 
 
-def missing(app: AppConfig, listing: Listing) -> list[str]:
-    """Configured ids that the listing does not contain."""
+def missing(app: AppConfig, listing: Listing, shard: Shard = WHOLE) -> list[str]:
+    """Configured ids, owned by ``shard``, that the listing does not contain."""
     listed = {s.id for s in listing.livestreams}
-    return [ls.id for ls in app.livestreams if ls.id not in listed]
+    return [ls.id for ls in app.livestreams if ls.id not in listed and shard.owns(ls.id)]
 
 
 def plan(
@@ -71,14 +75,17 @@ def plan(
     """Which session requests this cycle needs (see :class:`Plan`)."""
     before = {s.id: s for s in prev.streams} if prev is not None else {}
     active: list[str] = []
+    unknown: list[str] = []
     final: dict[str, str] = {}
     for stream in streams:
-        if stream.status not in NOT_LIVE:
+        if stream.status == LIVE:
             active.append(stream.id)
+        elif stream.status not in NOT_LIVE:
+            unknown.append(stream.id)
         elif (old := before.get(stream.id)) is not None and _awaits_final(old, now, max_staleness):
             assert old.session is not None
             final[stream.id] = old.session.id
-    return Plan(active=tuple(active), final=final)
+    return Plan(active=(*active, *unknown), final=final)
 
 
 def _awaits_final(old: StreamState, now: float, max_staleness: float) -> bool:
@@ -123,12 +130,14 @@ def merge_app(
     max_staleness: float,
     ok: bool,
     final: Collection[str] = (),
+    shard: Shard = WHOLE,
 ) -> AppState:
     """The app's new state.
 
     ``listing`` is ``None`` when it failed; ``sessions`` maps each asked id to its answer
     (``None`` if that request failed), ``final`` names those asked by session id
-    (:attr:`Plan.final`); ``ok`` says every request of the app succeeded.
+    (:attr:`Plan.final`); ``ok`` says every request of the app succeeded; only the streams
+    ``shard`` owns are kept.
     """
     last_success = now if ok else (prev.last_success if prev is not None else None)
     expected = app.expectations()
@@ -141,10 +150,10 @@ def merge_app(
             if u.id in expected
         )
     else:
-        unlisted = tuple(Unlisted(i, expected[i]) for i in sorted(missing(app, listing)))
+        unlisted = tuple(Unlisted(i, expected[i]) for i in sorted(missing(app, listing, shard)))
         before = {s.id: s for s in prev.streams} if prev is not None else {}
         rules = _Rules(app.expectations(), sessions, frozenset(final), now, max_staleness)
-        states = (rules.stream(s, before.get(s.id)) for s in tracked(app, listing))
+        states = (rules.stream(s, before.get(s.id)) for s in tracked(app, listing, shard))
         streams = tuple(sorted((s for s in states if s is not None), key=lambda s: s.id))
     return AppState(
         account_id=app.account_id,

@@ -61,11 +61,14 @@ class ActiveSession:
 
 @dataclass(frozen=True, slots=True)
 class Listing:
-    """All pages of an app's livestream listing, de-duplicated by id (first wins)."""
+    """All pages of an app's livestream listing, de-duplicated by id (first wins), or, if
+    not ``complete``, only its first page."""
 
     livestreams: tuple[Livestream, ...]
     pages: int = 1
     skipped: int = 0  # entries that were not livestream objects with an id
+    total: int | None = None  # the paging block's total_count, if it had one
+    complete: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,15 +20,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from exporter import merge
-from exporter.client import ENDPOINT_LISTING, ApiError
+from exporter.budget import CycleDeadline
+from exporter.client import ENDPOINT_LISTING, PRIORITY_LIVE, PRIORITY_OTHER, ApiError
 from exporter.config import API_RATE_LIMIT
-from exporter.model import EMPTY_SNAPSHOT, AppState, Snapshot
+from exporter.model import EMPTY_SNAPSHOT, AppState, Listing, Snapshot
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Collection
 
     from exporter.config import AppConfig, Config
-    from exporter.model import ActiveSession, Listing
+    from exporter.model import ActiveSession, Livestream
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +42,41 @@ class Api(Protocol):
     """What the poller needs of :class:`~exporter.client.RealtimeKitClient`."""
 
     async def list_livestreams(
-        self, account_id: str, app_id: str, *, deadline: float | None = None
+        self,
+        account_id: str,
+        app_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+        stop_early: Callable[[Collection[str], int], bool] | None = None,
     ) -> Listing: ...
 
+    async def livestream(
+        self,
+        account_id: str,
+        app_id: str,
+        livestream_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+    ) -> Livestream | None: ...
+
     async def active_session(
-        self, account_id: str, app_id: str, livestream_id: str, *, deadline: float | None = None
+        self,
+        account_id: str,
+        app_id: str,
+        livestream_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+        priority: int = PRIORITY_LIVE,
     ) -> ActiveSession: ...
 
     async def session(
-        self, account_id: str, app_id: str, session_id: str, *, deadline: float | None = None
+        self,
+        account_id: str,
+        app_id: str,
+        session_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+        priority: int = PRIORITY_OTHER,
     ) -> ActiveSession: ...
 
 
@@ -58,7 +85,7 @@ class PollObserver(Protocol):
 
     def track_app(self, account_id: str, app_id: str) -> None: ...
 
-    def cycle(self, seconds: float) -> None: ...
+    def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,22 +170,31 @@ class Poller:
     async def poll_once(self) -> Snapshot:
         """One cycle over every app; returns (and publishes) the new snapshot."""
         started = self._monotonic()
-        deadline = started + self._config.poll.interval
+        deadline = CycleDeadline(started + self._config.poll.interval, self._monotonic)
         prev = self._snapshot
         self._cycle_requests = 0
         apps = await asyncio.gather(
             *(self._poll_app(app, prev.app(*app.key), deadline) for app in self._config.apps)
         )
-        snapshot = Snapshot(apps=tuple(apps), taken_at=self._clock(), cycles=prev.cycles + 1)
+        snapshot = Snapshot(
+            apps=tuple(apps),
+            taken_at=self._clock(),
+            cycles=prev.cycles + 1,
+            app_level=self._config.shard.index == 0,
+        )
         self._snapshot = snapshot
         if self._on_snapshot is not None:
             self._on_snapshot()
         self._note_budget(self._cycle_requests)
         if self._observer is not None:
-            self._observer.cycle(self._monotonic() - started)
+            self._observer.cycle(
+                self._monotonic() - started, waited_for_budget=deadline.budget_bound
+            )
         return snapshot
 
-    async def _poll_app(self, app: AppConfig, prev: AppState | None, deadline: float) -> AppState:
+    async def _poll_app(
+        self, app: AppConfig, prev: AppState | None, deadline: CycleDeadline
+    ) -> AppState:
         internal = False
         try:
             state, errors = await self._fetch_app(app, prev, deadline)
@@ -179,17 +215,16 @@ class Poller:
         return state
 
     async def _fetch_app(
-        self, app: AppConfig, prev: AppState | None, deadline: float
+        self, app: AppConfig, prev: AppState | None, deadline: CycleDeadline
     ) -> tuple[AppState, list[ApiError]]:
         try:
-            listing = await self._api.list_livestreams(
-                app.account_id, app.app_id, deadline=deadline
-            )
+            listing = await self._list(app, deadline)
         except ApiError as exc:
             return self._failed(app, prev), [exc]
         self._note_missing(app, listing)
+        shard = self._config.shard
         plan = merge.plan(
-            merge.tracked(app, listing),
+            merge.tracked(app, listing, shard),
             prev,
             now=self._clock(),
             max_staleness=self._config.poll.max_staleness,
@@ -199,8 +234,18 @@ class Poller:
             (sid, self._api.active_session(app.account_id, app.app_id, sid, deadline=deadline))
             for sid in plan.active
         ]
+        # Asked after every possibly live stream's session, when the budget is short.
         requests += [
-            (sid, self._api.session(app.account_id, app.app_id, session_id, deadline=deadline))
+            (
+                sid,
+                self._api.session(
+                    app.account_id,
+                    app.app_id,
+                    session_id,
+                    deadline=deadline,
+                    priority=PRIORITY_OTHER,
+                ),
+            )
             for sid, session_id in plan.final.items()
         ]
         answers = await asyncio.gather(*(call for _, call in requests), return_exceptions=True)
@@ -235,8 +280,46 @@ class Poller:
             max_staleness=self._config.poll.max_staleness,
             ok=not errors,
             final=plan.final.keys(),
+            shard=shard,
         )
         return state, errors
+
+    async def _list(self, app: AppConfig, deadline: CycleDeadline) -> Listing:
+        """The app's streams, by whichever costs fewer requests: the listing's pages, or, for
+        an app that tracks only configured streams, its first page and one request per
+        configured stream that page lacks."""
+        if app.discover:
+            return await self._api.list_livestreams(app.account_id, app.app_id, deadline=deadline)
+        shard = self._config.shard
+        wanted = [ls.id for ls in app.livestreams if shard.owns(ls.id)]
+
+        def by_id_is_cheaper(seen: Collection[str], pages_left: int) -> bool:
+            return pages_left > sum(1 for i in wanted if i not in seen)
+
+        listing = await self._api.list_livestreams(
+            app.account_id, app.app_id, deadline=deadline, stop_early=by_id_is_cheaper
+        )
+        if listing.complete:
+            return listing
+        listed = {s.id for s in listing.livestreams}
+        rest = [i for i in wanted if i not in listed]
+        answers = await asyncio.gather(
+            *(self._api.livestream(app.account_id, app.app_id, i, deadline=deadline) for i in rest),
+            return_exceptions=True,
+        )
+        found = [s for s in listing.livestreams if s.id in set(wanted)]
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                # One stream unknown is a failed listing, as a failed page would be.
+                raise answer
+            if answer is not None:
+                found.append(answer)
+        return Listing(
+            livestreams=tuple(found),
+            pages=1 + len(rest),
+            skipped=listing.skipped,
+            total=listing.total,
+        )
 
     def _failed(self, app: AppConfig, prev: AppState | None) -> AppState:
         """The app's state when this cycle learnt nothing: last values, within staleness."""
@@ -305,7 +388,7 @@ class Poller:
 
     def _note_budget(self, planned: int) -> None:
         """Warn once when a cycle's needs, at this interval, outrun ``api.rate_limit``."""
-        rate = self._config.api.rate_limit
+        rate = self._config.shard.budget(self._config.api.rate_limit)
         needed = planned * rate.window / self._config.poll.interval
         over = needed > rate.requests
         if over == self._over_budget:
@@ -314,8 +397,8 @@ class Poller:
         if over:
             log.warning(
                 "this cycle planned %d requests, %.0f per %gs at this interval, but "
-                "api.rate_limit allows %d: cycles will be cut short; raise poll.interval "
-                "or api.rate_limit",
+                "api.rate_limit allows %d: cycles will wait for the budget and take longer "
+                "than poll.interval; raise poll.interval or api.rate_limit, or shard",
                 planned,
                 needed,
                 rate.window,
@@ -325,7 +408,7 @@ class Poller:
             log.info("polling fits api.rate_limit again (%d requests this cycle)", planned)
 
     def _note_missing(self, app: AppConfig, listing: Listing) -> None:
-        now_missing = frozenset(merge.missing(app, listing))
+        now_missing = frozenset(merge.missing(app, listing, self._config.shard))
         if now_missing == self._missing.get(app.key, frozenset()):
             return
         self._missing[app.key] = now_missing
@@ -378,21 +461,24 @@ def budget_warnings(config: Config) -> list[str]:
             f"api.rate_limit {rate} is above the API's own limit of {api_requests} requests "
             f"per {api_window:g}s per token; going over blocks the token for 5 minutes"
         )
-    per_cycle = sum(1 + len(app.livestreams) for app in config.apps)
-    needed = per_cycle * rate.window / config.poll.interval
-    if needed > rate.requests:
+    share = config.shard.budget(rate)
+    per_cycle = sum(
+        1 + sum(1 for ls in app.livestreams if config.shard.owns(ls.id)) for app in config.apps
+    )
+    needed = per_cycle * share.window / config.poll.interval
+    if needed > share.requests:
         warnings.append(
-            f"polling may need up to {needed:.0f} requests per {rate.window:g}s "
-            f"({per_cycle} per cycle every {config.poll.interval:g}s) but api.rate_limit allows "
-            f"{rate.requests}; cycles will be cut short when the budget runs out: "
-            "raise poll.interval or api.rate_limit"
+            f"polling may need up to {needed:.0f} requests per {share.window:g}s "
+            f"({per_cycle} per cycle every {config.poll.interval:g}s) but the budget allows "
+            f"{share.requests}; cycles will wait for the budget and take longer than "
+            "poll.interval: raise poll.interval or api.rate_limit"
         )
     return warnings
 
 
 _REASON_TEXT = {
     "auth": "the API rejected the token",
-    "rate_limited": "rate limited: request budget spent or paused, not sent",
+    "rate_limited": "rate limited: the API paused the token, request not sent",
     "timeout": "no answer in time, or no time left in the poll cycle",
     "connection": "cannot connect to the API",
     "http_error": "the API answered with an error",

@@ -92,7 +92,9 @@ class Exporter:
             connector=aiohttp.TCPConnector(limit=max(api.max_concurrency, 1)),
             trust_env=False,  # see client.proxy_for
         )
-        budget = RequestBudget(requests=api.rate_limit.requests, window=api.rate_limit.window)
+        rate = self.config.shard.budget(api.rate_limit)
+        budget = RequestBudget(requests=rate.requests, window=rate.window)
+        self.metrics.watch_budget(budget.available)
         client = RealtimeKitClient(
             session=self._session,
             base_url=api.base_url,

@@ -15,7 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from exporter import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
@@ -59,6 +59,19 @@ class ExporterMetrics:
             buckets=_CYCLE_BUCKETS,
             registry=registry,
         )
+        self.budget_exhausted = Counter(
+            "realtimekit_exporter_poll_budget_exhausted",
+            "Poll cycles in which requests had to wait for the request budget "
+            "(api.rate_limit): the cycle then runs longer than poll.interval instead of "
+            "going over the limit.",
+            registry=registry,
+        )
+        self.budget_available = Gauge(
+            "realtimekit_exporter_request_budget_available",
+            "Requests the exporter's request budget (api.rate_limit, divided among shards) "
+            "would grant right now; 0 while the API has paused the token.",
+            registry=registry,
+        )
         self.poll_errors = Counter(
             "realtimekit_exporter_poll_errors",
             "Failed API calls while polling an app, by reason "
@@ -83,8 +96,14 @@ class ExporterMetrics:
     def rate_limit_remaining(self, remaining: int) -> None:
         self._remaining = remaining
 
-    def cycle(self, seconds: float) -> None:
+    def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None:
         self.poll_duration.observe(max(0.0, seconds))
+        if waited_for_budget:
+            self.budget_exhausted.inc()
+
+    def watch_budget(self, available: Callable[[], int]) -> None:
+        """Export ``available()`` (the requests the budget grants now) on every scrape."""
+        self.budget_available.set_function(available)
 
     def poll_error(self, account_id: str, app_id: str, reason: str) -> None:
         self.poll_errors.labels(account_id, app_id, reason).inc()

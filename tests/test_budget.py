@@ -148,38 +148,40 @@ async def test_negative_pause_does_not_block(clock: FakeClock) -> None:
 
 
 @pytest.mark.parametrize(
-    ("full", "pause", "deadline_in", "wait", "check_at"),
-    [
-        (True, None, 5.0, 96.0, 1100.0),
-        (False, 30.0, 10.0, 30.0, 1034.0),
-        (False, 30.0, 29.9, 30.0, 1034.0),
-    ],
-    ids=["window-full", "paused", "paused-just-past-deadline"],
+    ("deadline_in", "wait"),
+    [(10.0, 30.0), (29.9, 30.0)],
+    ids=["paused", "paused-just-past-deadline"],
 )
-async def test_raises_budget_exhausted_when_the_grant_would_come_after_the_deadline(
-    clock: FakeClock,
-    full: bool,
-    pause: float | None,
-    deadline_in: float,
-    wait: float,
-    check_at: float,
+async def test_a_pause_past_the_deadline_raises_budget_exhausted(
+    clock: FakeClock, deadline_in: float, wait: float
 ) -> None:
-    """No grant can come before the deadline: fail at once, without waiting or recording one."""
+    """No grant can come before the deadline while paused: fail at once, without waiting
+    or recording one."""
     budget = make_budget(clock, requests=3, window=100.0)
     await budget.acquire()  # 1000
     clock.advance(4.0)
     await budget.acquire()  # 1004
-    if full:
-        await budget.acquire()  # 1004: the window is full until 1100
-    if pause is not None:
-        budget.pause_for(pause)
+    budget.pause_for(30.0)
     with pytest.raises(BudgetExhausted) as caught:
         await budget.acquire(deadline=clock.now + deadline_in)
     assert caught.value.wait == pytest.approx(wait)
     assert clock.sleeps == []
-    # one request is free again once the blocker is over; a recorded refusal would use it
-    clock.now = check_at
+    # one request is free again once the pause is over; a recorded refusal would use it
+    clock.now = 1034.0
     assert budget.available() == 1
+
+
+async def test_a_full_window_is_waited_for_past_the_deadline(clock: FakeClock) -> None:
+    """A full window never refuses: the grant waits for room however late that is (the
+    cycle stretches), and says how long it waited."""
+    budget = make_budget(clock, requests=3, window=100.0)
+    assert await budget.acquire() == 0.0  # 1000
+    clock.advance(4.0)
+    assert await budget.acquire() == 0.0  # 1004
+    assert await budget.acquire() == 0.0  # 1004: the window is full until 1100
+    assert await budget.acquire(deadline=clock.now + 5.0) == pytest.approx(96.0)
+    assert clock.sleeps == [pytest.approx(96.0)]
+    assert clock.now == pytest.approx(1100.0)
 
 
 async def test_waits_when_the_grant_comes_exactly_at_the_deadline(clock: FakeClock) -> None:
@@ -222,3 +224,56 @@ async def test_available_counts_what_could_be_granted_now(
         budget.pause_for(60.0)
     clock.advance(later)
     assert budget.available() == expected
+
+
+class YieldingClock(FakeClock):
+    """Its sleep lets every other task run before time moves, as a real sleep would."""
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await asyncio.sleep(0)
+        self.now += seconds
+
+
+async def test_waiters_are_granted_by_priority_then_arrival() -> None:
+    """With the window full, queued requests leave lowest priority number first, and in
+    arrival order within a priority, whatever order they came in."""
+    clock = YieldingClock(1000.0)
+    budget = RequestBudget(requests=1, window=10.0, clock=clock, sleep=clock.sleep)
+    await budget.acquire()
+    order: list[str] = []
+
+    async def ask(name: str, priority: int) -> None:
+        await budget.acquire(priority=priority)
+        order.append(name)
+
+    await asyncio.gather(
+        ask("other-1", 2), ask("live-1", 1), ask("listing", 0), ask("other-2", 2), ask("live-2", 1)
+    )
+    assert order == ["listing", "live-1", "live-2", "other-1", "other-2"]
+
+
+async def test_a_cancelled_waiter_does_not_hold_up_the_others() -> None:
+    """A waiter cancelled at the head of the queue, mid-sleep, leaves it; the next one takes
+    its place and is granted when the window has room."""
+    clock = FakeClock(1000.0)
+    gate = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:  # blocks until the test opens the gate
+        clock.sleeps.append(seconds)
+        await gate.wait()
+        clock.now += seconds
+
+    budget = RequestBudget(requests=1, window=10.0, clock=clock, sleep=sleep)
+    await budget.acquire()
+    head = asyncio.ensure_future(budget.acquire(priority=0))
+    behind = asyncio.ensure_future(budget.acquire(priority=1))
+    while len(clock.sleeps) < 1:
+        await asyncio.sleep(0)
+    head.cancel()
+    while len(clock.sleeps) < 2:  # behind is the head now, and sleeps for the window
+        await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.wait_for(behind, timeout=5) == 10.0
+    assert head.cancelled()
+    assert budget.available() == 0  # behind's grant is in the window; head took none

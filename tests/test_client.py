@@ -17,9 +17,10 @@ from aioresponses import CallbackResult, aioresponses
 from multidict import CIMultiDict
 
 from exporter import client as client_module
-from exporter.budget import RequestBudget
+from exporter.budget import CycleDeadline, RequestBudget
 from exporter.client import (
     ENDPOINT_LISTING,
+    ENDPOINT_LIVESTREAM,
     ENDPOINT_SESSION,
     ENDPOINT_SESSION_BY_ID,
     ApiError,
@@ -43,6 +44,7 @@ STREAM_ID = "b60ef3da-fbbb-441b-9168-8235b0035248"
 SESSION_URL = f"{LIST_URL}/{STREAM_ID}/active-livestream-session"
 SESSION_ID = "cf55a850-c3fd-46b5-b5d2-25b3b9aa1686"
 SESSION_BY_ID_URL = f"{LIST_URL}/sessions/{SESSION_ID}"
+LIVESTREAM_URL = f"{LIST_URL}/{STREAM_ID}"
 NOW = 1000.0
 
 SESSION_EXAMPLE: dict[str, Any] = {
@@ -172,9 +174,10 @@ class RecordingBudget(RequestBudget):
         self.grants: list[float] = []
         self._now = clock
 
-    async def acquire(self, *, deadline: float | None = None) -> None:
-        await super().acquire(deadline=deadline)
+    async def acquire(self, *, deadline: float | None = None, priority: int = 0) -> float:
+        waited = await super().acquire(deadline=deadline, priority=priority)
         self.grants.append(self._now())
+        return waited
 
 
 class SlowServer:
@@ -278,6 +281,9 @@ def session_call(client: RealtimeKitClient) -> Any:
 
 def active_call(client: RealtimeKitClient) -> Any:
     return client.active_session(ACCOUNT, APP, STREAM_ID)
+
+
+ASK = client_module.LISTING_PAGE_ASK
 
 
 def page_url(page_no: int, per_page: int) -> str:
@@ -424,29 +430,34 @@ async def test_listing_uses_the_default_page_size(
     server: aioresponses, make_client: MakeClient
 ) -> None:
     """Without per_page, pages of LISTING_PAGE_SIZE are asked for."""
-    server.get(page_url(1, 100), payload=page("a", total_count=1, start_offset=1, end_offset=1))
+    server.get(page_url(1, ASK), payload=page("a", total_count=1, start_offset=1, end_offset=1))
     listing = await make_client().list_livestreams(ACCOUNT, APP)
     assert [s.id for s in listing.livestreams] == ["a"]
     assert len(sent(server)) == 1
 
 
 @pytest.mark.parametrize(
-    ("pages", "ids"),
+    ("pages", "ids", "later"),
     [
-        ([page("a", "b"), page("c"), page()], ["a", "b", "c"]),
-        ([page("a", "b"), page()], ["a", "b"]),
-        ([page("a"), page("b"), page("c"), page()], ["a", "b", "c"]),
-        ([page("a", "b"), page("c"), page("c")], ["a", "b", "c"]),
+        ([page("a", "b"), page("c"), page()], ["a", "b", "c"], 2),
+        ([page("a", "b"), page()], ["a", "b"], 2),
+        ([page("a"), page("b"), page("c"), page()], ["a", "b", "c"], 1),
+        ([page("a", "b"), page("c"), page("c")], ["a", "b", "c"], 2),
     ],
     ids=["short-page-then-empty", "full-page-then-empty", "capped-pages", "short-page-repeated"],
 )
 async def test_listing_without_paging_goes_on_past_a_short_page(
-    server: aioresponses, make_client: MakeClient, pages: list[dict[str, Any]], ids: list[str]
+    server: aioresponses,
+    make_client: MakeClient,
+    pages: list[dict[str, Any]],
+    ids: list[str],
+    later: int,
 ) -> None:
-    """Without paging, a short page is not the end: reading stops at an empty or all-seen page."""
+    """Without paging, a short page is not the end: reading stops at an empty or all-seen
+    page. A short first page sets the page size of the pages after it (the API's cap)."""
     for n, body in enumerate(pages, start=1):
-        server.get(page_url(n, 2), payload=body)
-    server.get(page_url(len(pages) + 1, 2), payload=page("never asked"))
+        server.get(page_url(n, 2 if n == 1 else later), payload=body)
+    server.get(page_url(len(pages) + 1, later), payload=page("never asked"))
     listing = await make_client().list_livestreams(ACCOUNT, APP, per_page=2)
     assert [s.id for s in listing.livestreams] == ids
     assert listing.pages == len(pages)
@@ -593,7 +604,7 @@ async def test_listing_keeps_streams_with_a_missing_or_odd_status(
     """A stream with a null or unexpected status is listed as such; the listing does not fail."""
     body = page("a", "d", status="LIVE", total_count=4)
     body["data"][1:1] = [{"id": "b", "status": None}, {"id": "c", "status": "RE-CONNECTING"}]
-    server.get(page_url(1, 100), payload=body)
+    server.get(page_url(1, ASK), payload=body)
     listing = await make_client().list_livestreams(ACCOUNT, APP)
     assert listing.livestreams == (
         Livestream(id="a", status="LIVE"),
@@ -780,7 +791,7 @@ async def test_404_on_listing_is_an_http_error(
 ) -> None:
     """Only the session endpoint treats 404 as an answer; a missing listing is an error."""
     server.get(
-        page_url(1, 100),
+        page_url(1, ASK),
         status=404,
         payload={"success": False, "error": {"code": 404, "message": "App not found"}},
     )
@@ -794,7 +805,7 @@ async def test_404_on_listing_is_an_http_error(
 @pytest.mark.parametrize(
     ("url", "call"),
     [
-        (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP)),
+        (page_url(1, ASK), lambda c: c.list_livestreams(ACCOUNT, APP)),
         (SESSION_URL, active_call),
         (SESSION_BY_ID_URL, session_call),
     ],
@@ -1084,18 +1095,21 @@ async def test_ratelimit_header_reports_remaining_and_pauses_at_zero(
         assert client.budget.paused_until == NOW + paused_for
 
 
-async def test_budget_exhausted_before_sending_is_rate_limited(
+async def test_a_short_budget_stretches_the_cycle_instead_of_failing(
     server: aioresponses, make_client: MakeClient, clock: FakeClock
 ) -> None:
-    """When the budget cannot grant before the deadline, nothing is sent."""
+    """A request the budget cannot grant before the deadline waits for its grant and is
+    sent; the cycle's deadline moves back by the wait, so the request gets its full time."""
     server.get(SESSION_URL, payload=SESSION_EXAMPLE, repeat=True)
     budget = RequestBudget(requests=1, window=300.0, clock=clock, sleep=clock.sleep)
     client = make_client(budget=budget)
-    await client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + 10)
-    error = await fail(client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + 10))
-    assert error.reason == "rate_limited"
-    assert len(sent(server)) == 1
-    assert clock.sleeps == []
+    deadline = CycleDeadline(NOW + 10, clock)
+    await client.active_session(ACCOUNT, APP, STREAM_ID, deadline=deadline)
+    assert deadline.stretched == 0.0 and not deadline.budget_bound
+    await client.active_session(ACCOUNT, APP, STREAM_ID, deadline=deadline)
+    assert len(sent(server)) == 2
+    assert clock.sleeps == [300.0]
+    assert deadline.at == NOW + 310 and deadline.stretched == 300.0 and deadline.budget_bound
 
 
 async def test_requests_queued_behind_a_429_are_not_sent(
@@ -1153,8 +1167,8 @@ async def test_observer_sees_every_request_with_its_outcome(
     server: aioresponses, make_client: MakeClient, observer: RecordingObserver
 ) -> None:
     """Each request sent is reported once, as (endpoint, status code or failure kind)."""
-    server.get(page_url(1, 100), payload=page("a"))
-    server.get(page_url(2, 100), payload=page())
+    server.get(page_url(1, ASK), payload=page("a"))
+    server.get(page_url(2, 1), payload=page())
     server.get(SESSION_URL, status=404, payload=NOT_FOUND)
     server.get(SESSION_URL, status=503, body="x")
     server.get(SESSION_URL, payload=SESSION_EXAMPLE)
@@ -1162,12 +1176,14 @@ async def test_observer_sees_every_request_with_its_outcome(
     server.get(SESSION_URL, exception=aiohttp.ClientConnectionError("reset"))
     server.get(SESSION_BY_ID_URL, exception=TimeoutError())
     server.get(SESSION_BY_ID_URL, payload=SESSION_BY_ID_EXAMPLE)
+    server.get(f"{LIVESTREAM_URL}?page_no=1&per_page=1", status=404, payload=NOT_FOUND)
     client = make_client(retries=1)
     await client.list_livestreams(ACCOUNT, APP)  # page 1, then an empty page 2
     await client.active_session(ACCOUNT, APP, STREAM_ID)  # 404
     await client.active_session(ACCOUNT, APP, STREAM_ID)  # 503, retried: 200
     await fail(client.active_session(ACCOUNT, APP, STREAM_ID))  # timeout, retried: connection
     await client.session(ACCOUNT, APP, SESSION_ID)  # timeout, retried: 200
+    await client.livestream(ACCOUNT, APP, STREAM_ID)
     assert observer.requests == [
         (ENDPOINT_LISTING, "200"),
         (ENDPOINT_LISTING, "200"),
@@ -1178,6 +1194,7 @@ async def test_observer_sees_every_request_with_its_outcome(
         (ENDPOINT_SESSION, "connection_error"),
         (ENDPOINT_SESSION_BY_ID, "timeout"),
         (ENDPOINT_SESSION_BY_ID, "200"),
+        (ENDPOINT_LIVESTREAM, "404"),
     ]
     assert {endpoint for endpoint, _ in observer.requests} == set(client_module.ENDPOINTS)
 
@@ -1194,12 +1211,12 @@ async def test_observer_sees_every_request_with_its_outcome(
             lambda c: c.active_session(ACCOUNT, APP, STREAM_ID),
             json.dumps(SESSION_EXAMPLE)[:-10],
         ),
-        (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP), "not json"),
-        (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP), '{"data": [{"id": "a"'),
-        (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP), "[]"),
-        (page_url(1, 100), lambda c: c.list_livestreams(ACCOUNT, APP), '{"success": true}'),
+        (page_url(1, ASK), lambda c: c.list_livestreams(ACCOUNT, APP), "not json"),
+        (page_url(1, ASK), lambda c: c.list_livestreams(ACCOUNT, APP), '{"data": [{"id": "a"'),
+        (page_url(1, ASK), lambda c: c.list_livestreams(ACCOUNT, APP), "[]"),
+        (page_url(1, ASK), lambda c: c.list_livestreams(ACCOUNT, APP), '{"success": true}'),
         (
-            page_url(1, 100),
+            page_url(1, ASK),
             lambda c: c.list_livestreams(ACCOUNT, APP),
             '{"success": true, "data": {"items": [{"id": "a", "status": "LIVE"}]}}',
         ),
@@ -1282,7 +1299,7 @@ async def test_token_never_appears_in_error_text_or_client_repr(
     server: aioresponses, make_client: MakeClient, response: dict[str, Any]
 ) -> None:
     """Neither an ApiError (str, repr, args) nor the client's repr ever shows the token."""
-    server.get(page_url(1, 100), repeat=True, **response)
+    server.get(page_url(1, ASK), repeat=True, **response)
     client = make_client(retries=0)
     error = await fail(client.list_livestreams(ACCOUNT, APP))
     texts = [str(error), repr(error), *map(str, error.args), repr(client), str(client)]
@@ -1304,17 +1321,77 @@ async def test_no_request_starts_with_less_than_the_minimum_time_left(
     assert sent(server) == [] and client.budget.available() == 1200
 
 
-async def test_budget_wait_past_the_last_start_is_rate_limited(
+async def test_a_pause_past_the_last_start_is_rate_limited(
     server: aioresponses, make_client: MakeClient, clock: FakeClock
 ) -> None:
-    """A grant that would come later than deadline minus the minimum time is refused."""
-    budget = RequestBudget(requests=1, window=300.0, clock=clock, sleep=clock.sleep)
+    """A pause (429, Ratelimit r=0) that ends after deadline minus the minimum time refuses
+    the request at once: unlike a full window, a pause does not stretch the cycle."""
     server.get(SESSION_URL, payload=SESSION_EXAMPLE)
-    client = make_client(budget=budget, min_request_time=1.0)
-    await client.active_session(ACCOUNT, APP, STREAM_ID)
-    # The next grant comes at NOW + 300: before the deadline, but after its last start.
-    error = await fail(client.active_session(ACCOUNT, APP, STREAM_ID, deadline=NOW + 300.5))
-    assert error.reason == "rate_limited" and len(sent(server)) == 1
+    client = make_client(min_request_time=1.0)
+    client.budget.pause_for(300.0)
+    deadline = CycleDeadline(NOW + 300.5, clock)
+    error = await fail(client.active_session(ACCOUNT, APP, STREAM_ID, deadline=deadline))
+    assert error.reason == "rate_limited" and not sent(server)
+    assert clock.sleeps == [] and deadline.stretched == 0.0
+
+
+async def test_requests_waiting_for_a_connection_slot_go_by_priority(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock
+) -> None:
+    """With every connection slot taken, queued requests get one listing first, then
+    sessions of possibly live streams, then the rest, whatever order they were asked in."""
+    arrivals: list[str] = []
+    slow = SlowServer(clock)
+
+    async def note(url: URL, **kwargs: Any) -> None:
+        arrivals.append(url.path.rsplit("/", 1)[-1])
+        await slow.respond(url, **kwargs)
+
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE, callback=note, repeat=True)
+    server.get(SESSION_BY_ID_URL, payload=SESSION_BY_ID_EXAMPLE, callback=note, repeat=True)
+    server.get(page_url(1, ASK), payload=page(), callback=note, repeat=True)
+    client = make_client(max_concurrency=1)
+    await asyncio.gather(
+        client.session(ACCOUNT, APP, SESSION_ID),  # takes the only slot
+        client.session(ACCOUNT, APP, SESSION_ID),
+        client.active_session(ACCOUNT, APP, STREAM_ID),
+        client.list_livestreams(ACCOUNT, APP),
+        client.active_session(ACCOUNT, APP, STREAM_ID),
+    )
+    session_id, active = SESSION_ID, "active-livestream-session"
+    assert arrivals == [session_id, "livestreams", active, active, session_id]
+
+
+async def test_requests_waiting_for_the_budget_go_by_priority(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock
+) -> None:
+    """When the budget is short, queued requests are sent listing first, then sessions of
+    possibly live streams, then the rest, whatever order they were asked in."""
+    arrivals: list[str] = []
+
+    def note(url: URL, **kwargs: Any) -> None:
+        arrivals.append(url.path.rsplit("/", 1)[-1])
+
+    server.get(SESSION_URL, payload=SESSION_EXAMPLE, callback=note, repeat=True)
+    server.get(SESSION_BY_ID_URL, payload=SESSION_BY_ID_EXAMPLE, callback=note, repeat=True)
+    server.get(page_url(1, ASK), payload=page(), callback=note, repeat=True)
+
+    async def sleep(seconds: float) -> None:  # lets every request queue before time moves
+        await asyncio.sleep(0)
+        clock.now += seconds
+
+    budget = RequestBudget(requests=1, window=10.0, clock=clock, sleep=sleep)
+    client = make_client(budget=budget, max_concurrency=8)
+    await client.session(ACCOUNT, APP, SESSION_ID)  # spends the window
+    await asyncio.gather(
+        client.session(ACCOUNT, APP, SESSION_ID),
+        client.active_session(ACCOUNT, APP, STREAM_ID),
+        client.list_livestreams(ACCOUNT, APP),
+        client.session(ACCOUNT, APP, SESSION_ID),
+        client.active_session(ACCOUNT, APP, STREAM_ID),
+    )
+    session_id, active = SESSION_ID, "active-livestream-session"
+    assert arrivals == [session_id, "livestreams", active, active, session_id, session_id]
 
 
 @pytest.mark.parametrize(

@@ -297,15 +297,18 @@ def check_failed_listing(step: Step, model: Model) -> None:
 
 
 def check_plan(step: Step, model: Model) -> None:
-    """LIVE and unknown statuses are asked at the active endpoint; not-live ones by session
-    id only while their last session is active and the stream was live within staleness."""
+    """LIVE and then unknown statuses are asked at the active endpoint; not-live ones by
+    session id only while their last session is active and the stream was live within
+    staleness."""
     assert step.plan is not None and step.cycle.listing is not None
     tracked = [
         (i, status)
         for i, status in step.cycle.listing.items()
         if step.app.discover or i in step.app.expectations()
     ]
-    assert step.plan.active == tuple(i for i, status in tracked if status not in NOT_LIVE)
+    assert step.plan.active == tuple(i for i, status in tracked if status == "LIVE") + tuple(
+        i for i, status in tracked if status != "LIVE" and status not in NOT_LIVE
+    )
     prev = {s.id: s for s in step.prev.streams} if step.prev is not None else {}
     final: dict[str, str] = {}
     for i, status in tracked:

@@ -275,7 +275,7 @@ class ExplodingApi:
         self.calls = 0
 
     async def list_livestreams(
-        self, account_id: str, app_id: str, *, deadline: float | None = None
+        self, account_id: str, app_id: str, *, deadline: object = None, stop_early: object = None
     ) -> Listing:
         self.calls += 1
         if self.calls == 1:
@@ -311,7 +311,7 @@ async def test_run_polls_every_interval_until_stopped() -> None:
 
         def track_app(self, account_id: str, app_id: str) -> None: ...
 
-        def cycle(self, seconds: float) -> None:
+        def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None:
             cycles.append(seconds)
             if len(cycles) == 3:
                 stop.set()
@@ -414,7 +414,7 @@ class CancellingApi(ExplodingApi):
     """A double whose session request ends cancelled, as a library bug could make it."""
 
     async def list_livestreams(
-        self, account_id: str, app_id: str, *, deadline: float | None = None
+        self, account_id: str, app_id: str, *, deadline: object = None, stop_early: object = None
     ) -> Listing:
         return Listing(livestreams=(Livestream("s1", "LIVE"),))
 
@@ -452,9 +452,10 @@ async def test_over_budget_cycles_are_warned_about_once(
     await poller.poll_once()
     await poller.poll_once()
     warned = [
-        r.getMessage() for r in caplog.records if "cycles will be cut short" in r.getMessage()
+        r.getMessage() for r in caplog.records if "cycles will wait" in r.getMessage()
     ]
     assert warned == [
         "this cycle planned 5 requests, 50 per 300s at this interval, but api.rate_limit "
-        "allows 40: cycles will be cut short; raise poll.interval or api.rate_limit"
+        "allows 40: cycles will wait for the budget and take longer than poll.interval; "
+        "raise poll.interval or api.rate_limit, or shard"
     ]
