@@ -1,7 +1,7 @@
 """The Kubernetes manifests in deploy/kubernetes, as kustomize renders them.
 
-- The base and the demo overlay render offline (``kubectl kustomize``), into the expected
-  objects, without a namespace, a Secret or a stray name.
+- The base and the demo and sharded overlays render offline (``kubectl kustomize``), into the
+  expected objects, without a namespace, a Secret or a stray name.
 - The core kinds validate against the Kubernetes API schemas (``kubernetes-validate``,
   offline, strict: unknown fields are errors) of the oldest supported and newest known
   Kubernetes versions; the Prometheus Operator's kinds are checked by hand here.
@@ -12,6 +12,12 @@
   of deploy/prometheus/*.yml and promtool accepts them; the ServiceMonitor makes the job
   label the one the alerts select, and its relabeling works in a real Prometheus.
 - checkov finds nothing that is not suppressed with a reason.
+- The sharded overlay is the base with a StatefulSet for the Deployment (same pod template,
+  security settings included, but for the shard's env and args) and a headless Service: pod
+  I runs ``--shard=I`` (from its pod-index label) ``--total-shards=N``, N following the one
+  replica count, also through an overlay of it that repeats the README's replacement; the
+  args pass the exporter's parser for every pod; shards scraped as the Operator's targets
+  give every stream once and the app-level series once, in a real Prometheus.
 
 kubectl, promtool, prometheus and checkov are looked up on PATH, kubernetes-validate is
 imported: when one is missing the tests that need it skip, except in CI (``CI`` set),
@@ -20,6 +26,7 @@ where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import json
@@ -35,12 +42,14 @@ import yaml
 
 from exporter import __version__
 from exporter.cli import DEFAULT_PORT
+from exporter.client import ENDPOINT_LISTING, ENDPOINTS
 from tests.procs import (
     exporter_command,
     require_tool,
     run,
     spawned_exporter,
     spawned_prometheus,
+    spawned_simulator,
     wait_for,
 )
 
@@ -51,6 +60,8 @@ ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
 BASE = K8S / "base"
 DEMO = K8S / "demo"
+SHARDED = K8S / "sharded"
+README = K8S / "README.md"
 CHECKOV_CONFIG = K8S / ".checkov.yaml"
 RULE_FILES = (
     ROOT / "deploy" / "prometheus" / "alerts.yml",
@@ -68,7 +79,8 @@ TOKEN_PATH = f"{CONFIG_DIR}/token/token"
 TOKEN_SECRET = "realtimekit-exporter-token"
 UID = 10241  # the image's USER (Dockerfile)
 PORT = DEFAULT_PORT  # 10241, the default --web.listen-address port
-CORE_KINDS = {"ServiceAccount", "ConfigMap", "Service", "Deployment"}
+CORE_KINDS = {"ServiceAccount", "ConfigMap", "Service"}  # and the overlay's WORKLOAD
+WORKLOAD = {"base": "Deployment", "demo": "Deployment", "sharded": "StatefulSet"}
 OPERATOR_API = "monitoring.coreos.com/v1"
 # The oldest Kubernetes the manifests must suit, and the newest kubernetes-validate knows.
 MIN_KUBERNETES = "1.29"
@@ -132,8 +144,8 @@ def one(docs: list[Doc], kind: str) -> Doc:
     return found[0]
 
 
-def container(docs: list[Doc]) -> Doc:
-    (only,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+def container(docs: list[Doc], kind: str = "Deployment") -> Doc:
+    (only,) = one(docs, kind)["spec"]["template"]["spec"]["containers"]
     return dict(only)
 
 
@@ -145,6 +157,11 @@ def base() -> list[Doc]:
 @pytest.fixture(scope="module")
 def demo() -> list[Doc]:
     return kustomize(DEMO)
+
+
+@pytest.fixture(scope="module")
+def sharded() -> list[Doc]:
+    return kustomize(SHARDED)
 
 
 # -- what is rendered -----------------------------------------------------------------
@@ -219,7 +236,7 @@ def test_demo_overlay_runs_demo_mode_without_token_or_rules(
         assert exporter[key] == container(base)[key], key
 
 
-@pytest.mark.parametrize("overlay", ["base", "demo"])
+@pytest.mark.parametrize("overlay", sorted(WORKLOAD))
 @pytest.mark.parametrize("version", [MIN_KUBERNETES, "newest"])
 def test_core_objects_validate_against_the_kubernetes_schemas(
     overlay: str, version: str, request: pytest.FixtureRequest
@@ -233,8 +250,9 @@ def test_core_objects_validate_against_the_kubernetes_schemas(
         f"{version} (only {sorted(known)}): raise MIN_KUBERNETES or pin an older release"
     )
     docs: list[Doc] = request.getfixturevalue(overlay)
-    core = [doc for doc in docs if doc["kind"] in CORE_KINDS]
-    assert {doc["kind"] for doc in core} == CORE_KINDS
+    kinds = CORE_KINDS | {WORKLOAD[overlay]}
+    core = [doc for doc in docs if doc["kind"] in kinds]
+    assert {doc["kind"] for doc in core} == kinds
     for doc in core:
         try:
             kv.validate(doc, version, strict=True)
@@ -477,7 +495,7 @@ def test_promtool_accepts_the_prometheusrule_groups(base: list[Doc], tmp_path: P
 
 
 # -- checkov --------------------------------------------------------------------------
-@pytest.mark.parametrize("overlay", ["base", "demo"])
+@pytest.mark.parametrize("overlay", sorted(WORKLOAD))
 def test_checkov_finds_nothing_unexplained(
     overlay: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
@@ -542,5 +560,323 @@ def test_no_exporter_label_collides_with_the_operators_target_labels(tmp_path: P
             assert renamed == [], renamed
             assert all(m["endpoint"] == "http" for m in found)
             api = {m["api_endpoint"] for m in found if m["__name__"] == requests}
-            assert api <= {"livestreams", "active_livestream_session", "livestream_session"}
-            assert "livestreams" in api
+            assert api <= set(ENDPOINTS)  # the client's names
+            assert ENDPOINT_LISTING in api
+
+
+# -- the sharded overlay --------------------------------------------------------------
+SHARDS = 3  # sharded/kustomization.yaml's replica count, the shard count
+POD_INDEX_LABEL = "apps.kubernetes.io/pod-index"  # set on StatefulSet pods, Kubernetes >= 1.28
+SHARD_ARGS = ["--shard=$(POD_INDEX)", "--total-shards=$(TOTAL_SHARDS)"]
+
+
+def statefulset(docs: list[Doc]) -> Doc:
+    return one(docs, "StatefulSet")
+
+
+def _env(exporter: Doc) -> dict[str, Doc]:
+    return {var["name"]: var for var in exporter.get("env", [])}
+
+
+def _total_shards(docs: list[Doc]) -> str:
+    """The value the shards get as --total-shards."""
+    return str(_env(container(docs, "StatefulSet"))["TOTAL_SHARDS"]["value"])
+
+
+def _pod_args(docs: list[Doc], ordinal: int | None) -> list[str]:
+    """The arguments the kubelet gives the exporter in the StatefulSet's pod ``ordinal``:
+    its env resolved (fieldRefs to labels from the pod's labels, the pod-index label among
+    them unless ``ordinal`` is None, as before Kubernetes 1.28; a missing label is empty),
+    then $(VAR) in the args expanded as Kubernetes does ($$ is a $, an unknown var stays)."""
+    template = statefulset(docs)["spec"]["template"]
+    labels = dict(template["metadata"]["labels"])
+    if ordinal is not None:
+        labels[POD_INDEX_LABEL] = str(ordinal)
+    values: dict[str, str] = {}
+    for name, var in _env(container(docs, "StatefulSet")).items():
+        if "value" in var:
+            values[name] = str(var["value"])
+            continue
+        path = var["valueFrom"]["fieldRef"]["fieldPath"]
+        match = re.fullmatch(r"metadata\.labels\['([^']+)'\]", path)
+        assert match, f"{name}: a fieldRef this test cannot resolve: {path}"
+        values[name] = labels.get(match[1], "")
+
+    def expand(arg: str) -> str:
+        return re.sub(
+            r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+            lambda m: "$" if m[0] == "$$" else values.get(m[1], m[0]),
+            arg,
+        )
+
+    return [expand(arg) for arg in container(docs, "StatefulSet")["args"]]
+
+
+def test_sharded_is_the_base_with_a_statefulset_for_the_deployment(
+    base: list[Doc], sharded: list[Doc]
+) -> None:
+    def kinds(docs: list[Doc]) -> list[str]:
+        return sorted(doc["kind"] for doc in docs)
+
+    assert kinds(sharded) == sorted([*(k for k in kinds(base) if k != "Deployment"), "StatefulSet"])
+    for doc in sharded:
+        assert "namespace" not in doc["metadata"], doc["kind"]
+    # The base's objects, unchanged: its ConfigMap (the same config.yaml, the same generated
+    # name), ServiceAccount, ServiceMonitor and PrometheusRule.
+    for kind in ("ConfigMap", "ServiceAccount", "ServiceMonitor", "PrometheusRule"):
+        assert one(sharded, kind) == one(base, kind), kind
+    deployment, sts = one(base, "Deployment"), statefulset(sharded)
+    assert sts["apiVersion"] == "apps/v1"
+    assert sts["metadata"] == deployment["metadata"]  # name, labels, checkov's reasons
+
+
+def test_statefulset_runs_the_shards(base: list[Doc], sharded: list[Doc]) -> None:
+    spec = statefulset(sharded)["spec"]
+    assert spec["replicas"] == SHARDS
+    assert _total_shards(sharded) == str(SHARDS)
+    # Independent shards: started and stopped together; the default RollingUpdate stops a
+    # pod before starting its replacement, so no shard ever runs twice.
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec.get("updateStrategy", {"type": "RollingUpdate"}) == {"type": "RollingUpdate"}
+    assert "strategy" not in spec
+    assert spec["serviceName"] == one(sharded, "Service")["metadata"]["name"]
+    assert spec["selector"] == one(base, "Deployment")["spec"]["selector"]
+    assert spec["revisionHistoryLimit"] == one(base, "Deployment")["spec"]["revisionHistoryLimit"]
+    assert not spec.get("volumeClaimTemplates")  # nothing to keep between restarts
+
+
+def test_statefulset_pod_template_is_the_deployments_but_for_the_shard(
+    base: list[Doc], sharded: list[Doc]
+) -> None:
+    """Every setting of the base's pod (security, probes, resources, mounts, the token's
+    mode, the service account) holds for the shards: their pod template is the Deployment's
+    with the shard's env and two args added, nothing else."""
+    template = copy.deepcopy(statefulset(sharded)["spec"]["template"])
+    (exporter,) = template["spec"]["containers"]
+    base_args = container(base)["args"]
+    assert exporter["args"] == [*base_args, *SHARD_ARGS]
+    assert set(_env(exporter)) == {"POD_INDEX", "TOTAL_SHARDS"}
+    exporter["args"] = base_args
+    del exporter["env"]
+    assert template == one(base, "Deployment")["spec"]["template"]
+
+    # Spelled out, what that equality keeps (the base's tests check the values).
+    pod, exporter = (
+        statefulset(sharded)["spec"]["template"]["spec"],
+        container(sharded, "StatefulSet"),
+    )
+    base_pod = one(base, "Deployment")["spec"]["template"]["spec"]
+    for key in ("securityContext", "automountServiceAccountToken", "serviceAccountName", "volumes"):
+        assert pod[key] == base_pod[key], key
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    secret = {v["name"]: v for v in pod["volumes"]}["token"]["secret"]
+    assert secret["defaultMode"] == 0o440 and pod["securityContext"]["fsGroup"] == UID
+    for key in ("securityContext", "resources", "livenessProbe", "readinessProbe", "ports"):
+        assert exporter[key] == container(base)[key], key
+    assert exporter["securityContext"]["readOnlyRootFilesystem"] is True
+    assert exporter["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert exporter["volumeMounts"] == container(base)["volumeMounts"]
+
+
+def test_each_pod_takes_its_shard_from_its_pod_index_label(sharded: list[Doc]) -> None:
+    env = _env(container(sharded, "StatefulSet"))
+    assert env["POD_INDEX"] == {
+        "name": "POD_INDEX",
+        "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{POD_INDEX_LABEL}']"}},
+    }
+    base_args = [f"--config.file={CONFIG_PATH}", "--log.format=json"]
+    for ordinal in range(SHARDS):
+        assert _pod_args(sharded, ordinal) == [
+            *base_args,
+            f"--shard={ordinal}",
+            f"--total-shards={SHARDS}",
+        ]
+    # Without the label (Kubernetes before 1.28) the value is empty: see the parser test.
+    assert _pod_args(sharded, None)[-2:] == ["--shard=", f"--total-shards={SHARDS}"]
+
+
+def _sharded_copy(tmp_path: Path) -> Path:
+    """A copy of the sharded overlay and the base it builds on, side by side as in the
+    repository; the copy of the overlay's directory."""
+    shutil.copytree(BASE, tmp_path / "base")
+    shutil.copytree(SHARDED, tmp_path / "sharded")
+    return tmp_path / "sharded"
+
+
+@pytest.mark.parametrize("count", [1, 7])
+def test_the_shard_count_is_changed_in_one_place(
+    count: int, sharded: list[Doc], tmp_path: Path
+) -> None:
+    """The `replicas:` count of sharded/kustomization.yaml sets both the number of pods and
+    --total-shards."""
+    overlay = _sharded_copy(tmp_path)
+    kustomization = _load(overlay / "kustomization.yaml")
+    assert kustomization["replicas"] == [{"name": NAME, "count": SHARDS}]
+    kustomization["replicas"][0]["count"] = count
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    changed = kustomize(overlay)
+    assert statefulset(changed)["spec"]["replicas"] == count
+    assert _total_shards(changed) == str(count)
+    assert _pod_args(changed, count - 1)[-2:] == [f"--shard={count - 1}", f"--total-shards={count}"]
+    # Nothing else moves.
+    assert [d for d in changed if d["kind"] != "StatefulSet"] == [
+        d for d in sharded if d["kind"] != "StatefulSet"
+    ]
+
+
+def _readme_overlay() -> Doc:
+    """The kustomization README.md gives for an overlay of the sharded one that changes the
+    shard count (the YAML block of its sharding section that has `replacements:`)."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Sharding", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, flags=re.DOTALL)
+    found = [yaml.safe_load(b) for b in blocks if "replacements:" in b]
+    assert len(found) == 1, "README.md's sharding section: one YAML block with replacements"
+    return dict(found[0])
+
+
+def test_an_overlay_that_changes_the_count_keeps_total_shards_in_step(tmp_path: Path) -> None:
+    """kustomize runs each kustomization's replacements on what it has built so far: a count
+    changed in an overlay of the sharded one leaves --total-shards behind, unless the overlay
+    repeats the replacement, as README.md's example does (with the same replacement as the
+    sharded overlay)."""
+    _sharded_copy(tmp_path)
+    example = _readme_overlay()
+    assert example["replacements"] == _load(SHARDED / "kustomization.yaml")["replacements"]
+    (count,) = [r["count"] for r in example["replicas"] if r["name"] == NAME]
+    assert count != SHARDS
+    example["resources"] = ["../sharded"]  # the copy, not where a checkout would be
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump(example), encoding="utf-8")
+    rendered = kustomize(mine)
+    assert statefulset(rendered)["spec"]["replicas"] == count
+    assert _total_shards(rendered) == str(count)
+
+    # Without it, the pods and the shards disagree.
+    del example["replacements"]
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump(example), encoding="utf-8")
+    stale = kustomize(mine)
+    assert statefulset(stale)["spec"]["replicas"] == count
+    assert _total_shards(stale) == str(SHARDS)
+
+
+def test_sharded_service_is_headless_and_every_shard_a_target(
+    base: list[Doc], sharded: list[Doc]
+) -> None:
+    service, base_service = one(sharded, "Service"), one(base, "Service")
+    assert service["spec"]["clusterIP"] == "None"  # its endpoints are the pods, each a target
+    assert service["metadata"] == base_service["metadata"]
+    assert {k: v for k, v in service["spec"].items() if k != "clusterIP"} == base_service["spec"]
+    # It selects every shard: the labels are the pod template's, the same for every ordinal.
+    pod_labels = statefulset(sharded)["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert POD_INDEX_LABEL not in service["spec"]["selector"]
+    # And the ServiceMonitor scrapes them as the alerts' job.
+    assert _scrape_job(sharded) == _job_selected_by_alerts()
+
+
+def test_sharded_args_pass_the_exporters_parser(sharded: list[Doc], tmp_path: Path) -> None:
+    """Pod I's args, with the ConfigMap's config, are accepted as shard I of the count; a pod
+    beyond the count (replicas above --total-shards) and a pod without its pod-index label
+    (Kubernetes before 1.28) are refused, so that neither runs a wrong shard."""
+    config = yaml.safe_load(one(sharded, "ConfigMap")["data"]["config.yaml"])
+    token = tmp_path / "token"
+    token.write_text("dummy-token-for-config-check\n", encoding="utf-8")
+    config["api"]["token_file"] = str(token)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "CLOUDFLARE_API_TOKEN"}
+
+    def check(ordinal: int | None) -> Any:
+        args = [
+            f"--config.file={path}" if a == f"--config.file={CONFIG_PATH}" else a
+            for a in _pod_args(sharded, ordinal)
+        ]
+        assert f"--config.file={path}" in args
+        return run(exporter_command(*args, "--config.check"), timeout=TIMEOUT, env=env)
+
+    for ordinal in range(SHARDS):
+        done = check(ordinal)
+        assert done.returncode == 0, done.stderr
+        assert ": OK: " in done.stdout, done.stdout
+        assert f"shard {ordinal} of {SHARDS}" in done.stdout, done.stdout
+    for wrong in (SHARDS, None):
+        done = check(wrong)
+        assert done.returncode != 0, (wrong, done.stdout)
+        assert "--shard" in done.stderr, done.stderr
+
+
+@pytest.mark.timeout(90)
+def test_shards_scraped_as_the_operators_targets_give_each_stream_once(
+    sharded: list[Doc], tmp_path: Path
+) -> None:
+    """The pods of the StatefulSet, run with their args and the ConfigMap's config against
+    the simulator and scraped as the Operator would (one target per pod, job from the
+    ServiceMonitor), export every stream from exactly one shard, and the app-level series
+    (realtimekit_up) from shard 0 only."""
+    require_tool("prometheus")
+    job = _scrape_job(sharded)
+    config = yaml.safe_load(one(sharded, "ConfigMap")["data"]["config.yaml"])
+    (app,) = config["apps"]
+    streams = 24
+    token = tmp_path / "token"
+    token.write_text("sharded-test-token\n", encoding="utf-8")
+    with contextlib.ExitStack() as stack:
+        simulator, origin = stack.enter_context(
+            spawned_simulator(
+                tmp_path,
+                *("--account-id", app["account_id"], "--app-id", app["app_id"]),
+                *("--token-file", str(token), "--livestreams", str(streams)),
+            )
+        )
+        procs = [simulator]
+        config["api"].update(base_url=origin + "/client/v4", token_file=str(token))
+        config["poll"]["interval"] = "1s"
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        targets = []
+        for ordinal in range(SHARDS):
+            args = [
+                f"--config.file={path}" if a.startswith("--config.file=") else a
+                for a in _pod_args(sharded, ordinal)
+            ]
+            workdir = tmp_path / f"pod-{ordinal}"
+            workdir.mkdir()
+            proc, address = stack.enter_context(spawned_exporter(workdir, None, *args))
+            procs.append(proc)
+            labels = {**OPERATOR_LABELS, "pod": f"{NAME}-{ordinal}"}
+            targets.append({"targets": [address], "labels": labels})
+        prometheus = stack.enter_context(
+            spawned_prometheus(
+                tmp_path,
+                {
+                    "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                    "scrape_configs": [{"job_name": job, "static_configs": targets}],
+                },
+                watch=procs,
+            )
+        )
+        procs.append(prometheus.proc)
+        live = f'realtimekit_livestream_live{{job="{job}"}}'
+        wait_for(
+            lambda: (
+                prometheus.value(f'count(up{{job="{job}"}} == 1)') == SHARDS
+                and prometheus.value(f"count(count by (livestream_id) ({live}))") == streams
+            ),
+            timeout=30,
+            what=lambda: (
+                f"{SHARDS} targets up and {streams} streams in Prometheus: "
+                + prometheus.history(f"count by (pod) ({live})")
+            ),
+            watch=procs,
+        )
+        per_stream = prometheus.query(f"count by (livestream_id) ({live}) > 1")
+        assert per_stream == [], "streams exported by more than one shard"
+        shards = prometheus.query(f"count by (pod) ({live})")
+        assert len(shards) == SHARDS, shards  # each shard has some of the 24 streams
+        (up,) = prometheus.query(f'realtimekit_up{{job="{job}"}}')
+        assert up["metric"]["pod"] == f"{NAME}-0", up
+        renamed = sorted(n for n in prometheus.data("/api/v1/labels") if n.startswith("exported_"))
+        assert renamed == [], renamed
