@@ -1,5 +1,8 @@
 """Snapshot -> Prometheus metric families: a pure function, no I/O, no clock.
 
+The families are built as plain rows first (:func:`gauge_rows`), which :func:`families`
+hands to prometheus_client and :mod:`exporter.render` formats directly.
+
 Sample of the exposition for one live stream (help lines shortened)::
 
     # TYPE realtimekit_livestream_live gauge
@@ -14,127 +17,149 @@ Sample of the exposition for one live stream (help lines shortened)::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeAlias
 
 from prometheus_client.core import GaugeMetricFamily
 
 from exporter.model import KNOWN_STATUSES
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from prometheus_client.core import Metric
 
     from exporter.model import Snapshot
 
-_STREAM = ["account_id", "app_id", "livestream_id"]
-_APP = ["account_id", "app_id"]
+_STREAM = ("account_id", "app_id", "livestream_id")
+_APP = ("account_id", "app_id")
 _CACHED = " (cached from the last poll)."
+_STATES = tuple((known,) for known in KNOWN_STATUSES)
+
+# One sample: the values of the family's key labels, of its extra labels, and the value.
+# The rows of a stream (or app) share one key tuple.
+Row: TypeAlias = tuple[tuple[str, ...], tuple[str, ...], float]
 
 
-def _gauge(name: str, text: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, text + _CACHED, labels=[*_STREAM, *extra])
+@dataclass(frozen=True, slots=True)
+class GaugeRows:
+    """One gauge family as plain rows. Its labels are ``key`` (the same in every family of
+    a stream, or of an app) then ``extra``."""
+
+    name: str
+    documentation: str
+    key: tuple[str, ...]
+    extra: tuple[str, ...] = ()
+    rows: list[Row] = field(default_factory=list)
+
+    def metric(self, rows: Iterable[Row] | None = None) -> GaugeMetricFamily:
+        """The family with ``rows`` (default: its own) as prometheus_client holds it."""
+        family = GaugeMetricFamily(self.name, self.documentation, labels=[*self.key, *self.extra])
+        for key, extra, value in self.rows if rows is None else rows:
+            family.add_metric([*key, *extra], value)
+        return family
 
 
-def families(snapshot: Snapshot) -> list[Metric]:
-    """Every metric family the snapshot implies, in a stable order."""
-    info = _gauge(
+def _stream(name: str, text: str, extra: tuple[str, ...] = ()) -> GaugeRows:
+    return GaugeRows(name, text + _CACHED, _STREAM, extra)
+
+
+def _app(name: str, text: str) -> GaugeRows:
+    return GaugeRows(name, text + _CACHED, _APP)
+
+
+def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
+    """Every gauge family the snapshot implies, with its rows, in a stable order."""
+    info = _stream(
         "realtimekit_livestream_info", "Livestream metadata; always 1", ("name", "meeting_id")
     )
-    status = _gauge(
+    status = _stream(
         "realtimekit_livestream_status",
         "1 for the livestream's current status, 0 for the other known ones",
         ("status",),
     )
-    live = _gauge(
+    live = _stream(
         "realtimekit_livestream_live", "1 if the livestream has an active session, else 0"
     )
-    ingest = _gauge(
+    ingest = _stream(
         "realtimekit_livestream_ingest_seconds",
         "ingest_seconds of the current, or last seen, session",
     )
-    viewer = _gauge(
+    viewer = _stream(
         "realtimekit_livestream_viewer_seconds",
         "viewer_seconds of the current, or last seen, session",
     )
-    started = _gauge(
+    started = _stream(
         "realtimekit_livestream_session_start_timestamp_seconds",
         "Start of the current, or last seen, session as Unix time",
     )
-    session_info = _gauge(
+    session_info = _stream(
         "realtimekit_livestream_session_info", "The current session; always 1", ("session_id",)
     )
-    errored = _gauge(
+    errored = _stream(
         "realtimekit_livestream_session_errored",
         "1 if the current, or last seen, session reports an error message, else 0",
     )
-    disabled = _gauge("realtimekit_livestream_disabled", "1 if the livestream is disabled, else 0")
-    expected = _gauge(
+    disabled = _stream("realtimekit_livestream_disabled", "1 if the livestream is disabled, else 0")
+    expected = _stream(
         "realtimekit_livestream_expected_live",
         "1 if the config expects the livestream to be live (expect_live), else 0",
     )
-    unlisted = _gauge(
+    unlisted = _stream(
         "realtimekit_livestream_unlisted",
         "1 for a configured livestream that the app's last successful listing lacked",
     )
-    updated = _gauge(
+    updated = _stream(
         "realtimekit_livestream_last_update_timestamp_seconds",
         "When fresh data for the livestream last arrived, as Unix time",
     )
-    up = GaugeMetricFamily(
-        "realtimekit_up",
-        "1 if the last poll of the app fully succeeded, else 0" + _CACHED,
-        labels=_APP,
-    )
-    last_success = GaugeMetricFamily(
+    up = _app("realtimekit_up", "1 if the last poll of the app fully succeeded, else 0")
+    last_success = _app(
         "realtimekit_exporter_last_success_timestamp_seconds",
-        "When the app was last polled without any error, as Unix time" + _CACHED,
-        labels=_APP,
+        "When the app was last polled without any error, as Unix time",
     )
-    tracked = GaugeMetricFamily(
-        "realtimekit_exporter_livestreams_tracked",
-        "Livestreams of the app the exporter exports" + _CACHED,
-        labels=_APP,
+    tracked = _app(
+        "realtimekit_exporter_livestreams_tracked", "Livestreams of the app the exporter exports"
     )
 
     for app in snapshot.apps:
-        app_labels = [app.account_id, app.app_id]
+        app_key = (app.account_id, app.app_id)
         if snapshot.app_level:
-            up.add_metric(app_labels, 1.0 if app.up else 0.0)
+            up.rows.append((app_key, (), 1.0 if app.up else 0.0))
             if app.last_success is not None:
-                last_success.add_metric(app_labels, app.last_success)
-        tracked.add_metric(app_labels, float(len(app.streams)))
+                last_success.rows.append((app_key, (), app.last_success))
+        tracked.rows.append((app_key, (), float(len(app.streams))))
         for stream in app.streams:
-            labels = [*app_labels, stream.id]
+            key = (*app_key, stream.id)
             ls = stream.livestream
-            info.add_metric([*labels, ls.name or "", ls.meeting_id or ""], 1.0)
-            for known in KNOWN_STATUSES:
-                status.add_metric([*labels, known], 1.0 if ls.status == known else 0.0)
+            info.rows.append((key, (ls.name or "", ls.meeting_id or ""), 1.0))
+            for state in _STATES:
+                status.rows.append((key, state, 1.0 if ls.status == state[0] else 0.0))
             if ls.status not in KNOWN_STATUSES:
-                status.add_metric([*labels, ls.status], 1.0)
-            live.add_metric(labels, 1.0 if stream.live else 0.0)
+                status.rows.append((key, (ls.status,), 1.0))
+            live.rows.append((key, (), 1.0 if stream.live else 0.0))
             if ls.disabled is not None:
-                disabled.add_metric(labels, 1.0 if ls.disabled else 0.0)
+                disabled.rows.append((key, (), 1.0 if ls.disabled else 0.0))
             if stream.expected_live is not None:
-                expected.add_metric(labels, 1.0 if stream.expected_live else 0.0)
-            updated.add_metric(labels, stream.last_update)
+                expected.rows.append((key, (), 1.0 if stream.expected_live else 0.0))
+            updated.rows.append((key, (), stream.last_update))
             session = stream.session
             if session is None:
                 continue
             if session.ingest_seconds is not None:
-                ingest.add_metric(labels, session.ingest_seconds)
+                ingest.rows.append((key, (), session.ingest_seconds))
             if session.viewer_seconds is not None:
-                viewer.add_metric(labels, session.viewer_seconds)
+                viewer.rows.append((key, (), session.viewer_seconds))
             if session.started_time is not None:
-                started.add_metric(labels, session.started_time)
-            errored.add_metric(labels, 1.0 if session.errored else 0.0)
+                started.rows.append((key, (), session.started_time))
+            errored.rows.append((key, (), 1.0 if session.errored else 0.0))
             if stream.session_current:
-                session_info.add_metric([*labels, session.id], 1.0)
+                session_info.rows.append((key, (session.id,), 1.0))
         for gone in app.unlisted:
-            labels = [*app_labels, gone.id]
-            unlisted.add_metric(labels, 1.0)
+            key = (*app_key, gone.id)
+            unlisted.rows.append((key, (), 1.0))
             if gone.expected_live is not None:
-                expected.add_metric(labels, 1.0 if gone.expected_live else 0.0)
+                expected.rows.append((key, (), 1.0 if gone.expected_live else 0.0))
 
     return [
         up,
@@ -153,6 +178,11 @@ def families(snapshot: Snapshot) -> list[Metric]:
         unlisted,
         updated,
     ]
+
+
+def families(snapshot: Snapshot) -> list[Metric]:
+    """Every metric family the snapshot implies, in a stable order."""
+    return [family.metric() for family in gauge_rows(snapshot)]
 
 
 class SnapshotCollector:

@@ -3,8 +3,9 @@ own metrics rendered per scrape, joined.
 
 The families of :func:`exporter.collector.families` change only when the poller publishes
 a new :class:`~exporter.model.Snapshot`; at 10,000 livestreams they are some 130,000
-samples and take about a second to render. The exporter's own metrics (request counters,
-histograms, process metrics) change all the time, but are small. So a body is::
+samples, which :func:`exporter.render.render_part` renders in about a tenth of a second
+(prometheus_client's encoders take up to a second). The exporter's own metrics (request
+counters, histograms, process metrics) change all the time, but are small. So a body is::
 
     snapshot part (cached per snapshot and variant) + own part (rendered per scrape)
 
@@ -35,13 +36,12 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from exporter.collector import families
+from exporter.render import render_part
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable, Iterable
+    from collections.abc import Callable, Hashable
     from concurrent.futures import Executor
 
-    from prometheus_client.metrics_core import Metric
     from prometheus_client.registry import Collector
 
     from exporter.model import Snapshot
@@ -64,12 +64,6 @@ MAX_VARIANTS: Final = 4
 SERVED_FOR: Final = 600.0
 # RFC 1952 member header: deflate, no flags, no mtime, no extra flags, OS unknown.
 _GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-
-
-def render_part(encoder: Encoder, snapshot: Snapshot | None) -> bytes:
-    """The snapshot's families as ``encoder`` renders them on their own (for ``None``,
-    no family: what the encoder renders for an empty registry)."""
-    return encoder(_Families(snapshot))
 
 
 class Exposition:
@@ -196,14 +190,6 @@ class _Deflated:
     data: bytes
     crc: int  # CRC-32 of the uncompressed data
     size: int  # length of the uncompressed data
-
-
-class _Families:
-    def __init__(self, snapshot: Snapshot | None) -> None:
-        self._snapshot = snapshot
-
-    def collect(self) -> Iterable[Metric]:
-        return () if self._snapshot is None else families(self._snapshot)
 
 
 def _variant(encoder: Encoder) -> Hashable:

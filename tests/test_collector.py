@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.collector import SnapshotCollector, families
+from exporter.collector import SnapshotCollector, families, gauge_rows
 from exporter.model import (
     EMPTY_SNAPSHOT,
     AppState,
@@ -208,3 +210,29 @@ def test_unlisted_configured_streams_export_unlisted_and_their_expectation() -> 
     assert per_stream == {"realtimekit_livestream_unlisted"}
     gone = {name for name, labels in got if ("livestream_id", "gone") in labels}
     assert gone == {"realtimekit_livestream_unlisted", "realtimekit_livestream_expected_live"}
+
+
+def test_a_shard_other_than_0_exports_no_app_level_samples() -> None:
+    """With app_level false, realtimekit_up and the last success have no samples (the
+    families stay); everything else is as on shard 0."""
+    shard = dataclasses.replace(SNAPSHOT, app_level=False)
+    app_level = {"realtimekit_up", "realtimekit_exporter_last_success_timestamp_seconds"}
+    got = {f.name: f for f in families(shard)}
+    assert {f.name for f in families(SNAPSHOT)} == set(got)
+    assert all(not got[name].samples for name in app_level)
+    assert {k: v for k, v in samples(SNAPSHOT).items() if k[0] not in app_level} == samples(shard)
+
+
+def test_families_are_the_rows_handed_to_prometheus_client() -> None:
+    """families() converts gauge_rows(): same families in the same order, one sample per
+    row, labels the key labels then the extra ones."""
+    rows = gauge_rows(SNAPSHOT)
+    got = families(SNAPSHOT)
+    assert [f.name for f in got] == [t.name for t in rows]
+    assert [f.documentation for f in got] == [t.documentation for t in rows]
+    for family, table in zip(got, rows, strict=True):
+        assert [s.value for s in family.samples] == [value for _, _, value in table.rows]
+        assert [s.labels for s in family.samples] == [
+            dict(zip((*table.key, *table.extra), (*key, *extra), strict=True))
+            for key, extra, _ in table.rows
+        ]

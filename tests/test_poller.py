@@ -451,9 +451,7 @@ async def test_over_budget_cycles_are_warned_about_once(
     caplog.set_level(logging.INFO, logger="exporter")
     await poller.poll_once()
     await poller.poll_once()
-    warned = [
-        r.getMessage() for r in caplog.records if "cycles will wait" in r.getMessage()
-    ]
+    warned = [r.getMessage() for r in caplog.records if "cycles will wait" in r.getMessage()]
     assert warned == [
         "this cycle planned 5 requests, 50 per 300s at this interval, but api.rate_limit "
         "allows 40: cycles will wait for the budget and take longer than poll.interval; "
