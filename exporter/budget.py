@@ -118,43 +118,64 @@ class RequestBudget:
         return self._paused_until
 
     def available(self) -> int:
-        """Requests that could be granted right now."""
+        """Requests that could be granted right now. Reads only, so that a scrape may call
+        it from another thread (a ``tuple`` of a deque is copied under the GIL)."""
         now = self._clock()
-        self._expire(now)
         if now < self._paused_until:
             return 0
-        return self.requests - len(self._granted)
+        horizon = now - self.window
+        return self.requests - sum(1 for t in tuple(self._granted) if t > horizon)
 
     def pause_for(self, seconds: float) -> None:
-        """Grant nothing for ``seconds`` (never shortens a pause already in force)."""
-        self._paused_until = max(self._paused_until, self._clock() + max(0.0, seconds))
+        """Grant nothing for ``seconds`` (never shortens a pause already in force). Every
+        waiter checks the new pause against its deadline at once."""
+        until = self._clock() + max(0.0, seconds)
+        if until <= self._paused_until:
+            return
+        self._paused_until = until
+        for waiter in self._queue:
+            waiter.wake.set()
 
-    async def acquire(self, *, deadline: float | None = None, priority: int = 0) -> float:
+    async def acquire(
+        self, *, deadline: float | Callable[[], float] | None = None, priority: int = 0
+    ) -> float:
         """Wait for a grant, behind every waiter of a lower ``priority`` number.
 
-        Returns how long it waited (0.0 if it did not have to). Raises
-        :class:`BudgetExhausted` if a pause would hold it past ``deadline``.
+        Returns how long it waited for room in the window (0.0 if it did not have to, or
+        waited only for a pause to end). Raises :class:`BudgetExhausted` if a pause would
+        hold it past ``deadline`` (a time, or a function giving the time: the caller's
+        deadline may move while it waits).
         """
         waiter = _Waiter(priority, next(self._seq))
         heapq.heappush(self._queue, waiter)
         asked = self._clock()
-        waited = False
+        window_bound = False
         try:
             while True:
                 now = self._clock()
-                if deadline is not None and self._paused_until > max(now, deadline):
-                    raise BudgetExhausted(self._paused_until - now)
+                if self._paused_until > now and deadline is not None:
+                    due = deadline() if callable(deadline) else deadline
+                    if self._paused_until > max(now, due):
+                        raise BudgetExhausted(self._paused_until - now)
+                waiter.wake.clear()
                 if self._queue[0] is not waiter:
-                    waiter.wake.clear()
-                    waited = True
+                    window_bound = window_bound or self._window_ready(now) > now
                     await waiter.wake.wait()
                     continue
-                ready_at = self._ready_at(now)
+                window_ready = self._window_ready(now)
+                ready_at = max(now, self._paused_until, window_ready)
                 if ready_at <= now:
                     self._granted.append(now)
-                    return now - asked if waited else 0.0
-                waited = True
-                await self._sleep(ready_at - now)
+                    return now - asked if window_bound else 0.0
+                window_bound = window_bound or window_ready > max(now, self._paused_until)
+                # Sleep until then, or until a pause or a new head changes the plan.
+                sleeping = asyncio.ensure_future(self._sleep(ready_at - now))
+                woken = asyncio.ensure_future(waiter.wake.wait())
+                try:
+                    await asyncio.wait({sleeping, woken}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (sleeping, woken):
+                        task.cancel()
         finally:
             self._leave(waiter)
 
@@ -177,9 +198,9 @@ class RequestBudget:
         while self._granted and self._granted[0] <= horizon:
             self._granted.popleft()
 
-    def _ready_at(self, now: float) -> float:
+    def _window_ready(self, now: float) -> float:
+        """When the window has room for one more grant."""
         self._expire(now)
-        ready = max(now, self._paused_until)
         if len(self._granted) >= self.requests:
-            ready = max(ready, self._granted[len(self._granted) - self.requests] + self.window)
-        return ready
+            return self._granted[len(self._granted) - self.requests] + self.window
+        return now

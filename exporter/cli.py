@@ -343,6 +343,12 @@ def _main(argv: Sequence[str] | None) -> int:
         cfg = dataclasses.replace(config.load(args.config_file), shard=shard)
     except config.ConfigError as exc:
         return _fail(EXIT_USAGE, f"invalid configuration: {exc}")
+    if shard.total > cfg.api.rate_limit.requests:
+        return _fail(
+            EXIT_USAGE,
+            f"usage error: --total-shards={shard.total} is more than api.rate_limit allows "
+            f"requests ({cfg.api.rate_limit}): every shard needs one of its own",
+        )
 
     if args.config_check:
         print(f"{cfg.source}: OK: {cfg.summary()}")

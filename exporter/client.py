@@ -223,6 +223,7 @@ class RealtimeKitClient:
         seen: dict[str, Livestream] = {}
         received = skipped = 0
         per_page = per_page or self._page_ask
+        refused: int | None = None
         page_no = 1
         while page_no <= MAX_LISTING_PAGES:
             try:
@@ -235,14 +236,18 @@ class RealtimeKitClient:
                 )
             except ApiError as exc:
                 if page_no == 1 and exc.status == 400 and per_page > LISTING_PAGE_SIZE:
-                    log.info(
-                        "the API refused per_page=%d; asking for %d from now on",
-                        per_page,
-                        LISTING_PAGE_SIZE,
-                    )
-                    self._page_ask = per_page = LISTING_PAGE_SIZE
+                    # Perhaps per_page is too large: ask for the documented default once,
+                    # and keep to it only if that is answered.
+                    refused, per_page = per_page, LISTING_PAGE_SIZE
                     continue
                 raise
+            if refused is not None:
+                log.info(
+                    "the API refused per_page=%d but answers per_page=%d: asking for that",
+                    refused,
+                    per_page,
+                )
+                self._page_ask, refused = per_page, None
             page = _decoded(ENDPOINT_LISTING, decode.listing_page, doc)
             if page_no == 1 and 0 < page.entries < per_page:
                 per_page = page.entries  # the API's cap (or the whole listing)
@@ -397,9 +402,10 @@ class RealtimeKitClient:
                 if deadline is None:
                     await self.budget.acquire(priority=priority)
                 else:
-                    with deadline.waiting():
+                    cycle = deadline
+                    with cycle.waiting():
                         waited = await self.budget.acquire(
-                            deadline=deadline.at - self._min_time, priority=priority
+                            deadline=lambda: cycle.at - self._min_time, priority=priority
                         )
                     deadline.budget_bound |= waited > 0
             except BudgetExhausted as exc:
@@ -560,8 +566,9 @@ def _listing_done(page: decode.ListingPage, received: int) -> bool:
         return True
     paging = page.paging
     if paging is not None and paging.total_count is not None:
-        reached = paging.end_offset if paging.end_offset is not None else received
-        return max(reached, received) >= paging.total_count
+        # Counted from what came, not from end_offset: a server may compute that from the
+        # per_page asked for rather than the entries it gave.
+        return received >= paging.total_count
     # No paging block: a short page proves nothing (the server may cap per_page), so go on
     # until an empty page or a page with nothing new.
     return False

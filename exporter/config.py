@@ -146,8 +146,11 @@ class Shard:
         return int.from_bytes(digest[:8], "big") % self.total == self.index
 
     def budget(self, rate: RateLimit) -> RateLimit:
-        """This shard's share of the token's budget (at least one request per window)."""
-        return RateLimit(max(1, rate.requests // self.total), rate.window)
+        """This shard's share of the token's budget; the shares never add up to more than
+        ``rate``, so there must be no more shards than requests in it."""
+        if self.total > rate.requests:
+            raise ValueError(f"{self.total} shards cannot share {rate}")
+        return RateLimit(rate.requests // self.total, rate.window)
 
     def __str__(self) -> str:
         return f"shard {self.index} of {self.total}"

@@ -101,15 +101,23 @@ def _awaits_final(old: StreamState, now: float, max_staleness: float) -> bool:
 
 
 def stale_kept(
-    app: AppConfig, prev: AppState | None, *, now: float, max_staleness: float
+    app: AppConfig,
+    prev: AppState | None,
+    *,
+    now: float,
+    max_staleness: float,
+    only: Collection[str] | None = None,
 ) -> tuple[StreamState, ...]:
-    """For a cycle whose listing failed: the previous streams listed within max_staleness."""
+    """For a cycle whose listing failed (or, with ``only``, whose lookups of those streams
+    failed): the previous streams listed within max_staleness."""
     if prev is None:
         return ()
     expected = app.expectations()
     kept = []
     for s in prev.streams:
         if now - s.seen_at > max_staleness or not (app.discover or s.id in expected):
+            continue
+        if only is not None and s.id not in only:
             continue
         # A live stream's session values go once too old, as when only they fail to come.
         too_old = s.live and s.session is not None and now - s.last_update > max_staleness
@@ -150,10 +158,21 @@ def merge_app(
             if u.id in expected
         )
     else:
-        unlisted = tuple(Unlisted(i, expected[i]) for i in sorted(missing(app, listing, shard)))
+        # Streams whose own lookup failed are neither listed nor missing: as for a failed
+        # listing, their last state stands (within max_staleness), and so does their
+        # last word on being unlisted.
+        unknown = listing.unknown
+        was_unlisted = {u.id for u in prev.unlisted} if prev is not None else set()
+        unlisted = tuple(
+            Unlisted(i, expected[i])
+            for i in sorted(missing(app, listing, shard))
+            if i not in unknown or i in was_unlisted
+        )
         before = {s.id: s for s in prev.streams} if prev is not None else {}
         rules = _Rules(app.expectations(), sessions, frozenset(final), now, max_staleness)
-        states = (rules.stream(s, before.get(s.id)) for s in tracked(app, listing, shard))
+        states = [rules.stream(s, before.get(s.id)) for s in tracked(app, listing, shard)]
+        if unknown:
+            states += stale_kept(app, prev, now=now, max_staleness=max_staleness, only=unknown)
         streams = tuple(sorted((s for s in states if s is not None), key=lambda s: s.id))
     return AppState(
         account_id=app.account_id,

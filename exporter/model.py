@@ -69,6 +69,8 @@ class Listing:
     skipped: int = 0  # entries that were not livestream objects with an id
     total: int | None = None  # the paging block's total_count, if it had one
     complete: bool = True
+    # Configured streams looked up by id whose lookup failed: neither listed nor missing.
+    unknown: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

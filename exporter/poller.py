@@ -217,8 +217,9 @@ class Poller:
     async def _fetch_app(
         self, app: AppConfig, prev: AppState | None, deadline: CycleDeadline
     ) -> tuple[AppState, list[ApiError]]:
+        errors: list[ApiError] = []
         try:
-            listing = await self._list(app, deadline)
+            listing = await self._list(app, deadline, errors)
         except ApiError as exc:
             return self._failed(app, prev), [exc]
         self._note_missing(app, listing)
@@ -250,7 +251,6 @@ class Poller:
         ]
         answers = await asyncio.gather(*(call for _, call in requests), return_exceptions=True)
         sessions: dict[str, merge.SessionOutcome] = {}
-        errors: list[ApiError] = []
         if listing.skipped:
             errors.append(
                 ApiError(
@@ -263,12 +263,8 @@ class Poller:
             if isinstance(answer, ApiError):
                 errors.append(answer)
                 sessions[sid] = None
-            elif isinstance(answer, asyncio.CancelledError):
-                # Not our own cancellation (gather would have raised it): a library
-                # cancelled one request. Treated as a bug so the poller itself lives on.
-                raise RuntimeError("a session request was cancelled") from answer
             elif isinstance(answer, BaseException):
-                raise answer
+                raise _as_bug(answer)
             else:
                 sessions[sid] = answer
         state = merge.merge_app(
@@ -284,10 +280,13 @@ class Poller:
         )
         return state, errors
 
-    async def _list(self, app: AppConfig, deadline: CycleDeadline) -> Listing:
+    async def _list(
+        self, app: AppConfig, deadline: CycleDeadline, errors: list[ApiError]
+    ) -> Listing:
         """The app's streams, by whichever costs fewer requests: the listing's pages, or, for
         an app that tracks only configured streams, its first page and one request per
-        configured stream that page lacks."""
+        configured stream that page lacks. A failed lookup of one stream is added to
+        ``errors``, and the stream to :attr:`Listing.unknown`."""
         if app.discover:
             return await self._api.list_livestreams(app.account_id, app.app_id, deadline=deadline)
         shard = self._config.shard
@@ -307,18 +306,25 @@ class Poller:
             *(self._api.livestream(app.account_id, app.app_id, i, deadline=deadline) for i in rest),
             return_exceptions=True,
         )
-        found = [s for s in listing.livestreams if s.id in set(wanted)]
-        for answer in answers:
-            if isinstance(answer, BaseException):
-                # One stream unknown is a failed listing, as a failed page would be.
-                raise answer
-            if answer is not None:
+        keep = set(wanted)
+        found = [s for s in listing.livestreams if s.id in keep]
+        unknown: set[str] = set()
+        for sid, answer in zip(rest, answers, strict=True):
+            if isinstance(answer, ApiError):
+                if answer.status == 400 and answer.reason == "http_error":
+                    continue  # the API says it is no livestream id: not listed
+                errors.append(answer)
+                unknown.add(sid)
+            elif isinstance(answer, BaseException):
+                raise _as_bug(answer)
+            elif answer is not None:
                 found.append(answer)
         return Listing(
             livestreams=tuple(found),
             pages=1 + len(rest),
             skipped=listing.skipped,
             total=listing.total,
+            unknown=frozenset(unknown),
         )
 
     def _failed(self, app: AppConfig, prev: AppState | None) -> AppState:
@@ -408,7 +414,7 @@ class Poller:
             log.info("polling fits api.rate_limit again (%d requests this cycle)", planned)
 
     def _note_missing(self, app: AppConfig, listing: Listing) -> None:
-        now_missing = frozenset(merge.missing(app, listing, self._config.shard))
+        now_missing = frozenset(merge.missing(app, listing, self._config.shard)) - listing.unknown
         if now_missing == self._missing.get(app.key, frozenset()):
             return
         self._missing[app.key] = now_missing
@@ -496,6 +502,17 @@ def _safe(error: ApiError) -> str:
     if error.retry_after is not None:
         text += f", pausing requests for {error.retry_after:g} s"
     return text
+
+
+def _as_bug(exc: BaseException) -> BaseException:
+    """What to raise for a request that ended in ``exc``, not an :class:`ApiError`. A
+    cancellation that is not the poller's own (gather would have raised that) came from a
+    library: it is made a bug, so that the poller itself lives on."""
+    if isinstance(exc, asyncio.CancelledError):
+        error = RuntimeError("an API request was cancelled")
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 def _app_fields(app: AppConfig) -> dict[str, str]:

@@ -277,3 +277,48 @@ async def test_a_cancelled_waiter_does_not_hold_up_the_others() -> None:
     assert await asyncio.wait_for(behind, timeout=5) == 10.0
     assert head.cancelled()
     assert budget.available() == 0  # behind's grant is in the window; head took none
+
+
+async def test_a_pause_is_checked_against_the_deadline_as_it_is_now() -> None:
+    """A request that waited long for the window, while its cycle's deadline moved with it,
+    is not refused for a 1 s pause that starts just before its grant: the deadline is read
+    when the pause is checked, not when the request was asked."""
+    clock = FakeClock(1000.0)
+
+    async def sleep(seconds: float) -> None:
+        clock.now += seconds
+        if seconds > 50:  # as if an answer said Ratelimit: r=0;t=1 as the window opens
+            budget.pause_for(1.0)
+
+    budget = RequestBudget(requests=1, window=100.0, clock=clock, sleep=sleep)
+    await budget.acquire()
+    deadline = [1010.0]
+
+    def moving() -> float:  # the cycle's deadline, pushed back while it waits
+        return deadline[0] + (clock.now - 1000.0)
+
+    assert await budget.acquire(deadline=moving) == pytest.approx(101.0)
+    assert clock.now == pytest.approx(1101.0)
+
+
+async def test_a_pause_fails_the_waiters_it_would_hold_past_their_deadline_at_once() -> None:
+    """Requests already waiting for a full window learn of a new pause at once: each one
+    whose deadline the pause outlasts fails then, not when the window would have opened."""
+    clock = FakeClock(1000.0)
+    gate = asyncio.Event()  # never set: a sleep lasts until something wakes the waiter
+
+    async def sleep(seconds: float) -> None:
+        clock.sleeps.append(seconds)
+        await gate.wait()
+
+    budget = RequestBudget(requests=1, window=300.0, clock=clock, sleep=sleep)
+    await budget.acquire()
+    waiters = [
+        asyncio.ensure_future(budget.acquire(deadline=1010.0, priority=p)) for p in (0, 1, 2)
+    ]
+    while not clock.sleeps:
+        await asyncio.sleep(0)
+    budget.pause_for(60.0)
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 5)
+    assert all(isinstance(r, BudgetExhausted) for r in results)
+    assert budget.available() == 0 and len(clock.sleeps) == 1

@@ -104,6 +104,12 @@ AUTH_ERROR: dict[str, Any] = {
     "messages": [],
     "result": None,
 }
+BAD_REQUEST: dict[str, Any] = {
+    "success": False,
+    "errors": [{"code": 6003, "message": "Invalid request headers"}],
+    "messages": [],
+    "result": None,
+}
 THROTTLED: dict[str, Any] = {
     "success": False,
     "errors": [{"code": 971, "message": "More than 1200 requests per 300 seconds reached"}],
@@ -1414,3 +1420,55 @@ def test_proxy_for_reads_the_environment(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert client_module.proxy_for(BASE) == expected
+
+
+async def test_listing_ignores_an_end_offset_counted_from_the_asked_per_page(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """A server that caps pages at 100 but reports end_offset as if it had given the 1000
+    asked for must not end the listing after its first page."""
+    ids = [f"s{i:03d}" for i in range(300)]
+
+    def body(page_no: int, asked: int) -> dict[str, Any]:
+        start = (page_no - 1) * asked
+        return page(
+            *ids[start : start + min(asked, 100)],
+            total_count=300,
+            start_offset=start + 1,
+            end_offset=min(start + asked, 300),
+        )
+
+    server.get(page_url(1, ASK), payload=body(1, ASK))
+    for n in (2, 3):
+        server.get(page_url(n, 100), payload=body(n, 100))
+    listing = await make_client().list_livestreams(ACCOUNT, APP)
+    assert [s.id for s in listing.livestreams] == ids
+    assert listing.pages == 3
+
+
+async def test_a_refused_large_page_falls_back_to_100_and_keeps_to_it(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """A 400 for per_page=1000 is answered by asking for 100; that being answered, later
+    listings ask for 100 from the start."""
+    client = make_client()
+    server.get(page_url(1, ASK), status=400, payload=BAD_REQUEST)
+    server.get(page_url(1, 100), payload=page("a", total_count=1), repeat=True)
+    assert [s.id for s in (await client.list_livestreams(ACCOUNT, APP)).livestreams] == ["a"]
+    await client.list_livestreams(ACCOUNT, APP)
+    assert sorted(url.query["per_page"] for url, _ in sent(server)) == ["100", "100", str(ASK)]
+
+
+async def test_a_400_that_is_not_about_the_page_size_changes_nothing(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """When per_page=100 is refused too, the 400 was about something else: the listing
+    fails, and the next one asks for large pages again."""
+    client = make_client()
+    server.get(page_url(1, ASK), status=400, payload=BAD_REQUEST)
+    server.get(page_url(1, 100), status=400, payload=BAD_REQUEST)
+    error = await fail(client.list_livestreams(ACCOUNT, APP))
+    assert error.status == 400
+    server.get(page_url(1, ASK), payload=page("a", total_count=1))
+    await client.list_livestreams(ACCOUNT, APP)
+    assert sorted(url.query["per_page"] for url, _ in sent(server)) == ["100", str(ASK), str(ASK)]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -25,9 +25,10 @@ from prometheus_client import CollectorRegistry
 
 from exporter import cli
 from exporter.budget import RequestBudget
-from exporter.client import ENDPOINTS, REASONS, RealtimeKitClient
+from exporter.client import ENDPOINTS, REASONS, ApiError, RealtimeKitClient
 from exporter.collector import SnapshotCollector
 from exporter.config import AppConfig, Config, LivestreamConfig, RateLimit, Shard
+from exporter.model import ActiveSession, Listing, Livestream
 from exporter.poller import Poller
 from exporter.simulator import REALISTIC, Simulator, World
 from exporter.telemetry import ExporterMetrics
@@ -48,6 +49,7 @@ PER_PAGE = 7  # the simulator's cap: 30 streams are 5 pages
 PAGES = math.ceil(STREAMS / PER_PAGE)
 INTERVAL = 2.0
 OTHER_APP = "app-two"
+T0 = 1_800_000_000.0
 
 
 class Harness:
@@ -299,7 +301,9 @@ def test_a_shard_that_cannot_exist_is_refused(index: int, total: int) -> None:
 def test_each_shard_spends_its_share_of_the_budget() -> None:
     assert Shard(0, 3).budget(RateLimit(1000, 300.0)) == RateLimit(333, 300.0)
     assert Shard(0, 1).budget(RateLimit(1000, 300.0)) == RateLimit(1000, 300.0)
-    assert Shard(4, 5000).budget(RateLimit(1000, 300.0)) == RateLimit(1, 300.0)
+    assert Shard(4, 1000).budget(RateLimit(1000, 300.0)) == RateLimit(1, 300.0)
+    with pytest.raises(ValueError, match="cannot share"):
+        Shard(4, 1001).budget(RateLimit(1000, 300.0))
 
 
 async def test_shards_split_the_streams_and_only_shard_0_exports_the_app() -> None:
@@ -368,6 +372,81 @@ def test_the_shard_flags_are_checked(
     assert "--shard=2 needs --total-shards above 2" in capsys.readouterr().err
     assert cli.main([f"--config.file={path}", "--total-shards=0"]) == cli.EXIT_USAGE
     assert "must be 1 or more" in capsys.readouterr().err
+    too_many = [f"--config.file={path}", "--total-shards=1001", "--config.check"]
+    assert cli.main(too_many) == cli.EXIT_USAGE  # the config's budget is 1000/5m
+    assert "every shard needs one of its own" in capsys.readouterr().err
     args = [f"--config.file={path}", "--shard=1", "--total-shards=4", "--config.check"]
     assert cli.main(args) == cli.EXIT_OK
     assert "shard 1 of 4 (budget 250/5m)" in capsys.readouterr().out
+
+
+class ByIdApi:
+    """A listing of 5,000 streams (50 pages) whose first page holds ``good``; by-id
+    lookups answer from ``answers``: a Livestream, None (not found) or an ApiError."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, Livestream | ApiError | None] = {}
+
+    async def list_livestreams(
+        self, account_id: str, app_id: str, *, deadline: object = None, stop_early: Any = None
+    ) -> Listing:
+        first = (Livestream("good", "IDLE"), *(Livestream(f"o{i}", "IDLE") for i in range(99)))
+        done = stop_early is None or not stop_early({s.id for s in first}, 49)
+        assert not done, "the test expects the by-id plan"
+        return Listing(livestreams=first, total=5000, complete=False)
+
+    async def livestream(
+        self, account_id: str, app_id: str, livestream_id: str, *, deadline: object = None
+    ) -> Livestream | None:
+        answer = self.answers[livestream_id]
+        if isinstance(answer, ApiError):
+            raise answer
+        return answer
+
+    async def active_session(self, *args: object, **kwargs: object) -> ActiveSession:
+        return ActiveSession(None, None)
+
+    async def session(self, *args: object, **kwargs: object) -> ActiveSession:
+        return ActiveSession(None, None)
+
+
+async def test_a_configured_id_the_api_refuses_is_unlisted_and_the_app_stays_up() -> None:
+    """A 400 for one configured id (not a livestream id at all) reads as "not listed", as
+    the listing would say; the app stays up."""
+    api = ByIdApi()
+    api.answers = {
+        "s2": Livestream("s2", "IDLE"),
+        "typo": ApiError("http_error", "invalid id", endpoint="livestream", status=400),
+    }
+    now = [T0]
+    config = make_config("http://127.0.0.1:9", streams=("good", "s2", "typo"))
+    poller = Poller(config=config, api=api, clock=lambda: now[0])
+    snapshot = await poller.poll_once()
+    (app,) = snapshot.apps
+    assert app.up
+    assert [s.id for s in app.streams] == ["good", "s2"]
+    assert [u.id for u in app.unlisted] == ["typo"]
+
+
+async def test_a_failed_lookup_keeps_that_stream_as_a_failed_listing_would() -> None:
+    """A 5xx for one configured stream's lookup: the app is down, that stream keeps its last
+    state until max_staleness after it was last seen (then goes), and is not called
+    unlisted; the other streams are fresh."""
+    api = ByIdApi()
+    api.answers = {"s2": Livestream("s2", "IDLE"), "s3": Livestream("s3", "ERRORED")}
+    now = [T0]
+    config = make_config(
+        "http://127.0.0.1:9", streams=("good", "s2", "s3"), interval=30, max_staleness=60
+    )
+    poller = Poller(config=config, api=api, clock=lambda: now[0])
+    await poller.poll_once()
+    api.answers["s3"] = ApiError("http_error", "bad gateway", endpoint="livestream", status=502)
+    api.answers["s2"] = Livestream("s2", "OFFLINE")
+    for step, kept in ((30, True), (60, True), (90, False)):
+        now[0] = T0 + step
+        (app,) = (await poller.poll_once()).apps
+        assert not app.up and not app.unlisted
+        states = {s.id: s.livestream.status for s in app.streams}
+        expected = {"good": "IDLE", "s2": "OFFLINE"} | ({"s3": "ERRORED"} if kept else {})
+        assert states == expected, step
+    assert [e.reason for e in poller.recent_errors][:1] == ["http_error"]
