@@ -33,6 +33,7 @@ import functools
 import struct
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -87,14 +88,30 @@ class Exposition:
         self._own = own
         self._source = snapshot
         self._render = render
-        self._executor = executor
+        # Snapshot parts render one at a time, in a thread of their own: concurrent renders
+        # would only share the GIL, and each holds a whole body in memory. Own parts are
+        # small and render beside them.
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="exposition")
+        self._own_executor = executor
         self._clock = clock
         self._generation = _Generation(None)
+        # The generation before the current one: its finished parts stand in for the
+        # current one's while those render, and each goes once its successor is ready.
+        self._previous = _Generation(None)
         # Variants served lately (only cached ones: at most MAX_VARIANTS keys), with when.
         self._served: dict[tuple[Hashable, bool], tuple[Encoder, float]] = {}
 
     async def body(self, encoder: Encoder, *, gzipped: bool) -> bytes:
         """The whole exposition as ``encoder`` renders it, gzip-compressed if ``gzipped``."""
+        return b"".join(await self.chunks(encoder, gzipped=gzipped))
+
+    async def chunks(self, encoder: Encoder, *, gzipped: bool) -> list[bytes]:
+        """:meth:`body` as chunks to send in turn (joining them would copy the cached part).
+
+        While the current snapshot's part of this variant is still rendering, the previous
+        snapshot's, if ready, is served: a scrape never waits for a render that an earlier
+        snapshot's bytes can stand in for (they are one poll cycle older, as the data would
+        be had the poll ended a moment later)."""
         generation = self._current()
         key = _variant(encoder)
         loop = asyncio.get_running_loop()
@@ -102,15 +119,19 @@ class Exposition:
             start = self._deflated(generation, key, encoder)
             if key in generation.deflated:
                 self._served[key, True] = (encoder, self._clock())
+            start = _ready_or(start, self._previous.deflated.get(key))
             own, deflated = await loop.run_in_executor(
-                self._executor, _own_part, self._own, encoder, True
+                self._own_executor, _own_part, self._own, encoder, True
             )
             return _gzip_member(await asyncio.shield(start), own, deflated)
         part = self._plain(generation, key, encoder)
         if key in generation.plain:
             self._served[key, False] = (encoder, self._clock())
-        own, _ = await loop.run_in_executor(self._executor, _own_part, self._own, encoder, False)
-        return await asyncio.shield(part) + own
+        part = _ready_or(part, self._previous.plain.get(key))
+        own, _ = await loop.run_in_executor(
+            self._own_executor, _own_part, self._own, encoder, False
+        )
+        return [await asyncio.shield(part), own]
 
     def published(self) -> None:
         """Say, on the event loop, that the source may hold a new snapshot: if so, the
@@ -123,6 +144,7 @@ class Exposition:
         if snapshot is previous.snapshot:
             return previous
         current = self._generation = _Generation(snapshot)
+        self._previous = previous
         now = self._clock()
         keys: set[Hashable] = set()
         recent = sorted(self._served.items(), key=lambda item: item[1][1], reverse=True)
@@ -148,6 +170,7 @@ class Exposition:
             snapshot = generation.snapshot
             part = loop.run_in_executor(self._executor, self._render_part, encoder, snapshot)
             _keep(generation.plain, key, part, room=len(generation.plain) < MAX_VARIANTS)
+            part.add_done_callback(functools.partial(self._succeeded, generation, key, False))
         return part
 
     def _deflated(
@@ -158,7 +181,15 @@ class Exposition:
             part = asyncio.ensure_future(self._deflate(self._plain(generation, key, encoder)))
             # Cached with its plain part only, so MAX_VARIANTS bounds both.
             _keep(generation.deflated, key, part, room=key in generation.plain)
+            part.add_done_callback(functools.partial(self._succeeded, generation, key, True))
         return part
+
+    def _succeeded(
+        self, generation: _Generation, key: Hashable, gzipped: bool, part: asyncio.Future[Any]
+    ) -> None:
+        """A current part is ready: the previous generation's stand-in can go."""
+        if generation is self._generation and not part.cancelled() and not part.exception():
+            (self._previous.deflated if gzipped else self._previous.plain).pop(key, None)
 
     async def _deflate(self, plain: asyncio.Future[bytes]) -> _Deflated:
         data = await asyncio.shield(plain)
@@ -234,9 +265,18 @@ def _own_part(own: Collector, encoder: Encoder, gzipped: bool) -> tuple[bytes, b
     return data, compressor.compress(data) + compressor.flush()
 
 
-def _gzip_member(start: _Deflated, data: bytes, deflated: bytes) -> bytes:
-    """One gzip member holding ``start``'s data, then ``data`` (``deflated`` is its final
-    raw deflate data)."""
+def _gzip_member(start: _Deflated, data: bytes, deflated: bytes) -> list[bytes]:
+    """One gzip member, in chunks, holding ``start``'s data, then ``data`` (``deflated`` is
+    its final raw deflate data)."""
     crc = zlib.crc32(data, start.crc)
     size = (start.size + len(data)) & 0xFFFFFFFF
-    return start.data + deflated + struct.pack("<II", crc, size)
+    return [start.data, deflated, struct.pack("<II", crc, size)]
+
+
+def _ready_or(part: asyncio.Future[T], stand_in: asyncio.Future[T] | None) -> asyncio.Future[T]:
+    """``part``, or while it is not done, ``stand_in`` if that is done and succeeded."""
+    if part.done() or stand_in is None or not stand_in.done():
+        return part
+    if stand_in.cancelled() or stand_in.exception() is not None:
+        return part
+    return stand_in

@@ -368,10 +368,51 @@ async def test_concurrent_scrapes_of_a_variant_share_one_render() -> None:
     assert renders.count == 2  # another variant
 
     source.snapshot = UNLISTED
+    gate.clear()
+    await body(exposition, OPENMETRICS)  # the previous body stands in (see below)
+    await body(exposition, TEXT)  # started, for the new snapshot, by the scrape above
+    gate.set()
+    while renders.count < 4:  # the two renders of the new snapshot, in their thread
+        await asyncio.sleep(0.01)
     expected = fresh_part(OPENMETRICS, UNLISTED) + encoder_for(OPENMETRICS)(own)
     assert await body(exposition, OPENMETRICS) == expected
-    await body(exposition, TEXT)  # started, for the new snapshot, by the scrape above
     assert renders.snapshots[2:] == [UNLISTED, UNLISTED]
+
+
+@pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip"])
+async def test_while_a_new_snapshot_renders_the_previous_body_is_served(gzipped: bool) -> None:
+    """A scrape never waits for a render that the previous snapshot's part can stand in for:
+    while the new part renders, scrapes get the old one; once it is ready, the new one, and
+    the old one is let go. A variant never rendered before is waited for."""
+    gate = threading.Event()
+    gate.set()
+    renders = Renders(gate)
+    source = Source(ONE_APP)
+    own = frozen_own()
+    exposition = Exposition(own, source, render=renders)
+    old = fresh_part(OPENMETRICS, ONE_APP) + encoder_for(OPENMETRICS)(own)
+    new = fresh_part(OPENMETRICS, UNLISTED) + encoder_for(OPENMETRICS)(own)
+    assert await body(exposition, OPENMETRICS, gzipped=gzipped) == old
+
+    gate.clear()
+    source.snapshot = UNLISTED
+    exposition.published()
+    for _ in range(3):
+        scrape = body(exposition, OPENMETRICS, gzipped=gzipped)
+        assert await asyncio.wait_for(scrape, 5) == old  # while the render is held
+    text = asyncio.ensure_future(body(exposition, TEXT))  # nothing to stand in: it waits
+    await asyncio.sleep(0.05)
+    assert not text.done()
+    gate.set()
+    assert await asyncio.wait_for(text, 5) == fresh_part(TEXT, UNLISTED) + encoder_for(TEXT)(own)
+    while True:
+        got = await body(exposition, OPENMETRICS, gzipped=gzipped)
+        if got == new:
+            break
+        assert got == old
+        await asyncio.sleep(0.01)
+    assert renders.snapshots == [ONE_APP, UNLISTED, UNLISTED]
+    assert not exposition._previous.plain and not exposition._previous.deflated  # noqa: SLF001
 
 
 async def test_the_own_part_is_rendered_per_scrape() -> None:
