@@ -126,6 +126,16 @@ class RequestBudget:
         horizon = now - self.window
         return self.requests - sum(1 for t in tuple(self._granted) if t > horizon)
 
+    def resize(self, *, requests: int, window: float) -> None:
+        """Grant at most ``requests`` per ``window`` from now on. The grants already made
+        still count against the new size: a reload never starts a fresh window."""
+        if requests < 1 or window <= 0:
+            raise ValueError("a budget needs at least one request per positive window")
+        self.requests = requests
+        self.window = window
+        if self._queue:
+            self._queue[0].wake.set()  # the head recomputes when it may go
+
     def pause_for(self, seconds: float) -> None:
         """Grant nothing for ``seconds`` (never shortens a pause already in force). Every
         waiter checks the new pause against its deadline at once."""

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Final
 
 from prometheus_client import generate_latest
 
-from exporter import __version__, config, demo, logs
+from exporter import __version__, config, demo, logs, webconfig
+from exporter.reload import Reloader
 from exporter.server import Exporter, ServeError, Server, join_host_port
 from exporter.simulator import DEMO, REALISTIC, Faults, RateLimiter, Simulator, World
 
@@ -73,6 +74,27 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_LISTEN,
         metavar="HOST:PORT",
         help=f"address to serve /metrics on (default {DEFAULT_LISTEN}, all interfaces)",
+    )
+    web_group.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="TLS and basic auth for every endpoint, in the format of the Prometheus "
+        "exporter-toolkit's web configuration; read again on reload",
+    )
+    web_group.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="serve POST /-/reload (as Prometheus does, off by default: anyone who can "
+        "reach the port could trigger it); SIGHUP reloads either way",
+    )
+    web_group.add_argument(
+        "--web.healthy-without-auth",
+        dest="healthy_without_auth",
+        action="store_true",
+        help="serve /-/healthy without basic auth, for probes that cannot send "
+        "credentials (TLS, if configured, still applies)",
     )
     log_group = parser.add_argument_group("logging")
     log_group.add_argument(
@@ -289,6 +311,9 @@ def argv_says_simulate(argv: Sequence[str] | None) -> bool:
     return "simulate" in (sys.argv[1:] if argv is None else argv)
 
 
+SWITCH_INTERVAL: Final = 0.001
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     previous = interrupt_on_sigterm()
     try:
@@ -330,10 +355,16 @@ def _main(argv: Sequence[str] | None) -> int:
         where = "simulate --help" if argv_says_simulate(argv) else "--help"
         return _fail(EXIT_USAGE, f"usage error: {exc} (see {where})")
 
+    try:
+        web_config = _web_config(args.web_config_file)
+    except webconfig.WebConfigError as exc:
+        return _fail(EXIT_USAGE, f"invalid web configuration: {exc}")
+
     if args.demo:
         logs.configure(level=args.log_level, fmt=args.log_format)
+        web = _web_state(web_config, args)
         try:
-            return asyncio.run(_demo(*listen))
+            return asyncio.run(_demo(*listen, web_config_file=args.web_config_file, web=web))
         except ServeError as exc:
             return _fail(EXIT_FAILURE, str(exc))
         except KeyboardInterrupt:
@@ -351,20 +382,42 @@ def _main(argv: Sequence[str] | None) -> int:
         )
 
     if args.config_check:
-        print(f"{cfg.source}: OK: {cfg.summary()}")
+        web_ok = f"; {web_config.source}: OK: {web_config.summary()}" if web_config else ""
+        print(f"{cfg.source}: OK: {cfg.summary()}{web_ok}")
         return EXIT_OK
 
-    token = cfg.api.token.reveal()
-    logs.configure(level=args.log_level, fmt=args.log_format, secrets=lambda: (token,))
+    # Every token in use since start (a reload or a rotated token file adds one).
+    tokens = [cfg.api.token.reveal()]
+
+    def new_token(token: str) -> None:
+        if token not in tokens:
+            tokens.append(token)
+
+    logs.configure(level=args.log_level, fmt=args.log_format, secrets=lambda: tuple(tokens))
+    # Until the event loop handles it (a reload), a SIGHUP must not end the process.
+    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN) if not args.once else None
     try:
         if args.once:
             return asyncio.run(_once(cfg))
-        return asyncio.run(_serve(cfg, *listen))
+        return asyncio.run(
+            _serve(
+                cfg,
+                *listen,
+                config_file=args.config_file,
+                web_config_file=args.web_config_file,
+                web=_web_state(web_config, args),
+                on_token=new_token,
+                lifecycle=args.enable_lifecycle,
+            )
+        )
     except ServeError as exc:
         return _fail(EXIT_FAILURE, str(exc))
     except KeyboardInterrupt:
         # Only reachable before the signal handlers are in place.
         return _fail(EXIT_FAILURE, "interrupted") if args.once else EXIT_OK
+    finally:
+        if hangup is not None:
+            signal.signal(signal.SIGHUP, hangup)
 
 
 async def _once(cfg: config.Config) -> int:
@@ -390,24 +443,70 @@ async def _once(cfg: config.Config) -> int:
     return EXIT_OK if all(app.up for app in snapshot.apps) else EXIT_FAILURE
 
 
+def _web_config(path: str | None) -> webconfig.WebConfig | None:
+    return webconfig.load(path) if path else None
+
+
+def _web_state(
+    web_config: webconfig.WebConfig | None, args: argparse.Namespace
+) -> webconfig.WebState | None:
+    if web_config is None:
+        return None
+    unauthenticated = ["/-/healthy"] if args.healthy_without_auth else []
+    return webconfig.WebState(web_config, unauthenticated=unauthenticated)
+
+
 async def _serve(
     cfg: config.Config,
     host: str | None,
     port: int,
     *,
+    config_file: str | None,
+    web_config_file: str | None = None,
+    web: webconfig.WebState | None = None,
+    on_token: Callable[[str], None] | None = None,
     started: Callable[[Server], None] | None = None,
+    lifecycle: bool = False,
 ) -> int:
-    async with Exporter(cfg) as exporter:
-        server = Server(exporter, host=host, port=port)
+    """Serve until SIGTERM or SIGINT; SIGHUP (and ``POST /-/reload`` if ``lifecycle``)
+    reloads ``config_file`` and ``web_config_file``."""
+    # The exposition renders in a thread of its own; a shorter GIL switch interval than
+    # Python's 5 ms lets the event loop (scrapes, polling) in more often meanwhile.
+    sys.setswitchinterval(SWITCH_INTERVAL)
+    async with Exporter(cfg, on_token=on_token) as exporter:
+        reloader = Reloader(
+            exporter=exporter,
+            config_file=config_file,
+            web_config_file=web_config_file,
+            web_state=web,
+        )
+        server = Server(
+            exporter,
+            host=host,
+            port=port,
+            web_state=web,
+            reload=reloader.reload if lifecycle else None,
+        )
         await server.start()
         log.info("started realtimekit-exporter %s: %s", __version__, cfg.summary())
         if started is not None:
             started(server)
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task[str | None]] = set()
+
+        def hangup() -> None:
+            task = loop.create_task(reloader.reload(), name="reload")
+            reloads.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, hangup)
         try:
             await _until_signal(server.wait(), server.stop)
             log.info("shutting down")
         finally:
             await server.close()
+            # Only now: the default action of a SIGHUP during close() would kill us.
+            loop.remove_signal_handler(signal.SIGHUP)
     return EXIT_FAILURE if server.failure is not None else EXIT_OK
 
 
@@ -423,7 +522,13 @@ async def _until_signal(done: Awaitable[object], stop: Callable[[], None]) -> No
             loop.remove_signal_handler(sig)
 
 
-async def _demo(host: str | None, port: int) -> int:
+async def _demo(
+    host: str | None,
+    port: int,
+    *,
+    web_config_file: str | None = None,
+    web: webconfig.WebState | None = None,
+) -> int:
     simulated = demo.world()
     token = demo.token()
     async with Simulator(simulated, token=token) as simulator:
@@ -432,10 +537,10 @@ async def _demo(host: str | None, port: int) -> int:
         def banner(server: Server) -> None:
             # Said once the port is bound (and known, for port 0).
             bound = server.addresses[0][1] if server.addresses else port
-            shown = join_host_port(host or "localhost", bound)
+            shown = f"{server.scheme}://{join_host_port(host or 'localhost', bound)}"
             log.info(
                 "demo mode: polling a simulated RealtimeKit API at %s (control: %s/); "
-                "metrics at http://%s/metrics, status page at http://%s/",
+                "metrics at %s/metrics, status page at %s/",
                 simulator.base_url,
                 simulator.control_url,
                 shown,
@@ -443,7 +548,15 @@ async def _demo(host: str | None, port: int) -> int:
                 extra={"address": simulator.origin},
             )
 
-        return await _serve(cfg, host, port, started=banner)
+        return await _serve(
+            cfg,
+            host,
+            port,
+            config_file=None,
+            web_config_file=web_config_file,
+            web=web,
+            started=banner,
+        )
 
 
 def _simulate_main(args: argparse.Namespace) -> int:

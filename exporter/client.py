@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import heapq
 import itertools
@@ -27,7 +28,7 @@ import aiohttp
 
 from exporter import decode
 from exporter.budget import BudgetExhausted, CycleDeadline, RequestBudget
-from exporter.model import ActiveSession, Listing, Livestream, Session
+from exporter.model import UNKNOWN_STATUS, ActiveSession, Listing, Livestream, Session
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
@@ -208,6 +209,7 @@ class RealtimeKitClient:
         deadline: Deadline = None,
         stop_early: Callable[[Collection[str], int], bool] | None = None,
         per_page: int | None = None,
+        max_entries: int | None = None,
     ) -> Listing:
         """Every livestream of the app, following pages until the listing ends.
 
@@ -217,8 +219,10 @@ class RealtimeKitClient:
         cap is that length and later pages ask for exactly that, so that page offsets line
         up however the API counts them. ``stop_early(ids, pages_left)`` is asked after the
         first page when the paging block tells how many pages are left: if it says yes,
-        the listing stops there, incomplete (:attr:`Listing.complete` false). ``per_page``
-        replaces the first page's ask."""
+        the listing stops there, incomplete (:attr:`Listing.complete` false). So it does,
+        after the page that brings it to ``max_entries`` livestreams, with
+        :attr:`Listing.unread` from the paging block. ``per_page`` replaces the first
+        page's ask."""
         path = f"{_app_path(account_id, app_id)}/livestreams"
         seen: dict[str, Livestream] = {}
         received = skipped = 0
@@ -255,7 +259,7 @@ class RealtimeKitClient:
             skipped += page.skipped
             before = len(seen)
             for stream in page.livestreams:
-                seen.setdefault(stream.id, stream)
+                seen.setdefault(stream.id, self._scrubbed(stream))
             total = page.paging.total_count if page.paging is not None else None
             if _listing_done(page, received) or len(seen) == before:
                 return Listing(
@@ -271,6 +275,15 @@ class RealtimeKitClient:
                         total=total,
                         complete=False,
                     )
+            if max_entries is not None and len(seen) >= max_entries:
+                return Listing(
+                    livestreams=tuple(seen.values()),
+                    pages=page_no,
+                    skipped=skipped,
+                    total=total,
+                    complete=False,
+                    unread=max(0, total - received) if total is not None else 0,
+                )
             page_no += 1
         raise ApiError(
             "decode",
@@ -299,7 +312,7 @@ class RealtimeKitClient:
             lambda d: decode.livestream_by_id(d, livestream_id=livestream_id),
             doc,
         )
-        return found
+        return self._scrubbed(found)
 
     async def active_session(
         self,
@@ -325,7 +338,9 @@ class RealtimeKitClient:
             lambda d: decode.active_session(d, livestream_id=livestream_id),
             doc,
         )
-        return answer
+        if answer.livestream is None:
+            return answer
+        return dataclasses.replace(answer, livestream=self._scrubbed(answer.livestream))
 
     async def session(
         self,
@@ -493,7 +508,7 @@ class RealtimeKitClient:
                 _, message = decode.error_summary(doc)
                 raise ApiError(
                     "http_error",
-                    f"success is false: {message or 'no message'}",
+                    f"success is false: {self._unquoting(message) or 'no message'}",
                     endpoint=endpoint,
                     status=status,
                 )
@@ -504,6 +519,7 @@ class RealtimeKitClient:
             # 404 (the gateway's envelope for a bad route, a proxy's HTML page) is an error,
             # or it would make live streams look stopped.
             return None
+        message = self._unquoting(message)
         detail = f"{message} (code {code})" if code is not None else message or "no message"
         if status == 429:
             wait = retry_after(headers)
@@ -518,6 +534,34 @@ class RealtimeKitClient:
         if status in (401, 403):
             raise ApiError("auth", detail, endpoint=endpoint, status=status)
         raise ApiError("http_error", detail, endpoint=endpoint, status=status)
+
+    def _scrubbed(self, stream: Livestream) -> Livestream:
+        """``stream`` without any exported field that quotes the token (a hostile or buggy
+        API could put it there): such a name or meeting id goes, such a status is unknown."""
+        token = self._token.reveal().casefold()
+        if not token:
+            return stream
+
+        def quotes(value: str | None) -> bool:
+            return value is not None and token in value.casefold()
+
+        if not (quotes(stream.name) or quotes(stream.meeting_id) or quotes(stream.status)):
+            return stream
+        return dataclasses.replace(
+            stream,
+            name=None if quotes(stream.name) else stream.name,
+            meeting_id=None if quotes(stream.meeting_id) else stream.meeting_id,
+            status=UNKNOWN_STATUS if quotes(stream.status) else stream.status,
+        )
+
+    def _unquoting(self, message: str) -> str:
+        """An API's error message, withheld whole if it quotes the token: decode redacts
+        long secret-like runs, which a short token escapes, and redacting just the token
+        would show it by the gap it leaves."""
+        token = self._token.reveal()
+        if token and token.casefold() in message.casefold():
+            return "message withheld: it quotes the API token"
+        return message
 
 
 def retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float:

@@ -121,6 +121,17 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
     tracked = _app(
         "realtimekit_exporter_livestreams_tracked", "Livestreams of the app the exporter exports"
     )
+    dropped = _app(
+        "realtimekit_exporter_livestreams_dropped",
+        "Listed livestreams of the app not exported because of limits.max_livestreams",
+    )
+    limit = GaugeRows(
+        "realtimekit_exporter_livestreams_limit",
+        "limits.max_livestreams: the most livestreams this process exports" + _CACHED,
+        (),
+    )
+    if snapshot.livestream_limit is not None:
+        limit.rows.append(((), (), float(snapshot.livestream_limit)))
 
     for app in snapshot.apps:
         app_key = (app.account_id, app.app_id)
@@ -129,6 +140,7 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
             if app.last_success is not None:
                 last_success.rows.append((app_key, (), app.last_success))
         tracked.rows.append((app_key, (), float(len(app.streams))))
+        dropped.rows.append((app_key, (), float(app.dropped)))
         for stream in app.streams:
             key = (*app_key, stream.id)
             ls = stream.livestream
@@ -165,6 +177,8 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
         up,
         last_success,
         tracked,
+        dropped,
+        limit,
         info,
         status,
         live,

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 DEFAULT_BASE_URL: Final = "https://api.cloudflare.com/client/v4"
 TOKEN_ENV: Final = "CLOUDFLARE_API_TOKEN"  # noqa: S105 (a variable name, not a secret)
 API_RATE_LIMIT: Final = (1200, 300.0)  # what Cloudflare allows per token
+# Twice what one token's default budget polls at a 60 s interval (docs/scaling.md), and
+# about 260,000 series (a 43 MB text scrape): beyond that, more likely a runaway listing.
+DEFAULT_MAX_LIVESTREAMS: Final = 20_000
+# decode.MAX_LABEL_LENGTH: a longer configured id could never match a listed one, and would
+# be exported uncut as an unlisted stream's label.
+MAX_LIVESTREAM_ID_LENGTH: Final = 256
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -90,6 +96,13 @@ class ApiConfig:
     timeout: float = 10.0
     max_concurrency: int = 8
     rate_limit: RateLimit = RateLimit(1000, 300.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one process holds, over all its apps (memory is per process)."""
+
+    max_livestreams: int = DEFAULT_MAX_LIVESTREAMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +176,7 @@ class Config:
     apps: tuple[AppConfig, ...] = ()
     source: str = "config"
     shard: Shard = Shard()
+    limits: Limits = Limits()
 
     def summary(self) -> str:
         streams = sum(len(a.livestreams) for a in self.apps)
@@ -264,7 +278,7 @@ class _DuplicateKeyError(yaml.YAMLError):
 _SCHEMA_KEYS: Final = frozenset(
     {"api", "poll", "apps", "base_url", "token", "token_file", "timeout", "max_concurrency"}
     | {"rate_limit", "interval", "max_staleness", "account_id", "app_id", "discover"}
-    | {"livestreams", "id", "expect_live"}
+    | {"livestreams", "id", "expect_live", "limits", "max_livestreams"}
 )
 
 
@@ -306,13 +320,14 @@ class _Validator:
         if not isinstance(document, dict):
             # Nothing below can be checked; the missing api/apps would only be noise.
             raise ConfigError(["(top level): must be a mapping"], source=source)
-        root = self.mapping("", document, {"api", "poll", "apps"})
+        root = self.mapping("", document, {"api", "poll", "apps", "limits"})
         api = self.api(root.get("api", {}))
         poll = self.poll(root.get("poll", {}))
         apps = self.apps(root.get("apps"))
+        limits = self.limits(root.get("limits", {}), apps)
         if self.problems:
             raise ConfigError(self.problems, source=source)
-        return Config(api=api, poll=poll, apps=apps, source=source)
+        return Config(api=api, poll=poll, apps=apps, source=source, limits=limits)
 
     def mapping(self, path: str, value: object, allowed: set[str]) -> dict[str, Any]:
         if value is None:
@@ -466,6 +481,21 @@ class _Validator:
             self.fail("poll.max_staleness", "must be at least poll.interval")
         return PollConfig(interval=interval, max_staleness=staleness)
 
+    def limits(self, value: object, apps: tuple[AppConfig, ...]) -> Limits:
+        raw = self.mapping("limits", value, {"max_livestreams"})
+        limit = raw.get("max_livestreams", DEFAULT_MAX_LIVESTREAMS)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            self.fail("limits.max_livestreams", "must be a whole number of at least 1")
+            return Limits()
+        # Configured streams are always tracked, so the limit must hold them all.
+        configured = sum(len(app.livestreams) for app in apps)
+        if configured > limit:
+            self.fail(
+                "limits.max_livestreams",
+                f"must be at least the number of configured livestreams ({configured})",
+            )
+        return Limits(max_livestreams=limit)
+
     def apps(self, value: object) -> tuple[AppConfig, ...]:
         if value is None:
             self.fail("apps", "at least one app is required")
@@ -543,7 +573,9 @@ class _Validator:
                 self.fail(where, "must be a mapping with an id")
                 continue
             raw = self.mapping(where, item, {"id", "expect_live"})
-            stream_id = self.identifier(f"{where}.id", raw.get("id"))
+            stream_id = self.identifier(
+                f"{where}.id", raw.get("id"), max_len=MAX_LIVESTREAM_ID_LENGTH
+            )
             expect = None
             if "expect_live" in raw and raw["expect_live"] is not None:
                 expect = self.boolean(f"{where}.expect_live", raw["expect_live"])

@@ -4,7 +4,7 @@ The published schema and the real answers disagree (``data`` as array or object,
 ``paging`` at the top or inside ``data``, numbers as strings, booleans as strings, an open
 set of statuses), so every field is read forgivingly. What cannot be read raises
 :class:`DecodeError` and nothing else. Secret fields (``stream_key``, ``ingest_server``)
-are never read.
+are never exported; the stream key is read only to drop any other field that quotes it.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ MAX_MESSAGE_LENGTH: Final = 200
 _SECRET_LIKE: Final = re.compile(r"[A-Za-z0-9_+/=-]{24,}")
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 MAX_STATUS_LENGTH: Final = 64
+MIN_SECRET_LENGTH: Final = 8  # a shorter "stream key" would blank ordinary names
 _LIST_KEYS: Final = ("livestreams", "data")
 _EPOCH_TEXT = re.compile(r"^\d{9,}(?:\.\d+)?$")  # epoch seconds/ms as text; 8 digits is ISO basic
 
@@ -141,14 +142,27 @@ def livestream(item: object, *, fallback_id: str | None = None) -> Livestream | 
     stream_id = _text(item.get("id")) or fallback_id
     if not stream_id:
         return None
-    status = status_value(item.get("status"))
+    # The stream key is read only to keep it out of what is exported: a buggy API that
+    # quotes it in the name, meeting id or status (upper-cased) loses that field.
+    key = _text(item.get("stream_key")) or ""
     return Livestream(
         id=_clip(stream_id),
-        status=status,
-        name=_optional_text(item.get("name")),
-        meeting_id=_optional_text(item.get("meeting_id")),
+        status=status_value(_unless_quoting(item.get("status"), key)),
+        name=_optional_text(_unless_quoting(item.get("name"), key)),
+        meeting_id=_optional_text(_unless_quoting(item.get("meeting_id"), key)),
         disabled=boolean(item.get("disabled")),
     )
+
+
+def _unless_quoting(value: object, secret: str) -> object:
+    """``value``, or ``None`` if it is text that quotes ``secret`` in any letter case."""
+    if (
+        isinstance(value, str)
+        and len(secret) >= MIN_SECRET_LENGTH
+        and secret.casefold() in value.casefold()
+    ):
+        return None
+    return value
 
 
 def active_session(doc: object, *, livestream_id: str) -> ActiveSession:

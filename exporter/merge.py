@@ -6,12 +6,16 @@ Kept apart from the poller's I/O so that the rules users rely on are plain funct
   ``max_staleness``, then go (the whole stream if the listing fails, only its session
   values if the session requests fail while the listing still shows it);
 - a stream no longer listed, or removed from config, disappears at once;
+- at most ``limits.max_livestreams`` streams per process: configured ones always, then
+  discovered ones up to each app's room (:func:`rooms`), chosen so that the same listing
+  keeps the same streams (:func:`preferred`);
 - a stream that stops keeps its session, and the session is asked for by id until its
   final values (a stop time) arrive.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
@@ -30,7 +34,7 @@ from exporter.model import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping
+    from collections.abc import Collection, Iterable, Mapping, Sequence
 
     from exporter.config import AppConfig
 
@@ -54,13 +58,76 @@ class Plan:
     final: Mapping[str, str] = field(default_factory=dict)
 
 
-def tracked(app: AppConfig, listing: Listing, shard: Shard = WHOLE) -> list[Livestream]:
-    """The listed streams this app tracks: all of them when discovering, else the configured;
-    of those, the ones ``shard`` owns."""
-    if app.discover:
-        return [s for s in listing.livestreams if shard.owns(s.id)]
-    wanted = {ls.id for ls in app.livestreams}
-    return [s for s in listing.livestreams if s.id in wanted and shard.owns(s.id)]
+def tracked(
+    app: AppConfig,
+    listing: Listing,
+    shard: Shard = WHOLE,
+    *,
+    room: int | None = None,
+    prev: AppState | None = None,
+) -> list[Livestream]:
+    """The listed streams this app tracks, of those ``shard`` owns: the configured ones and,
+    when discovering, the others, at most ``room`` of them (:func:`preferred` first; ``prev``
+    is the app's last state)."""
+    configured = {ls.id for ls in app.livestreams}
+    mine = [s for s in listing.livestreams if shard.owns(s.id)]
+    if not app.discover:
+        return [s for s in mine if s.id in configured]
+    others = [s for s in mine if s.id not in configured]
+    if room is None or len(others) <= room:
+        return mine
+    kept = {s.id for s in preferred(others, prev)[:room]}
+    return [s for s in mine if s.id in configured or s.id in kept]
+
+
+def preferred(streams: Iterable[Livestream], prev: AppState | None) -> list[Livestream]:
+    """``streams`` in the order they are kept within the limit: LIVE ones first, then the
+    rest; within each, those tracked last cycle first, then by id. So an unchanged listing
+    keeps the same streams every cycle, and a stream that goes LIVE may take the place of
+    one that is not."""
+    before = {s.id for s in prev.streams} if prev is not None else set()
+    return sorted(streams, key=lambda s: (s.status != LIVE, s.id not in before, s.id))
+
+
+def discovered(app: AppConfig, listing: Listing, shard: Shard = WHOLE) -> int:
+    """How many streams the app would track beyond its configured ones with no limit: the
+    others listed that ``shard`` owns, plus its share of the entries a cut listing left
+    unread (all of them unsharded; 1/N of them, rounded up, on a shard of N)."""
+    if not app.discover:
+        return 0
+    configured = {ls.id for ls in app.livestreams}
+    read = sum(1 for s in listing.livestreams if s.id not in configured and shard.owns(s.id))
+    return read + -(-listing.unread // shard.total)
+
+
+def rooms(
+    apps: Sequence[AppConfig],
+    limit: int,
+    wanted: Mapping[tuple[str, str], int],
+    shard: Shard = WHOLE,
+) -> dict[tuple[str, str], int]:
+    """How many discovered streams each discovering app may track this cycle.
+
+    Configured streams (those ``shard`` owns) take ``limit``'s places first. The rest is
+    shared out: an app that wants (``wanted``: last cycle's :func:`discovered`; unknown
+    counts as unbounded) no more than an equal share gets what it wants, the others split
+    what remains equally, and room still left is split equally as headroom. The shares
+    add up to at most the rest and, for the same config, change only with ``wanted``.
+    """
+    configured = sum(1 for app in apps for ls in app.livestreams if shard.owns(ls.id))
+    left = max(0, limit - configured)
+    keys = [app.key for app in apps if app.discover]
+    out = dict.fromkeys(keys, 0)
+    # Smallest wants first (sorted is stable: config order among equals).
+    for n, key in enumerate(sorted(keys, key=lambda k: wanted.get(k, math.inf))):
+        share = left // (len(keys) - n)
+        out[key] = min(wanted.get(key, share), share)
+        left -= out[key]
+    for n, key in enumerate(keys):
+        extra = left // (len(keys) - n)
+        out[key] += extra
+        left -= extra
+    return out
 
 
 def missing(app: AppConfig, listing: Listing, shard: Shard = WHOLE) -> list[str]:
@@ -139,18 +206,26 @@ def merge_app(
     ok: bool,
     final: Collection[str] = (),
     shard: Shard = WHOLE,
+    room: int | None = None,
 ) -> AppState:
     """The app's new state.
 
     ``listing`` is ``None`` when it failed; ``sessions`` maps each asked id to its answer
     (``None`` if that request failed), ``final`` names those asked by session id
     (:attr:`Plan.final`); ``ok`` says every request of the app succeeded; only the streams
-    ``shard`` owns are kept.
+    ``shard`` owns are kept, and at most ``room`` besides the configured ones (for a
+    failed listing too: the room may have shrunk).
     """
     last_success = now if ok else (prev.last_success if prev is not None else None)
     expected = app.expectations()
     if listing is None:
         streams = stale_kept(app, prev, now=now, max_staleness=max_staleness)
+        dropped = prev.dropped if prev is not None else 0
+        others = [s.livestream for s in streams if s.id not in expected]
+        if room is not None and len(others) > room:
+            kept = {s.id for s in preferred(others, None)[:room]}
+            streams = tuple(s for s in streams if s.id in expected or s.id in kept)
+            dropped += len(others) - room
         # The last good listing's word stands, for the streams still configured.
         unlisted = tuple(
             Unlisted(u.id, expected[u.id])
@@ -170,10 +245,20 @@ def merge_app(
         )
         before = {s.id: s for s in prev.streams} if prev is not None else {}
         rules = _Rules(app.expectations(), sessions, frozenset(final), now, max_staleness)
-        states = [rules.stream(s, before.get(s.id)) for s in tracked(app, listing, shard)]
+        chosen = tracked(app, listing, shard, room=room, prev=prev)
+        states = [rules.stream(s, before.get(s.id)) for s in chosen]
         if unknown:
-            states += stale_kept(app, prev, now=now, max_staleness=max_staleness, only=unknown)
+            held = stale_kept(app, prev, now=now, max_staleness=max_staleness, only=unknown)
+            if room is not None:
+                # Discovered streams kept this way share the room with those listed.
+                free = room - sum(1 for s in chosen if s.id not in expected)
+                held = (
+                    tuple(s for s in held if s.id in expected)
+                    + tuple(s for s in held if s.id not in expected)[: max(0, free)]
+                )
+            states += held
         streams = tuple(sorted((s for s in states if s is not None), key=lambda s: s.id))
+        dropped = discovered(app, listing, shard) - sum(1 for s in chosen if s.id not in expected)
     return AppState(
         account_id=app.account_id,
         app_id=app.app_id,
@@ -181,6 +266,7 @@ def merge_app(
         last_success=last_success,
         streams=streams,
         unlisted=unlisted,
+        dropped=dropped,
     )
 
 

@@ -62,13 +62,16 @@ class ActiveSession:
 @dataclass(frozen=True, slots=True)
 class Listing:
     """All pages of an app's livestream listing, de-duplicated by id (first wins), or, if
-    not ``complete``, only its first page."""
+    not ``complete``, only its first pages."""
 
     livestreams: tuple[Livestream, ...]
     pages: int = 1
     skipped: int = 0  # entries that were not livestream objects with an id
     total: int | None = None  # the paging block's total_count, if it had one
     complete: bool = True
+    # Entries of a listing cut short (at the client's max_entries) left unread, as far as
+    # its total_count tells; 0 when it was read whole or does not tell.
+    unread: int = 0
     # Configured streams looked up by id whose lookup failed: neither listed nor missing.
     unknown: frozenset[str] = frozenset()
 
@@ -128,6 +131,8 @@ class AppState:
     last_success: float | None
     streams: tuple[StreamState, ...] = ()
     unlisted: tuple[Unlisted, ...] = ()
+    # Listed streams not tracked because of limits.max_livestreams.
+    dropped: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -150,6 +155,7 @@ class Snapshot:
     # False on every shard but 0 (``--shard``): the app-level families (``realtimekit_up``,
     # last success) then have no samples, so that summing over shards counts each app once.
     app_level: bool = True
+    livestream_limit: int | None = None  # limits.max_livestreams of the cycle
 
     def app(self, account_id: str, app_id: str) -> AppState | None:
         for a in self.apps:

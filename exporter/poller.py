@@ -11,6 +11,7 @@ Logs are written on state changes (app up/down, stream went LIVE/stopped), never
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -48,6 +49,7 @@ class Api(Protocol):
         *,
         deadline: CycleDeadline | None = None,
         stop_early: Callable[[Collection[str], int], bool] | None = None,
+        max_entries: int | None = None,
     ) -> Listing: ...
 
     async def livestream(
@@ -84,6 +86,8 @@ class PollObserver(Protocol):
     def poll_error(self, account_id: str, app_id: str, reason: str) -> None: ...
 
     def track_app(self, account_id: str, app_id: str) -> None: ...
+
+    def untrack_app(self, account_id: str, app_id: str) -> None: ...
 
     def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None: ...
 
@@ -124,20 +128,29 @@ class Poller:
         api: Api,
         observer: PollObserver | None = None,
         on_snapshot: Callable[[], None] | None = None,
+        before_cycle: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``on_snapshot`` is called, on the event loop, each time a new snapshot is out."""
+        """``on_snapshot`` is called, on the event loop, each time a new snapshot is out;
+        ``before_cycle`` at the start of each cycle (where a reload may :meth:`reconfigure`)."""
         self._config = config
         self._api = api
         self._observer = observer
         self._on_snapshot = on_snapshot
+        self._before_cycle = before_cycle
         self._clock = clock
         self._monotonic = monotonic
         self._snapshot: Snapshot = EMPTY_SNAPSHOT
         self._health: dict[tuple[str, str], _Health] = {}
         self._missing: dict[tuple[str, str], frozenset[str]] = {}
+        # limits.max_livestreams: what each app last wanted to discover, this cycle's rooms
+        # (merge.rooms), and the apps whose streams the limit keeps out (logged once).
+        self._wanted: dict[tuple[str, str], int] = {}
+        self._rooms: dict[tuple[str, str], int] = {}
+        self._limited: set[tuple[str, str]] = set()
         self._cycle_requests = 0
+        self._cycle_planned = 0
         self._over_budget = False
         self._errors: deque[PollError] = deque(maxlen=RECENT_ERRORS)
         for app in config.apps:
@@ -157,22 +170,46 @@ class Poller:
         """The last :data:`RECENT_ERRORS` errors seen while polling, newest first."""
         return tuple(reversed(self._errors))
 
+    def reconfigure(self, config: Config, *, api: Api | None = None) -> None:
+        """Poll by ``config`` (and through ``api``) from the next cycle on; call it between
+        cycles (``before_cycle``). The snapshot carries over: apps and streams still
+        tracked keep their state, the others leave at that cycle."""
+        keys = {app.key for app in config.apps}
+        for key in set(self._health) - keys:
+            del self._health[key]
+        for key in set(self._missing) - keys:
+            del self._missing[key]
+        known = {app.key for app in self._config.apps}
+        for app in config.apps:
+            if app.key not in known:
+                self._track(app)
+        if self._observer is not None:
+            for gone in known - keys:
+                self._observer.untrack_app(*gone)
+        self._config = config
+        if api is not None:
+            self._api = api
+
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; a cycle that overruns starts the next one at once."""
-        interval = self._config.poll.interval
         while not stop.is_set():
             started = self._monotonic()
             await self.poll_once()
-            delay = max(0.0, started + interval - self._monotonic())
+            # Read after the cycle: a reload applied at its start may have changed it.
+            delay = max(0.0, started + self._config.poll.interval - self._monotonic())
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def poll_once(self) -> Snapshot:
         """One cycle over every app; returns (and publishes) the new snapshot."""
+        if self._before_cycle is not None:
+            self._before_cycle()
         started = self._monotonic()
         deadline = CycleDeadline(started + self._config.poll.interval, self._monotonic)
         prev = self._snapshot
         self._cycle_requests = 0
+        self._cycle_planned = 0
+        self._share_limit()
         apps = await asyncio.gather(
             *(self._poll_app(app, prev.app(*app.key), deadline) for app in self._config.apps)
         )
@@ -181,11 +218,14 @@ class Poller:
             taken_at=self._clock(),
             cycles=prev.cycles + 1,
             app_level=self._config.shard.index == 0,
+            livestream_limit=self._config.limits.max_livestreams,
         )
         self._snapshot = snapshot
         if self._on_snapshot is not None:
             self._on_snapshot()
-        self._note_budget(self._cycle_requests)
+        if self._cycle_planned == len(self._config.apps):
+            # A cycle with a failed listing planned less than it needs: it says nothing.
+            self._note_budget(self._cycle_requests)
         if self._observer is not None:
             self._observer.cycle(
                 self._monotonic() - started, waited_for_budget=deadline.budget_bound
@@ -212,6 +252,7 @@ class Poller:
         self._note_errors(app, errors, internal=internal)
         self._note_health(app, state, errors, internal=internal)
         self._note_streams(app, prev, state)
+        self._note_limit(app, state)
         return state
 
     async def _fetch_app(
@@ -222,15 +263,29 @@ class Poller:
             listing = await self._list(app, deadline, errors)
         except ApiError as exc:
             return self._failed(app, prev), [exc]
+        if listing.skipped:
+            # An entry whose id could not be read may be any stream the listing seems to
+            # lack: those keep their last state, as for a failed listing, and none is
+            # called unlisted on this listing's word.
+            listed = {s.id for s in listing.livestreams}
+            lacking = {ls.id for ls in app.livestreams} | (
+                {s.id for s in prev.streams} if prev is not None else set()
+            )
+            listing = dataclasses.replace(
+                listing, unknown=listing.unknown | frozenset(lacking - listed)
+            )
         self._note_missing(app, listing)
         shard = self._config.shard
+        room = self._rooms.get(app.key)
+        self._wanted[app.key] = merge.discovered(app, listing, shard)
         plan = merge.plan(
-            merge.tracked(app, listing, shard),
+            merge.tracked(app, listing, shard, room=room, prev=prev),
             prev,
             now=self._clock(),
             max_staleness=self._config.poll.max_staleness,
         )
         self._cycle_requests += listing.pages + len(plan.active) + len(plan.final)
+        self._cycle_planned += 1
         requests: list[tuple[str, Awaitable[ActiveSession]]] = [
             (sid, self._api.active_session(app.account_id, app.app_id, sid, deadline=deadline))
             for sid in plan.active
@@ -277,6 +332,7 @@ class Poller:
             ok=not errors,
             final=plan.final.keys(),
             shard=shard,
+            room=room,
         )
         return state, errors
 
@@ -285,19 +341,29 @@ class Poller:
     ) -> Listing:
         """The app's streams, by whichever costs fewer requests: the listing's pages, or, for
         an app that tracks only configured streams, its first page and one request per
-        configured stream that page lacks. A failed lookup of one stream is added to
-        ``errors``, and the stream to :attr:`Listing.unknown`."""
-        if app.discover:
-            return await self._api.list_livestreams(app.account_id, app.app_id, deadline=deadline)
+        configured stream that page lacks. The listing is read only until it holds
+        :meth:`_listing_cap` streams; configured streams the pages read lack are then looked
+        up by id too. A failed lookup of one stream is added to ``errors``, and the stream
+        to :attr:`Listing.unknown`."""
         shard = self._config.shard
         wanted = [ls.id for ls in app.livestreams if shard.owns(ls.id)]
+        cap = self._listing_cap()
+        if app.discover:
+            listing = await self._api.list_livestreams(
+                app.account_id, app.app_id, deadline=deadline, max_entries=cap
+            )
+        else:
 
-        def by_id_is_cheaper(seen: Collection[str], pages_left: int) -> bool:
-            return pages_left > sum(1 for i in wanted if i not in seen)
+            def by_id_is_cheaper(seen: Collection[str], pages_left: int) -> bool:
+                return pages_left > sum(1 for i in wanted if i not in seen)
 
-        listing = await self._api.list_livestreams(
-            app.account_id, app.app_id, deadline=deadline, stop_early=by_id_is_cheaper
-        )
+            listing = await self._api.list_livestreams(
+                app.account_id,
+                app.app_id,
+                deadline=deadline,
+                stop_early=by_id_is_cheaper,
+                max_entries=cap,
+            )
         if listing.complete:
             return listing
         listed = {s.id for s in listing.livestreams}
@@ -307,7 +373,8 @@ class Poller:
             return_exceptions=True,
         )
         keep = set(wanted)
-        found = [s for s in listing.livestreams if s.id in keep]
+        found = [s for s in listing.livestreams if app.discover or s.id in keep]
+        read = len(found)
         unknown: set[str] = set()
         for sid, answer in zip(rest, answers, strict=True):
             if isinstance(answer, ApiError):
@@ -321,11 +388,19 @@ class Poller:
                 found.append(answer)
         return Listing(
             livestreams=tuple(found),
-            pages=1 + len(rest),
+            pages=listing.pages + len(rest),
             skipped=listing.skipped,
             total=listing.total,
             unknown=frozenset(unknown),
+            # Those found by id were among the entries left unread.
+            unread=max(0, listing.unread - (len(found) - read)),
         )
+
+    def _listing_cap(self) -> int:
+        """How many streams a listing is read for: twice limits.max_livestreams (room for
+        configured and already tracked streams further down), times the number of shards
+        (a shard owns about 1/N of what it reads)."""
+        return 2 * self._config.limits.max_livestreams * self._config.shard.total
 
     def _failed(self, app: AppConfig, prev: AppState | None) -> AppState:
         """The app's state when this cycle learnt nothing: last values, within staleness."""
@@ -337,6 +412,7 @@ class Poller:
             now=self._clock(),
             max_staleness=self._config.poll.max_staleness,
             ok=False,
+            room=self._rooms.get(app.key),
         )
 
     def _track(self, app: AppConfig) -> None:
@@ -412,6 +488,39 @@ class Poller:
             )
         else:
             log.info("polling fits api.rate_limit again (%d requests this cycle)", planned)
+
+    def _share_limit(self) -> None:
+        """This cycle's rooms (:func:`merge.rooms`); apps no longer configured are forgotten."""
+        keys = {app.key for app in self._config.apps}
+        self._wanted = {key: n for key, n in self._wanted.items() if key in keys}
+        self._limited &= keys
+        limit = self._config.limits.max_livestreams
+        self._rooms = merge.rooms(self._config.apps, limit, self._wanted, self._config.shard)
+
+    def _note_limit(self, app: AppConfig, state: AppState) -> None:
+        """One warning when limits.max_livestreams starts keeping the app's listed streams
+        out, one info line when it no longer does."""
+        limited = state.dropped > 0
+        if limited == (app.key in self._limited):
+            return
+        if limited:
+            self._limited.add(app.key)
+            log.warning(
+                "livestream limit reached: %d listed livestreams of the app are not tracked "
+                "(%d are; limits.max_livestreams is %d for the process)",
+                state.dropped,
+                len(state.streams),
+                self._config.limits.max_livestreams,
+                extra=_app_fields(app),
+            )
+        else:
+            self._limited.discard(app.key)
+            log.info(
+                "livestream limit no longer reached: every listed livestream of the app is "
+                "tracked (%d)",
+                len(state.streams),
+                extra=_app_fields(app),
+            )
 
     def _note_missing(self, app: AppConfig, listing: Listing) -> None:
         now_missing = frozenset(merge.missing(app, listing, self._config.shard)) - listing.unknown

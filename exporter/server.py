@@ -2,9 +2,10 @@
 
 :class:`Exporter` builds one HTTP client session, the token's budget, the API client, the
 poller, the metrics registry and the /metrics exposition (:mod:`exporter.exposition`) from a
-:class:`~exporter.config.Config`.
-:func:`create_app` serves ``/metrics``, ``/-/healthy``, ``/-/ready`` and the status page
-(:mod:`exporter.statuspage`) at ``/``;
+:class:`~exporter.config.Config`, and takes a reloaded one at the next poll cycle.
+:func:`create_app` serves ``/metrics``, ``/-/healthy``, ``/-/ready``, ``/-/reload`` and the
+status page (:mod:`exporter.statuspage`) at ``/``, behind basic auth if the web
+configuration (:mod:`exporter.webconfig`) asks for it;
 :class:`Server` runs both until asked to stop, and stops within a bounded time.
 """
 
@@ -30,14 +31,19 @@ from exporter.model import EMPTY_SNAPSHOT
 from exporter.negotiate import accepts_gzip, media_range
 from exporter.poller import Poller, budget_warnings
 from exporter.telemetry import ExporterMetrics
+from exporter.tokenfile import TokenFile
+from exporter.webconfig import WWW_AUTHENTICATE, WebState
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
     from types import TracebackType
 
     from exporter.config import Config
     from exporter.model import Snapshot
     from exporter.poller import PollError
+
+    # Re-reads the configuration; None on success, else why it was rejected.
+    Reload = Callable[[], Awaitable[str | None]]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +51,8 @@ EXPOSITION: Final = web.AppKey("exposition", Exposition)
 READY: Final[web.AppKey[Callable[[], bool]]] = web.AppKey("ready")
 STATUS: Final[web.AppKey[StatusSource | None]] = web.AppKey("status")
 REFRESH: Final[web.AppKey[float | None]] = web.AppKey("refresh")
+WEB: Final = web.AppKey("web", WebState)
+RELOAD: Final[web.AppKey[Reload]] = web.AppKey("reload")
 STOP_TIMEOUT: Final = 4.0
 
 
@@ -61,7 +69,10 @@ class Exporter:
         *,
         registry: CollectorRegistry | None = None,
         process_metrics: bool = True,
+        on_token: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_token`` is told each token the exporter starts to use after ``config``'s
+        (a reload's, or a rotated token file's), before it is used: for log redaction."""
         self.config = config
         # ``registry`` holds the whole exposition (for --once and tests): the snapshot's
         # families, then the exporter's own metrics, which have a registry of their own so
@@ -73,8 +84,14 @@ class Exporter:
             ProcessCollector(registry=own)
             PlatformCollector(registry=own)
             GCCollector(registry=own)
+        self.metrics.config_loaded(ok=True, at=time.time())
+        self._on_token = on_token
         self._session: aiohttp.ClientSession | None = None
         self._poller: Poller | None = None
+        self._budget: RequestBudget | None = None
+        self._client: RealtimeKitClient | None = None
+        self._token_file: TokenFile | None = None
+        self._pending: Config | None = None
         self.registry.register(SnapshotCollector(lambda: self.poller.snapshot))
         self.registry.register(own)
         self.exposition = Exposition(own, lambda: self.poller.snapshot)
@@ -86,36 +103,85 @@ class Exporter:
         return self._poller
 
     async def __aenter__(self) -> Exporter:
-        api = self.config.api
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": f"realtimekit-exporter/{__version__}"},
-            connector=aiohttp.TCPConnector(limit=max(api.max_concurrency, 1)),
+            # No pool limit of its own: the client bounds the requests in flight by
+            # api.max_concurrency, which a reload may change.
+            connector=aiohttp.TCPConnector(limit=0),
             trust_env=False,  # see client.proxy_for
         )
-        rate = self.config.shard.budget(api.rate_limit)
-        budget = RequestBudget(requests=rate.requests, window=rate.window)
-        self.metrics.watch_budget(budget.available)
-        client = RealtimeKitClient(
-            session=self._session,
-            base_url=api.base_url,
-            token=api.token,
-            budget=budget,
-            timeout=api.timeout,
-            # Short intervals (tests, demos) still leave most of the cycle for requests.
-            min_request_time=min(MIN_REQUEST_TIME, self.config.poll.interval / 4),
-            max_concurrency=api.max_concurrency,
-            observer=self.metrics,
-        )
+        rate = self.config.shard.budget(self.config.api.rate_limit)
+        self._budget = RequestBudget(requests=rate.requests, window=rate.window)
+        self.metrics.watch_budget(self._budget.available)
+        self._client = self._new_client(self.config)
+        self._token_file = _token_file(self.config)
         self._poller = Poller(
             config=self.config,
-            api=client,
+            api=self._client,
             observer=self.metrics,
             # The formats scraped lately start rendering for each new snapshot at once.
             on_snapshot=self.exposition.published,
+            before_cycle=self._before_cycle,
         )
         for warning in budget_warnings(self.config):
             log.warning("%s", warning)
         return self
+
+    def _new_client(self, config: Config) -> RealtimeKitClient:
+        if self._session is None or self._budget is None:
+            raise RuntimeError("Exporter is not started; use 'async with'")
+        api = config.api
+        return RealtimeKitClient(
+            session=self._session,
+            base_url=api.base_url,
+            token=api.token,
+            budget=self._budget,
+            timeout=api.timeout,
+            min_request_time=_min_request_time(config),
+            max_concurrency=api.max_concurrency,
+            observer=self.metrics,
+        )
+
+    def reconfigure(self, config: Config) -> None:
+        """Poll by ``config`` (a reload's) from the next cycle on. The snapshot carries
+        over; the token's budget is resized, never replaced, so its grants keep counting;
+        the API client is rebuilt only if its settings changed."""
+        if self._on_token is not None:
+            self._on_token(config.api.token.reveal())
+        self._pending = config
+
+    def _before_cycle(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._apply(pending)
+        if self._token_file is not None and (token := self._token_file.check()) is not None:
+            if self._on_token is not None:
+                self._on_token(token.reveal())
+            self._api_client.set_token(token)
+
+    def _apply(self, new: Config) -> None:
+        old = self.config
+        rate = new.shard.budget(new.api.rate_limit)
+        if self._budget is not None:
+            self._budget.resize(requests=rate.requests, window=rate.window)
+        if _client_settings(new) != _client_settings(old):
+            self._client = self._new_client(new)
+        else:
+            # Always: the client may hold a token the old token file rotated to since,
+            # which the new config (a rolled-back file, or a token in the file) replaces.
+            self._api_client.set_token(new.api.token)
+        self._token_file = _token_file(new)
+        self.poller.reconfigure(new, api=self._client)
+        self.config = new
+        log.info("polling by the reloaded configuration: %s", new.summary())
+        for warning in budget_warnings(new):
+            log.warning("%s", warning)
+
+    @property
+    def _api_client(self) -> RealtimeKitClient:
+        if self._client is None:
+            raise RuntimeError("Exporter is not started; use 'async with'")
+        return self._client
 
     async def __aexit__(
         self,
@@ -126,6 +192,23 @@ class Exporter:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _min_request_time(config: Config) -> float:
+    # Short intervals (tests, demos) still leave most of the cycle for requests.
+    return min(MIN_REQUEST_TIME, config.poll.interval / 4)
+
+
+def _client_settings(config: Config) -> tuple[object, ...]:
+    """What a :class:`RealtimeKitClient` is built with, apart from the token and budget."""
+    api = config.api
+    return (api.base_url, api.timeout, api.max_concurrency, _min_request_time(config))
+
+
+def _token_file(config: Config) -> TokenFile | None:
+    if config.api.token_file is None:
+        return None
+    return TokenFile(config.api.token_file, config.api.token)
 
 
 class StatusSource(Protocol):
@@ -145,37 +228,76 @@ def create_app(
     registry: CollectorRegistry | None = None,
     status: StatusSource | None = None,
     refresh: float | None = None,
+    web_state: WebState | None = None,
+    reload: Reload | None = None,
 ) -> web.Application:
     """The HTTP app. /metrics serves ``exposition`` (the snapshot's part rendered once per
     snapshot), or else ``registry`` rendered whole on every scrape: pass one of them.
     ``ready`` says whether a poll cycle has completed, ``status`` feeds the page at ``/``
-    (which reloads itself every ``refresh`` seconds if given)."""
+    (which reloads itself every ``refresh`` seconds if given). ``web_state`` puts every
+    path but its ``unauthenticated`` ones behind its basic auth, if it has users;
+    ``reload`` is run by ``POST /-/reload``."""
     if registry is not None and exposition is None:
         exposition = Exposition(registry)
     elif exposition is None or registry is not None:
         raise TypeError("create_app() takes one of exposition and registry")
-    app = web.Application()
+    app = web.Application(middlewares=[_authenticate] if web_state is not None else [])
     app[EXPOSITION] = exposition
     app[READY] = ready
     app[STATUS] = status
     app[REFRESH] = refresh
+    if web_state is not None:
+        app[WEB] = web_state
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
+    if reload is not None:
+        app[RELOAD] = reload
+        app.router.add_post("/-/reload", _reload)  # any other method: 405
     app.router.add_get("/", _index)
     return app
 
 
-async def _metrics(request: web.Request) -> web.Response:
+_UNAUTHORIZED_HEADERS: Final = {"WWW-Authenticate": WWW_AUTHENTICATE, "Cache-Control": "no-store"}
+
+
+@web.middleware
+async def _authenticate(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    state = request.app[WEB]
+    auth = state.auth  # read once: a reload may replace it meanwhile
+    if auth is None or request.path in state.unauthenticated:
+        return await handler(request)
+    if await auth.allows(request.headers.get("Authorization")):
+        return await handler(request)
+    return web.Response(status=401, text="Unauthorized\n", headers=_UNAUTHORIZED_HEADERS)
+
+
+async def _reload(request: web.Request) -> web.Response:
+    problem = await request.app[RELOAD]()
+    if problem is None:
+        return web.Response(text="configuration reloaded\n")
+    return web.Response(status=500, text=f"reload failed: {problem}\n")
+
+
+async def _metrics(request: web.Request) -> web.StreamResponse:
     encoder, content_type = choose_encoder(media_range(request.headers.get("Accept", "")))
     gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
     # Renders run off the loop (exporter.exposition), so that a large exposition never
-    # delays polling or other scrapes.
-    body = await request.app[EXPOSITION].body(encoder, gzipped=gzipped)
+    # delays polling or other scrapes. The chunks are sent in turn: joined, the cached
+    # part would be copied for every scrape.
+    chunks = await request.app[EXPOSITION].chunks(encoder, gzipped=gzipped)
     headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
     if gzipped:
         headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body, headers=headers)
+    response = web.StreamResponse(headers=headers)
+    response.content_length = sum(len(chunk) for chunk in chunks)
+    await response.prepare(request)
+    for chunk in chunks:
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 async def _healthy(request: web.Request) -> web.Response:
@@ -219,10 +341,22 @@ async def _index(request: web.Request) -> web.Response:
 class Server:
     """Runs the poller and the HTTP server for one :class:`Exporter` until stopped."""
 
-    def __init__(self, exporter: Exporter, *, host: str | None, port: int) -> None:
+    def __init__(
+        self,
+        exporter: Exporter,
+        *,
+        host: str | None,
+        port: int,
+        web_state: WebState | None = None,
+        reload: Reload | None = None,
+    ) -> None:
+        """``web_state``: TLS and basic auth (none: plain HTTP, open); ``reload``: what
+        ``POST /-/reload`` runs (none: no such endpoint)."""
         self._exporter = exporter
         self._host = host
         self._port = port
+        self._web = web_state
+        self._reload = reload
         self._runner: web.AppRunner | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
@@ -241,12 +375,20 @@ class Server:
             ready=lambda: self._exporter.poller.ready,
             status=self._exporter.poller,
             refresh=self._exporter.config.poll.interval,
+            web_state=self._web,
+            reload=self._reload,
         )
         self._runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=1.0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
+        tls = self._web.tls if self._web is not None else None
+        site = web.TCPSite(
+            self._runner,
+            self._host,
+            self._port,
+            ssl_context=tls.context if tls is not None else None,
+        )
         try:
             await site.start()
         except OSError as exc:
@@ -258,7 +400,12 @@ class Server:
         self._poll_task.add_done_callback(self._poller_done)
         for host, port in self.addresses:
             address = join_host_port(host, port)
-            log.info("listening on %s", address, extra={"address": address})
+            log.info("listening on %s (%s)", address, self.scheme, extra={"address": address})
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when serving TLS, else ``http``."""
+        return "https" if self._web is not None and self._web.tls is not None else "http"
 
     def _poller_done(self, task: asyncio.Task[None]) -> None:
         if self._stop.is_set() and (task.cancelled() or task.exception() is None):

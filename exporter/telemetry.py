@@ -6,6 +6,7 @@ registered in the registry the caller passes in (never the global one in tests).
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from typing import TYPE_CHECKING
 
@@ -86,6 +87,18 @@ class ExporterMetrics:
             registry=registry,
         )
         build.labels(__version__, platform.python_version()).set(1)
+        self.reload_ok = Gauge(
+            "realtimekit_exporter_config_last_reload_successful",
+            "Whether the last configuration reload succeeded (1) or was rejected (0; the "
+            "configuration in force before it stays).",
+            registry=registry,
+        )
+        self.reload_time = Gauge(
+            "realtimekit_exporter_config_last_reload_success_timestamp_seconds",
+            "When the configuration was last loaded successfully (at start or by a reload), "
+            "as Unix time.",
+            registry=registry,
+        )
         self._remaining: int | None = None
         registry.register(_RateLimitCollector(self))
 
@@ -95,6 +108,12 @@ class ExporterMetrics:
 
     def rate_limit_remaining(self, remaining: int) -> None:
         self._remaining = remaining
+
+    def config_loaded(self, *, ok: bool, at: float) -> None:
+        """A configuration was loaded (``ok``, at Unix time ``at``) or rejected."""
+        self.reload_ok.set(1 if ok else 0)
+        if ok:
+            self.reload_time.set(at)
 
     def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None:
         self.poll_duration.observe(max(0.0, seconds))
@@ -112,6 +131,12 @@ class ExporterMetrics:
         """Create the app's error series at zero so ``rate()`` sees the first error."""
         for reason in self._reasons:
             self.poll_errors.labels(account_id, app_id, reason)
+
+    def untrack_app(self, account_id: str, app_id: str) -> None:
+        """Drop the error series of an app no longer polled (a reload removed it)."""
+        for reason in self._reasons:
+            with contextlib.suppress(KeyError):
+                self.poll_errors.remove(account_id, app_id, reason)
 
     @property
     def remaining(self) -> int | None:

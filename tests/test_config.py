@@ -177,7 +177,7 @@ FILE_CASES: dict[str, tuple[str, dict[str, str], list[str]]] = {
         "invalid_many.yml",
         ENVIRON,
         [
-            "listen: unknown key (allowed: api, apps, poll)",
+            "listen: unknown key (allowed: api, apps, limits, poll)",
             "api.retries: unknown key (allowed: base_url, max_concurrency, rate_limit, timeout, "
             "token, token_file)",
             f"api.timeout: {BAD_DURATION}",
@@ -273,7 +273,10 @@ def test_degenerate_documents(tmp_path: Path, text: str, expected: list[str]) ->
     [
         (
             "apps: []\nsurprise: 1\n",
-            ["surprise: unknown key (allowed: api, apps, poll)", "apps: must be a non-empty list"],
+            [
+                "surprise: unknown key (allowed: api, apps, limits, poll)",
+                "apps: must be a non-empty list",
+            ],
         ),
         (
             render(api={"tokn": "x"}),
@@ -1273,7 +1276,7 @@ def test_example_config_documents_every_key() -> None:
     keys = [
         "api", "base_url", "token", "token_file", "timeout", "max_concurrency", "rate_limit",
         "poll", "interval", "max_staleness", "apps", "account_id", "app_id", "discover",
-        "livestreams", "id", "expect_live",
+        "livestreams", "id", "expect_live", "limits", "max_livestreams",
     ]  # fmt: skip
     for key in keys:
         pattern = re.compile(rf"^\s*(#\s*)?(- )?{key}:")

@@ -412,7 +412,7 @@ async def test_while_a_new_snapshot_renders_the_previous_body_is_served(gzipped:
         assert got == old
         await asyncio.sleep(0.01)
     assert renders.snapshots == [ONE_APP, UNLISTED, UNLISTED]
-    assert not exposition._previous.plain and not exposition._previous.deflated  # noqa: SLF001
+    assert not exposition._previous.plain and not exposition._previous.deflated
 
 
 async def test_the_own_part_is_rendered_per_scrape() -> None:

@@ -275,7 +275,13 @@ class ExplodingApi:
         self.calls = 0
 
     async def list_livestreams(
-        self, account_id: str, app_id: str, *, deadline: object = None, stop_early: object = None
+        self,
+        account_id: str,
+        app_id: str,
+        *,
+        deadline: object = None,
+        stop_early: object = None,
+        max_entries: object = None,
     ) -> Listing:
         self.calls += 1
         if self.calls == 1:
@@ -310,6 +316,8 @@ async def test_run_polls_every_interval_until_stopped() -> None:
         def poll_error(self, account_id: str, app_id: str, reason: str) -> None: ...
 
         def track_app(self, account_id: str, app_id: str) -> None: ...
+
+        def untrack_app(self, account_id: str, app_id: str) -> None: ...
 
         def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None:
             cycles.append(seconds)
@@ -414,7 +422,13 @@ class CancellingApi(ExplodingApi):
     """A double whose session request ends cancelled, as a library bug could make it."""
 
     async def list_livestreams(
-        self, account_id: str, app_id: str, *, deadline: object = None, stop_early: object = None
+        self,
+        account_id: str,
+        app_id: str,
+        *,
+        deadline: object = None,
+        stop_early: object = None,
+        max_entries: object = None,
     ) -> Listing:
         return Listing(livestreams=(Livestream("s1", "LIVE"),))
 

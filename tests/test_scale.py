@@ -388,7 +388,13 @@ class ByIdApi:
         self.answers: dict[str, Livestream | ApiError | None] = {}
 
     async def list_livestreams(
-        self, account_id: str, app_id: str, *, deadline: object = None, stop_early: Any = None
+        self,
+        account_id: str,
+        app_id: str,
+        *,
+        deadline: object = None,
+        stop_early: Any = None,
+        max_entries: object = None,
     ) -> Listing:
         first = (Livestream("good", "IDLE"), *(Livestream(f"o{i}", "IDLE") for i in range(99)))
         done = stop_early is None or not stop_early({s.id for s in first}, 49)

@@ -503,7 +503,13 @@ class FailingApi:
         self.calls = 0
 
     async def list_livestreams(
-        self, account_id: str, app_id: str, *, deadline: object = None, stop_early: object = None
+        self,
+        account_id: str,
+        app_id: str,
+        *,
+        deadline: object = None,
+        stop_early: object = None,
+        max_entries: object = None,
     ) -> Listing:
         self.calls += 1
         if self.calls % 3 == 0:

@@ -1,0 +1,498 @@
+"""TLS and basic auth for the exporter's own endpoints, from ``--web.config.file``.
+
+The file has the format of the Prometheus exporter-toolkit's web configuration, so one
+file can serve this exporter and Go exporters alike::
+
+    tls_server_config:
+      cert_file: server.crt          # relative paths: from the file's directory
+      key_file: server.key
+      client_ca_file: clients.crt    # optional, with client_auth_type
+      client_auth_type: RequireAndVerifyClientCert
+      min_version: TLS12
+    basic_auth_users:
+      prometheus: $2y$10$...         # bcrypt hashes (htpasswd -nBC 10 prometheus)
+
+:func:`load` turns it into a :class:`WebConfig` or raises :class:`WebConfigError` naming
+every problem with its key path; unknown keys are problems, and the keys of the toolkit
+this exporter does not implement are named as such. :class:`WebState` is what the running
+server consults: the current :class:`BasicAuth` and a :class:`TlsSwitch`, both replaced
+by a reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import ssl
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import bcrypt
+import yaml
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Collection, Mapping
+
+ClientAuth = Literal["NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
+CLIENT_AUTH: Final[dict[str, ssl.VerifyMode]] = {
+    "NoClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+TLS_VERSIONS: Final = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+BCRYPT_MAX_BYTES: Final = 72  # bcrypt reads no further; every implementation cuts here
+VERIFIED_CACHE_SIZE: Final = 100
+# bcrypt runs at most this many at once, so that a flood of wrong credentials cannot take
+# every thread of the loop's executor, which /metrics renders in.
+log = logging.getLogger(__name__)
+
+BCRYPT_CONCURRENCY: Final = 2
+WWW_AUTHENTICATE: Final = 'Basic realm="realtimekit-exporter", charset="UTF-8"'
+
+_TOP_KEYS: Final = frozenset({"tls_server_config", "basic_auth_users"})
+_TLS_KEYS: Final = frozenset(
+    {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"} | {"max_version"}
+)
+# The exporter-toolkit's other keys: named as unsupported rather than unknown.
+_TOOLKIT_ONLY: Final = frozenset(
+    {"http_server_config", "rate_limit", "cert", "key", "client_ca", "cipher_suites"}
+    | {"curve_preferences", "prefer_server_cipher_suites", "client_allowed_sans"}
+)
+# Go's tls offers these; OpenSSL cannot ask for a certificate without verifying it.
+_UNVERIFIED_CLIENT_AUTH: Final = frozenset({"RequestClientCert", "RequireAnyClientCert"})
+# The salt's 22nd character carries 2 bits: only ".Oeu" decode, and bcrypt refuses others.
+_BCRYPT_HASH = re.compile(r"\$2[abxy]\$([0-9]{2})\$[./A-Za-z0-9]{21}[.Oeu][./A-Za-z0-9]{31}")
+_SHOWN_NAME = re.compile(r"[A-Za-z0-9_.@\-]{1,32}")
+
+
+class WebConfigError(Exception):
+    """The web configuration cannot be used; ``problems`` lists each one with its key path."""
+
+    def __init__(self, problems: list[str], *, source: str = "web config") -> None:
+        self.problems = list(problems)
+        self.source = source
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{source}: {count} {noun}: " + "; ".join(self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+    client_auth_type: ClientAuth = "NoClientCert"
+    min_version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2
+    max_version: ssl.TLSVersion | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """A server context with these files read now; ``ssl.SSLError`` or ``OSError``."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = self.min_version
+        if self.max_version is not None:
+            ctx.maximum_version = self.max_version
+        # A password callback, so that an encrypted key fails instead of prompting on stdin.
+        ctx.load_cert_chain(self.cert_file, self.key_file, password=_no_password)
+        if self.client_ca_file is not None:
+            ctx.load_verify_locations(cafile=self.client_ca_file)
+        ctx.verify_mode = CLIENT_AUTH[self.client_auth_type]
+        return ctx
+
+
+def _no_password() -> bytes:
+    return b""
+
+
+@dataclass(frozen=True, slots=True)
+class WebConfig:
+    """A checked web configuration. ``ssl_context`` was built from ``tls`` when loaded."""
+
+    tls: TlsConfig | None = None
+    users: Mapping[str, bytes] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    source: str = "web config"
+    ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+
+    def summary(self) -> str:
+        tls = "TLS" if self.tls is not None else "no TLS"
+        if self.tls is not None and self.tls.client_auth_type != "NoClientCert":
+            tls += f" ({self.tls.client_auth_type})"
+        return f"{tls}, basic auth for {len(self.users)} user(s)"
+
+
+def load(path: str | Path) -> WebConfig:
+    """Read and check a web config file, its certificates and keys included."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise WebConfigError([f"cannot read file: {exc.strerror or exc}"], source=source) from None
+    except UnicodeDecodeError:
+        raise WebConfigError(["file is not UTF-8 text"], source=source) from None
+    return loads(text, source=source, base_dir=Path(path).parent)
+
+
+def loads(text: str, *, source: str = "web config", base_dir: Path | None = None) -> WebConfig:
+    """Check YAML text; see :func:`load`. Relative paths are taken from ``base_dir``."""
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except _DuplicateKeyError as exc:
+        raise WebConfigError([str(exc)], source=source) from None
+    except yaml.YAMLError as exc:
+        # Only the position: the offending line could hold a password hash.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise WebConfigError([f"not valid YAML{where}"], source=source) from None
+    checker = _Checker(base_dir or Path.cwd())
+    config = checker.web_config(document, source)
+    if checker.problems:
+        raise WebConfigError(checker.problems, source=source)
+    return config
+
+
+class _DuplicateKeyError(yaml.YAMLError):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects a key repeated in one mapping instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                mark = key_node.start_mark
+                raise _DuplicateKeyError(
+                    f"duplicate key {_shown(key)} at line {mark.line + 1}, column {mark.column + 1}"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class _Checker:
+    """Collects every problem while building the config."""
+
+    def __init__(self, base_dir: Path) -> None:
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+
+    def fail(self, path: str, message: str) -> None:
+        self.problems.append(f"{path}: {message}")
+
+    def mapping(self, path: str, value: object, allowed: frozenset[str]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, "must be a mapping")
+            return {}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            where = f"{path}.{_shown(key)}" if path != "(top level)" else _shown(key)
+            if isinstance(key, str) and key in allowed:
+                out[key] = item
+            elif isinstance(key, str) and key in _TOOLKIT_ONLY:
+                self.fail(where, "not supported by realtimekit-exporter")
+            else:
+                self.fail(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        return out
+
+    def web_config(self, document: object, source: str) -> WebConfig:
+        root = self.mapping("(top level)", document, _TOP_KEYS)
+        tls = None
+        context = None
+        if root.get("tls_server_config") is not None:
+            tls = self.tls(root["tls_server_config"])
+            if tls is not None:
+                context = self.context(tls)
+        users = self.users(root.get("basic_auth_users"))
+        return WebConfig(tls=tls, users=users, source=source, ssl_context=context)
+
+    def path(self, where: str, value: object) -> Path | None:
+        if not isinstance(value, str) or not value:
+            self.fail(where, "must be a file path")
+            return None
+        path = Path(value)
+        path = path if path.is_absolute() else self.base_dir / path
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            self.fail(where, f"cannot read {path}: {exc.strerror or type(exc).__name__}")
+            return None
+        return path
+
+    def tls(self, value: object) -> TlsConfig | None:
+        base = "tls_server_config"
+        if not isinstance(value, dict):
+            self.fail(base, "must be a mapping")
+            return None
+        raw = self.mapping(base, value, _TLS_KEYS)
+        if not value:
+            self.fail(base, "needs cert_file and key_file (leave the key out for plain HTTP)")
+            return None
+        files: dict[str, Path | None] = {}
+        for name in ("cert_file", "key_file"):
+            if name not in raw:
+                self.fail(f"{base}.{name}", "is required")
+                files[name] = None
+            else:
+                files[name] = self.path(f"{base}.{name}", raw[name])
+        ca = None
+        has_ca = raw.get("client_ca_file") is not None
+        if has_ca:
+            ca = self.path(f"{base}.client_ca_file", raw["client_ca_file"])
+        auth = self.client_auth(raw.get("client_auth_type"), has_ca=has_ca)
+        low = self.version(f"{base}.min_version", raw.get("min_version", "TLS12"))
+        high = None
+        if raw.get("max_version") is not None:
+            high = self.version(f"{base}.max_version", raw["max_version"])
+        if low is not None and high is not None and high < low:
+            self.fail(f"{base}.max_version", "must not be below min_version")
+        cert, key = files["cert_file"], files["key_file"]
+        if cert is None or key is None or auth is None or low is None:
+            return None
+        if has_ca and ca is None:
+            return None
+        return TlsConfig(
+            cert_file=cert,
+            key_file=key,
+            client_ca_file=ca,
+            client_auth_type=auth,
+            min_version=low,
+            max_version=high,
+        )
+
+    def client_auth(self, value: object, *, has_ca: bool) -> ClientAuth | None:
+        where = "tls_server_config.client_auth_type"
+        text = "NoClientCert" if value is None or value == "" else value
+        if text in _UNVERIFIED_CLIENT_AUTH:
+            self.fail(
+                where,
+                f"{text} is not supported (client certificates are always verified): "
+                "use VerifyClientCertIfGiven or RequireAndVerifyClientCert",
+            )
+            return None
+        if not isinstance(text, str) or text not in CLIENT_AUTH:
+            self.fail(where, f"must be one of {', '.join(CLIENT_AUTH)}")
+            return None
+        if text == "NoClientCert" and has_ca:
+            self.fail(
+                where,
+                "client_ca_file is set but client certificates are not asked for: set "
+                "VerifyClientCertIfGiven or RequireAndVerifyClientCert",
+            )
+            return None
+        if text != "NoClientCert" and not has_ca:
+            self.fail(where, f"{text} needs tls_server_config.client_ca_file")
+            return None
+        auth: ClientAuth = text  # type: ignore[assignment]  # checked against CLIENT_AUTH
+        return auth
+
+    def version(self, where: str, value: object) -> ssl.TLSVersion | None:
+        if not isinstance(value, str) or value not in TLS_VERSIONS:
+            self.fail(where, f"must be one of {', '.join(TLS_VERSIONS)}")
+            return None
+        return TLS_VERSIONS[value]
+
+    def context(self, tls: TlsConfig) -> ssl.SSLContext | None:
+        try:
+            return tls.context()
+        except ssl.SSLError as exc:
+            # The reason is OpenSSL's code (KEY_VALUES_MISMATCH, ...), never file content.
+            self.fail(
+                "tls_server_config",
+                f"cannot use cert_file, key_file and client_ca_file: {exc.reason or exc}",
+            )
+        except (OSError, ValueError) as exc:
+            self.fail("tls_server_config", f"cannot use the files: {exc}")
+        return None
+
+    def users(self, value: object) -> Mapping[str, bytes]:
+        base = "basic_auth_users"
+        if value is None:
+            return MappingProxyType({})
+        if not isinstance(value, dict):
+            self.fail(base, "must be a mapping of user name to bcrypt hash")
+            return MappingProxyType({})
+        users: dict[str, bytes] = {}
+        for name, hashed in value.items():
+            where = f"{base}.{_shown(name)}"
+            if not isinstance(name, str) or not name:
+                self.fail(where, "a user name must be non-empty text")
+            elif ":" in name:
+                self.fail(where, "a user name cannot contain ':' in basic auth")
+            elif not isinstance(hashed, str) or not (m := _BCRYPT_HASH.fullmatch(hashed)):
+                # Never quoted: it might be a password written where its hash belongs.
+                self.fail(where, "must be a bcrypt hash ($2y$..., e.g. from htpasswd -nB)")
+            elif not 4 <= int(m.group(1)) <= 31:
+                self.fail(where, "the bcrypt cost must be between 04 and 31")
+            else:
+                users[name] = hashed.encode("ascii")
+        return MappingProxyType(users)
+
+
+def _shown(key: object) -> str:
+    """A key or user name as an error may show it: plain and short, else described."""
+    text = str(key)
+    if _SHOWN_NAME.fullmatch(text):
+        return text
+    return f"<key of {len(text)} characters>"
+
+
+def _cost(hashed: bytes) -> int:
+    return int(hashed[4:6])  # $2y$NN$...
+
+
+def basic_credentials(header: str | None) -> tuple[str, bytes] | None:
+    """User and password of an ``Authorization: Basic`` header; None if it is not one."""
+    if not header:
+        return None
+    scheme, _, encoded = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        raw = base64.b64decode(encoded.strip(), validate=True)
+        user, sep, password = raw.partition(b":")
+        if not sep:
+            return None
+        return user.decode("utf-8"), password
+    except (binascii.Error, ValueError):  # includes UnicodeDecodeError
+        return None
+
+
+class BasicAuth:
+    """Checks basic auth credentials against bcrypt hashes, in constant time.
+
+    Every check runs bcrypt, off the event loop: for an unknown user against the most
+    costly configured hash, so that a wrong user name takes as long as a wrong password,
+    and the result is compared with :func:`hmac.compare_digest`. bcrypt is slow on
+    purpose (tens to hundreds of milliseconds), so credentials that passed are remembered
+    (at most :data:`VERIFIED_CACHE_SIZE`, as keyed digests, never the password) and a
+    scrape with them skips bcrypt; wrong ones never do.
+    """
+
+    def __init__(
+        self,
+        users: Mapping[str, bytes],
+        *,
+        hashpw: Callable[[bytes, bytes], bytes] = bcrypt.hashpw,
+        cache_size: int = VERIFIED_CACHE_SIZE,
+    ) -> None:
+        if not users:
+            raise ValueError("basic auth needs at least one user")
+        self._users = dict(users)
+        self._dummy = max(self._users.values(), key=_cost)
+        self._hashpw = hashpw
+        self._key = secrets.token_bytes(32)
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._cache_size = cache_size
+        self._running = asyncio.Semaphore(BCRYPT_CONCURRENCY)
+
+    def __repr__(self) -> str:
+        return f"BasicAuth(users={len(self._users)})"
+
+    async def allows(self, header: str | None) -> bool:
+        credentials = basic_credentials(header)
+        if credentials is None:
+            return False
+        user, password = credentials
+        stored = self._users.get(user)
+        hashed = self._dummy if stored is None else stored
+        key = self._cache_key(user, hashed, password)
+        if stored is not None and key in self._verified:
+            self._verified.move_to_end(key)
+            return True
+        async with self._running:
+            computed = await asyncio.to_thread(self._hash, password, hashed)
+        ok = hmac.compare_digest(computed, hashed) and stored is not None
+        if ok:
+            self._verified[key] = None
+            while len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+        return ok
+
+    def _hash(self, password: bytes, hashed: bytes) -> bytes:
+        try:
+            return self._hashpw(password[:BCRYPT_MAX_BYTES], hashed)
+        except ValueError:  # cannot happen for a checked hash; never a match
+            log.warning("a basic_auth_users hash is refused by bcrypt; that user cannot log in")
+            return b""
+
+    def _cache_key(self, user: str, hashed: bytes, password: bytes) -> bytes:
+        mac = hmac.new(self._key, digestmod=hashlib.sha256)
+        for part in (user.encode("utf-8"), hashed, password):
+            mac.update(len(part).to_bytes(8, "big") + part)
+        return mac.digest()
+
+
+class TlsSwitch:
+    """The server's TLS context, whose settings a reload replaces for new connections.
+
+    A listening socket keeps the context it was opened with, so the server listens with
+    :attr:`context` and, on each handshake, hands the connection the current context
+    (certificate, key, client CAs). The verify mode and protocol versions are copied into
+    a connection before that point, so :meth:`replace` sets them on :attr:`context` too.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        self._current = context
+        context.sni_callback = self._handshake
+        # No session resumption: a resumed session skips the handshake, and with it the
+        # client certificate policy and CAs a reload may have changed.
+        context.options |= ssl.OP_NO_TICKET
+        context.num_tickets = 0
+
+    def replace(self, context: ssl.SSLContext) -> None:
+        self.context.verify_mode = context.verify_mode
+        self.context.minimum_version = context.minimum_version
+        self.context.maximum_version = context.maximum_version
+        self._current = context
+
+    def _handshake(self, connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
+        # Called with name None as well when the client sends no server name.
+        if self._current is not self.context:
+            connection.context = self._current
+
+
+class WebState:
+    """What the server checks each request against; :meth:`replace` installs a reloaded
+    :class:`WebConfig` (turning TLS on or off needs a restart: the socket is open)."""
+
+    def __init__(self, config: WebConfig, *, unauthenticated: Collection[str] = ()) -> None:
+        self.config = config
+        self.unauthenticated = frozenset(unauthenticated)
+        self.auth = BasicAuth(config.users) if config.users else None
+        self.tls = TlsSwitch(config.ssl_context) if config.ssl_context is not None else None
+
+    def problem(self, config: WebConfig) -> str | None:
+        """Why ``config`` cannot replace the current one, if it cannot."""
+        if (config.ssl_context is None) != (self.tls is None):
+            turn = "off" if config.ssl_context is None else "on"
+            return f"turning TLS {turn} needs a restart"
+        return None
+
+    def replace(self, config: WebConfig) -> None:
+        if (problem := self.problem(config)) is not None:
+            raise WebConfigError([problem], source=config.source)
+        if config.users != self.config.users:
+            self.auth = BasicAuth(config.users) if config.users else None
+        if self.tls is not None and config.ssl_context is not None:
+            self.tls.replace(config.ssl_context)
+        self.config = config

@@ -1,0 +1,754 @@
+"""TLS and basic auth on the exporter's own endpoints (``--web.config.file``)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import re
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+import bcrypt
+import pytest
+import trustme
+import yaml
+from prometheus_client import CollectorRegistry
+
+from exporter import cli, webconfig
+from exporter.reload import Reloader
+from exporter.server import Exporter, Server
+from exporter.webconfig import BasicAuth, WebConfigError, WebState
+from tests.conftest import ACCOUNT, APP, make_config
+from tests.fakeapi import FakeStream
+from tests.procs import (
+    LOOPBACK,
+    exporter_command,
+    get,
+    run,
+    spawned_exporter,
+    spawned_prometheus,
+    wait_for,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
+
+    from tests.fakeapi import FakeApi
+
+USER = "prometheus"
+PASSWORD = "correct horse battery staple"
+# Cost 4, the lowest bcrypt allows, keeps the tests fast; the exporter treats all alike.
+HASH = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4)).decode()
+OTHER_HASH = bcrypt.hashpw(b"another password", bcrypt.gensalt(4)).decode()
+
+
+@dataclass(frozen=True)
+class Tls:
+    """A CA made for the test and a server certificate it signed for 127.0.0.1."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    ca: trustme.CA
+
+    def client(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+
+def make_tls(directory: Path, name: str = "server") -> Tls:
+    ca = trustme.CA()
+    cert = ca.issue_cert(LOOPBACK, "localhost")
+    directory.mkdir(parents=True, exist_ok=True)
+    tls = Tls(
+        ca_file=directory / f"{name}-ca.crt",
+        cert_file=directory / f"{name}.crt",
+        key_file=directory / f"{name}.key",
+        ca=ca,
+    )
+    ca.cert_pem.write_to_path(str(tls.ca_file))
+    for i, pem in enumerate(cert.cert_chain_pems):
+        pem.write_to_path(str(tls.cert_file), append=i > 0)
+    cert.private_key_pem.write_to_path(str(tls.key_file))
+    return tls
+
+
+def write_web_config(path: Path, tls: Tls | None, users: dict[str, str] | None = None) -> Path:
+    document: dict[str, object] = {}
+    if tls is not None:
+        document["tls_server_config"] = {
+            "cert_file": str(tls.cert_file),
+            "key_file": str(tls.key_file),
+        }
+    if users:
+        document["basic_auth_users"] = users
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> Tls:
+    return make_tls(tmp_path / "tls")
+
+
+# -- loading --------------------------------------------------------------------------
+def test_a_valid_file_loads_with_paths_from_its_directory(tls: Tls) -> None:
+    """Relative file paths are taken from the web config file's directory, as the
+    exporter-toolkit does; users map to their hashes; the TLS context is built at once."""
+    path = tls.cert_file.parent / "web.yml"
+    path.write_text(
+        f"tls_server_config:\n  cert_file: {tls.cert_file.name}\n  key_file: {tls.key_file.name}\n"
+        f"  min_version: TLS13\nbasic_auth_users:\n  {USER}: '{HASH}'\n",
+        encoding="utf-8",
+    )
+    loaded = webconfig.load(path)
+    assert loaded.tls is not None
+    assert loaded.tls.cert_file == tls.cert_file
+    assert loaded.tls.min_version == ssl.TLSVersion.TLSv1_3
+    assert dict(loaded.users) == {USER: HASH.encode()}
+    assert loaded.ssl_context is not None
+    assert loaded.ssl_context.minimum_version == ssl.TLSVersion.TLSv1_3
+
+
+def test_an_empty_file_means_plain_http_and_no_auth() -> None:
+    """Like the exporter-toolkit, an empty web config changes nothing."""
+    loaded = webconfig.loads("")
+    assert loaded.tls is None and not loaded.users and loaded.ssl_context is None
+
+
+def test_every_problem_is_reported_at_once(tls: Tls) -> None:
+    """One error lists every problem, each with its key path."""
+    text = (
+        "tls_server_config:\n  key_file: nowhere.key\n  min_version: TLS9\n"
+        "basic_auth_users:\n  alice: plain-password\n  bob: 3\nextra: 1\n"
+    )
+    with pytest.raises(WebConfigError) as caught:
+        webconfig.loads(text, base_dir=tls.cert_file.parent)
+    paths = [problem.split(":")[0] for problem in caught.value.problems]
+    assert paths == [
+        "extra",
+        "tls_server_config.cert_file",
+        "tls_server_config.key_file",
+        "tls_server_config.min_version",
+        "basic_auth_users.alice",
+        "basic_auth_users.bob",
+    ]
+    assert "plain-password" not in str(caught.value)
+
+
+def bad_cases(tls: Tls, tmp_path: Path) -> dict[str, tuple[str, str]]:
+    """id -> (file content, what the one-line error must say)."""
+    other = make_tls(tmp_path / "other")
+    ca = f"  client_ca_file: {tls.ca_file}\n"
+    files = f"tls_server_config:\n  cert_file: {tls.cert_file}\n  key_file: {tls.key_file}\n"
+    return {
+        "not-yaml": ("tls_server_config: [\n", "not valid YAML at line"),
+        "not-a-mapping": ("- a\n", "(top level): must be a mapping"),
+        "unknown-key": ("basic_auth_user: {}\n", "basic_auth_user: unknown key"),
+        "toolkit-only-key": (
+            "http_server_config:\n  http2: false\n",
+            "http_server_config: not supported by realtimekit-exporter",
+        ),
+        "duplicate-key": (
+            f"basic_auth_users:\n  alice: '{HASH}'\n  alice: '{HASH}'\n",
+            "duplicate key alice at line 3",
+        ),
+        "tls-not-a-mapping": (
+            "tls_server_config: yes\n",
+            "web.yml: 1 problem: tls_server_config: must be a mapping",
+        ),
+        "empty-tls": ("tls_server_config: {}\n", "tls_server_config: needs cert_file and key_file"),
+        "no-key-file": (
+            f"tls_server_config:\n  cert_file: {tls.cert_file}\n",
+            "tls_server_config.key_file: is required",
+        ),
+        "missing-cert-file": (
+            f"tls_server_config:\n  cert_file: {tmp_path}/absent.crt\n  key_file: {tls.key_file}\n",
+            "tls_server_config.cert_file: cannot read",
+        ),
+        "unknown-tls-key": (files + "  certfile: x\n", "tls_server_config.certfile: unknown key"),
+        "inline-cert": (files + "  cert: x\n", "tls_server_config.cert: not supported"),
+        "key-of-another-cert": (
+            f"tls_server_config:\n  cert_file: {tls.cert_file}\n  key_file: {other.key_file}\n",
+            "tls_server_config: cannot use cert_file, key_file and client_ca_file",
+        ),
+        "cert-not-pem": (
+            f"tls_server_config:\n  cert_file: {tls.ca_file.parent}/../web.yml\n"
+            f"  key_file: {tls.key_file}\n",
+            "tls_server_config: cannot use",
+        ),
+        "bad-client-auth": (
+            files + ca + "  client_auth_type: Sometimes\n",
+            "tls_server_config.client_auth_type: must be one of",
+        ),
+        "unverified-client-auth": (
+            files + ca + "  client_auth_type: RequireAnyClientCert\n",
+            "tls_server_config.client_auth_type: RequireAnyClientCert is not supported",
+        ),
+        "client-auth-without-ca": (
+            files + "  client_auth_type: RequireAndVerifyClientCert\n",
+            "needs tls_server_config.client_ca_file",
+        ),
+        "ca-without-client-auth": (
+            files + ca,
+            "tls_server_config.client_auth_type: client_ca_file",
+        ),
+        "bad-min-version": (files + "  min_version: TLS14\n", "tls_server_config.min_version"),
+        "max-below-min": (
+            files + "  min_version: TLS13\n  max_version: TLS12\n",
+            "tls_server_config.max_version: must not be below min_version",
+        ),
+        "users-not-a-mapping": ("basic_auth_users: [alice]\n", "basic_auth_users: must be"),
+        "password-not-hash": (
+            "basic_auth_users:\n  alice: hunter2-in-the-clear\n",
+            "basic_auth_users.alice: must be a bcrypt hash",
+        ),
+        # The salt's 22nd character can only be one of ".Oeu": bcrypt refuses any other.
+        "salt-bcrypt-refuses": (
+            "basic_auth_users:\n  alice: '"
+            + HASH[:28]
+            + ("Z" if HASH[28] != "Z" else "Y")
+            + HASH[29:]
+            + "'\n",
+            "basic_auth_users.alice: must be a bcrypt hash",
+        ),
+        "cost-too-high": (
+            "basic_auth_users:\n  alice: '$2y$32$" + HASH[7:] + "'\n",
+            "basic_auth_users.alice: the bcrypt cost must be between 04 and 31",
+        ),
+        "colon-in-user": (
+            f"basic_auth_users:\n  'a:b': '{HASH}'\n",
+            "a user name cannot contain ':'",
+        ),
+    }
+
+
+CASES = [
+    "not-yaml",
+    "not-a-mapping",
+    "unknown-key",
+    "toolkit-only-key",
+    "duplicate-key",
+    "tls-not-a-mapping",
+    "empty-tls",
+    "no-key-file",
+    "missing-cert-file",
+    "unknown-tls-key",
+    "inline-cert",
+    "key-of-another-cert",
+    "cert-not-pem",
+    "bad-client-auth",
+    "unverified-client-auth",
+    "client-auth-without-ca",
+    "ca-without-client-auth",
+    "bad-min-version",
+    "max-below-min",
+    "users-not-a-mapping",
+    "password-not-hash",
+    "cost-too-high",
+    "colon-in-user",
+]
+
+
+def write_config(tmp_path: Path) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "api:\n  base_url: http://127.0.0.1:9/client/v4\n  token: abcdefgh12345678\n"
+        f"apps:\n  - account_id: {ACCOUNT}\n    app_id: {APP}\n    discover: true\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bad_web_config_is_a_usage_error_naming_the_key(
+    case: str, tls: Tls, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each bad web config file makes the exporter exit 2 at start, with one line naming
+    the key path, never quoting a password or hash."""
+    text, expected = bad_cases(tls, tmp_path)[case]
+    (tmp_path / "web.yml").write_text(text, encoding="utf-8")
+    code = cli.main(
+        [
+            "--config.file",
+            str(write_config(tmp_path)),
+            "--web.config.file",
+            str(tmp_path / "web.yml"),
+            "--web.listen-address",
+            f"{LOOPBACK}:0",
+            "--once",
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith("realtimekit-exporter: invalid web configuration: ")
+    assert err.count("\n") == 1
+    assert expected in err, err
+    for secret in ("hunter2-in-the-clear", HASH[7:]):
+        assert secret not in err
+
+
+def test_a_bad_web_config_exits_2_as_a_process_with_no_traceback(tmp_path: Path) -> None:
+    """The real process, started to serve (also with --demo): exit 2, one line, no
+    traceback."""
+    web = tmp_path / "web.yml"
+    web.write_text("tls_server_config:\n  cert_file: absent.crt\n", encoding="utf-8")
+    for mode in (["--config.file", str(write_config(tmp_path))], ["--demo"]):
+        listen = ("--web.listen-address", f"{LOOPBACK}:0")
+        done = run(exporter_command(*mode, "--web.config.file", str(web), *listen), timeout=30)
+        assert done.returncode == 2, done.stderr
+        assert done.stdout == "" and done.stderr.count("\n") == 1
+        assert "tls_server_config.cert_file: cannot read" in done.stderr
+        assert "tls_server_config.key_file: is required" in done.stderr
+
+
+def test_config_check_covers_the_web_config(tls: Tls, tmp_path: Path) -> None:
+    """--config.check also checks the web config and says what it sets up."""
+    web = write_web_config(tmp_path / "web.yml", tls, {USER: HASH})
+    command = exporter_command(
+        "--config.file", str(write_config(tmp_path)), "--web.config.file", str(web)
+    )
+    done = run([*command, "--config.check"], timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1
+    assert f"{web}: OK: TLS, basic auth for 1 user(s)" in done.stdout
+
+
+def test_the_healthy_flag_opens_only_healthy(tmp_path: Path) -> None:
+    """The process started with --web.healthy-without-auth (here in demo mode, basic auth
+    without TLS) answers /-/healthy without credentials and nothing else."""
+    web = write_web_config(tmp_path / "web.yml", None, {USER: HASH})
+    args = ("--demo", "--web.config.file", str(web), "--web.healthy-without-auth")
+    with spawned_exporter(tmp_path, None, *args) as (_, target):
+        assert get(f"http://{target}/-/healthy").status == 200
+        refused = get(f"http://{target}/metrics")
+        assert refused.status == 401 and refused.headers["www-authenticate"].startswith("Basic")
+        allowed = get(f"http://{target}/metrics", headers={"Authorization": basic(USER, PASSWORD)})
+        assert allowed.status == 200 and b"realtimekit_up" in allowed.body
+        assert get(f"http://{target}/-/ready").status == 401
+
+
+def test_repr_shows_no_hash(tls: Tls, tmp_path: Path) -> None:
+    """Neither a loaded web config nor its auth shows a password hash in its repr."""
+    loaded = webconfig.load(write_web_config(tmp_path / "web.yml", tls, {USER: HASH}))
+    for shown in (repr(loaded), repr(BasicAuth(loaded.users)), repr(WebState(loaded).auth)):
+        assert HASH[7:] not in shown
+
+
+# -- basic auth, unit -----------------------------------------------------------------
+class CountingHash:
+    """bcrypt.hashpw, counting its calls and the hashes it was asked to match."""
+
+    def __init__(self) -> None:
+        self.against: list[bytes] = []
+
+    def __call__(self, password: bytes, hashed: bytes) -> bytes:
+        self.against.append(hashed)
+        return bcrypt.hashpw(password, hashed)
+
+
+async def test_bcrypt_runs_for_every_failure_and_unknown_users() -> None:
+    """A wrong password, and an unknown user (against a configured hash, so it takes as
+    long), cost a bcrypt run every time: failures are never remembered."""
+    counting = CountingHash()
+    auth = BasicAuth({USER: HASH.encode(), "other": OTHER_HASH.encode()}, hashpw=counting)
+    for _ in range(2):
+        assert not await auth.allows(basic(USER, "wrong"))
+        assert not await auth.allows(basic("nobody", PASSWORD))
+    assert len(counting.against) == 4
+    assert all(h in (HASH.encode(), OTHER_HASH.encode()) for h in counting.against)
+    # The unknown user's password matching a configured hash still does not let it in.
+    assert not await auth.allows(basic("nobody", "another password"))
+
+
+async def test_verified_credentials_are_remembered_within_a_bound() -> None:
+    """Right credentials run bcrypt once, then hit the cache; the cache keeps at most
+    cache_size entries, dropping the least recently used."""
+    counting = CountingHash()
+    users = {f"user{i}": HASH.encode() for i in range(3)}
+    auth = BasicAuth(users, hashpw=counting, cache_size=2)
+    assert await auth.allows(basic("user0", PASSWORD))
+    assert await auth.allows(basic("user0", PASSWORD))
+    assert len(counting.against) == 1
+    assert await auth.allows(basic("user1", PASSWORD))
+    assert await auth.allows(basic("user2", PASSWORD))  # user0 falls out
+    assert len(counting.against) == 3
+    assert await auth.allows(basic("user0", PASSWORD))
+    assert len(counting.against) == 4
+    # A cached user with a wrong password is checked, and refused.
+    assert not await auth.allows(basic("user0", "wrong"))
+    assert len(counting.against) == 5
+
+
+async def test_at_most_two_bcrypt_runs_at_once() -> None:
+    """A burst of wrong credentials runs bcrypt two at a time, leaving the loop's other
+    executor threads (which render /metrics) free."""
+    running = peak = 0
+    lock = threading.Lock()
+    pair = threading.Barrier(2, timeout=5)  # two runs must overlap, or this breaks
+
+    def slow(password: bytes, hashed: bytes) -> bytes:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        pair.wait()
+        time.sleep(0.02)  # room for a third run to overlap, were it let in
+        with lock:
+            running -= 1
+        return b""
+
+    auth = BasicAuth({USER: HASH.encode()}, hashpw=slow)
+    results = await asyncio.gather(*(auth.allows(basic(USER, f"guess{i}")) for i in range(6)))
+    assert not any(results) and peak == webconfig.BCRYPT_CONCURRENCY == 2
+
+
+async def test_the_result_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bcrypt's output is compared with hmac.compare_digest, for hits and misses alike."""
+    calls: list[tuple[bytes, bytes]] = []
+    real = webconfig.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(webconfig.hmac, "compare_digest", spy)
+    auth = BasicAuth({USER: HASH.encode()})
+    assert not await auth.allows(basic(USER, "wrong"))
+    assert not await auth.allows(basic("nobody", "wrong"))
+    assert await auth.allows(basic(USER, PASSWORD))
+    assert len(calls) == 3 and all(b == HASH.encode() for _, b in calls)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "Basic",
+        "Basic !!!not-base64",
+        "Bearer " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode(),
+        "Basic " + base64.b64encode(f"{USER}{PASSWORD}".encode()).decode(),
+        "Basic " + base64.b64encode(b"\xff\xfe:" + PASSWORD.encode()).decode(),
+    ],
+    ids=["none", "empty", "no-credentials", "not-base64", "bearer", "no-colon", "not-utf8"],
+)
+async def test_malformed_headers_are_refused(header: str | None) -> None:
+    """Anything but a well-formed Basic header is refused."""
+    assert not await BasicAuth({USER: HASH.encode()}).allows(header)
+
+
+async def test_only_the_first_72_bytes_of_a_password_count() -> None:
+    """As in every bcrypt implementation (htpasswd, Go's): longer passwords are cut at 72
+    bytes instead of failing, so hashes made by those tools keep working."""
+    long = "x" * 72
+    auth = BasicAuth({USER: bcrypt.hashpw(long.encode(), bcrypt.gensalt(4))})
+    assert await auth.allows(basic(USER, long + "ignored"))
+    assert not await auth.allows(basic(USER, "x" * 71))
+
+
+# -- the server -----------------------------------------------------------------------
+class Secured:
+    def __init__(self, server: Server, http: aiohttp.ClientSession, tls: Tls | None) -> None:
+        host, port = server.addresses[0]
+        self.url = f"{'https' if tls else 'http'}://{host}:{port}"
+        self.http = http
+        self.tls = tls
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        auth: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> tuple[int, dict[str, str], str]:
+        headers = {"Authorization": auth} if auth is not None else {}
+        context = ssl_context or (self.tls.client() if self.tls else None)
+        async with self.http.request(
+            method, self.url + path, headers=headers, ssl=context or False
+        ) as response:
+            return response.status, dict(response.headers), await response.text()
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    fake_api: FakeApi,
+    web_state: WebState,
+    tls: Tls | None,
+    *,
+    web_config_file: Path | None = None,
+) -> AsyncIterator[Secured]:
+    """The exporter polling ``fake_api``, serving with ``web_state`` (whose certificate
+    ``tls`` made), reloading ``web_config_file`` on POST /-/reload."""
+    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    config = make_config(fake_api.base_url, streams=("ls-1",), interval=1.0)
+    async with Exporter(config, registry=CollectorRegistry(), process_metrics=False) as exporter:
+        reloader = Reloader(
+            exporter=exporter,
+            config_file=None,
+            web_config_file=str(web_config_file) if web_config_file else None,
+            web_state=web_state,
+        )
+        server = Server(
+            exporter, host=LOOPBACK, port=0, web_state=web_state, reload=reloader.reload
+        )
+        await server.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                yield Secured(server, http, tls)
+        finally:
+            await server.close()
+
+
+def state_for(path: Path, *, healthy_open: bool = False) -> WebState:
+    return WebState(webconfig.load(path), unauthenticated=["/-/healthy"] if healthy_open else [])
+
+
+async def test_tls_is_served_with_the_configured_certificate(
+    fake_api: FakeApi, tls: Tls, tmp_path: Path
+) -> None:
+    """HTTPS works with the test's CA; a client that does not trust it, or speaks plain
+    HTTP to the TLS port, gets no answer."""
+    path = write_web_config(tmp_path / "web.yml", tls)
+    async with serving(fake_api, state_for(path), tls) as secured:
+        status, _, body = await secured.request("GET", "/-/healthy")
+        assert status == 200 and body == "OK\n"
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await secured.request("GET", "/-/healthy", ssl_context=ssl.create_default_context())
+        plain = secured.url.replace("https://", "http://")
+        with pytest.raises(aiohttp.ClientError):
+            async with secured.http.get(plain + "/-/healthy") as response:
+                await response.read()
+
+
+PROTECTED = [("GET", "/metrics"), ("GET", "/"), ("GET", "/-/ready"), ("POST", "/-/reload")]
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        None,
+        basic(USER, "wrong"),
+        basic("nobody", PASSWORD),
+        basic(USER.upper(), PASSWORD),
+        "Basic %%%",
+        "Bearer " + PASSWORD,
+    ],
+    ids=["none", "wrong-password", "unknown-user", "user-case", "malformed", "other-scheme"],
+)
+async def test_wrong_or_missing_credentials_get_401(
+    fake_api: FakeApi, tls: Tls, tmp_path: Path, auth: str | None
+) -> None:
+    """Every endpoint, /-/healthy and /-/reload included, answers 401 with
+    WWW-Authenticate: Basic to missing, wrong, unknown or malformed credentials."""
+    path = write_web_config(tmp_path / "web.yml", tls, {USER: HASH})
+    async with serving(fake_api, state_for(path), tls) as secured:
+        for method, endpoint in [*PROTECTED, ("GET", "/-/healthy")]:
+            status, headers, body = await secured.request(method, endpoint, auth=auth)
+            assert status == 401, endpoint
+            assert headers["WWW-Authenticate"].startswith("Basic realm=")
+            assert "realtimekit" not in body.replace("realtimekit-exporter", "")
+
+
+async def test_right_credentials_get_200(fake_api: FakeApi, tls: Tls, tmp_path: Path) -> None:
+    """The configured user with the right password reaches every endpoint over TLS;
+    /-/reload only by POST (GET is 405)."""
+    path = write_web_config(tmp_path / "web.yml", tls, {USER: HASH})
+    async with serving(fake_api, state_for(path), tls, web_config_file=path) as secured:
+        auth = basic(USER, PASSWORD)
+        for method, endpoint in [*PROTECTED, ("GET", "/-/healthy")]:
+            status, _, _ = await secured.request(method, endpoint, auth=auth)
+            assert status in (200, 503), endpoint  # /-/ready: 503 before the first cycle
+        status, _, body = await secured.request("GET", "/metrics", auth=auth)
+        assert status == 200 and "realtimekit_exporter_build_info" in body
+        assert (await secured.request("GET", "/-/reload", auth=auth))[0] == 405
+
+
+async def test_auth_without_tls(fake_api: FakeApi, tmp_path: Path) -> None:
+    """basic_auth_users alone protects a plain HTTP server."""
+    path = write_web_config(tmp_path / "web.yml", None, {USER: HASH})
+    async with serving(fake_api, state_for(path), None) as secured:
+        assert (await secured.request("GET", "/metrics"))[0] == 401
+        assert (await secured.request("GET", "/metrics", auth=basic(USER, PASSWORD)))[0] == 200
+
+
+async def test_healthy_is_open_only_when_asked(fake_api: FakeApi, tls: Tls, tmp_path: Path) -> None:
+    """With --web.healthy-without-auth, /-/healthy answers without credentials (over TLS
+    still); every other path keeps asking for them."""
+    path = write_web_config(tmp_path / "web.yml", tls, {USER: HASH})
+    async with serving(fake_api, state_for(path, healthy_open=True), tls) as secured:
+        assert (await secured.request("GET", "/-/healthy"))[0] == 200
+        for method, endpoint in PROTECTED:
+            assert (await secured.request(method, endpoint))[0] == 401, endpoint
+
+
+async def test_reload_replaces_users_and_certificate(
+    fake_api: FakeApi, tls: Tls, tmp_path: Path
+) -> None:
+    """POST /-/reload re-reads the web config: new users and a new certificate apply to
+    the next request and handshake, old credentials stop working."""
+    path = write_web_config(tmp_path / "web.yml", tls, {USER: HASH})
+    async with serving(fake_api, state_for(path), tls, web_config_file=path) as secured:
+        renewed = make_tls(tmp_path / "renewed")
+        write_web_config(path, renewed, {"new-user": OTHER_HASH})
+        status, _, body = await secured.request("POST", "/-/reload", auth=basic(USER, PASSWORD))
+        assert (status, body) == (200, "configuration reloaded\n")
+        new_auth = basic("new-user", "another password")
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await secured.request("GET", "/metrics", auth=new_auth)  # the old CA
+        status, _, _ = await secured.request(
+            "GET", "/metrics", auth=new_auth, ssl_context=renewed.client()
+        )
+        assert status == 200
+        status, _, _ = await secured.request(
+            "GET", "/metrics", auth=basic(USER, PASSWORD), ssl_context=renewed.client()
+        )
+        assert status == 401
+
+
+async def test_reload_cannot_turn_tls_off(fake_api: FakeApi, tls: Tls, tmp_path: Path) -> None:
+    """Dropping tls_server_config needs a restart: the reload is refused with a 500 and
+    the reason, and TLS and the old users stay."""
+    path = write_web_config(tmp_path / "web.yml", tls, {USER: HASH})
+    async with serving(fake_api, state_for(path), tls, web_config_file=path) as secured:
+        write_web_config(path, None, {USER: HASH})
+        auth = basic(USER, PASSWORD)
+        status, _, body = await secured.request("POST", "/-/reload", auth=auth)
+        assert status == 500 and "turning TLS off needs a restart" in body
+        assert (await secured.request("GET", "/metrics", auth=auth))[0] == 200
+
+
+async def test_client_certificates_when_required(fake_api: FakeApi, tmp_path: Path) -> None:
+    """client_auth_type RequireAndVerifyClientCert: only a client with a certificate from
+    client_ca_file completes the handshake."""
+    tls = make_tls(tmp_path / "tls")
+    clients = trustme.CA()
+    clients.cert_pem.write_to_path(str(tmp_path / "clients.crt"))
+    path = tmp_path / "web.yml"
+    path.write_text(
+        f"tls_server_config:\n  cert_file: {tls.cert_file}\n  key_file: {tls.key_file}\n"
+        f"  client_ca_file: clients.crt\n  client_auth_type: RequireAndVerifyClientCert\n",
+        encoding="utf-8",
+    )
+    async with serving(fake_api, state_for(path), tls) as secured:
+        with pytest.raises(aiohttp.ClientError):
+            await secured.request("GET", "/-/healthy")
+        with_cert = tls.client()
+        clients.issue_cert("client@example.invalid").configure_cert(with_cert)
+        assert (await secured.request("GET", "/-/healthy", ssl_context=with_cert))[0] == 200
+
+
+# -- a real Prometheus ----------------------------------------------------------------
+def test_prometheus_scrapes_over_https_with_basic_auth(tmp_path: Path) -> None:
+    """A real Prometheus scrapes the exporter (demo mode) over HTTPS, trusting the test's
+    CA, with basic auth: up is 1 and the streams arrive; a job with a wrong password is
+    refused (up 0)."""
+    tls = make_tls(tmp_path / "tls")
+    web = write_web_config(tmp_path / "web.yml", tls, {USER: HASH})
+    with spawned_exporter(tmp_path, None, "--demo", "--web.config.file", str(web)) as (
+        exporter,
+        target,
+    ):
+
+        def job(name: str, password: str) -> dict[str, object]:
+            return {
+                "job_name": name,
+                "scheme": "https",
+                "tls_config": {"ca_file": str(tls.ca_file)},
+                "basic_auth": {"username": USER, "password": password},
+                "static_configs": [{"targets": [target]}],
+            }
+
+        config = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+            "scrape_configs": [job("rtk", PASSWORD), job("intruder", "wrong")],
+        }
+        with spawned_prometheus(tmp_path, config, watch=[exporter]) as prometheus:
+
+            def scraped() -> bool:
+                up = prometheus.value('up{job="rtk"}')
+                intruder = prometheus.value('up{job="intruder"}')
+                streams = prometheus.value('count(realtimekit_livestream_live{job="rtk"})')
+                return up == 1 and intruder == 0 and bool(streams)
+
+            wait_for(
+                scraped,
+                timeout=30,
+                what=lambda: "an HTTPS scrape: " + prometheus.history("up"),
+                watch=[exporter, prometheus.proc],
+            )
+        assert re.search(r"listening on 127\.0\.0\.1:\d+ \(https\)", exporter.log())
+        assert "metrics at https://" in exporter.log()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_a_session_from_before_a_reload_cannot_be_resumed(
+    tmp_path: Path, version: ssl.TLSVersion
+) -> None:
+    """A reload that starts requiring client certificates holds for clients that come back
+    with a session from before it: the server resumes no session, so every connection
+    goes through the handshake and its client certificate policy."""
+    tls = make_tls(tmp_path / "tls")
+    files = f"tls_server_config:\n  cert_file: {tls.cert_file}\n  key_file: {tls.key_file}\n"
+    state = WebState(webconfig.loads(files))
+    assert state.tls is not None
+    listening = state.tls.context
+    client_ca = trustme.CA()
+    client_ca.cert_pem.write_to_path(str(tmp_path / "clients.crt"))
+    with socket.create_server((LOOPBACK, 0)) as server:
+        port = server.getsockname()[1]
+
+        def serve(connections: int) -> None:
+            for _ in range(connections):
+                raw, _ = server.accept()
+                try:
+                    with listening.wrap_socket(raw, server_side=True) as conn:
+                        conn.recv(2)
+                        conn.sendall(b"ok")
+                except (ssl.SSLError, OSError):
+                    raw.close()
+
+        context = tls.client()  # one context: a session belongs to the context it came from
+        context.minimum_version = context.maximum_version = version
+
+        def connect(session: ssl.SSLSession | None = None) -> tuple[bytes, ssl.SSLSession | None]:
+            raw = socket.create_connection((LOOPBACK, port), timeout=5)
+            with context.wrap_socket(raw, server_hostname=LOOPBACK, session=session) as conn:
+                conn.sendall(b"hi")
+                try:
+                    answer = conn.recv(2)
+                except (ssl.SSLError, OSError):
+                    answer = b""
+                return answer, conn.session
+
+        worker = threading.Thread(target=serve, args=(4,), daemon=True)
+        worker.start()
+        assert connect()[0] == b"ok"
+        answer, session = connect()  # TLS 1.3 hands out tickets after the first
+        assert answer == b"ok"
+        state.replace(
+            webconfig.loads(
+                files
+                + f"  client_ca_file: {tmp_path / 'clients.crt'}\n"
+                + "  client_auth_type: RequireAndVerifyClientCert\n"
+            )
+        )
+        for attempt in (None, session):
+            try:
+                answer, _ = connect(attempt)
+            except (ssl.SSLError, OSError):
+                answer = b""
+            assert answer == b"", "a client without a certificate got in"
+        worker.join(10)
+        assert not worker.is_alive()
