@@ -352,8 +352,10 @@ def default_interval(n: int) -> float:
     return 120.0
 
 
-def exporter_config(base_url: str, token_file: Path, interval: float, concurrency: int) -> str:
-    config = {
+def exporter_config(
+    base_url: str, token_file: Path, interval: float, concurrency: int, streams: int
+) -> str:
+    config: dict[str, object] = {
         "api": {
             "base_url": base_url,
             "token_file": str(token_file),
@@ -366,6 +368,8 @@ def exporter_config(base_url: str, token_file: Path, interval: float, concurrenc
             "max_staleness": f"{max(300.0, 3 * interval):g}s",
         },
         "apps": [{"account_id": ACCOUNT, "app_id": APP, "discover": True}],
+        # Room for every stream: the default limit (20,000) would cut N = 100,000.
+        "limits": {"max_livestreams": max(streams, 20_000)},
     }
     return yaml.safe_dump(config, sort_keys=False)
 
@@ -416,7 +420,9 @@ async def bench_size(n: int, settings: Settings, workdir: Path) -> dict[str, Any
         origin = (await sim.wait_log(r"address=(http://127\.0\.0\.1:\d+)", 60 + n / 1000))[1]
         config_path = workdir / "exporter.yaml"
         config_path.write_text(
-            exporter_config(origin + "/client/v4", token_file, interval, settings.max_concurrency)
+            exporter_config(
+                origin + "/client/v4", token_file, interval, settings.max_concurrency, n
+            )
         )
         exporter = Child(
             "exporter",
