@@ -259,20 +259,12 @@ def loads(
 ) -> Config:
     """Validate YAML text; see :func:`load`."""
     try:
-        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
-    except _DuplicateKeyError as exc:
+        # Name only our own keys: anything else might be a misplaced secret.
+        document = parse_yaml(text, shown=lambda key: str(key) if key in _SCHEMA_KEYS else None)
+    except YamlError as exc:
         raise ConfigError([str(exc)], source=source) from None
-    except yaml.YAMLError as exc:
-        # Only the position: PyYAML's own message can quote part of the offending line.
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"not valid YAML{where}"], source=source) from None
     env = os.environ if environ is None else environ
     return _Validator(env, base_dir or Path.cwd()).config(document, source)
-
-
-class _DuplicateKeyError(yaml.YAMLError):
-    pass
 
 
 _SCHEMA_KEYS: Final = frozenset(
@@ -282,25 +274,41 @@ _SCHEMA_KEYS: Final = frozenset(
 )
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects a key repeated in one mapping instead of keeping the last."""
+class YamlError(Exception):
+    """YAML that cannot be read, or that repeats a key in one mapping; the message quotes
+    nothing of the text but a position, and keys its reader chose to show."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            # Merge keys (<<) may legitimately be overridden; only plain scalar keys are checked.
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                continue
-            key = self.construct_object(key_node)
-            if key in seen:
-                mark = key_node.start_mark
-                # Name only our own keys: anything else might be a misplaced secret.
-                name = f" {key}" if key in _SCHEMA_KEYS else ""
-                raise _DuplicateKeyError(
-                    f"duplicate key{name} at line {mark.line + 1}, column {mark.column + 1}"
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+
+def parse_yaml(text: str, *, shown: Callable[[object], str | None]) -> object:
+    """The document in ``text`` (safe types only). A key repeated in one mapping is an error
+    rather than the last one winning; ``shown(key)`` says how such a key may be named (None:
+    not at all)."""
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[object] = set()
+            for key_node, _ in node.value:
+                # Merge keys (<<) may be overridden; only plain scalar keys are checked.
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    mark = key_node.start_mark
+                    name = shown(key)
+                    raise YamlError(
+                        f"duplicate key{'' if name is None else ' ' + name} "
+                        f"at line {mark.line + 1}, column {mark.column + 1}"
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as exc:
+        # Only the position: PyYAML's own message can quote part of the offending line.
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise YamlError(f"not valid YAML{where}") from None
 
 
 class _Validator:

@@ -37,7 +37,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import bcrypt
-import yaml
+
+from exporter.config import YamlError, parse_yaml
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -148,41 +149,15 @@ def load(path: str | Path) -> WebConfig:
 def loads(text: str, *, source: str = "web config", base_dir: Path | None = None) -> WebConfig:
     """Check YAML text; see :func:`load`. Relative paths are taken from ``base_dir``."""
     try:
-        document = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
-    except _DuplicateKeyError as exc:
+        # Never more than the position: the offending line could hold a password hash.
+        document = parse_yaml(text, shown=_shown)
+    except YamlError as exc:
         raise WebConfigError([str(exc)], source=source) from None
-    except yaml.YAMLError as exc:
-        # Only the position: the offending line could hold a password hash.
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise WebConfigError([f"not valid YAML{where}"], source=source) from None
     checker = _Checker(base_dir or Path.cwd())
     config = checker.web_config(document, source)
     if checker.problems:
         raise WebConfigError(checker.problems, source=source)
     return config
-
-
-class _DuplicateKeyError(yaml.YAMLError):
-    pass
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects a key repeated in one mapping instead of keeping the last."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                continue
-            key = self.construct_object(key_node)
-            if key in seen:
-                mark = key_node.start_mark
-                raise _DuplicateKeyError(
-                    f"duplicate key {_shown(key)} at line {mark.line + 1}, column {mark.column + 1}"
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 class _Checker:
