@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import bcrypt
 
-from exporter.config import YamlError, parse_yaml
+from exporter.config import ConfigError, YamlError, parse_yaml
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -80,15 +80,11 @@ _BCRYPT_HASH = re.compile(r"\$2[abxy]\$([0-9]{2})\$[./A-Za-z0-9]{21}[.Oeu][./A-Z
 _SHOWN_NAME = re.compile(r"[A-Za-z0-9_.@\-]{1,32}")
 
 
-class WebConfigError(Exception):
+class WebConfigError(ConfigError):
     """The web configuration cannot be used; ``problems`` lists each one with its key path."""
 
     def __init__(self, problems: list[str], *, source: str = "web config") -> None:
-        self.problems = list(problems)
-        self.source = source
-        count = len(self.problems)
-        noun = "problem" if count == 1 else "problems"
-        super().__init__(f"{source}: {count} {noun}: " + "; ".join(self.problems))
+        super().__init__(problems, source=source)
 
 
 @dataclass(frozen=True, slots=True)

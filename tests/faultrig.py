@@ -30,6 +30,7 @@ from exporter.poller import INTERNAL, Poller
 from exporter.server import create_app
 from exporter.telemetry import ExporterMetrics
 from tests.conftest import ACCOUNT, APP, make_config
+from tests.test_simulator_exporter import Clock
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterable
@@ -44,20 +45,6 @@ CYCLE_LIMIT: Final = 20.0  # real seconds one poll cycle may take before the tes
 HTTP_LIMIT: Final = 5.0  # real seconds for one scrape
 OPENMETRICS: Final = "application/openmetrics-text; version=1.0.0"
 Key = tuple[str, frozenset[tuple[str, str]]]
-
-
-class Clock:
-    """Time for the poller, the client and its budget; moves only when told or slept on."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class RecordingApi:
