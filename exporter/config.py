@@ -240,14 +240,19 @@ def parse_rate_limit(value: object) -> RateLimit:
 
 def load(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate a config file; raise :class:`ConfigError` listing every problem."""
-    source = str(path)
+    text = read_text(path)
+    return loads(text, source=str(path), environ=environ, base_dir=Path(path).parent)
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A configuration file's text; :class:`ConfigError` (its source the path) if it cannot
+    be read or is not UTF-8."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"cannot read file: {exc.strerror or exc}"], source=source) from None
+        raise ConfigError([f"cannot read file: {exc.strerror or exc}"], source=str(path)) from None
     except UnicodeDecodeError:
-        raise ConfigError(["file is not UTF-8 text"], source=source) from None
-    return loads(text, source=source, environ=environ, base_dir=Path(path).parent)
+        raise ConfigError(["file is not UTF-8 text"], source=str(path)) from None
 
 
 def loads(

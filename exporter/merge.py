@@ -207,6 +207,7 @@ def merge_app(
     final: Collection[str] = (),
     shard: Shard = WHOLE,
     room: int | None = None,
+    chosen: Sequence[Livestream] | None = None,
 ) -> AppState:
     """The app's new state.
 
@@ -214,7 +215,8 @@ def merge_app(
     (``None`` if that request failed), ``final`` names those asked by session id
     (:attr:`Plan.final`); ``ok`` says every request of the app succeeded; only the streams
     ``shard`` owns are kept, and at most ``room`` besides the configured ones (for a
-    failed listing too: the room may have shrunk).
+    failed listing too: the room may have shrunk). ``chosen`` is :func:`tracked` of the
+    listing, if the caller has it already (it planned the cycle's requests with it).
     """
     last_success = now if ok else (prev.last_success if prev is not None else None)
     expected = app.expectations()
@@ -245,7 +247,8 @@ def merge_app(
         )
         before = {s.id: s for s in prev.streams} if prev is not None else {}
         rules = _Rules(app.expectations(), sessions, frozenset(final), now, max_staleness)
-        chosen = tracked(app, listing, shard, room=room, prev=prev)
+        if chosen is None:
+            chosen = tracked(app, listing, shard, room=room, prev=prev)
         states = [rules.stream(s, before.get(s.id)) for s in chosen]
         if unknown:
             held = stale_kept(app, prev, now=now, max_staleness=max_staleness, only=unknown)

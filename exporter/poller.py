@@ -278,8 +278,9 @@ class Poller:
         shard = self._config.shard
         room = self._rooms.get(app.key)
         self._wanted[app.key] = merge.discovered(app, listing, shard)
+        chosen = merge.tracked(app, listing, shard, room=room, prev=prev)
         plan = merge.plan(
-            merge.tracked(app, listing, shard, room=room, prev=prev),
+            chosen,
             prev,
             now=self._clock(),
             max_staleness=self._config.poll.max_staleness,
@@ -333,6 +334,7 @@ class Poller:
             final=plan.final.keys(),
             shard=shard,
             room=room,
+            chosen=chosen,
         )
         return state, errors
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import bcrypt
 
-from exporter.config import ConfigError, YamlError, parse_yaml
+from exporter.config import ConfigError, YamlError, parse_yaml, read_text
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -132,14 +132,11 @@ class WebConfig:
 
 def load(path: str | Path) -> WebConfig:
     """Read and check a web config file, its certificates and keys included."""
-    source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise WebConfigError([f"cannot read file: {exc.strerror or exc}"], source=source) from None
-    except UnicodeDecodeError:
-        raise WebConfigError(["file is not UTF-8 text"], source=source) from None
-    return loads(text, source=source, base_dir=Path(path).parent)
+        text = read_text(path)
+    except ConfigError as exc:
+        raise WebConfigError(exc.problems, source=exc.source) from None
+    return loads(text, source=str(path), base_dir=Path(path).parent)
 
 
 def loads(text: str, *, source: str = "web config", base_dir: Path | None = None) -> WebConfig:
