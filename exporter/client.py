@@ -28,7 +28,7 @@ import aiohttp
 
 from exporter import decode
 from exporter.budget import BudgetExhausted, CycleDeadline, RequestBudget
-from exporter.model import UNKNOWN_STATUS, ActiveSession, Listing, Livestream, Session
+from exporter.model import UNKNOWN_STATUS, ActiveSession, Listing, Livestream, Session, addressable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
@@ -296,7 +296,7 @@ class RealtimeKitClient:
     ) -> Livestream | None:
         """One livestream (its status and details, not its sessions); ``None`` if the API
         says there is no such livestream."""
-        path = f"{_app_path(account_id, app_id)}/livestreams/{quote(livestream_id, safe='')}"
+        path = f"{_app_path(account_id, app_id)}/livestreams/{_segment(livestream_id)}"
         doc = await self._get_json(
             ENDPOINT_LIVESTREAM,
             path,
@@ -326,7 +326,7 @@ class RealtimeKitClient:
         """The stream's active session; a 404 means "no active session", not an error."""
         path = (
             f"{_app_path(account_id, app_id)}/livestreams/"
-            f"{quote(livestream_id, safe='')}/active-livestream-session"
+            f"{_segment(livestream_id)}/active-livestream-session"
         )
         doc = await self._get_json(
             ENDPOINT_SESSION, path, None, deadline, not_found_ok=True, priority=priority
@@ -352,7 +352,7 @@ class RealtimeKitClient:
         priority: int = PRIORITY_OTHER,
     ) -> ActiveSession:
         """One session by id (its final values once stopped); ``session`` None if not found."""
-        path = f"{_app_path(account_id, app_id)}/livestreams/sessions/{quote(session_id, safe='')}"
+        path = f"{_app_path(account_id, app_id)}/livestreams/sessions/{_segment(session_id)}"
         doc = await self._get_json(
             ENDPOINT_SESSION_BY_ID, path, None, deadline, not_found_ok=True, priority=priority
         )
@@ -602,7 +602,17 @@ def proxy_for(url: str) -> str | None:
 
 
 def _app_path(account_id: str, app_id: str) -> str:
-    return f"/accounts/{quote(account_id, safe='')}/realtime/kit/{quote(app_id, safe='')}"
+    return f"/accounts/{_segment(account_id)}/realtime/kit/{_segment(app_id)}"
+
+
+def _segment(text: str) -> str:
+    """``text`` as one URL path segment. Callers pass only :func:`~exporter.model.addressable`
+    texts: any other would change the route (the API would answer some other resource, or a
+    gateway 404 that fails the app), so it is the caller's bug, a ValueError, not an
+    :class:`ApiError`."""
+    if not addressable(text):
+        raise ValueError(f"{text!r} cannot be a URL path segment")
+    return quote(text, safe="")
 
 
 def _listing_done(page: decode.ListingPage, received: int) -> bool:

@@ -10,7 +10,9 @@ Kept apart from the poller's I/O so that the rules users rely on are plain funct
   discovered ones up to each app's room (:func:`rooms`), chosen so that the same listing
   keeps the same streams (:func:`preferred`);
 - a stream that stops keeps its session, and the session is asked for by id until its
-  final values (a stop time) arrive.
+  final values (a stop time) arrive;
+- an id that cannot be a URL path segment (:func:`~exporter.model.addressable`) is never
+  asked about: such a stream is exported from the listing alone, such a session is ended.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from exporter.model import (
     Session,
     StreamState,
     Unlisted,
+    addressable,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +55,7 @@ class Plan:
     status the exporter does not know, in that order), asked at ``active-livestream-session``.
     ``final``: streams listed as not live whose last session has not been seen to end,
     mapped to that session's id, asked by id for its final values.
+    Neither holds a stream, or session, whose id is not addressable.
     """
 
     active: tuple[str, ...] = ()
@@ -145,6 +149,8 @@ def plan(
     unknown: list[str] = []
     final: dict[str, str] = {}
     for stream in streams:
+        if not addressable(stream.id):
+            continue  # no request can name it: the listing is all there is (_Rules.stream)
         if stream.status == LIVE:
             active.append(stream.id)
         elif stream.status not in NOT_LIVE:
@@ -156,11 +162,12 @@ def plan(
 
 
 def _awaits_final(old: StreamState, now: float, max_staleness: float) -> bool:
-    """The stream's last session may still change: it was not seen to end, recently."""
+    """The stream's last session may still change: it was not seen to end, recently, and
+    it can be asked for by its id."""
     session = old.session
     return (
         session is not None
-        and bool(session.id)
+        and addressable(session.id)
         and session.active
         and old.last_live is not None
         and now - old.last_live <= max_staleness
@@ -286,8 +293,15 @@ class _Rules:
         last = prev.session if prev is not None else None
         last_live = prev.last_live if prev is not None else None
         if listed.id not in self.sessions:
-            # Listed as not live, nothing to ask: the listing is the whole truth.
-            return self.state(listed, live=False, session=last, last_live=last_live)
+            # Nothing asked: the stream is listed as not live, or no request can name it
+            # (plan). The listing is the whole truth, and fresh; ``live`` follows its status.
+            live = listed.status == LIVE
+            return self.state(
+                listed,
+                live=live,
+                session=_unasked(last) if not live else None,
+                last_live=self.now if live else last_live,
+            )
         outcome = self.sessions[listed.id]
         if outcome is None:
             return self.failed(listed, prev)
@@ -354,6 +368,14 @@ class _Rules:
             listed_at=self.now,
             last_live=last_live,
         )
+
+
+def _unasked(last: Session | None) -> Session | None:
+    """The last session of a stream listed as not live, when nothing was asked: kept, but
+    ended if it cannot be asked for by id (its stop time will never be known)."""
+    if last is not None and not addressable(last.id):
+        return _final(None, last)
+    return last
 
 
 def _final(answer: Session | None, last: Session | None) -> Session | None:

@@ -16,6 +16,18 @@ KNOWN_STATUSES: Final = ("LIVE", "IDLE", "ERRORED", "INVOKED", "OFFLINE")
 NOT_LIVE: Final = frozenset({"IDLE", "ERRORED", "INVOKED", "OFFLINE"})
 # What a livestream without a readable status is exported as.
 UNKNOWN_STATUS: Final = "UNKNOWN"
+# Texts that cannot be one segment of a URL path, however they are encoded: "" joins its
+# neighbours ("a//b"), and "." and ".." are dot segments, which URL libraries (yarl, so
+# aiohttp), proxies and gateways remove (RFC 3986 5.2.4) after decoding "%2E" back to "."
+# (6.2.2.2). Put in a path, they change the route. Any other text, percent-encoded whole
+# (``quote(text, safe="")``), is exactly one segment.
+UNADDRESSABLE: Final = frozenset({"", ".", ".."})
+
+
+def addressable(segment: str) -> bool:
+    """Whether ``segment`` can name something as one URL path segment (see
+    :data:`UNADDRESSABLE`); ids from the API that cannot are never put in a request."""
+    return segment not in UNADDRESSABLE
 
 
 @dataclass(frozen=True, slots=True)

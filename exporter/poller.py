@@ -24,7 +24,7 @@ from exporter import merge
 from exporter.budget import CycleDeadline
 from exporter.client import ENDPOINT_LISTING, PRIORITY_LIVE, PRIORITY_OTHER, ApiError
 from exporter.config import API_RATE_LIMIT
-from exporter.model import EMPTY_SNAPSHOT, AppState, Listing, Snapshot
+from exporter.model import EMPTY_SNAPSHOT, AppState, Listing, Snapshot, addressable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection
@@ -279,6 +279,7 @@ class Poller:
         room = self._rooms.get(app.key)
         self._wanted[app.key] = merge.discovered(app, listing, shard)
         chosen = merge.tracked(app, listing, shard, room=room, prev=prev)
+        _note_unaddressable(app, prev, chosen)
         plan = merge.plan(
             chosen,
             prev,
@@ -624,6 +625,26 @@ def _as_bug(exc: BaseException) -> BaseException:
         error.__cause__ = exc
         return error
     return exc
+
+
+def _note_unaddressable(
+    app: AppConfig, prev: AppState | None, chosen: Collection[Livestream]
+) -> None:
+    """One warning when the app starts tracking streams whose ids cannot be put in a
+    request (:func:`~exporter.model.addressable`), naming them: they are new if ``prev``
+    lacks them, so a steady listing logs once. A listing holds each id once, so the line
+    names at most the few texts in :data:`~exporter.model.UNADDRESSABLE`."""
+    before = {s.id for s in prev.streams} if prev is not None else set()
+    new = sorted(s.id for s in chosen if not addressable(s.id) and s.id not in before)
+    if not new:
+        return
+    log.warning(
+        "%d listed livestreams have ids no request can name (URLs drop '.' and '..' path "
+        "segments): exported from the listing alone, without session values: %s",
+        len(new),
+        ", ".join(map(repr, new)),
+        extra=_app_fields(app),
+    )
 
 
 def _app_fields(app: AppConfig) -> dict[str, str]:

@@ -60,6 +60,7 @@ class FakeApi:
     def __init__(self, *, page_size_cap: int = 100) -> None:
         self.apps: dict[tuple[str, str], dict[str, FakeStream]] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.unrouted: list[str] = []  # paths of requests that matched none of its routes
         self.faults: dict[str, list[Fault]] = {"livestreams": [], "session": [], "by_id": []}
         self.sticky: dict[str, Fault | None] = {"livestreams": None, "session": None, "by_id": None}
         self.sessions_by_id: dict[str, dict[str, Any]] = {}
@@ -113,6 +114,7 @@ class FakeApi:
         app.router.add_get(BASE, self._listing)
         app.router.add_get(BASE + "/{livestream_id}/active-livestream-session", self._session)
         app.router.add_get(BASE + "/sessions/{session_id}", self._session_by_id)
+        app.router.add_get("/{path:.*}", self._unrouted)
         self.server = TestServer(app, host="127.0.0.1")
         await self.server.start_server()
 
@@ -147,6 +149,12 @@ class FakeApi:
         if endpoint == "livestreams" and self.gate is not None:
             await self.gate.wait()
         return self._auth(request) or self._fault(endpoint)
+
+    async def _unrouted(self, request: web.Request) -> web.Response:
+        """Recorded, then answered as aiohttp would, and as a gateway does: a 404 that is
+        not in RealtimeKit's envelope."""
+        self.unrouted.append(request.path)
+        return web.Response(status=404, text="404: Not Found")
 
     async def _listing(self, request: web.Request) -> web.Response:
         if (refused := await self._refusal(request, "livestreams")) is not None:

@@ -8,12 +8,15 @@ import inspect
 import json
 import re
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 from aioresponses import CallbackResult, aioresponses
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from exporter import client as client_module
@@ -27,7 +30,7 @@ from exporter.client import (
     RealtimeKitClient,
 )
 from exporter.config import Secret
-from exporter.model import ActiveSession, Livestream, Session
+from exporter.model import ActiveSession, Livestream, Session, addressable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -1472,3 +1475,63 @@ async def test_a_400_that_is_not_about_the_page_size_changes_nothing(
     server.get(page_url(1, ASK), payload=page("a", total_count=1))
     await client.list_livestreams(ACCOUNT, APP)
     assert sorted(url.query["per_page"] for url, _ in sent(server)) == ["100", str(ASK), str(ASK)]
+
+
+class _Sent(Exception):
+    """Raised where aiohttp starts a request, carrying the URL it would send."""
+
+    def __init__(self, url: URL) -> None:
+        super().__init__(str(url))
+        self.url = url
+
+
+async def _url_sent(call: str, text: str) -> URL | None:
+    """The URL the client's ``call`` for id ``text`` would send, as aiohttp builds it
+    (through yarl.URL); ``None`` if the client refuses the id."""
+
+    async def stop(
+        session: object, context: object, params: aiohttp.TraceRequestStartParams
+    ) -> None:
+        raise _Sent(params.url)
+
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(stop)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        client = RealtimeKitClient(
+            session=session,
+            base_url=BASE,
+            token=Secret(TOKEN),
+            budget=RequestBudget(requests=1000, window=300),
+            retries=0,
+        )
+        method = getattr(client, call)
+        try:
+            await method(ACCOUNT, APP, text)
+        except _Sent as sent:
+            return sent.url
+        except ValueError:
+            return None
+    raise AssertionError("no request was started")
+
+
+# Where the id is among the URL's raw parts ("/", "client", "v4", "accounts", ...).
+ID_PART = {"livestream": (9, 10), "active_session": (9, 11), "session": (10, 11)}
+ODD_IDS = (".", "..", "", "%2E", "%2e%2E", ".%2E", "...", "./", "a/..", "/", "?x#y", "%", "\\..")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.sampled_from(ODD_IDS) | st.text(st.characters(codec="utf-8"), max_size=30),
+    call=st.sampled_from(sorted(ID_PART)),
+)
+def test_every_addressable_id_is_exactly_one_segment_of_its_url(text: str, call: str) -> None:
+    """Any id is either not addressable, and refused by the client, or exactly one segment
+    of the URL aiohttp sends, which decodes back to the id."""
+    url = asyncio.run(_url_sent(call, text))
+    if not addressable(text):
+        assert url is None
+        return
+    assert url is not None
+    index, count = ID_PART[call]
+    assert len(url.raw_parts) == count, url
+    assert urllib.parse.unquote(url.raw_parts[index]) == text

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
+
 from exporter import merge
 from exporter.config import AppConfig, LivestreamConfig
 from exporter.model import (
@@ -140,6 +142,40 @@ def test_listed_streams_are_sorted_by_id_with_their_expectation() -> None:
     assert [(s.id, s.expected_live) for s in c.state.streams] == [("s1", True), ("s2", None)]
 
 
+def test_streams_whose_ids_are_not_addressable_are_never_asked_about() -> None:
+    """Whatever their status or last session, "." and ".." get no session request."""
+    prev = AppState(
+        "a",
+        "b",
+        up=True,
+        last_success=T0,
+        streams=(StreamState(Livestream("..", "LIVE"), True, session(), T0, last_live=T0),),
+    )
+    streams = [Livestream(".", "LIVE"), Livestream("..", "IDLE"), Livestream("s1", "NEW")]
+    plan = merge.plan(streams, prev, now=T0 + STEP, max_staleness=STALE)
+    assert plan == merge.Plan(active=("s1",), final={})
+
+
+def test_streams_whose_ids_are_not_addressable_are_exported_from_the_listing() -> None:
+    """Such a stream has its listed status, is live exactly when listed LIVE, has no session
+    values, is fresh every cycle, and leaves the app up."""
+    c = Cycles(DISCOVER)
+    listings = [
+        {".": "LIVE", "..": "IDLE", "s1": "IDLE"},
+        {".": "LIVE", "..": "NEW", "s1": "IDLE"},
+        {".": "OFFLINE", "..": "LIVE", "s1": "IDLE"},
+    ]
+    for statuses in listings:
+        api = Api()
+        state = c.run(statuses, api)
+        assert api.asked == [] and state.up
+        for sid in (".", ".."):
+            got = c.stream(sid)
+            assert got is not None and got.livestream.status == statuses[sid]
+            assert got.live == (statuses[sid] == "LIVE")
+            assert got.session is None and got.last_update == c.now
+
+
 # --- live, stop, final values -----------------------------------------------------------
 
 
@@ -237,6 +273,20 @@ def test_session_gone_by_id_keeps_the_last_values_and_stops_asking() -> None:
     api = Api()
     c.run({"s1": "IDLE"}, api)
     assert api.asked == []
+
+
+@pytest.mark.parametrize("sid", ["..", ".", ""], ids=["dotdot", "dot", "empty"])
+def test_session_whose_id_is_not_addressable_ends_unasked_when_the_stream_stops(sid: str) -> None:
+    """A stopped stream's last session that cannot be asked for by id is not asked for: it
+    keeps the values seen while live and is ended, as one gone by id is."""
+    c = Cycles()
+    c.run({"s1": "LIVE"}, live(sid, ingest=100))
+    api = Api()
+    state = c.run({"s1": "IDLE"}, api)
+    s1 = c.stream()
+    assert api.asked == [] and state.up
+    assert s1 is not None and not s1.live and s1.session is not None
+    assert s1.session.ingest_seconds == 100 and s1.session.ended and not s1.session.active
 
 
 def test_session_endpoint_status_overrides_the_listing_unless_unreadable() -> None:

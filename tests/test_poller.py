@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.budget import RequestBudget
 from exporter.client import ENDPOINTS, REASONS, RealtimeKitClient
+from exporter.collector import SnapshotCollector
 from exporter.config import RateLimit
 from exporter.model import ActiveSession, Listing, Livestream
 from exporter.poller import Poller, budget_warnings
@@ -471,3 +472,45 @@ async def test_over_budget_cycles_are_warned_about_once(
         "allows 40: cycles will wait for the budget and take longer than poll.interval; "
         "raise poll.interval or api.rate_limit, or shard"
     ]
+
+
+async def test_ids_that_are_dot_segments_are_exported_from_the_listing_alone(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Streams listed with ids "." and ".." cost no request and no error, are exported with
+    their listed status and live 1 exactly when that is LIVE, and are warned about once."""
+    normal = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
+    rig.api.go_live(normal, ingest=70)
+    dot = rig.api.add(ACCOUNT, APP, FakeStream(".", status="LIVE"))
+    dotdot = rig.api.add(ACCOUNT, APP, FakeStream("..", status="IDLE"))
+    poller = rig.poller(make_config(rig.api.base_url, discover=True))
+    rig.registry.register(SnapshotCollector(lambda: poller.snapshot))
+    caplog.set_level(logging.WARNING, logger="exporter")
+
+    def value(name: str, livestream_id: str | None = None, **labels: str) -> float | None:
+        if livestream_id is not None:
+            labels["livestream_id"] = livestream_id
+        return rig.registry.get_sample_value(name, {"account_id": ACCOUNT, "app_id": APP, **labels})
+
+    for cycle in range(4):
+        if cycle == 2:  # both change status: "." stops, ".." goes LIVE
+            dot.status, dotdot.status = "IDLE", "LIVE"
+        rig.clock.now += 30
+        await poller.poll_once()
+        assert value("realtimekit_up") == 1
+        for stream in (dot, dotdot):
+            is_live = 1.0 if stream.status == "LIVE" else 0.0
+            status = value("realtimekit_livestream_status", stream.id, status=stream.status)
+            assert status == 1
+            assert value("realtimekit_livestream_live", stream.id) == is_live
+            assert value("realtimekit_livestream_ingest_seconds", stream.id) is None
+        assert value("realtimekit_livestream_live", "s1") == 1
+        assert value("realtimekit_livestream_ingest_seconds", "s1") == 70
+
+    assert rig.api.unrouted == []
+    assert (rig.api.count("livestreams"), rig.api.count("session")) == (4, 4)
+    assert rig.api.count("by_id") == 0
+    assert sum(rig.errors(reason) for reason in REASONS) == 0
+    (warning,) = [r for r in caplog.records if r.name == "exporter.poller"]
+    assert (warning.account_id, warning.app_id) == (ACCOUNT, APP)
+    assert "2 listed livestreams" in warning.getMessage() and "'.', '..'" in warning.getMessage()
