@@ -18,12 +18,15 @@ final), to which each scrape appends the own part's deflate data and the trailer
 CRC-32 continued from the cached part's; a scrape never reads the cached bytes. (Two
 gzip members in a row would be valid too, but curl, for one, reads only the first.)
 
-Renders run off the event loop. Concurrent scrapes of a variant await one render, and a
-cancelled scrape does not cancel it. When the snapshot changes (:meth:`Exposition.published`
-or the next scrape says so), the previous snapshot's parts are dropped and the variants
-served within the last :data:`SERVED_FOR` seconds are rendered again at once, in the
-background, so that the next scrape finds them ready, however many poll cycles pass between
-scrapes; a variant not served that recently is rendered on demand.
+Renders run off the event loop, in daemon threads (:mod:`exporter.workers`: a stopping
+process waits for none of them, and drops those queued). Concurrent scrapes of a variant
+await one render, also of a variant beyond :data:`MAX_VARIANTS` (rendered for the scrapes
+waiting, then dropped), and a cancelled scrape does not cancel it. When the snapshot
+changes (:meth:`Exposition.published` or the next scrape says so), the previous
+snapshot's parts are dropped and the variants served within the last :data:`SERVED_FOR`
+seconds are rendered again at once, in the background, so that the next scrape finds them
+ready, however many poll cycles pass between scrapes; a variant not served that recently
+is rendered on demand.
 """
 
 from __future__ import annotations
@@ -33,11 +36,11 @@ import functools
 import struct
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from exporter.render import render_part
+from exporter.workers import DaemonExecutor
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -72,9 +75,9 @@ class Exposition:
     snapshot ``snapshot`` returns (rendered once per snapshot and variant; without it the
     body is ``own`` alone).
 
-    Use it on one event loop only. Renders run in ``executor`` (default: the loop's);
-    ``render`` renders the snapshot part. Both are there for tests to count and order
-    renders."""
+    Use it on one event loop only, and :meth:`close` it. Renders run in ``executor``
+    (default: daemon threads of its own); ``render`` renders the snapshot part. Both are
+    there for tests to count and order renders."""
 
     def __init__(
         self,
@@ -91,8 +94,8 @@ class Exposition:
         # Snapshot parts render one at a time, in a thread of their own: concurrent renders
         # would only share the GIL, and each holds a whole body in memory. Own parts are
         # small and render beside them.
-        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="exposition")
-        self._own_executor = executor
+        self._executor = executor or DaemonExecutor(1, name="exposition")
+        self._own_executor = executor or DaemonExecutor(1, name="exposition-own")
         self._clock = clock
         self._generation = _Generation(None)
         # The generation before the current one: its finished parts stand in for the
@@ -133,6 +136,11 @@ class Exposition:
         )
         return [await asyncio.shield(part), own]
 
+    def close(self) -> None:
+        """Drop the renders not started yet; never waits for the one running."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._own_executor.shutdown(wait=False, cancel_futures=True)
+
     def published(self) -> None:
         """Say, on the event loop, that the source may hold a new snapshot: if so, the
         variants served lately (within :data:`SERVED_FOR`) start rendering for it now."""
@@ -164,23 +172,29 @@ class Exposition:
     def _plain(
         self, generation: _Generation, key: Hashable, encoder: Encoder
     ) -> asyncio.Future[bytes]:
-        part = generation.plain.get(key)
+        part = generation.plain.get(key) or _unfinished(generation.rendering.get(key))
         if part is None:
             loop = asyncio.get_running_loop()
             snapshot = generation.snapshot
             part = loop.run_in_executor(self._executor, self._render_part, encoder, snapshot)
-            _keep(generation.plain, key, part, room=len(generation.plain) < MAX_VARIANTS)
+            room = len(generation.plain) < MAX_VARIANTS
+            _keep(generation.plain if room else generation.rendering, key, part)
+            if not room:  # shared by the scrapes that wait for it, then let go
+                part.add_done_callback(functools.partial(_forget, generation.rendering, key))
             part.add_done_callback(functools.partial(self._succeeded, generation, key, False))
         return part
 
     def _deflated(
         self, generation: _Generation, key: Hashable, encoder: Encoder
     ) -> asyncio.Future[_Deflated]:
-        part = generation.deflated.get(key)
+        part = generation.deflated.get(key) or _unfinished(generation.deflating.get(key))
         if part is None:
             part = asyncio.ensure_future(self._deflate(self._plain(generation, key, encoder)))
             # Cached with its plain part only, so MAX_VARIANTS bounds both.
-            _keep(generation.deflated, key, part, room=key in generation.plain)
+            room = key in generation.plain
+            _keep(generation.deflated if room else generation.deflating, key, part)
+            if not room:
+                part.add_done_callback(functools.partial(_forget, generation.deflating, key))
             part.add_done_callback(functools.partial(self._succeeded, generation, key, True))
         return part
 
@@ -212,6 +226,10 @@ class _Generation:
     snapshot: Snapshot | None
     plain: dict[Hashable, asyncio.Future[bytes]] = field(default_factory=dict)
     deflated: dict[Hashable, asyncio.Future[_Deflated]] = field(default_factory=dict)
+    # Variants beyond MAX_VARIANTS, while they render: each is rendered once for all the
+    # scrapes that ask meanwhile, however many ask, and kept no longer.
+    rendering: dict[Hashable, asyncio.Future[bytes]] = field(default_factory=dict)
+    deflating: dict[Hashable, asyncio.Future[_Deflated]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,22 +249,30 @@ def _variant(encoder: Encoder) -> Hashable:
     return encoder
 
 
-def _keep(
-    cache: dict[Hashable, asyncio.Future[T]], key: Hashable, part: asyncio.Future[T], *, room: bool
-) -> None:
-    """Cache ``part`` under ``key`` if there is ``room``. A part that fails is forgotten
-    (the next scrape tries again); its exception reaches the scrapes awaiting it, and
-    asyncio logs nothing if none is left (all cancelled)."""
-    if room:
-        cache[key] = part
-    part.add_done_callback(functools.partial(_settled, cache if room else None, key))
+def _keep(cache: dict[Hashable, asyncio.Future[T]], key: Hashable, part: asyncio.Future[T]) -> None:
+    """Cache ``part`` under ``key``. A part that fails is forgotten (the next scrape tries
+    again); its exception reaches the scrapes awaiting it, and asyncio logs nothing if
+    none is left (all cancelled)."""
+    cache[key] = part
+    part.add_done_callback(functools.partial(_settled, cache, key))
 
 
 def _settled(
-    cache: dict[Hashable, asyncio.Future[Any]] | None, key: Hashable, part: asyncio.Future[Any]
+    cache: dict[Hashable, asyncio.Future[Any]], key: Hashable, part: asyncio.Future[Any]
 ) -> None:
     failed = part.cancelled() or part.exception() is not None
-    if failed and cache is not None and cache.get(key) is part:
+    if failed and cache.get(key) is part:
+        del cache[key]
+
+
+def _unfinished(part: asyncio.Future[T] | None) -> asyncio.Future[T] | None:
+    return part if part is not None and not part.done() else None
+
+
+def _forget(
+    cache: dict[Hashable, asyncio.Future[Any]], key: Hashable, part: asyncio.Future[Any]
+) -> None:
+    if cache.get(key) is part:
         del cache[key]
 
 

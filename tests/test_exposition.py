@@ -457,7 +457,8 @@ async def test_a_failed_render_is_not_cached() -> None:
 
 async def test_variants_beyond_the_cap_are_rendered_per_scrape() -> None:
     """Only MAX_VARIANTS encoder variants are cached per snapshot; a further one is
-    rendered on every scrape, correctly, so Accept parameters cannot grow the memory."""
+    rendered again for every scrape that comes after the last render ended, correctly,
+    so Accept parameters cannot grow the memory."""
     renders = Renders()
     own = frozen_own()
     exposition = Exposition(own, lambda: ONE_APP, render=renders)
@@ -486,6 +487,31 @@ async def test_without_a_snapshot_source_the_body_is_the_registry_alone() -> Non
     for accept in (TEXT, OPENMETRICS):
         for gzipped in (False, True):
             assert await body(exposition, accept, gzipped=gzipped) == encoder_for(accept)(registry)
+
+
+async def test_concurrent_scrapes_of_a_variant_beyond_the_cap_share_one_render() -> None:
+    """However many scrapes of an uncached variant arrive while it renders, it renders
+    once for all of them (plain and gzip alike), so that a flood of them queues no
+    renders that a stopping process would have to run (300 once made SIGTERM take 20 s)."""
+    gate = threading.Event()
+    renders = Renders(gate)
+    exposition = Exposition(frozen_own(), lambda: ONE_APP, render=renders)
+    cached = [TEXT, *(f"{OPENMETRICS}; escaping={e}" for e in ("underscores", "dots", "values"))]
+    for accept in cached:
+        gate.set()
+        await body(exposition, accept, gzipped=False)
+    assert renders.count == MAX_VARIANTS
+    gate.clear()
+    uncached = f"{OPENMETRICS}; escaping=allow-utf-8"
+    scrapes = [
+        asyncio.ensure_future(body(exposition, uncached, gzipped=i % 2 == 1)) for i in range(300)
+    ]
+    await asyncio.sleep(0)
+    gate.set()
+    bodies = await asyncio.gather(*scrapes)
+    assert renders.count == MAX_VARIANTS + 1
+    assert len({b for i, b in enumerate(bodies) if i % 2 == 0}) == 1
+    exposition.close()
 
 
 # -- rendering ahead ------------------------------------------------------------------
