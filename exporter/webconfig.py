@@ -30,7 +30,9 @@ import logging
 import re
 import secrets
 import ssl
-from collections import OrderedDict
+import statistics
+import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -39,9 +41,12 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import bcrypt
 
 from exporter.config import ConfigError, YamlError, parse_yaml, read_text
+from exporter.tlssessions import disable_session_cache
+from exporter.workers import DaemonExecutor
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Mapping
+    from collections.abc import Awaitable, Callable, Collection, Mapping
+    from concurrent.futures import Executor
 
 ClientAuth = Literal["NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
 CLIENT_AUTH: Final[dict[str, ssl.VerifyMode]] = {
@@ -57,11 +62,13 @@ TLS_VERSIONS: Final = {
 }
 BCRYPT_MAX_BYTES: Final = 72  # bcrypt reads no further; every implementation cuts here
 VERIFIED_CACHE_SIZE: Final = 100
-# bcrypt runs at most this many at once, so that a flood of wrong credentials cannot take
-# every thread of the loop's executor, which /metrics renders in.
-log = logging.getLogger(__name__)
-
+# bcrypt runs at most this many at once: a flood of wrong credentials takes no more CPU.
 BCRYPT_CONCURRENCY: Final = 2
+# Checks may queue for about this long (at the top cost's speed); beyond, 503 at once.
+QUEUE_SECONDS: Final = 1.0
+MIN_QUEUE: Final = 8
+TIMING_SAMPLES: Final = 9  # runs at the top cost whose median a failure takes
+log = logging.getLogger(__name__)
 WWW_AUTHENTICATE: Final = 'Basic realm="realtimekit-exporter", charset="UTF-8"'
 
 _TOP_KEYS: Final = frozenset({"tls_server_config", "basic_auth_users"})
@@ -344,15 +351,29 @@ def basic_credentials(header: str | None) -> tuple[str, bytes] | None:
         return None
 
 
+class AuthOverloaded(Exception):
+    """More password checks are waiting than can be answered in about a second: the
+    request is answered 503 at once, its credentials unchecked."""
+
+
 class BasicAuth:
     """Checks basic auth credentials against bcrypt hashes, in constant time.
 
-    Every check runs bcrypt, off the event loop: for an unknown user against the most
-    costly configured hash, so that a wrong user name takes as long as a wrong password,
-    and the result is compared with :func:`hmac.compare_digest`. bcrypt is slow on
-    purpose (tens to hundreds of milliseconds), so credentials that passed are remembered
-    (at most :data:`VERIFIED_CACHE_SIZE`, as keyed digests, never the password) and a
-    scrape with them skips bcrypt; wrong ones never do.
+    Every check runs bcrypt, in at most :data:`BCRYPT_CONCURRENCY` daemon threads of its
+    own (so a flood of wrong credentials can neither take the threads /metrics renders
+    in, nor keep a stopping process waiting): for an unknown user against the most costly
+    configured hash, and the result is compared with :func:`hmac.compare_digest`.
+
+    A wrong user name takes as long as a wrong password: a failed check is answered no
+    sooner than a run at the most costly configured cost takes (the median of the last
+    such runs), so a user whose hash is cheaper is not told apart by its speed.
+
+    bcrypt is slow on purpose (milliseconds to seconds, by cost), so credentials that
+    passed are remembered (at most :data:`VERIFIED_CACHE_SIZE`, as keyed digests, never
+    the password) and a scrape with them skips bcrypt; wrong ones never do. Checks wait
+    their turn in order; a check whose client hung up before its turn never runs (the
+    server cancels its request), and when more are waiting than run in about
+    :data:`QUEUE_SECONDS`, :meth:`allows` raises :class:`AuthOverloaded` at once.
     """
 
     def __init__(
@@ -361,21 +382,38 @@ class BasicAuth:
         *,
         hashpw: Callable[[bytes, bytes], bytes] = bcrypt.hashpw,
         cache_size: int = VERIFIED_CACHE_SIZE,
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        executor: Executor | None = None,
     ) -> None:
         if not users:
             raise ValueError("basic auth needs at least one user")
         self._users = dict(users)
         self._dummy = max(self._users.values(), key=_cost)
+        self._top_cost = _cost(self._dummy)
         self._hashpw = hashpw
+        self._clock = clock
+        self._sleep = sleep
         self._key = secrets.token_bytes(32)
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._cache_size = cache_size
-        self._running = asyncio.Semaphore(BCRYPT_CONCURRENCY)
+        self._executor = executor or DaemonExecutor(BCRYPT_CONCURRENCY, name="bcrypt")
+        self._waiting = 0
+        # Durations of recent runs at the top cost: what every failure takes.
+        self._top_runs: deque[float] = deque(maxlen=TIMING_SAMPLES)
+        self._overloaded = False
 
     def __repr__(self) -> str:
         return f"BasicAuth(users={len(self._users)})"
 
+    def close(self, *, drop: bool = True) -> None:
+        """Let the threads go once the checks still waiting are done, or at once if
+        ``drop`` (those checks are then cancelled)."""
+        self._executor.shutdown(wait=False, cancel_futures=drop)
+
     async def allows(self, header: str | None) -> bool:
+        """Whether ``header`` holds the right credentials; :class:`AuthOverloaded` if too
+        many checks are waiting to check them in time."""
         credentials = basic_credentials(header)
         if credentials is None:
             return False
@@ -386,21 +424,62 @@ class BasicAuth:
         if stored is not None and key in self._verified:
             self._verified.move_to_end(key)
             return True
-        async with self._running:
-            computed = await asyncio.to_thread(self._hash, password, hashed)
+        computed, seconds = await self._run(password, hashed)
         ok = hmac.compare_digest(computed, hashed) and stored is not None
         if ok:
             self._verified[key] = None
             while len(self._verified) > self._cache_size:
                 self._verified.popitem(last=False)
-        return ok
+            return True
+        if _cost(hashed) == self._top_cost:
+            self._top_runs.append(seconds)
+        else:
+            if not self._top_runs:  # once: how long the top cost takes here
+                self._top_runs.append((await self._run(password, self._dummy))[1])
+            await self._sleep(max(0.0, statistics.median(self._top_runs) - seconds))
+        return False
 
-    def _hash(self, password: bytes, hashed: bytes) -> bytes:
+    async def _run(self, password: bytes, hashed: bytes) -> tuple[bytes, float]:
+        """bcrypt of ``password`` with ``hashed``'s salt and cost, in turn, and how long it
+        ran (not counting the wait for its turn)."""
+        if self._waiting >= self._queue_limit():
+            self._overload(True)
+            raise AuthOverloaded
+        self._waiting += 1
         try:
-            return self._hashpw(password[:BCRYPT_MAX_BYTES], hashed)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._hash, password, hashed)
+        finally:
+            self._waiting -= 1
+            if self._waiting == 0:
+                self._overload(False)
+
+    def _queue_limit(self) -> int:
+        run = statistics.median(self._top_runs) if self._top_runs else None
+        if run is None or run <= 0:
+            return MIN_QUEUE
+        return max(MIN_QUEUE, int(QUEUE_SECONDS / run * BCRYPT_CONCURRENCY))
+
+    def _overload(self, overloaded: bool) -> None:
+        if overloaded == self._overloaded:
+            return
+        self._overloaded = overloaded
+        if overloaded:
+            log.warning(
+                "more password checks are waiting than bcrypt runs in %gs: answering 503 "
+                "to new ones until the queue drains",
+                QUEUE_SECONDS,
+            )
+        else:
+            log.info("password checks no longer queue")
+
+    def _hash(self, password: bytes, hashed: bytes) -> tuple[bytes, float]:
+        started = self._clock()
+        try:
+            computed = self._hashpw(password[:BCRYPT_MAX_BYTES], hashed)
         except ValueError:  # cannot happen for a checked hash; never a match
-            log.warning("a basic_auth_users hash is refused by bcrypt; that user cannot log in")
-            return b""
+            computed = b""
+        return computed, self._clock() - started
 
     def _cache_key(self, user: str, hashed: bytes, password: bytes) -> bytes:
         mac = hmac.new(self._key, digestmod=hashlib.sha256)
@@ -416,27 +495,60 @@ class TlsSwitch:
     :attr:`context` and, on each handshake, hands the connection the current context
     (certificate, key, client CAs). The verify mode and protocol versions are copied into
     a connection before that point, so :meth:`replace` sets them on :attr:`context` too.
+
+    No session is resumed: a resumed session skips the handshake, and with it the client
+    certificate policy and CAs a reload may have changed. Tickets are off, and so is the
+    TLS 1.2 session cache (:mod:`exporter.tlssessions`). Where this Python cannot turn the
+    cache off (:attr:`resumable`), a handshake that resumes a session made before the last
+    :meth:`replace` is refused instead, and the client connects anew.
     """
 
-    def __init__(self, context: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        *,
+        clock: Callable[[], float] = time.time,
+        disable_cache: Callable[[ssl.SSLContext], bool] = disable_session_cache,
+    ) -> None:
         self.context = context
         self._current = context
+        self._clock = clock
+        self._disable_cache = disable_cache
         context.sni_callback = self._handshake
-        # No session resumption: a resumed session skips the handshake, and with it the
-        # client certificate policy and CAs a reload may have changed.
         context.options |= ssl.OP_NO_TICKET
         context.num_tickets = 0
+        # Sessions are cached in the listening context, whichever context a handshake
+        # switches to.
+        self.resumable = not disable_cache(context)
+        if self.resumable:
+            log.warning(
+                "this Python cannot turn off the TLS 1.2 session cache: a session made "
+                "before a reload of the web configuration is refused after it"
+            )
+        self._since = clock()
 
     def replace(self, context: ssl.SSLContext) -> None:
+        # Its own cache is never used, but off it hands clients no session ID to keep.
+        self._disable_cache(context)
         self.context.verify_mode = context.verify_mode
         self.context.minimum_version = context.minimum_version
         self.context.maximum_version = context.maximum_version
         self._current = context
+        self._since = self._clock()
 
-    def _handshake(self, connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext) -> None:
-        # Called with name None as well when the client sends no server name.
+    def _handshake(
+        self, connection: ssl.SSLObject, name: str | None, _: ssl.SSLContext
+    ) -> int | None:
+        # Called with name None as well when the client sends no server name; by then the
+        # server has decided whether the handshake resumes a session.
         if self._current is not self.context:
             connection.context = self._current
+        if self.resumable and connection.session_reused:
+            session = connection.session
+            # Session times are whole seconds: one made in the second of a reload goes too.
+            if session is None or session.time <= self._since:
+                return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
+        return None
 
 
 class WebState:
@@ -449,6 +561,10 @@ class WebState:
         self.auth = BasicAuth(config.users) if config.users else None
         self.tls = TlsSwitch(config.ssl_context) if config.ssl_context is not None else None
 
+    def close(self) -> None:
+        if self.auth is not None:
+            self.auth.close()
+
     def problem(self, config: WebConfig) -> str | None:
         """Why ``config`` cannot replace the current one, if it cannot."""
         if (config.ssl_context is None) != (self.tls is None):
@@ -460,7 +576,9 @@ class WebState:
         if (problem := self.problem(config)) is not None:
             raise WebConfigError([problem], source=config.source)
         if config.users != self.config.users:
-            self.auth = BasicAuth(config.users) if config.users else None
+            old, self.auth = self.auth, BasicAuth(config.users) if config.users else None
+            if old is not None:
+                old.close(drop=False)  # checks already waiting finish by the old users
         if self.tls is not None and config.ssl_context is not None:
             self.tls.replace(config.ssl_context)
         self.config = config

@@ -37,7 +37,7 @@ from tests.procs import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
     from tests.fakeapi import FakeApi
@@ -413,6 +413,124 @@ async def test_at_most_two_bcrypt_runs_at_once() -> None:
     assert not any(results) and peak == webconfig.BCRYPT_CONCURRENCY == 2
 
 
+class GatedHash:
+    """A hashpw that counts its runs and holds each until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, password: bytes, hashed: bytes) -> bytes:
+        with self.lock:
+            self.started += 1
+        assert self.gate.wait(10)
+        return b"never a match"
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` (another thread's progress) for at most 5 s."""
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+async def test_checks_of_clients_gone_before_their_turn_never_run() -> None:
+    """A check cancelled while it waits for a bcrypt thread (its client hung up, and the
+    server cancels the request) is never run: 300 dropped wrong passwords cost only the
+    two runs already under way."""
+    gated = GatedHash()
+    auth = BasicAuth({USER: HASH.encode()}, hashpw=gated)
+    checks = [asyncio.ensure_future(auth.allows(basic(USER, f"guess{i}"))) for i in range(8)]
+    await wait_until(lambda: gated.started == webconfig.BCRYPT_CONCURRENCY)
+    for check in checks:
+        check.cancel()
+    await asyncio.gather(*checks, return_exceptions=True)
+    gated.gate.set()
+    assert not await auth.allows(basic(USER, "one more"))
+    assert gated.started == webconfig.BCRYPT_CONCURRENCY + 1
+    auth.close()
+
+
+async def test_a_full_queue_of_checks_is_refused_at_once_then_drains() -> None:
+    """When more checks wait than run in about a second, the next one raises
+    AuthOverloaded at once instead of queueing; once the queue drains, checks run again."""
+    gated = GatedHash()
+    auth = BasicAuth({USER: HASH.encode()}, hashpw=gated)
+    checks = [
+        asyncio.ensure_future(auth.allows(basic(USER, f"guess{i}")))
+        for i in range(webconfig.MIN_QUEUE)
+    ]
+    await wait_until(lambda: gated.started == webconfig.BCRYPT_CONCURRENCY)
+    with pytest.raises(webconfig.AuthOverloaded):
+        await auth.allows(basic(USER, PASSWORD))
+    gated.gate.set()
+    assert not any(await asyncio.gather(*checks))
+    assert not await auth.allows(basic(USER, "again"))
+    auth.close()
+
+
+class CostClock:
+    """A clock that each hash moves on by 2**cost microseconds, as bcrypt's time grows."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def hashpw(self, password: bytes, hashed: bytes) -> bytes:
+        self.now += 2 ** int(hashed[4:6]) / 1e6
+        return bcrypt.hashpw(password, hashed)
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+
+
+async def test_a_failure_takes_as_long_as_the_costliest_hash_whoever_the_user() -> None:
+    """With hashes of different costs, a wrong password for a cheap user is answered no
+    sooner than a run at the top cost (what an unknown user's check takes), so response
+    times do not tell which user names exist; successes are not held back."""
+    cheap = bcrypt.hashpw(b"cheap password", bcrypt.gensalt(4))
+    dear = bcrypt.hashpw(b"dear password", bcrypt.gensalt(6))
+    clock = CostClock()
+    auth = BasicAuth(
+        {"cheap": cheap, "dear": dear},
+        hashpw=clock.hashpw,
+        clock=lambda: clock.now,
+        sleep=clock.sleep,
+    )
+    top, low = 2**6 / 1e6, 2**4 / 1e6
+    assert not await auth.allows(basic("nobody", "x"))  # a run at the top cost: no wait
+    assert clock.slept == []
+    assert not await auth.allows(basic("cheap", "wrong"))
+    assert clock.slept == [pytest.approx(top - low)]
+    assert not await auth.allows(basic("dear", "wrong"))
+    assert len(clock.slept) == 1
+    assert await auth.allows(basic("cheap", "cheap password"))
+    assert len(clock.slept) == 1
+    auth.close()
+
+
+async def test_the_first_cheap_failure_learns_the_top_cost_first() -> None:
+    """Before any run at the top cost, a cheap user's failure times one (against the
+    costliest hash) to know how long to take."""
+    cheap = bcrypt.hashpw(b"cheap password", bcrypt.gensalt(4))
+    dear = bcrypt.hashpw(b"dear password", bcrypt.gensalt(6))
+    clock = CostClock()
+    counting = CountingHash()
+
+    def both(password: bytes, hashed: bytes) -> bytes:
+        counting(password, hashed)
+        return clock.hashpw(password, hashed)
+
+    auth = BasicAuth(
+        {"cheap": cheap, "dear": dear}, hashpw=both, clock=lambda: clock.now, sleep=clock.sleep
+    )
+    assert not await auth.allows(basic("cheap", "wrong"))
+    assert counting.against == [cheap, dear]
+    assert clock.slept == [pytest.approx(2**6 / 1e6 - 2**4 / 1e6)]
+    auth.close()
+
+
 async def test_the_result_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
     """bcrypt's output is compared with hmac.compare_digest, for hits and misses alike."""
     calls: list[tuple[bytes, bytes]] = []
@@ -692,63 +810,121 @@ def test_prometheus_scrapes_over_https_with_basic_auth(tmp_path: Path) -> None:
         assert "metrics at https://" in exporter.log()
 
 
+def _client_files(tmp_path: Path, name: str) -> tuple[trustme.CA, Path]:
+    """A client CA, written where a web config's client_ca_file can name it."""
+    ca = trustme.CA()
+    path = tmp_path / f"{name}.crt"
+    ca.cert_pem.write_to_path(str(path))
+    return ca, path
+
+
+def _requiring(tls: Tls, ca_file: Path) -> str:
+    return (
+        f"tls_server_config:\n  cert_file: {tls.cert_file}\n  key_file: {tls.key_file}\n"
+        f"  client_ca_file: {ca_file}\n  client_auth_type: RequireAndVerifyClientCert\n"
+    )
+
+
+def _fetch(
+    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> tuple[bytes, ssl.SSLSession | None, bool]:
+    """One request over a fresh connection, closed cleanly (a session survives only a
+    clean close): the answer (empty if refused), the session, whether it was resumed."""
+    raw = socket.create_connection((LOOPBACK, port), timeout=5)
+    try:
+        with context.wrap_socket(raw, server_hostname=LOOPBACK, session=session) as conn:
+            reused = bool(conn.session_reused)
+            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            answer = b""
+            while chunk := conn.recv(4096):
+                answer += chunk
+            sess = conn.session
+            with contextlib.suppress(ssl.SSLError, OSError):
+                conn.unwrap()
+            return answer, sess, reused
+    except (ssl.SSLError, OSError):
+        return b"", None, False
+    finally:
+        raw.close()
+
+
+@contextlib.asynccontextmanager
+async def _tls_echo(switch: webconfig.TlsSwitch) -> AsyncIterator[int]:
+    """An asyncio TLS server with ``switch``'s context (as the exporter listens), which
+    answers every request with ``ok`` and closes cleanly: its port."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"ok")
+            await writer.drain()
+        writer.close()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.wait_closed()
+
+    server = await asyncio.start_server(answer, LOOPBACK, 0, ssl=switch.context)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
-def test_a_session_from_before_a_reload_cannot_be_resumed(
-    tmp_path: Path, version: ssl.TLSVersion
-) -> None:
-    """A reload that starts requiring client certificates holds for clients that come back
-    with a session from before it: the server resumes no session, so every connection
-    goes through the handshake and its client certificate policy."""
+async def test_no_tls_session_is_ever_resumed(tmp_path: Path, version: ssl.TLSVersion) -> None:
+    """The server keeps no session a client could resume (no tickets, no TLS 1.2 session
+    cache), so every connection goes through the handshake and its client certificate
+    check, also after a reload that trusts another client CA."""
     tls = make_tls(tmp_path / "tls")
-    files = f"tls_server_config:\n  cert_file: {tls.cert_file}\n  key_file: {tls.key_file}\n"
-    state = WebState(webconfig.loads(files))
-    assert state.tls is not None
-    listening = state.tls.context
-    client_ca = trustme.CA()
-    client_ca.cert_pem.write_to_path(str(tmp_path / "clients.crt"))
-    with socket.create_server((LOOPBACK, 0)) as server:
-        port = server.getsockname()[1]
-
-        def serve(connections: int) -> None:
-            for _ in range(connections):
-                raw, _ = server.accept()
-                try:
-                    with listening.wrap_socket(raw, server_side=True) as conn:
-                        conn.recv(2)
-                        conn.sendall(b"ok")
-                except (ssl.SSLError, OSError):
-                    raw.close()
-
-        context = tls.client()  # one context: a session belongs to the context it came from
-        context.minimum_version = context.maximum_version = version
-
-        def connect(session: ssl.SSLSession | None = None) -> tuple[bytes, ssl.SSLSession | None]:
-            raw = socket.create_connection((LOOPBACK, port), timeout=5)
-            with context.wrap_socket(raw, server_hostname=LOOPBACK, session=session) as conn:
-                conn.sendall(b"hi")
-                try:
-                    answer = conn.recv(2)
-                except (ssl.SSLError, OSError):
-                    answer = b""
-                return answer, conn.session
-
-        worker = threading.Thread(target=serve, args=(4,), daemon=True)
-        worker.start()
-        assert connect()[0] == b"ok"
-        answer, session = connect()  # TLS 1.3 hands out tickets after the first
+    old_ca, old_file = _client_files(tmp_path, "old")
+    new_ca, new_file = _client_files(tmp_path, "new")
+    loaded = webconfig.loads(_requiring(tls, old_file))
+    assert loaded.ssl_context is not None
+    switch = webconfig.TlsSwitch(loaded.ssl_context)
+    assert not switch.resumable
+    client = tls.client()
+    client.minimum_version = client.maximum_version = version
+    old_ca.issue_cert("client@example.invalid").configure_cert(client)
+    async with _tls_echo(switch) as port:
+        answer, session, _ = await asyncio.to_thread(_fetch, port, client)
         assert answer == b"ok"
-        state.replace(
-            webconfig.loads(
-                files
-                + f"  client_ca_file: {tmp_path / 'clients.crt'}\n"
-                + "  client_auth_type: RequireAndVerifyClientCert\n"
-            )
-        )
-        for attempt in (None, session):
-            try:
-                answer, _ = connect(attempt)
-            except (ssl.SSLError, OSError):
-                answer = b""
-            assert answer == b"", "a client without a certificate got in"
-        worker.join(10)
-        assert not worker.is_alive()
+        answer, session, reused = await asyncio.to_thread(_fetch, port, client, session)
+        assert answer == b"ok" and not reused
+        new = webconfig.loads(_requiring(tls, new_file)).ssl_context
+        assert new is not None
+        switch.replace(new)
+        answer, _, reused = await asyncio.to_thread(_fetch, port, client, session)
+        assert (answer, reused) == (b"", False), "a client of the old CA got in"
+        fresh = tls.client()
+        new_ca.issue_cert("client@example.invalid").configure_cert(fresh)
+        assert (await asyncio.to_thread(_fetch, port, fresh))[0] == b"ok"
+
+
+async def test_where_the_cache_stays_on_old_sessions_are_refused(tmp_path: Path) -> None:
+    """Where this Python cannot turn the TLS 1.2 session cache off, a session resumes
+    until a reload, and a handshake resuming it after the reload is refused."""
+    tls = make_tls(tmp_path / "tls")
+    old_ca, old_file = _client_files(tmp_path, "old")
+    _, new_file = _client_files(tmp_path, "new")
+    loaded = webconfig.loads(_requiring(tls, old_file))
+    assert loaded.ssl_context is not None
+    now = [1000.5]
+    switch = webconfig.TlsSwitch(
+        loaded.ssl_context, clock=lambda: now[0], disable_cache=lambda _: False
+    )
+    assert switch.resumable
+    client = tls.client()
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    old_ca.issue_cert("client@example.invalid").configure_cert(client)
+    now[0] = time.time() - 5  # the test's sessions are made after the switch began
+    async with _tls_echo(switch) as port:
+        answer, session, _ = await asyncio.to_thread(_fetch, port, client)
+        assert answer == b"ok"
+        answer, session, reused = await asyncio.to_thread(_fetch, port, client, session)
+        assert answer == b"ok" and reused  # the cache is on: the test shows the fallback
+        new = webconfig.loads(_requiring(tls, new_file)).ssl_context
+        assert new is not None
+        now[0] = time.time() + 1  # the reload comes after the session
+        switch.replace(new)
+        answer, _, reused = await asyncio.to_thread(_fetch, port, client, session)
+        assert answer == b"", "a session from before the reload was resumed"
