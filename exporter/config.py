@@ -11,12 +11,30 @@ import hashlib
 import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import yaml
+from yaml.composer import Composer
+from yaml.constructor import SafeConstructor
+from yaml.resolver import Resolver
+
+try:  # libyaml's parser: the same events as PyYAML's, for loads about 3 times as fast
+    from yaml._yaml import CParser as _Events
+except ImportError:  # pragma: no cover (a PyYAML built without libyaml)
+    from yaml.parser import Parser
+    from yaml.reader import Reader
+    from yaml.scanner import Scanner
+
+    class _Events(Reader, Scanner, Parser):  # type: ignore[no-redef]
+        def __init__(self, stream: str) -> None:
+            Reader.__init__(self, stream)
+            Scanner.__init__(self)
+            Parser.__init__(self)
+
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -30,6 +48,26 @@ DEFAULT_MAX_LIVESTREAMS: Final = 20_000
 # decode.MAX_LABEL_LENGTH: a longer configured id could never match a listed one, and would
 # be exported uncut as an unlisted stream's label.
 MAX_LIVESTREAM_ID_LENGTH: Final = 256
+
+# The most read_file reads of a config file and a token file. Parse time follows the
+# number of nodes, not bytes, so MAX_YAML_NODES is what bounds it; the byte bound leaves
+# room for DEFAULT_MAX_LIVESTREAMS livestreams with ids of MAX_LIVESTREAM_ID_LENGTH and
+# expect_live (5.9 MB). Measured by bench/config_limits.py with libyaml: 20,000 livestreams
+# load in 1.1-1.4 s, MAX_YAML_NODES in 1.4-1.8 s, one 8 MiB scalar in 0.07 s; PyYAML on
+# its own takes about 3 times as long.
+MAX_CONFIG_FILE_BYTES: Final = 8 * 1024 * 1024
+MAX_TOKEN_FILE_BYTES: Final = 4096  # API tokens are 40 characters
+# Bounds on the YAML document, far beyond any real configuration, checked while it is
+# composed: PyYAML's recursive composer overflows Python's stack at about 500 levels (this
+# configuration has 5), Python refuses to convert integers of over 4300 digits, and aliases
+# let a small file stand for a document the validators would walk in full.
+MAX_YAML_DEPTH: Final = 64
+# Aliases counted as copies of what they refer to; 20,000 livestreams with expect_live
+# are 100,000 nodes.
+MAX_YAML_NODES: Final = 125_000
+# Far below Python's limit, yet long enough that a number too large for its setting is
+# still reported against its key by the validators.
+MAX_YAML_INT_LENGTH: Final = 1000
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -244,15 +282,79 @@ def load(path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = No
     return loads(text, source=str(path), environ=environ, base_dir=Path(path).parent)
 
 
-def read_text(path: str | os.PathLike[str]) -> str:
-    """A configuration file's text; :class:`ConfigError` (its source the path) if it cannot
-    be read or is not UTF-8."""
+def read_text(path: str | os.PathLike[str], *, limit: int = MAX_CONFIG_FILE_BYTES) -> str:
+    """A configuration file's text, of at most ``limit`` bytes; :class:`ConfigError` (its
+    source the path) if it cannot be read (see :func:`read_file`) or is not UTF-8."""
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"cannot read file: {exc.strerror or exc}"], source=str(path)) from None
+        return read_file(path, limit=limit).decode("utf-8")
+    except UnreadableFile as exc:
+        raise ConfigError([f"cannot read file: {exc}"], source=str(path)) from None
     except UnicodeDecodeError:
         raise ConfigError(["file is not UTF-8 text"], source=str(path)) from None
+
+
+class UnreadableFile(Exception):
+    """A file :func:`read_file` refuses; the message says why, and never quotes the file."""
+
+
+def read_file(path: str | os.PathLike[str], *, limit: int) -> bytes:
+    """The bytes of the regular file at ``path``, if it holds at most ``limit`` of them;
+    :class:`UnreadableFile` otherwise.
+
+    Whatever is at ``path``, this neither blocks nor reads more than ``limit + 1`` bytes: a
+    FIFO, a device (``/dev/zero``), a directory or a socket is refused before a byte is
+    read. It is looked at (``stat``) before it is opened, since opening some devices does
+    something (a tape rewinds), opened non-blocking (a FIFO without a writer would wait
+    for one), and judged again by the open descriptor (``fstat``), so that a file swapped
+    in between is judged too. The size is checked before reading, and again while reading
+    for a file that grows meanwhile.
+    """
+    try:
+        if (refused := _not_small_and_regular(os.stat(path), limit)) is not None:
+            raise UnreadableFile(refused)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise UnreadableFile(exc.strerror or type(exc).__name__) from None
+    try:
+        if (refused := _not_small_and_regular(os.fstat(fd), limit)) is not None:
+            raise UnreadableFile(refused)
+        chunks: list[bytes] = []
+        left = limit + 1
+        while left > 0 and (chunk := os.read(fd, left)):
+            chunks.append(chunk)
+            left -= len(chunk)
+        if left == 0:  # it grew after fstat, or its size says less than it holds (/proc)
+            raise UnreadableFile(f"it held more than the limit of {_bytes(limit)} when read")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise UnreadableFile(exc.strerror or type(exc).__name__) from None
+    finally:
+        os.close(fd)
+
+
+_FILE_KINDS: Final = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _not_small_and_regular(st: os.stat_result, limit: int) -> str | None:
+    if not stat.S_ISREG(st.st_mode):
+        kind = next((f"{name}, " for test, name in _FILE_KINDS if test(st.st_mode)), "")
+        return f"it is {kind}not a regular file"
+    if st.st_size > limit:
+        return f"it is over the limit of {_bytes(limit)} ({st.st_size} bytes)"
+    return None
+
+
+def _bytes(count: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{count} bytes"
 
 
 def loads(
@@ -280,40 +382,124 @@ _SCHEMA_KEYS: Final = frozenset(
 
 
 class YamlError(Exception):
-    """YAML that cannot be read, or that repeats a key in one mapping; the message quotes
+    """YAML that cannot be read, that repeats a key in one mapping, or that is out of
+    bounds (MAX_YAML_DEPTH, MAX_YAML_NODES, MAX_YAML_INT_LENGTH); the message quotes
     nothing of the text but a position, and keys its reader chose to show."""
 
 
 def parse_yaml(text: str, *, shown: Callable[[object], str | None]) -> object:
     """The document in ``text`` (safe types only). A key repeated in one mapping is an error
     rather than the last one winning; ``shown(key)`` says how such a key may be named (None:
-    not at all)."""
-
-    class Loader(yaml.SafeLoader):
-        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-            seen: set[object] = set()
-            for key_node, _ in node.value:
-                # Merge keys (<<) may be overridden; only plain scalar keys are checked.
-                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                    continue
-                key = self.construct_object(key_node)
-                if key in seen:
-                    mark = key_node.start_mark
-                    name = shown(key)
-                    raise YamlError(
-                        f"duplicate key{'' if name is None else ' ' + name} "
-                        f"at line {mark.line + 1}, column {mark.column + 1}"
-                    )
-                seen.add(key)
-            return super().construct_mapping(node, deep=deep)
-
+    not at all). A document out of bounds is an error too, before it is built."""
+    loader = _Loader(text, shown)
     try:
-        return yaml.load(text, Loader=Loader)  # noqa: S506 (a SafeLoader subclass)
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
         # Only the position: PyYAML's own message can quote part of the offending line.
         mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise YamlError(f"not valid YAML{where}") from None
+        raise YamlError(f"not valid YAML{_at(mark)}") from None
+    # Backstops: the bounds of _Loader should leave neither.
+    except RecursionError:
+        raise YamlError("not valid YAML: nested too deeply") from None
+    except ValueError:
+        raise YamlError("not valid YAML: a value that cannot be read") from None
+    finally:
+        loader.dispose()
+
+
+class _Mark(Protocol):  # PyYAML's, or libyaml's
+    line: int
+    column: int
+
+
+def _at(mark: _Mark | None) -> str:
+    return "" if mark is None else f" at line {mark.line + 1}, column {mark.column + 1}"
+
+
+_INT_TAG: Final = "tag:yaml.org,2002:int"
+
+
+class _Loader(Composer, _Events, SafeConstructor, Resolver):
+    """PyYAML's safe loader (its composer, in Python, on top of libyaml's events where
+    available), which measures the document while composing it: depth, and size with
+    every alias counted as a copy of the node it refers to. A document out of bounds is
+    refused at the event that crosses them, so that neither PyYAML's recursive composer
+    and constructor nor the validators ever see it."""
+
+    def __init__(self, text: str, shown: Callable[[object], str | None]) -> None:
+        _Events.__init__(self, text)
+        Composer.__init__(self)
+        SafeConstructor.__init__(self)
+        Resolver.__init__(self)
+        self._shown = shown
+        self._open: list[list[int]] = []  # per node being composed: its height and size so far
+        self._anchored: dict[yaml.Node, tuple[int, int]] = {}  # height and size, once complete
+        self._nodes = 0  # composed so far, aliases counted in full
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()
+        if event is None:  # pragma: no cover (the composer asks only when one is due)
+            return super().compose_node(parent, index)
+        mark: _Mark | None = event.start_mark
+        if isinstance(event, yaml.AliasEvent):
+            node = super().compose_node(parent, index)  # the node the alias names
+            if node is None or (shape := self._anchored.get(node)) is None:
+                # Its anchor is still open: a node that contains itself.
+                raise YamlError(f"an alias inside the value it refers to{_at(mark)}")
+            height, size = shape
+            if len(self._open) + height > MAX_YAML_DEPTH:
+                raise YamlError(f"nested deeper than {MAX_YAML_DEPTH} levels{_at(mark)}")
+        else:
+            if len(self._open) >= MAX_YAML_DEPTH:
+                raise YamlError(f"nested deeper than {MAX_YAML_DEPTH} levels{_at(mark)}")
+            self._count(1, mark)
+            self._open.append([0, 0])
+            node = super().compose_node(parent, index)
+            below_height, below_size = self._open.pop()
+            height, size = below_height + 1, below_size + 1
+            if node is not None and getattr(event, "anchor", None) is not None:
+                self._anchored[node] = (height, size)
+        if self._open:
+            above = self._open[-1]
+            above[0] = max(above[0], height)
+            above[1] += size
+        if isinstance(event, yaml.AliasEvent):
+            self._count(size, mark)
+        return node
+
+    def _count(self, nodes: int, mark: _Mark | None) -> None:
+        self._nodes += nodes
+        if self._nodes > MAX_YAML_NODES:
+            raise YamlError(
+                f"more than {MAX_YAML_NODES} values (an alias counting as a copy of what it "
+                f"refers to){_at(mark)}"
+            )
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # Checked before int(), whose time grows with the square of the length.
+        if node.tag == _INT_TAG and len(node.value) > MAX_YAML_INT_LENGTH:
+            raise YamlError(
+                f"an integer longer than {MAX_YAML_INT_LENGTH} characters{_at(node.start_mark)}"
+            )
+        try:
+            return super().construct_object(node, deep=deep)
+        except ValueError:  # a scalar Python cannot take, such as the date 2001-13-45
+            raise YamlError(f"a value that cannot be read{_at(node.start_mark)}") from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            # Merge keys (<<) may be overridden; only plain scalar keys are checked.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                name = self._shown(key)
+                raise YamlError(
+                    f"duplicate key{'' if name is None else ' ' + name}{_at(key_node.start_mark)}"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 class _Validator:
@@ -618,9 +804,9 @@ def read_token_file(path: Path, *, shown: str | None = None) -> str:
     """
     name = str(path) if shown is None else shown
     try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read {name}: {exc.strerror or type(exc).__name__}") from None
+        text = read_file(path, limit=MAX_TOKEN_FILE_BYTES).decode("utf-8").strip()
+    except UnreadableFile as exc:
+        raise ValueError(f"cannot read {name}: {exc}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{name} is not UTF-8 text") from None
     if not text:

@@ -128,7 +128,7 @@ class Poller:
         api: Api,
         observer: PollObserver | None = None,
         on_snapshot: Callable[[], None] | None = None,
-        before_cycle: Callable[[], None] | None = None,
+        before_cycle: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -203,7 +203,7 @@ class Poller:
     async def poll_once(self) -> Snapshot:
         """One cycle over every app; returns (and publishes) the new snapshot."""
         if self._before_cycle is not None:
-            self._before_cycle()
+            await self._before_cycle()
         started = self._monotonic()
         deadline = CycleDeadline(started + self._config.poll.interval, self._monotonic)
         prev = self._snapshot

@@ -6,7 +6,11 @@ to the :class:`~exporter.server.Exporter`, which polls by it from its next cycle
 the web configuration to the server's :class:`~exporter.webconfig.WebState`, for the next
 request or TLS handshake. A rejected reload changes nothing; it is logged once with its
 problems (never the token) and sets ``realtimekit_exporter_config_last_reload_successful``
-to 0. ``--shard`` and ``--total-shards`` stay as the command line gave them.
+to 0, whatever went wrong: a reload never raises. ``--shard`` and ``--total-shards`` stay
+as the command line gave them.
+
+The files are read and parsed in a daemon thread (:mod:`exporter.workers`): a stopping
+process does not wait for the parse of a large file.
 """
 
 from __future__ import annotations
@@ -15,17 +19,23 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from exporter import config, webconfig
+from exporter.workers import DaemonExecutor
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from concurrent.futures import Executor
 
     from exporter.server import Exporter
     from exporter.webconfig import WebState
 
+T = TypeVar("T")
+
 log = logging.getLogger(__name__)
+
+_LOADS: Final = DaemonExecutor(1, name="reload")  # one reload at a time anyway
 
 
 def load_config(path: str, shard: config.Shard) -> config.Config:
@@ -54,6 +64,7 @@ class Reloader:
         web_config_file: str | None = None,
         web_state: WebState | None = None,
         clock: Callable[[], float] = time.time,
+        executor: Executor = _LOADS,
     ) -> None:
         if web_config_file is not None and web_state is None:
             raise ValueError("a web config file needs the WebState it replaces")
@@ -62,6 +73,7 @@ class Reloader:
         self._web_config_file = web_config_file
         self._web_state = web_state
         self._clock = clock
+        self._executor = executor
         self._lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -74,18 +86,16 @@ class Reloader:
             new_config = new_web = None
             if self._config_file is not None:
                 shard = self._exporter.config.shard
-                try:
-                    new_config = await asyncio.to_thread(load_config, self._config_file, shard)
-                except config.ConfigError as exc:
-                    problems.append(f"invalid configuration: {exc}")
+                new_config = await self._load(
+                    "configuration", problems, load_config, self._config_file, shard
+                )
             if self._web_config_file is not None and self._web_state is not None:
-                try:
-                    new_web = await asyncio.to_thread(webconfig.load, self._web_config_file)
-                except webconfig.WebConfigError as exc:
-                    problems.append(f"invalid web configuration: {exc}")
-                else:
-                    if (problem := self._web_state.problem(new_web)) is not None:
-                        problems.append(f"{new_web.source}: {problem}")
+                new_web = await self._load(
+                    "web configuration", problems, webconfig.load, self._web_config_file
+                )
+                problem = None if new_web is None else self._web_state.problem(new_web)
+                if new_web is not None and problem is not None:
+                    problems.append(f"{new_web.source}: {problem}")
             if problems:
                 reason = "; ".join(problems)
                 self._exporter.metrics.config_loaded(ok=False, at=self._clock())
@@ -101,3 +111,20 @@ class Reloader:
             self._exporter.metrics.config_loaded(ok=True, at=self._clock())
             log.info("configuration reloaded: %s", ", ".join(done) or "no file to read")
             return None
+
+    async def _load(
+        self, what: str, problems: list[str], load: Callable[..., T], *args: object
+    ) -> T | None:
+        """``load(*args)`` in a thread; None, with the reason added to ``problems``, if it
+        fails in any way."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, load, *args)
+        except config.ConfigError as exc:  # WebConfigError is one too
+            problems.append(f"invalid {what}: {exc}")
+        # The one broad guard of a reload: SIGHUP runs it as a task nobody awaits, so an
+        # error raised here would be lost, with the gauge and the log saying nothing. Only
+        # the type is told: the message of an unexpected error may quote the file.
+        except Exception as exc:
+            problems.append(f"cannot load the {what}: unexpected {type(exc).__name__}")
+        return None

@@ -150,11 +150,12 @@ class Exporter:
             self._on_token(config.api.token.reveal())
         self._pending = config
 
-    def _before_cycle(self) -> None:
+    async def _before_cycle(self) -> None:
         pending, self._pending = self._pending, None
         if pending is not None:
             self._apply(pending)
-        if self._token_file is not None and (token := self._token_file.check()) is not None:
+        # Off the loop, and bounded in time: see TokenFile.poll.
+        if self._token_file is not None and (token := await self._token_file.poll()) is not None:
             if self._on_token is not None:
                 self._on_token(token.reveal())
             self._api_client.set_token(token)

@@ -40,7 +40,14 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import bcrypt
 
-from exporter.config import ConfigError, YamlError, parse_yaml, read_text
+from exporter.config import (
+    ConfigError,
+    UnreadableFile,
+    YamlError,
+    parse_yaml,
+    read_file,
+    read_text,
+)
 from exporter.tlssessions import disable_session_cache
 from exporter.workers import DaemonExecutor
 
@@ -137,10 +144,16 @@ class WebConfig:
         return f"{tls}, basic auth for {len(self.users)} user(s)"
 
 
+# What load reads (exporter.config.read_file): a web config of some 3,000 users, and PEM
+# files of 4 times Debian's whole CA bundle (ca-certificates.crt: 0.21 MiB, 144 CAs).
+MAX_WEB_CONFIG_FILE_BYTES: Final = 256 * 1024
+MAX_PEM_FILE_BYTES: Final = 1024 * 1024
+
+
 def load(path: str | Path) -> WebConfig:
     """Read and check a web config file, its certificates and keys included."""
     try:
-        text = read_text(path)
+        text = read_text(path, limit=MAX_WEB_CONFIG_FILE_BYTES)
     except ConfigError as exc:
         raise WebConfigError(exc.problems, source=exc.source) from None
     return loads(text, source=str(path), base_dir=Path(path).parent)
@@ -205,10 +218,11 @@ class _Checker:
         path = Path(value)
         path = path if path.is_absolute() else self.base_dir / path
         try:
-            with path.open("rb"):
-                pass
-        except OSError as exc:
-            self.fail(where, f"cannot read {path}: {exc.strerror or type(exc).__name__}")
+            # Read here only to be checked: OpenSSL reads it again, by its path, and would
+            # wait forever on a FIFO.
+            read_file(path, limit=MAX_PEM_FILE_BYTES)
+        except UnreadableFile as exc:
+            self.fail(where, f"cannot read {path}: {exc}")
             return None
         return path
 

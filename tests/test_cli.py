@@ -22,7 +22,7 @@ from tests.conftest import ACCOUNT, APP
 from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
 CONFIG = """\
@@ -147,6 +147,67 @@ async def test_simulate_usage_errors_name_the_flag_and_its_help(
     assert code == 2 and out == ""
     assert names in err and err.rstrip().endswith("(see simulate --help)")
     assert err.count("\n") == 1
+
+
+def with_text(tail: str) -> Callable[[Path], Path]:
+    """A valid config with ``tail`` appended."""
+
+    def make(tmp_path: Path) -> Path:
+        path = write_config(tmp_path, "http://127.0.0.1:9")
+        path.write_text(path.read_text(encoding="utf-8") + tail, encoding="utf-8")
+        return path
+
+    return make
+
+
+def fifo_config(tmp_path: Path) -> Path:
+    os.mkfifo(tmp_path / "config.yaml")
+    return tmp_path / "config.yaml"
+
+
+def huge_config(tmp_path: Path) -> Path:
+    with (tmp_path / "config.yaml").open("wb") as out:
+        out.truncate(60_000_000)  # sparse
+    return tmp_path / "config.yaml"
+
+
+def dev_zero_token(tmp_path: Path) -> Path:
+    path = write_config(tmp_path, "http://127.0.0.1:9")
+    text = path.read_text(encoding="utf-8").replace("token: ${RTK_TEST_TOKEN}", "token_file: z")
+    path.write_text(text, encoding="utf-8")
+    (tmp_path / "z").symlink_to("/dev/zero")
+    return path
+
+
+BAD_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "500-deep brackets": (
+        with_text("x: " + "[" * 500 + "]" * 500 + "\n"),
+        "1 problem: nested deeper than 64 levels at line 13, column 67",
+    ),
+    "a 5,000-digit integer": (
+        with_text("limits:\n  max_livestreams: " + "9" * 5000 + "\n"),
+        "1 problem: an integer longer than 1000 characters at line 14, column 20",
+    ),
+    "60 MB": (huge_config, "1 problem: cannot read file: it is over the limit of 8 MiB"),
+    "a FIFO": (fifo_config, "1 problem: cannot read file: it is a FIFO (named pipe)"),
+    "token_file /dev/zero": (dev_zero_token, "api.token_file: cannot read {dir}/z: it is a char"),
+}
+
+
+@pytest.mark.parametrize("check", [True, False], ids=["config.check", "start-up"])
+@pytest.mark.parametrize(("make", "problem"), BAD_FILES.values(), ids=list(BAD_FILES))
+async def test_a_file_out_of_bounds_exits_2_at_once_with_one_line(
+    tmp_path: Path, make: Callable[[Path], Path], problem: str, check: bool
+) -> None:
+    """--config.check, or starting to serve, with a file the parser cannot take or a file
+    that is not one: exit 2 within seconds, one line on stderr, no traceback."""
+    path = make(tmp_path)
+    mode = ["--config.check"] if check else ["--web.listen-address", "127.0.0.1:0"]
+    code, out, err = await run("--config.file", str(path), *mode, limit=10)
+    assert code == 2 and out == ""
+    assert err.startswith(f"realtimekit-exporter: invalid configuration: {path}: ")
+    assert problem.replace("{dir}", str(tmp_path)) in err
+    assert err.count("\n") == 1 and "Traceback" not in err
 
 
 async def test_missing_config_file_exits_2(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ cases live in ``tests/testdata/config/``; the exact expected problems live here.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +19,10 @@ import yaml
 
 from exporter.config import (
     DEFAULT_BASE_URL,
+    MAX_CONFIG_FILE_BYTES,
+    MAX_TOKEN_FILE_BYTES,
+    MAX_YAML_DEPTH,
+    MAX_YAML_INT_LENGTH,
     ApiConfig,
     AppConfig,
     Config,
@@ -25,12 +31,16 @@ from exporter.config import (
     PollConfig,
     RateLimit,
     Secret,
+    UnreadableFile,
+    YamlError,
     load,
     loads,
+    parse_yaml,
+    read_file,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 TESTDATA = Path(__file__).parent / "testdata" / "config"
 EXAMPLE = Path(__file__).parent.parent / "config.example.yaml"
@@ -781,7 +791,7 @@ TOKEN_PROBLEMS: dict[str, tuple[dict[str, Any], dict[str, str], dict[str, bytes 
         {"token_file": "cf_token"},
         {},
         {"cf_token": None},
-        "api.token_file: cannot read {dir}/cf_token: Is a directory",
+        "api.token_file: cannot read {dir}/cf_token: it is a directory, not a regular file",
     ),
     "not UTF-8": (
         {"token_file": "cf_token"},
@@ -1227,7 +1237,7 @@ def test_valid_config_never_shows_its_token(
     ("setup", "problem"),
     [
         (None, "cannot read file: No such file or directory"),
-        (b"", "cannot read file: Is a directory"),
+        (b"", "cannot read file: it is a directory, not a regular file"),
         (b"apps: \xff\n", "file is not UTF-8 text"),
     ],
     ids=["missing", "directory", "not UTF-8"],
@@ -1331,3 +1341,197 @@ def test_token_file_error_never_shows_a_token_put_there_by_mistake(tmp_path: Pat
         loads(literal, environ={}, base_dir=tmp_path)
     with pytest.raises(ConfigError, match="cannot read /nonexistent/cf_token"):
         loads(by_var.replace("${TOKEN}", "${DIR}/cf_token"), environ={"DIR": "/nonexistent"})
+
+
+# --- files and documents out of bounds -------------------------------------------------------
+# Each was an attack on the running exporter: a RecursionError or ValueError out of the
+# parser, a read that blocked or ran out of memory. Each is now one problem, at once.
+
+DEEP = "nested deeper than 64 levels at line {line}, column {column}"
+
+
+def write(text: str) -> Callable[[Path], None]:
+    def setup(path: Path) -> None:
+        path.write_text(text, encoding="utf-8")
+
+    return setup
+
+
+def sized(size: int) -> Callable[[Path], None]:
+    """A file of ``size`` bytes of zeros, taking no disk space (sparse)."""
+
+    def setup(path: Path) -> None:
+        with path.open("wb") as out:
+            out.truncate(size)
+
+    return setup
+
+
+def fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def dev_zero(path: Path) -> None:
+    path.symlink_to("/dev/zero")
+
+
+def directory(path: Path) -> None:
+    path.mkdir()
+
+
+def unix_socket(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+
+
+VALID = render()  # 5 lines; what each case adds starts on line 6
+SECRET_LINE = f"misplaced: {SECRET}\n"  # never quoted back
+ALIASED_APPS = "".join(
+    ["anchors:\n  - &app\n    account_id: a\n    app_id: b\n    livestreams:\n"]
+    + [f"      - id: s{i}\n" for i in range(3000)]
+    + ["apps:\n"]
+    + ["  - *app\n"] * 3000
+)
+MERGES = "m0: &m0 {a: 1}\n" + "".join(f"m{i}: &m{i} {{<<: *m{i - 1}}}\n" for i in range(1, 200))
+
+REFUSED_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "500-deep flow brackets": (
+        write(VALID + "x: " + "[" * 500 + SECRET + "]" * 500 + "\n"),
+        DEEP.format(line=6, column=4 + MAX_YAML_DEPTH - 1),
+    ),
+    "500-deep block mappings": (
+        write(VALID + "".join(" " * i + f"k{i}:\n" for i in range(500))),
+        DEEP.format(line=6 + MAX_YAML_DEPTH - 1, column=MAX_YAML_DEPTH),
+    ),
+    "500-deep block sequences": (
+        write(VALID + "x:\n" + "- " * 500 + SECRET + "\n"),
+        DEEP.format(line=7, column=2 * MAX_YAML_DEPTH - 1),
+    ),
+    "a chain of 200 merges": (
+        write(VALID + MERGES),
+        DEEP.format(line=6 + MAX_YAML_DEPTH - 2, column=16),
+    ),
+    "an alias inside what it names": (
+        write(VALID + "x: &a [*a]\n"),
+        "an alias inside the value it refers to at line 6, column 8",
+    ),
+    "3000 aliases of an app of 3000 livestreams": (
+        write("api: {token: t}\n" + ALIASED_APPS),
+        "more than 125000 values (an alias counting as a copy of what it refers to) at line "
+        "3020, column 5",
+    ),
+    "a 5,000-digit integer": (
+        write(VALID + SECRET_LINE + "poll:\n  interval: " + "7" * 5000 + "\n"),
+        f"an integer longer than {MAX_YAML_INT_LENGTH} characters at line 8, column 13",
+    ),
+    "a 5,000-digit hexadecimal key": (
+        write(VALID + "? 0x" + "f" * 5000 + "\n: 1\n"),  # a key of over 1024: "? " before it
+        f"an integer longer than {MAX_YAML_INT_LENGTH} characters at line 6, column 3",
+    ),
+    "a date that does not exist": (
+        write(VALID + "x: 2001-13-45\n"),
+        "a value that cannot be read at line 6, column 4",
+    ),
+    "a file over the size limit": (
+        sized(MAX_CONFIG_FILE_BYTES + 1),
+        f"cannot read file: it is over the limit of 8 MiB ({MAX_CONFIG_FILE_BYTES + 1} bytes)",
+    ),
+    "a FIFO": (fifo, "cannot read file: it is a FIFO (named pipe), not a regular file"),
+    "/dev/zero": (dev_zero, "cannot read file: it is a character device, not a regular file"),
+    "a directory": (directory, "cannot read file: it is a directory, not a regular file"),
+    "a socket": (unix_socket, "cannot read file: it is a socket, not a regular file"),
+}
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(("setup", "problem"), REFUSED_FILES.values(), ids=list(REFUSED_FILES))
+def test_files_and_documents_out_of_bounds_are_one_problem(
+    tmp_path: Path, setup: Callable[[Path], None], problem: str
+) -> None:
+    """Nesting, aliases, integers and files out of bounds are one ConfigError of one line
+    each, with a position and no content, without blocking and without a large read."""
+    path = tmp_path / "c.yaml"
+    setup(path)
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ=ENVIRON)
+    assert caught.value.problems == [problem]
+    assert caught.value.source == str(path)
+    assert "\n" not in str(caught.value) and SECRET not in str(caught.value)
+
+
+REFUSED_TOKEN_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "a FIFO": (fifo, "it is a FIFO (named pipe), not a regular file"),
+    "/dev/zero": (dev_zero, "it is a character device, not a regular file"),
+    "a directory": (directory, "it is a directory, not a regular file"),
+    "a socket": (unix_socket, "it is a socket, not a regular file"),
+    "200 MB": (sized(200_000_000), "it is over the limit of 4 KiB (200000000 bytes)"),
+    "a byte over the limit": (
+        write("t" * (MAX_TOKEN_FILE_BYTES + 1)),
+        f"it is over the limit of 4 KiB ({MAX_TOKEN_FILE_BYTES + 1} bytes)",
+    ),
+}
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("setup", "reason"), REFUSED_TOKEN_FILES.values(), ids=list(REFUSED_TOKEN_FILES)
+)
+def test_a_token_file_that_is_not_a_small_regular_file_is_one_problem(
+    tmp_path: Path, setup: Callable[[Path], None], reason: str
+) -> None:
+    """api.token_file is read as the config file is: whatever it is, at once, and no more
+    than a token needs."""
+    setup(tmp_path / "t")
+    text = render(api={"token_file": "t"})
+    assert problems_of(text, tmp_path) == [f"api.token_file: cannot read {tmp_path}/t: {reason}"]
+
+
+def test_a_token_file_at_the_limit_is_read(tmp_path: Path) -> None:
+    """A token file of exactly MAX_TOKEN_FILE_BYTES (a token padded with a newline) is read."""
+    token = "t" * (MAX_TOKEN_FILE_BYTES - 1)
+    (tmp_path / "t").write_text(token + "\n", encoding="utf-8")
+    assert parse(render(api={"token_file": "t"}), tmp_path).api.token.reveal() == token
+
+
+def test_a_file_that_holds_more_than_its_size_says_is_read_no_further() -> None:
+    """A file whose size says 0 (as in /proc) or that grows after the check is read to one
+    byte past the limit, then refused."""
+    with pytest.raises(
+        UnreadableFile, match=r"^it held more than the limit of 16 bytes when read$"
+    ):
+        read_file("/proc/self/status", limit=16)
+    assert read_file("/proc/self/status", limit=1 << 20).startswith(b"Name:")
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[" * MAX_YAML_DEPTH + "]" * MAX_YAML_DEPTH, None),
+        ("[" * (MAX_YAML_DEPTH + 1) + "]" * (MAX_YAML_DEPTH + 1), DEEP.format(line=1, column=65)),
+        ("a: &a " + "[" * (MAX_YAML_DEPTH - 1) + "]" * (MAX_YAML_DEPTH - 1) + "\nb: *a\n", None),
+        (
+            "a: &a " + "[" * (MAX_YAML_DEPTH - 1) + "]" * (MAX_YAML_DEPTH - 1) + "\nb: [*a]\n",
+            DEEP.format(line=2, column=5),
+        ),
+        ("x: " + "9" * MAX_YAML_INT_LENGTH, None),
+        (
+            "x: " + "9" * (MAX_YAML_INT_LENGTH + 1),
+            f"an integer longer than {MAX_YAML_INT_LENGTH} characters at line 1, column 4",
+        ),
+    ],
+    ids=[
+        "depth at the bound",
+        "one deeper",
+        "through an alias at the bound",
+        "one deeper",
+        "integer at the bound",
+        "one digit more",
+    ],
+)
+def test_the_yaml_bounds_are_exact(text: str, problem: str | None) -> None:
+    """Depth counts the levels an alias brings along; both bounds are inclusive."""
+    if problem is None:
+        parse_yaml(text, shown=str)
+    else:
+        with pytest.raises(YamlError, match=f"^{re.escape(problem)}$"):
+            parse_yaml(text, shown=str)

@@ -9,6 +9,8 @@ import os
 import re
 import signal
 import subprocess
+import time
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -283,6 +285,110 @@ async def test_an_invalid_config_is_rejected_once_and_the_old_one_stays(
         await running.until(both, what="ls-2 after the good reload")
 
 
+def cycles_in(samples: Samples) -> float:
+    return samples.get(("realtimekit_exporter_poll_duration_seconds_count", frozenset()), 0)
+
+
+async def test_a_file_the_parser_cannot_take_is_a_rejected_reload(
+    tmp_path: Path, fake_api: FakeApi
+) -> None:
+    """Nesting 500 deep (POST /-/reload) and a 5,000-digit integer (SIGHUP) are rejected
+    like any invalid file: 500 with the reason, the gauge at 0, one "reload rejected" line
+    each, and no exception left in a task; the old config keeps polling."""
+    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    config = write_config(tmp_path / "config.yaml", fake_api.base_url, ["ls-1"])
+    good = config.read_text(encoding="utf-8")
+    async with exporter_process(tmp_path, config) as running:
+
+        async def polled() -> Samples | None:
+            got = await running.metrics()
+            return got if cycles_in(got) >= 1 else None
+
+        await running.until(polled, what="a first cycle")
+        config.write_text(good + "x: " + "[" * 500 + TOKEN + "]" * 500 + "\n", encoding="utf-8")
+        status, body = await running.post_reload()
+        assert status == 500 and "nested deeper than 64 levels at line" in body
+        assert (await running.metrics())[(RELOAD_OK, frozenset())] == 0
+
+        config.write_text(good.replace("interval: 1s", "interval: " + "7" * 5000), "utf-8")
+        running.proc.send_signal(signal.SIGHUP)
+
+        async def rejected_twice() -> list[str] | None:
+            lines = [line for line in running.log().splitlines() if "reload rejected" in line]
+            return lines if len(lines) == 2 else None
+
+        rejections = await running.until(rejected_twice, what="the SIGHUP reload's rejection")
+        assert "an integer longer than 1000 characters at line" in rejections[1]
+        before = await running.metrics()
+        assert before[(RELOAD_OK, frozenset())] == 0
+
+        async def polling_on() -> Samples | None:
+            got = await running.metrics()
+            return got if cycles_in(got) >= cycles_in(before) + 2 else None
+
+        assert streams_in(await running.until(polling_on, what="polling to go on")) == {"ls-1"}
+        log = running.log()
+        assert "Task exception was never retrieved" not in log and "Traceback" not in log
+        assert TOKEN not in log and TOKEN not in body
+
+
+def not_a_token_file(kind: str, path: Path) -> None:
+    """Put ``kind`` in place of the token file at ``path``."""
+    path.unlink()
+    if kind == "a FIFO":
+        os.mkfifo(path)
+    elif kind == "200 MB":
+        with path.open("wb") as out:
+            out.truncate(200_000_000)  # sparse: no disk space, and zeros, no whitespace
+    else:
+        path.symlink_to("/dev/zero")
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "200 MB", "a symlink to /dev/zero"])
+async def test_a_token_file_swapped_for_what_cannot_be_read_stops_nothing(
+    tmp_path: Path, fake_api: FakeApi, kind: str
+) -> None:
+    """The running process notices at its next cycle, warns once, goes on answering and
+    polling with the token it has, and still stops within 5 s of SIGTERM, exiting 0."""
+    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n", encoding="utf-8")
+    config = write_config(
+        tmp_path / "config.yaml", fake_api.base_url, ["ls-1"], token={"token_file": str(token_file)}
+    )
+    up = ("realtimekit_up", frozenset({"account_id": ACCOUNT, "app_id": APP}.items()))
+    async with exporter_process(tmp_path, config) as running:
+
+        async def polled() -> Samples | None:
+            got = await running.metrics()
+            return got if cycles_in(got) >= 1 and got.get(up) == 1 else None
+
+        await running.until(polled, what="a first cycle")
+        not_a_token_file(kind, token_file)
+
+        async def warned() -> bool:
+            return "keeping the current token" in running.log()
+
+        await running.until(warned, what="the warning about the token file")
+        async with asyncio.timeout(5), running.http.get(running.url + "/-/healthy") as response:
+            assert response.status == 200
+        before = await running.metrics()
+
+        async def polling_on() -> Samples | None:
+            got = await running.metrics()
+            return got if cycles_in(got) >= cycles_in(before) + 2 else None
+
+        after = await running.until(polling_on, what="two more cycles")
+        assert after[up] == 1  # the FakeApi answers 401 to any other token
+        stopping = time.monotonic()
+        running.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(running.proc.wait(), timeout=5) == 0
+        assert time.monotonic() - stopping < 5
+        log = running.log()
+        assert log.count("keeping the current token") == 1, log
+        assert TOKEN not in log
+
+
 # -- what a reload rebuilds, in-process -------------------------------------------------
 @contextlib.asynccontextmanager
 async def exporter_for(
@@ -517,3 +623,29 @@ async def test_an_app_removed_by_reload_leaves_no_series(tmp_path: Path, fake_ap
             if sample.labels.get("app_id") == "gone-app"
         ]
         assert left == []
+
+
+class FailingExecutor(Executor):
+    """Runs nothing: every call fails as a bug would, with a message quoting a secret."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        future.set_exception(RuntimeError(f"a bug, quoting {TOKEN}"))
+        return future
+
+
+@pytest.mark.usefixtures("token_env")
+async def test_an_unexpected_error_while_loading_is_a_rejected_reload(
+    tmp_path: Path, fake_api: FakeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever a load raises, reload() returns the reason instead of raising (SIGHUP's task
+    would lose it), sets the gauge to 0 and logs the rejection, naming only the error's
+    type."""
+    path = write_config(tmp_path / "c.yaml", fake_api.base_url, ["ls-1"])
+    async with exporter_for(path) as (exporter, _, registry):
+        reloader = Reloader(exporter=exporter, config_file=str(path), executor=FailingExecutor())
+        reason = await reloader.reload()
+        assert reason == "cannot load the configuration: unexpected RuntimeError"
+        assert registry.get_sample_value(RELOAD_OK) == 0
+        assert f"reload rejected, the running configuration stays: {reason}" in caplog.text
+        assert TOKEN not in caplog.text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import os
 import re
 import socket
 import ssl
@@ -810,7 +811,7 @@ def test_prometheus_scrapes_over_https_with_basic_auth(tmp_path: Path) -> None:
         assert "metrics at https://" in exporter.log()
 
 
-def _client_files(tmp_path: Path, name: str) -> tuple[trustme.CA, Path]:
+def client_ca(tmp_path: Path, name: str) -> tuple[trustme.CA, Path]:
     """A client CA, written where a web config's client_ca_file can name it."""
     ca = trustme.CA()
     path = tmp_path / f"{name}.crt"
@@ -818,15 +819,15 @@ def _client_files(tmp_path: Path, name: str) -> tuple[trustme.CA, Path]:
     return ca, path
 
 
-def _requiring(tls: Tls, ca_file: Path) -> str:
+def requiring(tls: Tls, ca_file: Path) -> str:
     return (
         f"tls_server_config:\n  cert_file: {tls.cert_file}\n  key_file: {tls.key_file}\n"
         f"  client_ca_file: {ca_file}\n  client_auth_type: RequireAndVerifyClientCert\n"
     )
 
 
-def _fetch(
-    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None
+def fetch_over_tls(
+    port: int, context: ssl.SSLContext, session: ssl.SSLSession | None = None, path: str = "/"
 ) -> tuple[bytes, ssl.SSLSession | None, bool]:
     """One request over a fresh connection, closed cleanly (a session survives only a
     clean close): the answer (empty if refused), the session, whether it was resumed."""
@@ -834,7 +835,7 @@ def _fetch(
     try:
         with context.wrap_socket(raw, server_hostname=LOOPBACK, session=session) as conn:
             reused = bool(conn.session_reused)
-            conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            conn.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
             answer = b""
             while chunk := conn.recv(4096):
                 answer += chunk
@@ -876,9 +877,9 @@ async def test_no_tls_session_is_ever_resumed(tmp_path: Path, version: ssl.TLSVe
     cache), so every connection goes through the handshake and its client certificate
     check, also after a reload that trusts another client CA."""
     tls = make_tls(tmp_path / "tls")
-    old_ca, old_file = _client_files(tmp_path, "old")
-    new_ca, new_file = _client_files(tmp_path, "new")
-    loaded = webconfig.loads(_requiring(tls, old_file))
+    old_ca, old_file = client_ca(tmp_path, "old")
+    new_ca, new_file = client_ca(tmp_path, "new")
+    loaded = webconfig.loads(requiring(tls, old_file))
     assert loaded.ssl_context is not None
     switch = webconfig.TlsSwitch(loaded.ssl_context)
     assert not switch.resumable
@@ -886,27 +887,27 @@ async def test_no_tls_session_is_ever_resumed(tmp_path: Path, version: ssl.TLSVe
     client.minimum_version = client.maximum_version = version
     old_ca.issue_cert("client@example.invalid").configure_cert(client)
     async with _tls_echo(switch) as port:
-        answer, session, _ = await asyncio.to_thread(_fetch, port, client)
+        answer, session, _ = await asyncio.to_thread(fetch_over_tls, port, client)
         assert answer == b"ok"
-        answer, session, reused = await asyncio.to_thread(_fetch, port, client, session)
+        answer, session, reused = await asyncio.to_thread(fetch_over_tls, port, client, session)
         assert answer == b"ok" and not reused
-        new = webconfig.loads(_requiring(tls, new_file)).ssl_context
+        new = webconfig.loads(requiring(tls, new_file)).ssl_context
         assert new is not None
         switch.replace(new)
-        answer, _, reused = await asyncio.to_thread(_fetch, port, client, session)
+        answer, _, reused = await asyncio.to_thread(fetch_over_tls, port, client, session)
         assert (answer, reused) == (b"", False), "a client of the old CA got in"
         fresh = tls.client()
         new_ca.issue_cert("client@example.invalid").configure_cert(fresh)
-        assert (await asyncio.to_thread(_fetch, port, fresh))[0] == b"ok"
+        assert (await asyncio.to_thread(fetch_over_tls, port, fresh))[0] == b"ok"
 
 
 async def test_where_the_cache_stays_on_old_sessions_are_refused(tmp_path: Path) -> None:
     """Where this Python cannot turn the TLS 1.2 session cache off, a session resumes
     until a reload, and a handshake resuming it after the reload is refused."""
     tls = make_tls(tmp_path / "tls")
-    old_ca, old_file = _client_files(tmp_path, "old")
-    _, new_file = _client_files(tmp_path, "new")
-    loaded = webconfig.loads(_requiring(tls, old_file))
+    old_ca, old_file = client_ca(tmp_path, "old")
+    _, new_file = client_ca(tmp_path, "new")
+    loaded = webconfig.loads(requiring(tls, old_file))
     assert loaded.ssl_context is not None
     now = [1000.5]
     switch = webconfig.TlsSwitch(
@@ -918,13 +919,92 @@ async def test_where_the_cache_stays_on_old_sessions_are_refused(tmp_path: Path)
     old_ca.issue_cert("client@example.invalid").configure_cert(client)
     now[0] = time.time() - 5  # the test's sessions are made after the switch began
     async with _tls_echo(switch) as port:
-        answer, session, _ = await asyncio.to_thread(_fetch, port, client)
+        answer, session, _ = await asyncio.to_thread(fetch_over_tls, port, client)
         assert answer == b"ok"
-        answer, session, reused = await asyncio.to_thread(_fetch, port, client, session)
+        answer, session, reused = await asyncio.to_thread(fetch_over_tls, port, client, session)
         assert answer == b"ok" and reused  # the cache is on: the test shows the fallback
-        new = webconfig.loads(_requiring(tls, new_file)).ssl_context
+        new = webconfig.loads(requiring(tls, new_file)).ssl_context
         assert new is not None
         now[0] = time.time() + 1  # the reload comes after the session
         switch.replace(new)
-        answer, _, reused = await asyncio.to_thread(_fetch, port, client, session)
+        answer, _, reused = await asyncio.to_thread(fetch_over_tls, port, client, session)
         assert answer == b"", "a session from before the reload was resumed"
+
+
+# -- files out of bounds --------------------------------------------------------------
+def web_fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def web_oversized(path: Path) -> None:
+    path.write_text("# " + "x" * webconfig.MAX_WEB_CONFIG_FILE_BYTES + "\n", encoding="utf-8")
+
+
+def web_deep(path: Path) -> None:
+    path.write_text(f"basic_auth_users:\n  {USER}: " + "[" * 500 + "]" * 500 + "\n", "utf-8")
+
+
+WEB_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "500-deep brackets": (web_deep, "nested deeper than 64 levels at line 2, column 77"),
+    "a FIFO": (web_fifo, "cannot read file: it is a FIFO (named pipe), not a regular file"),
+    "over 256 KiB": (
+        web_oversized,
+        "cannot read file: it is over the limit of 256 KiB "
+        f"({webconfig.MAX_WEB_CONFIG_FILE_BYTES + 3} bytes)",
+    ),
+}
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(("make", "problem"), WEB_FILES.values(), ids=list(WEB_FILES))
+def test_a_web_config_file_out_of_bounds_is_one_problem(
+    tmp_path: Path, make: Callable[[Path], None], problem: str
+) -> None:
+    """The web config is read and parsed as the config is: bounded, at once, one line."""
+    path = tmp_path / "web.yml"
+    make(path)
+    with pytest.raises(WebConfigError) as caught:
+        webconfig.load(path)
+    assert caught.value.problems == [problem] and caught.value.source == str(path)
+
+
+def pem_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+
+
+def pem_dev_zero(path: Path) -> None:
+    path.unlink()
+    path.symlink_to("/dev/zero")
+
+
+def pem_directory(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def pem_oversized(path: Path) -> None:
+    with path.open("a", encoding="utf-8") as out:  # still a valid PEM: text around is ignored
+        out.write("x" * webconfig.MAX_PEM_FILE_BYTES)
+
+
+PEM_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "a FIFO": (pem_fifo, "it is a FIFO (named pipe), not a regular file"),
+    "/dev/zero": (pem_dev_zero, "it is a character device, not a regular file"),
+    "a directory": (pem_directory, "it is a directory, not a regular file"),
+    "over 1 MiB": (pem_oversized, "it is over the limit of 1 MiB ("),
+}
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(("make", "reason"), PEM_FILES.values(), ids=list(PEM_FILES))
+def test_a_certificate_file_that_is_not_a_small_regular_file_is_one_problem(
+    tls: Tls, tmp_path: Path, make: Callable[[Path], None], reason: str
+) -> None:
+    """cert_file (as key_file and client_ca_file) is checked before OpenSSL reads it,
+    which would wait forever on a FIFO or read /dev/zero without end."""
+    make(tls.cert_file)
+    with pytest.raises(WebConfigError) as caught:
+        webconfig.load(write_web_config(tmp_path / "web.yml", tls))
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"tls_server_config.cert_file: cannot read {tls.cert_file}: {reason}")
