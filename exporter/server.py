@@ -26,16 +26,19 @@ from exporter import __version__, statuspage
 from exporter.budget import RequestBudget
 from exporter.client import ENDPOINTS, MIN_REQUEST_TIME, REASONS, RealtimeKitClient
 from exporter.collector import SnapshotCollector
+from exporter.connections import IDLE_TIMEOUT, ConnectionGuard, GuardedSite
+from exporter.connections import REASONS as CLOSE_REASONS
 from exporter.exposition import Exposition
 from exporter.model import EMPTY_SNAPSHOT
 from exporter.negotiate import accepts_gzip, media_range
 from exporter.poller import Poller, budget_warnings
 from exporter.telemetry import ExporterMetrics
 from exporter.tokenfile import TokenFile
-from exporter.webconfig import WWW_AUTHENTICATE, WebState
+from exporter.webconfig import WWW_AUTHENTICATE, AuthOverloaded, WebState
+from exporter.workers import DaemonExecutor
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
     from types import TracebackType
 
     from exporter.config import Config
@@ -53,7 +56,19 @@ STATUS: Final[web.AppKey[StatusSource | None]] = web.AppKey("status")
 REFRESH: Final[web.AppKey[float | None]] = web.AppKey("refresh")
 WEB: Final = web.AppKey("web", WebState)
 RELOAD: Final[web.AppKey[Reload]] = web.AppKey("reload")
+GUARD: Final = web.AppKey("guard", ConnectionGuard)
+OBSERVER: Final[web.AppKey[HttpObserver]] = web.AppKey("observer")
+PAGES: Final = web.AppKey("pages", DaemonExecutor)
+STOPPING: Final = web.AppKey("stopping", asyncio.Event)
 STOP_TIMEOUT: Final = 4.0
+# Requests in progress at a stop get this long to finish, then as long again to end once
+# cancelled (aiohttp's shutdown_timeout), within the share of STOP_TIMEOUT given to it.
+GRACE: Final = 0.5
+# Bodies are handed to the transport this much at a time. Python 3.11's transports copy
+# what they cannot send at once into a buffer of their own, so a body handed over whole
+# (13 MB at 10,000 streams) became one copy per client that reads slowly or not at all;
+# in slices, a stalled client holds one slice (3.12 keeps references, not copies).
+WRITE_SLICE: Final = 256 * 1024
 
 
 class ServeError(Exception):
@@ -79,7 +94,9 @@ class Exporter:
         # that /metrics can render them per scrape and the snapshot's once per snapshot.
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
         own = CollectorRegistry(auto_describe=False)
-        self.metrics = ExporterMetrics(registry=own, endpoints=ENDPOINTS, reasons=REASONS)
+        self.metrics = ExporterMetrics(
+            registry=own, endpoints=ENDPOINTS, reasons=REASONS, close_reasons=CLOSE_REASONS
+        )
         if process_metrics:
             ProcessCollector(registry=own)
             PlatformCollector(registry=own)
@@ -190,6 +207,7 @@ class Exporter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.exposition.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -212,6 +230,12 @@ def _token_file(config: Config) -> TokenFile | None:
     return TokenFile(config.api.token_file, config.api.token)
 
 
+class HttpObserver(Protocol):
+    """Where the HTTP side reports what it refuses (the exporter's own metrics)."""
+
+    def auth_overloaded(self) -> None: ...
+
+
 class StatusSource(Protocol):
     """What the status page at ``/`` shows (the :class:`~exporter.poller.Poller`)."""
 
@@ -231,19 +255,38 @@ def create_app(
     refresh: float | None = None,
     web_state: WebState | None = None,
     reload: Reload | None = None,
+    guard: ConnectionGuard | None = None,
+    observer: HttpObserver | None = None,
 ) -> web.Application:
     """The HTTP app. /metrics serves ``exposition`` (the snapshot's part rendered once per
     snapshot), or else ``registry`` rendered whole on every scrape: pass one of them.
     ``ready`` says whether a poll cycle has completed, ``status`` feeds the page at ``/``
     (which reloads itself every ``refresh`` seconds if given). ``web_state`` puts every
     path but its ``unauthenticated`` ones behind its basic auth, if it has users;
-    ``reload`` is run by ``POST /-/reload``."""
+    ``reload`` is run by ``POST /-/reload``; ``guard`` is told when each request starts
+    and ends (a connection in a request is never evicted or timed out for its headers);
+    ``observer`` counts the requests refused because password checks queue too long."""
+    owned = None
     if registry is not None and exposition is None:
-        exposition = Exposition(registry)
+        exposition = owned = Exposition(registry)
     elif exposition is None or registry is not None:
         raise TypeError("create_app() takes one of exposition and registry")
-    app = web.Application(middlewares=[_authenticate] if web_state is not None else [])
+    middlewares = []
+    if guard is not None:
+        middlewares.append(_in_request)
+    if web_state is not None:
+        middlewares.append(_authenticate)
+    app = web.Application(middlewares=middlewares)
     app[EXPOSITION] = exposition
+    app[PAGES] = DaemonExecutor(1, name="statuspage")
+    app[STOPPING] = asyncio.Event()
+    app.on_cleanup.append(_stop_pages)
+    if owned is not None:
+        app.on_cleanup.append(lambda _: _close(owned))
+    if guard is not None:
+        app[GUARD] = guard
+    if observer is not None:
+        app[OBSERVER] = observer
     app[READY] = ready
     app[STATUS] = status
     app[REFRESH] = refresh
@@ -259,7 +302,28 @@ def create_app(
     return app
 
 
+async def _stop_pages(app: web.Application) -> None:
+    app[PAGES].shutdown()
+
+
+async def _close(exposition: Exposition) -> None:
+    exposition.close()
+
+
+@web.middleware
+async def _in_request(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    guard, protocol = request.app[GUARD], request.protocol
+    guard.request_started(protocol)
+    try:
+        return await handler(request)
+    finally:
+        guard.request_finished(protocol)
+
+
 _UNAUTHORIZED_HEADERS: Final = {"WWW-Authenticate": WWW_AUTHENTICATE, "Cache-Control": "no-store"}
+_OVERLOADED_HEADERS: Final = {"Retry-After": "1", "Cache-Control": "no-store"}
 
 
 @web.middleware
@@ -270,7 +334,15 @@ async def _authenticate(
     auth = state.auth  # read once: a reload may replace it meanwhile
     if auth is None or request.path in state.unauthenticated:
         return await handler(request)
-    if await auth.allows(request.headers.get("Authorization")):
+    try:
+        allowed = await auth.allows(request.headers.get("Authorization"))
+    except AuthOverloaded:
+        if (observer := request.app.get(OBSERVER)) is not None:
+            observer.auth_overloaded()
+        return web.Response(
+            status=503, text="too many password checks waiting\n", headers=_OVERLOADED_HEADERS
+        )
+    if allowed:
         return await handler(request)
     return web.Response(status=401, text="Unauthorized\n", headers=_UNAUTHORIZED_HEADERS)
 
@@ -292,11 +364,26 @@ async def _metrics(request: web.Request) -> web.StreamResponse:
     headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
     if gzipped:
         headers["Content-Encoding"] = "gzip"
+    return await _send(request, headers, chunks)
+
+
+async def _send(
+    request: web.Request, headers: Mapping[str, str], chunks: Sequence[bytes]
+) -> web.StreamResponse:
+    """A response of ``chunks`` in turn, in :data:`WRITE_SLICE` slices (the headers alone
+    for HEAD, which a stream response would otherwise follow with the body)."""
     response = web.StreamResponse(headers=headers)
     response.content_length = sum(len(chunk) for chunk in chunks)
     await response.prepare(request)
+    if request.method == "HEAD":
+        chunks = ()
+    stopping = request.app[STOPPING]
     for chunk in chunks:
-        await response.write(chunk)
+        view = memoryview(chunk)
+        for start in range(0, len(view), WRITE_SLICE):
+            if stopping.is_set():
+                raise ConnectionResetError("the exporter is stopping")
+            await response.write(view[start : start + WRITE_SLICE])
     await response.write_eof()
     return response
 
@@ -320,7 +407,7 @@ _INDEX_HEADERS: Final = {
 }
 
 
-async def _index(request: web.Request) -> web.Response:
+async def _index(request: web.Request) -> web.StreamResponse:
     source = request.app[STATUS]
     # Both are read here, on the loop (the poller swaps the snapshot and appends errors on
     # it); the render then runs off the loop, as /metrics does, for apps with many streams.
@@ -334,9 +421,9 @@ async def _index(request: web.Request) -> web.Response:
         __version__,
         refresh=request.app[REFRESH],
     )
-    page = await asyncio.get_running_loop().run_in_executor(None, render)
+    page = await asyncio.get_running_loop().run_in_executor(request.app[PAGES], render)
     # "replace": a lone surrogate from a JSON \ud800 escape cannot fail the page.
-    return web.Response(body=page.encode("utf-8", "replace"), headers=_INDEX_HEADERS)
+    return await _send(request, _INDEX_HEADERS, [page.encode("utf-8", "replace")])
 
 
 class Server:
@@ -359,6 +446,8 @@ class Server:
         self._web = web_state
         self._reload = reload
         self._runner: web.AppRunner | None = None
+        self._app: web.Application | None = None
+        self._guard: ConnectionGuard | None = None
         self._poll_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.failure: BaseException | None = None
@@ -371,6 +460,7 @@ class Server:
         return [(str(a[0]), int(a[1])) for a in self._runner.addresses]
 
     async def start(self) -> None:
+        self._guard = guard = ConnectionGuard(observer=self._exporter.metrics)
         app = create_app(
             exposition=self._exporter.exposition,
             ready=lambda: self._exporter.poller.ready,
@@ -378,17 +468,27 @@ class Server:
             refresh=self._exporter.config.poll.interval,
             web_state=self._web,
             reload=self._reload,
+            guard=guard,
+            observer=self._exporter.metrics,
         )
+        self._app = app
         self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=1.0
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=GRACE,
+            keepalive_timeout=IDLE_TIMEOUT,
+            # A client that hangs up stops its request: no bcrypt run or render for it.
+            handler_cancellation=True,
         )
         await self._runner.setup()
         tls = self._web.tls if self._web is not None else None
-        site = web.TCPSite(
+        site = GuardedSite(
             self._runner,
             self._host,
             self._port,
-            ssl_context=tls.context if tls is not None else None,
+            guard=guard,
+            tls=tls.context if tls is not None else None,
         )
         try:
             await site.start()
@@ -397,6 +497,7 @@ class Server:
             self._runner = None
             where = join_host_port(self._host or "*", self._port)
             raise ServeError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+        guard.start()
         self._poll_task = asyncio.create_task(self._exporter.poller.run(self._stop), name="poller")
         self._poll_task.add_done_callback(self._poller_done)
         for host, port in self.addresses:
@@ -427,22 +528,39 @@ class Server:
         await self._stop.wait()
 
     async def close(self) -> None:
-        """Stop polling and serving, within :data:`STOP_TIMEOUT` seconds."""
+        """Stop polling and serving, within :data:`STOP_TIMEOUT` seconds: requests in
+        progress get :data:`GRACE` to finish, but no body is sent on once stopping (a
+        scrape cut short fails, as it would a moment later against a stopped process)."""
         self._stop.set()
-        if self._poll_task is not None:
-            self._poll_task.cancel()
-            # wait() never raises the task's own CancelledError, so a cancellation of
-            # close() itself still propagates.
-            _, pending = await asyncio.wait({self._poll_task}, timeout=STOP_TIMEOUT / 2)
-            if pending:
-                log.warning("the poller did not stop in time")
-            self._poll_task = None
-        if self._runner is not None:
-            try:
-                await asyncio.wait_for(self._runner.cleanup(), timeout=STOP_TIMEOUT / 2)
-            except TimeoutError:
-                log.warning("HTTP server did not stop in time; open connections were dropped")
-            self._runner = None
+        if self._app is not None:
+            self._app[STOPPING].set()
+        # Renders queued for scrapes are dropped, so those scrapes end now instead of
+        # keeping the render thread (and the GIL) busy while the server winds down.
+        self._exporter.exposition.close()
+        await asyncio.gather(self._stop_polling(), self._stop_serving())
+        if self._guard is not None:
+            await self._guard.close()  # TLS handshakes in progress, anything left
+            self._guard = None
+
+    async def _stop_polling(self) -> None:
+        if self._poll_task is None:
+            return
+        self._poll_task.cancel()
+        # wait() never raises the task's own CancelledError, so a cancellation of close()
+        # itself still propagates.
+        _, pending = await asyncio.wait({self._poll_task}, timeout=STOP_TIMEOUT / 4)
+        if pending:
+            log.warning("the poller did not stop in time")
+        self._poll_task = None
+
+    async def _stop_serving(self) -> None:
+        if self._runner is None:
+            return
+        try:
+            await asyncio.wait_for(self._runner.cleanup(), timeout=STOP_TIMEOUT / 2)
+        except TimeoutError:
+            log.warning("HTTP server did not stop in time; open connections were dropped")
+        self._runner = None
 
 
 def join_host_port(host: str, port: int) -> str:

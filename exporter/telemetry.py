@@ -32,8 +32,15 @@ class ExporterMetrics:
     """Counters and histograms the client and poller update as they work."""
 
     def __init__(
-        self, *, registry: CollectorRegistry, endpoints: Iterable[str], reasons: Iterable[str]
+        self,
+        *,
+        registry: CollectorRegistry,
+        endpoints: Iterable[str],
+        reasons: Iterable[str],
+        close_reasons: Iterable[str] = (),
     ) -> None:
+        """``reasons``: why a poll fails; ``close_reasons``: why the HTTP server closes a
+        connection itself. Their series exist from the start, at zero."""
         self._reasons = tuple(reasons)
         self.api_requests = Counter(
             "realtimekit_exporter_api_requests",
@@ -99,8 +106,38 @@ class ExporterMetrics:
             "as Unix time.",
             registry=registry,
         )
+        self.http_connections = Gauge(
+            "realtimekit_exporter_http_connections",
+            "Connections open to the exporter's HTTP server (scrapes, probes, browsers).",
+            registry=registry,
+        )
+        self.http_closed = Counter(
+            "realtimekit_exporter_http_connections_closed",
+            "Connections the exporter closed itself, by reason: header_timeout (no "
+            "complete request in time), write_timeout (the client stopped reading), "
+            "evicted (room for a new one at the connection limit), refused (at the limit "
+            "with every connection in a request).",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in close_reasons:
+            self.http_closed.labels(reason)
+        self.auth_rejected = Counter(
+            "realtimekit_exporter_http_auth_overloaded",
+            "Requests answered 503 at once because the queue of password checks was full.",
+            registry=registry,
+        )
         self._remaining: int | None = None
         registry.register(_RateLimitCollector(self))
+
+    def connections_open(self, count: int) -> None:
+        self.http_connections.set(count)
+
+    def connection_closed(self, reason: str) -> None:
+        self.http_closed.labels(reason).inc()
+
+    def auth_overloaded(self) -> None:
+        self.auth_rejected.inc()
 
     def request(self, endpoint: str, code: str, seconds: float) -> None:
         self.api_requests.labels(endpoint, code).inc()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import re
 import socket
 import zlib
 from typing import TYPE_CHECKING, Any
@@ -167,6 +168,29 @@ async def test_health_landing_and_unknown_paths(running: Running) -> None:
     for link in (b'href="/metrics"', b'href="/-/healthy"', b'href="/-/ready"'):
         assert link in body
     assert (await running.get("/nope"))[0] == 404
+
+
+async def test_head_gets_the_headers_alone_and_the_connection_stays_usable(
+    running: Running,
+) -> None:
+    """HEAD /metrics and HEAD / answer with the headers (and the body's length) but no
+    body, so the next request on the same keep-alive connection reads its own answer
+    (a body sent after HEAD's headers was read as the next status line)."""
+    await running.wait_ready()
+    host, port = running.server.addresses[0]
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        for path in ("/metrics", "/"):
+            writer.write(f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert int(re.search(rb"Content-Length: (\d+)", head)[1]) > 0  # type: ignore[index]
+        writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await reader.readexactly(3) == b"OK\n"
+    finally:
+        writer.close()
 
 
 async def test_not_ready_until_first_cycle_and_slow_api_never_stalls_metrics(
