@@ -1,5 +1,5 @@
 """``python -m exporter`` runs the command-line interface."""
 
-from exporter.cli import main
+from exporter.cli import run
 
-raise SystemExit(main())
+run()

@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client import generate_latest
 
 from exporter import __version__, config, demo, logs, webconfig
+from exporter.connections import raise_open_files_limit
 from exporter.reload import Reloader
 from exporter.server import Exporter, ServeError, Server, join_host_port
+from exporter.signals import HANDLED, Signals
 from exporter.simulator import DEMO, REALISTIC, Faults, RateLimiter, Simulator, World
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Callable, Sequence
 
 EXIT_OK: Final = 0
 EXIT_FAILURE: Final = 1
@@ -314,13 +316,31 @@ def argv_says_simulate(argv: Sequence[str] | None) -> bool:
 SWITCH_INTERVAL: Final = 0.001
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    previous = interrupt_on_sigterm()
+def main(argv: Sequence[str] | None = None, *, restore_signals: bool = True) -> int:
+    """Run the command line; the exit code. SIGTERM, SIGINT and SIGHUP get their handlers
+    back at the end if ``restore_signals``, else stay ignored (:func:`run`)."""
+    previous = _handlers()
+    interrupt_on_sigterm()
     try:
         return _main(argv)
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler if restore_signals else signal.SIG_IGN)
+
+
+def run() -> None:
+    """The process's entry point (the console script, ``python -m exporter``): main(),
+    after which no signal can change the exit status while the interpreter winds down."""
+    raise SystemExit(main(restore_signals=False))
+
+
+def _handlers() -> dict[signal.Signals, signal.Handlers | Callable[..., object] | int | None]:
+    """The current handlers of the signals the process acts on (none off the main
+    thread, where nothing is changed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in HANDLED}
 
 
 def interrupt_on_sigterm() -> signal.Handlers | Callable[..., object] | int | None:
@@ -363,6 +383,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.demo:
         logs.configure(level=args.log_level, fmt=args.log_format)
         web = _web_state(web_config, args)
+        _prepare_daemon()
         try:
             return asyncio.run(_demo(*listen, web_config_file=args.web_config_file, web=web))
         except ServeError as exc:
@@ -394,8 +415,8 @@ def _main(argv: Sequence[str] | None) -> int:
             tokens.append(token)
 
     logs.configure(level=args.log_level, fmt=args.log_format, secrets=lambda: tuple(tokens))
-    # Until the event loop handles it (a reload), a SIGHUP must not end the process.
-    hangup = signal.signal(signal.SIGHUP, signal.SIG_IGN) if not args.once else None
+    if not args.once:
+        _prepare_daemon()
     try:
         if args.once:
             return asyncio.run(_once(cfg))
@@ -415,26 +436,30 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         # Only reachable before the signal handlers are in place.
         return _fail(EXIT_FAILURE, "interrupted") if args.once else EXIT_OK
-    finally:
-        if hangup is not None:
-            signal.signal(signal.SIGHUP, hangup)
+
+
+def _prepare_daemon() -> None:
+    """Before serving: as many open files as the hard limit allows (each connection holds
+    one), and no SIGHUP ending the process before the event loop handles it (a reload)."""
+    soft, hard = raise_open_files_limit()
+    log.debug("open files limit: %s (hard %s)", soft, hard)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 async def _once(cfg: config.Config) -> int:
     async with Exporter(cfg) as exporter:
         poll = asyncio.ensure_future(exporter.poller.poll_once())
-        loop = asyncio.get_running_loop()
         try:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, poll.cancel)
-            snapshot = await poll
+            with Signals() as signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    signals.handle(sig, poll.cancel)
+                snapshot = await poll
         except asyncio.CancelledError:
             if poll.cancelled():  # by a signal: an interrupted poll is not a success
                 return _fail(EXIT_FAILURE, "interrupted before the poll completed")
             raise
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
             if not poll.done():  # never leave the poll running against a closed session
                 poll.cancel()
                 await asyncio.wait({poll})
@@ -499,27 +524,22 @@ async def _serve(
             reloads.add(task)  # held until done: the loop keeps only weak references
             task.add_done_callback(reloads.discard)
 
-        loop.add_signal_handler(signal.SIGHUP, hangup)
-        try:
-            await _until_signal(server.wait(), server.stop)
-            log.info("shutting down")
-        finally:
-            await server.close()
-            # Only now: the default action of a SIGHUP during close() would kill us.
-            loop.remove_signal_handler(signal.SIGHUP)
+        with Signals() as signals:
+            signals.handle(signal.SIGHUP, hangup)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signals.handle(sig, server.stop)
+            try:
+                await server.wait()
+                log.info("shutting down")
+            finally:
+                # Stopping now: a second SIGTERM, or a SIGHUP, changes nothing any more.
+                signals.ignore()
+                for task in reloads:
+                    task.cancel()  # a reload under way is not waited for
+                await server.close()
+                if web is not None:
+                    web.close()
     return EXIT_FAILURE if server.failure is not None else EXIT_OK
-
-
-async def _until_signal(done: Awaitable[object], stop: Callable[[], None]) -> None:
-    """Await ``done`` with SIGTERM and SIGINT calling ``stop``."""
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-    try:
-        await done
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
 
 
 async def _demo(
@@ -630,7 +650,10 @@ async def _simulate(simulator: Simulator, host: str | None, port: int) -> int:
             sum(1 for _ in world.all_streams()),
             extra={"address": simulator.origin},
         )
-        await _until_signal(stop.wait(), stop.set)
+        with Signals() as signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signals.handle(sig, stop.set)
+            await stop.wait()
         log.info("shutting down")
     finally:
         await simulator.close()
