@@ -4,6 +4,12 @@ Fields passed with ``extra={...}`` (account_id, app_id, livestream_id, reason) b
 key=value pairs. Whatever a record says, every secret the caller registers is replaced by
 ``<redacted>`` in the final line: the token should never reach a log call, and if a bug
 ever lets it, it still does not reach the log.
+
+The exporter's own loggers write on state changes only. The libraries' (asyncio, aiohttp)
+may write one line per event: asyncio logged a traceback on every turn of the loop while
+``accept()`` lacked file descriptors, 350 MB in 30 s. :class:`Throttle` lets through at
+most :data:`BURST` records a minute of each of their messages, and says how many it held
+back on the next one it lets through (field ``suppressed``).
 """
 
 from __future__ import annotations
@@ -25,9 +31,49 @@ LEVELS: Final[dict[str, int]] = {
     "warn": logging.WARNING,
     "error": logging.ERROR,
 }
-_FIELDS: Final = ("account_id", "app_id", "livestream_id", "reason", "address")
+_FIELDS: Final = ("account_id", "app_id", "livestream_id", "reason", "address", "suppressed")
 REDACTED: Final = "<redacted>"
 MIN_REDACTED_LENGTH: Final = 8
+BURST: Final = 3  # records a minute of one library message
+THROTTLE_WINDOW: Final = 60.0
+_MAX_THROTTLED_MESSAGES: Final = 1000  # messages tracked at once (a bound on memory)
+
+
+class Throttle(logging.Filter):
+    """At most ``burst`` records per ``window`` seconds for each message (logger, level and
+    unformatted text) of a logger outside the ``exporter`` package."""
+
+    def __init__(
+        self,
+        *,
+        burst: int = BURST,
+        window: float = THROTTLE_WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._burst = burst
+        self._window = window
+        self._clock = clock
+        # message -> (window start, records let through, records held back)
+        self._seen: dict[tuple[str, int, str], tuple[float, int, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "exporter" or record.name.startswith("exporter."):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self._clock()
+        start, passed, held = self._seen.pop(key, (now, 0, 0))
+        if now - start >= self._window:
+            if held:
+                record.suppressed = f"{held} like it in the {self._window:g}s before"
+            start, passed, held = now, 0, 0
+        if len(self._seen) >= _MAX_THROTTLED_MESSAGES:
+            del self._seen[next(iter(self._seen))]  # the one seen longest ago
+        if passed < self._burst:
+            self._seen[key] = (start, passed + 1, held)
+            return True
+        self._seen[key] = (start, passed, held + 1)
+        return False
 
 
 class _Formatter(logging.Formatter):
@@ -94,6 +140,7 @@ def configure(
     handler = logging.StreamHandler(stream or sys.stderr)
     formatter = JsonFormatter(secrets) if fmt == "json" else LogfmtFormatter(secrets)
     handler.setFormatter(formatter)
+    handler.addFilter(Throttle())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -89,3 +89,27 @@ def test_too_short_secrets_are_not_replaced(restore_root: None) -> None:
     logs.configure(fmt="logfmt", secrets=lambda: ("t",), stream=stream)
     logging.getLogger("exporter.test").info("listening on the network")
     assert "listening on the network" in stream.getvalue()
+
+
+def test_a_library_message_is_throttled_and_the_held_back_count_said(
+    restore_root: None,
+) -> None:
+    """A library (asyncio, aiohttp) message repeated on every event is let through at most
+    BURST times a minute; the next one let through says how many were held back. The
+    exporter's own messages are never held back."""
+    stream = io.StringIO()
+    handler = logs.configure(stream=stream)
+    now = [0.0]
+    handler.filters = [logs.Throttle(clock=lambda: now[0])]
+    flood = logging.getLogger("asyncio")
+    ours = logging.getLogger("exporter.test")
+    for _ in range(1000):
+        flood.error("socket.accept() out of system resource", exc_info=OSError(24, "EMFILE"))
+        ours.info("livestream went LIVE")
+    lines = stream.getvalue().splitlines()
+    assert sum("accept()" in line for line in lines) == logs.BURST
+    assert sum("went LIVE" in line for line in lines) == 1000
+    now[0] += logs.THROTTLE_WINDOW
+    flood.error("socket.accept() out of system resource")
+    last = stream.getvalue().splitlines()[-1]
+    assert "accept()" in last and f'suppressed="{1000 - logs.BURST} like it' in last
