@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import socket
 import subprocess
@@ -98,10 +99,21 @@ class Proc:
 
 @contextlib.contextmanager
 def spawned(
-    name: str, command: list[str], *, log_path: Path, env: Mapping[str, str] | None = None
+    name: str,
+    command: list[str],
+    *,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    open_files: tuple[int, int] | None = None,
 ) -> Iterator[Proc]:
-    """Start ``command`` (an absolute executable) with its output in ``log_path``; on the way
-    out, terminate it and wait for it (kill after a grace period), even after a failure."""
+    """Start ``command`` (an absolute executable) with its output in ``log_path`` (and
+    ``open_files`` as its soft and hard RLIMIT_NOFILE, if given); on the way out,
+    terminate it and wait for it (kill after a grace period), even after a failure."""
+
+    def limit() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, open_files)
+
     with log_path.open("wb") as out:
         popen = subprocess.Popen(  # noqa: S603 (absolute executables, arguments from the test)
             command,
@@ -109,6 +121,7 @@ def spawned(
             stdout=out,
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else child_env(),
+            preexec_fn=limit if open_files is not None else None,
         )
     proc = Proc(name, popen, log_path)
     try:
@@ -405,17 +418,22 @@ def spawned_simulator(workdir: Path, *args: str) -> Iterator[tuple[Proc, str]]:
 
 @contextlib.contextmanager
 def spawned_exporter(
-    workdir: Path, config_text: str | None, *args: str
+    workdir: Path,
+    config_text: str | None,
+    *args: str,
+    open_files: tuple[int, int] | None = None,
 ) -> Iterator[tuple[Proc, str]]:
     """The exporter running ``config_text`` (none: no --config.file, for ``--demo``) and
-    ``args`` on a free loopback port: yields the process and its ``host:port``."""
+    ``args`` on a free loopback port (with ``open_files`` as its RLIMIT_NOFILE, if
+    given): yields the process and its ``host:port``."""
     config_args: list[str] = []
     if config_text is not None:
         config = workdir / "exporter.yaml"
         config.write_text(config_text, encoding="utf-8")
         config_args = ["--config.file", str(config)]
     command = exporter_command(*config_args, "--web.listen-address", f"{LOOPBACK}:0", *args)
-    with spawned("exporter", command, log_path=workdir / "exporter.log") as proc:
+    log_path = workdir / "exporter.log"
+    with spawned("exporter", command, log_path=log_path, open_files=open_files) as proc:
         port = wait_for_log(proc, r"listening on 127\.0\.0\.1:(\d+)", timeout=20)[1]
         yield proc, f"{LOOPBACK}:{port}"
 
