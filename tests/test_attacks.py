@@ -44,6 +44,8 @@ from tests.test_webconfig import client_ca, fetch_over_tls, make_tls, requiring
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+pytestmark = pytest.mark.interpreter
+
 PASSWORD = "correct horse battery staple"
 REPORT = "REALTIMEKIT_ATTACK_REPORT"
 

@@ -252,6 +252,7 @@ async def test_once_exits_1_when_an_app_fails(tmp_path: Path, fake_api: FakeApi)
     assert "rejected-token-0xDEADBEEF" not in out + err
 
 
+@pytest.mark.interpreter
 async def test_serves_and_stops_on_sigterm_within_5s(tmp_path: Path, fake_api: FakeApi) -> None:
     """The daemon serves /metrics, logs JSON when asked, and exits 0 on SIGTERM within 5 s."""
     s = fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
@@ -288,6 +289,7 @@ async def test_serves_and_stops_on_sigterm_within_5s(tmp_path: Path, fake_api: F
         assert TOKEN not in logged
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_signal_during_a_hung_api_call_stops_within_5s(
     tmp_path: Path, fake_api: FakeApi, sig: signal.Signals
@@ -356,6 +358,7 @@ def _terminate_self() -> None:
     time.sleep(5)  # interrupted at once; the sleep only bounds a failure
 
 
+@pytest.mark.interpreter
 def test_sigterm_interrupts_before_the_event_loop_handles_it() -> None:
     """As PID 1 a SIGTERM without a handler is ignored: main() makes it a KeyboardInterrupt
     from the start, and main's caller gets the old handler back."""

@@ -8,9 +8,7 @@ cases live in ``tests/testdata/config/``; the exact expected problems live here.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +36,7 @@ from exporter.config import (
     parse_yaml,
     read_file,
 )
+from tests.files import dev_zero, directory, fifo, sized, unix_socket
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -1355,33 +1354,6 @@ def write(text: str) -> Callable[[Path], None]:
         path.write_text(text, encoding="utf-8")
 
     return setup
-
-
-def sized(size: int) -> Callable[[Path], None]:
-    """A file of ``size`` bytes of zeros, taking no disk space (sparse)."""
-
-    def setup(path: Path) -> None:
-        with path.open("wb") as out:
-            out.truncate(size)
-
-    return setup
-
-
-def fifo(path: Path) -> None:
-    os.mkfifo(path)
-
-
-def dev_zero(path: Path) -> None:
-    path.symlink_to("/dev/zero")
-
-
-def directory(path: Path) -> None:
-    path.mkdir()
-
-
-def unix_socket(path: Path) -> None:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.bind(str(path))
 
 
 VALID = render()  # 5 lines; what each case adds starts on line 6

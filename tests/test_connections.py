@@ -13,6 +13,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING, Any, cast
 
+import pytest
 import trustme
 from aiohttp import web
 
@@ -28,6 +29,8 @@ from exporter.connections import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
+
+pytestmark = pytest.mark.interpreter
 
 LOOPBACK = "127.0.0.1"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -63,3 +64,32 @@ def test_rate_limited_requests_start_at_zero_per_endpoint() -> None:
     name = "realtimekit_exporter_api_requests_total"
     assert registry.get_sample_value(name, {"api_endpoint": "livestreams", "code": "429"}) == 0
     assert registry.get_sample_value(name, {"api_endpoint": "livestreams", "code": "200"}) is None
+
+
+def test_http_connections_and_refusals_are_counted() -> None:
+    """Open connections are a gauge; connections the server closes itself count by reason,
+    every reason present at 0 from the start; auth overloads count."""
+    registry = CollectorRegistry()
+    metrics = ExporterMetrics(
+        registry=registry, endpoints=(), reasons=(), close_reasons=("evicted", "refused")
+    )
+    get = registry.get_sample_value
+    closed = "realtimekit_exporter_http_connections_closed_total"
+    assert get(closed, {"reason": "refused"}) == 0
+    metrics.connections_open(3)
+    metrics.connection_closed("evicted")
+    metrics.auth_overloaded()
+    assert get("realtimekit_exporter_http_connections") == 3
+    assert get(closed, {"reason": "evicted"}) == 1
+    assert get("realtimekit_exporter_http_auth_overloaded_total") == 1
+
+
+def test_every_metric_of_the_exporter_is_documented() -> None:
+    """Each realtimekit_ family the exporter registers has a row in docs/metrics.md."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text()
+    _, registry = make()
+    names = {metric.name for metric in registry.collect()}
+    names.discard("realtimekit_exporter_rate_limit_remaining")  # only once a header is seen
+    for name in names:
+        exposed = name + "_total" if f"`{name}_total`" in doc else name
+        assert f"`{exposed}`" in doc, name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ import pytest
 from exporter.config import Secret
 from exporter.tokenfile import TokenFile
 from exporter.workers import DaemonExecutor
+from tests.files import dev_zero, directory, fifo, sized
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -22,21 +22,7 @@ if TYPE_CHECKING:
 FIRST, SECOND = "first-token-0123456789", "second-token-9876543210"
 
 
-def fifo(path: Path) -> None:
-    os.mkfifo(path)
-
-
-def two_hundred_mb(path: Path) -> None:
-    with path.open("wb") as out:
-        out.truncate(200_000_000)  # sparse: no disk space, and no token either
-
-
-def dev_zero(path: Path) -> None:
-    path.symlink_to("/dev/zero")
-
-
-def directory(path: Path) -> None:
-    path.mkdir()
+two_hundred_mb = sized(200_000_000)  # sparse: no disk space, and no token either
 
 
 SWAPPED_IN: dict[str, tuple[Callable[[Path], None], str]] = {

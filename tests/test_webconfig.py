@@ -27,6 +27,7 @@ from exporter.server import Exporter, Server
 from exporter.webconfig import BasicAuth, WebConfigError, WebState
 from tests.conftest import ACCOUNT, APP, make_config
 from tests.fakeapi import FakeStream
+from tests.files import dev_zero, directory, fifo
 from tests.procs import (
     LOOPBACK,
     exporter_command,
@@ -871,6 +872,7 @@ async def _tls_echo(switch: webconfig.TlsSwitch) -> AsyncIterator[int]:
         await server.wait_closed()
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 async def test_no_tls_session_is_ever_resumed(tmp_path: Path, version: ssl.TLSVersion) -> None:
     """The server keeps no session a client could resume (no tickets, no TLS 1.2 session
@@ -901,6 +903,7 @@ async def test_no_tls_session_is_ever_resumed(tmp_path: Path, version: ssl.TLSVe
         assert (await asyncio.to_thread(fetch_over_tls, port, fresh))[0] == b"ok"
 
 
+@pytest.mark.interpreter
 async def test_where_the_cache_stays_on_old_sessions_are_refused(tmp_path: Path) -> None:
     """Where this Python cannot turn the TLS 1.2 session cache off, a session resumes
     until a reload, and a handshake resuming it after the reload is refused."""
@@ -968,30 +971,15 @@ def test_a_web_config_file_out_of_bounds_is_one_problem(
     assert caught.value.problems == [problem] and caught.value.source == str(path)
 
 
-def pem_fifo(path: Path) -> None:
-    path.unlink()
-    os.mkfifo(path)
-
-
-def pem_dev_zero(path: Path) -> None:
-    path.unlink()
-    path.symlink_to("/dev/zero")
-
-
-def pem_directory(path: Path) -> None:
-    path.unlink()
-    path.mkdir()
-
-
 def pem_oversized(path: Path) -> None:
     with path.open("a", encoding="utf-8") as out:  # still a valid PEM: text around is ignored
         out.write("x" * webconfig.MAX_PEM_FILE_BYTES)
 
 
 PEM_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
-    "a FIFO": (pem_fifo, "it is a FIFO (named pipe), not a regular file"),
-    "/dev/zero": (pem_dev_zero, "it is a character device, not a regular file"),
-    "a directory": (pem_directory, "it is a directory, not a regular file"),
+    "a FIFO": (fifo, "it is a FIFO (named pipe), not a regular file"),
+    "/dev/zero": (dev_zero, "it is a character device, not a regular file"),
+    "a directory": (directory, "it is a directory, not a regular file"),
     "over 1 MiB": (pem_oversized, "it is over the limit of 1 MiB ("),
 }
 
