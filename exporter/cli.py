@@ -323,6 +323,10 @@ def main(argv: Sequence[str] | None = None, *, restore_signals: bool = True) -> 
     interrupt_on_sigterm()
     try:
         return _main(argv)
+    except KeyboardInterrupt:
+        # SIGTERM or SIGINT before the event loop took them over: while the configuration
+        # was being read, say.
+        return _fail(EXIT_FAILURE, "interrupted while starting")
     finally:
         for sig, handler in previous.items():
             if handler is not None:

@@ -76,15 +76,24 @@ _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # used with fullmatch: no trailing newline
 
 
+# Problems named in an error's one line; the rest are counted (20,000 bad livestream ids
+# would make a line of a megabyte).
+MAX_SHOWN_PROBLEMS: Final = 20
+
+
 class ConfigError(Exception):
-    """The configuration cannot be used; ``problems`` lists each one with its key path."""
+    """The configuration cannot be used; ``problems`` lists each one with its key path
+    (the message names the first :data:`MAX_SHOWN_PROBLEMS` and counts the others)."""
 
     def __init__(self, problems: list[str], *, source: str = "config") -> None:
         self.problems = list(problems)
         self.source = source
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
-        super().__init__(f"{source}: {count} {noun}: " + "; ".join(self.problems))
+        shown = "; ".join(self.problems[:MAX_SHOWN_PROBLEMS])
+        if count > MAX_SHOWN_PROBLEMS:
+            shown += f"; and {count - MAX_SHOWN_PROBLEMS} more"
+        super().__init__(f"{source}: {count} {noun}: {shown}")
 
 
 class Secret:

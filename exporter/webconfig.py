@@ -24,9 +24,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import logging
+import os
 import re
 import secrets
 import ssl
@@ -52,7 +54,7 @@ from exporter.tlssessions import disable_session_cache
 from exporter.workers import DaemonExecutor
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Collection, Mapping
+    from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
     from concurrent.futures import Executor
 
 ClientAuth = Literal["NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
@@ -111,17 +113,43 @@ class TlsConfig:
     max_version: ssl.TLSVersion | None = None
 
     def context(self) -> ssl.SSLContext:
-        """A server context with these files read now; ``ssl.SSLError`` or ``OSError``."""
+        """A server context with these files read now; ``ssl.SSLError``, ``OSError`` or
+        :class:`~exporter.config.UnreadableFile`.
+
+        Each file is read once by :func:`~exporter.config.read_file` (a small regular
+        file, never blocking), and OpenSSL is handed those very bytes: given the path, it
+        would open the file again, and a FIFO put there in between would block it."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = self.min_version
         if self.max_version is not None:
             ctx.maximum_version = self.max_version
-        # A password callback, so that an encrypted key fails instead of prompting on stdin.
-        ctx.load_cert_chain(self.cert_file, self.key_file, password=_no_password)
+        with _in_memory(self.cert_file) as cert, _in_memory(self.key_file) as key:
+            # A password callback, so that an encrypted key fails instead of prompting.
+            ctx.load_cert_chain(cert, key, password=_no_password)
         if self.client_ca_file is not None:
-            ctx.load_verify_locations(cafile=self.client_ca_file)
+            with _in_memory(self.client_ca_file) as ca:
+                ctx.load_verify_locations(cafile=ca)
         ctx.verify_mode = CLIENT_AUTH[self.client_auth_type]
         return ctx
+
+
+@contextlib.contextmanager
+def _in_memory(path: Path) -> Iterator[str]:
+    """A path at which OpenSSL reads what ``path`` holds now: an anonymous in-memory file
+    (``memfd_create``, Linux), which nothing can swap; elsewhere ``path`` itself."""
+    data = read_file(path, limit=MAX_PEM_FILE_BYTES)
+    try:
+        fd = os.memfd_create("pem", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # not Linux: the file, as it is by then
+        yield str(path)
+        return
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
 
 
 def _no_password() -> bytes:
@@ -308,7 +336,7 @@ class _Checker:
                 "tls_server_config",
                 f"cannot use cert_file, key_file and client_ca_file: {exc.reason or exc}",
             )
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, UnreadableFile) as exc:
             self.fail("tls_server_config", f"cannot use the files: {exc}")
         return None
 

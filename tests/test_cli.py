@@ -378,3 +378,22 @@ def test_default_listen_address_is_every_interface_on_10241() -> None:
     assert cli.DEFAULT_LISTEN == ":10241"
     assert parse_listen(cli.DEFAULT_LISTEN) == (None, 10241)
     assert cli.build_parser().parse_args(["--config.file", "x.yaml"]).listen == cli.DEFAULT_LISTEN
+
+
+@pytest.mark.interpreter
+def test_a_signal_while_the_config_is_read_ends_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM while the configuration is being read (before the event loop handles it)
+    ends main() with exit 1 and one line, not a traceback, and gives the caller its
+    SIGTERM handler back."""
+    config = write_config(tmp_path, "http://127.0.0.1:9")
+    before = signal.getsignal(signal.SIGTERM)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        _terminate_self()
+
+    monkeypatch.setattr(cli.config, "load", interrupted)
+    assert cli.main(["--config.file", str(config), "--config.check"]) == cli.EXIT_FAILURE
+    assert capsys.readouterr().err == "realtimekit-exporter: interrupted while starting\n"
+    assert signal.getsignal(signal.SIGTERM) == before

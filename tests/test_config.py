@@ -1507,3 +1507,16 @@ def test_the_yaml_bounds_are_exact(text: str, problem: str | None) -> None:
     else:
         with pytest.raises(YamlError, match=f"^{re.escape(problem)}$"):
             parse_yaml(text, shown=str)
+
+
+def test_an_error_names_the_first_problems_and_counts_the_rest() -> None:
+    """However many problems a file has, its one line names the first 20 and counts the
+    others (20,000 bad ids made a line of a megabyte); ``problems`` keeps them all."""
+    ids = "".join(f"      - id: 'bad id {i}'\n" for i in range(30))
+    text = f"apps:\n  - account_id: a\n    app_id: b\n    livestreams:\n{ids}"
+    with pytest.raises(ConfigError) as caught:
+        loads(text, environ={"CLOUDFLARE_API_TOKEN": "t0123456789"})
+    assert len(caught.value.problems) == 30
+    message = str(caught.value)
+    assert message.count("must be non-empty") == 20
+    assert message.endswith("; and 10 more")

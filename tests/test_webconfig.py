@@ -996,3 +996,31 @@ def test_a_certificate_file_that_is_not_a_small_regular_file_is_one_problem(
         webconfig.load(write_web_config(tmp_path / "web.yml", tls))
     (problem,) = caught.value.problems
     assert problem.startswith(f"tls_server_config.cert_file: cannot read {tls.cert_file}: {reason}")
+
+
+@pytest.mark.timeout(10)
+def test_certificates_are_loaded_from_the_bytes_that_were_checked(
+    tls: Tls, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each PEM file is read once, safely, and OpenSSL loads those bytes: a FIFO swapped
+    in after the read (which would block OpenSSL opening the path) changes nothing."""
+    ca = trustme.CA()
+    ca_file = tmp_path / "clients.crt"
+    ca.cert_pem.write_to_path(str(ca_file))
+    config = webconfig.TlsConfig(
+        cert_file=tls.cert_file,
+        key_file=tls.key_file,
+        client_ca_file=ca_file,
+        client_auth_type="RequireAndVerifyClientCert",
+    )
+    real = webconfig.read_file
+
+    def read_then_swap(path: Path, *, limit: int) -> bytes:
+        data = real(path, limit=limit)
+        fifo(path)
+        return data
+
+    monkeypatch.setattr(webconfig, "read_file", read_then_swap)
+    context = config.context()
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    assert len(context.get_ca_certs()) == 1
