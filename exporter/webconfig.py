@@ -77,6 +77,7 @@ BCRYPT_CONCURRENCY: Final = 2
 QUEUE_SECONDS: Final = 1.0
 MIN_QUEUE: Final = 8
 TIMING_SAMPLES: Final = 9  # runs at the top cost whose median a failure takes
+OVERLOAD_LOG_INTERVAL: Final = 60.0  # seconds between two warnings of a full queue
 log = logging.getLogger(__name__)
 WWW_AUTHENTICATE: Final = 'Basic realm="realtimekit-exporter", charset="UTF-8"'
 
@@ -444,6 +445,8 @@ class BasicAuth:
         # Durations of recent runs at the top cost: what every failure takes.
         self._top_runs: deque[float] = deque(maxlen=TIMING_SAMPLES)
         self._overloaded = False
+        self._warned_at = -OVERLOAD_LOG_INTERVAL
+        self._drained_at = -OVERLOAD_LOG_INTERVAL
 
     def __repr__(self) -> str:
         return f"BasicAuth(users={len(self._users)})"
@@ -503,16 +506,21 @@ class BasicAuth:
         return max(MIN_QUEUE, int(QUEUE_SECONDS / run * BCRYPT_CONCURRENCY))
 
     def _overload(self, overloaded: bool) -> None:
+        """Log when the queue starts refusing and when it drains: at most once a minute
+        each, however often an attacker fills and drains it."""
         if overloaded == self._overloaded:
             return
         self._overloaded = overloaded
-        if overloaded:
+        now = self._clock()
+        if overloaded and now - self._warned_at >= OVERLOAD_LOG_INTERVAL:
+            self._warned_at = now
             log.warning(
                 "more password checks are waiting than bcrypt runs in %gs: answering 503 "
                 "to new ones until the queue drains",
                 QUEUE_SECONDS,
             )
-        else:
+        elif not overloaded and self._warned_at > self._drained_at:
+            self._drained_at = now
             log.info("password checks no longer queue")
 
     def _hash(self, password: bytes, hashed: bytes) -> tuple[bytes, float]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 import re
 import socket
@@ -469,6 +470,38 @@ async def test_a_full_queue_of_checks_is_refused_at_once_then_drains() -> None:
     gated.gate.set()
     assert not any(await asyncio.gather(*checks))
     assert not await auth.allows(basic(USER, "again"))
+    auth.close()
+
+
+async def fill_and_drain(auth: BasicAuth) -> None:
+    """Fill ``auth``'s queue of checks until one is refused, then let it drain."""
+    gated = GatedHash()
+    auth._hashpw = gated  # this burst's checks wait for its gate
+    checks = [
+        asyncio.ensure_future(auth.allows(basic(USER, f"guess{i}")))
+        for i in range(webconfig.MIN_QUEUE)
+    ]
+    await wait_until(lambda: gated.started == webconfig.BCRYPT_CONCURRENCY)
+    with pytest.raises(webconfig.AuthOverloaded):
+        await auth.allows(basic(USER, PASSWORD))
+    gated.gate.set()
+    await asyncio.gather(*checks)
+
+
+async def test_a_queue_filled_and_drained_again_and_again_logs_twice_a_minute(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An attacker filling the queue of checks and letting it drain, over and over, gets
+    one warning and one info line a minute, not two lines a burst."""
+    now = [1000.0]
+    auth = BasicAuth({USER: HASH.encode()}, hashpw=lambda p, h: b"", clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="exporter.webconfig")
+    for _ in range(5):
+        await fill_and_drain(auth)
+        now[0] += 5.0
+    messages = [r.getMessage() for r in caplog.records if r.name == "exporter.webconfig"]
+    assert len(messages) == 2, messages
+    assert "answering 503" in messages[0] and "no longer queue" in messages[1]
     auth.close()
 
 
