@@ -60,6 +60,8 @@ GUARD: Final = web.AppKey("guard", ConnectionGuard)
 OBSERVER: Final[web.AppKey[HttpObserver]] = web.AppKey("observer")
 PAGES: Final = web.AppKey("pages", DaemonExecutor)
 STOPPING: Final = web.AppKey("stopping", asyncio.Event)
+# Reloads asked for by POST, held until done: the loop keeps only weak references.
+RELOADS: Final[web.AppKey[set[asyncio.Future[str | None]]]] = web.AppKey("reloads")
 STOP_TIMEOUT: Final = 4.0
 # Requests in progress at a stop get this long to finish, then as long again to end once
 # cancelled (aiohttp's shutdown_timeout), within the share of STOP_TIMEOUT given to it.
@@ -280,6 +282,7 @@ def create_app(
     app[EXPOSITION] = exposition
     app[PAGES] = DaemonExecutor(1, name="statuspage")
     app[STOPPING] = asyncio.Event()
+    app[RELOADS] = set()
     app.on_cleanup.append(_stop_pages)
     if owned is not None:
         app.on_cleanup.append(lambda _: _close(owned))
@@ -324,6 +327,7 @@ async def _in_request(
 
 _UNAUTHORIZED_HEADERS: Final = {"WWW-Authenticate": WWW_AUTHENTICATE, "Cache-Control": "no-store"}
 _OVERLOADED_HEADERS: Final = {"Retry-After": "1", "Cache-Control": "no-store"}
+_CLOSE: Final = {"Connection": "close", "Cache-Control": "no-store"}
 
 
 @web.middleware
@@ -348,13 +352,20 @@ async def _authenticate(
 
 
 async def _reload(request: web.Request) -> web.Response:
-    problem = await request.app[RELOAD]()
+    # A reload asked for is carried out even if the client hangs up meanwhile (the server
+    # cancels the requests of clients that are gone): half a reload would say nothing.
+    reloading = asyncio.ensure_future(request.app[RELOAD]())
+    request.app[RELOADS].add(reloading)
+    reloading.add_done_callback(request.app[RELOADS].discard)
+    problem = await asyncio.shield(reloading)
     if problem is None:
         return web.Response(text="configuration reloaded\n")
     return web.Response(status=500, text=f"reload failed: {problem}\n")
 
 
 async def _metrics(request: web.Request) -> web.StreamResponse:
+    if request.app[STOPPING].is_set():  # its renders are no longer taken
+        return _stopping()
     encoder, content_type = choose_encoder(media_range(request.headers.get("Accept", "")))
     gzipped = accepts_gzip(request.headers.get("Accept-Encoding", ""))
     # Renders run off the loop (exporter.exposition), so that a large exposition never
@@ -388,6 +399,11 @@ async def _send(
     return response
 
 
+def _stopping() -> web.Response:
+    """For a request that arrives on an open connection while the server stops."""
+    return web.Response(status=503, text="the exporter is stopping\n", headers=_CLOSE)
+
+
 async def _healthy(request: web.Request) -> web.Response:
     return web.Response(text="OK\n")
 
@@ -408,6 +424,8 @@ _INDEX_HEADERS: Final = {
 
 
 async def _index(request: web.Request) -> web.StreamResponse:
+    if request.app[STOPPING].is_set():
+        return _stopping()
     source = request.app[STATUS]
     # Both are read here, on the loop (the poller swaps the snapshot and appends errors on
     # it); the render then runs off the loop, as /metrics does, for apps with many streams.

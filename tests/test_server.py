@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.openmetrics.parser import (
@@ -20,7 +21,7 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.exposition import Exposition
-from exporter.server import Exporter, ServeError, Server, create_app
+from exporter.server import STOPPING, Exporter, ServeError, Server, create_app
 from tests.conftest import ACCOUNT, APP, make_config
 from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream
 
@@ -385,3 +386,53 @@ def test_create_app_takes_one_source_for_metrics() -> None:
         create_app(ready=lambda: True)
     with pytest.raises(TypeError):
         create_app(ready=lambda: True, registry=registry, exposition=Exposition(registry))
+
+
+async def test_a_reload_asked_for_completes_though_its_client_hangs_up(
+    fake_api: FakeApi,
+) -> None:
+    """POST /-/reload whose client goes away mid-reload: the reload still runs to its end
+    (the server cancels the requests of clients that are gone; a reload is not cut)."""
+    gate, started = asyncio.Event(), asyncio.Event()
+    done: list[str] = []
+
+    async def reload() -> str | None:
+        started.set()
+        await gate.wait()
+        done.append("reloaded")
+        return None
+
+    config = make_config(fake_api.base_url, streams=("ls-1",))
+    async with Exporter(config, registry=CollectorRegistry()) as exporter:
+        server = Server(exporter, host="127.0.0.1", port=0, reload=reload)
+        await server.start()
+        try:
+            host, port = server.addresses[0]
+            _, writer = await asyncio.open_connection(host, port)
+            writer.write(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            open_connections = "realtimekit_exporter_http_connections"
+            async with asyncio.timeout(5):
+                await started.wait()
+                writer.close()
+                await writer.wait_closed()
+                while exporter.registry.get_sample_value(open_connections) != 0:
+                    await asyncio.sleep(0.01)  # until the server has seen the client go
+                gate.set()
+                while not done:
+                    await asyncio.sleep(0.01)
+        finally:
+            await server.close()
+    assert done == ["reloaded"]
+
+
+async def test_requests_that_come_while_stopping_get_503() -> None:
+    """Once a stop has begun, /metrics and / answer 503 with Connection: close (their
+    renders are no longer taken) while /-/healthy still answers."""
+    app = create_app(ready=lambda: True, registry=CollectorRegistry())
+    app[STOPPING].set()
+    async with TestClient(TestServer(app)) as client:
+        for path in ("/metrics", "/"):
+            response = await client.get(path)
+            assert response.status == 503, path
+            assert response.headers["Connection"] == "close"
+        assert (await client.get("/-/healthy")).status == 200
