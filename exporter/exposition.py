@@ -58,11 +58,12 @@ T = TypeVar("T")
 
 EOF: Final = b"# EOF\n"
 GZIP_LEVEL: Final = 6
-# Encoder variants cached per snapshot (each plain, and gzip if asked for); a scrape of
-# any further variant renders the whole exposition, as if there were no cache. Four hold
-# what clients send (Prometheus, curl, browsers) and bound the memory a client can make
-# the exporter spend by varying Accept parameters.
-MAX_VARIANTS: Final = 4
+# Encoder variants cached per snapshot (each plain, and gzip if asked for): every body
+# a negotiated Accept can ask for (:func:`_variant`: text or OpenMetrics, each with names
+# as they are, escaped with "dots", or with "values"), so that whatever clients send,
+# they share at most this many renders. A scrape of any further variant (another
+# encoder: only tests pass one) renders the whole exposition, as if there were no cache.
+MAX_VARIANTS: Final = 6
 # A variant served within this many seconds is rendered ahead for each new snapshot: longer
 # than any usual scrape interval, so a 1m or 2m scrape of a 30s poll finds its bytes ready.
 SERVED_FOR: Final = 600.0
@@ -242,11 +243,20 @@ class _Deflated:
 
 
 def _variant(encoder: Encoder) -> Hashable:
-    """What makes two encoders render the same bytes: the function and its arguments
-    (choose_encoder returns a fresh ``functools.partial`` per request)."""
+    """What makes two encoders render different bytes: their function (text or
+    OpenMetrics) and their escaping scheme, with "allow-utf-8" and "underscores" one (both
+    leave legacy names as they are). choose_encoder also binds a version, which changes no
+    byte here: it only decides whether native histograms are written, and there are none;
+    every name is a legacy one (tests/test_exposition.py checks both). Keyed by all it
+    binds, every client could mint variants, each a whole render held in memory; so
+    there are :data:`MAX_VARIANTS`."""
     if isinstance(encoder, functools.partial):
-        return (encoder.func, encoder.args, tuple(sorted(encoder.keywords.items())))
-    return encoder
+        if encoder.args:
+            return encoder
+        func, escaping = encoder.func, encoder.keywords.get("escaping", "underscores")
+    else:
+        func, escaping = encoder, "underscores"
+    return (func, "underscores" if escaping == "allow-utf-8" else escaping)
 
 
 def _keep(cache: dict[Hashable, asyncio.Future[T]], key: Hashable, part: asyncio.Future[T]) -> None:

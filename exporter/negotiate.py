@@ -2,7 +2,11 @@
 
 prometheus_client's ``choose_encoder`` takes the first OpenMetrics range it sees, even one
 with ``q=0``, and compares media types case-sensitively. This module picks the preferred
-range by quality first and hands only that range on.
+range by quality first and hands only that range on, in a canonical form: the version
+is the one of its major version this exporter writes (OpenMetrics 1.0.0 or 2.0.0, text
+1.0.0), the escaping one of the four known schemes or none. ``choose_encoder`` copies
+both into the encoder and the Content-Type, so a client could otherwise mint a new
+encoder, and with it a render of the whole exposition, with every version string.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Final
 OPENMETRICS: Final = "application/openmetrics-text"
 TEXT: Final = "text/plain"
 _SUPPORTED: Final = (OPENMETRICS, TEXT)
+ESCAPINGS: Final = frozenset({"allow-utf-8", "underscores", "dots", "values"})
 
 
 def media_range(accept: str) -> str:
@@ -26,8 +31,25 @@ def media_range(accept: str) -> str:
             continue
         q = _quality(params)
         if q > best_q:
-            best, best_q = f"{media_type};{params}" if params else media_type, q
+            best, best_q = _canonical(media_type, params), q
     return best
+
+
+def _canonical(media_type: str, params: str) -> str:
+    """The range as the exporter serves it: its version and escaping, canonical (the
+    quality has done its part)."""
+    out = [media_type]
+    version = _param(params, "version")
+    if version is not None:
+        major = int(version.split(".")[0])
+        if media_type == OPENMETRICS:
+            out.append("version=2.0.0" if major >= 2 else "version=1.0.0")
+        elif major >= 1:
+            out.append("version=1.0.0")
+    escaping = _param(params, "escaping")
+    if escaping in ESCAPINGS:
+        out.append(f"escaping={escaping}")
+    return ";".join(out)
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import gzip
+import re
 import tempfile
 import threading
 import zlib
@@ -33,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.client import ENDPOINTS, REASONS
 from exporter.collector import SnapshotCollector
+from exporter.connections import REASONS as CLOSE_REASONS
 from exporter.exposition import MAX_VARIANTS, SERVED_FOR, Exposition, render_part
 from exporter.model import (
     EMPTY_SNAPSHOT,
@@ -455,27 +457,82 @@ async def test_a_failed_render_is_not_cached() -> None:
     assert renders.count == 2
 
 
-async def test_variants_beyond_the_cap_are_rendered_per_scrape() -> None:
-    """Only MAX_VARIANTS encoder variants are cached per snapshot; a further one is
-    rendered again for every scrape that comes after the last render ended, correctly,
-    so Accept parameters cannot grow the memory."""
+def _text_encoder(n: int) -> Encoder:
+    """An encoder of its own (a distinct function: a variant of its own) writing text."""
+
+    def encode(collector: Collector) -> bytes:
+        return generate_latest(collector)  # type: ignore[arg-type]
+
+    encode.__name__ = f"text_{n}"
+    return encode
+
+
+DISTINCT_ENCODERS = [_text_encoder(n) for n in range(MAX_VARIANTS + 1)]
+
+
+async def test_versions_and_escapings_share_one_render_per_body() -> None:
+    """Whatever version and escaping clients ask for (200 OpenMetrics versions, every
+    escaping, text 0.0.4 and 1.0.0), a snapshot renders once per distinct body (text or
+    OpenMetrics; names as they are, or escaped with dots, or with values), and each body
+    is what prometheus_client writes for that Accept: a client cannot mint renders (200
+    distinct versions once made 200 whole renders, 1.8 GB held by clients not reading)."""
     renders = Renders()
     own = frozen_own()
     exposition = Exposition(own, lambda: ONE_APP, render=renders)
+    registry = CollectorRegistry()
+    registry.register(SnapshotCollector(lambda: ONE_APP))
+    registry.register(own)
+    escapings = ("underscores", "dots", "values", "allow-utf-8")
+    om, text = "application/openmetrics-text", "text/plain"
     accepts = [
+        *(f"{om};version=1.0.{i};escaping={escapings[i % 4]}" for i in range(200)),
+        f"{om};version=2.0.0",
         TEXT,
-        *(f"{OPENMETRICS}; escaping={e}" for e in ("underscores", "dots", "values")),
-        f"{OPENMETRICS}; escaping=allow-utf-8",
+        *(f"{text};version=1.0.0;escaping={e}" for e in escapings),
     ]
-    assert len(accepts) == MAX_VARIANTS + 1
+    for accept in accepts:
+        for gzipped in (False, True):
+            assert await body(exposition, accept, gzipped=gzipped) == encoder_for(accept)(registry)
+    assert renders.count == MAX_VARIANTS == 6
+    exposition.close()
+
+
+def test_every_name_the_exporter_exposes_is_a_legacy_one() -> None:
+    """Why versions and escapings share a render: no metric or label name of the
+    exporter needs escaping, and no family is a native histogram."""
+    legacy = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+    registry = CollectorRegistry()
+    for snapshot in SNAPSHOTS.values():
+        registry.register(SnapshotCollector(lambda snapshot=snapshot: snapshot))  # type: ignore[misc]
+    ExporterMetrics(
+        registry=registry, endpoints=ENDPOINTS, reasons=REASONS, close_reasons=CLOSE_REASONS
+    )
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    for family in registry.collect():
+        assert legacy.fullmatch(family.name), family.name
+        for sample in family.samples:
+            assert legacy.fullmatch(sample.name), sample.name
+            assert sample.native_histogram is None, sample.name
+            for label in sample.labels:
+                assert legacy.fullmatch(label) and not label.startswith("__"), label
+
+
+async def test_variants_beyond_the_cap_are_rendered_per_scrape() -> None:
+    """Only MAX_VARIANTS encoder variants are cached per snapshot; a further one is
+    rendered again for every scrape that comes after the last render ended, correctly."""
+    renders = Renders()
+    own = frozen_own()
+    exposition = Exposition(own, lambda: ONE_APP, render=renders)
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(lambda: ONE_APP))
     registry.register(own)
     for _ in range(2):
-        for accept in accepts:
+        for encoder in DISTINCT_ENCODERS:
             for gzipped in (False, True):
-                expected = encoder_for(accept)(registry)
-                assert await body(exposition, accept, gzipped=gzipped) == expected
+                data = await exposition.body(encoder, gzipped=gzipped)
+                assert (gunzip_one_member(data) if gzipped else data) == encoder(registry)
     # The first MAX_VARIANTS variants once each; the last one per scrape, gzip or not.
     assert renders.count == MAX_VARIANTS + 2 * 2
 
@@ -496,15 +553,14 @@ async def test_concurrent_scrapes_of_a_variant_beyond_the_cap_share_one_render()
     gate = threading.Event()
     renders = Renders(gate)
     exposition = Exposition(frozen_own(), lambda: ONE_APP, render=renders)
-    cached = [TEXT, *(f"{OPENMETRICS}; escaping={e}" for e in ("underscores", "dots", "values"))]
-    for accept in cached:
+    for encoder in DISTINCT_ENCODERS[:MAX_VARIANTS]:
         gate.set()
-        await body(exposition, accept, gzipped=False)
+        await exposition.body(encoder, gzipped=False)
     assert renders.count == MAX_VARIANTS
     gate.clear()
-    uncached = f"{OPENMETRICS}; escaping=allow-utf-8"
+    uncached = DISTINCT_ENCODERS[MAX_VARIANTS]
     scrapes = [
-        asyncio.ensure_future(body(exposition, uncached, gzipped=i % 2 == 1)) for i in range(300)
+        asyncio.ensure_future(exposition.body(uncached, gzipped=i % 2 == 1)) for i in range(300)
     ]
     await asyncio.sleep(0)
     gate.set()
@@ -566,10 +622,9 @@ async def test_rendering_ahead_is_limited_to_what_can_be_cached() -> None:
     exposition = Exposition(
         frozen_own(), source, render=renders, executor=Inline(), clock=lambda: now[0]
     )
-    accepts = [f"{OPENMETRICS}; escaping={e}" for e in ("underscores", "dots", "values")]
-    for accept in [TEXT, OPENMETRICS, *accepts]:
+    for encoder in DISTINCT_ENCODERS:
         now[0] += 1
-        await body(exposition, accept)
+        await exposition.body(encoder, gzipped=False)
     first_snapshot = renders.count
     source.snapshot = UNLISTED
     exposition.published()
