@@ -9,7 +9,9 @@ The exporter's own loggers write on state changes only. The libraries' (asyncio,
 may write one line per event: asyncio logged a traceback on every turn of the loop while
 ``accept()`` lacked file descriptors, 350 MB in 30 s. :class:`Throttle` lets through at
 most :data:`BURST` records a minute of each of their messages, and says how many it held
-back on the next one it lets through (field ``suppressed``).
+back on the next one it lets through (field ``suppressed``). So it does for the
+exporter's own messages that a client can repeat at will (a reload asked for over HTTP),
+logged with ``extra=THROTTLED``.
 """
 
 from __future__ import annotations
@@ -37,11 +39,14 @@ MIN_REDACTED_LENGTH: Final = 8
 BURST: Final = 3  # records a minute of one library message
 THROTTLE_WINDOW: Final = 60.0
 _MAX_THROTTLED_MESSAGES: Final = 1000  # messages tracked at once (a bound on memory)
+# ``extra`` for a message of the exporter's own that a client can make it repeat.
+THROTTLED: Final = {"throttled": True}
 
 
 class Throttle(logging.Filter):
     """At most ``burst`` records per ``window`` seconds for each message (logger, level and
-    unformatted text) of a logger outside the ``exporter`` package."""
+    unformatted text) of a logger outside the ``exporter`` package, or logged with
+    ``extra=THROTTLED``."""
 
     def __init__(
         self,
@@ -58,7 +63,8 @@ class Throttle(logging.Filter):
         self._seen: dict[tuple[str, int, str], tuple[float, int, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "exporter" or record.name.startswith("exporter."):
+        ours = record.name == "exporter" or record.name.startswith("exporter.")
+        if ours and not getattr(record, "throttled", False):
             return True
         key = (record.name, record.levelno, str(record.msg))
         now = self._clock()

@@ -113,3 +113,18 @@ def test_a_library_message_is_throttled_and_the_held_back_count_said(
     flood.error("socket.accept() out of system resource")
     last = stream.getvalue().splitlines()[-1]
     assert "accept()" in last and f'suppressed="{1000 - logs.BURST} like it' in last
+
+
+def test_an_own_message_a_client_can_repeat_is_throttled_too(restore_root: None) -> None:
+    """A message of the exporter's own logged with extra=THROTTLED (a reload asked for over
+    HTTP) is let through BURST times a minute; the same logger's other messages are not
+    held back."""
+    stream = io.StringIO()
+    logs.configure(stream=stream)
+    logger = logging.getLogger("exporter.reload")
+    for _ in range(400):
+        logger.info("configuration reloaded: %s", "c.yaml", extra=logs.THROTTLED)
+        logger.info("a state change")
+    lines = stream.getvalue().splitlines()
+    assert sum("configuration reloaded" in line for line in lines) == logs.BURST
+    assert sum("a state change" in line for line in lines) == 400

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -649,3 +651,55 @@ async def test_an_unexpected_error_while_loading_is_a_rejected_reload(
         assert registry.get_sample_value(RELOAD_OK) == 0
         assert f"reload rejected, the running configuration stays: {reason}" in caplog.text
         assert TOKEN not in caplog.text
+
+
+class GatedExecutor(concurrent.futures.Executor):
+    """Runs each load in a thread of its own once ``gate`` is set, counting them."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.loads = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def run() -> None:
+            with self._lock:
+                self.loads += 1
+            self.gate.wait(10)
+            try:
+                future.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # handed to the reload that awaits it
+                future.set_exception(exc)
+
+        threading.Thread(target=run, daemon=True).start()
+        return future
+
+
+@pytest.mark.usefixtures("token_env")
+async def test_reloads_asked_for_while_one_runs_are_merged_into_one(
+    tmp_path: Path, fake_api: FakeApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    """300 reloads asked for while one runs (SIGHUPs, or POSTs whose clients hang up) make
+    one more reload, shared by all of them, not 300 (300 once ran for six minutes); its
+    outcome is logged once."""
+    caplog.set_level(logging.INFO, logger="exporter.reload")
+    path = write_config(tmp_path / "c.yaml", fake_api.base_url, ["ls-1"])
+    async with exporter_for(path) as (exporter, _, registry):
+        executor = GatedExecutor()
+        reloader = Reloader(exporter=exporter, config_file=str(path), executor=executor)
+        first = asyncio.ensure_future(reloader.reload())
+        async with asyncio.timeout(5):
+            while executor.loads < 1:
+                await asyncio.sleep(0.01)
+        waiting = [asyncio.ensure_future(reloader.reload()) for _ in range(300)]
+        for dropped in waiting[::2]:
+            dropped.cancel()  # the callers that hang up
+        executor.gate.set()
+        assert await first is None
+        results = await asyncio.gather(*waiting[1::2])
+        assert results == [None] * 150
+        assert executor.loads == 2
+        assert caplog.text.count("configuration reloaded") == 2
+        assert registry.get_sample_value(RELOAD_OK) == 1
