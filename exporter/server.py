@@ -34,7 +34,7 @@ from exporter.negotiate import accepts_gzip, media_range
 from exporter.poller import Poller, budget_warnings
 from exporter.telemetry import ExporterMetrics
 from exporter.tokenfile import TokenFile
-from exporter.webconfig import WWW_AUTHENTICATE, AuthOverloaded, WebState
+from exporter.webconfig import WWW_AUTHENTICATE, AuthOverloaded, WebState, client_key
 from exporter.workers import DaemonExecutor
 
 if TYPE_CHECKING:
@@ -339,7 +339,9 @@ async def _authenticate(
     if auth is None or request.path in state.unauthenticated:
         return await handler(request)
     try:
-        allowed = await auth.allows(request.headers.get("Authorization"))
+        allowed = await auth.allows(
+            request.headers.get("Authorization"), client=client_key(request.remote)
+        )
     except AuthOverloaded:
         if (observer := request.app.get(OBSERVER)) is not None:
             observer.auth_overloaded()

@@ -25,8 +25,10 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import re
@@ -38,7 +40,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import bcrypt
 
@@ -54,8 +56,10 @@ from exporter.tlssessions import disable_session_cache
 from exporter.workers import DaemonExecutor
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+    from collections.abc import Callable, Collection, Iterator, Mapping
     from concurrent.futures import Executor
+
+T = TypeVar("T")
 
 ClientAuth = Literal["NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"]
 CLIENT_AUTH: Final[dict[str, ssl.VerifyMode]] = {
@@ -76,6 +80,7 @@ BCRYPT_CONCURRENCY: Final = 2
 # Checks may queue for about this long (at the top cost's speed); beyond, 503 at once.
 QUEUE_SECONDS: Final = 1.0
 MIN_QUEUE: Final = 8
+PER_CLIENT: Final = 4  # checks one client address may have waiting or running
 TIMING_SAMPLES: Final = 9  # runs at the top cost whose median a failure takes
 OVERLOAD_LOG_INTERVAL: Final = 60.0  # seconds between two warnings of a full queue
 log = logging.getLogger(__name__)
@@ -395,70 +400,167 @@ def basic_credentials(header: str | None) -> tuple[str, bytes] | None:
 
 
 class AuthOverloaded(Exception):
-    """More password checks are waiting than can be answered in about a second: the
-    request is answered 503 at once, its credentials unchecked."""
+    """More password checks are waiting than can be answered in about a second (or than
+    one client address may have waiting): the request is answered 503 at once, its
+    credentials unchecked."""
+
+
+def client_key(address: str | None) -> str:
+    """Whose check it is, for fairness: an IPv4 address, or the /64 of an IPv6 one (one
+    host has a whole /64 to pick from)."""
+    if not address:
+        return ""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class PasswordChecks:
+    """Where a server's bcrypt checks run and wait: :data:`BCRYPT_CONCURRENCY` daemon
+    threads (a flood of wrong credentials takes no more CPU than that, never the threads
+    /metrics renders in, and never keeps a stopping process waiting), shared by every
+    :class:`BasicAuth` a reload makes, with a count of the checks waiting or running,
+    overall and per client address.
+
+    A check whose client hung up before its turn never runs (the server cancels its
+    request). A check is refused at once (:class:`AuthOverloaded`) when more are waiting
+    than run in about :data:`QUEUE_SECONDS`, or when its client address has
+    :data:`PER_CLIENT` waiting already: one address flooding cannot keep another out.
+    """
+
+    def __init__(
+        self,
+        *,
+        executor: Executor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        per_client: int = PER_CLIENT,
+    ) -> None:
+        self.executor = executor or DaemonExecutor(BCRYPT_CONCURRENCY, name="bcrypt")
+        self._clock = clock
+        self._per_client = per_client
+        self._waiting = 0
+        self._by_client: dict[str, int] = {}
+        self._overloaded = False
+        self._warned_at = -OVERLOAD_LOG_INTERVAL
+        self._drained_at = -OVERLOAD_LOG_INTERVAL
+
+    def close(self) -> None:
+        """Drop the checks still waiting; the threads end with the ones running."""
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def run(self, client: str, limit: int, check: Callable[[], T]) -> T:
+        """``check()`` in a bcrypt thread, in turn; :class:`AuthOverloaded` if ``limit``
+        checks are waiting already, or :data:`PER_CLIENT` of ``client``'s."""
+        mine = self._by_client.get(client, 0)
+        if self._waiting >= limit or mine >= self._per_client:
+            self._overload(True)
+            raise AuthOverloaded
+        self._waiting += 1
+        self._by_client[client] = mine + 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, check)
+        finally:
+            self._waiting -= 1
+            left = self._by_client[client] - 1
+            if left:
+                self._by_client[client] = left
+            else:
+                del self._by_client[client]
+            if self._waiting == 0:
+                self._overload(False)
+
+    def _overload(self, overloaded: bool) -> None:
+        """Log when checks start being refused and when the queue drains: at most once a
+        minute each, however often an attacker fills and drains it."""
+        if overloaded == self._overloaded:
+            return
+        self._overloaded = overloaded
+        now = self._clock()
+        if overloaded and now - self._warned_at >= OVERLOAD_LOG_INTERVAL:
+            self._warned_at = now
+            log.warning(
+                "password checks are queueing beyond %gs of bcrypt (or %d from one "
+                "client address): answering 503 to new ones until the queue drains",
+                QUEUE_SECONDS,
+                self._per_client,
+            )
+        elif not overloaded and self._warned_at > self._drained_at:
+            self._drained_at = now
+            log.info("password checks no longer queue")
 
 
 class BasicAuth:
     """Checks basic auth credentials against bcrypt hashes, in constant time.
 
-    Every check runs bcrypt, in at most :data:`BCRYPT_CONCURRENCY` daemon threads of its
-    own (so a flood of wrong credentials can neither take the threads /metrics renders
-    in, nor keep a stopping process waiting): for an unknown user against the most costly
-    configured hash, and the result is compared with :func:`hmac.compare_digest`.
+    Every check runs bcrypt, in turn, in the threads of ``checks``
+    (:class:`PasswordChecks`): for an unknown user against the most costly configured
+    hash, and the result is compared with :func:`hmac.compare_digest`.
 
-    A wrong user name takes as long as a wrong password: a failed check is answered no
-    sooner than a run at the most costly configured cost takes (the median of the last
-    such runs), so a user whose hash is cheaper is not told apart by its speed.
+    A wrong user name takes as long as a wrong password: a failed check holds its bcrypt
+    thread until a run at the most costly configured cost would have ended (the median of
+    the last such runs), so a user whose hash is cheaper is told apart neither by the
+    time of one answer nor by how many answers come in a second.
 
     bcrypt is slow on purpose (milliseconds to seconds, by cost), so credentials that
     passed are remembered (at most :data:`VERIFIED_CACHE_SIZE`, as keyed digests, never
-    the password) and a scrape with them skips bcrypt; wrong ones never do. Checks wait
-    their turn in order; a check whose client hung up before its turn never runs (the
-    server cancels its request), and when more are waiting than run in about
-    :data:`QUEUE_SECONDS`, :meth:`allows` raises :class:`AuthOverloaded` at once.
+    the password) and a scrape with them skips bcrypt; wrong ones never do. A reload
+    that replaces the users hands the remembered credentials (and what a top-cost run
+    takes) to the next :class:`BasicAuth` (``previous``): a credential still configured
+    stays remembered.
     """
 
     def __init__(
         self,
         users: Mapping[str, bytes],
         *,
+        checks: PasswordChecks | None = None,
+        previous: BasicAuth | None = None,
         hashpw: Callable[[bytes, bytes], bytes] = bcrypt.hashpw,
         cache_size: int = VERIFIED_CACHE_SIZE,
         clock: Callable[[], float] = time.perf_counter,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        executor: Executor | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        """``clock`` and ``sleep`` are used in the bcrypt threads."""
         if not users:
             raise ValueError("basic auth needs at least one user")
         self._users = dict(users)
         self._dummy = max(self._users.values(), key=_cost)
         self._top_cost = _cost(self._dummy)
+        self._owns_checks = checks is None
+        self._checks = checks if checks is not None else PasswordChecks()
         self._hashpw = hashpw
         self._clock = clock
         self._sleep = sleep
-        self._key = secrets.token_bytes(32)
-        self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._cache_size = cache_size
-        self._executor = executor or DaemonExecutor(BCRYPT_CONCURRENCY, name="bcrypt")
-        self._waiting = 0
         # Durations of recent runs at the top cost: what every failure takes.
         self._top_runs: deque[float] = deque(maxlen=TIMING_SAMPLES)
-        self._overloaded = False
-        self._warned_at = -OVERLOAD_LOG_INTERVAL
-        self._drained_at = -OVERLOAD_LOG_INTERVAL
+        self._key: bytes = secrets.token_bytes(32)
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        if previous is not None:
+            # Keyed digests of (user, hash, password): an entry whose user or hash has
+            # changed can never match again, so all of them may stay.
+            self._key, self._verified = previous._key, previous._verified
+            if previous._top_cost == self._top_cost:
+                self._top_runs.extend(previous._top_runs)
 
     def __repr__(self) -> str:
         return f"BasicAuth(users={len(self._users)})"
 
-    def close(self, *, drop: bool = True) -> None:
-        """Let the threads go once the checks still waiting are done, or at once if
-        ``drop`` (those checks are then cancelled)."""
-        self._executor.shutdown(wait=False, cancel_futures=drop)
+    def close(self) -> None:
+        """Drop the checks still waiting, if their threads are this one's own."""
+        if self._owns_checks:
+            self._checks.close()
 
-    async def allows(self, header: str | None) -> bool:
+    async def allows(self, header: str | None, *, client: str = "") -> bool:
         """Whether ``header`` holds the right credentials; :class:`AuthOverloaded` if too
-        many checks are waiting to check them in time."""
+        many checks are waiting (or too many of ``client``'s, a :func:`client_key`) to
+        check them in time."""
         credentials = basic_credentials(header)
         if credentials is None:
             return False
@@ -469,59 +571,34 @@ class BasicAuth:
         if stored is not None and key in self._verified:
             self._verified.move_to_end(key)
             return True
-        computed, seconds = await self._run(password, hashed)
-        ok = hmac.compare_digest(computed, hashed) and stored is not None
-        if ok:
-            self._verified[key] = None
-            while len(self._verified) > self._cache_size:
-                self._verified.popitem(last=False)
+        check = functools.partial(self._check, password, hashed, known=stored is not None)
+        if not await self._checks.run(client, self._queue_limit(), check):
+            return False
+        self._verified[key] = None
+        while len(self._verified) > self._cache_size:
+            self._verified.popitem(last=False)
+        return True
+
+    def _check(self, password: bytes, hashed: bytes, *, known: bool) -> bool:
+        """In a bcrypt thread: whether ``password`` matches ``hashed``; a failure returns
+        no sooner than a run at the top cost would have."""
+        computed, seconds = self._hash(password, hashed)
+        matches = hmac.compare_digest(computed, hashed)  # for unknown users too: same time
+        if known and matches:
             return True
         if _cost(hashed) == self._top_cost:
             self._top_runs.append(seconds)
         else:
             if not self._top_runs:  # once: how long the top cost takes here
-                self._top_runs.append((await self._run(password, self._dummy))[1])
-            await self._sleep(max(0.0, statistics.median(self._top_runs) - seconds))
+                self._top_runs.append(self._hash(password, self._dummy)[1])
+            self._sleep(max(0.0, statistics.median(self._top_runs) - seconds))
         return False
-
-    async def _run(self, password: bytes, hashed: bytes) -> tuple[bytes, float]:
-        """bcrypt of ``password`` with ``hashed``'s salt and cost, in turn, and how long it
-        ran (not counting the wait for its turn)."""
-        if self._waiting >= self._queue_limit():
-            self._overload(True)
-            raise AuthOverloaded
-        self._waiting += 1
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._hash, password, hashed)
-        finally:
-            self._waiting -= 1
-            if self._waiting == 0:
-                self._overload(False)
 
     def _queue_limit(self) -> int:
         run = statistics.median(self._top_runs) if self._top_runs else None
         if run is None or run <= 0:
             return MIN_QUEUE
         return max(MIN_QUEUE, int(QUEUE_SECONDS / run * BCRYPT_CONCURRENCY))
-
-    def _overload(self, overloaded: bool) -> None:
-        """Log when the queue starts refusing and when it drains: at most once a minute
-        each, however often an attacker fills and drains it."""
-        if overloaded == self._overloaded:
-            return
-        self._overloaded = overloaded
-        now = self._clock()
-        if overloaded and now - self._warned_at >= OVERLOAD_LOG_INTERVAL:
-            self._warned_at = now
-            log.warning(
-                "more password checks are waiting than bcrypt runs in %gs: answering 503 "
-                "to new ones until the queue drains",
-                QUEUE_SECONDS,
-            )
-        elif not overloaded and self._warned_at > self._drained_at:
-            self._drained_at = now
-            log.info("password checks no longer queue")
 
     def _hash(self, password: bytes, hashed: bytes) -> tuple[bytes, float]:
         started = self._clock()
@@ -608,12 +685,12 @@ class WebState:
     def __init__(self, config: WebConfig, *, unauthenticated: Collection[str] = ()) -> None:
         self.config = config
         self.unauthenticated = frozenset(unauthenticated)
-        self.auth = BasicAuth(config.users) if config.users else None
+        self.checks = PasswordChecks()
+        self.auth = BasicAuth(config.users, checks=self.checks) if config.users else None
         self.tls = TlsSwitch(config.ssl_context) if config.ssl_context is not None else None
 
     def close(self) -> None:
-        if self.auth is not None:
-            self.auth.close()
+        self.checks.close()
 
     def problem(self, config: WebConfig) -> str | None:
         """Why ``config`` cannot replace the current one, if it cannot."""
@@ -626,9 +703,12 @@ class WebState:
         if (problem := self.problem(config)) is not None:
             raise WebConfigError([problem], source=config.source)
         if config.users != self.config.users:
-            old, self.auth = self.auth, BasicAuth(config.users) if config.users else None
-            if old is not None:
-                old.close(drop=False)  # checks already waiting finish by the old users
+            # Checks already waiting finish by the old users, in the same two threads.
+            self.auth = (
+                BasicAuth(config.users, checks=self.checks, previous=self.auth)
+                if config.users
+                else None
+            )
         if self.tls is not None and config.ssl_context is not None:
             self.tls.replace(config.ssl_context)
         self.config = config

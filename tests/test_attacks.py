@@ -324,6 +324,82 @@ def test_response_times_do_not_tell_which_user_names_exist(
         assert 0.7 < ratio < 1.4, ratio
 
 
+def concurrent_401s(port: int, request: bytes, count: int) -> float:
+    """Seconds for ``count`` copies of ``request`` sent at once to be answered (each 401)."""
+    started = time.perf_counter()
+    socks = [socket.create_connection((LOOPBACK, port), timeout=10) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.sendall(request)
+        for sock in socks:
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:80]
+    finally:
+        for sock in socks:
+            sock.close()
+    return time.perf_counter() - started
+
+
+def test_answers_in_bulk_do_not_tell_which_user_names_exist(
+    tmp_path: Path, measured: Measured
+) -> None:
+    """Four wrong passwords at once (as many as one address may have checked at a time)
+    for the cost-4 user take as long as four for an unknown user (checked at cost 10): a
+    failure holds its bcrypt thread for the top cost's time (before, with eight: 70
+    against 250 ms, the cheap user's failures coming back in one round instead of four)."""
+    users, _ = users_config({"cheap": 4, "dear": 10})
+    config = web_config(tmp_path, users)
+    with spawned_exporter(tmp_path, None, "--demo", "--web.config.file", config) as (_, host):
+        port = int(host.rsplit(":", 1)[1])
+        unknown = get_request("/-/healthy", "Authorization: " + basic("nobody", "x"))
+        cheap = get_request("/-/healthy", "Authorization: " + basic("cheap", "wrong"))
+        times: dict[bytes, list[float]] = {unknown: [], cheap: []}
+        for round_ in range(8):
+            for request in (unknown, cheap) if round_ % 2 else (cheap, unknown):
+                seconds = concurrent_401s(port, request, 4)
+                if round_ >= 2:  # the first rounds warm up
+                    times[request].append(seconds)
+        ratio = statistics.median(times[cheap]) / statistics.median(times[unknown])
+        measured(
+            unknown_user_4_at_once_ms=round(1000 * statistics.median(times[unknown]), 1),
+            wrong_password_4_at_once_ms=round(1000 * statistics.median(times[cheap]), 1),
+            ratio=round(ratio, 3),
+        )
+        assert 0.7 < ratio < 1.4, ratio
+
+
+def test_a_flood_from_one_address_leaves_room_for_another(
+    tmp_path: Path, measured: Measured
+) -> None:
+    """40 wrong-password requests kept open from 127.0.0.2 fill that address's share of
+    the password checks; a right password (not yet remembered) from 127.0.0.1 is checked
+    and answered 200 within 2 s (before: 503s for 9 s)."""
+    users, passwords = users_config({"prometheus": 10})
+    config = web_config(tmp_path, users)
+    with spawned_exporter(tmp_path, None, "--demo", "--web.config.file", config) as (_, host):
+        port = int(host.rsplit(":", 1)[1])
+        wrong = get_request("/metrics", "Authorization: " + basic("prometheus", "wrong"))
+        attackers = []
+        try:
+            for _ in range(40):
+                sock = socket.create_connection(
+                    (LOOPBACK, port), timeout=10, source_address=("127.0.0.2", 0)
+                )
+                sock.sendall(wrong)
+                attackers.append(sock)
+            right = get_request(
+                "/-/healthy", "Authorization: " + basic("prometheus", passwords["prometheus"])
+            )
+            answer, seconds = raw_request(port, right, timeout=15)
+        finally:
+            for sock in attackers:
+                sock.close()
+        measured(right_password_ms=round(1000 * seconds, 1), status=answer[9:12].decode())
+        assert answer.startswith(b"HTTP/1.1 200") and seconds < 2.0, (answer[:40], seconds)
+
+
 # -- shutdown -------------------------------------------------------------------------------
 def test_no_signal_during_shutdown_changes_the_exit_status(
     tmp_path: Path, measured: Measured

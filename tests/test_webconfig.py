@@ -13,6 +13,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -412,7 +413,9 @@ async def test_at_most_two_bcrypt_runs_at_once() -> None:
         return b""
 
     auth = BasicAuth({USER: HASH.encode()}, hashpw=slow)
-    results = await asyncio.gather(*(auth.allows(basic(USER, f"guess{i}")) for i in range(6)))
+    results = await asyncio.gather(
+        *(auth.allows(basic(USER, f"guess{i}"), client=f"10.0.0.{i}") for i in range(6))
+    )
     assert not any(results) and peak == webconfig.BCRYPT_CONCURRENCY == 2
 
 
@@ -444,7 +447,10 @@ async def test_checks_of_clients_gone_before_their_turn_never_run() -> None:
     two runs already under way."""
     gated = GatedHash()
     auth = BasicAuth({USER: HASH.encode()}, hashpw=gated)
-    checks = [asyncio.ensure_future(auth.allows(basic(USER, f"guess{i}"))) for i in range(8)]
+    checks = [
+        asyncio.ensure_future(auth.allows(basic(USER, f"guess{i}"), client=f"10.0.0.{i}"))
+        for i in range(8)
+    ]
     await wait_until(lambda: gated.started == webconfig.BCRYPT_CONCURRENCY)
     for check in checks:
         check.cancel()
@@ -461,7 +467,7 @@ async def test_a_full_queue_of_checks_is_refused_at_once_then_drains() -> None:
     gated = GatedHash()
     auth = BasicAuth({USER: HASH.encode()}, hashpw=gated)
     checks = [
-        asyncio.ensure_future(auth.allows(basic(USER, f"guess{i}")))
+        asyncio.ensure_future(auth.allows(basic(USER, f"guess{i}"), client=f"10.0.0.{i}"))
         for i in range(webconfig.MIN_QUEUE)
     ]
     await wait_until(lambda: gated.started == webconfig.BCRYPT_CONCURRENCY)
@@ -478,7 +484,7 @@ async def fill_and_drain(auth: BasicAuth) -> None:
     gated = GatedHash()
     auth._hashpw = gated  # this burst's checks wait for its gate
     checks = [
-        asyncio.ensure_future(auth.allows(basic(USER, f"guess{i}")))
+        asyncio.ensure_future(auth.allows(basic(USER, f"guess{i}"), client=f"10.0.0.{i}"))
         for i in range(webconfig.MIN_QUEUE)
     ]
     await wait_until(lambda: gated.started == webconfig.BCRYPT_CONCURRENCY)
@@ -494,7 +500,11 @@ async def test_a_queue_filled_and_drained_again_and_again_logs_twice_a_minute(
     """An attacker filling the queue of checks and letting it drain, over and over, gets
     one warning and one info line a minute, not two lines a burst."""
     now = [1000.0]
-    auth = BasicAuth({USER: HASH.encode()}, hashpw=lambda p, h: b"", clock=lambda: now[0])
+    checks = webconfig.PasswordChecks(clock=lambda: now[0])
+    # bcrypt runs taking no time: the queue's bound stays at its least, MIN_QUEUE.
+    auth = BasicAuth(
+        {USER: HASH.encode()}, hashpw=lambda p, h: b"", checks=checks, clock=lambda: 0.0
+    )
     caplog.set_level(logging.INFO, logger="exporter.webconfig")
     for _ in range(5):
         await fill_and_drain(auth)
@@ -502,7 +512,7 @@ async def test_a_queue_filled_and_drained_again_and_again_logs_twice_a_minute(
     messages = [r.getMessage() for r in caplog.records if r.name == "exporter.webconfig"]
     assert len(messages) == 2, messages
     assert "answering 503" in messages[0] and "no longer queue" in messages[1]
-    auth.close()
+    checks.close()
 
 
 class CostClock:
@@ -516,7 +526,7 @@ class CostClock:
         self.now += 2 ** int(hashed[4:6]) / 1e6
         return bcrypt.hashpw(password, hashed)
 
-    async def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
 
 
@@ -1057,3 +1067,88 @@ def test_certificates_are_loaded_from_the_bytes_that_were_checked(
     context = config.context()
     assert context.verify_mode == ssl.CERT_REQUIRED
     assert len(context.get_ca_certs()) == 1
+
+
+async def test_a_cheap_failure_holds_its_bcrypt_thread_as_long_as_a_costly_one() -> None:
+    """The wait that makes a cheap user's failure as slow as the top cost is spent in the
+    bcrypt thread, holding it: so failures for a cheap user do not come back faster when
+    many are sent at once either (8 at a time once told a cost-4 user apart, 70 against
+    250 ms)."""
+    cheap = bcrypt.hashpw(b"cheap password", bcrypt.gensalt(4))
+    dear = bcrypt.hashpw(b"dear password", bcrypt.gensalt(6))
+    clock = CostClock()
+    waited_in: list[str] = []
+
+    def sleep(seconds: float) -> None:
+        waited_in.append(threading.current_thread().name)
+        clock.sleep(seconds)
+
+    auth = BasicAuth(
+        {"cheap": cheap, "dear": dear}, hashpw=clock.hashpw, clock=lambda: clock.now, sleep=sleep
+    )
+    assert not await auth.allows(basic("cheap", "wrong"))
+    assert waited_in and all(name.startswith("bcrypt") for name in waited_in)
+    auth.close()
+
+
+async def test_one_client_address_cannot_fill_the_queue_of_checks() -> None:
+    """A client address may have PER_CLIENT checks waiting or running; beyond, its own are
+    refused at once while another address's check still gets its turn (an attacker
+    keeping 40 wrong-password requests open made a right one wait for 9 s of 503s)."""
+    gated = GatedHash()
+    auth = BasicAuth({USER: HASH.encode()}, hashpw=gated)
+    flood = [
+        asyncio.ensure_future(auth.allows(basic(USER, f"guess{i}"), client="10.0.0.66"))
+        for i in range(webconfig.PER_CLIENT)
+    ]
+    await wait_until(lambda: gated.started == webconfig.BCRYPT_CONCURRENCY)
+    with pytest.raises(webconfig.AuthOverloaded):
+        await auth.allows(basic(USER, "one more"), client="10.0.0.66")
+    other = asyncio.ensure_future(auth.allows(basic(USER, PASSWORD), client="10.0.0.1"))
+    gated.gate.set()
+    await asyncio.gather(*flood)
+    assert not await other  # checked (the gated hash never matches), not refused
+    auth.close()
+
+
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8::1", "2001:db8::/64"),
+        ("2001:db8::ffff:1", "2001:db8::/64"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        (None, ""),
+    ],
+)
+def test_client_addresses_are_keyed_by_host(address: str | None, key: str) -> None:
+    """An IPv6 host picks addresses from a whole /64: its checks count as one client."""
+    assert webconfig.client_key(address) == key
+
+
+async def test_a_reload_keeps_the_threads_and_the_remembered_credentials() -> None:
+    """A web config reload that changes the users checks in the same two bcrypt threads
+    (20 reloads once ran 22 at once) and keeps remembering credentials still configured
+    (each reload once forgot them, sending Prometheus back into the queue)."""
+    def bcrypt_threads() -> int:
+        return sum(1 for t in threading.enumerate() if t.name.startswith("bcrypt"))
+
+    before = bcrypt_threads()  # left by other tests' checks
+    counting = CountingHash()
+    users = {USER: HASH.encode()}
+    state = WebState(webconfig.WebConfig(users=MappingProxyType(users)))
+    assert state.auth is not None
+    state.auth._hashpw = counting
+    assert await state.auth.allows(basic(USER, PASSWORD))
+    checks = state.checks
+    for i in range(20):
+        state.replace(
+            webconfig.WebConfig(users=MappingProxyType({**users, f"u{i}": HASH.encode()}))
+        )
+        assert state.checks is checks
+        assert state.auth is not None
+        state.auth._hashpw = counting
+        assert await state.auth.allows(basic(USER, PASSWORD))
+    assert len(counting.against) == 1
+    assert bcrypt_threads() - before <= webconfig.BCRYPT_CONCURRENCY
+    state.close()
