@@ -48,6 +48,12 @@ DEFAULT_MAX_LIVESTREAMS: Final = 20_000
 # decode.MAX_LABEL_LENGTH: a longer configured id could never match a listed one, and would
 # be exported uncut as an unlisted stream's label.
 MAX_LIVESTREAM_ID_LENGTH: Final = 256
+# Upper bounds on the numbers a config gives, far beyond any use: each is turned into a
+# float somewhere (a gauge, a rate), and a number of 400 digits passed validation only to
+# fail every scrape with OverflowError.
+MAX_LIVESTREAMS_LIMIT: Final = 1_000_000
+MAX_RATE_LIMIT_REQUESTS: Final = 1_000_000_000
+MAX_CONCURRENCY: Final = 1000
 
 # The most read_file reads of a config file and a token file. Parse time follows the
 # number of nodes, not bytes, so MAX_YAML_NODES is what bounds it; the byte bound leaves
@@ -278,6 +284,8 @@ def parse_rate_limit(value: object) -> RateLimit:
         raise ValueError("must look like 1000/5m (requests per window)") from None
     if count < 1:
         raise ValueError("the request count must be at least 1")
+    if count > MAX_RATE_LIMIT_REQUESTS:
+        raise ValueError(f"the request count must be at most {MAX_RATE_LIMIT_REQUESTS:,}")
     try:
         window = parse_duration(window_text.strip())
     except ValueError as exc:
@@ -606,8 +614,8 @@ class _Validator:
             base_url = self.base_url(url)
         timeout, _ = self.checked("api.timeout", raw.get("timeout", 10.0), parse_duration, 10.0)
         concurrency = raw.get("max_concurrency", 8)
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            self.fail("api.max_concurrency", "must be a whole number of at least 1")
+        if not _whole(concurrency, 1, MAX_CONCURRENCY):
+            self.fail("api.max_concurrency", f"must be a whole number from 1 to {MAX_CONCURRENCY}")
             concurrency = 8
         rate, _ = self.checked(
             "api.rate_limit",
@@ -692,8 +700,11 @@ class _Validator:
     def limits(self, value: object, apps: tuple[AppConfig, ...]) -> Limits:
         raw = self.mapping("limits", value, {"max_livestreams"})
         limit = raw.get("max_livestreams", DEFAULT_MAX_LIVESTREAMS)
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            self.fail("limits.max_livestreams", "must be a whole number of at least 1")
+        if not _whole(limit, 1, MAX_LIVESTREAMS_LIMIT):
+            self.fail(
+                "limits.max_livestreams",
+                f"must be a whole number from 1 to {MAX_LIVESTREAMS_LIMIT:,}",
+            )
             return Limits()
         # Configured streams are always tracked, so the limit must hold them all.
         configured = sum(len(app.livestreams) for app in apps)
@@ -795,6 +806,10 @@ class _Validator:
             seen.add(stream_id)
             out.append(LivestreamConfig(id=stream_id, expect_live=expect))
         return tuple(out)
+
+
+def _whole(value: object, low: int, high: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
 
 
 def _token_problem(token: str) -> str | None:

@@ -202,7 +202,7 @@ FILE_CASES: dict[str, tuple[str, dict[str, str], list[str]]] = {
         ENVIRON,
         [
             "api.base_url: must be an http:// or https:// URL",
-            "api.max_concurrency: must be a whole number of at least 1",
+            "api.max_concurrency: must be a whole number from 1 to 1000",
             f"api.rate_limit: {BAD_RATE}",
             "poll: must be a mapping",
             "apps[0].account_id: must be a string (got int); quote it",
@@ -556,7 +556,7 @@ def test_bad_rate_limits_are_reported(tmp_path: Path, value: object, problem: st
 def test_max_concurrency_must_be_a_positive_whole_number(tmp_path: Path, value: object) -> None:
     """api.max_concurrency accepts only integers of at least 1."""
     assert problems_of(render(api={"max_concurrency": value}), tmp_path) == [
-        "api.max_concurrency: must be a whole number of at least 1"
+        "api.max_concurrency: must be a whole number from 1 to 1000"
     ]
 
 
@@ -1520,3 +1520,30 @@ def test_an_error_names_the_first_problems_and_counts_the_rest() -> None:
     message = str(caught.value)
     assert message.count("must be non-empty") == 20
     assert message.endswith("; and 10 more")
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "problem"),
+    [
+        (
+            "limits:\n  max_livestreams: 1" + "0" * 400,
+            "limits.max_livestreams: must be a whole number from 1 to 1,000,000",
+        ),
+        (
+            "api:\n  rate_limit: '1" + "0" * 400 + "/5m'",
+            "api.rate_limit: the request count must be at most 1,000,000,000",
+        ),
+        (
+            "api:\n  max_concurrency: 1" + "0" * 400,
+            "api.max_concurrency: must be a whole number from 1 to 1000",
+        ),
+    ],
+    ids=["max_livestreams", "rate_limit", "max_concurrency"],
+)
+def test_numbers_too_large_to_use_are_refused(yaml_text: str, problem: str) -> None:
+    """A number of 400 digits is refused where it is read, with its key, not accepted to
+    fail every scrape later (a float cannot hold it: OverflowError on /metrics)."""
+    text = yaml_text + "\napps:\n  - account_id: a\n    app_id: b\n    discover: true\n"
+    with pytest.raises(ConfigError) as caught:
+        loads(text, environ={"CLOUDFLARE_API_TOKEN": "t0123456789"})
+    assert caught.value.problems == [problem]

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from exporter.model import Snapshot
 
 DROPPED = "realtimekit_exporter_livestreams_dropped"
-NOT_WHOLE = "limits.max_livestreams: must be a whole number of at least 1"
+NOT_WHOLE = "limits.max_livestreams: must be a whole number from 1 to 1,000,000"
 LIMIT = "realtimekit_exporter_livestreams_limit"
 OTHER = "app-2"
 
