@@ -321,6 +321,9 @@ def main(argv: Sequence[str] | None = None, *, restore_signals: bool = True) -> 
     back at the end if ``restore_signals``, else stay ignored (:func:`run`)."""
     previous = _handlers()
     interrupt_on_sigterm()
+    if threading.current_thread() is threading.main_thread():
+        # A SIGHUP is a reload; until the event loop handles it, it is nothing.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         return _main(argv)
     except KeyboardInterrupt:
@@ -444,11 +447,9 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _prepare_daemon() -> None:
     """Before serving: as many open files as the hard limit allows (each connection holds
-    one), and no SIGHUP ending the process before the event loop handles it (a reload)."""
+    one)."""
     soft, hard = raise_open_files_limit()
     log.debug("open files limit: %s (hard %s)", soft, hard)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 async def _once(cfg: config.Config) -> int:

@@ -46,4 +46,4 @@ def test_wheel_contains_every_module_and_the_entry_point(tmp_path: Path) -> None
     assert not any(n.startswith("tests/") for n in names)
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "realtimekit-exporter = exporter.cli:run" in text
+    assert "realtimekit-exporter = exporter.__main__:main" in text
