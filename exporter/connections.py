@@ -11,7 +11,8 @@ TCP connection as it is accepted, before TLS, and enforces:
   progress (a request still arriving, a TLS handshake, an idle keep-alive connection);
   if every connection is in a request, the new one is closed at once;
 - the TLS handshake and the request headers must arrive within ``header_timeout`` of the
-  connection opening, or of the first byte after the previous answer;
+  connection opening, or of the first byte after the previous answer (of the answer, if
+  bytes of a next request came before it);
 - unsent answer data that has not moved for ``write_timeout`` ends the connection (a
   client that stopped reading).
 
@@ -38,17 +39,21 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable
 
+    from aiohttp.typedefs import Handler, Middleware
     from aiohttp.web import RequestHandler
 
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS: Final = 1024
-# File descriptors kept for everything else. Under a flood of connections asyncio accepts
-# up to the listen backlog (128) on each turn of the loop, and a socket is admitted (or
-# refused) two turns after its accept and closed one turn after that: about three
-# backlogs are open beyond the limit. Then API connections, files read by reloads and the
-# process collector, the listening sockets, the loop's own.
-RESERVED_FDS: Final = 512
+# File descriptors kept beyond the limit. Under a flood of connections asyncio accepts up
+# to the listen backlog on each turn of the loop, on each listening socket (":PORT" opens
+# two, IPv4 and IPv6), and a socket is admitted (or refused) two turns after its accept
+# and closed one turn after that: about three backlogs a listening socket are open beyond
+# the limit. Then API connections, files read by reloads and the process collector, the
+# loop's own: RESERVED_FDS.
+BACKLOG: Final = 128
+BACKLOGS_IN_FLIGHT: Final = 3
+RESERVED_FDS: Final = 128
 HEADER_TIMEOUT: Final = 10.0  # seconds for the TLS handshake and a request's headers
 WRITE_TIMEOUT: Final = 30.0  # seconds that unsent answer data may stay unsent
 IDLE_TIMEOUT: Final = 150.0  # aiohttp's keepalive_timeout: over two 1m scrape intervals
@@ -76,14 +81,16 @@ def raise_open_files_limit() -> tuple[int, int]:
     return soft, hard
 
 
-def connection_limit(open_files: int | None = None) -> int:
+def connection_limit(open_files: int | None = None, *, listeners: int = 1) -> int:
     """:data:`MAX_CONNECTIONS`, or fewer when the soft open-files limit leaves less room
-    beside :data:`RESERVED_FDS` (at least 16)."""
+    beside what ``listeners`` listening sockets may accept in a burst and
+    :data:`RESERVED_FDS` (at least 16)."""
     if open_files is None:
         open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if open_files == resource.RLIM_INFINITY:
         return MAX_CONNECTIONS
-    return max(16, min(MAX_CONNECTIONS, open_files - RESERVED_FDS))
+    burst = listeners * BACKLOGS_IN_FLIGHT * BACKLOG
+    return max(16, min(MAX_CONNECTIONS, open_files - RESERVED_FDS - burst))
 
 
 class _State(enum.Enum):
@@ -100,6 +107,7 @@ class _Connection:
     since: float  # when it last changed state
     state: _State = _State.AWAITING
     handler: RequestHandler | None = None
+    unfinished: bool = False  # bytes came after the last request head seen
     unsent: int = 0  # unsent bytes at the last sweep
     unsent_since: float = 0.0  # since when that many bytes have not moved
     upgrade: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -117,6 +125,7 @@ class ConnectionGuard:
         observer: Observer | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._auto_limit = limit is None
         self.limit = connection_limit() if limit is None else limit
         self._header_timeout = header_timeout
         self._write_timeout = write_timeout
@@ -143,6 +152,11 @@ class ConnectionGuard:
 
         return accept
 
+    def listening(self, sockets: int) -> None:
+        """Told how many sockets the server listens on: each may accept a burst."""
+        if self._auto_limit:
+            self.limit = connection_limit(listeners=sockets)
+
     def start(self) -> None:
         """Start enforcing the timeouts (call on the event loop)."""
         if self._sweeper is None:
@@ -162,6 +176,23 @@ class ConnectionGuard:
                 conn.upgrade.cancel()
             conn.transport.abort()
 
+    @property
+    def middleware(self) -> Middleware:
+        """The aiohttp middleware (outermost) that tells the guard when each request
+        starts and ends: a connection in a request is neither evicted nor timed out for
+        its headers."""
+
+        @web.middleware
+        async def in_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+            protocol = request.protocol
+            self.request_started(protocol)
+            try:
+                return await handler(request)
+            finally:
+                self.request_finished(protocol)
+
+        return in_request
+
     def request_started(self, handler: RequestHandler) -> None:
         conn = self._by_handler.get(handler)
         if conn is not None:
@@ -170,7 +201,10 @@ class ConnectionGuard:
     def request_finished(self, handler: RequestHandler) -> None:
         conn = self._by_handler.get(handler)
         if conn is not None:
-            conn.state, conn.since = _State.IDLE, self._clock()
+            # Bytes after the request's head may be the start of the next one
+            # (pipelined): its headers are then due within the header timeout.
+            waiting = _State.AWAITING if conn.unfinished else _State.IDLE
+            conn.state, conn.since = waiting, self._clock()
 
     # -- the connections' side ---------------------------------------------------------
     def _admit(self, transport: asyncio.Transport) -> _Connection | None:
@@ -194,7 +228,12 @@ class ConnectionGuard:
         conn.handler = handler
         self._by_handler[handler] = conn
 
-    def _received(self, conn: _Connection) -> None:
+    def _received(self, conn: _Connection, data: bytes) -> None:
+        # Whether bytes follow the last end of a request head seen: the start of a next
+        # request (pipelined, perhaps never finished), or a body. A head split across two
+        # reads at its end is missed: that connection waits for aiohttp's idle timeout.
+        end = data.rfind(b"\r\n\r\n")
+        conn.unfinished = len(data) > end + 4 if end >= 0 else conn.unfinished or bool(data)
         if conn.state is _State.IDLE:
             conn.state, conn.since = _State.AWAITING, self._clock()
 
@@ -349,7 +388,7 @@ class _Serving(asyncio.Protocol):
         if not self._made:
             self._early.append(data)
             return
-        self._guard._received(self._conn)
+        self._guard._received(self._conn, data)
         self._handler.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -399,8 +438,9 @@ class GuardedSite(web.TCPSite):
             self._guard.factory(server, self._tls),
             self._host,
             self._port,
-            backlog=self._backlog,
+            backlog=BACKLOG,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else 0
+        self._guard.listening(len(self._server.sockets))

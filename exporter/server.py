@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Mapping, Sequence
     from types import TracebackType
 
+    from aiohttp.typedefs import Middleware
+
     from exporter.config import Config
     from exporter.model import Snapshot
     from exporter.poller import PollError
@@ -56,7 +58,6 @@ STATUS: Final[web.AppKey[StatusSource | None]] = web.AppKey("status")
 REFRESH: Final[web.AppKey[float | None]] = web.AppKey("refresh")
 WEB: Final = web.AppKey("web", WebState)
 RELOAD: Final[web.AppKey[Reload]] = web.AppKey("reload")
-GUARD: Final = web.AppKey("guard", ConnectionGuard)
 OBSERVER: Final[web.AppKey[HttpObserver]] = web.AppKey("observer")
 PAGES: Final = web.AppKey("pages", DaemonExecutor)
 STOPPING: Final = web.AppKey("stopping", asyncio.Event)
@@ -273,9 +274,9 @@ def create_app(
         exposition = owned = Exposition(registry)
     elif exposition is None or registry is not None:
         raise TypeError("create_app() takes one of exposition and registry")
-    middlewares = []
+    middlewares: list[Middleware] = []
     if guard is not None:
-        middlewares.append(_in_request)
+        middlewares.append(guard.middleware)
     if web_state is not None:
         middlewares.append(_authenticate)
     app = web.Application(middlewares=middlewares)
@@ -286,8 +287,6 @@ def create_app(
     app.on_cleanup.append(_stop_pages)
     if owned is not None:
         app.on_cleanup.append(lambda _: _close(owned))
-    if guard is not None:
-        app[GUARD] = guard
     if observer is not None:
         app[OBSERVER] = observer
     app[READY] = ready
@@ -311,18 +310,6 @@ async def _stop_pages(app: web.Application) -> None:
 
 async def _close(exposition: Exposition) -> None:
     exposition.close()
-
-
-@web.middleware
-async def _in_request(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    guard, protocol = request.app[GUARD], request.protocol
-    guard.request_started(protocol)
-    try:
-        return await handler(request)
-    finally:
-        guard.request_finished(protocol)
 
 
 _UNAUTHORIZED_HEADERS: Final = {"WWW-Authenticate": WWW_AUTHENTICATE, "Cache-Control": "no-store"}

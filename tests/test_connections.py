@@ -18,6 +18,8 @@ import trustme
 from aiohttp import web
 
 from exporter.connections import (
+    BACKLOG,
+    BACKLOGS_IN_FLIGHT,
     MAX_CONNECTIONS,
     RESERVED_FDS,
     ConnectionGuard,
@@ -159,6 +161,20 @@ def test_the_header_clock_restarts_with_the_first_byte_after_an_answer() -> None
     assert transport.aborted and h.closes.reasons == ["header_timeout"]
 
 
+def test_bytes_pipelined_during_a_request_start_the_header_clock_at_its_answer() -> None:
+    """A request's bytes that came while the previous one was answered (pipelined, and
+    perhaps never completed) are due within the header timeout of that answer, not the
+    keep-alive timeout (a pipelined half request once held a connection 150 s)."""
+    h = Harness()
+    protocol, transport = h.connect()
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHo")
+    h.request(0, started=True)
+    h.request(0, started=False)
+    h.now += 11.0
+    h.guard.sweep()
+    assert transport.aborted and h.closes.reasons == ["header_timeout"]
+
+
 def test_at_the_limit_the_longest_waiting_connection_makes_room() -> None:
     """One connection over the limit evicts the one that has waited longest without a
     request in progress; if every connection is in a request, the new one is refused."""
@@ -211,8 +227,12 @@ def test_each_connection_is_released_once() -> None:
 
 
 def test_the_limit_stays_below_the_open_files_limit() -> None:
-    """The connection limit leaves room for everything else the process opens."""
-    assert connection_limit(1024) == 1024 - RESERVED_FDS
+    """The connection limit leaves room for everything else the process opens, and for
+    the bursts that each listening socket accepts before they are admitted (":PORT"
+    listens twice: IPv4 and IPv6)."""
+    burst = BACKLOGS_IN_FLIGHT * BACKLOG  # what one listening socket may accept at once
+    assert connection_limit(1024) == 1024 - RESERVED_FDS - burst
+    assert connection_limit(1024, listeners=2) == 1024 - RESERVED_FDS - 2 * burst
     assert connection_limit(1_048_576) == MAX_CONNECTIONS
     assert connection_limit(resource.RLIM_INFINITY) == MAX_CONNECTIONS
     assert connection_limit(100) == 16
@@ -238,7 +258,7 @@ async def _hello(request: web.Request) -> web.Response:
 @contextlib.asynccontextmanager
 async def guarded(guard: ConnectionGuard, tls: ssl.SSLContext | None = None) -> AsyncIterator[int]:
     """An aiohttp app behind ``guard`` on a loopback port."""
-    app = web.Application()
+    app = web.Application(middlewares=[guard.middleware])
     app.router.add_get("/", _hello)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
@@ -337,3 +357,43 @@ async def test_a_probe_gets_in_while_silent_connections_fill_the_limit() -> None
         for _, silent_writer in silent:
             silent_writer.close()
     assert closes.reasons == ["evicted"]
+
+
+async def test_a_pipelined_half_request_is_cut_off_but_an_idle_connection_kept() -> None:
+    """Against the real server: a request followed in the same packet by half of the
+    next one gets its answer, then the connection is closed at the header timeout; a
+    keep-alive connection that sent a whole request only is left open (idle)."""
+    closes = Closes()
+    guard = ConnectionGuard(limit=16, header_timeout=0.5, observer=closes)
+    async with guarded(guard) as port:
+        idle_reader, idle_writer = await asyncio.open_connection(LOOPBACK, port)
+        idle_writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHo")
+        answer = await _read_until_closed(reader)
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"hello\n")
+        assert closes.reasons == ["header_timeout"]
+        assert not idle_reader.at_eof() and len(guard) == 1
+        writer.close()
+        idle_writer.close()
+
+
+async def test_the_limit_makes_room_for_every_listening_socket() -> None:
+    """A site listening on several sockets (":PORT" opens IPv4 and IPv6 ones; here
+    127.0.0.1 and ::1) tells the guard, whose limit then leaves room for a burst of
+    accepts on each (two sockets once ran a process with 1024 open files out of them)."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, before[1]))  # where it matters
+    guard = ConnectionGuard()
+    app = web.Application(middlewares=[guard.middleware])
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    try:
+        site = GuardedSite(runner, [LOOPBACK, "::1"], 0, guard=guard)  # type: ignore[arg-type]
+        await site.start()
+        assert len(runner.addresses) == 2
+        assert guard.limit == connection_limit(listeners=2) < connection_limit(listeners=1)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+        await runner.cleanup()
+        await guard.close()
