@@ -256,17 +256,19 @@ async def _hello(request: web.Request) -> web.Response:
 
 
 @contextlib.asynccontextmanager
-async def guarded(guard: ConnectionGuard, tls: ssl.SSLContext | None = None) -> AsyncIterator[int]:
-    """An aiohttp app behind ``guard`` on a loopback port."""
+async def guarded(
+    guard: ConnectionGuard, tls: ssl.SSLContext | None = None, host: str | list[str] = LOOPBACK
+) -> AsyncIterator[list[int]]:
+    """An aiohttp app behind ``guard`` on loopback: the ports it listens on."""
     app = web.Application(middlewares=[guard.middleware])
     app.router.add_get("/", _hello)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    site = GuardedSite(runner, LOOPBACK, 0, guard=guard, tls=tls)
+    site = GuardedSite(runner, host, 0, guard=guard, tls=tls)  # type: ignore[arg-type]
     await site.start()
     guard.start()
     try:
-        yield runner.addresses[0][1]
+        yield [address[1] for address in runner.addresses]
     finally:
         await runner.cleanup()
         await guard.close()
@@ -285,7 +287,7 @@ async def test_a_slowloris_is_cut_off_and_requests_still_get_answers() -> None:
     timeout, while a normal request on a new connection is answered meanwhile."""
     closes = Closes()
     guard = ConnectionGuard(limit=16, header_timeout=0.5, observer=closes)
-    async with guarded(guard) as port:
+    async with guarded(guard) as (port,):
         reader, writer = await asyncio.open_connection(LOOPBACK, port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")
         fresh_reader, fresh_writer = await asyncio.open_connection(LOOPBACK, port)
@@ -320,7 +322,7 @@ async def test_a_tls_handshake_counts_as_waiting_and_times_out(tmp_path: Path) -
     ca.configure_trust(client_ctx)
     closes = Closes()
     guard = ConnectionGuard(limit=16, header_timeout=0.5, observer=closes)
-    async with guarded(guard, server_ctx) as port:
+    async with guarded(guard, server_ctx) as (port,):
         silent = socket.create_connection((LOOPBACK, port))
         silent.setblocking(False)
         reader, writer = await asyncio.open_connection(
@@ -341,7 +343,7 @@ async def test_a_probe_gets_in_while_silent_connections_fill_the_limit() -> None
     that has waited longest, and is answered."""
     closes = Closes()
     guard = ConnectionGuard(limit=4, observer=closes)
-    async with guarded(guard) as port:
+    async with guarded(guard) as (port,):
         silent = []
         for _ in range(4):
             silent.append(await asyncio.open_connection(LOOPBACK, port))
@@ -365,7 +367,7 @@ async def test_a_pipelined_half_request_is_cut_off_but_an_idle_connection_kept()
     keep-alive connection that sent a whole request only is left open (idle)."""
     closes = Closes()
     guard = ConnectionGuard(limit=16, header_timeout=0.5, observer=closes)
-    async with guarded(guard) as port:
+    async with guarded(guard) as (port,):
         idle_reader, idle_writer = await asyncio.open_connection(LOOPBACK, port)
         idle_writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         reader, writer = await asyncio.open_connection(LOOPBACK, port)
@@ -385,15 +387,9 @@ async def test_the_limit_makes_room_for_every_listening_socket() -> None:
     before = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (1024, before[1]))  # where it matters
     guard = ConnectionGuard()
-    app = web.Application(middlewares=[guard.middleware])
-    runner = web.AppRunner(app, handle_signals=False)
-    await runner.setup()
     try:
-        site = GuardedSite(runner, [LOOPBACK, "::1"], 0, guard=guard)  # type: ignore[arg-type]
-        await site.start()
-        assert len(runner.addresses) == 2
-        assert guard.limit == connection_limit(listeners=2) < connection_limit(listeners=1)
+        async with guarded(guard, host=[LOOPBACK, "::1"]) as ports:
+            assert len(ports) == 2
+            assert guard.limit == connection_limit(listeners=2) < connection_limit(listeners=1)
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, before)
-        await runner.cleanup()
-        await guard.close()
