@@ -1130,6 +1130,7 @@ async def test_a_reload_keeps_the_threads_and_the_remembered_credentials() -> No
     """A web config reload that changes the users checks in the same two bcrypt threads
     (20 reloads once ran 22 at once) and keeps remembering credentials still configured
     (each reload once forgot them, sending Prometheus back into the queue)."""
+
     def bcrypt_threads() -> int:
         return sum(1 for t in threading.enumerate() if t.name.startswith("bcrypt"))
 
