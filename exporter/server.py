@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from exporter.model import Snapshot
     from exporter.poller import PollError
 
-    # Re-reads the configuration; None on success, else why it was rejected.
+    # Re-reads the configuration; None on success, else why it was rejected. It runs to its
+    # end even if its caller is cancelled (a client that hung up), as Reloader.reload does.
     Reload = Callable[[], Awaitable[str | None]]
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,6 @@ RELOAD: Final[web.AppKey[Reload]] = web.AppKey("reload")
 OBSERVER: Final[web.AppKey[HttpObserver]] = web.AppKey("observer")
 PAGES: Final = web.AppKey("pages", DaemonExecutor)
 STOPPING: Final = web.AppKey("stopping", asyncio.Event)
-# Reloads asked for by POST, held until done: the loop keeps only weak references.
-RELOADS: Final[web.AppKey[set[asyncio.Future[str | None]]]] = web.AppKey("reloads")
 STOP_TIMEOUT: Final = 4.0
 # Requests in progress at a stop get this long to finish, then as long again to end once
 # cancelled (aiohttp's shutdown_timeout), within the share of STOP_TIMEOUT given to it.
@@ -283,7 +282,6 @@ def create_app(
     app[EXPOSITION] = exposition
     app[PAGES] = DaemonExecutor(1, name="statuspage")
     app[STOPPING] = asyncio.Event()
-    app[RELOADS] = set()
     app.on_cleanup.append(_stop_pages)
     if owned is not None:
         app.on_cleanup.append(lambda _: _close(owned))
@@ -341,12 +339,7 @@ async def _authenticate(
 
 
 async def _reload(request: web.Request) -> web.Response:
-    # A reload asked for is carried out even if the client hangs up meanwhile (the server
-    # cancels the requests of clients that are gone): half a reload would say nothing.
-    reloading = asyncio.ensure_future(request.app[RELOAD]())
-    request.app[RELOADS].add(reloading)
-    reloading.add_done_callback(request.app[RELOADS].discard)
-    problem = await asyncio.shield(reloading)
+    problem = await request.app[RELOAD]()
     if problem is None:
         return web.Response(text="configuration reloaded\n")
     return web.Response(status=500, text=f"reload failed: {problem}\n")

@@ -252,8 +252,8 @@ class _Checker:
         path = Path(value)
         path = path if path.is_absolute() else self.base_dir / path
         try:
-            # Read here only to be checked: OpenSSL reads it again, by its path, and would
-            # wait forever on a FIFO.
+            # Read here to be refused with its key's name; TlsConfig.context reads it again,
+            # as safely, for OpenSSL (a few KiB, once per load).
             read_file(path, limit=MAX_PEM_FILE_BYTES)
         except UnreadableFile as exc:
             self.fail(where, f"cannot read {path}: {exc}")

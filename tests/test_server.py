@@ -21,12 +21,15 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.exposition import Exposition
+from exporter.reload import Reloader
 from exporter.server import STOPPING, Exporter, ServeError, Server, create_app
 from tests.conftest import ACCOUNT, APP, make_config
 from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream
+from tests.test_reload import TOKEN_ENV, GatedExecutor, exporter_for, write_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+    from pathlib import Path
 
     from exporter.config import Config
 
@@ -389,40 +392,36 @@ def test_create_app_takes_one_source_for_metrics() -> None:
 
 
 async def test_a_reload_asked_for_completes_though_its_client_hangs_up(
-    fake_api: FakeApi,
+    tmp_path: Path, fake_api: FakeApi, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """POST /-/reload whose client goes away mid-reload: the reload still runs to its end
     (the server cancels the requests of clients that are gone; a reload is not cut)."""
-    gate, started = asyncio.Event(), asyncio.Event()
-    done: list[str] = []
-
-    async def reload() -> str | None:
-        started.set()
-        await gate.wait()
-        done.append("reloaded")
-        return None
-
-    config = make_config(fake_api.base_url, streams=("ls-1",))
-    async with Exporter(config, registry=CollectorRegistry()) as exporter:
-        server = Server(exporter, host="127.0.0.1", port=0, reload=reload)
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    path = write_config(tmp_path / "c.yaml", fake_api.base_url, ["ls-1"])
+    loaded_at = "realtimekit_exporter_config_last_reload_success_timestamp_seconds"
+    async with exporter_for(path) as (exporter, _, registry):
+        loads = GatedExecutor()
+        reloader = Reloader(
+            exporter=exporter, config_file=str(path), executor=loads, clock=lambda: 12345.0
+        )
+        server = Server(exporter, host="127.0.0.1", port=0, reload=reloader.reload)
         await server.start()
         try:
             host, port = server.addresses[0]
             _, writer = await asyncio.open_connection(host, port)
             writer.write(b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-            open_connections = "realtimekit_exporter_http_connections"
             async with asyncio.timeout(5):
-                await started.wait()
+                while loads.loads < 1:  # the reload is under way
+                    await asyncio.sleep(0.01)
                 writer.close()
                 await writer.wait_closed()
-                while exporter.registry.get_sample_value(open_connections) != 0:
+                while registry.get_sample_value("realtimekit_exporter_http_connections") != 0:
                     await asyncio.sleep(0.01)  # until the server has seen the client go
-                gate.set()
-                while not done:
+                loads.gate.set()
+                while registry.get_sample_value(loaded_at) != 12345.0:
                     await asyncio.sleep(0.01)
         finally:
             await server.close()
-    assert done == ["reloaded"]
 
 
 async def test_requests_that_come_while_stopping_get_503() -> None:

@@ -461,26 +461,9 @@ async def test_checks_of_clients_gone_before_their_turn_never_run() -> None:
     auth.close()
 
 
-async def test_a_full_queue_of_checks_is_refused_at_once_then_drains() -> None:
-    """When more checks wait than run in about a second, the next one raises
-    AuthOverloaded at once instead of queueing; once the queue drains, checks run again."""
-    gated = GatedHash()
-    auth = BasicAuth({USER: HASH.encode()}, hashpw=gated)
-    checks = [
-        asyncio.ensure_future(auth.allows(basic(USER, f"guess{i}"), client=f"10.0.0.{i}"))
-        for i in range(webconfig.MIN_QUEUE)
-    ]
-    await wait_until(lambda: gated.started == webconfig.BCRYPT_CONCURRENCY)
-    with pytest.raises(webconfig.AuthOverloaded):
-        await auth.allows(basic(USER, PASSWORD))
-    gated.gate.set()
-    assert not any(await asyncio.gather(*checks))
-    assert not await auth.allows(basic(USER, "again"))
-    auth.close()
-
-
-async def fill_and_drain(auth: BasicAuth) -> None:
-    """Fill ``auth``'s queue of checks until one is refused, then let it drain."""
+async def fill_and_drain(auth: BasicAuth) -> list[bool]:
+    """Fill ``auth``'s queue of checks until one is refused (AuthOverloaded), then let it
+    drain: what the checks that queued answered."""
     gated = GatedHash()
     auth._hashpw = gated  # this burst's checks wait for its gate
     checks = [
@@ -491,7 +474,16 @@ async def fill_and_drain(auth: BasicAuth) -> None:
     with pytest.raises(webconfig.AuthOverloaded):
         await auth.allows(basic(USER, PASSWORD))
     gated.gate.set()
-    await asyncio.gather(*checks)
+    return await asyncio.gather(*checks)
+
+
+async def test_a_full_queue_of_checks_is_refused_at_once_then_drains() -> None:
+    """When more checks wait than run in about a second, the next one raises
+    AuthOverloaded at once instead of queueing; once the queue drains, checks run again."""
+    auth = BasicAuth({USER: HASH.encode()})
+    assert not any(await fill_and_drain(auth))
+    assert not await auth.allows(basic(USER, "again"))
+    auth.close()
 
 
 async def test_a_queue_filled_and_drained_again_and_again_logs_twice_a_minute(
