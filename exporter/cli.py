@@ -241,6 +241,12 @@ def _add_simulate(commands: argparse._SubParsersAction[_Parser]) -> None:
         action="store_true",
         help="send the session counters as strings, their declared type",
     )
+    faults.add_argument(
+        "--fault.ignore-status-filter",
+        dest="ignore_status_filter",
+        action="store_true",
+        help="answer the listing as if its status filter had not been asked",
+    )
     for flag, dest, default, choices in (
         ("--log.level", "log_level", "info", list(logs.LEVELS)),
         ("--log.format", "log_format", "logfmt", ["logfmt", "json"]),
@@ -610,6 +616,7 @@ def _simulate_main(args: argparse.Namespace) -> int:
                 "numbers_as_strings": args.numbers_as_strings,
                 "variant_rate": args.variant_rate,
                 "status_lag": args.status_lag,
+                "ignore_status_filter": args.ignore_status_filter,
             }
         )
         token = _simulator_token(args.token_file)

@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from exporter.simulator import REALISTIC, Faults, RateLimiter, Simulator, World
+from exporter.simulator.api import Traffic
 from exporter.simulator.world import FILTER_STATUSES
 
 if TYPE_CHECKING:
@@ -885,18 +886,49 @@ async def test_stats_count_requests_by_endpoint_and_status(rig: Rig) -> None:
     await rig.get(f"/sessions/{live.session.id}")
     await rig.get("/sessions/nope")
     await rig.control("GET", "/faults")
-    assert await rig.control("GET", "/stats") == (
-        200,
-        {
-            "requests": {
-                "livestreams": {"200": 2, "400": 1, "401": 1},
-                "active_livestream_session": {"200": 1, "404": 1},
-                "livestream": {"200": 1},
-                "livestream_session": {"200": 1, "404": 1},
-            },
-            "total": 9,
+    status, body = await rig.control("GET", "/stats")
+    assert status == 200
+    window = body.pop("busiest_window")
+    assert body == {
+        "requests": {
+            "livestreams": {"200": 2, "400": 1, "401": 1},
+            "active_livestream_session": {"200": 1, "404": 1},
+            "livestream": {"200": 1},
+            "livestream_session": {"200": 1, "404": 1},
         },
-    )
+        "total": 9,
+    }
+    # Every request the token made counts, the refused query too; the bad token's does not.
+    assert window["requests"] == 8
+    assert window["window_s"] == 300
+
+
+def test_traffic_keeps_the_busiest_sliding_window() -> None:
+    """Traffic counts requests over a sliding window and keeps the largest count seen,
+    with when that window ended; requests that leave the window stop counting."""
+    traffic = Traffic(10.0)
+    for t in (0.0, 1.0, 2.0, 9.0):
+        traffic.note(t)
+    assert (traffic.busiest, traffic.busiest_at) == (4, 9.0)
+    for t in (10.5, 11.5, 12.5):  # 0, 1 and 2 have left the window
+        traffic.note(t)
+    assert (traffic.busiest, traffic.busiest_at) == (4, 9.0)
+    traffic.note(12.6)
+    assert (traffic.busiest, traffic.busiest_at) == (5, 12.6)
+
+
+async def test_ignore_status_filter_answers_every_status(rig: Rig) -> None:
+    """With the fault ignore_status_filter, the listing asked for status=LIVE holds every
+    stream, as from an API that does not know the filter; without it, only live ones."""
+    everyone = len(rig.world.streams(ACCOUNT, APP) or [])
+    answer = await rig.get(params={"status": "LIVE", "per_page": "100"})
+    assert answer.status == 200
+    assert {item["status"] for item in answer.json["data"]} == {"LIVE"}
+    assert (await rig.faults(ignore_status_filter=True))["ignore_status_filter"] is True
+    answer = await rig.get(params={"status": "LIVE", "per_page": "100"})
+    assert answer.status == 200
+    assert answer.json["paging"]["total_count"] == everyone > len(rig.live())
+    assert {item["status"] for item in answer.json["data"]} > {"LIVE"}
 
 
 async def test_control_list_filters_by_app_and_pages(rig: Rig) -> None:

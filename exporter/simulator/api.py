@@ -21,7 +21,7 @@ import hmac
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -96,12 +96,32 @@ class SimulatorState:
         self.max_per_page = max_per_page
         self.dice = Dice(world.seed)
         self.requests: Counter[tuple[str, int]] = Counter()
+        self.traffic = Traffic(self.limiter.window)
 
     def __repr__(self) -> str:  # the token is not printed, even a simulated one
         return f"SimulatorState(apps={len(self.world.apps())}, faults={self.faults!r})"
 
 
 STATE: Final = web.AppKey("state", SimulatorState)
+
+
+class Traffic:
+    """The most requests the token sent in any ``window`` seconds (a sliding log): what
+    the API side counts against its limit, refused requests included."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.busiest = 0
+        self.busiest_at: float | None = None  # when that window ended
+        self._times: deque[float] = deque()
+
+    def note(self, now: float) -> None:
+        times = self._times
+        times.append(now)
+        while times[0] <= now - self.window:
+            times.popleft()
+        if len(times) > self.busiest:
+            self.busiest, self.busiest_at = len(times), now
 
 
 # -- bodies -------------------------------------------------------------------------
@@ -228,6 +248,7 @@ async def _gatekeep(
         return _gateway_error(403, 10000, "Authentication error")
     if verdict.kind == "throttle":
         state.limiter.block(token, now, faults.throttle_seconds)
+    state.traffic.note(now)
     decision = state.limiter.check(token, now)
     headers = {
         "Ratelimit": f'"default";r={decision.remaining};t={decision.reset}',
@@ -342,6 +363,8 @@ async def _listing(request: web.Request, pick: float | None) -> web.StreamRespon
     now = world.now()
     lag = state.faults.status_lag
     chosen: Sequence[SimStream] = streams
+    if state.faults.ignore_status_filter:
+        status = None
     if status is not None or exclude == "true" or start is not None or end is not None:
         chosen = [
             s
@@ -628,7 +651,18 @@ async def _control_stats(request: web.Request) -> web.StreamResponse:
     by_endpoint: dict[str, dict[str, int]] = {}
     for (endpoint, status), count in sorted(state.requests.items()):
         by_endpoint.setdefault(endpoint, {})[str(status)] = count
-    return web.json_response({"requests": by_endpoint, "total": sum(state.requests.values())})
+    traffic = state.traffic
+    return web.json_response(
+        {
+            "requests": by_endpoint,
+            "total": sum(state.requests.values()),
+            "busiest_window": {
+                "window_s": traffic.window,
+                "requests": traffic.busiest,
+                "ended_at": traffic.busiest_at,
+            },
+        }
+    )
 
 
 def create_app(state: SimulatorState) -> web.Application:
@@ -645,7 +679,8 @@ def create_app(state: SimulatorState) -> web.Application:
     - ``DELETE /-/simulator/livestreams/{id}``;
     - ``GET`` and ``PUT /-/simulator/faults`` (a partial JSON object of Faults fields);
     - ``POST /-/simulator/throttle`` (``seconds``): block the token now;
-    - ``GET /-/simulator/stats``: API requests by endpoint and status.
+    - ``GET /-/simulator/stats``: API requests by endpoint and status, and the most the
+      token sent in any rate-limit window (``busiest_window``).
     """
     app = web.Application()
     app[STATE] = state

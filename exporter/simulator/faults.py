@@ -31,6 +31,7 @@ class Faults:
     reject_token: bool = False  # every request gets 401, as if the token were revoked
     variant_rate: float = 0.0  # share answered in another documented shape (api.VARIANTS)
     status_lag: float = 0.0  # livestream objects show the previous status this long
+    ignore_status_filter: bool = False  # the listing answers as if no status were asked
 
     def update(self, changes: dict[str, Any]) -> Faults:
         """A copy with ``changes`` applied; raises FaultError naming a bad key or value."""
