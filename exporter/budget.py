@@ -20,6 +20,7 @@ that a cycle short of budget spends it on what matters most first.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import heapq
 import itertools
@@ -106,6 +107,8 @@ class RequestBudget:
             raise ValueError("a budget needs at least one request per positive window")
         self.requests = requests
         self.window = window
+        self._configured = (requests, window)
+        self._policy: tuple[int, float] | None = None
         self._clock = clock
         self._sleep = sleep
         self._granted: deque[float] = deque()
@@ -127,12 +130,42 @@ class RequestBudget:
         return self.requests - sum(1 for t in tuple(self._granted) if t > horizon)
 
     def resize(self, *, requests: int, window: float) -> None:
-        """Grant at most ``requests`` per ``window`` from now on. The grants already made
-        still count against the new size: a reload never starts a fresh window."""
+        """Grant at most ``requests`` per ``window`` from now on (or what :meth:`learn`
+        set, if that is less). The grants already made still count against the new size:
+        a reload never starts a fresh window."""
         if requests < 1 or window <= 0:
             raise ValueError("a budget needs at least one request per positive window")
-        self.requests = requests
-        self.window = window
+        self._configured = (requests, window)
+        self._apply()
+
+    def learn(self, *, requests: int, window: float) -> bool:
+        """A limit the API states (``Ratelimit-Policy``): the budget is whichever of it and
+        the configured one allows fewer requests per second. Returns whether that changed
+        what the budget grants."""
+        if requests < 1 or window <= 0:
+            raise ValueError("a budget needs at least one request per positive window")
+        before = (self.requests, self.window)
+        self._policy = (requests, window)
+        self._apply()
+        return (self.requests, self.window) != before
+
+    @property
+    def policy(self) -> tuple[int, float] | None:
+        """The last limit :meth:`learn` was given."""
+        return self._policy
+
+    @property
+    def from_policy(self) -> bool:
+        """Whether the API's stated limit, not the configured one, is in force."""
+        return self._policy is not None and (self.requests, self.window) == self._policy != (
+            self._configured
+        )
+
+    def _apply(self) -> None:
+        limit = self._configured
+        if self._policy is not None and _per_second(self._policy) < _per_second(limit):
+            limit = self._policy
+        self.requests, self.window = limit
         if self._queue:
             self._queue[0].wake.set()  # the head recomputes when it may go
 
@@ -204,13 +237,21 @@ class RequestBudget:
             self._queue[0].wake.set()
 
     def _expire(self, now: float) -> None:
-        horizon = now - self.window
+        # Grants are kept for the longest window either limit has: the other may be back.
+        keep = max(self._configured[1], self._policy[1] if self._policy else 0.0)
+        horizon = now - keep
         while self._granted and self._granted[0] <= horizon:
             self._granted.popleft()
 
     def _window_ready(self, now: float) -> float:
         """When the window has room for one more grant."""
         self._expire(now)
-        if len(self._granted) >= self.requests:
+        if len(self._granted) - bisect.bisect_right(self._granted, now - self.window) >= (
+            self.requests
+        ):
             return self._granted[len(self._granted) - self.requests] + self.window
         return now
+
+
+def _per_second(limit: tuple[int, float]) -> float:
+    return limit[0] / limit[1]

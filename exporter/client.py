@@ -73,6 +73,9 @@ PRIORITY_OTHER: Final = 2
 _SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
 _RATELIMIT_R = re.compile(r"(?:^|;)\s*r=(\d+)")
 _RATELIMIT_T = re.compile(r"(?:^|;)\s*t=(\d+)")
+_POLICY_Q = re.compile(r"(?:^|;)\s*q=(\d{1,9})(?:;|$)")
+_POLICY_W = re.compile(r"(?:^|;)\s*w=(\d{1,9})(?:;|$)")
+MAX_POLICY_WINDOW: Final = 3600.0  # a longer stated window (a daily quota) is not followed
 
 
 class ApiError(Exception):
@@ -109,12 +112,17 @@ class RequestObserver(Protocol):
 
     def rate_limit_remaining(self, remaining: int) -> None: ...
 
+    def rate_limit_policy(self, requests: int, window: float) -> None: ...
+
 
 class _NullObserver:
     def request(self, endpoint: str, code: str, seconds: float) -> None:
         pass
 
     def rate_limit_remaining(self, remaining: int) -> None:
+        pass
+
+    def rate_limit_policy(self, requests: int, window: float) -> None:
         pass
 
 
@@ -177,7 +185,10 @@ class RealtimeKitClient:
         jitter: Callable[[], float] = random.random,
         max_body_bytes: int = MAX_BODY_BYTES,
         min_request_time: float = MIN_REQUEST_TIME,
+        budget_share: int = 1,
     ) -> None:
+        """``budget_share``: how many processes share the token (shards); each keeps to
+        that fraction of the limit the API states."""
         self._session = session
         self._base_url = base_url.rstrip("/")
         self._token = token
@@ -194,6 +205,8 @@ class RealtimeKitClient:
         self._jitter = jitter
         self._max_body = max_body_bytes
         self._page_ask = LISTING_PAGE_ASK
+        self._budget_share = max(1, budget_share)
+        self._policy: tuple[int, float] | None = None
 
     def __repr__(self) -> str:
         return f"RealtimeKitClient(base_url={self._base_url!r})"
@@ -210,6 +223,9 @@ class RealtimeKitClient:
         stop_early: Callable[[Collection[str], int], bool] | None = None,
         per_page: int | None = None,
         max_entries: int | None = None,
+        status: str | None = None,
+        first_page: int = 1,
+        max_pages: int | None = None,
     ) -> Listing:
         """Every livestream of the app, following pages until the listing ends.
 
@@ -222,21 +238,27 @@ class RealtimeKitClient:
         the listing stops there, incomplete (:attr:`Listing.complete` false). So it does,
         after the page that brings it to ``max_entries`` livestreams, with
         :attr:`Listing.unread` from the paging block. ``per_page`` replaces the first
-        page's ask."""
+        page's ask.
+
+        ``status`` asks the API for only the livestreams of that status (the caller checks
+        that it was heeded). ``first_page`` and ``max_pages`` read a part of the listing:
+        pages ``first_page`` on, at most ``max_pages`` of them; a part that stops before the
+        end is not :attr:`Listing.complete`, and :attr:`Listing.per_page` says how to ask
+        for the next part (a later part must be asked with that ``per_page``)."""
         path = f"{_app_path(account_id, app_id)}/livestreams"
         seen: dict[str, Livestream] = {}
-        received = skipped = 0
+        skipped = 0
         per_page = per_page or self._page_ask
+        received = (first_page - 1) * per_page
         refused: int | None = None
-        page_no = 1
+        page_no = first_page
         while page_no <= MAX_LISTING_PAGES:
+            query: dict[str, int | str] = {"page_no": page_no, "per_page": per_page}
+            if status is not None:
+                query["status"] = status
             try:
                 doc = await self._get_json(
-                    ENDPOINT_LISTING,
-                    path,
-                    {"page_no": page_no, "per_page": per_page},
-                    deadline,
-                    priority=PRIORITY_LISTING,
+                    ENDPOINT_LISTING, path, query, deadline, priority=PRIORITY_LISTING
                 )
             except ApiError as exc:
                 if page_no == 1 and exc.status == 400 and per_page > LISTING_PAGE_SIZE:
@@ -261,9 +283,24 @@ class RealtimeKitClient:
             for stream in page.livestreams:
                 seen.setdefault(stream.id, self._scrubbed(stream))
             total = page.paging.total_count if page.paging is not None else None
+            read = page_no - first_page + 1
             if _listing_done(page, received) or len(seen) == before:
                 return Listing(
-                    livestreams=tuple(seen.values()), pages=page_no, skipped=skipped, total=total
+                    livestreams=tuple(seen.values()),
+                    pages=read,
+                    skipped=skipped,
+                    total=total,
+                    per_page=per_page,
+                )
+            if max_pages is not None and read >= max_pages:
+                return Listing(
+                    livestreams=tuple(seen.values()),
+                    pages=read,
+                    skipped=skipped,
+                    total=total,
+                    complete=False,
+                    unread=max(0, total - received) if total is not None else 0,
+                    per_page=per_page,
                 )
             if page_no == 1 and stop_early is not None and total is not None:
                 left = -(-(total - received) // per_page)
@@ -283,6 +320,7 @@ class RealtimeKitClient:
                     total=total,
                     complete=False,
                     unread=max(0, total - received) if total is not None else 0,
+                    per_page=per_page,
                 )
             page_no += 1
         raise ApiError(
@@ -481,6 +519,7 @@ class RealtimeKitClient:
         return b"".join(chunks)
 
     def _note_rate_limit(self, headers: Mapping[str, str]) -> None:
+        self._note_policy(headers.get("Ratelimit-Policy"))
         value = headers.get("Ratelimit")
         if not value:
             return
@@ -493,6 +532,25 @@ class RealtimeKitClient:
             reset = _RATELIMIT_T.search(value)
             wait = float(reset.group(1)) if reset else DEFAULT_RETRY_AFTER
             self.budget.pause_for(min(MAX_PAUSE, wait))
+
+    def _note_policy(self, value: str | None) -> None:
+        """Follow the limit the API states, when it is below ``api.rate_limit``."""
+        policy = stated_policy(value)
+        if policy is None or policy == self._policy:
+            return
+        self._policy = policy
+        requests, window = policy
+        self._observer.rate_limit_policy(requests, window)
+        share = max(1, requests // self._budget_share)
+        if self.budget.learn(requests=share, window=window) and self.budget.from_policy:
+            log.info(
+                "the API's Ratelimit-Policy allows %d requests per %gs for the token, "
+                "less than api.rate_limit: keeping to %d per %gs",
+                requests,
+                window,
+                self.budget.requests,
+                self.budget.window,
+            )
 
     def _interpret(
         self,
@@ -584,6 +642,23 @@ def _retry_after(headers: Mapping[str, str], now: float | None) -> float:
             return max(0.0, when.timestamp() - (time.time() if now is None else now))
     reset = _RATELIMIT_T.search(headers.get("Ratelimit") or "")
     return float(reset.group(1)) if reset else DEFAULT_RETRY_AFTER
+
+
+def stated_policy(value: str | None) -> tuple[int, float] | None:
+    """The limit a ``Ratelimit-Policy`` header states, as (requests, window seconds): of
+    the policies it lists, the one with the fewest requests per second whose window is at
+    most :data:`MAX_POLICY_WINDOW`; ``None`` if it states none that can be read."""
+    best: tuple[int, float] | None = None
+    for item in (value or "").split(","):
+        q, w = _POLICY_Q.search(item), _POLICY_W.search(item)
+        if q is None or w is None:
+            continue
+        requests, window = int(q.group(1)), float(w.group(1))
+        if requests < 1 or not 0 < window <= MAX_POLICY_WINDOW:
+            continue
+        if best is None or requests / window < best[0] / best[1]:
+            best = (requests, window)
+    return best
 
 
 def proxy_for(url: str) -> str | None:

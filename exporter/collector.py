@@ -111,7 +111,12 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
     )
     updated = _stream(
         "realtimekit_livestream_last_update_timestamp_seconds",
-        "When fresh data for the livestream last arrived, as Unix time",
+        "When the livestream's status was last read fresh, as Unix time",
+    )
+    counted = _stream(
+        "realtimekit_livestream_session_last_update_timestamp_seconds",
+        "When the session values (ingest_seconds, viewer_seconds, ...) were last read "
+        "fresh, as Unix time",
     )
     up = _app("realtimekit_up", "1 if the last poll of the app fully succeeded, else 0")
     last_success = _app(
@@ -165,6 +170,7 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
             if session.started_time is not None:
                 started.rows.append((key, (), session.started_time))
             errored.rows.append((key, (), 1.0 if session.errored else 0.0))
+            counted.rows.append((key, (), stream.counters_at))
             if stream.session_current:
                 session_info.rows.append((key, (session.id,), 1.0))
         for gone in app.unlisted:
@@ -191,6 +197,7 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
         expected,
         unlisted,
         updated,
+        counted,
     ]
 
 

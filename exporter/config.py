@@ -162,6 +162,9 @@ class Limits:
 class PollConfig:
     interval: float = 30.0
     max_staleness: float = 300.0
+    # How often the whole listing is read when the budget cannot afford it every cycle
+    # (None: as often as the budget allows; exporter.lanes).
+    full_listing_interval: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -685,7 +688,7 @@ class _Validator:
         return Secret(env_token), None
 
     def poll(self, value: object) -> PollConfig:
-        raw = self.mapping("poll", value, {"interval", "max_staleness"})
+        raw = self.mapping("poll", value, {"interval", "max_staleness", "full_listing_interval"})
         interval, interval_ok = self.checked(
             "poll.interval", raw.get("interval", 30.0), parse_duration, 30.0
         )
@@ -695,7 +698,19 @@ class _Validator:
         # Compare only values the user actually gave validly, never a stand-in default.
         if interval_ok and staleness_ok and staleness < interval:
             self.fail("poll.max_staleness", "must be at least poll.interval")
-        return PollConfig(interval=interval, max_staleness=staleness)
+        full_every: float | None = None
+        if raw.get("full_listing_interval") is not None:
+            full_every, full_ok = self.checked(
+                "poll.full_listing_interval",
+                raw["full_listing_interval"],
+                parse_duration,
+                None,
+            )
+            if full_ok and interval_ok and full_every is not None and full_every < interval:
+                self.fail("poll.full_listing_interval", "must be at least poll.interval")
+        return PollConfig(
+            interval=interval, max_staleness=staleness, full_listing_interval=full_every
+        )
 
     def limits(self, value: object, apps: tuple[AppConfig, ...]) -> Limits:
         raw = self.mapping("limits", value, {"max_livestreams"})

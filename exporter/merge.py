@@ -194,7 +194,7 @@ def stale_kept(
         if only is not None and s.id not in only:
             continue
         # A live stream's session values go once too old, as when only they fail to come.
-        too_old = s.live and s.session is not None and now - s.last_update > max_staleness
+        too_old = s.live and s.session is not None and now - s.counters_at > max_staleness
         expected_live = expected.get(s.id)
         if too_old or s.expected_live != expected_live:
             s = replace(s, expected_live=expected_live, session=None if too_old else s.session)
@@ -215,6 +215,8 @@ def merge_app(
     shard: Shard = WHOLE,
     room: int | None = None,
     chosen: Sequence[Livestream] | None = None,
+    deferred: Collection[str] = (),
+    counter_hold: float | None = None,
 ) -> AppState:
     """The app's new state.
 
@@ -224,6 +226,10 @@ def merge_app(
     ``shard`` owns are kept, and at most ``room`` besides the configured ones (for a
     failed listing too: the room may have shrunk). ``chosen`` is :func:`tracked` of the
     listing, if the caller has it already (it planned the cycle's requests with it).
+    ``deferred`` names the streams that may be live whose session was not asked this cycle
+    (the counter lane's budget went to others): they keep their last session values.
+    ``counter_hold`` (at least ``max_staleness``) is how long session values outlive
+    failed requests for them.
     """
     last_success = now if ok else (prev.last_success if prev is not None else None)
     expected = app.expectations()
@@ -253,7 +259,14 @@ def merge_app(
             if i not in unknown or i in was_unlisted
         )
         before = {s.id: s for s in prev.streams} if prev is not None else {}
-        rules = _Rules(app.expectations(), sessions, frozenset(final), now, max_staleness)
+        rules = _Rules(
+            app.expectations(),
+            sessions,
+            frozenset(final),
+            now,
+            max(max_staleness, counter_hold or 0.0),
+            frozenset(deferred),
+        )
         if chosen is None:
             chosen = tracked(app, listing, shard, room=room, prev=prev)
         states = [rules.stream(s, before.get(s.id)) for s in chosen]
@@ -286,12 +299,17 @@ class _Rules:
     sessions: Mapping[str, SessionOutcome]
     final: frozenset[str]
     now: float
-    max_staleness: float
+    # How long session values outlive failed requests for them: max_staleness, plus the
+    # period at which the counter lane reaches each stream when that is longer.
+    counter_hold: float
+    deferred: frozenset[str] = frozenset()
 
     def stream(self, listed: Livestream, prev: StreamState | None) -> StreamState | None:
         """A listed stream's new state (``None``: nothing can be said about it yet)."""
         last = prev.session if prev is not None else None
         last_live = prev.last_live if prev is not None else None
+        if listed.id in self.deferred:
+            return self.waiting(listed, prev)
         if listed.id not in self.sessions:
             # Nothing asked: the stream is listed as not live, or no request can name it
             # (plan). The listing is the whole truth, and fresh; ``live`` follows its status.
@@ -301,13 +319,18 @@ class _Rules:
                 live=live,
                 session=_unasked(last) if not live else None,
                 last_live=self.now if live else last_live,
+                counted_at=_kept_time(prev) if not live else None,
             )
         outcome = self.sessions[listed.id]
         if outcome is None:
             return self.failed(listed, prev)
         if listed.id in self.final:
             return self.state(
-                listed, live=False, session=_final(outcome.session, last), last_live=last_live
+                listed,
+                live=False,
+                session=_final(outcome.session, last),
+                last_live=last_live,
+                counted_at=self.now,
             )
         stream = listed
         fresher = outcome.livestream
@@ -316,10 +339,45 @@ class _Rules:
         session = outcome.session
         if session is None:
             # No active session: not live; the last session seen keeps its values.
-            return self.state(stream, live=False, session=last, last_live=last_live)
+            return self.state(
+                stream,
+                live=False,
+                session=last,
+                last_live=last_live,
+                counted_at=_kept_time(prev),
+            )
         live = session.active
         return self.state(
-            stream, live=live, session=session, last_live=self.now if live else last_live
+            stream,
+            live=live,
+            session=session,
+            last_live=self.now if live else last_live,
+            counted_at=self.now,
+        )
+
+    def waiting(self, listed: Livestream, prev: StreamState | None) -> StreamState | None:
+        """A stream that may be live whose session was not asked this cycle: the budget
+        left its turn to streams with older counters. Its status is fresh; whether it is
+        live stays as its last session answer said while the status is unchanged, and its
+        session values (of a session not seen to end) stay, with their time."""
+        if prev is None or prev.livestream.status != listed.status:
+            if listed.status != LIVE:
+                # An unknown status says nothing without a session answer.
+                return None if prev is None else self.held(listed, prev)
+            # Newly listed LIVE: live on the listing's word until its session comes.
+            return self.state(listed, live=True, session=None, last_live=self.now)
+        return self.held(listed, prev)
+
+    def held(self, listed: Livestream, prev: StreamState) -> StreamState:
+        session = prev.session
+        if prev.live and session is not None and not session.active:
+            session = None  # a session that ended belongs to an earlier broadcast
+        return self.state(
+            listed,
+            live=prev.live,
+            session=session,
+            last_live=self.now if prev.live else prev.last_live,
+            counted_at=prev.counters_at if session is not None else None,
         )
 
     def failed(self, listed: Livestream, prev: StreamState | None) -> StreamState | None:
@@ -328,9 +386,9 @@ class _Rules:
             if listed.status != LIVE:
                 return None  # an unknown status and no answer: wait for one
             return self.state(listed, live=True, session=None, last_live=self.now)
-        held = self.now - prev.last_update
+        held = self.now - prev.counters_at
         unknown = listed.status != LIVE and listed.status not in NOT_LIVE
-        if unknown and held > self.max_staleness:
+        if unknown and held > self.counter_hold:
             return None  # an unknown status says nothing, and the last answer is too old
         if listed.status != LIVE and not (unknown and prev.live):
             # Not live: keep what was seen; a final-values request is asked again next cycle.
@@ -338,16 +396,20 @@ class _Rules:
                 listed,
                 live=False,
                 session=prev.session,
-                last_update=prev.last_update,
                 last_live=prev.last_live,
+                counted_at=prev.counters_at if prev.session is not None else None,
             )
         # Live. Old session values stay while fresh, and only if that session had not
         # ended: an ended one belongs to an earlier broadcast, not to this one.
         session = prev.session
-        if session is not None and (held > self.max_staleness or not session.active):
+        if session is not None and (held > self.counter_hold or not session.active):
             session = None
         return self.state(
-            listed, live=True, session=session, last_update=prev.last_update, last_live=self.now
+            listed,
+            live=True,
+            session=session,
+            last_live=self.now,
+            counted_at=prev.counters_at if session is not None else None,
         )
 
     def state(
@@ -357,17 +419,25 @@ class _Rules:
         live: bool,
         session: Session | None,
         last_live: float | None,
-        last_update: float | None = None,
+        counted_at: float | None = None,
     ) -> StreamState:
         return StreamState(
             stream,
             live=live,
             session=session,
-            last_update=self.now if last_update is None else last_update,
+            last_update=self.now,
             expected_live=self.expected.get(stream.id),
             listed_at=self.now,
             last_live=last_live,
+            counted_at=counted_at,
         )
+
+
+def _kept_time(prev: StreamState | None) -> float | None:
+    """When the session values kept from ``prev`` were fetched (None: no session)."""
+    if prev is None or prev.session is None:
+        return None
+    return prev.counters_at
 
 
 def _unasked(last: Session | None) -> Session | None:

@@ -86,6 +86,7 @@ class Listing:
     unread: int = 0
     # Configured streams looked up by id whose lookup failed: neither listed nor missing.
     unknown: frozenset[str] = frozenset()
+    per_page: int | None = None  # the page size it was read with, if it was paged
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,9 @@ class StreamState:
     if the listing fails, the stream is dropped once that is older than max_staleness.
     ``last_live`` is when the stream was last seen live; final values of its session are
     asked for until max_staleness after that.
+    ``counted_at`` is when ``session`` (its counters) was last fetched; ``None`` reads as
+    ``last_update``. While many streams are live, their status is read every cycle but
+    their counters only in turn (:mod:`exporter.lanes`), so the two times part.
     """
 
     livestream: Livestream
@@ -109,10 +113,16 @@ class StreamState:
     expected_live: bool | None = None
     listed_at: float | None = None
     last_live: float | None = None
+    counted_at: float | None = None
 
     @property
     def id(self) -> str:
         return self.livestream.id
+
+    @property
+    def counters_at(self) -> float:
+        """When the session's values were last fetched."""
+        return self.last_update if self.counted_at is None else self.counted_at
 
     @property
     def seen_at(self) -> float:

@@ -18,16 +18,22 @@ import time
 from collections import deque
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
-from exporter import merge
+from exporter import lanes, merge
 from exporter.budget import CycleDeadline
-from exporter.client import ENDPOINT_LISTING, PRIORITY_LIVE, PRIORITY_OTHER, ApiError
+from exporter.client import (
+    ENDPOINT_LISTING,
+    LISTING_PAGE_SIZE,
+    PRIORITY_LIVE,
+    PRIORITY_OTHER,
+    ApiError,
+)
 from exporter.config import API_RATE_LIMIT
-from exporter.model import EMPTY_SNAPSHOT, AppState, Listing, Snapshot, addressable
+from exporter.model import EMPTY_SNAPSHOT, LIVE, AppState, Listing, Snapshot, addressable
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Collection
+    from collections.abc import Awaitable, Callable, Collection, Sequence
 
     from exporter.config import AppConfig, Config
     from exporter.model import ActiveSession, Livestream
@@ -49,7 +55,11 @@ class Api(Protocol):
         *,
         deadline: CycleDeadline | None = None,
         stop_early: Callable[[Collection[str], int], bool] | None = None,
+        per_page: int | None = None,
         max_entries: int | None = None,
+        status: str | None = None,
+        first_page: int = 1,
+        max_pages: int | None = None,
     ) -> Listing: ...
 
     async def livestream(
@@ -91,6 +101,8 @@ class PollObserver(Protocol):
 
     def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None: ...
 
+    def plan(self, *, counter_period: float, listing_period: float, lanes: bool) -> None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class PollError:
@@ -106,6 +118,71 @@ class PollError:
     endpoint: str  # "" for an internal error
     reason: str
     message: str
+
+
+_T = TypeVar("_T")
+# The session requests one app sends in a cycle: active-session ids, then final-values ids.
+_Pick = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+class _Bug:
+    """What a step of an app's cycle gave when it raised something not an ApiError."""
+
+
+class _Failed(Exception):
+    """The status lane of an app failed: ``error``, after ``requests`` requests."""
+
+    def __init__(self, error: ApiError, requests: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.requests = requests
+
+
+@dataclass(slots=True)
+class _Status:
+    """One app's status lane: the listing to merge (None: it failed), the streams it
+    tracks, the session requests they call for, the errors, and the requests spent."""
+
+    listing: Listing | None
+    chosen: list[Livestream]
+    plan: merge.Plan
+    errors: list[ApiError]
+    requests: int
+    full: bool  # the listing is a whole listing finished this cycle
+
+
+@dataclass(slots=True)
+class _Answers:
+    sessions: dict[str, merge.SessionOutcome]
+    errors: list[ApiError]
+
+
+@dataclass(slots=True)
+class _Pass:
+    """A full listing read a few pages per cycle (lanes plan)."""
+
+    started: float  # monotonic
+    next_page: int = 1
+    per_page: int | None = None
+    pages: int = 0
+    cycles: int = 0
+    skipped: int = 0
+    entries: dict[str, Livestream] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _LanePlan:
+    """The plan of the next cycle (:mod:`exporter.lanes`); mode None before a first cycle."""
+
+    mode: lanes.Mode | None = None
+    pages: int = 0  # full listing pages per cycle in the lanes plan, over all apps
+    shares: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    listing_every: float = 0.0
+    counter_period: float = 0.0
+    status_requests: int = 0
+
+    def pages_for(self, key: tuple[str, str]) -> int:
+        return self.shares.get(key, max(1, self.pages))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,9 +208,11 @@ class Poller:
         before_cycle: Callable[[], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        budget: Callable[[], tuple[int, float]] | None = None,
     ) -> None:
         """``on_snapshot`` is called, on the event loop, each time a new snapshot is out;
-        ``before_cycle`` at the start of each cycle (where a reload may :meth:`reconfigure`)."""
+        ``before_cycle`` at the start of each cycle (where a reload may :meth:`reconfigure`);
+        ``budget`` gives the requests per window in force (default: the config's share)."""
         self._config = config
         self._api = api
         self._observer = observer
@@ -153,6 +232,18 @@ class Poller:
         self._cycle_planned = 0
         self._over_budget = False
         self._errors: deque[PollError] = deque(maxlen=RECENT_ERRORS)
+        self._budget_source = budget
+        # The lanes plan (exporter.lanes): what the last cycles measured, and its state.
+        self._lanes = _LanePlan()
+        self._credit = lanes.Credit(monotonic())
+        self._full_pages: dict[tuple[str, str], int] = {}
+        self._live_pages: dict[tuple[str, str], int] = {}
+        self._page_size: dict[tuple[str, str], int] = {}
+        self._untracked: dict[tuple[str, str], int] = {}
+        self._passes: dict[tuple[str, str], _Pass] = {}
+        self._pass_due: dict[tuple[str, str], float] = {}
+        self._listed: set[tuple[str, str]] = set()  # apps listed whole at least once
+        self._unfiltered: set[tuple[str, str]] = set()  # apps whose API ignores status=
         for app in config.apps:
             self._track(app)
 
@@ -179,6 +270,12 @@ class Poller:
             del self._health[key]
         for key in set(self._missing) - keys:
             del self._missing[key]
+        for table in (self._passes, self._pass_due):
+            for key in set(table) - keys:
+                del table[key]
+        self._listed &= keys
+        # A reload may fix what made the filter look ignored (a proxy, a base_url).
+        self._unfiltered &= keys if api is None else set()
         known = {app.key for app in self._config.apps}
         for app in config.apps:
             if app.key not in known:
@@ -201,7 +298,10 @@ class Poller:
                 await asyncio.wait_for(stop.wait(), timeout=delay)
 
     async def poll_once(self) -> Snapshot:
-        """One cycle over every app; returns (and publishes) the new snapshot."""
+        """One cycle over every app; returns (and publishes) the new snapshot.
+
+        First every app's status (:meth:`_status`), then the session requests the plan
+        has room for (:meth:`_pick`, :meth:`_sessions`), then the merge."""
         if self._before_cycle is not None:
             await self._before_cycle()
         started = self._monotonic()
@@ -210,11 +310,38 @@ class Poller:
         self._cycle_requests = 0
         self._cycle_planned = 0
         self._share_limit()
-        apps = await asyncio.gather(
-            *(self._poll_app(app, prev.app(*app.key), deadline) for app in self._config.apps)
+        apps = self._config.apps
+        befores = [prev.app(*app.key) for app in apps]
+        statuses = await asyncio.gather(
+            *(
+                self._guarded(app, self._status(app, before, deadline))
+                for app, before in zip(apps, befores, strict=True)
+            )
         )
+        spent = sum(st.requests for st in statuses if isinstance(st, _Status))
+        requests, window = self._budget()
+        self._credit.refill(
+            self._monotonic(), requests=requests, window=window, interval=self._config.poll.interval
+        )
+        self._credit.spend(spent)
+        picks = self._pick(statuses, befores)
+        answers = await asyncio.gather(
+            *(
+                self._guarded(app, self._sessions(app, st, pick, deadline))
+                for app, st, pick in zip(apps, statuses, picks, strict=True)
+            )
+        )
+        asked = sum(len(pick[0]) + len(pick[1]) for pick in picks)
+        self._credit.spend(asked)
+        self._cycle_requests = spent + asked
+        states = [
+            self._finish(app, before, st, answer, pick)
+            for app, before, st, answer, pick in zip(
+                apps, befores, statuses, answers, picks, strict=True
+            )
+        ]
         snapshot = Snapshot(
-            apps=tuple(apps),
+            apps=tuple(states),
             taken_at=self._clock(),
             cycles=prev.cycles + 1,
             app_level=self._config.shard.index == 0,
@@ -223,27 +350,69 @@ class Poller:
         self._snapshot = snapshot
         if self._on_snapshot is not None:
             self._on_snapshot()
-        if self._cycle_planned == len(self._config.apps):
-            # A cycle with a failed listing planned less than it needs: it says nothing.
-            self._note_budget(self._cycle_requests)
+        self._replan(statuses, picks)
         if self._observer is not None:
             self._observer.cycle(
                 self._monotonic() - started, waited_for_budget=deadline.budget_bound
             )
         return snapshot
 
-    async def _poll_app(
-        self, app: AppConfig, prev: AppState | None, deadline: CycleDeadline
-    ) -> AppState:
-        internal = False
+    async def _guarded(self, app: AppConfig, work: Awaitable[_T]) -> _T | _Bug:
+        """``work``'s result, or the bug it raised (logged once per app going down for it):
+        the poll loop must outlive any bug in one app's handling."""
         try:
-            state, errors = await self._fetch_app(app, prev, deadline)
+            return await work
         except Exception:
-            # The poll loop must outlive any bug in one app's handling; the app reads as down
-            # and the traceback is logged once, when the app goes down for this reason.
             before = self._health.get(app.key)
             log.log(
                 logging.DEBUG if before is not None and before.internal else logging.ERROR,
+                "unexpected error while polling app",
+                exc_info=True,
+                extra={**_app_fields(app), "reason": INTERNAL},
+            )
+            return _Bug()
+
+    def _finish(
+        self,
+        app: AppConfig,
+        prev: AppState | None,
+        status: _Status | _Bug,
+        answer: _Answers | _Bug,
+        pick: _Pick,
+    ) -> AppState:
+        """The app's new state from its status and session answers, with the log lines
+        and error records of the cycle."""
+        internal = isinstance(status, _Bug) or isinstance(answer, _Bug)
+        errors: list[ApiError] = []
+        if isinstance(status, _Status):
+            errors += status.errors
+        if isinstance(answer, _Answers):
+            errors += answer.errors
+        try:
+            if internal or not isinstance(status, _Status) or not isinstance(answer, _Answers):
+                state, errors = self._failed(app, prev), []
+            elif status.listing is None:
+                state = self._failed(app, prev)
+            else:
+                active, final = pick
+                deferred = [sid for sid in status.plan.active if sid not in set(active)]
+                state = merge.merge_app(
+                    app,
+                    prev,
+                    status.listing,
+                    answer.sessions,
+                    now=self._clock(),
+                    max_staleness=self._config.poll.max_staleness,
+                    ok=not errors,
+                    final=final,
+                    shard=self._config.shard,
+                    room=self._rooms.get(app.key),
+                    chosen=status.chosen,
+                    deferred=deferred,
+                    counter_hold=self._config.poll.max_staleness + self._hold_extra(),
+                )
+        except Exception:
+            log.error(
                 "unexpected error while polling app",
                 exc_info=True,
                 extra={**_app_fields(app), "reason": INTERNAL},
@@ -253,16 +422,40 @@ class Poller:
         self._note_health(app, state, errors, internal=internal)
         self._note_streams(app, prev, state)
         self._note_limit(app, state)
+        if isinstance(status, _Status) and status.full and status.listing is not None:
+            self._untracked[app.key] = state.dropped
         return state
 
-    async def _fetch_app(
+    def _hold_extra(self) -> float:
+        """How much longer than max_staleness session values outlive failed requests: the
+        lanes plan's period between two refreshes, when it is finite."""
+        period = self._lanes.counter_period
+        if self._lanes.mode != "lanes" or not math.isfinite(period):
+            return 0.0
+        return period
+
+    async def _status(
         self, app: AppConfig, prev: AppState | None, deadline: CycleDeadline
-    ) -> tuple[AppState, list[ApiError]]:
+    ) -> _Status:
+        """The app's listing for this cycle and the session requests it calls for.
+
+        An app with only configured streams is listed as before, whole, each cycle (at most
+        one page plus one lookup per configured stream). An app that discovers is listed
+        whole in the full plan; in the lanes plan by :meth:`_lanes_listing`."""
         errors: list[ApiError] = []
+        requests = 0
         try:
-            listing = await self._list(app, deadline, errors)
+            if not app.discover or self._lanes.mode != "lanes" or app.key in self._unfiltered:
+                listing = await self._list(app, deadline, errors)
+                requests = listing.pages
+                full = True
+                self._note_full(app, listing)
+            else:
+                listing, requests, full = await self._lanes_listing(app, prev, deadline, errors)
+        except _Failed as failed:
+            return _Status(None, [], merge.Plan(), [failed.error], failed.requests, full=False)
         except ApiError as exc:
-            return self._failed(app, prev), [exc]
+            return _Status(None, [], merge.Plan(), [exc], requests, full=False)
         if listing.skipped:
             # An entry whose id could not be read may be any stream the listing seems to
             # lack: those keep their last state, as for a failed listing, and none is
@@ -274,10 +467,18 @@ class Poller:
             listing = dataclasses.replace(
                 listing, unknown=listing.unknown | frozenset(lacking - listed)
             )
+            errors.append(
+                ApiError(
+                    "decode",
+                    f"{listing.skipped} listing entries are not livestreams with an id",
+                    endpoint=ENDPOINT_LISTING,
+                )
+            )
         self._note_missing(app, listing)
         shard = self._config.shard
         room = self._rooms.get(app.key)
-        self._wanted[app.key] = merge.discovered(app, listing, shard)
+        if full:
+            self._wanted[app.key] = merge.discovered(app, listing, shard)
         chosen = merge.tracked(app, listing, shard, room=room, prev=prev)
         _note_unaddressable(app, prev, chosen)
         plan = merge.plan(
@@ -286,11 +487,215 @@ class Poller:
             now=self._clock(),
             max_staleness=self._config.poll.max_staleness,
         )
-        self._cycle_requests += listing.pages + len(plan.active) + len(plan.final)
         self._cycle_planned += 1
+        return _Status(listing, chosen, plan, errors, requests, full=full)
+
+    async def _lanes_listing(
+        self,
+        app: AppConfig,
+        prev: AppState | None,
+        deadline: CycleDeadline,
+        errors: list[ApiError],
+    ) -> tuple[Listing, int, bool]:
+        """The status lane of a discovering app: its LIVE streams from the listing filtered
+        to LIVE, the part of the full listing pass due this cycle, and a by-id lookup of
+        each stream that was LIVE and is no longer in the LIVE listing (paging through a
+        set that changes can skip an entry: a stop is shown only once its own lookup says
+        so). Returns the listing to merge, the requests spent, and whether it holds a
+        full listing finished this cycle."""
+        cap = self._listing_cap()
+        requests = 0
+        try:
+            live = await self._api.list_livestreams(
+                app.account_id, app.app_id, deadline=deadline, max_entries=cap, status=LIVE
+            )
+        except ApiError as exc:
+            raise _Failed(exc, 1) from None
+        requests += live.pages
+        self._live_pages[app.key] = live.pages
+        if _filter_ignored(live):
+            # The API answered every status: the listing is the full one. From now on the
+            # full listing is read every cycle, as the filter cannot be relied on.
+            self._unfiltered.add(app.key)
+            log.warning(
+                "the API ignored the listing's status filter (entries of other statuses "
+                "came back): reading the full listing every cycle for this app",
+                extra=_app_fields(app),
+            )
+            if live.complete:
+                self._note_full(app, live)
+                return live, requests, True
+            listing = await self._list(app, deadline, errors)
+            self._note_full(app, listing)
+            return listing, requests + listing.pages, True
+        full = None
+        try:
+            full, pages = await self._pass_step(app, deadline)
+            requests += pages
+        except ApiError as exc:
+            errors.append(exc)  # the pass goes on from the same page next cycle
+        base: dict[str, Livestream] = (
+            {s.id: s for s in full.livestreams}
+            if full is not None
+            else {s.id: s.livestream for s in prev.streams}
+            if prev is not None
+            else {}
+        )
+        live_ids = {s.id for s in live.livestreams if s.status == LIVE}
+        for s in live.livestreams:
+            if s.status == LIVE:
+                base[s.id] = s
+        suspects = [i for i, s in base.items() if s.status == LIVE and i not in live_ids]
+        if full is not None and prev is not None:
+            # A pass read over several cycles may skip a stream whose page shifted when
+            # another was deleted: one it lacks is looked up before it is dropped.
+            suspects += [s.id for s in prev.streams if s.id not in base]
+        suspects = [i for i in suspects if addressable(i)]
+        answers = await asyncio.gather(
+            *(
+                self._api.livestream(app.account_id, app.app_id, i, deadline=deadline)
+                for i in suspects
+            ),
+            return_exceptions=True,
+        )
+        requests += len(suspects)
+        unknown: set[str] = set()
+        for sid, answer in zip(suspects, answers, strict=True):
+            if isinstance(answer, ApiError):
+                if answer.status == 400 and answer.reason == "http_error":
+                    base.pop(sid, None)  # the API says it is no livestream id
+                    continue
+                errors.append(answer)
+                unknown.add(sid)
+                base.pop(sid, None)  # its last state stands (Listing.unknown)
+            elif isinstance(answer, BaseException):
+                raise _as_bug(answer)
+            elif answer is None:
+                base.pop(sid, None)  # deleted
+            else:
+                base[sid] = answer
+        if app.key not in self._listed:
+            # Before a first full listing, a configured stream not LIVE is not known to be
+            # missing: it is neither listed nor unlisted yet.
+            unknown |= {ls.id for ls in app.livestreams if ls.id not in base}
+        listing = Listing(
+            livestreams=tuple(base.values()),
+            pages=requests,
+            skipped=full.skipped if full is not None else 0,
+            total=full.total if full is not None else None,
+            unknown=frozenset(unknown),
+            unread=full.unread if full is not None else self._untracked.get(app.key, 0),
+        )
+        return listing, requests, full is not None
+
+    async def _pass_step(
+        self, app: AppConfig, deadline: CycleDeadline
+    ) -> tuple[Listing | None, int]:
+        """Read this cycle's part of the app's full listing pass; the finished listing
+        when the pass ends with it, and the pages read."""
+        key = app.key
+        now = self._monotonic()
+        current = self._passes.get(key)
+        if current is None:
+            due = self._pass_due.get(key, now)
+            if now < due:
+                return None, 0
+            current = self._passes[key] = _Pass(started=now)
+        cap = self._listing_cap()
+        pages = self._lanes.pages_for(key)
+        part = await self._api.list_livestreams(
+            app.account_id,
+            app.app_id,
+            deadline=deadline,
+            max_entries=max(1, cap - len(current.entries)),
+            first_page=current.next_page,
+            per_page=current.per_page,
+            max_pages=pages,
+        )
+        current.cycles += 1
+        current.pages += part.pages
+        current.skipped += part.skipped
+        current.next_page += part.pages
+        current.per_page = part.per_page
+        for s in part.livestreams:
+            current.entries.setdefault(s.id, s)
+        capped = len(current.entries) >= cap
+        if not part.complete and not capped:
+            return None, part.pages
+        del self._passes[key]
+        listing = Listing(
+            livestreams=tuple(current.entries.values()),
+            pages=current.pages,
+            skipped=current.skipped,
+            total=part.total,
+            unread=part.unread if capped else 0,
+            per_page=current.per_page,
+        )
+        self._pass_due[key] = current.started + self._lanes.listing_every
+        self._note_full(app, listing)
+        return listing, part.pages
+
+    def _note_full(self, app: AppConfig, listing: Listing) -> None:
+        """A full listing of the app was read: its size in pages is the plan's measure."""
+        self._listed.add(app.key)
+        per_page = listing.per_page or LISTING_PAGE_SIZE
+        entries = listing.total if listing.total is not None else len(listing.livestreams)
+        if app.discover:
+            cap = self._listing_cap()
+            self._full_pages[app.key] = max(1, math.ceil(min(entries, cap) / per_page))
+        else:
+            self._full_pages[app.key] = max(1, listing.pages)
+        self._page_size[app.key] = per_page
+
+    def _pick(
+        self, statuses: Sequence[_Status | _Bug], befores: Sequence[AppState | None]
+    ) -> list[_Pick]:
+        """Which session requests each app sends this cycle: all of them in the full plan;
+        in the lanes plan as many as the credit allows, newly LIVE streams and final
+        values first, then the oldest counters."""
+        requests, window = self._budget()
+        allowance = lanes.allowance(requests, window, self._config.poll.interval)
+        demand = self._demand(statuses)
+        pages = lanes.pass_pages(
+            demand, allowance, self._config.poll.interval, self._config.poll.full_listing_interval
+        )
+        if self._lanes.mode != "lanes" and (
+            lanes.choose(demand, allowance, self._lanes.mode, pages) == "full"
+        ):
+            return [
+                (st.plan.active, tuple(st.plan.final)) if isinstance(st, _Status) else ((), ())
+                for st in statuses
+            ]
+        candidates: list[lanes.Turn] = []
+        for n, (st, before) in enumerate(zip(statuses, befores, strict=True)):
+            if not isinstance(st, _Status):
+                continue
+            old = {s.id: s for s in before.streams} if before is not None else {}
+            for sid in st.plan.final:
+                candidates.append(lanes.Turn(lanes.FINAL, -math.inf, n, sid))
+            for sid in st.plan.active:
+                prev = old.get(sid)
+                if prev is None or not prev.session_current:
+                    candidates.append(lanes.Turn(lanes.NEW, -math.inf, n, sid))
+                else:
+                    candidates.append(lanes.Turn(lanes.REFRESH, prev.counters_at, n, sid))
+        going = lanes.turns(candidates, self._credit.available)
+        active: list[list[str]] = [[] for _ in statuses]
+        final: list[list[str]] = [[] for _ in statuses]
+        for turn in going:
+            (final if turn.kind == lanes.FINAL else active)[turn.app].append(turn.livestream_id)
+        return [(tuple(a), tuple(f)) for a, f in zip(active, final, strict=True)]
+
+    async def _sessions(
+        self, app: AppConfig, status: _Status | _Bug, pick: _Pick, deadline: CycleDeadline
+    ) -> _Answers:
+        """Send the app's chosen session requests."""
+        if not isinstance(status, _Status):
+            return _Answers({}, [])
+        active, final = pick
         requests: list[tuple[str, Awaitable[ActiveSession]]] = [
             (sid, self._api.active_session(app.account_id, app.app_id, sid, deadline=deadline))
-            for sid in plan.active
+            for sid in active
         ]
         # Asked after every possibly live stream's session, when the budget is short.
         requests += [
@@ -299,23 +704,16 @@ class Poller:
                 self._api.session(
                     app.account_id,
                     app.app_id,
-                    session_id,
+                    status.plan.final[sid],
                     deadline=deadline,
                     priority=PRIORITY_OTHER,
                 ),
             )
-            for sid, session_id in plan.final.items()
+            for sid in final
         ]
         answers = await asyncio.gather(*(call for _, call in requests), return_exceptions=True)
         sessions: dict[str, merge.SessionOutcome] = {}
-        if listing.skipped:
-            errors.append(
-                ApiError(
-                    "decode",
-                    f"{listing.skipped} listing entries are not livestreams with an id",
-                    endpoint=ENDPOINT_LISTING,
-                )
-            )
+        errors: list[ApiError] = []
         for (sid, _), answer in zip(requests, answers, strict=True):
             if isinstance(answer, ApiError):
                 errors.append(answer)
@@ -324,20 +722,93 @@ class Poller:
                 raise _as_bug(answer)
             else:
                 sessions[sid] = answer
-        state = merge.merge_app(
-            app,
-            prev,
-            listing,
-            sessions,
-            now=self._clock(),
-            max_staleness=self._config.poll.max_staleness,
-            ok=not errors,
-            final=plan.final.keys(),
-            shard=shard,
-            room=room,
-            chosen=chosen,
+        return _Answers(sessions, errors)
+
+    def _demand(self, statuses: Sequence[_Status | _Bug]) -> lanes.Demand:
+        """What a cycle needs, from this cycle's statuses and the last full listings."""
+        live_pages = fixed = sessions = 0
+        for app, st in zip(self._config.apps, statuses, strict=True):
+            if not isinstance(st, _Status):
+                continue
+            sessions += len(st.plan.active) + len(st.plan.final)
+            if not app.discover:
+                fixed += st.requests
+                continue
+            per_page = self._page_size.get(app.key, LISTING_PAGE_SIZE)
+            live_pages += self._live_pages.get(app.key) or max(
+                1, math.ceil(len(st.plan.active) / per_page)
+            )
+        full_pages = sum(
+            self._full_pages.get(app.key, 1) for app in self._config.apps if app.discover
         )
-        return state, errors
+        return lanes.Demand(
+            full_pages=full_pages, live_pages=live_pages, sessions=sessions, fixed=fixed
+        )
+
+    def _budget(self) -> tuple[int, float]:
+        if self._budget_source is not None:
+            return self._budget_source()
+        rate = self._config.shard.budget(self._config.api.rate_limit)
+        return rate.requests, rate.window
+
+    def _replan(self, statuses: Sequence[_Status | _Bug], picks: Sequence[_Pick]) -> None:
+        """The plan of the next cycle, from what this one showed."""
+        poll = self._config.poll
+        requests, window = self._budget()
+        allowance = lanes.allowance(requests, window, poll.interval)
+        keys = {app.key for app in self._config.apps}
+        for table in (self._full_pages, self._live_pages, self._page_size, self._untracked):
+            for key in set(table) - keys:
+                del table[key]
+        demand = self._demand(statuses)
+        full_pages, live_pages, fixed = demand.full_pages, demand.live_pages, demand.fixed
+        live = sum(len(st.plan.active) for st in statuses if isinstance(st, _Status))
+        pages = lanes.pass_pages(demand, allowance, poll.interval, poll.full_listing_interval)
+        mode = lanes.choose(demand, allowance, self._lanes.mode, pages)
+        if mode == "full":
+            pages = full_pages
+        plan = _LanePlan(
+            mode=mode,
+            pages=pages,
+            shares={
+                app.key: max(1, math.ceil(pages * self._full_pages.get(app.key, 1) / full_pages))
+                for app in self._config.apps
+                if app.discover
+            },
+            listing_every=lanes.listing_period(
+                full_pages, pages, poll.interval, poll.full_listing_interval
+            ),
+            counter_period=(
+                poll.interval
+                if mode == "full"
+                else lanes.counter_period(live, allowance, demand, pages, poll.interval)
+            ),
+            status_requests=(full_pages if mode == "full" else live_pages + pages) + fixed,
+        )
+        if plan.mode != self._lanes.mode and self._lanes.mode is not None:
+            if plan.mode == "lanes":
+                log.info(
+                    "the budget cannot refresh every stream each cycle: reading statuses "
+                    "every cycle and counters in turn (each about every %.0fs), the full "
+                    "listing about every %.0fs",
+                    plan.counter_period,
+                    plan.listing_every,
+                )
+            else:
+                log.info("the budget allows the full listing and every session each cycle again")
+        if plan.mode == "full":
+            self._passes.clear()
+            self._pass_due.clear()
+        self._lanes = plan
+        if self._observer is not None:
+            self._observer.plan(
+                counter_period=plan.counter_period,
+                listing_period=plan.listing_every if plan.mode == "lanes" else poll.interval,
+                lanes=plan.mode == "lanes",
+            )
+        if self._cycle_planned == len(self._config.apps):
+            # A cycle with a failed listing planned less than it needs: it says nothing.
+            self._note_budget(plan.status_requests, allowance)
 
     async def _list(
         self, app: AppConfig, deadline: CycleDeadline, errors: list[ApiError]
@@ -471,26 +942,28 @@ class Poller:
         elif errors and auth is None:
             log.warning("app is down: %s", errors[0], extra=fields)
 
-    def _note_budget(self, planned: int) -> None:
-        """Warn once when a cycle's needs, at this interval, outrun ``api.rate_limit``."""
-        rate = self._config.shard.budget(self._config.api.rate_limit)
-        needed = planned * rate.window / self._config.poll.interval
-        over = needed > rate.requests
+    def _note_budget(self, status: int, allowance: float) -> None:
+        """Warn once when the status lane alone (or, in the full plan, the whole cycle)
+        needs more than a cycle's share of the budget."""
+        requests, window = self._budget()
+        needed = status * window / self._config.poll.interval
+        over = status > allowance
         if over == self._over_budget:
             return
         self._over_budget = over
         if over:
             log.warning(
-                "this cycle planned %d requests, %.0f per %gs at this interval, but "
-                "api.rate_limit allows %d: cycles will wait for the budget and take longer "
-                "than poll.interval; raise poll.interval or api.rate_limit, or shard",
-                planned,
+                "reading every app's status takes %d requests per cycle, %.0f per %gs at "
+                "this interval, but the budget allows %d: cycles will wait for the budget "
+                "and take longer than poll.interval; raise poll.interval or api.rate_limit, "
+                "or shard",
+                status,
                 needed,
-                rate.window,
-                rate.requests,
+                window,
+                requests,
             )
         else:
-            log.info("polling fits api.rate_limit again (%d requests this cycle)", planned)
+            log.info("polling fits the budget again (%d status requests a cycle)", status)
 
     def _share_limit(self) -> None:
         """This cycle's rooms (:func:`merge.rooms`); apps no longer configured are forgotten."""
@@ -602,6 +1075,14 @@ _REASON_TEXT = {
     "http_error": "the API answered with an error",
     "decode": "the answer could not be understood",
 }
+
+
+def _filter_ignored(listing: Listing) -> bool:
+    """Whether a listing asked for status=LIVE shows the API ignored the filter: more of
+    its entries have another status than LIVE. (A few may: a stream that stops while the
+    listing is served.)"""
+    others = sum(1 for s in listing.livestreams if s.status != LIVE)
+    return others > len(listing.livestreams) - others
 
 
 def _safe(error: ApiError) -> str:

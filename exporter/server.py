@@ -131,7 +131,7 @@ class Exporter:
         )
         rate = self.config.shard.budget(self.config.api.rate_limit)
         self._budget = RequestBudget(requests=rate.requests, window=rate.window)
-        self.metrics.watch_budget(self._budget.available)
+        self.metrics.watch_budget(self._budget.available, self._budget_in_force)
         self._client = self._new_client(self.config)
         self._token_file = _token_file(self.config)
         self._poller = Poller(
@@ -141,6 +141,7 @@ class Exporter:
             # The formats scraped lately start rendering for each new snapshot at once.
             on_snapshot=self.exposition.published,
             before_cycle=self._before_cycle,
+            budget=self._budget_in_force,
         )
         for warning in budget_warnings(self.config):
             log.warning("%s", warning)
@@ -159,7 +160,16 @@ class Exporter:
             min_request_time=_min_request_time(config),
             max_concurrency=api.max_concurrency,
             observer=self.metrics,
+            budget_share=config.shard.total,
         )
+
+    def _budget_in_force(self) -> tuple[int, float]:
+        """Requests per window the token's budget grants: api.rate_limit or the API's
+        Ratelimit-Policy, whichever is less, this shard's share."""
+        if self._budget is None:
+            rate = self.config.shard.budget(self.config.api.rate_limit)
+            return rate.requests, rate.window
+        return self._budget.requests, self._budget.window
 
     def reconfigure(self, config: Config) -> None:
         """Poll by ``config`` (a reload's) from the next cycle on. The snapshot carries
@@ -223,7 +233,13 @@ def _min_request_time(config: Config) -> float:
 def _client_settings(config: Config) -> tuple[object, ...]:
     """What a :class:`RealtimeKitClient` is built with, apart from the token and budget."""
     api = config.api
-    return (api.base_url, api.timeout, api.max_concurrency, _min_request_time(config))
+    return (
+        api.base_url,
+        api.timeout,
+        api.max_concurrency,
+        _min_request_time(config),
+        config.shard.total,
+    )
 
 
 def _token_file(config: Config) -> TokenFile | None:

@@ -80,6 +80,48 @@ class ExporterMetrics:
             "would grant right now; 0 while the API has paused the token.",
             registry=registry,
         )
+        self.budget_requests = Gauge(
+            "realtimekit_exporter_request_budget_requests",
+            "Requests per realtimekit_exporter_request_budget_window_seconds the exporter "
+            "keeps to: api.rate_limit or the API's Ratelimit-Policy, whichever is less, "
+            "divided among shards.",
+            registry=registry,
+        )
+        self.budget_window = Gauge(
+            "realtimekit_exporter_request_budget_window_seconds",
+            "The window of realtimekit_exporter_request_budget_requests.",
+            registry=registry,
+        )
+        self.policy_requests = Gauge(
+            "realtimekit_exporter_rate_limit_policy_requests",
+            "Requests per window the API states for the token (Ratelimit-Policy q); 0 "
+            "until a response carried the header.",
+            registry=registry,
+        )
+        self.policy_window = Gauge(
+            "realtimekit_exporter_rate_limit_policy_window_seconds",
+            "The window the API states for the token (Ratelimit-Policy w); 0 until known.",
+            registry=registry,
+        )
+        self.counter_period = Gauge(
+            "realtimekit_exporter_session_refresh_period_seconds",
+            "Planned seconds between two refreshes of one live stream's session counters "
+            "(poll.interval while the budget refreshes them all every cycle; +Inf if it "
+            "has no room for any).",
+            registry=registry,
+        )
+        self.listing_period = Gauge(
+            "realtimekit_exporter_full_listing_period_seconds",
+            "Planned seconds between two full listings (names, new and deleted streams); "
+            "statuses of LIVE streams are read every poll.interval.",
+            registry=registry,
+        )
+        self.lanes = Gauge(
+            "realtimekit_exporter_poll_lanes",
+            "1 while the budget cannot afford the full listing and every session each "
+            "cycle, so the status is read every cycle and counters in turn; else 0.",
+            registry=registry,
+        )
         self.poll_errors = Counter(
             "realtimekit_exporter_poll_errors",
             "Failed API calls while polling an app, by reason "
@@ -146,6 +188,16 @@ class ExporterMetrics:
     def rate_limit_remaining(self, remaining: int) -> None:
         self._remaining = remaining
 
+    def rate_limit_policy(self, requests: int, window: float) -> None:
+        self.policy_requests.set(requests)
+        self.policy_window.set(window)
+
+    def plan(self, *, counter_period: float, listing_period: float, lanes: bool) -> None:
+        """The poll plan of the next cycle (exporter.lanes)."""
+        self.counter_period.set(counter_period)
+        self.listing_period.set(listing_period)
+        self.lanes.set(1 if lanes else 0)
+
     def config_loaded(self, *, ok: bool, at: float) -> None:
         """A configuration was loaded (``ok``, at Unix time ``at``) or rejected."""
         self.reload_ok.set(1 if ok else 0)
@@ -157,9 +209,14 @@ class ExporterMetrics:
         if waited_for_budget:
             self.budget_exhausted.inc()
 
-    def watch_budget(self, available: Callable[[], int]) -> None:
-        """Export ``available()`` (the requests the budget grants now) on every scrape."""
+    def watch_budget(
+        self, available: Callable[[], int], in_force: Callable[[], tuple[int, float]]
+    ) -> None:
+        """Export ``available()`` (the requests the budget grants now) and ``in_force()``
+        (its requests per window) on every scrape."""
         self.budget_available.set_function(available)
+        self.budget_requests.set_function(lambda: in_force()[0])
+        self.budget_window.set_function(lambda: in_force()[1])
 
     def poll_error(self, account_id: str, app_id: str, reason: str) -> None:
         self.poll_errors.labels(account_id, app_id, reason).inc()

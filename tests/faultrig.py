@@ -194,7 +194,7 @@ class FaultRig:
                 clock=self.clock,
                 sleep=self.clock.sleep,
             )
-            self.metrics.watch_budget(budget.available)
+            self.metrics.watch_budget(budget.available, lambda: (budget.requests, budget.window))
             client = RealtimeKitClient(
                 session=self._http,
                 base_url=api.base_url,

@@ -296,7 +296,7 @@ def test_degenerate_documents(tmp_path: Path, text: str, expected: list[str]) ->
         ),
         (
             render(poll={"every": "30s"}),
-            ["poll.every: unknown key (allowed: interval, max_staleness)"],
+            ["poll.every: unknown key (allowed: full_listing_interval, interval, max_staleness)"],
         ),
         (
             render(app={"name": "main"}),

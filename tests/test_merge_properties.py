@@ -288,7 +288,7 @@ def check_failed_listing(step: Step, model: Model) -> None:
         replace(
             p,
             expected_live=expect.get(p.id),
-            session=None if p.live and step.now - p.last_update > STALE else p.session,
+            session=None if p.live and step.now - p.counters_at > STALE else p.session,
         )
         for p in prev
         if (step.app.discover or p.id in expect) and step.now - model.last_listed[p.id] <= STALE
@@ -338,7 +338,7 @@ def check_listed(step: Step, i: str) -> None:
     asked = i in step.sessions
     failed = asked and step.sessions[i] is None
     unknown = status != LIVE and status not in NOT_LIVE
-    fresh = p is not None and now - p.last_update <= STALE
+    fresh = p is not None and now - p.counters_at <= STALE
 
     # Membership: always exported, except an unknown status with no answer, or a stale one.
     # So no flapping: a stream listed LIVE is exported every cycle, whatever its requests do.
@@ -392,11 +392,16 @@ def check_listed(step: Step, i: str) -> None:
     else:
         assert n.session is None, f"{i}: live with stale or ended session values"
 
-    # last_update: now when the stream's data was fetched; kept while its request fails.
-    if failed and p is not None:
-        assert n.last_update == p.last_update
-    else:
-        assert n.last_update == now
+    # last_update: now, as the listing showing it is fresh. counters_at: now when an
+    # answer brought session values, else the time of the values kept.
+    assert n.last_update == now
+    if n.session is not None:
+        answered = asked and not failed and a is not None
+        if answered and (a.session is not None or by_id):
+            assert n.counters_at == now
+        else:
+            assert p is not None
+            assert n.counters_at == p.counters_at, f"{i}: kept values with a new time"
 
 
 # --- the tests --------------------------------------------------------------------------
@@ -446,7 +451,7 @@ def test_failed_listing_drops_session_values_past_max_staleness() -> None:
     run(
         [
             (_cycle({"s1": LIVE}, dt=10, s1=Answer("active")), 1),
-            (_cycle({"s1": LIVE}, dt=10), 1),  # last_update stays at +10, listed at +20
+            (_cycle({"s1": LIVE}, dt=10), 1),  # counters stay at +10, listed at +20
             (_cycle(None, dt=51), 1),
             (_cycle(None, dt=30), 1),  # +101: 91 s since the answer, 81 s since listed
         ]

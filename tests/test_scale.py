@@ -50,6 +50,7 @@ PAGES = math.ceil(STREAMS / PER_PAGE)
 INTERVAL = 2.0
 OTHER_APP = "app-two"
 T0 = 1_800_000_000.0
+ROOMY = RateLimit(100_000, 300.0)  # a budget that never makes the plan choose lanes
 
 
 class Harness:
@@ -141,7 +142,10 @@ def configured(base_url: str, ids: list[str]) -> Config:
 async def test_a_discovering_app_costs_its_pages_plus_its_live_streams(harness: Harness) -> None:
     """Per cycle: every page of the listing, one session request per live stream, and one
     by-id request per stream that stopped since the last cycle; nothing for the others."""
-    harness.start(make_config(harness.sim.base_url, discover=True, interval=INTERVAL))
+    # A budget with room for the whole plan every cycle (tests/test_lanes.py: without it).
+    harness.start(
+        make_config(harness.sim.base_url, discover=True, interval=INTERVAL, rate_limit=ROOMY)
+    )
     _, cost = await harness.cycle_cost()
     assert cost == {"livestreams": PAGES, "active_livestream_session": LIVE}
 
@@ -315,7 +319,7 @@ async def test_shards_split_the_streams_and_only_shard_0_exports_the_app() -> No
         Simulator(world_of(clock), token=TOKEN, max_per_page=PER_PAGE) as sim,
         aiohttp.ClientSession() as http,
     ):
-        base = make_config(sim.base_url, discover=True, interval=INTERVAL)
+        base = make_config(sim.base_url, discover=True, interval=INTERVAL, rate_limit=ROOMY)
         shards = [Harness(sim, http, clock) for _ in range(2)]
         snapshots = []
         for index, harness in enumerate(shards):

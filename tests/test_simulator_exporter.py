@@ -12,10 +12,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 from exporter.budget import RequestBudget
 from exporter.client import ENDPOINTS, REASONS, RealtimeKitClient
 from exporter.collector import SnapshotCollector
+from exporter.config import RateLimit
 from exporter.model import KNOWN_STATUSES
 from exporter.poller import Poller
 from exporter.server import Exporter
-from exporter.simulator import REALISTIC, Simulator, World
+from exporter.simulator import REALISTIC, RateLimiter, Simulator, World
 from exporter.telemetry import ExporterMetrics
 from tests.conftest import ACCOUNT, APP, make_config
 from tests.fakeapi import TOKEN
@@ -157,8 +158,17 @@ async def test_one_poll_of_the_exporter_mirrors_the_world() -> None:
     and none of the world's stream keys nor the token in the exposition."""
     clock = Clock()
     world = seeded_world(clock)
-    async with Simulator(world, token=TOKEN) as sim:
-        config = make_config(sim.base_url, discover=True, interval=1.0, token=TOKEN)
+    # Room for every session in one cycle, on both sides (the exporter follows the
+    # simulator's Ratelimit-Policy when it is lower).
+    roomy = RateLimiter(100_000, 300.0)
+    async with Simulator(world, token=TOKEN, limiter=roomy) as sim:
+        config = make_config(
+            sim.base_url,
+            discover=True,
+            interval=1.0,
+            token=TOKEN,
+            rate_limit=RateLimit(100_000, 300.0),
+        )
         registry = CollectorRegistry(auto_describe=False)
         async with Exporter(config, registry=registry, process_metrics=False) as exporter:
             snapshot = await exporter.poller.poll_once()

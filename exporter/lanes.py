@@ -1,0 +1,150 @@
+"""How a poll cycle spends the token's budget: the status first, counters on what is left.
+
+With B requests per W seconds in force (the smaller of ``api.rate_limit`` and the API's
+``Ratelimit-Policy``, divided among shards) and T = ``poll.interval``, one cycle may
+spend about A = B x T / W (:func:`allowance`). Two plans:
+
+- **full**: the whole listing and the session of every stream that may be live, each
+  cycle, when that fits in A (the plan for every app of modest size);
+- **lanes**: when it does not fit. The *status lane* reads the listing filtered to LIVE
+  every cycle (a stop costs a by-id lookup to confirm, by the poller); the full listing
+  is read in *passes* of a few pages per cycle (:func:`pass_pages`); the *counter lane*
+  gets what is left, through a :class:`Credit` refilled at A per T, and spends it on the
+  streams whose counters are oldest, newly LIVE ones and stopped ones' final values
+  first (:func:`turns`).
+
+Plain arithmetic on numbers the poller measured; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+Mode = Literal["full", "lanes"]
+
+MARGIN: Final = 0.01  # of the budget never planned: room for retries and clock skew
+FULL_SHARE: Final = 0.1  # the least of each cycle's allowance a full listing pass gets
+BACK_TO_FULL: Final = 0.8  # the full plan comes back only when it needs this much of A
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What one cycle needs, as the last cycles showed (requests)."""
+
+    full_pages: int = 0  # the full listings of the apps that discover
+    live_pages: int = 0  # their listings filtered to LIVE
+    sessions: int = 0  # one session request per stream that may be live, plus finals
+    fixed: int = 0  # requests made every cycle whatever the plan (configured-only apps)
+
+
+def allowance(requests: int, window: float, interval: float) -> float:
+    """Requests one cycle may spend so that cycles every ``interval`` keep to the budget."""
+    return requests * (1.0 - MARGIN) * interval / window
+
+
+def choose(demand: Demand, allowance: float, current: Mode | None, pages: int) -> Mode:
+    """The full plan while it fits the allowance (coming back to it only with room to
+    spare, so that a demand near the edge does not flip the plan every cycle), or when
+    the lanes plan's status lane (``pages`` of listing pass a cycle) would leave the
+    counters less than :data:`FULL_SHARE` of it: then no plan keeps the interval, and
+    the full one at least refreshes everything each (longer) cycle."""
+    need = demand.full_pages + demand.sessions + demand.fixed
+    room = allowance if current != "lanes" else allowance * BACK_TO_FULL
+    status = demand.live_pages + pages + demand.fixed
+    if need <= room or status > allowance * (1.0 - FULL_SHARE):
+        return "full"
+    return "lanes"
+
+
+def pass_pages(
+    demand: Demand, allowance: float, interval: float, every: float | None = None
+) -> int:
+    """Pages of the full listing one cycle reads in the lanes plan: enough to finish a
+    pass every ``every`` seconds (``poll.full_listing_interval``) if that is set, else
+    what the status lane and a refresh of every counter leave, and at least
+    :data:`FULL_SHARE` of the allowance."""
+    if demand.full_pages <= 0:
+        return 1
+    if every is not None:
+        return max(1, math.ceil(demand.full_pages * interval / every))
+    left = allowance - demand.live_pages - demand.sessions - demand.fixed
+    return max(1, math.ceil(FULL_SHARE * allowance), math.floor(left))
+
+
+def counter_period(
+    live: int, allowance: float, demand: Demand, pages: int, interval: float
+) -> float:
+    """Seconds between two refreshes of one live stream's counters in the lanes plan:
+    the sessions to refresh over those the cycle has room for after the status lane and
+    the listing pass (``inf`` when nothing is left)."""
+    room = allowance - demand.live_pages - demand.fixed - pages
+    if live <= 0:
+        return interval
+    if room < 1:
+        return math.inf
+    return max(1.0, live / math.floor(room)) * interval
+
+
+def listing_period(pages_total: int, pages: int, interval: float, every: float | None) -> float:
+    """Seconds between the starts of two full listing passes."""
+    cycles = max(1, math.ceil(pages_total / max(1, pages)))
+    return max(cycles * interval, every or 0.0)
+
+
+class Credit:
+    """Requests the counter lane may send: refilled with time at the budget's rate
+    (less :data:`MARGIN`), at most one cycle's allowance banked, and spent by every
+    request of the cycle, the status lane's first. A cycle that spends more (a burst of
+    stops to confirm) leaves a debt that the next cycles' counters repay, so that over
+    any window the total stays at the rate."""
+
+    def __init__(self, now: float) -> None:
+        self._credit: float | None = None
+        self._at = now
+
+    def refill(self, now: float, *, requests: int, window: float, interval: float) -> None:
+        """Add what the time since the last refill earned; a cycle that took longer than
+        ``interval`` (it waited for the budget) may bank what it earned meanwhile."""
+        elapsed = max(0.0, now - self._at)
+        cap = allowance(requests, window, max(interval, elapsed))
+        if self._credit is None:
+            self._credit = cap
+        else:
+            gained = requests * (1.0 - MARGIN) / window * elapsed
+            self._credit = max(-requests, min(cap, self._credit + gained))
+        self._at = now
+
+    def spend(self, requests: int) -> None:
+        if self._credit is not None:
+            self._credit -= requests
+
+    @property
+    def available(self) -> int:
+        return max(0, math.floor(self._credit or 0.0))
+
+
+# Who gets a session request first in the lanes plan.
+NEW: Final = 0  # live without a current session seen: its first values
+FINAL: Final = 1  # stopped: its session's final values
+REFRESH: Final = 2  # live with values: the oldest first
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Turn:
+    """One session request the counter lane could send; sorts in the order they go."""
+
+    kind: int
+    counted_at: float  # when the stream's counters were fetched (-inf: never)
+    app: int  # the app's place in the config
+    livestream_id: str
+
+
+def turns(candidates: Iterable[Turn], available: int) -> list[Turn]:
+    """The ``available`` turns that go this cycle, in order."""
+    ordered = sorted(candidates)
+    return ordered[: max(0, available)]

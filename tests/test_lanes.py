@@ -1,0 +1,304 @@
+"""The lanes plan: status every cycle, counters on the budget left over (exporter.lanes).
+
+Client and poller poll the simulator in-process on one hand-moved clock (as in
+test_scale), so request counts are exact. The world's streams are under manual control:
+they change only when a test says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import aiohttp
+import pytest
+
+from exporter import lanes
+from exporter.client import stated_policy
+from exporter.config import RateLimit
+from exporter.model import Listing
+from exporter.simulator import REALISTIC, RateLimiter, Simulator, World
+from tests.conftest import ACCOUNT, APP, make_config
+from tests.fakeapi import TOKEN
+from tests.test_scale import INTERVAL, Harness
+from tests.test_simulator_exporter import Clock
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from exporter.config import Config
+    from exporter.model import Snapshot
+
+PER_PAGE = 7
+
+
+def world_with(clock: Clock, streams: int, live: int) -> World:
+    world = World(seed=3, profile=REALISTIC, clock=clock)
+    for n in range(streams):
+        world.create(ACCOUNT, APP, livestream_id=f"ls-{n:03d}", name=f"Stream {n}")
+    for n in range(live):
+        world.go_live(f"ls-{n:03d}", viewers=10)
+    return world
+
+
+def config_for(rig: Harness, requests: int, **poll: float) -> Config:
+    config = make_config(
+        rig.sim.base_url,
+        discover=True,
+        interval=INTERVAL,
+        max_staleness=600.0,
+        rate_limit=RateLimit(requests, 300.0),
+    )
+    return dataclasses.replace(config, poll=dataclasses.replace(config.poll, **poll))
+
+
+@pytest.fixture
+async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    streams, live = getattr(request, "param", (60, 12))
+    clock = Clock()
+    async with (
+        Simulator(
+            world_with(clock, streams, live),
+            token=TOKEN,
+            max_per_page=PER_PAGE,
+            limiter=RateLimiter(100_000, 300.0),
+        ) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        yield Harness(sim, http, clock)
+
+
+def live_of(snapshot: Snapshot) -> dict[str, bool]:
+    app = snapshot.app(ACCOUNT, APP)
+    assert app is not None
+    return {s.id: s.live for s in app.streams}
+
+
+def counted(snapshot: Snapshot) -> dict[str, float]:
+    app = snapshot.app(ACCOUNT, APP)
+    assert app is not None
+    return {s.id: s.counters_at for s in app.streams if s.live}
+
+
+async def test_tight_budget_reads_the_live_listing_every_cycle(rig: Harness) -> None:
+    """60 streams (9 pages), 12 live, and a budget of 1500/5m at a 2 s interval (9.9
+    requests a cycle): the full plan (9 pages + 12 sessions) does not fit. Each cycle then
+    reads the LIVE listing (2 pages) and one page of the full listing pass, and spends the
+    rest of its share on sessions; no cycle goes over its share."""
+    rig.start(config_for(rig, 1500))
+    await rig.cycle_cost()  # the first cycle: the whole listing, and what sessions fit
+    allowance = lanes.allowance(1500, 300.0, INTERVAL)
+    for _ in range(12):
+        _, cost = await rig.cycle_cost()
+        assert cost["livestreams"] == 2 + 1, cost  # LIVE pages, one page of the pass
+        assert sum(cost.values()) <= math.floor(allowance) + 1, cost
+        assert cost.get("active_livestream_session", 0) >= 5, cost
+    assert rig.value("realtimekit_exporter_poll_lanes", app="") is None  # no labels
+    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes") == 1.0
+
+
+async def test_a_stop_shows_within_one_cycle_after_its_lookup(rig: Harness) -> None:
+    """In the lanes plan a stream that leaves the LIVE listing is looked up by id (one
+    request) and shown stopped in that same cycle; its final values follow."""
+    rig.start(config_for(rig, 1500))
+    for _ in range(3):
+        await rig.poll()
+    rig.sim.world.stop("ls-004")
+    snapshot, cost = await rig.cycle_cost()
+    assert cost["livestream"] == 1, cost
+    assert live_of(snapshot)["ls-004"] is False
+    assert sum(live_of(snapshot).values()) == 11
+    app = snapshot.app(ACCOUNT, APP)
+    assert app is not None
+    stopped = app.stream("ls-004")
+    assert stopped is not None and stopped.livestream.status == "IDLE"
+    # Its final values (the session by id) come within the next cycles.
+    for _ in range(3):
+        snapshot = await rig.poll()
+        stopped = snapshot.app(ACCOUNT, APP).stream("ls-004")  # type: ignore[union-attr]
+        assert stopped is not None
+        if stopped.session is not None and not stopped.session.active:
+            break
+    else:
+        pytest.fail("the stopped stream's final values never came")
+
+
+@pytest.mark.parametrize("rig", [(60, 30)], indirect=True)
+async def test_budget_far_too_small_for_counters(rig: Harness) -> None:
+    """30 live streams and about 8 requests a cycle: the status (5 LIVE pages and a page
+    of the pass) is still read every cycle, and every live stream's counters are
+    refreshed at least every planned period (about 15 cycles), oldest first."""
+    rig.start(config_for(rig, 1250))
+    for _ in range(3):
+        await rig.poll()
+    period = rig.registry.get_sample_value("realtimekit_exporter_session_refresh_period_seconds")
+    assert period is not None and 10 * INTERVAL <= period <= 20 * INTERVAL, period
+    cycles = math.ceil(2 * period / INTERVAL)
+    last: dict[str, float] = {}
+    gaps: dict[str, float] = {}
+    for _ in range(cycles):
+        snapshot, cost = await rig.cycle_cost()
+        assert cost["livestreams"] >= 5, cost  # the LIVE listing, every cycle
+        app = snapshot.app(ACCOUNT, APP)
+        assert app is not None
+        assert all(s.last_update == rig.clock.now for s in app.streams if s.live)
+        for sid, at in counted(snapshot).items():
+            if sid in last and at != last[sid]:
+                gaps[sid] = max(gaps.get(sid, 0.0), at - last[sid])
+            last[sid] = at
+    assert len(gaps) == 30, "some live stream's counters were never refreshed"
+    assert max(gaps.values()) <= period + INTERVAL, (max(gaps.values()), period)
+
+
+async def test_a_newly_live_stream_gets_its_first_session_first(rig: Harness) -> None:
+    """In the lanes plan, a stream that goes LIVE has its session asked in the cycle that
+    first lists it LIVE, ahead of every stream with older counters."""
+    rig.start(config_for(rig, 1500))
+    for _ in range(3):
+        await rig.poll()
+    rig.sim.world.go_live("ls-050", viewers=5)
+    snapshot = await rig.poll()
+    app = snapshot.app(ACCOUNT, APP)
+    assert app is not None
+    fresh = app.stream("ls-050")
+    assert fresh is not None and fresh.live
+    assert fresh.session is not None and fresh.counters_at == rig.clock.now
+
+
+class SkippingApi:
+    """The real client, except that one LIVE listing lacks ``skip`` (as a page shifting
+    under a reader can make it)."""
+
+    def __init__(self, real: object, skip: str) -> None:
+        self._real = real
+        self.skip: str | None = skip
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+    async def list_livestreams(self, *args: object, **kwargs: object) -> Listing:
+        listing: Listing = await self._real.list_livestreams(*args, **kwargs)  # type: ignore[attr-defined]
+        if kwargs.get("status") == "LIVE" and self.skip is not None:
+            kept = tuple(s for s in listing.livestreams if s.id != self.skip)
+            listing = Listing(livestreams=kept, pages=listing.pages, total=listing.total)
+            self.skip = None
+        return listing
+
+
+async def test_a_stream_skipped_by_the_live_listing_is_not_a_false_stop(rig: Harness) -> None:
+    """A live stream missing from one LIVE listing is looked up by id; the lookup says
+    LIVE, so it stays live: a skipped entry is never shown as a stop."""
+    poller = rig.start(config_for(rig, 1500))
+    for _ in range(3):
+        await rig.poll()
+    poller.reconfigure(poller._config, api=SkippingApi(poller._api, "ls-003"))  # type: ignore[arg-type]
+    snapshot, cost = await rig.cycle_cost()
+    assert cost["livestream"] == 1
+    assert live_of(snapshot)["ls-003"] is True
+
+
+async def test_an_ignored_status_filter_falls_back_to_the_full_listing(
+    rig: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When the API answers status=LIVE with every status, the exporter says so once and
+    reads the full listing every cycle from then on; stops are still seen."""
+    rig.start(config_for(rig, 1500))
+    await rig.poll()
+    await rig.poll()  # lanes from here on
+    rig.sim.state.faults = rig.sim.state.faults.update({"ignore_status_filter": True})
+    caplog.set_level(logging.WARNING, logger="exporter.poller")
+    for _ in range(4):
+        _, cost = await rig.cycle_cost()
+    assert cost["livestreams"] == math.ceil(60 / PER_PAGE), cost
+    warnings = [r for r in caplog.records if "ignored the listing's status filter" in r.message]
+    assert len(warnings) == 1
+    rig.sim.world.stop("ls-001")
+    snapshot = await rig.poll()
+    assert live_of(snapshot)["ls-001"] is False
+    assert sum(live_of(snapshot).values()) == 11
+
+
+async def test_generous_budget_keeps_the_full_plan(rig: Harness) -> None:
+    """With room for everything, each cycle is the full listing and every live stream's
+    session: the lower bound of before, no LIVE listing and no lookup."""
+    rig.start(config_for(rig, 100_000))
+    for _ in range(4):
+        _, cost = await rig.cycle_cost()
+        assert cost == {"livestreams": math.ceil(60 / PER_PAGE), "active_livestream_session": 12}
+    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes") == 0.0
+
+
+async def test_the_api_stated_policy_lowers_the_budget() -> None:
+    """A Ratelimit-Policy below api.rate_limit is followed and exported; the budget in
+    force is the smaller of the two."""
+    clock = Clock()
+    async with (
+        Simulator(
+            world_with(clock, 10, 2),
+            token=TOKEN,
+            max_per_page=PER_PAGE,
+            limiter=RateLimiter(600, 300.0),
+        ) as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        rig = Harness(sim, http, clock)
+        rig.start(config_for(rig, 1200))
+        await rig.poll()
+        sample = rig.registry.get_sample_value
+        assert sample("realtimekit_exporter_rate_limit_policy_requests") == 600
+        assert sample("realtimekit_exporter_rate_limit_policy_window_seconds") == 300
+
+
+def test_stated_policy_reads_the_strictest_readable_policy() -> None:
+    """The header's policies: the fewest requests per second wins; windows over an hour,
+    zero quotas and unreadable items are passed over."""
+    assert stated_policy('"burst";q=1200;w=300') == (1200, 300.0)
+    assert stated_policy('"a";q=3500;w=300, "b";q=1200;w=300') == (1200, 300.0)
+    assert stated_policy('"day";q=10;w=86400, "b";q=100;w=60') == (100, 60.0)
+    assert stated_policy('"x";q=0;w=300') is None
+    assert stated_policy("nonsense") is None
+    assert stated_policy(None) is None
+    assert stated_policy('"x";q=99999999999;w=300') is None  # too many digits to trust
+
+
+def test_credit_refills_at_the_budget_rate_and_keeps_at_most_one_cycle() -> None:
+    """The credit starts at one cycle's allowance, grows at the budget's rate (less the
+    margin), banks no more than a cycle (or the cycle's length, when it ran long), and
+    carries a debt."""
+    credit = lanes.Credit(0.0)
+    settings = {"requests": 300, "window": 300.0, "interval": 10.0}
+    credit.refill(0.0, **settings)
+    assert credit.available == 9  # 10 less 1 %
+    credit.spend(9)
+    credit.refill(10.0, **settings)
+    assert credit.available == 9  # 0.9 + 9.9, but at most one cycle's 9.9
+    credit.spend(30)
+    credit.refill(20.0, **settings)
+    assert credit.available == 0  # -20.1 + 9.9: still repaying
+    credit.refill(110.0, **settings)
+    assert credit.available == 78  # -10.2 + 89.1: a 90 s cycle banks what 90 s earn
+
+
+def test_turns_go_new_then_final_then_oldest() -> None:
+    """Newly LIVE streams first, then final values, then the oldest counters."""
+    turns = [
+        lanes.Turn(lanes.REFRESH, 50.0, 0, "c"),
+        lanes.Turn(lanes.REFRESH, 10.0, 1, "d"),
+        lanes.Turn(lanes.FINAL, -math.inf, 0, "b"),
+        lanes.Turn(lanes.NEW, -math.inf, 0, "a"),
+    ]
+    assert [t.livestream_id for t in lanes.turns(turns, 3)] == ["a", "b", "d"]
+    assert lanes.turns(turns, 0) == []
+
+
+def test_choose_keeps_the_full_plan_when_lanes_would_starve_the_counters() -> None:
+    """The full plan while it fits (and back to it only below 80 % of the allowance);
+    the lanes plan only if its status lane leaves the counters some room."""
+    demand = lanes.Demand(full_pages=9, live_pages=2, sessions=12)
+    assert lanes.choose(demand, 30.0, None, 1) == "full"
+    assert lanes.choose(demand, 20.0, None, 1) == "lanes"
+    assert lanes.choose(demand, 22.0, "lanes", 1) == "lanes"  # 21 > 80 % of 22
+    assert lanes.choose(demand, 27.0, "lanes", 1) == "full"
+    assert lanes.choose(demand, 3.0, None, 1) == "full"  # 3 status > 90 % of 3
