@@ -130,7 +130,15 @@ def child_env() -> dict[str, str]:
 class Child:
     """A process of its own group, its output in a log file; :meth:`stop` ends it."""
 
-    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        workdir: Path,
+        *,
+        cwd: Path = ROOT,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.log_path = workdir / f"{name}.log"
         with self.log_path.open("wb") as out:
@@ -139,8 +147,8 @@ class Child:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env=child_env(),
-                cwd=ROOT,
+                env=child_env() if env is None else env,
+                cwd=cwd,
                 start_new_session=True,  # its own process group: Ctrl-C goes to us only
                 preexec_fn=_die_with_parent,
             )

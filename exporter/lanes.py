@@ -66,14 +66,17 @@ def pass_pages(
 ) -> int:
     """Pages of the full listing one cycle reads in the lanes plan: enough to finish a
     pass every ``every`` seconds (``poll.full_listing_interval``) if that is set, else
-    what the status lane and a refresh of every counter leave, and at least
-    :data:`FULL_SHARE` of the allowance."""
+    what the LIVE listing and a refresh of every counter leave, and at least
+    :data:`FULL_SHARE` of the allowance, or less, down to one page, when the LIVE listing
+    leaves less than that for the counters: the stop signal comes first."""
     if demand.full_pages <= 0:
         return 1
     if every is not None:
         return max(1, math.ceil(demand.full_pages * interval / every))
-    left = allowance - demand.live_pages - demand.sessions - demand.fixed
-    return max(1, math.ceil(FULL_SHARE * allowance), math.floor(left))
+    live = demand.live_pages + demand.fixed
+    left = allowance - live - demand.sessions
+    least = min(math.ceil(FULL_SHARE * allowance), math.floor((1 - FULL_SHARE) * allowance - live))
+    return max(1, least, math.floor(left))
 
 
 def counter_period(
