@@ -1,11 +1,18 @@
 """When and what to fetch; owns the latest :class:`~exporter.model.Snapshot` and the last
 errors seen (:attr:`Poller.recent_errors`, for the status page).
 
-Each cycle lists every app's livestreams (all pages), asks for session details only where
+Each cycle first learns every app's statuses, then asks for session details only where
 the listed status allows a live session, plus once by session id for a stream that has just
 stopped (its final values), merges the answers with the previous state
 (:mod:`exporter.merge`) and swaps in a new immutable snapshot. Scrapes only read it.
-Logs are written on state changes (app up/down, stream went LIVE/stopped), never per poll.
+
+Two plans (:mod:`exporter.lanes`): while the budget affords it, each cycle reads every
+app's listing whole and every possibly live stream's session. When it does not, statuses
+still come every cycle (the listing filtered to LIVE, a stop confirmed by the stream's own
+lookup, the whole listing a few pages per cycle) and sessions go in turn on what is left.
+
+Logs are written on state changes (app up/down, stream went LIVE/stopped, plan changed),
+never per poll.
 """
 
 from __future__ import annotations
@@ -446,10 +453,20 @@ class Poller:
         requests = 0
         try:
             if not app.discover or self._lanes.mode != "lanes" or app.key in self._unfiltered:
-                listing = await self._list(app, deadline, errors)
+                # A process's first listing of a discovering app may take at most half the
+                # budget: an app too large for that goes on in passes, beside the LIVE one.
+                first = self._lanes.mode is None and app.discover
+                listing = await self._list(
+                    app, deadline, errors, max_pages=self._first_pages() if first else None
+                )
                 requests = listing.pages
                 full = True
-                self._note_full(app, listing)
+                if _cut_by_pages(listing, self._listing_cap()):
+                    self._begin_pass(app, listing)
+                    listing, more, full = await self._lanes_listing(app, prev, deadline, errors)
+                    requests += more
+                else:
+                    self._note_full(app, listing)
             else:
                 listing, requests, full = await self._lanes_listing(app, prev, deadline, errors)
         except _Failed as failed:
@@ -635,6 +652,32 @@ class Poller:
         self._note_full(app, listing)
         return listing, part.pages
 
+    def _first_pages(self) -> int:
+        requests, _ = self._budget()
+        return max(1, math.floor(lanes.FIRST_SHARE * requests))
+
+    def _begin_pass(self, app: AppConfig, part: Listing) -> None:
+        """Go on with ``part``, the first pages of the app's listing, as a pass; the size
+        the listing says it has is the plan's measure meanwhile."""
+        entries: dict[str, Livestream] = {}
+        for s in part.livestreams:
+            entries.setdefault(s.id, s)
+        self._passes[app.key] = _Pass(
+            started=self._monotonic(),
+            next_page=1 + part.pages,
+            per_page=part.per_page,
+            pages=part.pages,
+            cycles=1,
+            skipped=part.skipped,
+            entries=entries,
+        )
+        per_page = part.per_page or LISTING_PAGE_SIZE
+        entries_total = part.total if part.total is not None else len(entries)
+        self._full_pages[app.key] = max(
+            1, math.ceil(min(entries_total, self._listing_cap()) / per_page)
+        )
+        self._page_size[app.key] = per_page
+
     def _note_full(self, app: AppConfig, listing: Listing) -> None:
         """A full listing of the app was read: its size in pages is the plan's measure."""
         self._listed.add(app.key)
@@ -783,7 +826,8 @@ class Poller:
                 if mode == "full"
                 else lanes.counter_period(live, allowance, demand, pages, poll.interval)
             ),
-            status_requests=(full_pages if mode == "full" else live_pages + pages) + fixed,
+            status_requests=(full_pages + demand.sessions if mode == "full" else live_pages + pages)
+            + fixed,
         )
         if plan.mode != self._lanes.mode and self._lanes.mode is not None:
             if plan.mode == "lanes":
@@ -811,21 +855,30 @@ class Poller:
             self._note_budget(plan.status_requests, allowance)
 
     async def _list(
-        self, app: AppConfig, deadline: CycleDeadline, errors: list[ApiError]
+        self,
+        app: AppConfig,
+        deadline: CycleDeadline,
+        errors: list[ApiError],
+        *,
+        max_pages: int | None = None,
     ) -> Listing:
         """The app's streams, by whichever costs fewer requests: the listing's pages, or, for
         an app that tracks only configured streams, its first page and one request per
         configured stream that page lacks. The listing is read only until it holds
         :meth:`_listing_cap` streams; configured streams the pages read lack are then looked
         up by id too. A failed lookup of one stream is added to ``errors``, and the stream
-        to :attr:`Listing.unknown`."""
+        to :attr:`Listing.unknown`. With ``max_pages``, a discovering app's listing stops
+        after that many pages, and such a part is returned as it is (not complete, fewer
+        than the cap's streams)."""
         shard = self._config.shard
         wanted = [ls.id for ls in app.livestreams if shard.owns(ls.id)]
         cap = self._listing_cap()
         if app.discover:
             listing = await self._api.list_livestreams(
-                app.account_id, app.app_id, deadline=deadline, max_entries=cap
+                app.account_id, app.app_id, deadline=deadline, max_entries=cap, max_pages=max_pages
             )
+            if _cut_by_pages(listing, cap):
+                return listing
         else:
 
             def by_id_is_cheaper(seen: Collection[str], pages_left: int) -> bool:
@@ -942,28 +995,29 @@ class Poller:
         elif errors and auth is None:
             log.warning("app is down: %s", errors[0], extra=fields)
 
-    def _note_budget(self, status: int, allowance: float) -> None:
-        """Warn once when the status lane alone (or, in the full plan, the whole cycle)
-        needs more than a cycle's share of the budget."""
+    def _note_budget(self, needed: int, allowance: float) -> None:
+        """Warn once when a cycle cannot keep to its share of the budget: in the lanes plan
+        when reading the statuses alone needs more, in the full plan when the whole cycle
+        does (it is kept only when lanes would leave the sessions next to nothing)."""
         requests, window = self._budget()
-        needed = status * window / self._config.poll.interval
-        over = status > allowance
+        per_window = needed * window / self._config.poll.interval
+        over = needed > allowance
         if over == self._over_budget:
             return
         self._over_budget = over
         if over:
             log.warning(
-                "reading every app's status takes %d requests per cycle, %.0f per %gs at "
-                "this interval, but the budget allows %d: cycles will wait for the budget "
-                "and take longer than poll.interval; raise poll.interval or api.rate_limit, "
-                "or shard",
-                status,
+                "a cycle needs %d requests, %.0f per %gs at this interval, but the budget "
+                "(api.rate_limit, or the API's stated limit if lower) allows %d: cycles will "
+                "wait for the budget and take longer than poll.interval; raise poll.interval "
+                "or api.rate_limit, or shard",
                 needed,
+                per_window,
                 window,
                 requests,
             )
         else:
-            log.info("polling fits the budget again (%d status requests a cycle)", status)
+            log.info("polling fits the budget again (%d requests a cycle)", needed)
 
     def _share_limit(self) -> None:
         """This cycle's rooms (:func:`merge.rooms`); apps no longer configured are forgotten."""
@@ -1039,7 +1093,7 @@ def budget_warnings(config: Config) -> list[str]:
 
     Polling is estimated per cycle and app as one listing page plus one session request
     per configured stream (each may be LIVE); discovered streams are unknown at start-up,
-    and the poller checks every real cycle against the budget as it runs.
+    and the poller plans every real cycle against the budget as it runs.
     """
     warnings = []
     rate = config.api.rate_limit
@@ -1061,8 +1115,9 @@ def budget_warnings(config: Config) -> list[str]:
         warnings.append(
             f"polling may need up to {needed:.0f} requests per {share.window:g}s "
             f"({per_cycle} per cycle every {config.poll.interval:g}s) but the budget allows "
-            f"{share.requests}; cycles will wait for the budget and take longer than "
-            "poll.interval: raise poll.interval or api.rate_limit"
+            f"{share.requests}; statuses will still be read every cycle, but session values "
+            "only in turn, less often than poll.interval (docs/scaling.md): raise "
+            "poll.interval or api.rate_limit to refresh them every cycle"
         )
     return warnings
 
@@ -1075,6 +1130,14 @@ _REASON_TEXT = {
     "http_error": "the API answered with an error",
     "decode": "the answer could not be understood",
 }
+
+
+def _cut_by_pages(listing: Listing, cap: int) -> bool:
+    """Whether a listing read with ``max_pages`` stopped there, short of its end and of the
+    ``cap`` of streams."""
+    return (
+        not listing.complete and listing.per_page is not None and (len(listing.livestreams) < cap)
+    )
 
 
 def _filter_ignored(listing: Listing) -> bool:

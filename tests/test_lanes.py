@@ -64,6 +64,7 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
             token=TOKEN,
             max_per_page=PER_PAGE,
             limiter=RateLimiter(100_000, 300.0),
+            ip_limiter="off",  # the hand-moved clock sends a cycle's pages in no time
         ) as sim,
         aiohttp.ClientSession() as http,
     ):
@@ -302,3 +303,24 @@ def test_choose_keeps_the_full_plan_when_lanes_would_starve_the_counters() -> No
     assert lanes.choose(demand, 22.0, "lanes", 1) == "lanes"  # 21 > 80 % of 22
     assert lanes.choose(demand, 27.0, "lanes", 1) == "full"
     assert lanes.choose(demand, 3.0, None, 1) == "full"  # 3 status > 90 % of 3
+
+
+@pytest.mark.parametrize("rig", [(2000, 12)], indirect=True)
+async def test_a_large_first_listing_takes_at_most_half_the_budget(rig: Harness) -> None:
+    """A process's first listing of an app too large for it (286 pages of 7, a budget of
+    540 per 5 minutes) stops at half the budget; the LIVE listing in the same cycle shows
+    every live stream; the rest of the listing follows in passes, after which every stream
+    is tracked, and the budget holds."""
+    rig.start(config_for(rig, 540))
+    snapshot, cost = await rig.cycle_cost()
+    assert cost["livestreams"] <= 270 + 2 + 1, cost
+    assert sum(live_of(snapshot).values()) == 12
+    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes") == 1.0
+    for _ in range(60):
+        snapshot = await rig.poll()
+        if len(live_of(snapshot)) == 2000:
+            break
+    else:
+        pytest.fail(f"the listing pass never finished: {len(live_of(snapshot))} streams")
+    assert sum(live_of(snapshot).values()) == 12
+    assert rig.sim.state.traffic.busiest <= 540

@@ -458,8 +458,9 @@ async def test_a_cancelled_request_is_an_internal_error_not_a_dead_poller(
 async def test_over_budget_cycles_are_warned_about_once(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """When reading the status alone outruns the budget at this interval, one warning says
-    so. (Sessions that do not fit wait their turn: tests/test_lanes.py.)"""
+    """When a cycle cannot keep to the budget at this interval (here the budget is too small
+    even for the lanes plan, so the full plan stays and waits), one warning says so.
+    (Sessions that do not fit a workable budget wait their turn: tests/test_lanes.py.)"""
     streams = [rig.api.add(ACCOUNT, APP, FakeStream(f"s{i}")) for i in range(4)]
     for s in streams:
         rig.api.go_live(s)
@@ -470,9 +471,10 @@ async def test_over_budget_cycles_are_warned_about_once(
     await poller.poll_once()
     warned = [r.getMessage() for r in caplog.records if "cycles will wait" in r.getMessage()]
     assert warned == [
-        "reading every app's status takes 1 requests per cycle, 10 per 300s at this "
-        "interval, but the budget allows 5: cycles will wait for the budget and take longer "
-        "than poll.interval; raise poll.interval or api.rate_limit, or shard"
+        "a cycle needs 5 requests, 50 per 300s at this interval, but the budget "
+        "(api.rate_limit, or the API's stated limit if lower) allows 5: cycles will wait "
+        "for the budget and take longer than poll.interval; raise poll.interval or "
+        "api.rate_limit, or shard"
     ]
 
 
