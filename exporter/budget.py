@@ -109,6 +109,7 @@ class RequestBudget:
         self.window = window
         self._configured = (requests, window)
         self._policy: tuple[int, float] | None = None
+        self._keep = window  # how long grants are kept: the longest window either had
         self._clock = clock
         self._sleep = sleep
         self._granted: deque[float] = deque()
@@ -126,8 +127,11 @@ class RequestBudget:
         now = self._clock()
         if now < self._paused_until:
             return 0
-        horizon = now - self.window
-        return self.requests - sum(1 for t in tuple(self._granted) if t > horizon)
+        granted = tuple(self._granted)
+        return min(
+            requests - sum(1 for t in granted if t > now - window)
+            for requests, window in self._limits()
+        )
 
     def resize(self, *, requests: int, window: float) -> None:
         """Grant at most ``requests`` per ``window`` from now on (or what :meth:`learn`
@@ -139,9 +143,9 @@ class RequestBudget:
         self._apply()
 
     def learn(self, *, requests: int, window: float) -> bool:
-        """A limit the API states (``Ratelimit-Policy``): the budget is whichever of it and
-        the configured one allows fewer requests per second. Returns whether that changed
-        what the budget grants."""
+        """A limit the API states (``Ratelimit-Policy``): grants keep to it and to the
+        configured one, and :attr:`requests` per :attr:`window` is whichever allows fewer
+        requests per second. Returns whether that changed."""
         if requests < 1 or window <= 0:
             raise ValueError("a budget needs at least one request per positive window")
         before = (self.requests, self.window)
@@ -161,7 +165,16 @@ class RequestBudget:
             self._configured
         )
 
+    def _limits(self) -> tuple[tuple[int, float], ...]:
+        """Every limit a grant must keep to: the configured one and the stated one."""
+        if self._policy is None or self._policy == self._configured:
+            return (self._configured,)
+        return (self._configured, self._policy)
+
     def _apply(self) -> None:
+        # requests/window name the limit with fewer requests per second (what a plan can
+        # spend on average); grants keep to both.
+        self._keep = max(self._keep, *(window for _, window in self._limits()))
         limit = self._configured
         if self._policy is not None and _per_second(self._policy) < _per_second(limit):
             limit = self._policy
@@ -237,20 +250,20 @@ class RequestBudget:
             self._queue[0].wake.set()
 
     def _expire(self, now: float) -> None:
-        # Grants are kept for the longest window either limit has: the other may be back.
-        keep = max(self._configured[1], self._policy[1] if self._policy else 0.0)
-        horizon = now - keep
+        # Grants are kept for the longest window any limit had: it may be back.
+        horizon = now - self._keep
         while self._granted and self._granted[0] <= horizon:
             self._granted.popleft()
 
     def _window_ready(self, now: float) -> float:
-        """When the window has room for one more grant."""
+        """When every limit's window has room for one more grant."""
         self._expire(now)
-        if len(self._granted) - bisect.bisect_right(self._granted, now - self.window) >= (
-            self.requests
-        ):
-            return self._granted[len(self._granted) - self.requests] + self.window
-        return now
+        ready = now
+        granted = self._granted
+        for requests, window in self._limits():
+            if len(granted) - bisect.bisect_right(granted, now - window) >= requests:
+                ready = max(ready, granted[len(granted) - requests] + window)
+        return ready
 
 
 def _per_second(limit: tuple[int, float]) -> float:

@@ -89,13 +89,17 @@ class ApiError(Exception):
         endpoint: str,
         status: int | None = None,
         retry_after: float | None = None,
+        service: bool = False,
     ) -> None:
+        """``service``: the error body is RealtimeKit's own envelope, not a gateway's or a
+        proxy's (so a 400 or 404 is the service's word about what was asked)."""
         where = f"{endpoint}: HTTP {status}" if status is not None else endpoint
         super().__init__(f"{where}: {message}")
         self.reason: Reason = reason
         self.endpoint = endpoint
         self.status = status
         self.retry_after = retry_after
+        self.service = service
 
     @property
     def transient(self) -> bool:
@@ -591,7 +595,9 @@ class RealtimeKitClient:
             )
         if status in (401, 403):
             raise ApiError("auth", detail, endpoint=endpoint, status=status)
-        raise ApiError("http_error", detail, endpoint=endpoint, status=status)
+        raise ApiError(
+            "http_error", detail, endpoint=endpoint, status=status, service=service_error
+        )
 
     def _scrubbed(self, stream: Livestream) -> Livestream:
         """``stream`` without any exported field that quotes the token (a hostile or buggy

@@ -41,6 +41,7 @@ class Demand:
     live_pages: int = 0  # their listings filtered to LIVE
     sessions: int = 0  # one session request per stream that may be live, plus finals
     fixed: int = 0  # requests made every cycle whatever the plan (configured-only apps)
+    apps: int = 1  # apps that discover: each pass reads at least a page a cycle
 
 
 def allowance(requests: int, window: float, interval: float) -> float:
@@ -48,15 +49,15 @@ def allowance(requests: int, window: float, interval: float) -> float:
     return requests * (1.0 - MARGIN) * interval / window
 
 
-def choose(demand: Demand, allowance: float, current: Mode | None, pages: int) -> Mode:
+def choose(demand: Demand, allowance: float, current: Mode | None) -> Mode:
     """The full plan while it fits the allowance (coming back to it only with room to
     spare, so that a demand near the edge does not flip the plan every cycle), or when
-    the lanes plan's status lane (``pages`` of listing pass a cycle) would leave the
-    counters less than :data:`FULL_SHARE` of it: then no plan keeps the interval, and
-    the full one at least refreshes everything each (longer) cycle."""
+    the lanes plan's least status lane (the LIVE listings, and a page of each app's pass)
+    would leave the sessions less than :data:`FULL_SHARE` of it: then no plan keeps the
+    interval, and the full one at least refreshes everything each (longer) cycle."""
     need = demand.full_pages + demand.sessions + demand.fixed
     room = allowance if current != "lanes" else allowance * BACK_TO_FULL
-    status = demand.live_pages + pages + demand.fixed
+    status = demand.live_pages + demand.apps + demand.fixed
     if need <= room or status > allowance * (1.0 - FULL_SHARE):
         return "full"
     return "lanes"
@@ -77,7 +78,7 @@ def pass_pages(
     live = demand.live_pages + demand.fixed
     left = allowance - live - demand.sessions
     least = min(math.ceil(FULL_SHARE * allowance), math.floor((1 - FULL_SHARE) * allowance - live))
-    return max(1, least, math.floor(left))
+    return max(demand.apps, least, math.floor(left))
 
 
 def counter_period(
@@ -112,10 +113,11 @@ class Credit:
         self._at = now
 
     def refill(self, now: float, *, requests: int, window: float, interval: float) -> None:
-        """Add what the time since the last refill earned; a cycle that took longer than
-        ``interval`` (it waited for the budget) may bank what it earned meanwhile."""
+        """Add what the time since the last refill earned, up to one cycle's allowance
+        however long that time was: what a long cycle (or a clock jump) earned, spent at
+        once, would be a burst that the next cycles wait for."""
         elapsed = max(0.0, now - self._at)
-        cap = allowance(requests, window, max(interval, elapsed))
+        cap = allowance(requests, window, interval)
         if self._credit is None:
             self._credit = cap
         else:

@@ -338,13 +338,10 @@ class _Rules:
             stream = replace(listed, status=fresher.status)
         session = outcome.session
         if session is None:
-            # No active session: not live; the last session seen keeps its values.
+            # No active session: not live; the last session seen keeps its values, read
+            # again now in the sense that nothing newer exists.
             return self.state(
-                stream,
-                live=False,
-                session=last,
-                last_live=last_live,
-                counted_at=_kept_time(prev),
+                stream, live=False, session=last, last_live=last_live, counted_at=self.now
             )
         live = session.active
         return self.state(
@@ -377,7 +374,7 @@ class _Rules:
             live=prev.live,
             session=session,
             last_live=self.now if prev.live else prev.last_live,
-            counted_at=prev.counters_at if session is not None else None,
+            counted_at=_kept_time(prev),
         )
 
     def failed(self, listed: Livestream, prev: StreamState | None) -> StreamState | None:
@@ -397,7 +394,7 @@ class _Rules:
                 live=False,
                 session=prev.session,
                 last_live=prev.last_live,
-                counted_at=prev.counters_at if prev.session is not None else None,
+                counted_at=_kept_time(prev),
             )
         # Live. Old session values stay while fresh, and only if that session had not
         # ended: an ended one belongs to an earlier broadcast, not to this one.
@@ -409,7 +406,7 @@ class _Rules:
             live=True,
             session=session,
             last_live=self.now,
-            counted_at=prev.counters_at if session is not None else None,
+            counted_at=_kept_time(prev),
         )
 
     def state(
@@ -434,10 +431,10 @@ class _Rules:
 
 
 def _kept_time(prev: StreamState | None) -> float | None:
-    """When the session values kept from ``prev`` were fetched (None: no session)."""
-    if prev is None or prev.session is None:
+    """When ``prev``'s session was last asked for (None: never, as far as is known)."""
+    if prev is None:
         return None
-    return prev.counters_at
+    return prev.counters_at if prev.session is not None else prev.counted_at
 
 
 def _unasked(last: Session | None) -> Session | None:

@@ -31,13 +31,22 @@ from exporter import lanes, merge
 from exporter.budget import CycleDeadline
 from exporter.client import (
     ENDPOINT_LISTING,
+    ENDPOINT_LIVESTREAM,
     LISTING_PAGE_SIZE,
     PRIORITY_LIVE,
     PRIORITY_OTHER,
     ApiError,
 )
 from exporter.config import API_RATE_LIMIT
-from exporter.model import EMPTY_SNAPSHOT, LIVE, AppState, Listing, Snapshot, addressable
+from exporter.model import (
+    EMPTY_SNAPSHOT,
+    LIVE,
+    UNKNOWN_STATUS,
+    AppState,
+    Listing,
+    Snapshot,
+    addressable,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -49,6 +58,7 @@ log = logging.getLogger(__name__)
 
 INTERNAL = "internal"  # health reason for a bug, not an API failure; never a metric label
 RECENT_ERRORS = 20  # how many errors :attr:`Poller.recent_errors` keeps
+FILTER_RETRY = 3600.0  # seconds before a status filter the API ignored is tried again
 _PERMISSION_HINT = "the API token needs the Realtime or Realtime Admin permission"
 
 
@@ -248,9 +258,12 @@ class Poller:
         self._page_size: dict[tuple[str, str], int] = {}
         self._untracked: dict[tuple[str, str], int] = {}
         self._passes: dict[tuple[str, str], _Pass] = {}
-        self._pass_due: dict[tuple[str, str], float] = {}
+        self._pass_started: dict[tuple[str, str], float] = {}  # the last pass's start
         self._listed: set[tuple[str, str]] = set()  # apps listed whole at least once
-        self._unfiltered: set[tuple[str, str]] = set()  # apps whose API ignores status=
+        # Apps whose API ignored the status filter, and when that was seen (it is tried
+        # again after FILTER_RETRY); and those already warned about.
+        self._unfiltered: dict[tuple[str, str], float] = {}
+        self._filter_warned: set[tuple[str, str]] = set()
         for app in config.apps:
             self._track(app)
 
@@ -277,12 +290,13 @@ class Poller:
             del self._health[key]
         for key in set(self._missing) - keys:
             del self._missing[key]
-        for table in (self._passes, self._pass_due):
+        for table in (self._passes, self._pass_started, self._unfiltered):
             for key in set(table) - keys:
                 del table[key]
         self._listed &= keys
-        # A reload may fix what made the filter look ignored (a proxy, a base_url).
-        self._unfiltered &= keys if api is None else set()
+        # A new client (base_url, proxy) may heed the filter: it is tried again.
+        if api is not None:
+            self._unfiltered.clear()
         known = {app.key for app in self._config.apps}
         for app in config.apps:
             if app.key not in known:
@@ -452,7 +466,7 @@ class Poller:
         errors: list[ApiError] = []
         requests = 0
         try:
-            if not app.discover or self._lanes.mode != "lanes" or app.key in self._unfiltered:
+            if not app.discover or self._lanes.mode != "lanes" or self._filter_off(app):
                 # A process's first listing of a discovering app may take at most half the
                 # budget: an app too large for that goes on in passes, beside the LIVE one.
                 first = self._lanes.mode is None and app.discover
@@ -529,22 +543,25 @@ class Poller:
         except ApiError as exc:
             raise _Failed(exc, 1) from None
         requests += live.pages
-        self._live_pages[app.key] = live.pages
         if _filter_ignored(live):
-            # The API answered every status: the listing is the full one. From now on the
-            # full listing is read every cycle, as the filter cannot be relied on.
-            self._unfiltered.add(app.key)
-            log.warning(
-                "the API ignored the listing's status filter (entries of other statuses "
-                "came back): reading the full listing every cycle for this app",
-                extra=_app_fields(app),
-            )
+            # The API answered every status: the listing is the full one. The full listing
+            # is read every cycle from now on, as the filter cannot be relied on; it is
+            # tried again after FILTER_RETRY.
+            self._unfiltered[app.key] = self._monotonic()
+            if app.key not in self._filter_warned:
+                self._filter_warned.add(app.key)
+                log.warning(
+                    "the API ignored the listing's status filter (entries of other statuses "
+                    "came back): reading the full listing every cycle for this app",
+                    extra=_app_fields(app),
+                )
             if live.complete:
                 self._note_full(app, live)
                 return live, requests, True
             listing = await self._list(app, deadline, errors)
             self._note_full(app, listing)
             return listing, requests + listing.pages, True
+        self._live_pages[app.key] = live.pages
         full = None
         try:
             full, pages = await self._pass_step(app, deadline)
@@ -567,30 +584,22 @@ class Poller:
             # A pass read over several cycles may skip a stream whose page shifted when
             # another was deleted: one it lacks is looked up before it is dropped.
             suspects += [s.id for s in prev.streams if s.id not in base]
+        for sid in [i for i in suspects if not addressable(i)]:
+            # No request can name it: the LIVE listing's word is all there is. Its status
+            # is unknown until the next full listing; it is not live.
+            base[sid] = dataclasses.replace(base[sid], status=UNKNOWN_STATUS)
         suspects = [i for i in suspects if addressable(i)]
-        answers = await asyncio.gather(
-            *(
-                self._api.livestream(app.account_id, app.app_id, i, deadline=deadline)
-                for i in suspects
-            ),
-            return_exceptions=True,
-        )
+        looked_up, failed = await self._look_up(app, suspects, deadline)
         requests += len(suspects)
-        unknown: set[str] = set()
-        for sid, answer in zip(suspects, answers, strict=True):
-            if isinstance(answer, ApiError):
-                if answer.status == 400 and answer.reason == "http_error":
-                    base.pop(sid, None)  # the API says it is no livestream id
-                    continue
-                errors.append(answer)
-                unknown.add(sid)
-                base.pop(sid, None)  # its last state stands (Listing.unknown)
-            elif isinstance(answer, BaseException):
-                raise _as_bug(answer)
-            elif answer is None:
-                base.pop(sid, None)  # deleted
+        for sid, found in looked_up.items():
+            if found is None:
+                base.pop(sid, None)  # deleted, or the API says it is no livestream id
             else:
-                base[sid] = answer
+                base[sid] = found
+        errors += failed.values()
+        unknown = set(failed)
+        for sid in failed:
+            base.pop(sid, None)  # its last state stands (Listing.unknown)
         if app.key not in self._listed:
             # Before a first full listing, a configured stream not LIVE is not known to be
             # missing: it is neither listed nor unlisted yet.
@@ -614,10 +623,11 @@ class Poller:
         now = self._monotonic()
         current = self._passes.get(key)
         if current is None:
-            due = self._pass_due.get(key, now)
-            if now < due:
+            last = self._pass_started.get(key)
+            if last is not None and now < last + self._lanes.listing_every:
                 return None, 0
             current = self._passes[key] = _Pass(started=now)
+            self._pass_started[key] = now
         cap = self._listing_cap()
         pages = self._lanes.pages_for(key)
         part = await self._api.list_livestreams(
@@ -634,10 +644,14 @@ class Poller:
         current.skipped += part.skipped
         current.next_page += part.pages
         current.per_page = part.per_page
+        before = len(current.entries)
         for s in part.livestreams:
             current.entries.setdefault(s.id, s)
         capped = len(current.entries) >= cap
-        if not part.complete and not capped:
+        # Pages that bring nothing new end the pass, as they end a listing (an API that
+        # repeats its pages would otherwise keep the pass going for ever).
+        stale = len(current.entries) == before
+        if not part.complete and not capped and not stale:
             return None, part.pages
         del self._passes[key]
         listing = Listing(
@@ -648,9 +662,48 @@ class Poller:
             unread=part.unread if capped else 0,
             per_page=current.per_page,
         )
-        self._pass_due[key] = current.started + self._lanes.listing_every
         self._note_full(app, listing)
         return listing, part.pages
+
+    async def _look_up(
+        self, app: AppConfig, ids: Sequence[str], deadline: CycleDeadline
+    ) -> tuple[dict[str, Livestream | None], dict[str, ApiError]]:
+        """Each stream of ``ids`` by its own lookup: what was found (``None``: no such
+        livestream, as the API says with a 404 or 400 in its own envelope), and the
+        lookups that failed. An answer about another stream is a failure, not a find."""
+        answers = await asyncio.gather(
+            *(self._api.livestream(app.account_id, app.app_id, i, deadline=deadline) for i in ids),
+            return_exceptions=True,
+        )
+        found: dict[str, Livestream | None] = {}
+        failed: dict[str, ApiError] = {}
+        for sid, answer in zip(ids, answers, strict=True):
+            if isinstance(answer, ApiError):
+                if answer.status == 400 and answer.reason == "http_error" and answer.service:
+                    found[sid] = None
+                else:
+                    failed[sid] = answer
+            elif isinstance(answer, BaseException):
+                raise _as_bug(answer)
+            elif answer is not None and answer.id != sid:
+                failed[sid] = ApiError(
+                    "decode",
+                    "the lookup answered about another livestream",
+                    endpoint=ENDPOINT_LIVESTREAM,
+                )
+            else:
+                found[sid] = answer
+        return found, failed
+
+    def _filter_off(self, app: AppConfig) -> bool:
+        """Whether the app's API ignored the status filter lately (FILTER_RETRY)."""
+        seen = self._unfiltered.get(app.key)
+        if seen is None:
+            return False
+        if self._monotonic() - seen < FILTER_RETRY:
+            return True
+        del self._unfiltered[app.key]
+        return False
 
     def _first_pages(self) -> int:
         requests, _ = self._budget()
@@ -679,10 +732,12 @@ class Poller:
         self._page_size[app.key] = per_page
 
     def _note_full(self, app: AppConfig, listing: Listing) -> None:
-        """A full listing of the app was read: its size in pages is the plan's measure."""
+        """A full listing of the app was read: its size in pages is the plan's measure,
+        counted from what it held (and what a cut left unread), not from its total_count,
+        which an API may get wrong."""
         self._listed.add(app.key)
         per_page = listing.per_page or LISTING_PAGE_SIZE
-        entries = listing.total if listing.total is not None else len(listing.livestreams)
+        entries = len(listing.livestreams) + listing.skipped + listing.unread
         if app.discover:
             cap = self._listing_cap()
             self._full_pages[app.key] = max(1, math.ceil(min(entries, cap) / per_page))
@@ -698,12 +753,8 @@ class Poller:
         values first, then the oldest counters."""
         requests, window = self._budget()
         allowance = lanes.allowance(requests, window, self._config.poll.interval)
-        demand = self._demand(statuses)
-        pages = lanes.pass_pages(
-            demand, allowance, self._config.poll.interval, self._config.poll.full_listing_interval
-        )
         if self._lanes.mode != "lanes" and (
-            lanes.choose(demand, allowance, self._lanes.mode, pages) == "full"
+            lanes.choose(self._demand(statuses), allowance, self._lanes.mode) == "full"
         ):
             return [
                 (st.plan.active, tuple(st.plan.final)) if isinstance(st, _Status) else ((), ())
@@ -716,12 +767,15 @@ class Poller:
             old = {s.id: s for s in before.streams} if before is not None else {}
             for sid in st.plan.final:
                 candidates.append(lanes.Turn(lanes.FINAL, -math.inf, n, sid))
+            listed = {s.id: s.status for s in st.chosen}
             for sid in st.plan.active:
                 prev = old.get(sid)
-                if prev is None or not prev.session_current:
+                if prev is None or prev.counted_at is None or prev.livestream.status != listed[sid]:
+                    # Not asked since it was listed so: its first answer comes first. Once
+                    # answered (with a session or not), it waits its turn by age.
                     candidates.append(lanes.Turn(lanes.NEW, -math.inf, n, sid))
                 else:
-                    candidates.append(lanes.Turn(lanes.REFRESH, prev.counters_at, n, sid))
+                    candidates.append(lanes.Turn(lanes.REFRESH, prev.counted_at, n, sid))
         going = lanes.turns(candidates, self._credit.available)
         active: list[list[str]] = [[] for _ in statuses]
         final: list[list[str]] = [[] for _ in statuses]
@@ -777,6 +831,10 @@ class Poller:
             if not app.discover:
                 fixed += st.requests
                 continue
+            if self._filter_off(app):
+                # Its API ignores the filter: its status lane is the whole listing.
+                live_pages += self._full_pages.get(app.key, 1)
+                continue
             per_page = self._page_size.get(app.key, LISTING_PAGE_SIZE)
             live_pages += self._live_pages.get(app.key) or max(
                 1, math.ceil(len(st.plan.active) / per_page)
@@ -785,7 +843,11 @@ class Poller:
             self._full_pages.get(app.key, 1) for app in self._config.apps if app.discover
         )
         return lanes.Demand(
-            full_pages=full_pages, live_pages=live_pages, sessions=sessions, fixed=fixed
+            full_pages=full_pages,
+            live_pages=live_pages,
+            sessions=sessions,
+            fixed=fixed,
+            apps=sum(1 for app in self._config.apps if app.discover),
         )
 
     def _budget(self) -> tuple[int, float]:
@@ -807,7 +869,7 @@ class Poller:
         full_pages, live_pages, fixed = demand.full_pages, demand.live_pages, demand.fixed
         live = sum(len(st.plan.active) for st in statuses if isinstance(st, _Status))
         pages = lanes.pass_pages(demand, allowance, poll.interval, poll.full_listing_interval)
-        mode = lanes.choose(demand, allowance, self._lanes.mode, pages)
+        mode = lanes.choose(demand, allowance, self._lanes.mode)
         if mode == "full":
             pages = full_pages
         plan = _LanePlan(
@@ -842,7 +904,7 @@ class Poller:
                 log.info("the budget allows the full listing and every session each cycle again")
         if plan.mode == "full":
             self._passes.clear()
-            self._pass_due.clear()
+            self._pass_started.clear()
         self._lanes = plan
         if self._observer is not None:
             self._observer.plan(
@@ -895,24 +957,13 @@ class Poller:
             return listing
         listed = {s.id for s in listing.livestreams}
         rest = [i for i in wanted if i not in listed]
-        answers = await asyncio.gather(
-            *(self._api.livestream(app.account_id, app.app_id, i, deadline=deadline) for i in rest),
-            return_exceptions=True,
-        )
+        looked_up, failed = await self._look_up(app, rest, deadline)
         keep = set(wanted)
         found = [s for s in listing.livestreams if app.discover or s.id in keep]
         read = len(found)
-        unknown: set[str] = set()
-        for sid, answer in zip(rest, answers, strict=True):
-            if isinstance(answer, ApiError):
-                if answer.status == 400 and answer.reason == "http_error":
-                    continue  # the API says it is no livestream id: not listed
-                errors.append(answer)
-                unknown.add(sid)
-            elif isinstance(answer, BaseException):
-                raise _as_bug(answer)
-            elif answer is not None:
-                found.append(answer)
+        found += [s for s in looked_up.values() if s is not None]
+        errors += failed.values()
+        unknown = set(failed)
         return Listing(
             livestreams=tuple(found),
             pages=listing.pages + len(rest),
@@ -1142,10 +1193,10 @@ def _cut_by_pages(listing: Listing, cap: int) -> bool:
 
 def _filter_ignored(listing: Listing) -> bool:
     """Whether a listing asked for status=LIVE shows the API ignored the filter: more of
-    its entries have another status than LIVE. (A few may: a stream that stops while the
-    listing is served.)"""
+    its entries, and at least two, have another status than LIVE. (A few may: a stream
+    that stops while the listing is served; such entries are looked up by id.)"""
     others = sum(1 for s in listing.livestreams if s.status != LIVE)
-    return others > len(listing.livestreams) - others
+    return others >= 2 and others > len(listing.livestreams) - others
 
 
 def _safe(error: ApiError) -> str:

@@ -18,7 +18,7 @@ import pytest
 from exporter import lanes
 from exporter.client import stated_policy
 from exporter.config import RateLimit
-from exporter.model import Listing
+from exporter.model import Listing, Livestream
 from exporter.simulator import REALISTIC, RateLimiter, Simulator, World
 from tests.conftest import ACCOUNT, APP, make_config
 from tests.fakeapi import TOKEN
@@ -266,8 +266,8 @@ def test_stated_policy_reads_the_strictest_readable_policy() -> None:
 
 def test_credit_refills_at_the_budget_rate_and_keeps_at_most_one_cycle() -> None:
     """The credit starts at one cycle's allowance, grows at the budget's rate (less the
-    margin), banks no more than a cycle (or the cycle's length, when it ran long), and
-    carries a debt."""
+    margin), banks no more than one cycle however long the time since, and carries a
+    debt."""
     credit = lanes.Credit(0.0)
     settings = {"requests": 300, "window": 300.0, "interval": 10.0}
     credit.refill(0.0, **settings)
@@ -279,7 +279,9 @@ def test_credit_refills_at_the_budget_rate_and_keeps_at_most_one_cycle() -> None
     credit.refill(20.0, **settings)
     assert credit.available == 0  # -20.1 + 9.9: still repaying
     credit.refill(110.0, **settings)
-    assert credit.available == 78  # -10.2 + 89.1: a 90 s cycle banks what 90 s earn
+    assert credit.available == 9  # a 90 s cycle (or a clock jump) banks no burst
+    credit.refill(50.0, **settings)  # the clock went back: nothing gained, nothing lost
+    assert credit.available == 9
 
 
 def test_turns_go_new_then_final_then_oldest() -> None:
@@ -296,13 +298,18 @@ def test_turns_go_new_then_final_then_oldest() -> None:
 
 def test_choose_keeps_the_full_plan_when_lanes_would_starve_the_counters() -> None:
     """The full plan while it fits (and back to it only below 80 % of the allowance);
-    the lanes plan only if its status lane leaves the counters some room."""
+    the lanes plan only if its least status lane (the LIVE listing and a page of the
+    pass) leaves the sessions a tenth of the allowance."""
     demand = lanes.Demand(full_pages=9, live_pages=2, sessions=12)
-    assert lanes.choose(demand, 30.0, None, 1) == "full"
-    assert lanes.choose(demand, 20.0, None, 1) == "lanes"
-    assert lanes.choose(demand, 22.0, "lanes", 1) == "lanes"  # 21 > 80 % of 22
-    assert lanes.choose(demand, 27.0, "lanes", 1) == "full"
-    assert lanes.choose(demand, 3.0, None, 1) == "full"  # 3 status > 90 % of 3
+    assert lanes.choose(demand, 30.0, None) == "full"
+    assert lanes.choose(demand, 20.0, None) == "lanes"
+    assert lanes.choose(demand, 22.0, "lanes") == "lanes"  # 21 > 80 % of 22
+    assert lanes.choose(demand, 27.0, "lanes") == "full"
+    assert lanes.choose(demand, 3.0, None) == "full"  # 2 + 1 status > 90 % of 3
+    # Few live streams in a large listing: the lanes plan, its pass taking what is left.
+    few = lanes.Demand(full_pages=500, live_pages=1, sessions=5)
+    assert lanes.choose(few, lanes.allowance(1200, 300.0, 30.0), None) == "lanes"
+    assert lanes.pass_pages(few, lanes.allowance(1200, 300.0, 30.0), 30.0) == 112
 
 
 @pytest.mark.parametrize("rig", [(2000, 12)], indirect=True)
@@ -324,3 +331,53 @@ async def test_a_large_first_listing_takes_at_most_half_the_budget(rig: Harness)
         pytest.fail(f"the listing pass never finished: {len(live_of(snapshot))} streams")
     assert sum(live_of(snapshot).values()) == 12
     assert rig.sim.state.traffic.busiest <= 540
+
+
+async def test_an_ignored_filter_is_tried_again_after_an_hour(
+    rig: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After falling back to the full listing, the exporter asks with the filter again an
+    hour later; an API that heeds it again gets the lanes plan back, with no second
+    warning."""
+    rig.start(config_for(rig, 1500))
+    await rig.poll()
+    await rig.poll()
+    caplog.set_level(logging.WARNING, logger="exporter.poller")
+    rig.sim.state.faults = rig.sim.state.faults.update({"ignore_status_filter": True})
+    await rig.poll()
+    _, cost = await rig.cycle_cost()
+    assert cost["livestreams"] == math.ceil(60 / PER_PAGE)  # the full listing
+    rig.sim.state.faults = rig.sim.state.faults.update({"ignore_status_filter": False})
+    rig.clock.now += 3600
+    await rig.poll()
+    _, cost = await rig.cycle_cost()
+    assert cost["livestreams"] == 2 + 1, cost  # LIVE pages, one page of the pass
+    warnings = [r for r in caplog.records if "ignored the listing's status filter" in r.message]
+    assert len(warnings) == 1
+
+
+class StaleEntryApi(SkippingApi):
+    """The real client, except that every LIVE listing also holds ``extra`` with status
+    IDLE (a stream that stopped while the listing was served)."""
+
+    async def list_livestreams(self, *args: object, **kwargs: object) -> Listing:
+        listing: Listing = await self._real.list_livestreams(*args, **kwargs)  # type: ignore[attr-defined]
+        if kwargs.get("status") == "LIVE" and self.skip is not None:
+            stale = Livestream(self.skip, "IDLE")
+            listing = dataclasses.replace(listing, livestreams=(*listing.livestreams, stale))
+        return listing
+
+
+async def test_a_stale_entry_in_the_live_listing_is_no_ignored_filter(rig: Harness) -> None:
+    """One entry of another status in the LIVE listing is a stream that stopped while it
+    was served, not an API ignoring the filter: it is looked up by id, and the LIVE listing
+    stays in use."""
+    poller = rig.start(config_for(rig, 1500))
+    for _ in range(3):
+        await rig.poll()
+    rig.sim.world.stop("ls-002")
+    poller.reconfigure(poller._config, api=StaleEntryApi(poller._api, "ls-002"))  # type: ignore[arg-type]
+    for _ in range(3):
+        snapshot, cost = await rig.cycle_cost()
+        assert cost["livestreams"] == 2 + 1, cost
+    assert live_of(snapshot)["ls-002"] is False

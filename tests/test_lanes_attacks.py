@@ -1,8 +1,9 @@
 """Attacks on the lanes plan (exporter.lanes, the poller's phases, merge's deferred rules,
 the budget's learnt policy).
 
-Each test states the promise it attacks. Tests marked ``# FOUND:`` fail: they found a
-defect (the comment names the cause). The others held.
+Each test states the promise it attacks. Tests marked ``# FOUND:`` failed when written:
+they found a defect, since fixed (the comment names the cause as it was); the others held
+from the start. docs/reliability.md lists them.
 
 Harnesses: the simulator in-process on one hand-moved clock (tests/test_scale.Harness),
 and, for hostile answers, a wrapper around the real client that twists one answer.
@@ -401,8 +402,7 @@ def test_few_live_streams_in_a_big_listing_get_the_lanes_plan() -> None:
     requests a cycle; the lanes plan's status lane needs 2. The plan must be lanes."""
     allowance = lanes.allowance(1200, 300.0, 30.0)
     demand = lanes.Demand(full_pages=500, live_pages=1, sessions=5)
-    pages = lanes.pass_pages(demand, allowance, 30.0)
-    assert lanes.choose(demand, allowance, None, pages) == "lanes", (pages, allowance)
+    assert lanes.choose(demand, allowance, None) == "lanes", allowance
 
 
 @pytest.mark.parametrize("rig", [Setup(streams=250, live=1)], indirect=True)
@@ -707,7 +707,7 @@ async def test_a_pass_whose_pages_repeat_forever_ends(rig: Rig) -> None:
 
 
 # -- promise 6: reloads ----------------------------------------------------------------------
-# FOUND: poller.py reconfigure keeps _pass_due (it prunes only removed apps), and _replan
+# FOUND: poller.py reconfigure keeps _pass_started (it prunes only removed apps), and _replan
 # never recomputes it: a reload that lowers poll.full_listing_interval (3600 s -> unset)
 # takes effect only when the old due time comes, up to the old interval later, so a
 # new stream that is not LIVE is not discovered for up to an hour.
@@ -723,7 +723,7 @@ async def test_a_shorter_full_listing_interval_applies_at_once(rig: Rig) -> None
     rig.sim.world.create(ACCOUNT, APP, livestream_id="ls-new", name="new")
     for _ in range(30):  # 60 s: three passes' time
         snapshot = await rig.poll()
-    assert "ls-new" in streams_of(snapshot), poller._pass_due
+    assert "ls-new" in streams_of(snapshot), poller._pass_started
 
 
 async def test_reloads_mid_pass_leak_nothing_and_stop_nothing(
@@ -761,7 +761,7 @@ async def test_reloads_mid_pass_leak_nothing_and_stop_nothing(
     assert not internal_errors(poller)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     keys = {(ACCOUNT, APP)}
-    for table in (poller._passes, poller._pass_due, poller._full_pages, poller._live_pages):
+    for table in (poller._passes, poller._pass_started, poller._full_pages, poller._live_pages):
         assert set(table) <= keys, table
     assert snapshot.app(ACCOUNT, OTHER) is None
 

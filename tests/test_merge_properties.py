@@ -392,12 +392,12 @@ def check_listed(step: Step, i: str) -> None:
     else:
         assert n.session is None, f"{i}: live with stale or ended session values"
 
-    # last_update: now, as the listing showing it is fresh. counters_at: now when an
-    # answer brought session values, else the time of the values kept.
+    # last_update: now, as the listing showing it is fresh. counters_at: now when the
+    # session was asked and answered, else the time of the values kept.
     assert n.last_update == now
     if n.session is not None:
         answered = asked and not failed and a is not None
-        if answered and (a.session is not None or by_id):
+        if answered:  # a session, or word that there is none newer than the last
             assert n.counters_at == now
         else:
             assert p is not None
