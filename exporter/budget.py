@@ -102,7 +102,11 @@ class RequestBudget:
         window: float,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        slack: float = 0.0,
     ) -> None:
+        """``slack``: seconds each window is held longer than it is, so that requests that
+        reach the API later or sooner than they were granted (latency varies) are never
+        more than ``requests`` in any of the API's windows."""
         if requests < 1 or window <= 0:
             raise ValueError("a budget needs at least one request per positive window")
         self.requests = requests
@@ -110,6 +114,7 @@ class RequestBudget:
         self._configured = (requests, window)
         self._policy: tuple[int, float] | None = None
         self._keep = window  # how long grants are kept: the longest window either had
+        self._slack = max(0.0, slack)
         self._clock = clock
         self._sleep = sleep
         self._granted: deque[float] = deque()
@@ -129,7 +134,7 @@ class RequestBudget:
             return 0
         granted = tuple(self._granted)
         return min(
-            requests - sum(1 for t in granted if t > now - window)
+            requests - sum(1 for t in granted if t > now - window - self._slack)
             for requests, window in self._limits()
         )
 
@@ -251,7 +256,7 @@ class RequestBudget:
 
     def _expire(self, now: float) -> None:
         # Grants are kept for the longest window any limit had: it may be back.
-        horizon = now - self._keep
+        horizon = now - self._keep - self._slack
         while self._granted and self._granted[0] <= horizon:
             self._granted.popleft()
 
@@ -261,8 +266,9 @@ class RequestBudget:
         ready = now
         granted = self._granted
         for requests, window in self._limits():
-            if len(granted) - bisect.bisect_right(granted, now - window) >= requests:
-                ready = max(ready, granted[len(granted) - requests] + window)
+            held = window + self._slack
+            if len(granted) - bisect.bisect_right(granted, now - held) >= requests:
+                ready = max(ready, granted[len(granted) - requests] + held)
         return ready
 
 

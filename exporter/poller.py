@@ -857,10 +857,14 @@ class Poller:
         return rate.requests, rate.window
 
     def _replan(self, statuses: Sequence[_Status | _Bug], picks: Sequence[_Pick]) -> None:
-        """The plan of the next cycle, from what this one showed."""
+        """The plan of the next cycle, from what this one showed. A cycle in which an app's
+        status failed (a 429's pause, an outage) shows too little of what a cycle needs:
+        the plan stays as it was, or the cycle after an outage would be a burst."""
         poll = self._config.poll
         requests, window = self._budget()
         allowance = lanes.allowance(requests, window, poll.interval)
+        if self._lanes.mode is not None and self._cycle_planned < len(self._config.apps):
+            return
         keys = {app.key for app in self._config.apps}
         for table in (self._full_pages, self._live_pages, self._page_size, self._untracked):
             for key in set(table) - keys:

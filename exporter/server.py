@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Seconds each budget window is held longer than it is: a request reaches the API up to
+# a latency later than it was granted, and the API counts arrivals.
+BUDGET_SLACK: Final = 2.0
 EXPOSITION: Final = web.AppKey("exposition", Exposition)
 READY: Final[web.AppKey[Callable[[], bool]]] = web.AppKey("ready")
 STATUS: Final[web.AppKey[StatusSource | None]] = web.AppKey("status")
@@ -130,7 +133,7 @@ class Exporter:
             trust_env=False,  # see client.proxy_for
         )
         rate = self.config.shard.budget(self.config.api.rate_limit)
-        self._budget = RequestBudget(requests=rate.requests, window=rate.window)
+        self._budget = RequestBudget(requests=rate.requests, window=rate.window, slack=BUDGET_SLACK)
         self.metrics.watch_budget(self._budget.available, self._budget_in_force)
         self._client = self._new_client(self.config)
         self._token_file = _token_file(self.config)

@@ -322,3 +322,16 @@ async def test_a_pause_fails_the_waiters_it_would_hold_past_their_deadline_at_on
     results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 5)
     assert all(isinstance(r, BudgetExhausted) for r in results)
     assert budget.available() == 0 and len(clock.sleeps) == 1
+
+
+async def test_slack_holds_each_window_longer() -> None:
+    """With ``slack``, a grant counts for its window plus the slack: requests that reach
+    the API later than granted never make more than the limit in the API's own window."""
+    clock = FakeClock()
+    budget = RequestBudget(requests=2, window=10.0, clock=clock, sleep=clock.sleep, slack=2.0)
+    await budget.acquire()
+    await budget.acquire()
+    clock.now += 10.5  # the window alone would have room again
+    assert budget.available() == 0
+    waited = await budget.acquire()
+    assert clock.now == pytest.approx(12.0) and waited == pytest.approx(1.5)

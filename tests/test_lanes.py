@@ -381,3 +381,21 @@ async def test_a_stale_entry_in_the_live_listing_is_no_ignored_filter(rig: Harne
         snapshot, cost = await rig.cycle_cost()
         assert cost["livestreams"] == 2 + 1, cost
     assert live_of(snapshot)["ls-002"] is False
+
+
+async def test_a_failed_cycle_keeps_the_lanes_plan(rig: Harness) -> None:
+    """A cycle whose status failed (the token throttled by others) shows nothing of what a
+    cycle needs: the plan stays lanes, so the first cycle after the pause is no burst of
+    the full listing and every session."""
+    rig.start(config_for(rig, 1500))
+    for _ in range(3):
+        await rig.poll()
+    rig.sim.state.limiter.block(TOKEN, rig.sim.world.now(), 3.0)
+    snapshot = await rig.poll()
+    app = snapshot.app(ACCOUNT, APP)
+    assert app is not None and not app.up
+    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes") == 1.0
+    rig.clock.now += 10  # the pause is over
+    _, cost = await rig.cycle_cost()
+    assert cost["livestreams"] == 2 + 1, cost
+    assert sum(cost.values()) <= math.floor(lanes.allowance(1500, 300.0, INTERVAL)) + 1, cost
