@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 Mode = Literal["full", "lanes"]
 
 MARGIN: Final = 0.01  # of the budget never planned: room for retries and clock skew
-FULL_SHARE: Final = 0.1  # the least of each cycle's allowance a full listing pass gets
+FULL_SHARE: Final = 0.05  # the least of each cycle's allowance a full listing pass gets
 FIRST_SHARE: Final = 0.5  # the most of the budget a process's first listing takes at once
 BACK_TO_FULL: Final = 0.8  # the full plan comes back only when it needs this much of A
 

@@ -371,7 +371,7 @@ class Poller:
         self._snapshot = snapshot
         if self._on_snapshot is not None:
             self._on_snapshot()
-        self._replan(statuses, picks)
+        self._replan(statuses)
         if self._observer is not None:
             self._observer.cycle(
                 self._monotonic() - started, waited_for_budget=deadline.budget_bound
@@ -856,7 +856,7 @@ class Poller:
         rate = self._config.shard.budget(self._config.api.rate_limit)
         return rate.requests, rate.window
 
-    def _replan(self, statuses: Sequence[_Status | _Bug], picks: Sequence[_Pick]) -> None:
+    def _replan(self, statuses: Sequence[_Status | _Bug]) -> None:
         """The plan of the next cycle, from what this one showed. A cycle in which an app's
         status failed (a 429's pause, an outage) shows too little of what a cycle needs:
         the plan stays as it was, or the cycle after an outage would be a burst."""

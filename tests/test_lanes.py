@@ -299,13 +299,13 @@ def test_turns_go_new_then_final_then_oldest() -> None:
 def test_choose_keeps_the_full_plan_when_lanes_would_starve_the_counters() -> None:
     """The full plan while it fits (and back to it only below 80 % of the allowance);
     the lanes plan only if its least status lane (the LIVE listing and a page of the
-    pass) leaves the sessions a tenth of the allowance."""
+    pass) leaves the sessions a twentieth of the allowance."""
     demand = lanes.Demand(full_pages=9, live_pages=2, sessions=12)
     assert lanes.choose(demand, 30.0, None) == "full"
     assert lanes.choose(demand, 20.0, None) == "lanes"
     assert lanes.choose(demand, 22.0, "lanes") == "lanes"  # 21 > 80 % of 22
     assert lanes.choose(demand, 27.0, "lanes") == "full"
-    assert lanes.choose(demand, 3.0, None) == "full"  # 2 + 1 status > 90 % of 3
+    assert lanes.choose(demand, 3.0, None) == "full"  # 2 + 1 status > 95 % of 3
     # Few live streams in a large listing: the lanes plan, its pass taking what is left.
     few = lanes.Demand(full_pages=500, live_pages=1, sessions=5)
     assert lanes.choose(few, lanes.allowance(1200, 300.0, 30.0), None) == "lanes"
