@@ -575,6 +575,14 @@ class Poller:
             if prev is not None
             else {}
         )
+        going = self._passes.get(app.key)
+        if full is None and going is not None:
+            # Streams the pass under way has read and the export lacks come in now, not
+            # at its end (a pass at 100,000 streams takes an hour); those it read as LIVE
+            # only if the LIVE listing still holds them, below.
+            for s in going.entries.values():
+                if s.status != LIVE:
+                    base.setdefault(s.id, s)
         live_ids = {s.id for s in live.livestreams if s.status == LIVE}
         for s in live.livestreams:
             if s.status == LIVE:

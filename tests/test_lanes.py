@@ -399,3 +399,14 @@ async def test_a_failed_cycle_keeps_the_lanes_plan(rig: Harness) -> None:
     _, cost = await rig.cycle_cost()
     assert cost["livestreams"] == 2 + 1, cost
     assert sum(cost.values()) <= math.floor(lanes.allowance(1500, 300.0, INTERVAL)) + 1, cost
+
+
+@pytest.mark.parametrize("rig", [(2000, 12)], indirect=True)
+async def test_streams_a_pass_has_read_are_tracked_before_it_ends(rig: Harness) -> None:
+    """The streams the first part of a long pass read are exported from the first cycle
+    on, not only when the pass ends; the live ones are those the LIVE listing holds."""
+    rig.start(config_for(rig, 540))
+    snapshot = await rig.poll()
+    streams = live_of(snapshot)
+    assert len(streams) >= 270 * PER_PAGE  # the first part: 270 pages of 7
+    assert sum(streams.values()) == 12
