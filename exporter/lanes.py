@@ -30,6 +30,8 @@ Mode = Literal["full", "lanes"]
 MARGIN: Final = 0.01  # of the budget never planned: room for retries and clock skew
 FULL_SHARE: Final = 0.05  # the least of each cycle's allowance a full listing pass gets
 FIRST_SHARE: Final = 0.5  # the most of the budget a process's first listing takes at once
+LOOKUP_SHARE: Final = 0.5  # of what the status lane leaves, the most stop lookups may take
+ABSENCE_SHARE: Final = 0.25  # the most of the LIVE streams a listing may lack, for absence
 BACK_TO_FULL: Final = 0.8  # the full plan comes back only when it needs this much of A
 
 
@@ -79,6 +81,16 @@ def pass_pages(
     left = allowance - live - demand.sessions
     least = min(math.ceil(FULL_SHARE * allowance), math.floor((1 - FULL_SHARE) * allowance - live))
     return max(demand.apps, least, math.floor(left))
+
+
+def lookup_room(allowance: float, demand: Demand, pages: int) -> int:
+    """Stops one cycle may confirm by lookup in the lanes plan: :data:`LOOKUP_SHARE` of
+    what the LIVE listing and the pass leave, at least one. Beyond that (a burst of stops,
+    or thousands live with sessions of minutes) a stream is taken as stopped when two LIVE
+    listings in a row lack it: the stop then shows a cycle later, and the sessions keep
+    their share."""
+    left = allowance - demand.live_pages - demand.fixed - pages
+    return max(1, math.floor(LOOKUP_SHARE * left))
 
 
 def counter_period(

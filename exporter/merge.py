@@ -141,9 +141,16 @@ def missing(app: AppConfig, listing: Listing, shard: Shard = WHOLE) -> list[str]
 
 
 def plan(
-    streams: list[Livestream], prev: AppState | None, *, now: float, max_staleness: float
+    streams: list[Livestream],
+    prev: AppState | None,
+    *,
+    now: float,
+    max_staleness: float,
+    stopped: Collection[str] = (),
 ) -> Plan:
-    """Which session requests this cycle needs (see :class:`Plan`)."""
+    """Which session requests this cycle needs (see :class:`Plan`). ``stopped`` names
+    streams known not to be live though their status is not known (they left the LIVE
+    listing): asked, like those listed as not live, only for their final values."""
     before = {s.id: s for s in prev.streams} if prev is not None else {}
     active: list[str] = []
     unknown: list[str] = []
@@ -153,7 +160,7 @@ def plan(
             continue  # no request can name it: the listing is all there is (_Rules.stream)
         if stream.status == LIVE:
             active.append(stream.id)
-        elif stream.status not in NOT_LIVE:
+        elif stream.status not in NOT_LIVE and stream.id not in stopped:
             unknown.append(stream.id)
         elif (old := before.get(stream.id)) is not None and _awaits_final(old, now, max_staleness):
             assert old.session is not None

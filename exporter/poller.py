@@ -197,6 +197,7 @@ class _LanePlan:
     listing_every: float = 0.0
     counter_period: float = 0.0
     status_requests: int = 0
+    lookups: int = 1_000_000  # stops confirmed by lookup a cycle (lanes.lookup_room)
 
     def pages_for(self, key: tuple[str, str]) -> int:
         return self.shares.get(key, max(1, self.pages))
@@ -260,6 +261,11 @@ class Poller:
         self._passes: dict[tuple[str, str], _Pass] = {}
         self._pass_started: dict[tuple[str, str], float] = {}  # the last pass's start
         self._listed: set[tuple[str, str]] = set()  # apps listed whole at least once
+        # Streams a LIVE listing lacked whose lookup had no room yet: how many listings in
+        # a row lacked them; and those taken as stopped (status UNKNOWN until read).
+        self._absent: dict[tuple[str, str], dict[str, int]] = {}
+        self._left_live: dict[tuple[str, str], set[str]] = {}
+        self._lookups_left = 0
         # Apps whose API ignored the status filter, and when that was seen (it is tried
         # again after FILTER_RETRY); and those already warned about.
         self._unfiltered: dict[tuple[str, str], float] = {}
@@ -290,7 +296,13 @@ class Poller:
             del self._health[key]
         for key in set(self._missing) - keys:
             del self._missing[key]
-        for table in (self._passes, self._pass_started, self._unfiltered):
+        for table in (
+            self._passes,
+            self._pass_started,
+            self._unfiltered,
+            self._absent,
+            self._left_live,
+        ):
             for key in set(table) - keys:
                 del table[key]
         self._listed &= keys
@@ -330,6 +342,7 @@ class Poller:
         prev = self._snapshot
         self._cycle_requests = 0
         self._cycle_planned = 0
+        self._lookups_left = self._lanes.lookups
         self._share_limit()
         apps = self._config.apps
         befores = [prev.app(*app.key) for app in apps]
@@ -517,6 +530,7 @@ class Poller:
             prev,
             now=self._clock(),
             max_staleness=self._config.poll.max_staleness,
+            stopped=self._left_live.get(app.key, frozenset()),
         )
         self._cycle_planned += 1
         return _Status(listing, chosen, plan, errors, requests, full=full)
@@ -587,15 +601,20 @@ class Poller:
         for s in live.livestreams:
             if s.status == LIVE:
                 base[s.id] = s
-        suspects = [i for i, s in base.items() if s.status == LIVE and i not in live_ids]
+        # Missing from the LIVE listing twice is a stop only if that listing is whole by
+        # its own count and lacks at most a quarter of the streams known LIVE: a larger
+        # gap is likelier a fault of the listing, and waits for lookups.
+        known = sum(1 for s in base.values() if s.status == LIVE)
+        trusted = (
+            live.total == len(live.livestreams)
+            and not live.skipped
+            and known - len(live_ids) <= lanes.ABSENCE_SHARE * known
+        )
+        suspects = self._stop_lookups(app, base, live_ids, trusted=trusted)
         if full is not None and prev is not None:
             # A pass read over several cycles may skip a stream whose page shifted when
             # another was deleted: one it lacks is looked up before it is dropped.
             suspects += [s.id for s in prev.streams if s.id not in base]
-        for sid in [i for i in suspects if not addressable(i)]:
-            # No request can name it: the LIVE listing's word is all there is. Its status
-            # is unknown until the next full listing; it is not live.
-            base[sid] = dataclasses.replace(base[sid], status=UNKNOWN_STATUS)
         suspects = [i for i in suspects if addressable(i)]
         looked_up, failed = await self._look_up(app, suspects, deadline)
         requests += len(suspects)
@@ -621,6 +640,45 @@ class Poller:
             unread=full.unread if full is not None else self._untracked.get(app.key, 0),
         )
         return listing, requests, full is not None
+
+    def _stop_lookups(
+        self,
+        app: AppConfig,
+        base: dict[str, Livestream],
+        live_ids: Collection[str],
+        *,
+        trusted: bool,
+    ) -> list[str]:
+        """The streams of ``base`` listed LIVE that the LIVE listing lacks, to be looked up
+        this cycle, as many as :attr:`_LanePlan.lookups` leaves (configured ones expected
+        live first, then those waiting longest). One that waits while two ``trusted``
+        listings in a row lack it is taken as stopped: its status in ``base`` becomes
+        UNKNOWN, and it is not live."""
+        absent = self._absent.setdefault(app.key, {})
+        left = self._left_live.setdefault(app.key, set())
+        left &= {i for i, s in base.items() if s.status == UNKNOWN_STATUS}
+        stops = [i for i, s in base.items() if s.status == LIVE and i not in live_ids]
+        for sid in [i for i in stops if not addressable(i)]:
+            # No request can name it: the LIVE listing's word is all there is.
+            base[sid] = dataclasses.replace(base[sid], status=UNKNOWN_STATUS)
+            left.add(sid)
+        stops = [i for i in stops if addressable(i)]
+        for sid in set(absent) - set(stops):
+            del absent[sid]
+        expected = app.expectations()
+        stops.sort(key=lambda i: (expected.get(i) is not True, -absent.get(i, 0), i))
+        room = max(0, self._lookups_left)
+        ask, wait = stops[:room], stops[room:]
+        self._lookups_left -= len(ask)
+        for sid in ask:
+            absent.pop(sid, None)
+        for sid in wait:
+            absent[sid] = absent.get(sid, 0) + (1 if trusted else 0)
+            if absent[sid] >= 2:
+                del absent[sid]
+                base[sid] = dataclasses.replace(base[sid], status=UNKNOWN_STATUS)
+                left.add(sid)
+        return ask
 
     async def _pass_step(
         self, app: AppConfig, deadline: CycleDeadline
@@ -902,6 +960,7 @@ class Poller:
             ),
             status_requests=(full_pages + demand.sessions if mode == "full" else live_pages + pages)
             + fixed,
+            lookups=lanes.lookup_room(allowance, demand, pages),
         )
         if plan.mode != self._lanes.mode and self._lanes.mode is not None:
             if plan.mode == "lanes":

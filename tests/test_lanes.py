@@ -410,3 +410,29 @@ async def test_streams_a_pass_has_read_are_tracked_before_it_ends(rig: Harness) 
     streams = live_of(snapshot)
     assert len(streams) >= 270 * PER_PAGE  # the first part: 270 pages of 7
     assert sum(streams.values()) == 12
+
+
+@pytest.mark.parametrize("rig", [(60, 24)], indirect=True)
+async def test_stops_beyond_the_lookup_room_show_a_cycle_later(rig: Harness) -> None:
+    """Two stops a cycle with room for one lookup a cycle (833/5m): the stops looked up
+    show at once, the others when a second LIVE listing in a row lacks them; every stop
+    shows within two cycles, no cycle sends more than one lookup, and no live stream is
+    shown stopped."""
+    rig.start(config_for(rig, 833))
+    for _ in range(3):
+        await rig.poll()
+    stopped_at: dict[str, int] = {}
+    for cycle in range(4):
+        for n in (2 * cycle, 2 * cycle + 1):
+            rig.sim.world.stop(f"ls-{n:03d}")
+            stopped_at[f"ls-{n:03d}"] = cycle
+        snapshot, cost = await rig.cycle_cost()
+        assert cost.get("livestream", 0) <= 1, cost
+        shown = live_of(snapshot)
+        late = [sid for sid, at in stopped_at.items() if shown[sid] and cycle - at >= 1]
+        assert late == [], (cycle, late)
+        assert all(shown[f"ls-{n:03d}"] for n in range(8, 24)), "a false stop"
+    app = snapshot.app(ACCOUNT, APP)
+    assert app is not None
+    unread = [s.id for s in app.streams if s.livestream.status == "UNKNOWN"]
+    assert unread, "no stop was taken on the listings' word"

@@ -641,13 +641,15 @@ async def test_status_flapping_between_cycles(rig: Rig) -> None:
     assert not internal_errors(poller)
 
 
-async def test_many_stops_show_in_the_next_cycle(rig: Rig) -> None:
-    """Attacks promise 2: half the live streams stop at once in the lanes plan; every stop
-    shows in the next cycle (a lookup each), and the others stay live."""
+async def test_many_stops_show_within_two_cycles(rig: Rig) -> None:
+    """Attacks promise 2: half the live streams stop at once in the lanes plan. Lookups
+    have room for three a cycle here, and so many missing at once is no proof without
+    them: every stop shows within two cycles, and the others stay live."""
     await into_lanes(rig, config_for(rig, 1500))
     stopped = [f"ls-{n:03d}" for n in range(0, 12, 2)]
     for sid in stopped:
         rig.sim.world.stop(sid)
+    await rig.poll()
     snapshot = await rig.poll()
     shown = live_of(snapshot)
     assert [sid for sid in stopped if shown[sid]] == []
@@ -667,7 +669,7 @@ async def test_a_live_listing_of_another_apps_streams_is_no_false_stop(rig: Rig)
         return listing
 
     rig.twist(listing=other)
-    for _ in range(2):
+    for _ in range(6):  # long enough for any "missing twice" rule to act
         snapshot = await rig.poll()
         no_false_stop(rig, snapshot)
     assert not internal_errors(poller)
