@@ -146,23 +146,26 @@ class Credit:
         return max(0, math.floor(self._credit or 0.0))
 
 
-# Who gets a session request first in the lanes plan.
+# What a session request in the lanes plan is for.
 NEW: Final = 0  # live without a current session seen: its first values
 FINAL: Final = 1  # stopped: its session's final values
 REFRESH: Final = 2  # live with values: the oldest first
+FOREVER: Final = 1e9  # how far ahead first answers go when no refresh period is planned
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class Turn:
-    """One session request the counter lane could send; sorts in the order they go."""
+    """One session request the counter lane could send; sorts in the order they go:
+    by ``due``, the time its values date from (for a refresh, when they were read; for a
+    first answer or final values, when it began to wait less a refresh period, so that
+    those go first unless a refresh is overdue)."""
 
+    due: float
     kind: int
-    counted_at: float  # when the stream's counters were fetched (-inf: never)
     app: int  # the app's place in the config
     livestream_id: str
 
 
 def turns(candidates: Iterable[Turn], available: int) -> list[Turn]:
-    """The ``available`` turns that go this cycle, in order."""
-    ordered = sorted(candidates)
-    return ordered[: max(0, available)]
+    """The ``available`` turns that go this cycle, earliest due first."""
+    return sorted(candidates)[: max(0, available)]

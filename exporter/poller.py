@@ -262,10 +262,13 @@ class Poller:
         self._pass_started: dict[tuple[str, str], float] = {}  # the last pass's start
         self._listed: set[tuple[str, str]] = set()  # apps listed whole at least once
         # Streams a LIVE listing lacked whose lookup had no room yet: how many listings in
-        # a row lacked them; and those taken as stopped (status UNKNOWN until read).
-        self._absent: dict[tuple[str, str], dict[str, int]] = {}
+        # a row lacked them, and how many of those were whole; and those taken as stopped
+        # (status UNKNOWN until read).
+        self._absent: dict[tuple[str, str], dict[str, tuple[int, int]]] = {}
         self._left_live: dict[tuple[str, str], set[str]] = {}
         self._lookups_left = 0
+        # When each stream waiting for a first answer or its final values began to wait.
+        self._first_wait: dict[tuple[str, str], dict[str, float]] = {}
         # Apps whose API ignored the status filter, and when that was seen (it is tried
         # again after FILTER_RETRY); and those already warned about.
         self._unfiltered: dict[tuple[str, str], float] = {}
@@ -302,6 +305,7 @@ class Poller:
             self._unfiltered,
             self._absent,
             self._left_live,
+            self._first_wait,
         ):
             for key in set(table) - keys:
                 del table[key]
@@ -602,11 +606,13 @@ class Poller:
             if s.status == LIVE:
                 base[s.id] = s
         # Missing from the LIVE listing twice is a stop only if that listing is whole by
-        # its own count and lacks at most a quarter of the streams known LIVE: a larger
-        # gap is likelier a fault of the listing, and waits for lookups.
+        # its own count (give or take the streams that start and stop while its pages are
+        # read) and lacks at most a quarter of the streams known LIVE: a larger gap is
+        # likelier a fault of the listing, and waits for lookups.
         known = sum(1 for s in base.values() if s.status == LIVE)
         trusted = (
-            live.total == len(live.livestreams)
+            live.total is not None
+            and abs(live.total - len(live.livestreams)) <= max(5, 0.02 * live.total)
             and not live.skipped
             and known - len(live_ids) <= lanes.ABSENCE_SHARE * known
         )
@@ -666,15 +672,17 @@ class Poller:
         for sid in set(absent) - set(stops):
             del absent[sid]
         expected = app.expectations()
-        stops.sort(key=lambda i: (expected.get(i) is not True, -absent.get(i, 0), i))
+        # Those waiting longest first, so that none waits for ever behind newer stops.
+        stops.sort(key=lambda i: (expected.get(i) is not True, -absent.get(i, (0, 0))[0], i))
         room = max(0, self._lookups_left)
         ask, wait = stops[:room], stops[room:]
         self._lookups_left -= len(ask)
         for sid in ask:
             absent.pop(sid, None)
         for sid in wait:
-            absent[sid] = absent.get(sid, 0) + (1 if trusted else 0)
-            if absent[sid] >= 2:
+            waited, whole = absent.get(sid, (0, 0))
+            absent[sid] = (waited + 1, whole + 1 if trusted else whole)
+            if absent[sid][1] >= 2:
                 del absent[sid]
                 base[sid] = dataclasses.replace(base[sid], status=UNKNOWN_STATUS)
                 left.add(sid)
@@ -826,22 +834,34 @@ class Poller:
                 (st.plan.active, tuple(st.plan.final)) if isinstance(st, _Status) else ((), ())
                 for st in statuses
             ]
+        now = self._clock()
+        # A first answer (newly LIVE) or final values wait as if their counters were a
+        # refresh period older than they have waited: they go ahead of every refresh that
+        # is not overdue, and none of the three kinds can starve the others.
+        period = self._lanes.counter_period
+        ahead = period if math.isfinite(period) else lanes.FOREVER
         candidates: list[lanes.Turn] = []
         for n, (st, before) in enumerate(zip(statuses, befores, strict=True)):
             if not isinstance(st, _Status):
                 continue
             old = {s.id: s for s in before.streams} if before is not None else {}
+            key = self._config.apps[n].key
+            waits = self._first_wait.get(key, {})
+            due: dict[str, float] = {}
             for sid in st.plan.final:
-                candidates.append(lanes.Turn(lanes.FINAL, -math.inf, n, sid))
+                due[sid] = waits.get(sid, now) - ahead
+                candidates.append(lanes.Turn(due[sid], lanes.FINAL, n, sid))
             listed = {s.id: s.status for s in st.chosen}
             for sid in st.plan.active:
                 prev = old.get(sid)
                 if prev is None or prev.counted_at is None or prev.livestream.status != listed[sid]:
-                    # Not asked since it was listed so: its first answer comes first. Once
+                    # Not asked since it was listed so: its first answer comes early. Once
                     # answered (with a session or not), it waits its turn by age.
-                    candidates.append(lanes.Turn(lanes.NEW, -math.inf, n, sid))
+                    due[sid] = waits.get(sid, now) - ahead
+                    candidates.append(lanes.Turn(due[sid], lanes.NEW, n, sid))
                 else:
-                    candidates.append(lanes.Turn(lanes.REFRESH, prev.counted_at, n, sid))
+                    candidates.append(lanes.Turn(prev.counted_at, lanes.REFRESH, n, sid))
+            self._first_wait[key] = {sid: at + ahead for sid, at in due.items()}
         going = lanes.turns(candidates, self._credit.available)
         active: list[list[str]] = [[] for _ in statuses]
         final: list[list[str]] = [[] for _ in statuses]

@@ -284,15 +284,17 @@ def test_credit_refills_at_the_budget_rate_and_keeps_at_most_one_cycle() -> None
     assert credit.available == 9
 
 
-def test_turns_go_new_then_final_then_oldest() -> None:
-    """Newly LIVE streams first, then final values, then the oldest counters."""
+def test_turns_go_by_due_time() -> None:
+    """Turns go earliest due first: first answers and final values are due a refresh
+    period before they began to wait, so they go ahead of refreshes that are not
+    overdue, but not ahead of one overdue for longer."""
     turns = [
-        lanes.Turn(lanes.REFRESH, 50.0, 0, "c"),
-        lanes.Turn(lanes.REFRESH, 10.0, 1, "d"),
-        lanes.Turn(lanes.FINAL, -math.inf, 0, "b"),
-        lanes.Turn(lanes.NEW, -math.inf, 0, "a"),
+        lanes.Turn(50.0, lanes.REFRESH, 0, "c"),
+        lanes.Turn(10.0, lanes.REFRESH, 1, "d"),
+        lanes.Turn(100.0 - 60.0, lanes.FINAL, 0, "b"),
+        lanes.Turn(100.0 - 60.0, lanes.NEW, 0, "a"),
     ]
-    assert [t.livestream_id for t in lanes.turns(turns, 3)] == ["a", "b", "d"]
+    assert [t.livestream_id for t in lanes.turns(turns, 3)] == ["d", "a", "b"]
     assert lanes.turns(turns, 0) == []
 
 
