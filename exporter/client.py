@@ -297,15 +297,7 @@ class RealtimeKitClient:
                     per_page=per_page,
                 )
             if max_pages is not None and read >= max_pages:
-                return Listing(
-                    livestreams=tuple(seen.values()),
-                    pages=read,
-                    skipped=skipped,
-                    total=total,
-                    complete=False,
-                    unread=max(0, total - received) if total is not None else 0,
-                    per_page=per_page,
-                )
+                return _cut(seen, read, skipped, total, received, per_page)
             if page_no == 1 and stop_early is not None and total is not None:
                 left = -(-(total - received) // per_page)
                 if stop_early(seen.keys(), left):
@@ -317,15 +309,7 @@ class RealtimeKitClient:
                         complete=False,
                     )
             if max_entries is not None and len(seen) >= max_entries:
-                return Listing(
-                    livestreams=tuple(seen.values()),
-                    pages=page_no,
-                    skipped=skipped,
-                    total=total,
-                    complete=False,
-                    unread=max(0, total - received) if total is not None else 0,
-                    per_page=per_page,
-                )
+                return _cut(seen, read, skipped, total, received, per_page)
             page_no += 1
         raise ApiError(
             "decode",
@@ -694,6 +678,27 @@ def _segment(text: str) -> str:
     if not addressable(text):
         raise ValueError(f"{text!r} cannot be a URL path segment")
     return quote(text, safe="")
+
+
+def _cut(
+    seen: Mapping[str, Livestream],
+    pages: int,
+    skipped: int,
+    total: int | None,
+    received: int,
+    per_page: int,
+) -> Listing:
+    """A listing read up to a page before its end: the entries left unread, as far as the
+    paging block tells, and the page size to ask the rest with."""
+    return Listing(
+        livestreams=tuple(seen.values()),
+        pages=pages,
+        skipped=skipped,
+        total=total,
+        complete=False,
+        unread=max(0, total - received) if total is not None else 0,
+        per_page=per_page,
+    )
 
 
 def _listing_done(page: decode.ListingPage, received: int) -> bool:

@@ -182,7 +182,6 @@ class _Pass:
     next_page: int = 1
     per_page: int | None = None
     pages: int = 0
-    cycles: int = 0
     skipped: int = 0
     entries: dict[str, Livestream] = dataclasses.field(default_factory=dict)
 
@@ -713,7 +712,6 @@ class Poller:
             per_page=current.per_page,
             max_pages=pages,
         )
-        current.cycles += 1
         current.pages += part.pages
         current.skipped += part.skipped
         current.next_page += part.pages
@@ -794,29 +792,27 @@ class Poller:
             next_page=1 + part.pages,
             per_page=part.per_page,
             pages=part.pages,
-            cycles=1,
             skipped=part.skipped,
             entries=entries,
         )
-        per_page = part.per_page or LISTING_PAGE_SIZE
-        entries_total = part.total if part.total is not None else len(entries)
-        self._full_pages[app.key] = max(
-            1, math.ceil(min(entries_total, self._listing_cap()) / per_page)
-        )
-        self._page_size[app.key] = per_page
+        self._measure(app, part.total if part.total is not None else len(entries), part)
 
     def _note_full(self, app: AppConfig, listing: Listing) -> None:
         """A full listing of the app was read: its size in pages is the plan's measure,
         counted from what it held (and what a cut left unread), not from its total_count,
         which an API may get wrong."""
         self._listed.add(app.key)
-        per_page = listing.per_page or LISTING_PAGE_SIZE
-        entries = len(listing.livestreams) + listing.skipped + listing.unread
         if app.discover:
-            cap = self._listing_cap()
-            self._full_pages[app.key] = max(1, math.ceil(min(entries, cap) / per_page))
+            self._measure(app, len(listing.livestreams) + listing.skipped + listing.unread, listing)
         else:
             self._full_pages[app.key] = max(1, listing.pages)
+            self._page_size[app.key] = listing.per_page or LISTING_PAGE_SIZE
+
+    def _measure(self, app: AppConfig, entries: int, listing: Listing) -> None:
+        """The app's full listing holds ``entries`` streams: so many pages of the size
+        ``listing`` was read with, up to the listing cap, is what a full listing costs."""
+        per_page = listing.per_page or LISTING_PAGE_SIZE
+        self._full_pages[app.key] = max(1, math.ceil(min(entries, self._listing_cap()) / per_page))
         self._page_size[app.key] = per_page
 
     def _pick(

@@ -1535,3 +1535,22 @@ def test_every_addressable_id_is_exactly_one_segment_of_its_url(text: str, call:
     index, count = ID_PART[call]
     assert len(url.raw_parts) == count, url
     assert urllib.parse.unquote(url.raw_parts[index]) == text
+
+
+async def test_a_part_of_the_listing_counts_only_its_own_pages(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """A part read from page 2 on, cut by max_entries or by max_pages, says how many pages
+    it read itself (so that a pass knows where to go on), and how many entries are left."""
+    server.get(page_url(2, 2), payload=page("c", "d", total_count=6), repeat=True)
+    server.get(page_url(3, 2), payload=page("e", "f", total_count=6), repeat=True)
+    client = make_client()
+    by_entries = await client.list_livestreams(
+        ACCOUNT, APP, first_page=2, per_page=2, max_entries=2
+    )
+    by_pages = await client.list_livestreams(ACCOUNT, APP, first_page=2, per_page=2, max_pages=1)
+    for part in (by_entries, by_pages):
+        assert [s.id for s in part.livestreams] == ["c", "d"]
+        assert (part.pages, part.complete, part.unread, part.per_page) == (1, False, 2, 2)
+    rest = await client.list_livestreams(ACCOUNT, APP, first_page=3, per_page=2)
+    assert ([s.id for s in rest.livestreams], rest.pages, rest.complete) == (["e", "f"], 1, True)
