@@ -67,6 +67,8 @@ MIN_REQUEST_TIME: Final = 1.0  # default: no request starts with less of its cyc
 MAX_PAUSE: Final = 900.0  # the API blocks for 300 s; a larger ask is more likely a bug
 # Who goes first when requests queue for a connection slot or the budget: the listing
 # (every stream's status), then sessions of streams that may be live, then the rest.
+# A webhook's targeted refresh of one stream goes ahead of everything else.
+PRIORITY_PUSH: Final = -1
 PRIORITY_LISTING: Final = 0
 PRIORITY_LIVE: Final = 1
 PRIORITY_OTHER: Final = 2

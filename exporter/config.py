@@ -12,7 +12,7 @@ import math
 import os
 import re
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
@@ -85,6 +85,14 @@ _PATH_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # used with fullmatch: no trailing n
 # Problems named in an error's one line; the rest are counted (20,000 bad livestream ids
 # would make a line of a megabyte).
 MAX_SHOWN_PROBLEMS: Final = 20
+# The webhook receiver (webhooks section): where RealtimeKit's public key is served, the
+# path deliveries are posted to, and the port it listens on, by default.
+DEFAULT_KEY_URL: Final = "https://api.realtime.cloudflare.com/.well-known/webhooks.json"
+DEFAULT_WEBHOOK_PATH: Final = "/webhooks/realtimekit"
+DEFAULT_WEBHOOK_PORT: Final = 10243
+MAX_KEY_FILE_BYTES: Final = 64 * 1024
+_LISTEN_PORT = re.compile(r"[0-9]{1,5}")
+_WEBHOOK_PATH = re.compile(r"(/[A-Za-z0-9._~\-]+)+")  # fullmatch: plain segments, no dot ones
 
 
 class ConfigError(Exception):
@@ -226,6 +234,24 @@ class Shard:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhooksConfig:
+    """The webhook receiver: its own listener (``host`` None: every interface), the path
+    deliveries are posted to, and where RealtimeKit's public key comes from (a URL, or a
+    PEM file instead)."""
+
+    host: str | None = None
+    port: int = DEFAULT_WEBHOOK_PORT
+    path: str = DEFAULT_WEBHOOK_PATH
+    public_key_url: str | None = DEFAULT_KEY_URL
+    public_key_file: Path | None = None
+
+    @property
+    def listen_address(self) -> str:
+        host = self.host or ""
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     api: ApiConfig
     poll: PollConfig = field(default_factory=PollConfig)
@@ -233,6 +259,7 @@ class Config:
     source: str = "config"
     shard: Shard = Shard()
     limits: Limits = Limits()
+    webhooks: WebhooksConfig | None = None  # None: no receiver
 
     def summary(self) -> str:
         streams = sum(len(a.livestreams) for a in self.apps)
@@ -398,6 +425,8 @@ _SCHEMA_KEYS: Final = frozenset(
     {"api", "poll", "apps", "base_url", "token", "token_file", "timeout", "max_concurrency"}
     | {"rate_limit", "interval", "max_staleness", "account_id", "app_id", "discover"}
     | {"livestreams", "id", "expect_live", "limits", "max_livestreams"}
+    | {"full_listing_interval", "webhooks", "listen_address", "path", "public_key_url"}
+    | {"public_key_file"}
 )
 
 
@@ -539,14 +568,17 @@ class _Validator:
         if not isinstance(document, dict):
             # Nothing below can be checked; the missing api/apps would only be noise.
             raise ConfigError(["(top level): must be a mapping"], source=source)
-        root = self.mapping("", document, {"api", "poll", "apps", "limits"})
+        root = self.mapping("", document, {"api", "poll", "apps", "limits", "webhooks"})
         api = self.api(root.get("api", {}))
         poll = self.poll(root.get("poll", {}))
         apps = self.apps(root.get("apps"))
         limits = self.limits(root.get("limits", {}), apps)
+        webhooks = self.webhooks(root["webhooks"]) if root.get("webhooks") is not None else None
         if self.problems:
             raise ConfigError(self.problems, source=source)
-        return Config(api=api, poll=poll, apps=apps, source=source, limits=limits)
+        return Config(
+            api=api, poll=poll, apps=apps, source=source, limits=limits, webhooks=webhooks
+        )
 
     def mapping(self, path: str, value: object, allowed: set[str]) -> dict[str, Any]:
         if value is None:
@@ -712,6 +744,57 @@ class _Validator:
             interval=interval, max_staleness=staleness, full_listing_interval=full_every
         )
 
+    def webhooks(self, value: object) -> WebhooksConfig:
+        raw = self.mapping(
+            "webhooks", value, {"listen_address", "path", "public_key_url", "public_key_file"}
+        )
+        out = WebhooksConfig()
+        if "listen_address" in raw:
+            text = self.string("webhooks.listen_address", raw["listen_address"])
+            if text is not None:
+                try:
+                    host, port = parse_listen_address(text)
+                    out = replace(out, host=host, port=port)
+                except ValueError as exc:
+                    self.fail("webhooks.listen_address", str(exc))
+        if "path" in raw and (path := self.string("webhooks.path", raw["path"])) is not None:
+            if _WEBHOOK_PATH.fullmatch(path) and not any(
+                part in (".", "..") for part in path.split("/")
+            ):
+                out = replace(out, path=path)
+            else:
+                self.fail(
+                    "webhooks.path",
+                    "must start with '/' and use only letters, digits and '-', '_', '.', '~'"
+                    " between single slashes",
+                )
+        if "public_key_url" in raw and "public_key_file" in raw:
+            self.fail("webhooks", "set public_key_url or public_key_file, not both")
+        elif "public_key_file" in raw:
+            name = self.string("webhooks.public_key_file", raw["public_key_file"])
+            if name is not None:
+                key_file = Path(name)
+                if not key_file.is_absolute():
+                    key_file = self.base_dir / key_file
+                out = replace(out, public_key_url=None, public_key_file=key_file)
+        elif "public_key_url" in raw:
+            url = self.string("webhooks.public_key_url", raw["public_key_url"])
+            if url is not None:
+                out = replace(out, public_key_url=self.key_url(url))
+        return out
+
+    def key_url(self, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError:
+            hostname, parts = None, None
+        if parts is None or parts.scheme not in ("http", "https") or not hostname:
+            self.fail("webhooks.public_key_url", "must be an http:// or https:// URL")
+        elif parts.username is not None or parts.password is not None:
+            self.fail("webhooks.public_key_url", "must not carry credentials")
+        return url
+
     def limits(self, value: object, apps: tuple[AppConfig, ...]) -> Limits:
         raw = self.mapping("limits", value, {"max_livestreams"})
         limit = raw.get("max_livestreams", DEFAULT_MAX_LIVESTREAMS)
@@ -821,6 +904,21 @@ class _Validator:
             seen.add(stream_id)
             out.append(LivestreamConfig(id=stream_id, expect_live=expect))
         return tuple(out)
+
+
+def parse_listen_address(address: str) -> tuple[str | None, int]:
+    """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (every interface) -> (host, port); raises
+    ValueError saying what is wrong."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not _LISTEN_PORT.fullmatch(port_text) or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT (for example ':10243')")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not host:
+            raise ValueError(f"{address!r}: empty brackets")
+    elif ":" in host:
+        raise ValueError(f"{address!r}: write IPv6 hosts as [addr]:port")
+    return (host or None), int(port_text)
 
 
 def _whole(value: object, low: int, high: int) -> bool:

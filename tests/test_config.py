@@ -186,7 +186,7 @@ FILE_CASES: dict[str, tuple[str, dict[str, str], list[str]]] = {
         "invalid_many.yml",
         ENVIRON,
         [
-            "listen: unknown key (allowed: api, apps, limits, poll)",
+            "listen: unknown key (allowed: api, apps, limits, poll, webhooks)",
             "api.retries: unknown key (allowed: base_url, max_concurrency, rate_limit, timeout, "
             "token, token_file)",
             f"api.timeout: {BAD_DURATION}",
@@ -283,7 +283,7 @@ def test_degenerate_documents(tmp_path: Path, text: str, expected: list[str]) ->
         (
             "apps: []\nsurprise: 1\n",
             [
-                "surprise: unknown key (allowed: api, apps, limits, poll)",
+                "surprise: unknown key (allowed: api, apps, limits, poll, webhooks)",
                 "apps: must be a non-empty list",
             ],
         ),
