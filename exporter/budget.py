@@ -14,7 +14,9 @@ Two kinds of waiting, handled differently:
   is refused at once with :class:`BudgetExhausted` rather than sent late.
 
 Waiting requests are granted in priority order (lower first), then in arrival order, so
-that a cycle short of budget spends it on what matters most first.
+that a cycle short of budget spends it on what matters most first. A share of each window
+may be kept (:meth:`RequestBudget.keep_share`) for requests of a negative priority (a
+webhook's targeted refresh): the others never take it, so those find room at once.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import bisect
 import contextlib
 import heapq
 import itertools
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -121,6 +124,25 @@ class RequestBudget:
         self._paused_until = 0.0
         self._queue: list[_Waiter] = []
         self._seq = itertools.count()
+        self._kept_share = 0.0
+
+    def keep_share(self, share: float) -> None:
+        """Keep ``share`` (0 to 0.5) of every window for requests of a negative priority."""
+        if not 0.0 <= share <= 0.5:
+            raise ValueError("the share kept must be from 0 to 0.5")
+        self._kept_share = share
+
+    def kept(self, requests: int) -> int:
+        """Of ``requests`` per window, how many are kept for negative priorities."""
+        if not self._kept_share:
+            return 0
+        return min(requests - 1, math.ceil(self._kept_share * requests))
+
+    @property
+    def planned(self) -> int:
+        """Requests per :attr:`window` that the others may spend: :attr:`requests` less
+        the share kept."""
+        return self.requests - self.kept(self.requests)
 
     @property
     def paused_until(self) -> float:
@@ -220,10 +242,10 @@ class RequestBudget:
                         raise BudgetExhausted(self._paused_until - now)
                 waiter.wake.clear()
                 if self._queue[0] is not waiter:
-                    window_bound = window_bound or self._window_ready(now) > now
+                    window_bound = window_bound or self._window_ready(now, kept=priority >= 0) > now
                     await waiter.wake.wait()
                     continue
-                window_ready = self._window_ready(now)
+                window_ready = self._window_ready(now, kept=priority >= 0)
                 ready_at = max(now, self._paused_until, window_ready)
                 if ready_at <= now:
                     self._granted.append(now)
@@ -260,12 +282,14 @@ class RequestBudget:
         while self._granted and self._granted[0] <= horizon:
             self._granted.popleft()
 
-    def _window_ready(self, now: float) -> float:
-        """When every limit's window has room for one more grant."""
+    def _window_ready(self, now: float, *, kept: bool = False) -> float:
+        """When every limit's window has room for one more grant (beyond the share kept
+        for negative priorities, if ``kept``)."""
         self._expire(now)
         ready = now
         granted = self._granted
-        for requests, window in self._limits():
+        for limit, window in self._limits():
+            requests = limit - self.kept(limit) if kept else limit
             held = window + self._slack
             if len(granted) - bisect.bisect_right(granted, now - held) >= requests:
                 ready = max(ready, granted[len(granted) - requests] + held)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Final
 
 from prometheus_client import generate_latest
 
-from exporter import __version__, config, demo, logs, webconfig
+from exporter import __version__, config, demo, logs, registration, webconfig
 from exporter.connections import raise_open_files_limit
 from exporter.reload import Reloader
 from exporter.server import Exporter, ServeError, Server, join_host_port
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_simulate(commands)
+    _add_webhooks(commands)
     return parser
 
 
@@ -252,6 +253,56 @@ def _add_simulate(commands: argparse._SubParsersAction[_Parser]) -> None:
         ("--log.format", "log_format", "logfmt", ["logfmt", "json"]),
     ):
         sim.add_argument(flag, dest=dest, default=default, choices=choices)
+
+
+def _add_webhooks(commands: argparse._SubParsersAction[_Parser]) -> None:
+    hooks = commands.add_parser(
+        "webhooks",
+        help="register this exporter's webhook receiver with RealtimeKit, list or remove it",
+        description="Manage the webhooks of every app in the configuration through the "
+        "RealtimeKit API, with the configuration's token (it needs the Realtime Admin or "
+        "Realtime permission). Prints one line per app (per webhook for list). Exit status: "
+        "0 done, 1 the API failed or refused, 2 a usage or configuration error.",
+        epilog="example: realtimekit-exporter webhooks register --config.file config.yaml "
+        "--url https://exporter.example.com/webhooks/realtimekit",
+    )
+    actions = hooks.add_subparsers(dest="webhooks_command", metavar="ACTION", required=True)
+    for name, text in (
+        (
+            "register",
+            "make sure each app has one enabled webhook for --url with the "
+            f"{registration.EVENT} event: created, kept (running it again changes nothing) "
+            "or updated (a webhook with the URL that was disabled or lacked the event)",
+        ),
+        ("list", "print every webhook of each app: id, url, events, enabled, name"),
+        ("unregister", "delete every webhook with --url from each app: deleted N"),
+    ):
+        sub = actions.add_parser(name, help=text, description=text)
+        sub.add_argument(
+            "--config.file",
+            dest="webhooks_config_file",
+            metavar="PATH",
+            help="YAML configuration file: its API token, base URL and apps (required)",
+        )
+        if name != "list":
+            sub.add_argument(
+                "--url",
+                required=True,
+                help="where RealtimeKit posts deliveries: a public https:// URL (http:// only "
+                "for a loopback host) whose path is the config's webhooks.path, unless a "
+                "proxy rewrites it",
+            )
+        if name == "register":
+            sub.add_argument(
+                "--name",
+                default=registration.DEFAULT_NAME,
+                help=f"name of a webhook it creates (default {registration.DEFAULT_NAME})",
+            )
+        for flag, dest, default, choices in (
+            ("--log.level", "log_level", "info", list(logs.LEVELS)),
+            ("--log.format", "log_format", "logfmt", ["logfmt", "json"]),
+        ):
+            sub.add_argument(flag, dest=dest, default=default, choices=choices)
 
 
 def _index(text: str) -> int:
@@ -377,6 +428,8 @@ def _main(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
         if args.command == "simulate":
             return _simulate_main(args)
+        if args.command == "webhooks":
+            return _webhooks_main(args)
         listen = parse_listen(args.listen)
         if args.demo:
             if args.config_file or args.config_check or args.once:
@@ -385,7 +438,7 @@ def _main(argv: Sequence[str] | None) -> int:
             raise UsageError("--config.file is required (or try --demo)")
         shard = _shard(args.shard, args.total_shards)
     except UsageError as exc:
-        where = "simulate --help" if argv_says_simulate(argv) else "--help"
+        where = _help_for(argv)
         return _fail(EXIT_USAGE, f"usage error: {exc} (see {where})")
 
     try:
@@ -670,6 +723,56 @@ async def _simulate(simulator: Simulator, host: str | None, port: int) -> int:
     finally:
         await simulator.close()
     return EXIT_OK
+
+
+def _help_for(argv: Sequence[str] | None) -> str:
+    """The help to point a usage error at: the command's, if it names one."""
+    words = sys.argv[1:] if argv is None else argv
+    if "webhooks" in words:
+        action = next((w for w in words if w in registration.COMMANDS), None)
+        return f"webhooks {action} --help" if action else "webhooks --help"
+    return "simulate --help" if argv_says_simulate(argv) else "--help"
+
+
+def _webhooks_main(args: argparse.Namespace) -> int:
+    """``webhooks register|list|unregister``: 0 done, 1 the API failed or refused, 2 a
+    usage or configuration error (a bad URL among them, found before any request)."""
+    command: registration.Command = args.webhooks_command
+    where = f"see webhooks {command} --help"
+    path = args.webhooks_config_file or args.config_file
+    if not path:
+        return _fail(EXIT_USAGE, f"usage error: --config.file is required ({where})")
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as exc:
+        return _fail(EXIT_USAGE, f"invalid configuration: {exc}")
+    token = cfg.api.token.reveal()
+    logs.configure(level=args.log_level, fmt=args.log_format, secrets=lambda: (token,))
+    url: str = getattr(args, "url", "")
+    name: str = getattr(args, "name", registration.DEFAULT_NAME)
+    if not name.strip():
+        return _fail(EXIT_USAGE, f"usage error: --name must not be empty ({where})")
+    try:
+        if command == "register":
+            for warning in registration.check_url(url, webhooks=cfg.webhooks):
+                log.warning("%s", warning)
+        results = asyncio.run(registration.run(cfg, command, url=url, name=name))
+    except registration.InvalidUrl as exc:
+        return _fail(EXIT_USAGE, f"usage error: --url {exc} ({where})")
+    except registration.RegistrationError as exc:
+        _print_lines(exc.done)
+        return _fail(EXIT_FAILURE, str(exc))
+    except KeyboardInterrupt:
+        return _fail(EXIT_FAILURE, f"interrupted: webhooks {command} may be half done")
+    _print_lines(results)
+    return EXIT_OK
+
+
+def _print_lines(results: Sequence[registration.AppResult]) -> None:
+    for result in results:
+        for line in registration.describe(result):
+            print(line)
+    sys.stdout.flush()
 
 
 def _fail(code: int, message: str) -> int:

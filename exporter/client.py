@@ -1,10 +1,12 @@
-"""Async calls to the RealtimeKit livestream API, with budget, retries and one error type.
+"""Async calls to the RealtimeKit API (livestreams, and an app's webhooks), with budget,
+retries and one error type.
 
 Every request passes the token's :class:`~exporter.budget.RequestBudget`, a concurrency
 limit and ``api.timeout``; transient failures (timeouts, connection errors, 5xx) are
-retried with full-jitter backoff while the cycle's deadline allows. Whatever goes wrong
-surfaces as :class:`ApiError` with a ``reason`` from a small fixed set. Error text never
-holds the token: it is only ever put in the ``Authorization`` header.
+retried with full-jitter backoff while the cycle's deadline allows, except for a POST,
+which could create a second webhook if its first answer was merely lost. Whatever goes
+wrong surfaces as :class:`ApiError` with a ``reason`` from a small fixed set. Error text
+never holds the token: it is only ever put in the ``Authorization`` header.
 """
 
 from __future__ import annotations
@@ -28,10 +30,25 @@ import aiohttp
 
 from exporter import decode
 from exporter.budget import BudgetExhausted, CycleDeadline, RequestBudget
-from exporter.model import UNKNOWN_STATUS, ActiveSession, Listing, Livestream, Session, addressable
+from exporter.model import (
+    UNKNOWN_STATUS,
+    ActiveSession,
+    Listing,
+    Livestream,
+    Session,
+    Webhook,
+    addressable,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Collection,
+        Mapping,
+        Sequence,
+    )
 
     from exporter.config import Secret
 
@@ -50,12 +67,21 @@ ENDPOINT_LISTING: Final = "livestreams"
 ENDPOINT_SESSION: Final = "active_livestream_session"
 ENDPOINT_SESSION_BY_ID: Final = "livestream_session"
 ENDPOINT_LIVESTREAM: Final = "livestream"
+ENDPOINT_WEBHOOKS: Final = "webhooks"  # an app's webhooks: listed, or one added
+ENDPOINT_WEBHOOK: Final = "webhook"  # one webhook by id: edited or deleted
 ENDPOINTS: Final = (
     ENDPOINT_LISTING,
     ENDPOINT_SESSION,
     ENDPOINT_SESSION_BY_ID,
     ENDPOINT_LIVESTREAM,
+    ENDPOINT_WEBHOOKS,
+    ENDPOINT_WEBHOOK,
 )
+Method = Literal["GET", "POST", "PATCH", "DELETE"]
+# Methods retried on a transient failure: sent twice, they leave the same state as once
+# (the PATCHes this client sends set fields to given values). A POST that timed out may
+# still have created its webhook, so it is never sent again.
+RETRIED: Final[frozenset[Method]] = frozenset({"GET", "PATCH", "DELETE"})
 
 # per_page of the listing's first page; the API's own cap, if lower, is learnt from it.
 LISTING_PAGE_ASK: Final = 1000
@@ -78,6 +104,7 @@ _RATELIMIT_T = re.compile(r"(?:^|;)\s*t=(\d+)")
 _POLICY_Q = re.compile(r"(?:^|;)\s*q=(\d{1,9})(?:;|$)")
 _POLICY_W = re.compile(r"(?:^|;)\s*w=(\d{1,9})(?:;|$)")
 MAX_POLICY_WINDOW: Final = 3600.0  # a longer stated window (a daily quota) is not followed
+WITHHELD: Final = "<withheld: it quotes the API token>"
 
 
 class ApiError(Exception):
@@ -263,8 +290,8 @@ class RealtimeKitClient:
             if status is not None:
                 query["status"] = status
             try:
-                doc = await self._get_json(
-                    ENDPOINT_LISTING, path, query, deadline, priority=PRIORITY_LISTING
+                doc = await self._request(
+                    "GET", ENDPOINT_LISTING, path, query, deadline, priority=PRIORITY_LISTING
                 )
             except ApiError as exc:
                 if page_no == 1 and exc.status == 400 and per_page > LISTING_PAGE_SIZE:
@@ -320,18 +347,25 @@ class RealtimeKitClient:
         )
 
     async def livestream(
-        self, account_id: str, app_id: str, livestream_id: str, *, deadline: Deadline = None
+        self,
+        account_id: str,
+        app_id: str,
+        livestream_id: str,
+        *,
+        deadline: Deadline = None,
+        priority: int = PRIORITY_LISTING,
     ) -> Livestream | None:
         """One livestream (its status and details, not its sessions); ``None`` if the API
         says there is no such livestream."""
         path = f"{_app_path(account_id, app_id)}/livestreams/{_segment(livestream_id)}"
-        doc = await self._get_json(
+        doc = await self._request(
+            "GET",
             ENDPOINT_LIVESTREAM,
             path,
             {"page_no": 1, "per_page": 1},  # its sessions are not needed
             deadline,
             not_found_ok=True,
-            priority=PRIORITY_LISTING,
+            priority=priority,
         )
         if doc is None:
             return None
@@ -356,8 +390,8 @@ class RealtimeKitClient:
             f"{_app_path(account_id, app_id)}/livestreams/"
             f"{_segment(livestream_id)}/active-livestream-session"
         )
-        doc = await self._get_json(
-            ENDPOINT_SESSION, path, None, deadline, not_found_ok=True, priority=priority
+        doc = await self._request(
+            "GET", ENDPOINT_SESSION, path, None, deadline, not_found_ok=True, priority=priority
         )
         if doc is None:
             return ActiveSession(livestream=None, session=None)
@@ -381,49 +415,132 @@ class RealtimeKitClient:
     ) -> ActiveSession:
         """One session by id (its final values once stopped); ``session`` None if not found."""
         path = f"{_app_path(account_id, app_id)}/livestreams/sessions/{_segment(session_id)}"
-        doc = await self._get_json(
-            ENDPOINT_SESSION_BY_ID, path, None, deadline, not_found_ok=True, priority=priority
+        doc = await self._request(
+            "GET",
+            ENDPOINT_SESSION_BY_ID,
+            path,
+            None,
+            deadline,
+            not_found_ok=True,
+            priority=priority,
         )
         if doc is None:
             return ActiveSession(livestream=None, session=None)
         found: Session | None = _decoded(ENDPOINT_SESSION_BY_ID, decode.session_by_id, doc)
         return ActiveSession(livestream=None, session=found)
 
-    async def _get_json(
+    async def list_webhooks(
+        self, account_id: str, app_id: str, *, deadline: Deadline = None
+    ) -> tuple[Webhook, ...]:
+        """Every webhook of the app (the API does not page them)."""
+        path = f"{_app_path(account_id, app_id)}/webhooks"
+        doc = await self._request("GET", ENDPOINT_WEBHOOKS, path, None, deadline)
+        found: tuple[Webhook, ...] = _decoded(ENDPOINT_WEBHOOKS, decode.webhooks, doc)
+        return tuple(self._scrubbed_webhook(hook) for hook in found)
+
+    async def add_webhook(
         self,
+        account_id: str,
+        app_id: str,
+        *,
+        name: str,
+        url: str,
+        events: Sequence[str],
+        deadline: Deadline = None,
+    ) -> Webhook:
+        """Register a new, enabled webhook. Sent once, whatever happens: if its answer is
+        lost (a timeout, a 5xx) the webhook may exist all the same, which only a new
+        listing can tell."""
+        path = f"{_app_path(account_id, app_id)}/webhooks"
+        body = {"name": name, "url": url, "events": list(events), "enabled": True}
+        doc = await self._request("POST", ENDPOINT_WEBHOOKS, path, None, deadline, body=body)
+        return self._scrubbed_webhook(_decoded(ENDPOINT_WEBHOOKS, decode.webhook_by_id, doc))
+
+    async def edit_webhook(
+        self,
+        account_id: str,
+        app_id: str,
+        webhook_id: str,
+        *,
+        name: str | None = None,
+        url: str | None = None,
+        events: Sequence[str] | None = None,
+        enabled: bool | None = None,
+        deadline: Deadline = None,
+    ) -> Webhook:
+        """Change the given fields of a webhook (the others stay as they are); the webhook
+        as the API now has it."""
+        fields: dict[str, object] = {"name": name, "url": url, "enabled": enabled}
+        if events is not None:
+            fields["events"] = list(events)
+        body = {key: value for key, value in fields.items() if value is not None}
+        if not body:
+            raise ValueError("edit_webhook needs at least one field to change")
+        path = f"{_app_path(account_id, app_id)}/webhooks/{_segment(webhook_id)}"
+        doc = await self._request("PATCH", ENDPOINT_WEBHOOK, path, None, deadline, body=body)
+        return self._scrubbed_webhook(_decoded(ENDPOINT_WEBHOOK, decode.webhook_by_id, doc))
+
+    async def delete_webhook(
+        self, account_id: str, app_id: str, webhook_id: str, *, deadline: Deadline = None
+    ) -> None:
+        """Delete a webhook. RealtimeKit's "not found" counts as done: the webhook is gone
+        either way (deleted by someone else meanwhile, or by an attempt whose answer was
+        lost before a retry)."""
+        path = f"{_app_path(account_id, app_id)}/webhooks/{_segment(webhook_id)}"
+        await self._request(
+            "DELETE",
+            ENDPOINT_WEBHOOK,
+            path,
+            None,
+            deadline,
+            not_found_ok=True,
+            empty_ok=True,
+        )
+
+    async def _request(
+        self,
+        method: Method,
         endpoint: str,
         path: str,
         params: Mapping[str, int | str] | None,
         deadline: Deadline,
         *,
+        body: Mapping[str, object] | None = None,
         not_found_ok: bool = False,
+        empty_ok: bool = False,
         priority: int = PRIORITY_OTHER,
     ) -> Any:
+        """The decoded JSON answer to one request (``None`` for RealtimeKit's "not found"
+        if ``not_found_ok``, and for an empty 2xx body if ``empty_ok``); ``body`` is sent
+        as JSON. Only the methods in :data:`RETRIED` are retried."""
         if isinstance(deadline, float | int):
             deadline = CycleDeadline(deadline, self._clock)
         attempt = 0
         while True:
             try:
-                return await self._get_once(
-                    endpoint, path, params, deadline, not_found_ok, priority
+                return await self._send(
+                    method, endpoint, path, params, body, deadline, not_found_ok, empty_ok, priority
                 )
             except ApiError as exc:
-                if not exc.transient or attempt >= self._retries:
+                if not exc.transient or method not in RETRIED or attempt >= self._retries:
                     raise
                 delay = self._jitter() * self._backoff * (2**attempt)
                 if deadline is not None and self._clock() + delay + self._min_time > deadline.at:
                     raise
-                log.debug("retrying %s after %.2fs: %s", endpoint, delay, exc)
+                log.debug("retrying %s %s after %.2fs: %s", method, endpoint, delay, exc)
                 await self._sleep(delay)
                 attempt += 1
 
-    async def _get_once(
+    async def _send(
         self,
+        method: Method,
         endpoint: str,
         path: str,
         params: Mapping[str, int | str] | None,
+        body: Mapping[str, object] | None,
         deadline: CycleDeadline | None,
         not_found_ok: bool,
+        empty_ok: bool,
         priority: int,
     ) -> Any:
         headers = {"Authorization": f"Bearer {self._token.reveal()}", "Accept": "application/json"}
@@ -458,9 +575,11 @@ class RealtimeKitClient:
             if deadline is not None:
                 timeout = min(timeout, deadline.at - started)
             try:
-                async with self._session.get(
+                async with self._session.request(
+                    method,
                     self._base_url + path,
                     params=params,
+                    json=body,
                     headers=headers,
                     timeout=aiohttp.ClientTimeout(total=timeout),
                     allow_redirects=False,
@@ -469,7 +588,7 @@ class RealtimeKitClient:
                     status = response.status
                     response_headers = response.headers
                     try:
-                        body = await self._read(response, endpoint)
+                        answer = await self._read(response, endpoint)
                     except ApiError:  # over the size limit, but it was still answered
                         self._observer.request(endpoint, str(status), self._clock() - started)
                         self._note_rate_limit(response_headers)
@@ -484,7 +603,9 @@ class RealtimeKitClient:
                 raise ApiError("connection", _connection_text(exc), endpoint=endpoint) from None
         self._observer.request(endpoint, str(status), self._clock() - started)
         self._note_rate_limit(response_headers)
-        return self._interpret(endpoint, status, response_headers, body, not_found_ok)
+        if empty_ok and 200 <= status < 300 and not answer.strip():
+            return None  # e.g. a 204 to a DELETE
+        return self._interpret(endpoint, status, response_headers, answer, not_found_ok)
 
     async def _read(self, response: aiohttp.ClientResponse, endpoint: str) -> bytes:
         if response.content_length is not None and response.content_length > self._max_body:
@@ -602,6 +723,25 @@ class RealtimeKitClient:
             name=None if quotes(stream.name) else stream.name,
             meeting_id=None if quotes(stream.meeting_id) else stream.meeting_id,
             status=UNKNOWN_STATUS if quotes(stream.status) else stream.status,
+        )
+
+    def _scrubbed_webhook(self, hook: Webhook) -> Webhook:
+        """``hook`` without any field that quotes the token (it is printed by the
+        ``webhooks`` command): such a name goes, such a URL or event is withheld."""
+        token = self._token.reveal().casefold()
+        if not token:
+            return hook
+
+        def quotes(value: str | None) -> bool:
+            return value is not None and token in value.casefold()
+
+        if not (quotes(hook.name) or quotes(hook.url) or any(map(quotes, hook.events))):
+            return hook
+        return dataclasses.replace(
+            hook,
+            name=None if quotes(hook.name) else hook.name,
+            url=WITHHELD if quotes(hook.url) else hook.url,
+            events=tuple(WITHHELD if quotes(e) else e for e in hook.events),
         )
 
     def _unquoting(self, message: str) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from exporter.model import UNKNOWN_STATUS, ActiveSession, Livestream, Session
+from exporter.model import UNKNOWN_STATUS, ActiveSession, Livestream, Session, Webhook
 
 MAX_LABEL_LENGTH: Final = 256
 MAX_MESSAGE_LENGTH: Final = 200
@@ -236,6 +236,60 @@ def session(item: object) -> Session | None:
         err_message=_optional_text(item.get("err_message")) or None,
         ingest_seconds=number(item.get("ingest_seconds")),
         viewer_seconds=number(item.get("viewer_seconds")),
+    )
+
+
+def webhooks(doc: object) -> tuple[Webhook, ...]:
+    """The body of ``GET /webhooks``: ``data`` is a list of webhooks (a list under
+    ``data.webhooks`` or ``data.data`` also passes). An entry without an id cannot be
+    edited or deleted, so it is skipped."""
+    if not isinstance(doc, dict):
+        raise DecodeError("webhook listing body is not an object")
+    data = doc.get("data")
+    if isinstance(data, dict):
+        data = next((data[k] for k in ("webhooks", "data") if isinstance(data.get(k), list)), None)
+    if not isinstance(data, list):
+        raise DecodeError("webhook listing data is not a list")
+    return tuple(
+        hook
+        for hook in (webhook(item) for item in data if isinstance(item, dict))
+        if hook is not None
+    )
+
+
+def webhook_by_id(doc: object) -> Webhook:
+    """The body of ``POST /webhooks`` and of ``PATCH /webhooks/{id}``: ``data`` is the
+    webhook (``data.webhook`` also passes)."""
+    if not isinstance(doc, dict):
+        raise DecodeError("webhook body is not an object")
+    data = doc.get("data")
+    if isinstance(data, dict) and isinstance(data.get("webhook"), dict):
+        data = data["webhook"]
+    found = webhook(data) if isinstance(data, dict) else None
+    if found is None:
+        raise DecodeError("webhook body holds no webhook with an id")
+    return found
+
+
+def webhook(item: object) -> Webhook | None:
+    """A webhook object; ``None`` when it has no id. Its URL is kept exactly as sent (it is
+    compared with the one being registered), ``enabled`` defaults to true, as in the API."""
+    if not isinstance(item, dict):
+        raise DecodeError("webhook entry is not an object")
+    hook_id = _text(item.get("id"))
+    if not hook_id:
+        return None
+    url = item.get("url")
+    events = item.get("events")
+    enabled = boolean(item.get("enabled"))
+    return Webhook(
+        id=_clip(hook_id),
+        url=_encodable(url) if isinstance(url, str) else "",
+        name=_optional_text(item.get("name")),
+        events=tuple(_clip(_encodable(e)) for e in events if isinstance(e, str))
+        if isinstance(events, list)
+        else (),
+        enabled=True if enabled is None else enabled,
     )
 
 

@@ -460,3 +460,55 @@ def _final(answer: Session | None, last: Session | None) -> Session | None:
     if last is not None and last.active:
         return replace(last, ended=True)
     return last
+
+
+# -- a webhook's targeted refresh of one stream (exporter.hints) ----------------------
+def pushed_status(prev: StreamState, found: Livestream, *, now: float) -> StreamState:
+    """``prev`` after a lookup of the stream by id (its status, read now). A stop keeps
+    the session, whose final values are asked next (:func:`pushed_final`); a start drops
+    a session that had ended, which belongs to an earlier broadcast."""
+    live = found.status == LIVE
+    session = prev.session
+    if live and not prev.live and session is not None and not session.active:
+        session = None
+    return replace(
+        prev,
+        livestream=found,
+        live=live if found.status in NOT_LIVE or live else prev.live,
+        session=session,
+        last_update=now,
+        listed_at=now,
+        last_live=now if live else prev.last_live,
+    )
+
+
+def pushed_final(
+    prev: StreamState, session_id: str, answer: Session | None, *, now: float
+) -> StreamState:
+    """``prev`` after session ``session_id`` was asked for by id (its final values); as
+    it was if that is no longer its last session, or the stream is live again."""
+    if prev.live or prev.session is None or prev.session.id != session_id:
+        return prev
+    return replace(prev, session=_final(answer, prev.session), counted_at=now)
+
+
+def pushed_session(prev: StreamState, answer: ActiveSession, *, now: float) -> StreamState:
+    """``prev`` after its active session was asked for: as a cycle's session answer."""
+    session = answer.session
+    if session is None:
+        return replace(prev, live=False, counted_at=now)
+    return replace(
+        prev,
+        live=session.active,
+        session=session,
+        last_live=now if session.active else prev.last_live,
+        counted_at=now,
+    )
+
+
+def awaits_final(state: StreamState) -> str | None:
+    """The id of the session whose final values a stream that stopped still waits for."""
+    session = state.session
+    if state.live or session is None or not session.active or not addressable(session.id):
+        return None
+    return session.id

@@ -90,6 +90,17 @@ class Listing:
 
 
 @dataclass(frozen=True, slots=True)
+class Webhook:
+    """One webhook registration of an app: RealtimeKit posts the ``events`` to ``url``."""
+
+    id: str
+    url: str
+    name: str | None = None
+    events: tuple[str, ...] = ()
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class StreamState:
     """What is exported for one tracked livestream, and what the next cycle needs to know.
 

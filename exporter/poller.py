@@ -33,6 +33,7 @@ from exporter.client import (
     ENDPOINT_LISTING,
     ENDPOINT_LIVESTREAM,
     LISTING_PAGE_SIZE,
+    PRIORITY_LISTING,
     PRIORITY_LIVE,
     PRIORITY_OTHER,
     ApiError,
@@ -52,13 +53,14 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Collection, Sequence
 
     from exporter.config import AppConfig, Config
-    from exporter.model import ActiveSession, Livestream
+    from exporter.model import ActiveSession, Livestream, StreamState
 
 log = logging.getLogger(__name__)
 
 INTERNAL = "internal"  # health reason for a bug, not an API failure; never a metric label
 RECENT_ERRORS = 20  # how many errors :attr:`Poller.recent_errors` keeps
 FILTER_RETRY = 3600.0  # seconds before a status filter the API ignored is tried again
+PUSH_PUBLISH_DELAY = 0.05  # seconds a push's snapshot waits to be told, to join a burst
 _PERMISSION_HINT = "the API token needs the Realtime or Realtime Admin permission"
 
 
@@ -86,6 +88,7 @@ class Api(Protocol):
         livestream_id: str,
         *,
         deadline: CycleDeadline | None = None,
+        priority: int = PRIORITY_LISTING,
     ) -> Livestream | None: ...
 
     async def active_session(
@@ -226,14 +229,23 @@ class Poller:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         budget: Callable[[], tuple[int, float]] | None = None,
+        on_change: Callable[[tuple[str, str], str, bool], None] | None = None,
     ) -> None:
         """``on_snapshot`` is called, on the event loop, each time a new snapshot is out;
         ``before_cycle`` at the start of each cycle (where a reload may :meth:`reconfigure`);
-        ``budget`` gives the requests per window in force (default: the config's share)."""
+        ``budget`` gives the requests per window in force (default: the config's share);
+        ``on_change`` is told each stream a cycle found going live or not live (app key,
+        stream id, live), not those :meth:`push` changed."""
         self._config = config
         self._api = api
         self._observer = observer
         self._on_snapshot = on_snapshot
+        self._on_change = on_change
+        # Streams a push (a webhook's refresh) changed, and when: a cycle that began before
+        # keeps the push's state for them, as its own answers are older.
+        self._pushed: dict[tuple[tuple[str, str], str], float] = {}
+        self._publish_soon: asyncio.TimerHandle | None = None
+        self._cycle_began = 0.0
         self._before_cycle = before_cycle
         self._clock = clock
         self._monotonic = monotonic
@@ -341,6 +353,7 @@ class Poller:
         if self._before_cycle is not None:
             await self._before_cycle()
         started = self._monotonic()
+        cycle_began = self._cycle_began = self._clock()
         deadline = CycleDeadline(started + self._config.poll.interval, self._monotonic)
         prev = self._snapshot
         self._cycle_requests = 0
@@ -377,6 +390,7 @@ class Poller:
                 apps, befores, statuses, answers, picks, strict=True
             )
         ]
+        states = self._keep_pushed(states, since=cycle_began)
         snapshot = Snapshot(
             apps=tuple(states),
             taken_at=self._clock(),
@@ -393,6 +407,74 @@ class Poller:
                 self._monotonic() - started, waited_for_budget=deadline.budget_bound
             )
         return snapshot
+
+    def tracking(self, livestream_id: str) -> list[tuple[str, str]]:
+        """The keys of the apps whose latest snapshot tracks ``livestream_id``."""
+        return [a.key for a in self._snapshot.apps if a.stream(livestream_id) is not None]
+
+    def push(
+        self,
+        key: tuple[str, str],
+        livestream_id: str,
+        update: Callable[[StreamState], StreamState],
+    ) -> StreamState | None:
+        """Apply ``update`` to one tracked stream's state in the latest snapshot now, out
+        of cycle (a webhook's targeted refresh), and publish the result; the stream's new
+        state, or None if the stream is not tracked (any more). A cycle under way keeps
+        this state for the stream: its own answers about it are older."""
+        snapshot = self._snapshot
+        app = snapshot.app(*key)
+        old = app.stream(livestream_id) if app is not None else None
+        if app is None or old is None:
+            return None
+        new = update(old)
+        if new == old:
+            return old
+        streams = tuple(new if s is old else s for s in app.streams)
+        apps = tuple(
+            dataclasses.replace(a, streams=streams) if a is app else a for a in snapshot.apps
+        )
+        self._snapshot = dataclasses.replace(snapshot, apps=apps)
+        self._pushed[(key, livestream_id)] = self._clock()
+        if new.live != old.live:
+            fields = {"account_id": key[0], "app_id": key[1], "livestream_id": livestream_id}
+            _log_change(new, fields, source="a webhook, confirmed by the API")
+        self._published_soon()
+        return new
+
+    def _published_soon(self) -> None:
+        """Tell ``on_snapshot`` within :data:`PUSH_PUBLISH_DELAY`, once for a burst of
+        pushes: each tells of a new snapshot, whose exposition it starts rendering."""
+        if self._on_snapshot is None or self._publish_soon is not None:
+            return
+
+        def publish() -> None:
+            self._publish_soon = None
+            if self._on_snapshot is not None:
+                self._on_snapshot()
+
+        loop = asyncio.get_running_loop()
+        self._publish_soon = loop.call_later(PUSH_PUBLISH_DELAY, publish)
+
+    def _keep_pushed(self, states: list[AppState], *, since: float) -> list[AppState]:
+        """``states`` with the latest snapshot's state of each stream a push changed after
+        ``since`` (the cycle's start), where the cycle still tracks it."""
+        pushed = {k: at for k, at in self._pushed.items() if at >= since}
+        self._pushed = pushed
+        if not pushed:
+            return states
+        out = []
+        for state in states:
+            ids = {sid for (key, sid) in pushed if key == state.key}
+            current = self._snapshot.app(*state.key) if ids else None
+            if current is None:
+                out.append(state)
+                continue
+            newer = {s.id: s for s in current.streams if s.id in ids}
+            out.append(
+                dataclasses.replace(state, streams=tuple(newer.get(s.id, s) for s in state.streams))
+            )
+        return out
 
     async def _guarded(self, app: AppConfig, work: Awaitable[_T]) -> _T | _Bug:
         """``work``'s result, or the bug it raised (logged once per app going down for it):
@@ -1207,23 +1289,35 @@ class Poller:
         for stream in state.streams:
             old = before.pop(stream.id, None)
             fields = {**_app_fields(app), "livestream_id": stream.id}
+            if self._pushed.get((app.key, stream.id), -math.inf) >= self._cycle_began:
+                continue  # a push changed it while the cycle ran, and told of it
             if old is None:
                 log.debug("tracking livestream (status %s)", stream.livestream.status, extra=fields)
                 if stream.live:
                     log.info("livestream is LIVE", extra=fields)
             elif stream.live != old.live:
-                if stream.live:
-                    log.info("livestream went LIVE", extra=fields)
-                else:
-                    log.info(
-                        "livestream stopped being LIVE (status %s)",
-                        stream.livestream.status,
-                        extra=fields,
-                    )
+                if self._on_change is not None:
+                    self._on_change(app.key, stream.id, stream.live)
+                _log_change(stream, fields)
         for gone in before:
             log.info(
                 "livestream no longer tracked", extra={**_app_fields(app), "livestream_id": gone}
             )
+
+
+def _log_change(stream: StreamState, fields: dict[str, str], *, source: str = "") -> None:
+    """The log line of a stream going live or not live; ``source``: what showed it, if
+    not a poll cycle."""
+    by = f"; {source}" if source else ""
+    if stream.live:
+        log.info("livestream went LIVE%s", f" ({source})" if source else "", extra=fields)
+    else:
+        log.info(
+            "livestream stopped being LIVE (status %s%s)",
+            stream.livestream.status,
+            by,
+            extra=fields,
+        )
 
 
 def budget_warnings(config: Config) -> list[str]:

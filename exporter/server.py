@@ -12,6 +12,7 @@ configuration (:mod:`exporter.webconfig`) asks for it;
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import time
@@ -22,19 +23,21 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 
-from exporter import __version__, statuspage
+from exporter import __version__, receiver, statuspage
 from exporter.budget import RequestBudget
 from exporter.client import ENDPOINTS, MIN_REQUEST_TIME, REASONS, RealtimeKitClient
 from exporter.collector import SnapshotCollector
 from exporter.connections import IDLE_TIMEOUT, ConnectionGuard, GuardedSite
 from exporter.connections import REASONS as CLOSE_REASONS
 from exporter.exposition import Exposition
+from exporter.hints import KEPT_SHARE, RESULTS, Refresher
 from exporter.model import EMPTY_SNAPSHOT
 from exporter.negotiate import accepts_gzip, media_range
 from exporter.poller import Poller, budget_warnings
 from exporter.telemetry import ExporterMetrics
 from exporter.tokenfile import TokenFile
 from exporter.webconfig import WWW_AUTHENTICATE, AuthOverloaded, WebState, client_key
+from exporter.webhookkey import PublicKeys
 from exporter.workers import DaemonExecutor
 
 if TYPE_CHECKING:
@@ -114,6 +117,17 @@ class Exporter:
         self._client: RealtimeKitClient | None = None
         self._token_file: TokenFile | None = None
         self._pending: Config | None = None
+        self.refresher: Refresher | None = None
+        self.keys: PublicKeys | None = None
+        if config.webhooks is not None:
+            self.metrics.enable_webhooks(
+                events=(receiver.STATUS_UPDATE,),
+                unverified=[
+                    (receiver.UNVERIFIED, o) for o in ("bad_signature", "too_large", "unavailable")
+                ],
+                outcomes=receiver.VERIFIED_OUTCOMES,
+                results=RESULTS,
+            )
         self.registry.register(SnapshotCollector(lambda: self.poller.snapshot))
         self.registry.register(own)
         self.exposition = Exposition(own, lambda: self.poller.snapshot)
@@ -134,6 +148,8 @@ class Exporter:
         )
         rate = self.config.shard.budget(self.config.api.rate_limit)
         self._budget = RequestBudget(requests=rate.requests, window=rate.window, slack=BUDGET_SLACK)
+        if self.config.webhooks is not None:
+            self._budget.keep_share(KEPT_SHARE)
         self.metrics.watch_budget(self._budget.available, self._budget_in_force)
         self._client = self._new_client(self.config)
         self._token_file = _token_file(self.config)
@@ -144,8 +160,23 @@ class Exporter:
             # The formats scraped lately start rendering for each new snapshot at once.
             on_snapshot=self.exposition.published,
             before_cycle=self._before_cycle,
-            budget=self._budget_in_force,
+            budget=self._budget_planned,
+            on_change=self._found_change,
         )
+        hooks = self.config.webhooks
+        if hooks is not None:
+            self.refresher = Refresher(
+                poller=self._poller,
+                api=lambda: self._api_client,
+                interval=lambda: self.config.poll.interval,
+                observer=self.metrics,
+            )
+            self.keys = PublicKeys(
+                url=hooks.public_key_url,
+                file=hooks.public_key_file,
+                session=self._session,
+                observer=self.metrics,
+            )
         for warning in budget_warnings(self.config):
             log.warning("%s", warning)
         return self
@@ -174,6 +205,17 @@ class Exporter:
             return rate.requests, rate.window
         return self._budget.requests, self._budget.window
 
+    def _budget_planned(self) -> tuple[int, float]:
+        """What the poller plans with: the budget in force, less the share kept for
+        webhooks' refreshes."""
+        if self._budget is None:
+            return self._budget_in_force()
+        return self._budget.planned, self._budget.window
+
+    def _found_change(self, app: tuple[str, str], livestream_id: str, live: bool) -> None:
+        if self.refresher is not None:
+            self.refresher.found_change(app, livestream_id, live)
+
     def reconfigure(self, config: Config) -> None:
         """Poll by ``config`` (a reload's) from the next cycle on. The snapshot carries
         over; the token's budget is resized, never replaced, so its grants keep counting;
@@ -186,6 +228,8 @@ class Exporter:
         pending, self._pending = self._pending, None
         if pending is not None:
             self._apply(pending)
+        if self.refresher is not None:
+            self.refresher.settle()
         # Off the loop, and bounded in time: see TokenFile.poll.
         if self._token_file is not None and (token := await self._token_file.poll()) is not None:
             if self._on_token is not None:
@@ -205,6 +249,12 @@ class Exporter:
             self._api_client.set_token(new.api.token)
         self._token_file = _token_file(new)
         self.poller.reconfigure(new, api=self._client)
+        if new.webhooks != old.webhooks:
+            log.warning(
+                "the webhooks section changed: it takes effect at the next restart "
+                "(the receiver keeps its listener, path and key source until then)"
+            )
+            new = dataclasses.replace(new, webhooks=old.webhooks)
         self.config = new
         log.info("polling by the reloaded configuration: %s", new.summary())
         for warning in budget_warnings(new):
@@ -223,6 +273,8 @@ class Exporter:
         tb: TracebackType | None,
     ) -> None:
         self.exposition.close()
+        if self.refresher is not None:
+            await self.refresher.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -470,6 +522,10 @@ class Server:
         self._poll_task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.failure: BaseException | None = None
+        # The webhook receiver's listener, when the config has one.
+        self._hook_runner: web.AppRunner | None = None
+        self._hook_guard: ConnectionGuard | None = None
+        self._key_task: asyncio.Task[object] | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -477,6 +533,13 @@ class Server:
         if self._runner is None:
             return []
         return [(str(a[0]), int(a[1])) for a in self._runner.addresses]
+
+    @property
+    def webhook_addresses(self) -> list[tuple[str, int]]:
+        """The webhook receiver's bound ``(host, port)`` pairs; none without a receiver."""
+        if self._hook_runner is None:
+            return []
+        return [(str(a[0]), int(a[1])) for a in self._hook_runner.addresses]
 
     async def start(self) -> None:
         self._guard = guard = ConnectionGuard(observer=self._exporter.metrics)
@@ -517,11 +580,62 @@ class Server:
             where = join_host_port(self._host or "*", self._port)
             raise ServeError(f"cannot listen on {where}: {exc.strerror or exc}") from None
         guard.start()
+        try:
+            await self._start_receiver()
+        except ServeError:
+            await self._runner.cleanup()
+            self._runner = None
+            await guard.close()
+            raise
         self._poll_task = asyncio.create_task(self._exporter.poller.run(self._stop), name="poller")
         self._poll_task.add_done_callback(self._poller_done)
         for host, port in self.addresses:
             address = join_host_port(host, port)
             log.info("listening on %s (%s)", address, self.scheme, extra={"address": address})
+
+    async def _start_receiver(self) -> None:
+        """Listen for webhooks on their own address, if the config has a receiver, and
+        start loading the public key (deliveries are answered 503 until it is loaded)."""
+        exporter = self._exporter
+        hooks = exporter.config.webhooks
+        if hooks is None or exporter.keys is None or exporter.refresher is None:
+            return
+        self._hook_guard = guard = ConnectionGuard()
+        judge = receiver.Receiver(
+            keys=exporter.keys, hints=exporter.refresher, observer=exporter.metrics
+        )
+        app = receiver.create_receiver(judge, hooks.path, middlewares=[guard.middleware])
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=GRACE,
+            keepalive_timeout=IDLE_TIMEOUT,
+            handler_cancellation=True,
+            lingering_time=receiver.LINGERING_TIME,
+        )
+        await runner.setup()
+        site = GuardedSite(runner, hooks.host, hooks.port, guard=guard)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            self._hook_guard = None
+            where = join_host_port(hooks.host or "*", hooks.port)
+            raise ServeError(
+                f"cannot listen for webhooks on {where}: {exc.strerror or exc}"
+            ) from None
+        self._hook_runner = runner
+        guard.start()
+        self._key_task = asyncio.create_task(exporter.keys.load(), name="webhook-key")
+        for host, port in self.webhook_addresses:
+            address = join_host_port(host, port)
+            log.info(
+                "receiving webhooks on %s at %s (http)",
+                address,
+                hooks.path,
+                extra={"address": address},
+            )
 
     @property
     def scheme(self) -> str:
@@ -556,10 +670,16 @@ class Server:
         # Renders queued for scrapes are dropped, so those scrapes end now instead of
         # keeping the render thread (and the GIL) busy while the server winds down.
         self._exporter.exposition.close()
-        await asyncio.gather(self._stop_polling(), self._stop_serving())
-        if self._guard is not None:
-            await self._guard.close()  # TLS handshakes in progress, anything left
-            self._guard = None
+        if self._key_task is not None:
+            self._key_task.cancel()
+        await asyncio.gather(self._stop_polling(), self._stop_serving(), self._stop_receiver())
+        for guard in (self._guard, self._hook_guard):
+            if guard is not None:
+                await guard.close()  # TLS handshakes in progress, anything left
+        self._guard = self._hook_guard = None
+        if self._key_task is not None:
+            await asyncio.gather(self._key_task, return_exceptions=True)
+            self._key_task = None
 
     async def _stop_polling(self) -> None:
         if self._poll_task is None:
@@ -573,13 +693,21 @@ class Server:
         self._poll_task = None
 
     async def _stop_serving(self) -> None:
-        if self._runner is None:
-            return
-        try:
-            await asyncio.wait_for(self._runner.cleanup(), timeout=STOP_TIMEOUT / 2)
-        except TimeoutError:
-            log.warning("HTTP server did not stop in time; open connections were dropped")
-        self._runner = None
+        runner, self._runner = self._runner, None
+        await _stop_runner(runner, "HTTP server")
+
+    async def _stop_receiver(self) -> None:
+        runner, self._hook_runner = self._hook_runner, None
+        await _stop_runner(runner, "webhook listener")
+
+
+async def _stop_runner(runner: web.AppRunner | None, what: str) -> None:
+    if runner is None:
+        return
+    try:
+        await asyncio.wait_for(runner.cleanup(), timeout=STOP_TIMEOUT / 2)
+    except TimeoutError:
+        log.warning("%s did not stop in time; open connections were dropped", what)
 
 
 def join_host_port(host: str, port: int) -> str:

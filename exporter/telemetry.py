@@ -170,7 +170,54 @@ class ExporterMetrics:
             registry=registry,
         )
         self._remaining: int | None = None
+        self._registry = registry
+        self.webhooks: WebhookMetrics | None = None
         registry.register(_RateLimitCollector(self))
+
+    def enable_webhooks(
+        self,
+        *,
+        events: Iterable[str],
+        unverified: Iterable[tuple[str, str]],
+        outcomes: Iterable[str],
+        results: Iterable[str],
+    ) -> WebhookMetrics:
+        """Create the webhook receiver's families (only when it is configured): the
+        series of ``events`` x ``outcomes`` and the ``unverified`` (event, outcome)
+        pairs start at zero."""
+        if self.webhooks is None:
+            self.webhooks = WebhookMetrics(self._registry)
+            for event in events:
+                for outcome in outcomes:
+                    self.webhooks.deliveries.labels(event, outcome)
+            for event, outcome in unverified:
+                self.webhooks.deliveries.labels(event, outcome)
+            for result in results:
+                self.webhooks.refreshes.labels(result)
+            for ok in ("ok", "failed"):
+                self.webhooks.key_fetches.labels(ok)
+        return self.webhooks
+
+    def webhook_delivery(self, event: str, outcome: str) -> None:
+        if self.webhooks is not None:
+            self.webhooks.deliveries.labels(event, outcome).inc()
+
+    def webhook_verified(self, at: float) -> None:
+        if self.webhooks is not None:
+            self.webhooks.last_delivery.set(at)
+
+    def webhook_refresh(self, result: str) -> None:
+        if self.webhooks is not None:
+            self.webhooks.refreshes.labels(result).inc()
+
+    def webhook_unannounced(self, count: int) -> None:
+        if self.webhooks is not None:
+            self.webhooks.unannounced.inc(count)
+
+    def webhook_key_fetch(self, *, ok: bool, loaded: bool) -> None:
+        if self.webhooks is not None:
+            self.webhooks.key_fetches.labels("ok" if ok else "failed").inc()
+            self.webhooks.key_loaded.set(1 if loaded else 0)
 
     def connections_open(self, count: int) -> None:
         self.http_connections.set(count)
@@ -235,6 +282,52 @@ class ExporterMetrics:
     @property
     def remaining(self) -> int | None:
         return self._remaining
+
+
+class WebhookMetrics:
+    """The webhook receiver's families (:meth:`ExporterMetrics.enable_webhooks`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.deliveries = Counter(
+            "realtimekit_exporter_webhook_deliveries",
+            'Webhook deliveries received, by event ("unverified" when the body could '
+            'not be trusted, "other" for an event name not known) and outcome: '
+            "accepted (a status change of a tracked stream, refreshed through the API), "
+            "duplicate, bad_signature, too_large, malformed, ignored (another event, or a "
+            "stream not tracked here), unavailable (no public key to verify with: 503).",
+            ["event", "outcome"],
+            registry=registry,
+        )
+        self.last_delivery = Gauge(
+            "realtimekit_exporter_webhook_last_delivery_timestamp_seconds",
+            "When the last delivery with a valid signature came, as Unix time; 0 until one.",
+            registry=registry,
+        )
+        self.unannounced = Counter(
+            "realtimekit_exporter_webhook_unannounced_changes",
+            "Livestreams polling found going live or not live that no verified webhook "
+            "announced within two minutes: a broken or missing subscription shows here.",
+            registry=registry,
+        )
+        self.refreshes = Counter(
+            "realtimekit_exporter_webhook_refreshes",
+            "Targeted API refreshes of one stream that status webhooks set off, by result: "
+            "agreed (the API confirmed the change), disagreed (not even after rechecks), "
+            "failed (a request failed; polling is the safety net).",
+            ["result"],
+            registry=registry,
+        )
+        self.key_fetches = Counter(
+            "realtimekit_exporter_webhook_public_key_fetches",
+            "Fetches (or reads) of the webhook public key, by result.",
+            ["result"],
+            registry=registry,
+        )
+        self.key_loaded = Gauge(
+            "realtimekit_exporter_webhook_public_key_loaded",
+            "1 while a webhook public key is held to verify deliveries with, else 0.",
+            registry=registry,
+        )
 
 
 class _RateLimitCollector:

@@ -335,3 +335,49 @@ async def test_slack_holds_each_window_longer() -> None:
     assert budget.available() == 0
     waited = await budget.acquire()
     assert clock.now == pytest.approx(12.0) and waited == pytest.approx(1.5)
+
+
+async def test_a_kept_share_is_left_to_negative_priorities_only(clock: FakeClock) -> None:
+    """With a tenth of the window kept, ordinary requests stop at the other nine tenths,
+    while a negative priority (a webhook's refresh) is still granted at once."""
+    never = asyncio.Event()
+
+    async def wait_for_ever(seconds: float) -> None:
+        await never.wait()  # time stands still: whoever sleeps stays waiting
+
+    budget = RequestBudget(requests=10, window=10.0, clock=clock, sleep=wait_for_ever)
+    budget.keep_share(0.1)
+    assert budget.kept(10) == 1
+    assert budget.planned == 9
+    for _ in range(9):
+        assert await budget.acquire(priority=0) == 0.0
+    ordinary = asyncio.ensure_future(budget.acquire(priority=0))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not ordinary.done()  # the tenth is kept
+    assert await asyncio.wait_for(budget.acquire(priority=-1), timeout=1) == 0.0
+    assert not ordinary.done()
+    ordinary.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await ordinary
+
+
+async def test_negative_priorities_beyond_the_kept_share_still_keep_the_limit(
+    clock: FakeClock,
+) -> None:
+    """Refreshes may use the whole window, but never more than it: the limit holds for
+    every grant, whatever its priority."""
+    budget = make_budget(clock, requests=5, window=10.0)
+    budget.keep_share(0.2)
+    grants = []
+    for _ in range(12):
+        await budget.acquire(priority=-1)
+        grants.append(clock.now)
+    assert_at_most_n_in_any_window(grants, 5, 10.0)
+
+
+@pytest.mark.parametrize("share", [-0.1, 0.6])
+def test_a_kept_share_out_of_range_is_refused(share: float) -> None:
+    """Keeping more than half the budget (or less than none) is a mistake, not a plan."""
+    with pytest.raises(ValueError, match="share kept"):
+        make_budget(FakeClock()).keep_share(share)

@@ -26,11 +26,13 @@ from exporter.client import (
     ENDPOINT_LIVESTREAM,
     ENDPOINT_SESSION,
     ENDPOINT_SESSION_BY_ID,
+    ENDPOINT_WEBHOOK,
+    ENDPOINT_WEBHOOKS,
     ApiError,
     RealtimeKitClient,
 )
 from exporter.config import Secret
-from exporter.model import ActiveSession, Livestream, Session, addressable
+from exporter.model import ActiveSession, Livestream, Session, Webhook, addressable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -48,6 +50,25 @@ SESSION_URL = f"{LIST_URL}/{STREAM_ID}/active-livestream-session"
 SESSION_ID = "cf55a850-c3fd-46b5-b5d2-25b3b9aa1686"
 SESSION_BY_ID_URL = f"{LIST_URL}/sessions/{SESSION_ID}"
 LIVESTREAM_URL = f"{LIST_URL}/{STREAM_ID}"
+WEBHOOKS_URL = f"{APP_URL}/webhooks"
+HOOK_ID = "0b5d4f2e-2f3c-4a61-9a36-3a4f1c2b7d10"
+HOOK_URL = f"{WEBHOOKS_URL}/{HOOK_ID}"
+HOOK: dict[str, Any] = {
+    "id": HOOK_ID,
+    "name": "realtimekit-exporter",
+    "url": "https://exporter.example.com/webhooks/realtimekit",
+    "events": ["livestreaming.statusUpdate"],
+    "enabled": True,
+    "created_at": "2026-01-01T00:00:00.000Z",
+    "updated_at": "2026-01-01T00:00:00.000Z",
+}
+HOOK_DECODED = Webhook(
+    id=HOOK_ID,
+    url="https://exporter.example.com/webhooks/realtimekit",
+    name="realtimekit-exporter",
+    events=("livestreaming.statusUpdate",),
+    enabled=True,
+)
 NOW = 1000.0
 
 SESSION_EXAMPLE: dict[str, Any] = {
@@ -1186,6 +1207,8 @@ async def test_observer_sees_every_request_with_its_outcome(
     server.get(SESSION_BY_ID_URL, exception=TimeoutError())
     server.get(SESSION_BY_ID_URL, payload=SESSION_BY_ID_EXAMPLE)
     server.get(f"{LIVESTREAM_URL}?page_no=1&per_page=1", status=404, payload=NOT_FOUND)
+    server.get(WEBHOOKS_URL, payload={"success": True, "data": []})
+    server.delete(HOOK_URL, status=404, payload=NOT_FOUND)
     client = make_client(retries=1)
     await client.list_livestreams(ACCOUNT, APP)  # page 1, then an empty page 2
     await client.active_session(ACCOUNT, APP, STREAM_ID)  # 404
@@ -1193,6 +1216,8 @@ async def test_observer_sees_every_request_with_its_outcome(
     await fail(client.active_session(ACCOUNT, APP, STREAM_ID))  # timeout, retried: connection
     await client.session(ACCOUNT, APP, SESSION_ID)  # timeout, retried: 200
     await client.livestream(ACCOUNT, APP, STREAM_ID)
+    await client.list_webhooks(ACCOUNT, APP)
+    await client.delete_webhook(ACCOUNT, APP, HOOK_ID)
     assert observer.requests == [
         (ENDPOINT_LISTING, "200"),
         (ENDPOINT_LISTING, "200"),
@@ -1204,6 +1229,8 @@ async def test_observer_sees_every_request_with_its_outcome(
         (ENDPOINT_SESSION_BY_ID, "timeout"),
         (ENDPOINT_SESSION_BY_ID, "200"),
         (ENDPOINT_LIVESTREAM, "404"),
+        (ENDPOINT_WEBHOOKS, "200"),
+        (ENDPOINT_WEBHOOK, "404"),
     ]
     assert {endpoint for endpoint, _ in observer.requests} == set(client_module.ENDPOINTS)
 
@@ -1554,3 +1581,206 @@ async def test_a_part_of_the_listing_counts_only_its_own_pages(
         assert (part.pages, part.complete, part.unread, part.per_page) == (1, False, 2, 2)
     rest = await client.list_livestreams(ACCOUNT, APP, first_page=3, per_page=2)
     assert ([s.id for s in rest.livestreams], rest.pages, rest.complete) == (["e", "f"], 1, True)
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+def sent_with_method(server: aioresponses) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every request the mock received, as (method, URL, request kwargs)."""
+    return [
+        (method, str(url), call.kwargs)
+        for (method, url), calls in server.requests.items()
+        for call in calls
+    ]
+
+
+async def test_webhook_calls_send_their_method_path_and_json_body(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """list is a GET, add a POST of name, url, events and enabled, edit a PATCH of only the
+    fields given, delete a DELETE; each under the app's path, with the bearer token."""
+    server.get(WEBHOOKS_URL, payload={"success": True, "data": [HOOK]})
+    server.post(WEBHOOKS_URL, status=201, payload={"success": True, "data": HOOK})
+    server.patch(HOOK_URL, payload={"success": True, "data": {**HOOK, "enabled": False}})
+    server.delete(HOOK_URL, payload={"success": True, "data": HOOK})
+    client = make_client()
+    assert await client.list_webhooks(ACCOUNT, APP) == (HOOK_DECODED,)
+    added = await client.add_webhook(
+        ACCOUNT, APP, name="n", url=HOOK["url"], events=("livestreaming.statusUpdate",)
+    )
+    assert added == HOOK_DECODED
+    edited = await client.edit_webhook(ACCOUNT, APP, HOOK_ID, enabled=False)
+    assert edited.enabled is False
+    assert await client.delete_webhook(ACCOUNT, APP, HOOK_ID) is None
+    calls = sent_with_method(server)
+    assert [(method, url) for method, url, _ in calls] == [
+        ("GET", WEBHOOKS_URL),
+        ("POST", WEBHOOKS_URL),
+        ("PATCH", HOOK_URL),
+        ("DELETE", HOOK_URL),
+    ]
+    assert [kwargs["json"] for _, _, kwargs in calls] == [
+        None,
+        {
+            "name": "n",
+            "url": HOOK["url"],
+            "events": ["livestreaming.statusUpdate"],
+            "enabled": True,
+        },
+        {"enabled": False},
+        None,
+    ]
+    for _, _, kwargs in calls:
+        assert kwargs["headers"]["Authorization"] == f"Bearer {TOKEN}"
+        assert kwargs["allow_redirects"] is False
+
+
+async def test_edit_sends_events_and_enabled_together(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """Events are sent as a list, next to the other fields given."""
+    server.patch(HOOK_URL, payload={"success": True, "data": HOOK})
+    await make_client().edit_webhook(
+        ACCOUNT,
+        APP,
+        HOOK_ID,
+        events=("meeting.started", "livestreaming.statusUpdate"),
+        enabled=True,
+    )
+    [(_, _, kwargs)] = sent_with_method(server)
+    assert kwargs["json"] == {
+        "enabled": True,
+        "events": ["meeting.started", "livestreaming.statusUpdate"],
+    }
+
+
+async def test_edit_without_any_field_is_refused_before_sending(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """An edit that would change nothing is the caller's bug: ValueError, nothing sent."""
+    with pytest.raises(ValueError, match="at least one field"):
+        await make_client().edit_webhook(ACCOUNT, APP, HOOK_ID)
+    assert sent_with_method(server) == []
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        {"status": 503, "payload": {"success": False, "error": {"code": 503}}},
+        {"status": 502, "body": "bad gateway"},
+        {"exception": TimeoutError()},
+        {"exception": aiohttp.ClientConnectionError("reset")},
+    ],
+    ids=["503", "502", "timeout", "connection"],
+)
+async def test_a_post_is_sent_once_whatever_goes_wrong(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock, response: dict[str, Any]
+) -> None:
+    """A POST that failed in a way that is retried for a GET is not sent again: it may
+    have created the webhook all the same."""
+    server.post(WEBHOOKS_URL, repeat=True, **response)
+    error = await fail(
+        make_client(retries=2).add_webhook(ACCOUNT, APP, name="n", url="https://x", events=())
+    )
+    assert error.transient and error.endpoint == ENDPOINT_WEBHOOKS
+    assert len(sent_with_method(server)) == 1
+    assert clock.sleeps == []
+
+
+@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
+async def test_get_patch_and_delete_are_retried_on_a_503(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock, method: str
+) -> None:
+    """A 503 to a webhook GET, PATCH or DELETE is retried, as the livestream GETs are."""
+    url = WEBHOOKS_URL if method == "GET" else HOOK_URL
+    data: Any = [HOOK] if method == "GET" else HOOK
+    server.add(url, method, status=503, body="unavailable")
+    server.add(url, method, payload={"success": True, "data": data})
+    client = make_client(retries=2)
+    calls = {
+        "GET": lambda: client.list_webhooks(ACCOUNT, APP),
+        "PATCH": lambda: client.edit_webhook(ACCOUNT, APP, HOOK_ID, enabled=True),
+        "DELETE": lambda: client.delete_webhook(ACCOUNT, APP, HOOK_ID),
+    }
+    await calls[method]()
+    assert len(sent_with_method(server)) == 2
+    assert len(clock.sleeps) == 1
+
+
+async def test_deleting_a_missing_webhook_is_done_but_a_gateway_404_is_an_error(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """RealtimeKit's own 404 to a DELETE means the webhook is gone already; a 404 in the
+    gateway's envelope (a wrong route) is an error, as for the livestream calls."""
+    server.delete(HOOK_URL, status=404, payload=NOT_FOUND)
+    server.delete(HOOK_URL, status=404, payload={**AUTH_ERROR, "errors": [{"code": 7003}]})
+    client = make_client()
+    assert await client.delete_webhook(ACCOUNT, APP, HOOK_ID) is None
+    error = await fail(client.delete_webhook(ACCOUNT, APP, HOOK_ID))
+    assert (error.reason, error.status, error.endpoint) == ("http_error", 404, ENDPOINT_WEBHOOK)
+
+
+async def test_a_delete_answered_without_a_body_is_done(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """A 204 (or a 200 with an empty body) to a DELETE is success, not a decode error."""
+    server.delete(HOOK_URL, status=204, body="")
+    server.delete(HOOK_URL, status=200, body="")
+    client = make_client()
+    await client.delete_webhook(ACCOUNT, APP, HOOK_ID)
+    await client.delete_webhook(ACCOUNT, APP, HOOK_ID)
+
+
+async def test_an_edit_of_a_missing_webhook_is_a_service_http_error(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """A 404 to a PATCH is an error (there is nothing to edit), marked as the service's."""
+    server.patch(HOOK_URL, status=404, payload=NOT_FOUND)
+    error = await fail(make_client().edit_webhook(ACCOUNT, APP, HOOK_ID, enabled=True))
+    assert (error.reason, error.status, error.service) == ("http_error", 404, True)
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        ("GET", '{"success": true, "data": "none"}'),
+        ("GET", "<html></html>"),
+        ("POST", '{"success": true, "data": {"name": "no id"}}'),
+        ("POST", '{"success": true}'),
+    ],
+    ids=["list-data-string", "list-html", "created-without-id", "created-without-data"],
+)
+async def test_unreadable_webhook_bodies_are_decode_errors(
+    server: aioresponses, make_client: MakeClient, method: str, body: str
+) -> None:
+    """A 2xx webhook body without a usable shape is ``decode``, never a silent empty list."""
+    status = 201 if method == "POST" else 200
+    server.add(WEBHOOKS_URL, method, status=status, body=body)
+    client = make_client()
+    call = (
+        client.list_webhooks(ACCOUNT, APP)
+        if method == "GET"
+        else client.add_webhook(ACCOUNT, APP, name="n", url="https://x", events=())
+    )
+    assert (await fail(call)).reason == "decode"
+
+
+async def test_webhook_fields_quoting_the_token_are_withheld(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """A webhook whose name, URL or event quotes the token (a hostile API) loses those
+    fields before anyone can print them."""
+    hostile = {
+        **HOOK,
+        "name": f"n {TOKEN}",
+        "url": f"https://x.example/?t={TOKEN.upper()}",
+        "events": ["livestreaming.statusUpdate", TOKEN],
+    }
+    server.get(WEBHOOKS_URL, payload={"success": True, "data": [hostile, HOOK]})
+    hooks = await make_client().list_webhooks(ACCOUNT, APP)
+    assert hooks[1] == HOOK_DECODED
+    assert TOKEN.casefold() not in repr(hooks).casefold()
+    assert hooks[0].name is None
+    assert hooks[0].url == client_module.WITHHELD
+    assert hooks[0].events == ("livestreaming.statusUpdate", client_module.WITHHELD)

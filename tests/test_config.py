@@ -30,6 +30,7 @@ from exporter.config import (
     RateLimit,
     Secret,
     UnreadableFile,
+    WebhooksConfig,
     YamlError,
     load,
     loads,
@@ -1286,9 +1287,11 @@ def test_example_config_documents_every_key() -> None:
         "api", "base_url", "token", "token_file", "timeout", "max_concurrency", "rate_limit",
         "poll", "interval", "max_staleness", "apps", "account_id", "app_id", "discover",
         "livestreams", "id", "expect_live", "limits", "max_livestreams",
+        "full_listing_interval", "webhooks", "listen_address", "path", "public_key_url",
+        "public_key_file",
     ]  # fmt: skip
     for key in keys:
-        pattern = re.compile(rf"^\s*(#\s*)?(- )?{key}:")
+        pattern = re.compile(rf"^\s*(#\s*)*(- )?{key}:")
         at = [i for i, line in enumerate(lines) if pattern.match(line)]
         assert at, f"{key} is not in the example"
         assert any(lines[i - 1].lstrip().startswith("#") for i in at), f"{key} has no comment"
@@ -1547,3 +1550,69 @@ def test_numbers_too_large_to_use_are_refused(yaml_text: str, problem: str) -> N
     with pytest.raises(ConfigError) as caught:
         loads(text, environ={"CLOUDFLARE_API_TOKEN": "t0123456789"})
     assert caught.value.problems == [problem]
+
+
+# -- webhooks ---------------------------------------------------------------------------
+
+_BASE = (
+    "api: {token: abcdefghijklmnopqrstuvwxyz0123456789ABCD}\n"
+    "apps: [{account_id: a, app_id: b, discover: true}]\n"
+)
+
+
+def test_no_webhooks_section_means_no_receiver() -> None:
+    """Webhooks are off unless the section is there."""
+    assert loads(_BASE).webhooks is None
+
+
+def test_an_empty_webhooks_section_takes_the_defaults() -> None:
+    """An empty section turns the receiver on with its defaults: every interface on port
+    10243, path /webhooks/realtimekit, RealtimeKit's key URL."""
+    hooks = loads(_BASE + "webhooks: {}\n").webhooks
+    assert hooks == WebhooksConfig()
+    assert (hooks.host, hooks.port, hooks.path) == (None, 10243, "/webhooks/realtimekit")
+    assert hooks.public_key_url == "https://api.realtime.cloudflare.com/.well-known/webhooks.json"
+    assert hooks.listen_address == ":10243"
+
+
+def test_webhooks_settings_are_read(tmp_path: Path) -> None:
+    """Listen address (IPv6 too), path and a key file relative to the config's folder."""
+    path = tmp_path / "c.yml"
+    path.write_text(
+        _BASE
+        + "webhooks: {listen_address: '[::1]:9443', path: /hooks/rtk-7f3a, "
+        + "public_key_file: keys/rtk.pem}\n"
+    )
+    hooks = load(path).webhooks
+    assert hooks is not None
+    assert (hooks.host, hooks.port, hooks.path) == ("::1", 9443, "/hooks/rtk-7f3a")
+    assert hooks.public_key_file == tmp_path / "keys" / "rtk.pem"
+    assert hooks.public_key_url is None
+    assert hooks.listen_address == "[::1]:9443"
+
+
+@pytest.mark.parametrize(
+    ("section", "problem"),
+    [
+        ("{listen_address: 'nope'}", "webhooks.listen_address: 'nope' is not HOST:PORT"),
+        ("{listen_address: ':99999'}", "webhooks.listen_address: ':99999' is not HOST:PORT"),
+        ("{listen_address: '::1:80'}", "webhooks.listen_address: '::1:80': write IPv6"),
+        ("{path: 'no-slash'}", "webhooks.path: must start with '/'"),
+        ("{path: '/a/../b'}", "webhooks.path: must start with '/'"),
+        ("{path: '/a//b'}", "webhooks.path: must start with '/'"),
+        ("{path: '/a?b=1'}", "webhooks.path: must start with '/'"),
+        ("{public_key_url: 'ftp://x/k'}", "webhooks.public_key_url: must be an http"),
+        ("{public_key_url: 'https://u:p@x/k'}", "webhooks.public_key_url: must not carry"),
+        ("{public_key_url: 'https://x/k', public_key_file: k.pem}", "webhooks: set public_key_url"),
+        ("{port: 1}", "webhooks.port: unknown key"),
+        ("[1]", "webhooks: must be a mapping"),
+    ],
+)
+def test_bad_webhooks_settings_are_named(section: str, problem: str) -> None:
+    """Each bad webhooks setting is one problem naming the key (and never echoing a URL's
+    password)."""
+    with pytest.raises(ConfigError) as caught:
+        loads(_BASE + f"webhooks: {section}\n")
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(problem), caught.value.problems
+    assert "u:p@" not in str(caught.value)

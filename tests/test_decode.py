@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import json
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from exporter import decode
 from exporter.decode import DecodeError, Paging
-from exporter.model import ActiveSession, Livestream, Session
+from exporter.model import ActiveSession, Livestream, Session, Webhook
 
 # The published examples (realtimekit-livestreams.openapi.json), secrets included on purpose.
 LISTING_STREAM_KEY = "f26566285faca6fbe2e79a73a66rsrrsrrsr3cde23a2bb7dbc6c2c1761b98f4e4"
@@ -1031,3 +1032,104 @@ def test_lone_surrogates_become_replacement_characters() -> None:
     stream.name.encode("utf-8")
     _, message = decode.error_summary(json.loads('{"error": {"message": "x\\ud800"}}'))
     assert message == "x\ufffd"
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+# The published Webhook object (S2, S3 of realtimekit-webhooks.md).
+WEBHOOK_ITEM: dict[str, Any] = {
+    "id": "0b5d4f2e-2f3c-4a61-9a36-3a4f1c2b7d10",
+    "name": "All events webhook",
+    "url": "https://webhook.site/b23a5bbd-c7b0-4ced-a9c6-2a6d4ab2c5b1",
+    "events": ["meeting.started", "livestreaming.statusUpdate"],
+    "enabled": True,
+    "created_at": "2024-01-01T00:00:00.000Z",
+    "updated_at": "2024-01-01T00:00:00.000Z",
+}
+WEBHOOK = Webhook(
+    id="0b5d4f2e-2f3c-4a61-9a36-3a4f1c2b7d10",
+    url="https://webhook.site/b23a5bbd-c7b0-4ced-a9c6-2a6d4ab2c5b1",
+    name="All events webhook",
+    events=("meeting.started", "livestreaming.statusUpdate"),
+    enabled=True,
+)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [[WEBHOOK_ITEM], {"webhooks": [WEBHOOK_ITEM]}, {"data": [WEBHOOK_ITEM]}],
+    ids=["array", "under-webhooks", "under-data"],
+)
+def test_webhook_listing_reads_the_array_and_a_nested_list(data: object) -> None:
+    """``data`` as the array, or an object holding it, decodes to the same webhooks."""
+    assert decode.webhooks({"success": True, "data": data}) == (WEBHOOK,)
+
+
+def test_webhook_listing_skips_entries_without_an_id_or_object() -> None:
+    """An entry that is no object, or has no id, cannot be edited or deleted: skipped."""
+    doc = {"data": [WEBHOOK_ITEM, {"url": "https://x"}, {"id": ""}, "junk", None]}
+    assert decode.webhooks(doc) == (WEBHOOK,)
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [[], {"success": True}, {"data": None}, {"data": "x"}, {"data": {"items": []}}],
+    ids=["not-object", "no-data", "null", "string", "list-under-a-guessed-key"],
+)
+def test_webhook_listing_without_a_list_is_a_decode_error(doc: object) -> None:
+    """No readable list is an error, never an empty listing (which would make register
+    create a duplicate)."""
+    with pytest.raises(DecodeError):
+        decode.webhooks(doc)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({}, WEBHOOK),
+        ({"enabled": None}, WEBHOOK),
+        ({"enabled": "false"}, replace(WEBHOOK, enabled=False)),
+        ({"enabled": "maybe"}, WEBHOOK),
+        ({"events": ["a", 1, None, "b"]}, replace(WEBHOOK, events=("a", "b"))),
+        ({"events": "a"}, replace(WEBHOOK, events=())),
+        ({"name": None, "url": 5}, replace(WEBHOOK, name=None, url="")),
+        ({"id": 42}, replace(WEBHOOK, id="42")),
+    ],
+    ids=[
+        "example",
+        "enabled-null-is-true",
+        "enabled-string",
+        "enabled-odd-is-true",
+        "events-non-strings-dropped",
+        "events-not-a-list",
+        "name-null-url-not-text",
+        "numeric-id",
+    ],
+)
+def test_webhook_fields_are_read_leniently(fields: dict[str, Any], expected: Webhook) -> None:
+    """Enabled defaults to true as in the API; odd events, names and URLs are dropped."""
+    item = {**WEBHOOK_ITEM, **fields}
+    assert decode.webhook_by_id({"success": True, "data": item}) == expected
+
+
+def test_webhook_without_enabled_is_enabled() -> None:
+    """``enabled`` is optional in the API and defaults to true."""
+    item = {k: v for k, v in WEBHOOK_ITEM.items() if k != "enabled"}
+    assert decode.webhook_by_id({"data": item}).enabled is True
+
+
+def test_one_webhook_may_be_nested_under_webhook() -> None:
+    """``data.webhook`` passes as well as ``data``."""
+    assert decode.webhook_by_id({"data": {"webhook": WEBHOOK_ITEM}}) == WEBHOOK
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [None, {"data": None}, {"data": []}, {"data": {"name": "no id"}}],
+    ids=["not-object", "null", "list", "no-id"],
+)
+def test_one_webhook_without_an_id_is_a_decode_error(doc: object) -> None:
+    """A created or edited webhook must come back with its id."""
+    with pytest.raises(DecodeError):
+        decode.webhook_by_id(doc)

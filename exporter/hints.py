@@ -1,0 +1,283 @@
+"""What a verified webhook sets off: a targeted refresh of the one stream it names.
+
+A delivery says a stream's status changed, but it has no timestamp and no order, and it
+may be a replay: it is a hint, not the truth. So a hint that disagrees with what the
+exporter shows (a stop of a stream shown live, a start of one shown not live) makes the
+exporter ask the API about that stream at once, ahead of every other request
+(:data:`~exporter.client.PRIORITY_PUSH`), and show what the API says: its status, and on a
+stop the session's final values, on a start its session. If the API does not agree with
+the hint yet, it is asked again at :data:`RECHECKS` of the poll interval. Hints for a
+stream are coalesced: one refresh at a time, which takes the latest hint when it ends.
+
+A hint that agrees with what is shown costs nothing, and one the API disagreed with
+lately (:data:`COOLDOWN`) is not checked again, so a replayed body costs at most a few
+requests per stream, whatever the number of replays.
+
+:class:`Announcements` keeps count of the changes polling found that no hint announced:
+with a working subscription that count stays near zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Final, Protocol
+
+from exporter import merge
+from exporter.budget import CycleDeadline
+from exporter.client import PRIORITY_PUSH, ApiError
+from exporter.model import LIVE
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from exporter.model import StreamState
+    from exporter.poller import Api, Poller
+
+log = logging.getLogger(__name__)
+
+# When a hint the API disagreed with is checked again, as shares of the poll interval.
+RECHECKS: Final = (0.125, 0.25, 0.5)
+MIN_RECHECK: Final = 1.0  # seconds, at least, before a check again
+COOLDOWN: Final = 600.0  # seconds a hint the API kept disagreeing with is not checked again
+GRACE: Final = 120.0  # seconds a hint may come before or after polling found its change
+MAX_REMEMBERED: Final = 100_000
+RESULTS: Final = ("agreed", "disagreed", "failed")
+# The share of the request budget kept for these refreshes while webhooks are on: polling
+# plans with the rest, so a refresh never waits behind a cycle's requests for room.
+KEPT_SHARE: Final = 0.1
+
+Key = tuple[tuple[str, str], str]  # (app key, livestream id)
+
+
+class RefreshObserver(Protocol):
+    def webhook_refresh(self, result: str) -> None: ...
+
+    def webhook_unannounced(self, count: int) -> None: ...
+
+
+class Announcements:
+    """Changes (live or not) polling found, set against the hints that announced them.
+
+    A change found with a hint for the stream within :data:`GRACE` before it was
+    announced; one with none is held for :data:`GRACE` (a delivery may come late, after
+    retries) and then counted as unannounced by :meth:`settle`."""
+
+    def __init__(
+        self, *, grace: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._grace = GRACE if grace is None else grace
+        self._clock = clock
+        self._hinted: OrderedDict[Key, tuple[float, bool]] = OrderedDict()
+        self._found: OrderedDict[Key, tuple[float, bool]] = OrderedDict()
+
+    def hinted(self, key: Key, live: bool) -> None:
+        now = self._clock()
+        self._hinted.pop(key, None)
+        self._hinted[key] = (now, live)
+        found = self._found.get(key)
+        if found is not None and found[1] == live:
+            del self._found[key]  # announced, if late
+        _bound(self._hinted)
+
+    def found(self, key: Key, live: bool) -> None:
+        now = self._clock()
+        hint = self._hinted.get(key)
+        if hint is not None and hint[1] == live and now - hint[0] <= self._grace:
+            return
+        self._found.pop(key, None)
+        self._found[key] = (now, live)
+        _bound(self._found)
+
+    def settle(self) -> int:
+        """How many changes found have gone unannounced for :data:`GRACE` (each counted
+        once); forgets hints older than that."""
+        horizon = self._clock() - self._grace
+        count = 0
+        while self._found and next(iter(self._found.values()))[0] < horizon:
+            self._found.popitem(last=False)
+            count += 1
+        while self._hinted and next(iter(self._hinted.values()))[0] < horizon:
+            self._hinted.popitem(last=False)
+        return count
+
+
+def _bound(table: OrderedDict[Key, tuple[float, bool]]) -> None:
+    while len(table) > MAX_REMEMBERED:
+        table.popitem(last=False)
+
+
+class Refresher:
+    """Turns hints into targeted refreshes through ``api()`` into ``poller``'s snapshot."""
+
+    def __init__(
+        self,
+        *,
+        poller: Poller,
+        api: Callable[[], Api],
+        interval: Callable[[], float],
+        observer: RefreshObserver | None = None,
+        announcements: Announcements | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        rechecks: tuple[float, ...] = RECHECKS,
+        min_recheck: float = MIN_RECHECK,
+    ) -> None:
+        """``api`` and ``interval`` give the client and the poll interval in force (a
+        reload may change them); ``rechecks`` (shares of the interval, at least
+        ``min_recheck`` seconds) when a hint the API disagreed with is checked again."""
+        self._poller = poller
+        self._api = api
+        self._interval = interval
+        self._observer = observer
+        self.announcements = announcements if announcements is not None else Announcements()
+        self._clock = clock
+        self._monotonic = monotonic
+        self._claims: dict[Key, str] = {}  # the latest status hinted, not yet taken up
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._news: dict[Key, asyncio.Event] = {}
+        self._cooldown: OrderedDict[tuple[Key, bool], float] = OrderedDict()
+        self._closed = False
+        self._rechecks = rechecks
+        self._min_recheck = min_recheck
+
+    @property
+    def busy(self) -> int:
+        """Streams with a refresh under way."""
+        return len(self._tasks)
+
+    def hint(self, livestream_id: str, status: str) -> bool:
+        """A verified status change; False if no app here tracks the stream."""
+        apps = self._poller.tracking(livestream_id)
+        if not apps or self._closed:
+            return False
+        for app in apps:
+            key = (app, livestream_id)
+            self.announcements.hinted(key, status == LIVE)
+            self._claims[key] = status
+            if key in self._tasks:
+                self._news[key].set()
+            else:
+                self._news[key] = asyncio.Event()
+                self._start(key)
+        return True
+
+    def _start(self, key: Key) -> None:
+        task = asyncio.create_task(self._work(key), name="webhook-refresh")
+        self._tasks[key] = task
+        task.add_done_callback(lambda done: self._ended(key, done))
+
+    def found_change(self, app: tuple[str, str], livestream_id: str, live: bool) -> None:
+        """Polling found the stream going live or not (``Poller(on_change=...)``)."""
+        self.announcements.found((app, livestream_id), live)
+
+    def settle(self) -> None:
+        """Count the changes polling found that went unannounced (once per cycle)."""
+        count = self.announcements.settle()
+        if count and self._observer is not None:
+            self._observer.webhook_unannounced(count)
+
+    async def close(self) -> None:
+        """Cancel the refreshes under way, and wait for them to end."""
+        self._closed = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _ended(self, key: Key, task: asyncio.Task[None]) -> None:
+        # Also for a task cancelled before it ran (close()), whose body never started.
+        if self._tasks.get(key) is not task:
+            return
+        if key in self._claims and not self._closed:
+            self._start(key)  # a hint that came after the work's last look
+            return
+        del self._tasks[key]
+        del self._news[key]
+        self._claims.pop(key, None)
+
+    async def _work(self, key: Key) -> None:
+        while (claim := self._claims.pop(key, None)) is not None:
+            self._news[key].clear()
+            try:
+                await self._settle(key, claim)
+            except ApiError:
+                self._count("failed")  # polling is the safety net
+            except Exception:
+                log.exception("unexpected error in a webhook's refresh")
+                self._count("failed")
+
+    def _count(self, result: str) -> None:
+        if self._observer is not None:
+            self._observer.webhook_refresh(result)
+
+    def _state(self, key: Key) -> StreamState | None:
+        app = self._poller.snapshot.app(*key[0])
+        return app.stream(key[1]) if app is not None else None
+
+    async def _settle(self, key: Key, claim: str) -> None:
+        """Refresh the stream until the API agrees with ``claim``, or the rechecks are
+        spent, or a newer hint comes (it is taken up next)."""
+        live = claim == LIVE
+        state = self._state(key)
+        if state is None or state.live == live:
+            return  # not tracked any more, or shown as the hint says already
+        now = self._monotonic()
+        self._forget_cooldowns(now)
+        if self._cooldown.get((key, live), -1.0) > now:
+            return  # the API kept disagreeing with this claim lately (a replay?)
+        delays = [0.0] + [
+            max(self._min_recheck, share * self._interval()) for share in self._rechecks
+        ]
+        waited = 0.0
+        for delay in delays:
+            if delay > waited:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._news[key].wait(), timeout=delay - waited)
+                    return  # a newer hint: the loop in _work takes it up
+                waited = delay
+            if await self._refresh(key, live):
+                self._count("agreed")
+                return
+        self._count("disagreed")
+        self._cooldown[(key, live)] = self._monotonic() + COOLDOWN
+        if len(self._cooldown) > MAX_REMEMBERED:
+            self._cooldown.popitem(last=False)
+
+    def _forget_cooldowns(self, now: float) -> None:
+        while self._cooldown and next(iter(self._cooldown.values())) <= now:
+            self._cooldown.popitem(last=False)
+
+    async def _refresh(self, key: Key, live: bool) -> bool:
+        """Ask the API about the stream and show what it says; whether it is ``live``.
+        Raises ApiError if a request fails."""
+        (account_id, app_id), sid = key
+        api = self._api()
+        deadline = CycleDeadline(self._monotonic() + self._interval(), self._monotonic)
+        found = await api.livestream(
+            account_id, app_id, sid, deadline=deadline, priority=PRIORITY_PUSH
+        )
+        if found is None or found.id != sid:
+            return False  # gone, or an answer about another stream: polling decides
+        now = self._clock()
+        state = self._poller.push(key[0], sid, lambda s: merge.pushed_status(s, found, now=now))
+        if state is None or state.live != live:
+            return False
+        if not live and (session_id := merge.awaits_final(state)) is not None:
+            final = await api.session(
+                account_id, app_id, session_id, deadline=deadline, priority=PRIORITY_PUSH
+            )
+            now = self._clock()
+            self._poller.push(
+                key[0], sid, lambda s: merge.pushed_final(s, session_id, final.session, now=now)
+            )
+        elif live and not state.session_current:
+            answer = await api.active_session(
+                account_id, app_id, sid, deadline=deadline, priority=PRIORITY_PUSH
+            )
+            now = self._clock()
+            self._poller.push(key[0], sid, lambda s: merge.pushed_session(s, answer, now=now))
+        return True
