@@ -16,6 +16,20 @@ KNOWN_STATUSES: Final = ("LIVE", "IDLE", "ERRORED", "INVOKED", "OFFLINE")
 NOT_LIVE: Final = frozenset({"IDLE", "ERRORED", "INVOKED", "OFFLINE"})
 # What a livestream without a readable status is exported as.
 UNKNOWN_STATUS: Final = "UNKNOWN"
+# The events RealtimeKit's webhooks deliver (an app subscribes to some of them), and the
+# one that says a livestream's status changed.
+STATUS_UPDATE_EVENT: Final = "livestreaming.statusUpdate"
+WEBHOOK_EVENTS: Final = (
+    "meeting.started",
+    "meeting.ended",
+    "meeting.participantJoined",
+    "meeting.participantLeft",
+    "meeting.chatSynced",
+    "recording.statusUpdate",
+    STATUS_UPDATE_EVENT,
+    "meeting.transcript",
+    "meeting.summary",
+)
 # Texts that cannot be one segment of a URL path, however they are encoded: "" joins its
 # neighbours ("a//b"), and "." and ".." are dot segments, which URL libraries (yarl, so
 # aiohttp), proxies and gateways remove (RFC 3986 5.2.4) after decoding "%2E" back to "."

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from exporter import signature
 from exporter.dedup import DeliveryWindow
+from exporter.model import STATUS_UPDATE_EVENT, WEBHOOK_EVENTS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -42,18 +43,8 @@ if TYPE_CHECKING:
 MAX_BODY: Final = 64 * 1024
 BODY_TIMEOUT: Final = 10.0  # seconds a body may take to arrive
 MAX_ID_LENGTH: Final = 256  # longer header values and stream ids are not ids
-STATUS_UPDATE: Final = "livestreaming.statusUpdate"
-EVENTS: Final = (
-    "meeting.started",
-    "meeting.ended",
-    "meeting.participantJoined",
-    "meeting.participantLeft",
-    "meeting.chatSynced",
-    "recording.statusUpdate",
-    STATUS_UPDATE,
-    "meeting.transcript",
-    "meeting.summary",
-)
+STATUS_UPDATE: Final = STATUS_UPDATE_EVENT
+EVENTS: Final = WEBHOOK_EVENTS
 # The event label of deliveries whose body was not verified, and of verified ones whose
 # event name is none of EVENTS.
 UNVERIFIED: Final = "unverified"

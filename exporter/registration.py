@@ -28,7 +28,7 @@ import aiohttp
 from exporter import __version__
 from exporter.budget import RequestBudget
 from exporter.client import ApiError, RealtimeKitClient
-from exporter.model import addressable
+from exporter.model import STATUS_UPDATE_EVENT, addressable
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator, Sequence
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from exporter.config import AppConfig, Config, WebhooksConfig
     from exporter.model import Webhook
 
-EVENT: Final = "livestreaming.statusUpdate"
+EVENT: Final = STATUS_UPDATE_EVENT
 DEFAULT_NAME: Final = "realtimekit-exporter"
 # How long one call may take, retries included, in units of api.timeout. A pause the API
 # ordered (a 429, or a Ratelimit header saying nothing remains) that lasts longer fails

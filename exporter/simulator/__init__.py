@@ -3,39 +3,51 @@
 ``Simulator`` serves a :class:`~exporter.simulator.world.World` over HTTP on a loopback
 address; ``realtimekit-exporter simulate`` runs one from the command line, and
 ``realtimekit-exporter --demo`` runs one inside the exporter's own process.
+
+It also speaks webhooks as RealtimeKit does (:mod:`exporter.simulator.webhooks`): apps
+register them through the API, every livestream status change is delivered, signed with
+the simulator's own key pair, whose public half is served at :attr:`Simulator.key_url`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import logging
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
 from exporter.simulator.api import API_PREFIX, CONTROL, SimulatorState, create_app
 from exporter.simulator.faults import Faults
 from exporter.simulator.ratelimit import RateLimiter
+from exporter.simulator.webhooks import (
+    KEY_PATH,
+    STATUS_EVENT,
+    DeliveryRecord,
+    DeliverySettings,
+    Webhook,
+    is_loopback,
+)
 from exporter.simulator.world import DEMO, REALISTIC, Profile, World
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from types import TracebackType
 
-__all__ = ["DEMO", "REALISTIC", "Faults", "Profile", "RateLimiter", "Simulator", "World"]
+__all__ = [
+    "DEMO",
+    "REALISTIC",
+    "DeliveryRecord",
+    "DeliverySettings",
+    "Faults",
+    "Profile",
+    "RateLimiter",
+    "Simulator",
+    "Webhook",
+    "World",
+    "is_loopback",
+]
 
 log = logging.getLogger(__name__)
-
-
-def is_loopback(host: str | None) -> bool:
-    """Whether ``host`` (None: every interface) only accepts connections from this machine."""
-    if host is None:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
 
 
 class Simulator:
@@ -50,9 +62,11 @@ class Simulator:
         limiter: RateLimiter | None = None,
         ip_limiter: RateLimiter | Literal["off"] | None = None,
         max_per_page: int = 100,
+        webhook_settings: DeliverySettings | None = None,
     ) -> None:
         """``limiter``: the per-token limit (default 1200 per 5 minutes); ``ip_limiter``:
-        the per-address one (default 200 per second; "off" for none)."""
+        the per-address one (default 200 per second; "off" for none); ``webhook_settings``:
+        how webhooks are delivered (retry delay, timeout...; tests make them fast)."""
         self.state = SimulatorState(
             world,
             token=token,
@@ -60,6 +74,7 @@ class Simulator:
             limiter=limiter,
             ip_limiter=ip_limiter,
             max_per_page=max_per_page,
+            webhook_settings=webhook_settings,
         )
         self._runner: web.AppRunner | None = None
         self._origin: str | None = None
@@ -87,6 +102,48 @@ class Simulator:
     def control_url(self) -> str:
         return self.origin + CONTROL
 
+    @property
+    def key_url(self) -> str:
+        """Where the public key that verifies webhook deliveries is served."""
+        return self.origin + KEY_PATH
+
+    @property
+    def public_key_pem(self) -> bytes:
+        """The public key deliveries are signed for now (PEM, SubjectPublicKeyInfo)."""
+        return self.state.deliveries.key.public_pem
+
+    @property
+    def webhook_log(self) -> list[DeliveryRecord]:
+        """Every delivery so far (the last DeliverySettings.log_size), oldest first; the
+        records of deliveries under way change as they proceed."""
+        return list(self.state.deliveries.log)
+
+    async def deliveries_settled(self) -> None:
+        """Return once no webhook delivery is under way (waiting, sending or retrying)."""
+        await self.state.deliveries.settled()
+
+    def webhook_stats(self) -> dict[str, Any]:
+        """What ``GET /-/simulator/stats`` shows under ``webhooks``."""
+        return self.state.deliveries.stats()
+
+    def rotate_key(self) -> bytes:
+        """Sign deliveries with a new key pair from now on, and serve it; its public PEM."""
+        return self.state.deliveries.rotate_key().public_pem
+
+    def add_webhook(
+        self,
+        account_id: str,
+        app_id: str,
+        *,
+        url: str,
+        events: Iterable[str] = (STATUS_EVENT,),
+        name: str = "simulated",
+        enabled: bool = True,
+    ) -> Webhook:
+        """Register a webhook as ``POST .../webhooks`` would (same checks: WebhookError)."""
+        body = {"name": name, "url": url, "events": list(events), "enabled": enabled}
+        return self.state.webhooks.add(account_id, app_id, body, now=self.world.now())
+
     async def start(self, host: str | None = "127.0.0.1", port: int = 0) -> None:
         """Listen on ``host:port``; a host of None means every interface. Anything but
         loopback is logged as a warning: the control interface has no auth."""
@@ -99,6 +156,7 @@ class Simulator:
             await runner.cleanup()
             raise
         self._runner = runner
+        self.state.deliveries.start()
         bound = runner.addresses[0]
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
         self._origin = f"http://{shown}:{bound[1]}"
@@ -112,6 +170,8 @@ class Simulator:
             )
 
     async def close(self) -> None:
+        """Stop delivering webhooks (every delivery under way is cancelled), then serving."""
+        await self.state.deliveries.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -10,6 +10,11 @@ per request; with ``variant_rate`` an answer takes one of the other shapes the d
 publish (see :data:`VARIANTS`), and with ``status_lag`` livestream objects show a status
 that lags behind the session endpoints.
 
+Webhook registrations live under ``.../{app_id}/webhooks`` and go through the same gate;
+the public key that verifies deliveries is served at ``/.well-known/webhooks.json`` (no
+auth, no rate limit), as RealtimeKit serves it; delivery itself is
+:class:`~exporter.simulator.webhooks.Deliveries`.
+
 Control routes live under ``/-/simulator`` (no auth: bind the simulator to loopback) and
 take and give JSON; see :func:`create_app` for the list.
 """
@@ -29,11 +34,22 @@ from aiohttp import web
 
 from exporter.simulator.faults import Dice, FaultError, Faults
 from exporter.simulator.ratelimit import RateLimiter
+from exporter.simulator.webhooks import (
+    EVENTS,
+    KEY_PATH,
+    STATUS_EVENT,
+    Deliveries,
+    DeliverySettings,
+    KeyPair,
+    WebhookError,
+    Webhooks,
+)
 from exporter.simulator.world import FILTER_STATUSES, MAX_VIEWERS, World, WorldError
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    from exporter.simulator.webhooks import Webhook
     from exporter.simulator.world import SimSession, SimStream
 
     # A handler gets the request and the dice's pick of a variant shape (None: the
@@ -79,6 +95,7 @@ class SimulatorState:
         limiter: RateLimiter | None = None,
         ip_limiter: RateLimiter | Literal["off"] | None = None,
         max_per_page: int = 100,
+        webhook_settings: DeliverySettings | None = None,
     ) -> None:
         if max_per_page < 1:
             raise ValueError("max_per_page must be at least 1")
@@ -97,6 +114,14 @@ class SimulatorState:
         self.dice = Dice(world.seed)
         self.requests: Counter[tuple[str, int]] = Counter()
         self.traffic = Traffic(self.limiter.window)
+        self.webhooks = Webhooks()
+        self.deliveries = Deliveries(
+            world,
+            self.webhooks,
+            render=status_update,
+            faults=lambda: self.faults,
+            settings=webhook_settings,
+        )
 
     def __repr__(self) -> str:  # the token is not printed, even a simulated one
         return f"SimulatorState(apps={len(self.world.apps())}, faults={self.faults!r})"
@@ -148,12 +173,53 @@ def livestream_body(
         "disabled": disabled,
         "ingest_server": INGEST_SERVER,
         "stream_key": stream.stream_key,
-        "playback_url": (
-            f"https://customer-sim.cloudflarestream.com/{stream.id.replace('-', '')}"
-            "/manifest/video.m3u8"
-        ),
+        "playback_url": _playback_url(stream),
         "created_at": iso(stream.created_at),
         "updated_at": iso(updated_at),
+    }
+
+
+def _playback_url(stream: SimStream) -> str:
+    return (
+        f"https://customer-sim.cloudflarestream.com/{stream.id.replace('-', '')}"
+        "/manifest/video.m3u8"
+    )
+
+
+def status_update(stream: SimStream) -> bytes:
+    """The body of a ``livestreaming.statusUpdate`` delivery for the stream's current
+    status: compact JSON in the documented key order, the stream key included (a secret
+    the receiver must keep), ``meeting`` only for a stream that belongs to one."""
+    body: dict[str, Any] = {
+        "event": STATUS_EVENT,
+        "streamId": stream.id,
+        "status": stream.status,
+        "manualIngest": False,
+        "playbackUrl": _playback_url(stream),
+        "ingestServer": INGEST_SERVER,
+        "streamKey": stream.stream_key,
+    }
+    if stream.meeting_id is not None:
+        body["meeting"] = {
+            "id": stream.meeting_id,
+            "title": stream.name or "Untitled meeting",
+            "createdAt": iso(stream.created_at),
+            # "LIVE" in every documented example, whatever the stream does.
+            "status": "LIVE",
+            "organizedBy": {"id": stream.app_id, "name": f"Simulated org of {stream.app_id}"},
+        }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def webhook_body(hook: Webhook) -> dict[str, Any]:
+    return {
+        "id": hook.id,
+        "name": hook.name,
+        "url": hook.url,
+        "events": list(hook.events),
+        "enabled": hook.enabled,
+        "created_at": iso(hook.created_at),
+        "updated_at": iso(hook.updated_at),
     }
 
 
@@ -202,14 +268,17 @@ def _paging(start: int, count: int, total: int) -> dict[str, int]:
 
 
 # -- the API ------------------------------------------------------------------------
-def _api(name: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def _api(
+    name: str, handler: Handler, *, webhooks: bool = False
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Wrap an API handler in what every request goes through: faults, auth, rate limit;
-    and count every answer, the simulator's own failures included."""
+    and count every answer, the simulator's own failures included. ``webhooks``: an
+    endpoint that the fault ``webhooks_forbidden`` closes."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         try:
-            response = await _gatekeep(state, request, handler)
+            response = await _gatekeep(state, request, handler, webhooks=webhooks)
         except web.HTTPException as exc:
             state.requests[(name, exc.status)] += 1
             raise
@@ -225,7 +294,7 @@ def _api(name: str, handler: Handler) -> Callable[[web.Request], Awaitable[web.S
 
 
 async def _gatekeep(
-    state: SimulatorState, request: web.Request, handler: Handler
+    state: SimulatorState, request: web.Request, handler: Handler, *, webhooks: bool = False
 ) -> web.StreamResponse:
     faults = state.faults
     verdict = state.dice.roll(faults)
@@ -245,6 +314,8 @@ async def _gatekeep(
                 429, 971, "Please wait and consider throttling your request speed", headers
             )
     if not world.has_account(request.match_info["account_id"]):
+        return _gateway_error(403, 10000, "Authentication error")
+    if webhooks and faults.webhooks_forbidden:  # a token without the webhook permission
         return _gateway_error(403, 10000, "Authentication error")
     if verdict.kind == "throttle":
         state.limiter.block(token, now, faults.throttle_seconds)
@@ -480,6 +551,80 @@ async def _session_by_id(request: web.Request, pick: float | None) -> web.Stream
     return web.json_response({"success": True, "data": body})
 
 
+# -- webhooks -----------------------------------------------------------------------
+class _BadBody(Exception):
+    pass
+
+
+async def _api_json(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object; _BadBody (a 400 in RealtimeKit's envelope) if not."""
+    try:
+        body = json.loads(await request.read()) if request.can_read_body else None
+    except (ValueError, RecursionError):  # as in _json
+        raise _BadBody("body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _BadBody("body must be a JSON object")
+    return body
+
+
+def _webhook_answer(hook: Webhook, status: int = 200) -> web.Response:
+    return web.json_response({"success": True, "data": webhook_body(hook)}, status=status)
+
+
+async def _list_webhooks(request: web.Request, _: float | None) -> web.StreamResponse:
+    info = request.match_info
+    hooks = request.app[STATE].webhooks.of_app(info["account_id"], info["app_id"])
+    return web.json_response({"success": True, "data": [webhook_body(h) for h in hooks]})
+
+
+async def _add_webhook(request: web.Request, _: float | None) -> web.StreamResponse:
+    state = request.app[STATE]
+    info = request.match_info
+    try:
+        body = await _api_json(request)
+        hook = state.webhooks.add(info["account_id"], info["app_id"], body, now=state.world.now())
+    except (_BadBody, WebhookError) as exc:
+        return _service_error(400, str(exc))
+    log.info("webhook %s registered for app %s", hook.id, hook.app_id)
+    return _webhook_answer(hook, 201)
+
+
+async def _webhook_events(request: web.Request, _: float | None) -> web.StreamResponse:
+    return web.json_response({"success": True, "data": list(EVENTS)})
+
+
+async def _one_webhook(request: web.Request, _: float | None) -> web.StreamResponse:
+    """GET, PATCH, PUT or DELETE one webhook."""
+    state = request.app[STATE]
+    info = request.match_info
+    hook = state.webhooks.get(info["account_id"], info["app_id"], info["webhook_id"])
+    if hook is None:
+        return _service_error(404, "Webhook not found")
+    if request.method == "DELETE":
+        state.webhooks.remove(hook)
+    elif request.method in ("PATCH", "PUT"):
+        try:
+            body = await _api_json(request)
+            state.webhooks.change(
+                hook, body, replace=request.method == "PUT", now=state.world.now()
+            )
+        except (_BadBody, WebhookError) as exc:
+            return _service_error(400, str(exc))
+    return _webhook_answer(hook)
+
+
+async def _key_document(request: web.Request) -> web.StreamResponse:
+    """The public key, as ``https://api.realtime.cloudflare.com/.well-known/webhooks.json``
+    serves it: no auth, no rate limit, not counted among the API requests."""
+    state = request.app[STATE]
+    if state.faults.key_document_unavailable:
+        state.deliveries.key_requests["503"] += 1
+        return _service_error(503, "Service Unavailable")
+    state.deliveries.key_requests["200"] += 1
+    pem = state.deliveries.key.public_pem.decode("ascii")
+    return web.json_response({"success": True, "data": {"publicKey": pem}, "message": ""})
+
+
 # -- control ------------------------------------------------------------------------
 async def _json(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
@@ -652,17 +797,37 @@ async def _control_stats(request: web.Request) -> web.StreamResponse:
     for (endpoint, status), count in sorted(state.requests.items()):
         by_endpoint.setdefault(endpoint, {})[str(status)] = count
     traffic = state.traffic
-    return web.json_response(
-        {
-            "requests": by_endpoint,
-            "total": sum(state.requests.values()),
-            "busiest_window": {
-                "window_s": traffic.window,
-                "requests": traffic.busiest,
-                "ended_at": traffic.busiest_at,
-            },
-        }
-    )
+    stats: dict[str, Any] = {
+        "requests": by_endpoint,
+        "total": sum(state.requests.values()),
+        "busiest_window": {
+            "window_s": traffic.window,
+            "requests": traffic.busiest,
+            "ended_at": traffic.busiest_at,
+        },
+    }
+    if state.deliveries.used():  # absent until webhooks are used, as before they existed
+        stats["webhooks"] = state.deliveries.stats()
+    return web.json_response(stats)
+
+
+async def _control_webhooks(request: web.Request) -> web.StreamResponse:
+    """Every app's webhooks, and the delivery stats."""
+    state = request.app[STATE]
+    hooks = [
+        {"account_id": h.account_id, "app_id": h.app_id, **webhook_body(h)}
+        for h in state.webhooks.all()
+    ]
+    return web.json_response({"webhooks": hooks, "stats": state.deliveries.stats()})
+
+
+async def _control_rotate_key(request: web.Request) -> web.StreamResponse:
+    """A new key pair: deliveries are signed with it, and the key document serves it."""
+    deliveries = request.app[STATE].deliveries
+    pair = await asyncio.to_thread(KeyPair.generate)  # about 30 ms of CPU, off the loop
+    deliveries.rotate_key(pair)
+    log.info("webhook signing key rotated")
+    return web.json_response({"publicKey": pair.public_pem.decode("ascii")})
 
 
 def create_app(state: SimulatorState) -> web.Application:
@@ -679,8 +844,12 @@ def create_app(state: SimulatorState) -> web.Application:
     - ``DELETE /-/simulator/livestreams/{id}``;
     - ``GET`` and ``PUT /-/simulator/faults`` (a partial JSON object of Faults fields);
     - ``POST /-/simulator/throttle`` (``seconds``): block the token now;
-    - ``GET /-/simulator/stats``: API requests by endpoint and status, and the most the
-      token sent in any rate-limit window (``busiest_window``).
+    - ``GET /-/simulator/stats``: API requests by endpoint and status, the most the
+      token sent in any rate-limit window (``busiest_window``), and once webhooks are used
+      (registered, key fetched or rotated) their delivery counts (``webhooks``);
+    - ``GET /-/simulator/webhooks``: every app's webhooks and the delivery counts;
+    - ``POST /-/simulator/webhooks/rotate-key``: sign with a new key pair from now on,
+      and serve it at ``/.well-known/webhooks.json``.
     """
     app = web.Application()
     app[STATE] = state
@@ -694,6 +863,20 @@ def create_app(state: SimulatorState) -> web.Application:
         _api("active_livestream_session", _active_session),
     )
     app.router.add_get(streams + "/{livestream_id}", _api("livestream", _livestream))
+    hooks = APP_PATH + "/webhooks"
+    app.router.add_get(hooks, _api("webhooks", _list_webhooks, webhooks=True))
+    app.router.add_post(hooks, _api("add_webhook", _add_webhook, webhooks=True))
+    # Before {webhook_id}, which "all" would match.
+    app.router.add_get(hooks + "/all", _api("webhook_events", _webhook_events, webhooks=True))
+    one = hooks + "/{webhook_id}"
+    for method, name in (
+        ("GET", "webhook"),
+        ("PATCH", "edit_webhook"),
+        ("PUT", "replace_webhook"),
+        ("DELETE", "delete_webhook"),
+    ):
+        app.router.add_route(method, one, _api(name, _one_webhook, webhooks=True))
+    app.router.add_get(KEY_PATH, _key_document)
     app.router.add_get(CONTROL + "/livestreams", _control_list)
     app.router.add_post(CONTROL + "/livestreams", _control_create)
     app.router.add_post(CONTROL + "/livestreams/{livestream_id}/{action}", _control_action)
@@ -702,4 +885,6 @@ def create_app(state: SimulatorState) -> web.Application:
     app.router.add_put(CONTROL + "/faults", _control_faults)
     app.router.add_post(CONTROL + "/throttle", _control_throttle)
     app.router.add_get(CONTROL + "/stats", _control_stats)
+    app.router.add_get(CONTROL + "/webhooks", _control_webhooks)
+    app.router.add_post(CONTROL + "/webhooks/rotate-key", _control_rotate_key)
     return app

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Final, Literal
 
 Kind = Literal["ok", "server_error", "malformed", "throttle"]
+Signature = Literal["valid", "none", "wrong_key"]
 
 # 5xx statuses a failing request gets; 502 and 504 come from Cloudflare's edge as HTML.
 SERVER_ERRORS: Final = (500, 502, 503, 504)
@@ -32,6 +33,17 @@ class Faults:
     variant_rate: float = 0.0  # share answered in another documented shape (api.VARIANTS)
     status_lag: float = 0.0  # livestream objects show the previous status this long
     ignore_status_filter: bool = False  # the listing answers as if no status were asked
+    # Webhooks (see exporter.simulator.webhooks), rolled per delivery:
+    webhook_delay: float = 0.0  # waited before a delivery's first attempt
+    webhook_jitter: float = 0.0  # plus a uniform 0..webhook_jitter
+    webhook_duplicate_rate: float = 0.0  # share sent twice (same rtk-uuid, same bytes)
+    webhook_reorder_rate: float = 0.0  # share held back, so that later ones overtake them
+    webhook_reorder_delay: float = 2.0  # how long such a delivery is held back
+    webhook_unsigned_rate: float = 0.0  # share sent without an rtk-signature
+    webhook_wrong_key_rate: float = 0.0  # share signed with a key the document does not serve
+    webhook_drop_rate: float = 0.0  # share never sent
+    webhooks_forbidden: bool = False  # webhook endpoints answer 403: no permission for them
+    key_document_unavailable: bool = False  # /.well-known/webhooks.json answers 503
 
     def update(self, changes: dict[str, Any]) -> Faults:
         """A copy with ``changes`` applied; raises FaultError naming a bad key or value."""
@@ -83,3 +95,43 @@ class Dice:
         if faults.variant_rate and rng.random() < faults.variant_rate:
             return Verdict("ok", delay, shape=rng.random())
         return Verdict("ok", delay)
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryVerdict:
+    """What goes wrong with one webhook delivery."""
+
+    drop: bool = False
+    delay: float = 0.0  # before the first attempt, a reorder hold included
+    reordered: bool = False
+    duplicate: bool = False
+    signature: Signature = "valid"
+
+
+class DeliveryDice:
+    """Rolls the webhook faults for each delivery in the order of the status changes, from
+    a generator of its own (the API's dice are not disturbed by webhooks). Every roll draws
+    the same numbers whatever the settings, so that turning one fault on does not change
+    which deliveries another one hits."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(f"webhooks:{seed}")
+
+    def roll(self, faults: Faults) -> DeliveryVerdict:
+        drop, jitter, reorder, duplicate, unsigned, wrong = (self._rng.random() for _ in range(6))
+        delay = faults.webhook_delay + jitter * faults.webhook_jitter
+        reordered = reorder < faults.webhook_reorder_rate
+        if reordered:
+            delay += faults.webhook_reorder_delay
+        signature: Signature = "valid"
+        if unsigned < faults.webhook_unsigned_rate:
+            signature = "none"
+        elif wrong < faults.webhook_wrong_key_rate:
+            signature = "wrong_key"
+        return DeliveryVerdict(
+            drop=drop < faults.webhook_drop_rate,
+            delay=delay,
+            reordered=reordered,
+            duplicate=duplicate < faults.webhook_duplicate_rate,
+            signature=signature,
+        )

@@ -17,6 +17,7 @@ of a session (a placeholder the real API shows).
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import random
 import time
@@ -25,6 +26,11 @@ from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+
+    # Called with the stream, its previous status and the (world) time of the change.
+    StatusObserver = Callable[["SimStream", str, float], None]
+
+log = logging.getLogger(__name__)
 
 PLACEHOLDER_VALUE: Final = 60.0
 MAX_VIEWERS: Final = 10_000_000.0
@@ -230,6 +236,7 @@ class World:
         self._counter = 0
         self._created = 0
         self._ordered: dict[tuple[str, str], list[SimStream]] = {}
+        self._observers: list[StatusObserver] = []
 
     # -- reading ----------------------------------------------------------------------
     def now(self) -> float:
@@ -237,6 +244,25 @@ class World:
         now = self._clock()
         self._advance(now)
         return now
+
+    def clock(self) -> float:
+        """The clock, without applying anything (for timing what happens around the world)."""
+        return self._clock()
+
+    def on_status(self, observer: StatusObserver) -> Callable[[], None]:
+        """Call ``observer(stream, previous_status, at)`` after every status change, manual
+        or by the autopilot (not when a status is set to what it already was), ``at`` being
+        the world time of the change; returns a function that stops the calls.
+
+        An observer runs inside whatever made the change (often :meth:`now`), so it must be
+        quick and must not change the world itself."""
+        self._observers.append(observer)
+
+        def cancel() -> None:
+            if observer in self._observers:
+                self._observers.remove(observer)
+
+        return cancel
 
     def apps(self) -> list[tuple[str, str]]:
         return list(self._apps)
@@ -565,8 +591,18 @@ class World:
         session.updated_at = at
         self._set_status(stream, status, at)
 
-    @staticmethod
-    def _set_status(stream: SimStream, status: str, at: float) -> None:
-        stream.previous_status, stream.previous_updated_at = stream.status, stream.updated_at
+    def _set_status(self, stream: SimStream, status: str, at: float) -> None:
+        """The one place a status changes."""
+        previous = stream.status
+        stream.previous_status, stream.previous_updated_at = previous, stream.updated_at
         stream.status = status
         stream.updated_at = at
+        if status == previous or not self._observers:
+            return
+        for observer in tuple(self._observers):
+            try:
+                observer(stream, previous, at)
+            except Exception:
+                # The change is made; an observer's bug must not stop the autopilot halfway
+                # through its due changes (the stream would never be scheduled again).
+                log.exception("a status observer failed on livestream %s", stream.id)
