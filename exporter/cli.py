@@ -616,17 +616,23 @@ async def _demo(
     simulated = demo.world()
     token = demo.token()
     async with Simulator(simulated, token=token) as simulator:
-        cfg = demo.config(simulated, simulator.base_url, token)
+        cfg = demo.config(simulated, simulator.base_url, token, key_url=simulator.key_url)
 
         def banner(server: Server) -> None:
             # Said once the port is bound (and known, for port 0).
             bound = server.addresses[0][1] if server.addresses else port
             shown = f"{server.scheme}://{join_host_port(host or 'localhost', bound)}"
+            hooks = ""
+            if server.webhook_addresses and cfg.webhooks is not None:
+                where = join_host_port(*server.webhook_addresses[0])
+                hooks = f"http://{where}{cfg.webhooks.path}"
+                demo.subscribe(simulator, hooks)
             log.info(
-                "demo mode: polling a simulated RealtimeKit API at %s (control: %s/); "
-                "metrics at %s/metrics, status page at %s/",
+                "demo mode: polling a simulated RealtimeKit API at %s (control: %s/), which "
+                "sends status webhooks to %s; metrics at %s/metrics, status page at %s/",
                 simulator.base_url,
                 simulator.control_url,
+                hooks or "nowhere",
                 shown,
                 shown,
                 extra={"address": simulator.origin},

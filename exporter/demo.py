@@ -2,7 +2,9 @@
 
 ``realtimekit-exporter --demo`` serves :func:`world` from an in-process simulator on a
 loopback port and runs the exporter with :func:`config`, so that a user without a token
-sees streams start and stop within a minute.
+sees streams start and stop within a minute. The exporter receives the simulator's
+status webhooks on a loopback port of its own (:func:`subscribe`), so a stop shows on
+/metrics about a second after it happens.
 """
 
 from __future__ import annotations
@@ -10,8 +12,16 @@ from __future__ import annotations
 import secrets
 from typing import Final
 
-from exporter.config import ApiConfig, AppConfig, Config, LivestreamConfig, PollConfig, Secret
-from exporter.simulator import DEMO, World
+from exporter.config import (
+    ApiConfig,
+    AppConfig,
+    Config,
+    LivestreamConfig,
+    PollConfig,
+    Secret,
+    WebhooksConfig,
+)
+from exporter.simulator import DEMO, Simulator, World
 
 ACCOUNT_ID: Final = "demo-account"
 MAIN_APP: Final = "demo-app"
@@ -35,8 +45,12 @@ def token() -> str:
     return "demo-" + secrets.token_urlsafe(24)
 
 
-def config(simulated: World, base_url: str, api_token: str) -> Config:
-    """Discover every stream of both apps; expect the main app's first stream to be live."""
+def config(
+    simulated: World, base_url: str, api_token: str, *, key_url: str | None = None
+) -> Config:
+    """Discover every stream of both apps; expect the main app's first stream to be live.
+    With ``key_url`` (the simulator's key document), receive webhooks on a free loopback
+    port."""
     main = simulated.streams(ACCOUNT_ID, MAIN_APP) or []
     expected = tuple(LivestreamConfig(id=s.id, expect_live=True) for s in main[:1])
     return Config(
@@ -47,4 +61,16 @@ def config(simulated: World, base_url: str, api_token: str) -> Config:
             AppConfig(account_id=ACCOUNT_ID, app_id=EVENTS_APP, discover=True),
         ),
         source="demo",
+        webhooks=(
+            None
+            if key_url is None
+            else WebhooksConfig(host="127.0.0.1", port=0, public_key_url=key_url)
+        ),
     )
+
+
+def subscribe(simulator: Simulator, receiver_url: str) -> None:
+    """Subscribe both apps' status changes to ``receiver_url``, as ``webhooks register``
+    does against the real API."""
+    for app_id in (MAIN_APP, EVENTS_APP):
+        simulator.add_webhook(ACCOUNT_ID, app_id, url=receiver_url, name="demo")

@@ -478,11 +478,14 @@ class Pipeline:
         max_staleness: str,
         expect_live: Iterable[str] = (),
         other_apps: Iterable[str] = (),
+        interval: str = "1s",
+        webhooks: Mapping[str, str] | None = None,
     ) -> tuple[Proc, str]:
-        """The exporter with ARGS, polling the simulator with the token every second (2 s
-        timeout; stale after ``max_staleness``): the app, its streams discovered and those in
-        ``expect_live`` expected live, then the account's ``other_apps``, discovered: the
-        process and its ``host:port``."""
+        """The exporter with ARGS, polling the simulator with the token every ``interval``
+        (2 s timeout; stale after ``max_staleness``): the app, its streams discovered and
+        those in ``expect_live`` expected live, then the account's ``other_apps``,
+        discovered; with ``webhooks`` as its webhooks section, if given: the process and
+        its ``host:port``. The config is ``workdir/exporter.yaml``."""
         streams = [{"id": stream_id, "expect_live": True} for stream_id in expect_live]
         apps = [{"account_id": self.account, "app_id": self.app, "discover": True}]
         if streams:
@@ -496,9 +499,11 @@ class Pipeline:
                 "token_file": str(self.token_file),
                 "timeout": "2s",
             },
-            "poll": {"interval": "1s", "max_staleness": max_staleness},
+            "poll": {"interval": interval, "max_staleness": max_staleness},
             "apps": apps,
         }
+        if webhooks is not None:
+            config["webhooks"] = dict(webhooks)
         proc, target = self._stack.enter_context(
             spawned_exporter(self.workdir, yaml.safe_dump(config, sort_keys=False), *args)
         )

@@ -14,6 +14,7 @@ from exporter.demo import ACCOUNT_ID, EVENTS_APP, MAIN_APP
 from tests.procs import (
     exporter_command,
     get,
+    post,
     run,
     spawned,
     wait_for,
@@ -134,6 +135,26 @@ def test_demo_shows_streams_changing_and_stops_on_sigterm(tmp_path: Path) -> Non
             interval=SCRAPE_EVERY,
         )
         assert ACCOUNT_ID in get(url).text
+
+        # The simulator pushes each status change to the exporter's webhook receiver: a
+        # stream stopped through its control interface is a verified, accepted delivery.
+        hooks = wait_for_log(
+            demo, r"sends status webhooks to (http://\S+/webhooks/realtimekit)", timeout=5
+        )
+        assert hooks.group(1).startswith("http://127.0.0.1:")
+        control = wait_for_log(demo, r"\(control: (http://\S+)/\)", timeout=5).group(1)
+        metrics = _scrape(url)
+        accepted_key = (("event", "livestreaming.statusUpdate"), ("outcome", "accepted"))
+        accepted = metrics["realtimekit_exporter_webhook_deliveries_total"][accepted_key]
+        target = sorted(s for s, v in _live(metrics).items() if v == 1)[0]
+        assert post(f"{control}/livestreams/{target}/stop").status == 200
+
+        def announced() -> bool:
+            now = _scrape(url)
+            more = now["realtimekit_exporter_webhook_deliveries_total"][accepted_key] > accepted
+            return more and _live(now).get(target, 0.0) == 0
+
+        wait_for(announced, timeout=10, what=lambda: f"{target} stopped by webhook", watch=[demo])
 
         demo.popen.send_signal(signal.SIGTERM)
         assert wait_for_exit(demo, timeout=10) == 0, demo.tail()
