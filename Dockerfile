@@ -77,7 +77,8 @@ ENV PATH="/opt/venv/bin:${PATH}" \
 # Numeric, so that Kubernetes runAsNonRoot can verify it without reading /etc/passwd.
 USER 10241:10241
 
-EXPOSE 10241
+# 10243: the webhook receiver, when the configuration has a webhooks section.
+EXPOSE 10241 10243
 
 # Exec form with the venv's python: the image has no curl or wget. Only valid while the
 # exporter listens on its default port 10241 inside the container.

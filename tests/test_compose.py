@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from exporter.config import DEFAULT_WEBHOOK_PATH, DEFAULT_WEBHOOK_PORT
 from tests.procs import require_tool, run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +31,7 @@ DASHBOARD = REPO / "deploy" / "grafana" / "realtimekit-livestreams.json"
 RULES = REPO / "deploy" / "prometheus"
 SERVICES = {"exporter", "prometheus", "grafana"}
 EXPORTER_PORT = 10241  # the exporter's default --web.listen-address
+WEBHOOK_PORT = DEFAULT_WEBHOOK_PORT  # 10243, the default webhooks.listen_address
 PROMETHEUS_PORT = 9090
 GRAFANA_PORT = 3000
 JOB = "realtimekit-exporter"  # what the alerts select
@@ -77,9 +79,13 @@ def _host_path(service: dict[str, Any], container_path: str) -> Path | None:
     return None
 
 
+def _container_ports(service: dict[str, Any]) -> list[int]:
+    return [int(str(port).rsplit(":", 1)[1].split("/")[0]) for port in service["ports"]]
+
+
 def _container_port(service: dict[str, Any]) -> int:
-    (port,) = service["ports"]
-    return int(str(port).rsplit(":", 1)[1].split("/")[0])
+    (port,) = _container_ports(service)
+    return port
 
 
 def _config_file(prometheus: dict[str, Any]) -> str:
@@ -134,8 +140,8 @@ def test_exporter_is_built_from_the_repo_in_demo_mode() -> None:
     assert token_mode in COMPOSE.read_text(encoding="utf-8")
     assert token_mode in (COMPOSE_DIR / "README.md").read_text(encoding="utf-8")
 
-    # The port, the health check and the image agree.
-    assert _container_port(exporter) == EXPORTER_PORT
+    # The ports, the health check and the image agree.
+    assert _container_ports(exporter) == [EXPORTER_PORT, WEBHOOK_PORT]
     check = " ".join(exporter["healthcheck"]["test"][1:])
     assert f"http://127.0.0.1:{EXPORTER_PORT}/-/healthy" in check
     image = dockerfile.read_text(encoding="utf-8")
@@ -145,6 +151,31 @@ def test_exporter_is_built_from_the_repo_in_demo_mode() -> None:
     interpreter = exporter["healthcheck"]["test"][1]
     assert interpreter in image, f"the health check runs {interpreter}, which the image lacks"
     assert re.search(rf"^EXPOSE\s+{EXPORTER_PORT}\b", image, re.MULTILINE)
+
+
+def test_webhook_port_is_mapped_to_loopback_and_documented() -> None:
+    """The receiver's port is published on 127.0.0.1 only, on the same number, for a TLS
+    reverse proxy on the host; the README says how to turn the receiver on, what to expose
+    (its path only) and what never (the main port)."""
+    exporter = _service("exporter")
+    assert f"127.0.0.1:{WEBHOOK_PORT}:{WEBHOOK_PORT}" in exporter["ports"]
+    assert f"127.0.0.1:{EXPORTER_PORT}:{EXPORTER_PORT}" in exporter["ports"]
+    readme = (COMPOSE_DIR / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Webhooks\n", 1)[1].split("\n## ", 1)[0]
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", section, re.DOTALL) if "webhooks" in b]
+    webhooks = yaml.safe_load(block)["webhooks"]
+    assert webhooks["listen_address"] == f":{WEBHOOK_PORT}"
+    assert webhooks["path"] == DEFAULT_WEBHOOK_PATH
+    for text in (
+        f"POST {DEFAULT_WEBHOOK_PATH}",
+        f"127.0.0.1:{WEBHOOK_PORT}",
+        f"Never expose port {EXPORTER_PORT}",
+        "webhooks register",
+    ):
+        assert text in " ".join(section.split()), text
+    # Prometheus still scrapes the main port only.
+    (job,) = _prometheus_config()["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == [f"exporter:{EXPORTER_PORT}"]
 
 
 def test_prometheus_scrapes_the_exporter_service_with_the_shipped_rules() -> None:

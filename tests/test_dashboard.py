@@ -14,6 +14,11 @@ Grafana would, must be accepted by Prometheus and return data; a few panels must
 the values the simulator's state implies, and selecting an app or streams must narrow
 every result to them. Last, the exporter is stopped: the scrape-up panel must read 0 and
 every panel that shows "now" (stats, tables) must show no data rather than a stale value.
+
+The Webhooks row reads series that exist only with a ``webhooks`` section: without one (the
+run above) its queries are accepted and return nothing; a second run has the exporter
+receive the simulator's webhooks, and there the row shows an accepted delivery and the
+count of unannounced changes.
 """
 
 from __future__ import annotations
@@ -29,14 +34,23 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from exporter.config import DEFAULT_WEBHOOK_PATH
 from tests.procs import (
+    LOOPBACK,
     Pipeline,
+    exporter_command,
+    free_port,
     get,
     post,
     prometheus_api,
+    prometheus_config,
     reap,
     request,
     require_tool,
+    run,
+    spawned_exporter,
+    spawned_prometheus,
+    spawned_simulator,
     wait_for,
 )
 
@@ -67,6 +81,8 @@ GRID_COLUMNS = 24
 BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
 RANGE_SECONDS = 30
 RANGE_STEP = "2"
+WEBHOOK_ROW = "Webhooks"
+WEBHOOK_METRIC = re.compile(r"realtimekit_exporter_webhook_\w+")
 
 
 # -- reading the dashboard ----------------------------------------------------------------
@@ -93,6 +109,23 @@ def _targets(dashboard: Mapping[str, Any]) -> list[tuple[dict[str, Any], dict[st
         for target in panel.get("targets", [])
         if target.get("expr")
     ]
+
+
+def _webhook_panels(dashboard: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The panels of the Webhooks row: those between its row panel and the next row."""
+    found: list[dict[str, Any]] = []
+    inside = False
+    for panel in _all_panels(dashboard):
+        if panel["type"] == "row":
+            inside = panel["title"] == WEBHOOK_ROW
+        elif inside:
+            found.append(panel)
+    return found
+
+
+def _webhook_keys(dashboard: Mapping[str, Any]) -> set[str]:
+    """ "panel title/refId" of every query of the Webhooks row."""
+    return {f"{p['title']}/{t['refId']}" for p in _webhook_panels(dashboard) for t in p["targets"]}
 
 
 def _variables(dashboard: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -275,7 +308,7 @@ def test_panels_have_unique_ids_a_tidy_grid_and_the_datasource_variable() -> Non
             assert not overlap, f"panels {a!r} and {b!r} overlap"
 
     rows = [p["title"] for p in panels if p["type"] == "row"]
-    assert rows == ["Overview", "Streams", "Viewers & ingest", "Exporter health"]
+    assert rows == ["Overview", "Streams", "Viewers & ingest", "Exporter health", WEBHOOK_ROW]
     for panel in _query_panels(dashboard):
         title = panel["title"]
         assert panel["datasource"] == {"type": "prometheus", "uid": DS_REF}, title
@@ -608,12 +641,15 @@ def test_every_panel_query_returns_data_from_the_simulator() -> None:
             _set_faults(control, error_rate=0.0)
 
         # Every panel query, all variables at All, is accepted and returns data once
-        # the rates have two samples and the recording rules have run.
+        # the rates have two samples and the recording rules have run; but the Webhooks
+        # row's, which are accepted and empty: this exporter has no webhooks section.
         empty: list[str] = []
+        webhooks = _webhook_keys(dashboard)
 
         def all_have_data() -> bool:
             results = queries.instant(everything)
-            empty[:] = [key for key, result in results.items() if not result]
+            empty[:] = [k for k, result in results.items() if not result and k not in webhooks]
+            assert all(not results[k] for k in webhooks), "webhook series without webhooks"
             return not empty
 
         _wait(
@@ -630,7 +666,10 @@ def test_every_panel_query_returns_data_from_the_simulator() -> None:
             expr = _substitute(target["expr"], everything)
             body = queries.run_range(expr, end)
             _accepted(key, expr, body)
-            assert body["data"]["result"], f"{key}: no data over the last {RANGE_SECONDS} s"
+            if key in webhooks:
+                assert not body["data"]["result"], f"{key}: data without webhooks"
+            else:
+                assert body["data"]["result"], f"{key}: no data over the last {RANGE_SECONDS} s"
 
         # The 5xx burst may have left an app down at the last scrape: its next poll is fine.
         _wait(
@@ -778,3 +817,92 @@ def _check_exporter_down(
     for panel, target in now_panels:
         key = f"{panel['title']}/{target['refId']}"
         assert not results[key], f"{key} with {JOB} down: {results[key]}"
+
+
+@pytest.mark.timeout(90)
+def test_webhook_row_shows_deliveries_with_a_webhooks_section(tmp_path: Path) -> None:
+    """An exporter with a webhooks section, registered with the simulator (as
+    ``webhooks register`` does it): the Webhooks row's queries return data, the receiver's
+    series being there from the start; a stream stopped in the simulator comes as an
+    accepted delivery, and no change goes unannounced."""
+    require_tool("prometheus")
+    dashboard = _dashboard()
+    assert len(_webhook_panels(dashboard)) >= 2
+    for panel in _webhook_panels(dashboard):
+        for target in panel["targets"]:
+            assert WEBHOOK_METRIC.search(target["expr"]), panel["title"]
+    token = tmp_path / "token"
+    token.write_text("dashboard-webhooks-token\n", encoding="utf-8")
+    stream = "dash-hooked"
+    with contextlib.ExitStack() as stack:
+        simulator, origin = stack.enter_context(
+            spawned_simulator(
+                tmp_path,
+                *("--account-id", ACCOUNT, "--app-id", APP, "--token-file", str(token)),
+                *("--livestreams", "0", "--live", "0"),
+            )
+        )
+        procs = [simulator]
+        control = origin + "/-/simulator"
+        created = post(
+            control + "/livestreams", {"account_id": ACCOUNT, "app_id": APP, "id": stream}
+        )
+        assert created.status == 201, created.text
+        went_live = post(f"{control}/livestreams/{stream}/live", {"viewers": 3})
+        assert went_live.status == 200, went_live.text
+
+        port = free_port()
+        config = {
+            "api": {"base_url": origin + "/client/v4", "token_file": str(token), "timeout": "2s"},
+            "poll": {"interval": "1s", "max_staleness": "15s"},
+            "apps": [{"account_id": ACCOUNT, "app_id": APP, "discover": True}],
+            "webhooks": {
+                "listen_address": f"{LOOPBACK}:{port}",
+                "public_key_url": origin + "/.well-known/webhooks.json",
+            },
+        }
+        config_text = yaml.safe_dump(config, sort_keys=False)
+        exporter, target = stack.enter_context(spawned_exporter(tmp_path, config_text))
+        procs.append(exporter)
+        url = f"http://{LOOPBACK}:{port}{DEFAULT_WEBHOOK_PATH}"
+        registered = run(
+            exporter_command(
+                *("webhooks", "register", "--config.file", str(tmp_path / "exporter.yaml")),
+                *("--url", url),
+            ),
+            timeout=30,
+        )
+        assert registered.returncode == 0, registered.stdout + registered.stderr
+        prometheus = stack.enter_context(
+            spawned_prometheus(
+                tmp_path, prometheus_config(job=JOB, target=target, rule_files=()), watch=procs
+            )
+        )
+        procs.append(prometheus.proc)
+        queries = Queries(prometheus.url, dashboard)
+        everything = dict.fromkeys(STREAM_VARS, ".*")
+
+        def stream_live() -> float | None:
+            result = queries.run(f'realtimekit_livestream_live{{livestream_id="{stream}"}}')
+            values = [float(r["value"][1]) for r in result["data"]["result"]]
+            return values[0] if values else None
+
+        _wait(f"{stream} live in Prometheus", lambda: stream_live() == 1, procs)
+        stopped = post(f"{control}/livestreams/{stream}/stop", {"status": "IDLE"})
+        assert stopped.status == 200, stopped.text
+        _wait(f"{stream} stopped in Prometheus", lambda: stream_live() == 0, procs)
+
+        def accepted() -> list[dict[str, Any]]:
+            results = queries.instant(everything)
+            return [
+                r
+                for r in results["Webhook deliveries by outcome/A"]
+                if r["metric"].get("outcome") == "accepted" and float(r["value"][1]) > 0
+            ]
+
+        _wait("an accepted delivery in the Webhooks row", accepted, procs, timeout=SETTLE_TIMEOUT)
+        results = queries.instant(everything)
+        for key in _webhook_keys(dashboard):
+            assert results[key], f"{key}: no data with a webhooks section"
+        unannounced = results["Changes no webhook announced (last hour)/A"]
+        assert [float(r["value"][1]) for r in unannounced] == [0.0], unannounced

@@ -12,6 +12,11 @@
   of deploy/prometheus/*.yml and promtool accepts them; the ServiceMonitor makes the job
   label the one the alerts select, and its relabeling works in a real Prometheus.
 - checkov finds nothing that is not suppressed with a reason.
+- The webhook receiver: its port is on the container and alone on a Service of its own, which
+  the ServiceMonitor leaves out; the base config's commented-out webhooks section, turned on,
+  passes ``--config.check`` with that port and path; the Ingress examples, rendered with the
+  base and the sharded overlay, route only the receiver's exact path over HTTPS to the
+  receiver's port (of each shard, one host per shard), and nothing routes to port http.
 - The sharded overlay is the base with a StatefulSet for the Deployment (same pod template,
   security settings included, but for the shard's env and args) and a headless Service: pod
   I runs ``--shard=I`` (from its pod-index label) ``--total-shards=N``, N following the one
@@ -43,6 +48,8 @@ import yaml
 from exporter import __version__
 from exporter.cli import DEFAULT_PORT
 from exporter.client import ENDPOINT_LISTING, ENDPOINTS
+from exporter.config import DEFAULT_WEBHOOK_PATH, DEFAULT_WEBHOOK_PORT
+from exporter.config import load as load_config
 from tests.procs import (
     exporter_command,
     require_tool,
@@ -54,6 +61,7 @@ from tests.procs import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +76,10 @@ RULE_FILES = (
     ROOT / "deploy" / "prometheus" / "recording.yml",
 )
 GENERATOR = ROOT / "scripts" / "gen-prometheusrule"
+EXAMPLES = K8S / "examples"
+INGRESS_EXAMPLE = EXAMPLES / "webhooks-ingress.yaml"
+SHARDED_INGRESS_EXAMPLE = EXAMPLES / "webhooks-ingress-sharded.yaml"
+EXAMPLE_OF = {"base": INGRESS_EXAMPLE, "sharded": SHARDED_INGRESS_EXAMPLE}  # overlay: its Ingress
 PROMETHEUS_RULE = BASE / "prometheusrule.yaml"
 
 NAME = "realtimekit-exporter"
@@ -79,6 +91,10 @@ TOKEN_PATH = f"{CONFIG_DIR}/token/token"
 TOKEN_SECRET = "realtimekit-exporter-token"
 UID = 10241  # the image's USER (Dockerfile)
 PORT = DEFAULT_PORT  # 10241, the default --web.listen-address port
+WEBHOOK_PORT = DEFAULT_WEBHOOK_PORT  # 10243, the default webhooks.listen_address port
+WEBHOOK_PATH = DEFAULT_WEBHOOK_PATH  # /webhooks/realtimekit
+WEBHOOK_SERVICE = f"{NAME}-webhooks"
+WEBHOOK_LABELS = {**LABELS, "app.kubernetes.io/component": "webhooks"}
 CORE_KINDS = {"ServiceAccount", "ConfigMap", "Service"}  # and the overlay's WORKLOAD
 WORKLOAD = {"base": "Deployment", "demo": "Deployment", "sharded": "StatefulSet"}
 OPERATOR_API = "monitoring.coreos.com/v1"
@@ -144,9 +160,39 @@ def one(docs: list[Doc], kind: str) -> Doc:
     return found[0]
 
 
+def named(docs: list[Doc], kind: str, name: str) -> Doc:
+    found = [doc for doc in docs if doc["kind"] == kind and doc["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def service(docs: list[Doc], name: str = NAME) -> Doc:
+    """The Service ``name``: by default the exporter's own (port http)."""
+    return named(docs, "Service", name)
+
+
 def container(docs: list[Doc], kind: str = "Deployment") -> Doc:
     (only,) = one(docs, kind)["spec"]["template"]["spec"]["containers"]
     return dict(only)
+
+
+def selects(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Whether a Kubernetes label selector (matchLabels and matchExpressions) selects an
+    object with these labels."""
+    if not dict(selector.get("matchLabels", {})).items() <= labels.items():
+        return False
+    for expression in selector.get("matchExpressions", []):
+        key, operator, values = expression["key"], expression["operator"], expression.get("values")
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+        assert operator in {"In", "NotIn", "Exists", "DoesNotExist"}, operator
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +218,7 @@ def test_base_renders_the_expected_objects(base: list[Doc]) -> None:
             ("v1", "ServiceAccount"),
             ("v1", "ConfigMap"),
             ("v1", "Service"),
+            ("v1", "Service"),
             ("apps/v1", "Deployment"),
             (OPERATOR_API, "ServiceMonitor"),
             (OPERATOR_API, "PrometheusRule"),
@@ -181,7 +228,9 @@ def test_base_renders_the_expected_objects(base: list[Doc]) -> None:
         meta = doc["metadata"]
         assert "namespace" not in meta, f"{doc['kind']} names a namespace"
         assert LABELS.items() <= meta["labels"].items(), doc["kind"]
-        if doc["kind"] != "ConfigMap":
+        if doc["kind"] == "Service":
+            assert meta["name"] in {NAME, WEBHOOK_SERVICE}, meta["name"]
+        elif doc["kind"] != "ConfigMap":
             assert meta["name"] == NAME, doc["kind"]
     # No Secret: it is created by hand (an applied placeholder would overwrite the token).
     example = _load(BASE / "secret.example.yaml")
@@ -194,16 +243,18 @@ def _scrape_job(docs: list[Doc]) -> str:
     the value of the selected Service's label that jobLabel names, else the Service's name
     (and no relabeling of job overrides it)."""
     monitor = one(docs, "ServiceMonitor")["spec"]
-    service = one(docs, "Service")
-    labels = service["metadata"]["labels"]
-    assert set(monitor["selector"]) == {"matchLabels"}
-    assert monitor["selector"]["matchLabels"].items() <= labels.items(), (
-        "the ServiceMonitor does not select the Service"
-    )
+    assert set(monitor["selector"]) <= {"matchLabels", "matchExpressions"}
+    selected = [
+        doc["metadata"]["name"]
+        for doc in docs
+        if doc["kind"] == "Service" and selects(monitor["selector"], doc["metadata"]["labels"])
+    ]
+    assert selected == [NAME], f"the ServiceMonitor selects the Services {selected}"
+    labels = service(docs)["metadata"]["labels"]
     for endpoint in monitor["endpoints"]:
         relabeled = [r for r in endpoint.get("relabelings", []) if r.get("targetLabel") == "job"]
         assert relabeled == [], relabeled
-    return str(labels.get(monitor.get("jobLabel", ""), service["metadata"]["name"]))
+    return str(labels.get(monitor.get("jobLabel", ""), NAME))
 
 
 def test_demo_is_scraped_as_a_job_the_alerts_do_not_select(
@@ -215,12 +266,12 @@ def test_demo_is_scraped_as_a_job_the_alerts_do_not_select(
     assert _scrape_job(base) == alerts_job
     assert _scrape_job(demo) == "realtimekit-exporter-demo" != alerts_job
     # The demo Service still selects the demo pod.
-    service = one(demo, "Service")
+    demo_service = service(demo)
     pod_labels = one(demo, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert demo_service["spec"]["selector"].items() <= pod_labels.items()
     # And the base's ServiceMonitor would not pick the demo's Service up.
-    base_selector = one(base, "ServiceMonitor")["spec"]["selector"]["matchLabels"]
-    assert not base_selector.items() <= service["metadata"]["labels"].items()
+    base_selector = one(base, "ServiceMonitor")["spec"]["selector"]
+    assert not selects(base_selector, demo_service["metadata"]["labels"])
 
 
 def test_demo_overlay_runs_demo_mode_without_token_or_rules(
@@ -231,8 +282,11 @@ def test_demo_overlay_runs_demo_mode_without_token_or_rules(
     assert exporter["args"] == ["--demo", "--log.format=json"]
     assert not exporter.get("volumeMounts")
     assert not one(demo, "Deployment")["spec"]["template"]["spec"].get("volumes")
+    # Demo mode runs no webhook receiver: neither its port nor its Service.
+    assert [d["metadata"]["name"] for d in demo if d["kind"] == "Service"] == [NAME]
+    assert exporter["ports"] == [p for p in container(base)["ports"] if p["name"] != "webhooks"]
     # Everything else is the base's.
-    for key in ("securityContext", "resources", "livenessProbe", "readinessProbe", "ports"):
+    for key in ("securityContext", "resources", "livenessProbe", "readinessProbe"):
         assert exporter[key] == container(base)[key], key
 
 
@@ -325,7 +379,10 @@ def test_deployment_image_args_and_resources(base: list[Doc]) -> None:
 
 def test_probes_and_port(base: list[Doc]) -> None:
     exporter = container(base)
-    assert exporter["ports"] == [{"name": "http", "containerPort": PORT, "protocol": "TCP"}]
+    assert exporter["ports"] == [
+        {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+        {"name": "webhooks", "containerPort": WEBHOOK_PORT, "protocol": "TCP"},
+    ]
     # No --web.listen-address: the exporter's default, :10241, is the containerPort.
     assert not any(arg.startswith("--web.listen-address") for arg in exporter["args"])
     assert exporter["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http"}
@@ -405,12 +462,12 @@ def test_a_config_change_renames_the_configmap_and_rolls_the_pod(
 
 # -- Service and ServiceMonitor -------------------------------------------------------
 def test_service_selects_the_pod_on_port_http(base: list[Doc]) -> None:
-    service = one(base, "Service")
-    assert service["metadata"]["name"] == NAME
-    assert service["spec"]["type"] == "ClusterIP"
+    metrics = service(base)
+    assert metrics["spec"]["type"] == "ClusterIP"
     pod_labels = one(base, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert service["spec"]["ports"] == [
+    assert metrics["spec"]["selector"].items() <= pod_labels.items()
+    # Port http only: the webhook receiver has a Service of its own.
+    assert metrics["spec"]["ports"] == [
         {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}
     ]
 
@@ -418,7 +475,7 @@ def test_service_selects_the_pod_on_port_http(base: list[Doc]) -> None:
 def test_servicemonitor_scrapes_the_service_as_the_alerts_job(base: list[Doc]) -> None:
     job = _job_selected_by_alerts()
     assert job == NAME
-    service = one(base, "Service")
+    metrics = service(base)
     monitor = one(base, "ServiceMonitor")
     assert monitor["apiVersion"] == OPERATOR_API
     assert monitor["metadata"]["name"] == NAME
@@ -426,14 +483,15 @@ def test_servicemonitor_scrapes_the_service_as_the_alerts_job(base: list[Doc]) -
     assert set(spec) <= {"jobLabel", "selector", "endpoints", "namespaceSelector"}
     # The Operator's job label is the value of the Service label jobLabel names, and the
     # Service's name when that label is missing: both are the alerts' job.
-    assert service["metadata"]["labels"][spec["jobLabel"]] == job
-    assert service["metadata"]["name"] == job
-    # It selects the Service, in its own namespace (no namespaceSelector).
-    assert set(spec["selector"]) == {"matchLabels"}
-    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert metrics["metadata"]["labels"][spec["jobLabel"]] == job
+    assert metrics["metadata"]["name"] == job
+    # It selects the Service, in its own namespace (no namespaceSelector), and not the
+    # webhook receiver's, which carries the same name labels.
+    assert selects(spec["selector"], metrics["metadata"]["labels"])
+    assert not selects(spec["selector"], service(base, WEBHOOK_SERVICE)["metadata"]["labels"])
     assert "namespaceSelector" not in spec
     (endpoint,) = spec["endpoints"]
-    assert endpoint["port"] in {port["name"] for port in service["spec"]["ports"]}
+    assert endpoint["port"] in {port["name"] for port in metrics["spec"]["ports"]}
     assert endpoint["port"] == "http"
     assert endpoint["path"] == "/metrics"
     assert endpoint["interval"] == "30s"  # what the rules' unit tests assume
@@ -495,12 +553,18 @@ def test_promtool_accepts_the_prometheusrule_groups(base: list[Doc], tmp_path: P
 
 
 # -- checkov --------------------------------------------------------------------------
-@pytest.mark.parametrize("overlay", sorted(WORKLOAD))
+@pytest.mark.parametrize(
+    "overlay", [*sorted(WORKLOAD), *(f"{name}+webhooks-ingress" for name in sorted(EXAMPLE_OF))]
+)
 def test_checkov_finds_nothing_unexplained(
     overlay: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    """Also with the Ingress example of the base and of the sharded overlay."""
     checkov = require_tool("checkov")
-    docs: list[Doc] = request.getfixturevalue(overlay)
+    name, _, example = overlay.partition("+")
+    docs: list[Doc] = (
+        _with_example(name, tmp_path / "render") if example else request.getfixturevalue(name)
+    )
     manifests = tmp_path / f"{overlay}.yaml"
     manifests.write_text(yaml.safe_dump_all(docs), encoding="utf-8")
     command = [checkov, "--config-file", str(CHECKOV_CONFIG), "-f", str(manifests), "-o", "json"]
@@ -618,7 +682,11 @@ def test_sharded_is_the_base_with_a_statefulset_for_the_deployment(
     def kinds(docs: list[Doc]) -> list[str]:
         return sorted(doc["kind"] for doc in docs)
 
-    assert kinds(sharded) == sorted([*(k for k in kinds(base) if k != "Deployment"), "StatefulSet"])
+    # Less the base's webhook Service: a shared Service would hand each delivery to any one
+    # shard (each shard needs a URL of its own: examples/webhooks-ingress-sharded.yaml).
+    base_kinds = kinds([d for d in base if d["metadata"]["name"] != WEBHOOK_SERVICE])
+    assert kinds(sharded) == sorted([*(k for k in base_kinds if k != "Deployment"), "StatefulSet"])
+    assert [d["metadata"]["name"] for d in sharded if d["kind"] == "Service"] == [NAME]
     for doc in sharded:
         assert "namespace" not in doc["metadata"], doc["kind"]
     # The base's objects, unchanged: its ConfigMap (the same config.yaml, the same generated
@@ -639,7 +707,7 @@ def test_statefulset_runs_the_shards(base: list[Doc], sharded: list[Doc]) -> Non
     assert spec["podManagementPolicy"] == "Parallel"
     assert spec.get("updateStrategy", {"type": "RollingUpdate"}) == {"type": "RollingUpdate"}
     assert "strategy" not in spec
-    assert spec["serviceName"] == one(sharded, "Service")["metadata"]["name"]
+    assert spec["serviceName"] == service(sharded)["metadata"]["name"]
     assert spec["selector"] == one(base, "Deployment")["spec"]["selector"]
     assert spec["revisionHistoryLimit"] == one(base, "Deployment")["spec"]["revisionHistoryLimit"]
     assert not spec.get("volumeClaimTemplates")  # nothing to keep between restarts
@@ -765,14 +833,14 @@ def test_an_overlay_that_changes_the_count_keeps_total_shards_in_step(tmp_path: 
 def test_sharded_service_is_headless_and_every_shard_a_target(
     base: list[Doc], sharded: list[Doc]
 ) -> None:
-    service, base_service = one(sharded, "Service"), one(base, "Service")
-    assert service["spec"]["clusterIP"] == "None"  # its endpoints are the pods, each a target
-    assert service["metadata"] == base_service["metadata"]
-    assert {k: v for k, v in service["spec"].items() if k != "clusterIP"} == base_service["spec"]
+    headless, base_service = service(sharded), service(base)
+    assert headless["spec"]["clusterIP"] == "None"  # its endpoints are the pods, each a target
+    assert headless["metadata"] == base_service["metadata"]
+    assert {k: v for k, v in headless["spec"].items() if k != "clusterIP"} == base_service["spec"]
     # It selects every shard: the labels are the pod template's, the same for every ordinal.
     pod_labels = statefulset(sharded)["spec"]["template"]["metadata"]["labels"]
-    assert service["spec"]["selector"].items() <= pod_labels.items()
-    assert POD_INDEX_LABEL not in service["spec"]["selector"]
+    assert headless["spec"]["selector"].items() <= pod_labels.items()
+    assert POD_INDEX_LABEL not in headless["spec"]["selector"]
     # And the ServiceMonitor scrapes them as the alerts' job.
     assert _scrape_job(sharded) == _job_selected_by_alerts()
 
@@ -880,3 +948,234 @@ def test_shards_scraped_as_the_operators_targets_give_each_stream_once(
         assert up["metric"]["pod"] == f"{NAME}-0", up
         renamed = sorted(n for n in prometheus.data("/api/v1/labels") if n.startswith("exported_"))
         assert renamed == [], renamed
+
+
+# -- the webhook receiver -------------------------------------------------------------
+POD_NAME_LABEL = "statefulset.kubernetes.io/pod-name"  # set on every StatefulSet pod
+# (host, path, pathType, pod, container port name, container port number)
+Route = tuple[str, str, str, str, str, int]
+
+
+def _pods(docs: list[Doc]) -> list[tuple[str, dict[str, str], Doc]]:
+    """(name, labels, exporter container) of every pod the rendered workload runs: the
+    Deployment's one, or the StatefulSet's 0 to replicas-1 with the labels the StatefulSet
+    controller gives each (its name and its number)."""
+    pods = []
+    for doc in docs:
+        if doc["kind"] not in WORKLOAD.values():
+            continue
+        template, name = doc["spec"]["template"], doc["metadata"]["name"]
+        (exporter,) = template["spec"]["containers"]
+        labels = dict(template["metadata"]["labels"])
+        if doc["kind"] == "Deployment":
+            pods.append((name, labels, exporter))
+            continue
+        for ordinal in range(doc["spec"]["replicas"]):
+            pod = f"{name}-{ordinal}"
+            own = {POD_NAME_LABEL: pod, POD_INDEX_LABEL: str(ordinal)}
+            pods.append((pod, {**labels, **own}, exporter))
+    return pods
+
+
+def _routes(docs: list[Doc]) -> list[Route]:
+    """Where the Ingresses among ``docs`` lead: every rule's path, followed through its
+    backend's Service port and that port's targetPort (a name or a number) to each pod the
+    Service selects and the container port it reaches. A rule that reaches nothing has no
+    route."""
+    pods = _pods(docs)
+    routes: list[Route] = []
+    for ingress in (doc for doc in docs if doc["kind"] == "Ingress"):
+        spec = ingress["spec"]
+        assert "defaultBackend" not in spec, "a defaultBackend would take every other path"
+        for rule in spec["rules"]:
+            for path in rule["http"]["paths"]:
+                assert set(path["backend"]) == {"service"}, path["backend"]
+                backend = path["backend"]["service"]
+                target = service(docs, backend["name"])
+                wanted = backend["port"]
+                (port,) = [
+                    p
+                    for p in target["spec"]["ports"]
+                    if p.get("name") == wanted.get("name") or p["port"] == wanted.get("number")
+                ]
+                target_port = port.get("targetPort", port["port"])
+                for pod, labels, exporter in pods:
+                    if not selects({"matchLabels": target["spec"]["selector"]}, labels):
+                        continue
+                    routes.extend(
+                        (
+                            rule["host"],
+                            path["path"],
+                            path["pathType"],
+                            pod,
+                            c["name"],
+                            c["containerPort"],
+                        )
+                        for c in exporter["ports"]
+                        if target_port in (c["name"], c["containerPort"])
+                    )
+    return routes
+
+
+def _with_example(overlay: str, tmp_path: Path) -> list[Doc]:
+    """``overlay`` and its Ingress example, rendered together by an overlay of both (as a
+    user would add the example to theirs)."""
+    shutil.copytree(BASE, tmp_path / "base")
+    if overlay != "base":
+        shutil.copytree(K8S / overlay, tmp_path / overlay)
+    example = EXAMPLE_OF[overlay]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(example, mine / example.name)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [f"../{overlay}", example.name],
+    }
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    return kustomize(mine)
+
+
+def _webhooks_section_turned_on(config_text: str) -> str:
+    """config.yaml with its commented-out ``webhooks:`` section uncommented."""
+    lines = config_text.splitlines()
+    start = lines.index("# webhooks:")
+    end = start
+    while (end < len(lines) and lines[end].startswith("#   ")) or end == start:
+        end += 1
+    return "\n".join([*lines[:start], *(line[2:] for line in lines[start:end]), *lines[end:]])
+
+
+def test_webhook_port_is_on_the_container_and_alone_on_a_service_of_its_own(
+    base: list[Doc],
+) -> None:
+    """The receiver's port is the container's port `webhooks`, and the only port of the
+    Service realtimekit-exporter-webhooks, which selects the pod; the exporter's Service
+    keeps port http alone, and the base exposes nothing by itself (no Ingress)."""
+    ports = {p["name"]: p for p in container(base)["ports"]}
+    assert ports["webhooks"]["containerPort"] == WEBHOOK_PORT != PORT
+    receiver = service(base, WEBHOOK_SERVICE)
+    assert receiver["metadata"]["labels"] == WEBHOOK_LABELS
+    assert receiver["spec"]["type"] == "ClusterIP"
+    pod_labels = one(base, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert receiver["spec"]["selector"].items() <= pod_labels.items()
+    assert receiver["spec"]["ports"] == [
+        {"name": "webhooks", "port": WEBHOOK_PORT, "targetPort": "webhooks", "protocol": "TCP"}
+    ]
+    assert [p["name"] for p in service(base)["spec"]["ports"]] == ["http"]
+    # The probes stay on port http.
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container(base)[probe]["httpGet"]["port"] == "http", probe
+    assert not [doc for doc in base if doc["kind"] == "Ingress"]
+
+
+def test_base_config_webhooks_section_turned_on_passes_config_check(
+    base: list[Doc], tmp_path: Path
+) -> None:
+    """The base's config leaves webhooks off; its commented-out section, uncommented, is
+    accepted and puts the receiver on the container's port `webhooks`, at the path the
+    Ingress example routes."""
+    text = one(base, "ConfigMap")["data"]["config.yaml"]
+    assert "webhooks" not in yaml.safe_load(text)
+    turned_on = yaml.safe_load(_webhooks_section_turned_on(text))
+    assert set(turned_on["webhooks"]) >= {"listen_address", "path"}
+    token = tmp_path / "token"
+    token.write_text("dummy-token-for-config-check\n", encoding="utf-8")
+    turned_on["api"]["token_file"] = str(token)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(turned_on), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "CLOUDFLARE_API_TOKEN"}
+    done = run(
+        exporter_command("--config.file", str(path), "--config.check"), timeout=TIMEOUT, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert ": OK: " in done.stdout, done.stdout
+    webhooks = load_config(path).webhooks
+    assert webhooks is not None
+    ports = {p["name"]: p["containerPort"] for p in container(base)["ports"]}
+    assert webhooks.port == ports["webhooks"]
+    (ingress,) = [doc for doc in yaml.safe_load_all(INGRESS_EXAMPLE.read_text()) if doc]
+    paths = {p["path"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]}
+    assert paths == {webhooks.path} == {WEBHOOK_PATH}
+
+
+@pytest.mark.parametrize("overlay", sorted(EXAMPLE_OF))
+def test_nothing_routes_to_the_metrics_port(overlay: str, tmp_path: Path) -> None:
+    """With its Ingress example, every route of the overlay is the receiver's exact path,
+    over TLS, to the container's port `webhooks`; none reaches port http (/metrics, the
+    status page, /-/reload), and no Service puts port http outside the cluster."""
+    docs = _with_example(overlay, tmp_path)
+    routes = _routes(docs)
+    assert routes
+    for host, path, path_type, _, port_name, number in routes:
+        assert (path, path_type) == (WEBHOOK_PATH, "Exact"), (host, path, path_type)
+        assert (port_name, number) == ("webhooks", WEBHOOK_PORT), (host, port_name, number)
+    ingresses = [doc for doc in docs if doc["kind"] == "Ingress"]
+    for ingress in ingresses:
+        hosts = {rule["host"] for rule in ingress["spec"]["rules"]}
+        covered = {host for tls in ingress["spec"]["tls"] for host in tls["hosts"]}
+        assert hosts <= covered, f"{sorted(hosts - covered)} without TLS"
+        assert all(tls["secretName"] for tls in ingress["spec"]["tls"])
+        assert "namespace" not in ingress["metadata"]
+        assert WEBHOOK_LABELS.items() <= ingress["metadata"]["labels"].items()
+    for doc in docs:
+        if doc["kind"] == "Service":
+            targets = {p.get("targetPort") for p in doc["spec"]["ports"]}
+            if targets & {"http", PORT}:
+                assert doc["spec"].get("type", "ClusterIP") == "ClusterIP", doc["metadata"]
+                assert doc["metadata"]["name"] == NAME
+    # The example adds its objects and changes none of the overlay's.
+    rendered = kustomize(K8S / overlay)
+    assert [doc for doc in docs if doc in rendered] == rendered
+    # And the ServiceMonitor picks none of its Services.
+    assert _scrape_job(docs) == _job_selected_by_alerts()
+
+
+def test_ingress_example_exposes_the_base_receiver(base: list[Doc], tmp_path: Path) -> None:
+    """One rule: the receiver's path on one host, to the one pod's port `webhooks`."""
+    docs = _with_example("base", tmp_path)
+    assert [doc for doc in docs if doc not in base] == [one(docs, "Ingress")]
+    assert _routes(docs) == [
+        ("webhooks.example.com", WEBHOOK_PATH, "Exact", NAME, "webhooks", WEBHOOK_PORT)
+    ]
+
+
+def test_sharded_ingress_example_gives_every_shard_a_url_of_its_own(
+    sharded: list[Doc], tmp_path: Path
+) -> None:
+    """RealtimeKit sends every delivery to every registered URL, and a shard ignores the
+    streams it does not own: each shard's URL (host) must lead to that shard alone, and
+    every shard must have one."""
+    docs = _with_example("sharded", tmp_path)
+    routes = _routes(docs)
+    pods = {host: {route[3] for route in routes if route[0] == host} for host, *_ in routes}
+    assert sorted(pods.values(), key=sorted) == [{f"{NAME}-{i}"} for i in range(SHARDS)]
+    assert len(pods) == SHARDS
+    # Per-shard Services with the receiver's port only.
+    added = [doc for doc in docs if doc not in sharded]
+    assert sorted(doc["kind"] for doc in added) == ["Ingress", *["Service"] * SHARDS]
+    for doc in added:
+        if doc["kind"] == "Service":
+            assert doc["metadata"]["labels"] == WEBHOOK_LABELS
+            assert [p["name"] for p in doc["spec"]["ports"]] == ["webhooks"]
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLE_OF.values()), ids=lambda p: p.name)
+@pytest.mark.parametrize("version", [MIN_KUBERNETES, "newest"])
+def test_ingress_examples_validate_against_the_kubernetes_schemas(
+    example: Path, version: str
+) -> None:
+    kv = require_module("kubernetes_validate")
+    if version == "newest":
+        version = kv.latest_version()
+    docs = [doc for doc in yaml.safe_load_all(example.read_text(encoding="utf-8")) if doc]
+    assert docs
+    for doc in docs:
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.path)
+            pytest.fail(
+                f"{example.name}: {doc['kind']} is invalid for Kubernetes {version} at "
+                f"{where}: {exc.message}"
+            )
