@@ -1,8 +1,10 @@
 """Benchmark: how soon the exporter shows a livestream stopping, under the API's rate limit.
 
-Two plans side by side in one run: ``new``, the exporter of this working tree, and
-``old``, the exporter of an earlier commit (``--old-commit``, checked out into a temporary
-git worktree and run from there). Each plan gets a simulator of its own (both from this
+Plans side by side in one run: ``new``, the exporter of this working tree, polling;
+``hooks``, the same exporter that also receives the simulator's status webhooks (its URL
+registered through the simulator's API, as ``webhooks register`` does); and ``old``, the
+exporter of an earlier commit (``--old-commit``, checked out into a temporary git
+worktree and run from there). Each plan gets a simulator of its own (both from this
 working tree, same seed and settings, so both see the same world) with the API's
 per-token limit on (``--rate-limit``, 1200 requests per 5 minutes by default, overrunning
 it blocks the token for a whole window), and the exporter polls it with the same budget.
@@ -10,7 +12,8 @@ After a warm-up:
 
 1. once in every ``--stops-every`` seconds (at a random moment of each slot), a stream
    that both simulators (and, if possible, both exporters) show live is stopped on both
-   through the control API; each exporter's ``/metrics`` is read every second until
+   through the control API; each exporter's ``/metrics`` is read every second (every
+   ``--pending-scrape-every`` while a stop is not seen yet) until
    ``realtimekit_livestream_live`` of that stream reads 0 (or is gone): the stop latency;
 2. at every scrape, the age of each live stream's counters (the scrape's time minus the
    stream's session-update timestamp, or its last-update timestamp where the former
@@ -20,7 +23,7 @@ After a warm-up:
 
 Prints a Markdown table, the targets, and writes JSON. See bench/README.md::
 
-    .venv/bin/python -m bench.freshness [--livestreams 10000 --live 500] [--plans new,old]
+    .venv/bin/python -m bench.freshness [--livestreams 10000 --live 500] [--plans hooks,new]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -73,7 +77,9 @@ if TYPE_CHECKING:
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 DEFAULT_OLD_COMMIT: Final = "a762e14"
-PLANS: Final = ("new", "old")
+PLANS: Final = ("hooks", "new", "old")
+DEFAULT_PLANS: Final = ("new", "old")
+HOOKS_STOP_TARGET: Final = 2.0  # seconds, at p99, from a stop to live 0 with webhooks
 LIVE: Final = b"realtimekit_livestream_live"
 # The time a stream's session counters were last fetched (the new plan fetches them apart
 # from the status), and the time all of its data was (the old plan fetches both at once).
@@ -351,6 +357,7 @@ class Plan:
     name: str
     tree: Path
     commit: str | None
+    webhooks: bool = False  # receives the simulator's webhooks
     sim: Child | None = None
     exporter: TreeChild | None = None
     origin: str = ""
@@ -389,8 +396,11 @@ def simulator_argv(args: argparse.Namespace, token_file: Path) -> list[str]:
     ]
 
 
-def plan_config(args: argparse.Namespace, origin: str, token_file: Path) -> str:
-    """bench.run's exporter configuration, with the API's real budget."""
+def plan_config(
+    args: argparse.Namespace, origin: str, token_file: Path, hook_port: int | None = None
+) -> str:
+    """bench.run's exporter configuration, with the API's real budget; with ``hook_port``,
+    a webhook receiver there that takes the simulator's key."""
     config = yaml.safe_load(
         exporter_config(
             origin + "/client/v4", token_file, args.interval, args.max_concurrency, args.livestreams
@@ -398,7 +408,36 @@ def plan_config(args: argparse.Namespace, origin: str, token_file: Path) -> str:
     )
     config["api"]["rate_limit"] = args.rate_limit_text
     config["poll"]["max_staleness"] = f"{args.max_staleness:g}s"
+    if hook_port is not None:
+        config["webhooks"] = {
+            "listen_address": f"{LOOPBACK}:{hook_port}",
+            "public_key_url": origin + "/.well-known/webhooks.json",
+        }
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def register_webhook(plan: Plan, port: int) -> None:
+    """Subscribe the app's status changes to the plan's receiver, through the simulator's
+    API (one request of the token's budget), as ``webhooks register`` does."""
+    url = f"{plan.origin}/client/v4/accounts/{ACCOUNT}/realtime/kit/{APP}/webhooks"
+    body = {
+        "name": "bench",
+        "url": f"http://{LOOPBACK}:{port}/webhooks/realtimekit",
+        "events": ["livestreaming.statusUpdate"],
+    }
+    async with (
+        control_client() as session,
+        session.post(url, json=body, headers={"Authorization": f"Bearer {TOKEN}"}) as response,
+    ):
+        if response.status != 201:
+            raise BenchError(f"{plan.name}: registering the webhook: {response.status}")
 
 
 def ready_timeout(args: argparse.Namespace) -> float:
@@ -421,10 +460,15 @@ async def start(plans: list[Plan], args: argparse.Namespace, workdir: Path) -> N
     found = await asyncio.gather(
         *(p.sim.wait_log(r"address=(http://127\.0\.0\.1:\d+)", within) for p in plans if p.sim)
     )
+    hook_ports: dict[str, int] = {}
     for plan, match in zip(plans, found, strict=True):
         plan.origin = match[1]
         config_path = workdir / f"exporter-{plan.name}.yaml"
-        config_path.write_text(plan_config(args, plan.origin, token_file))
+        if plan.webhooks:
+            hook_ports[plan.name] = free_port()
+        config_path.write_text(
+            plan_config(args, plan.origin, token_file, hook_ports.get(plan.name))
+        )
         argv = [
             sys.executable,
             "-m",
@@ -439,6 +483,9 @@ async def start(plans: list[Plan], args: argparse.Namespace, workdir: Path) -> N
     )
     for plan, match in zip(plans, ports, strict=True):
         plan.metrics_url = f"http://{LOOPBACK}:{match[1]}/metrics"
+        if plan.webhooks and plan.exporter is not None:
+            await plan.exporter.wait_log(r"webhook public key \w+ loaded", 60)
+            await register_webhook(plan, hook_ports[plan.name])
         log(
             f"{plan.name}: simulator {plan.origin}, exporter {plan.metrics_url} "
             f"(package {plan.package})"
@@ -505,9 +552,10 @@ async def is_live(session: aiohttp.ClientSession, plan: Plan, sid: str) -> bool:
 
 
 # -- measuring ------------------------------------------------------------------------
-async def scrape_loop(plan: Plan, window: Window, every: float) -> None:
-    """Read the exporter's /metrics (text format, no compression) every ``every`` seconds,
-    or back to back when a scrape takes longer, until the window (and its drain) is over."""
+async def scrape_loop(plan: Plan, window: Window, every: float, pending_every: float) -> None:
+    """Read the exporter's /metrics (text format, no compression) every ``every`` seconds
+    (``pending_every`` while a stop is not seen yet), or back to back when a scrape takes
+    longer, until the window (and its drain) is over."""
     tracker = plan.tracker
     headers = {"Accept": TEXT_ACCEPT, "Accept-Encoding": "identity"}
     async with aiohttp.ClientSession(
@@ -535,7 +583,9 @@ async def scrape_loop(plan: Plan, window: Window, every: float) -> None:
                 tracker.observe(body, sent, at, wall, window, time.monotonic() - sent)
             elif status:
                 tracker.failures.append(f"HTTP {status}")
-            next_at = max(next_at + every, time.monotonic())
+            # Faster while a stop is not seen yet: its latency is read to that resolution.
+            step = min(every, pending_every) if tracker.pending else every
+            next_at = max(next_at + step, time.monotonic())
             await asyncio.sleep(next_at - time.monotonic())
 
 
@@ -638,7 +688,9 @@ async def measure(
     try:
         async with asyncio.TaskGroup() as group:
             for plan in plans:
-                group.create_task(scrape_loop(plan, window, args.scrape_every))
+                group.create_task(
+                    scrape_loop(plan, window, args.scrape_every, args.pending_scrape_every)
+                )
             log(f"warm-up: {args.warmup:g}s")
             await asyncio.sleep(args.warmup)
             async with control_client() as session:
@@ -863,6 +915,11 @@ def plan_targets(result: dict[str, Any], args: argparse.Namespace) -> dict[str, 
     requests = result["requests"]
     checks = {
         "stop_latency_max_s": (stops["max_s"], stop_target(args.interval)),
+        **(
+            {"stop_latency_p99_s": (stops["p99_s"], HOOKS_STOP_TARGET)}
+            if result["plan"] == "hooks"
+            else {}
+        ),
         "busiest_window_requests": (requests["busiest_window"], float(rate.requests)),
         "refresh_period_max_s": (result["refresh_period"]["max_s"], requests["refresh_bound_s"]),
     }
@@ -966,6 +1023,7 @@ def requests_table(results: Iterable[dict[str, Any]]) -> str:
 def target_lines(results: Iterable[dict[str, Any]]) -> list[str]:
     names = {
         "stop_latency_max_s": "stop latency max",
+        "stop_latency_p99_s": "stop latency p99",
         "busiest_window_requests": "busiest window",
         "refresh_period_max_s": "refresh period max",
     }
@@ -994,11 +1052,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     def plans(text: str) -> list[str]:
         names = [part.strip() for part in text.split(",") if part.strip()]
         if not names or any(n not in PLANS for n in names) or len(set(names)) < len(names):
-            raise argparse.ArgumentTypeError(f"{text!r}: a list of {' and '.join(PLANS)}")
+            raise argparse.ArgumentTypeError(f"{text!r}: a list of {', '.join(PLANS)}")
         return names
 
     parser.add_argument(
-        "--plans", type=plans, default=list(PLANS), help="which plans to run (new,old)"
+        "--plans",
+        type=plans,
+        default=list(DEFAULT_PLANS),
+        help="which plans to run, of hooks, new and old (new,old)",
     )
     parser.add_argument(
         "--old-commit",
@@ -1058,6 +1119,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scrape-every", type=float, default=1.0, help="seconds between scrapes (1)"
     )
     parser.add_argument(
+        "--pending-scrape-every",
+        type=float,
+        default=0.1,
+        help="seconds between scrapes while a stop is not seen yet (0.1)",
+    )
+    parser.add_argument(
         "--ready-timeout",
         type=float,
         default=None,
@@ -1078,7 +1145,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--rate-limit: {exc}")
     if not 0 <= args.live <= args.livestreams or args.livestreams < 1:
         parser.error("need 1 <= --livestreams and 0 <= --live <= --livestreams")
-    if min(args.interval, args.duration, args.stops_every, args.scrape_every) <= 0:
+    if (
+        min(
+            args.interval,
+            args.duration,
+            args.stops_every,
+            args.scrape_every,
+            args.pending_scrape_every,
+        )
+        <= 0
+    ):
         parser.error("--interval, --duration, --stops-every and --scrape-every must be > 0")
     if args.warmup < 0 or args.drain < 0:
         parser.error("--warmup and --drain must be >= 0")
@@ -1101,8 +1177,8 @@ async def run(args: argparse.Namespace, report: dict[str, Any], workdir: Path) -
     window = Window()
     try:
         for name in args.plans:
-            if name == "new":
-                plans.append(Plan("new", ROOT, git("rev-parse", "HEAD")))
+            if name in ("new", "hooks"):
+                plans.append(Plan(name, ROOT, git("rev-parse", "HEAD"), webhooks=name == "hooks"))
             else:
                 tree, commit = add_worktree(args.old_commit)
                 log(f"old: worktree of {commit[:12]} at {tree}")
@@ -1137,6 +1213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stop_tail_s": args.stop_tail,
         "drain_s": args.drain,
         "scrape_every_s": args.scrape_every,
+        "pending_scrape_every_s": args.pending_scrape_every,
         "stop_target_s": stop_target(args.interval),
     }
     workdir = Path(tempfile.mkdtemp(prefix="rtk-fresh-"))
