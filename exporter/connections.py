@@ -37,7 +37,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from aiohttp.typedefs import Handler, Middleware
     from aiohttp.web import RequestHandler
@@ -192,6 +192,20 @@ class ConnectionGuard:
                 self.request_finished(protocol)
 
         return in_request
+
+    @contextlib.contextmanager
+    def reading(self, handler: RequestHandler) -> Iterator[None]:
+        """While the request on ``handler`` reads its body: its connection may be evicted
+        at the limit, and is closed once the header timeout passes, as one still sending
+        its head would be (a body that trickles holds no place a request could use)."""
+        conn = self._by_handler.get(handler)
+        if conn is not None:
+            conn.state, conn.since = _State.AWAITING, self._clock()
+        try:
+            yield
+        finally:
+            if conn is not None and conn in self._open:
+                conn.state, conn.since = _State.BUSY, self._clock()
 
     def request_started(self, handler: RequestHandler) -> None:
         conn = self._by_handler.get(handler)

@@ -3,15 +3,27 @@
 A delivery says a stream's status changed, but it has no timestamp and no order, and it
 may be a replay: it is a hint, not the truth. So a hint that disagrees with what the
 exporter shows (a stop of a stream shown live, a start of one shown not live) makes the
-exporter ask the API about that stream at once, ahead of every other request
-(:data:`~exporter.client.PRIORITY_PUSH`), and show what the API says: its status, and on a
-stop the session's final values, on a start its session. If the API does not agree with
-the hint yet, it is asked again at :data:`RECHECKS` of the poll interval. Hints for a
-stream are coalesced: one refresh at a time, which takes the latest hint when it ends.
+exporter ask the API about that stream at once and show what the API says: its status,
+and on a stop the session's final values, on a start its session. A stop's lookup goes
+ahead of every other request (:data:`~exporter.client.PRIORITY_PUSH`, with the share of
+the budget kept for it): that is the news users alert on. The rest (a start's lookup and
+session, a stop's final values) queues with the poll cycle's listing and is taken from
+the poll plan's credit, as polling would have spent it on the same streams. If the API
+does not agree with the hint yet, it is asked again at :data:`RECHECKS` of the poll
+interval. Hints for a stream are coalesced: one refresh at a time, which takes the latest
+hint when it ends.
 
-A hint that agrees with what is shown costs nothing, and one the API disagreed with
-lately (:data:`COOLDOWN`) is not checked again, so a replayed body costs at most a few
-requests per stream, whatever the number of replays.
+What a hint may cost is bounded whatever comes, since a signed body can be replayed (the
+signature has no time in it) and its headers (delivery and webhook ids) are not signed:
+
+- a hint that agrees with what is shown costs nothing, nor does one that repeats the claim
+  already being checked;
+- once the API has denied hints about a stream :data:`DENIALS` times (a check that
+  disagreed, or failed) within :data:`COOLDOWN`, further hints about it are not checked
+  until the oldest denial is that old: a replayed body costs at most that many requests
+  per stream and cool-down, however often and in whatever order it comes;
+- all refreshes together spend at most :data:`REFRESH_SHARE` of the request budget's
+  window; past it a hint is dropped (``throttled``) and polling shows the change.
 
 :class:`Announcements` keeps count of the changes polling found that no hint announced:
 with a working subscription that count stays near zero.
@@ -22,14 +34,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Final, Protocol
 
 from exporter import merge
 from exporter.budget import CycleDeadline
-from exporter.client import PRIORITY_PUSH, ApiError
-from exporter.model import LIVE
+from exporter.client import PRIORITY_LISTING, PRIORITY_PUSH, ApiError
+from exporter.model import LIVE, addressable
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,15 +55,21 @@ log = logging.getLogger(__name__)
 # When a hint the API disagreed with is checked again, as shares of the poll interval.
 RECHECKS: Final = (0.125, 0.25, 0.5)
 MIN_RECHECK: Final = 1.0  # seconds, at least, before a check again
-COOLDOWN: Final = 600.0  # seconds a hint the API kept disagreeing with is not checked again
+COOLDOWN: Final = 600.0  # seconds over which a stream's denials are counted
+DENIALS: Final = 4  # denials of one stream's hints within COOLDOWN before they are ignored
+REFRESH_SHARE: Final = 0.25  # of the budget's window, the most refreshes spend
 GRACE: Final = 120.0  # seconds a hint may come before or after polling found its change
 MAX_REMEMBERED: Final = 100_000
-RESULTS: Final = ("agreed", "disagreed", "failed")
+RESULTS: Final = ("agreed", "disagreed", "failed", "throttled")
 # The share of the request budget kept for these refreshes while webhooks are on: polling
 # plans with the rest, so a refresh never waits behind a cycle's requests for room.
 KEPT_SHARE: Final = 0.1
 
 Key = tuple[tuple[str, str], str]  # (app key, livestream id)
+
+
+class _Throttled(Exception):
+    """Refreshes have spent their share of the budget's window."""
 
 
 class RefreshObserver(Protocol):
@@ -125,10 +144,13 @@ class Refresher:
         monotonic: Callable[[], float] = time.monotonic,
         rechecks: tuple[float, ...] = RECHECKS,
         min_recheck: float = MIN_RECHECK,
+        budget: Callable[[], tuple[int, float]] | None = None,
     ) -> None:
         """``api`` and ``interval`` give the client and the poll interval in force (a
         reload may change them); ``rechecks`` (shares of the interval, at least
-        ``min_recheck`` seconds) when a hint the API disagreed with is checked again."""
+        ``min_recheck`` seconds) when a hint the API disagreed with is checked again;
+        ``budget`` the requests per window in force, of which refreshes spend at most
+        :data:`REFRESH_SHARE` (None: no such cap)."""
         self._poller = poller
         self._api = api
         self._interval = interval
@@ -139,7 +161,10 @@ class Refresher:
         self._claims: dict[Key, str] = {}  # the latest status hinted, not yet taken up
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._news: dict[Key, asyncio.Event] = {}
-        self._cooldown: OrderedDict[tuple[Key, bool], float] = OrderedDict()
+        self._settling: dict[Key, bool] = {}  # the claim (live or not) being checked
+        self._denied: OrderedDict[Key, deque[float]] = OrderedDict()
+        self._spent: deque[float] = deque()  # when each refresh request was sent
+        self._budget = budget
         self._closed = False
         self._rechecks = rechecks
         self._min_recheck = min_recheck
@@ -151,12 +176,17 @@ class Refresher:
 
     def hint(self, livestream_id: str, status: str) -> bool:
         """A verified status change; False if no app here tracks the stream."""
+        if self._closed or not addressable(livestream_id):
+            return False  # no request can name it: the listing is all there is
         apps = self._poller.tracking(livestream_id)
-        if not apps or self._closed:
+        if not apps:
             return False
+        live = status == LIVE
         for app in apps:
             key = (app, livestream_id)
-            self.announcements.hinted(key, status == LIVE)
+            self.announcements.hinted(key, live)
+            if self._settling.get(key) == live:
+                continue  # the same claim is being checked: nothing new
             self._claims[key] = status
             if key in self._tasks:
                 self._news[key].set()
@@ -198,17 +228,27 @@ class Refresher:
         del self._tasks[key]
         del self._news[key]
         self._claims.pop(key, None)
+        self._settling.pop(key, None)
 
     async def _work(self, key: Key) -> None:
         while (claim := self._claims.pop(key, None)) is not None:
             self._news[key].clear()
+            self._settling[key] = claim == LIVE
             try:
                 await self._settle(key, claim)
+            except _Throttled:
+                self._count("throttled")
             except ApiError:
+                # A failing API is asked less: a failure counts as half the denials.
+                for _ in range(DENIALS // 2):
+                    self._deny(key)
                 self._count("failed")  # polling is the safety net
             except Exception:
                 log.exception("unexpected error in a webhook's refresh")
+                self._deny(key)
                 self._count("failed")
+            finally:
+                self._settling.pop(key, None)
 
     def _count(self, result: str) -> None:
         if self._observer is not None:
@@ -220,15 +260,8 @@ class Refresher:
 
     async def _settle(self, key: Key, claim: str) -> None:
         """Refresh the stream until the API agrees with ``claim``, or the rechecks are
-        spent, or a newer hint comes (it is taken up next)."""
+        spent, or a newer hint of the other claim comes (it is taken up next)."""
         live = claim == LIVE
-        state = self._state(key)
-        if state is None or state.live == live:
-            return  # not tracked any more, or shown as the hint says already
-        now = self._monotonic()
-        self._forget_cooldowns(now)
-        if self._cooldown.get((key, live), -1.0) > now:
-            return  # the API kept disagreeing with this claim lately (a replay?)
         delays = [0.0] + [
             max(self._min_recheck, share * self._interval()) for share in self._rechecks
         ]
@@ -239,17 +272,52 @@ class Refresher:
                     await asyncio.wait_for(self._news[key].wait(), timeout=delay - waited)
                     return  # a newer hint: the loop in _work takes it up
                 waited = delay
+            state = self._state(key)
+            if state is None or state.live == live:
+                return  # not tracked (any more), or shown as the hint says
+            if self._denials(key) >= DENIALS:
+                return  # the API kept denying this stream's hints lately (replays?)
             if await self._refresh(key, live):
+                self._denied.pop(key, None)  # confirmed: its hints are news, not replays
                 self._count("agreed")
                 return
+            self._deny(key)
         self._count("disagreed")
-        self._cooldown[(key, live)] = self._monotonic() + COOLDOWN
-        if len(self._cooldown) > MAX_REMEMBERED:
-            self._cooldown.popitem(last=False)
 
-    def _forget_cooldowns(self, now: float) -> None:
-        while self._cooldown and next(iter(self._cooldown.values())) <= now:
-            self._cooldown.popitem(last=False)
+    def _denials(self, key: Key) -> int:
+        """How many times the API denied the stream's hints within :data:`COOLDOWN`."""
+        times = self._denied.get(key)
+        if times is None:
+            return 0
+        horizon = self._monotonic() - COOLDOWN
+        while times and times[0] <= horizon:
+            times.popleft()
+        if not times:
+            del self._denied[key]
+        return len(times)
+
+    def _deny(self, key: Key) -> None:
+        times = self._denied.pop(key, None) or deque(maxlen=DENIALS)
+        times.append(self._monotonic())
+        self._denied[key] = times  # last: the table forgets the longest quiet first
+        while len(self._denied) > MAX_REMEMBERED:
+            self._denied.popitem(last=False)
+
+    def _spend(self, priority: int) -> None:
+        """Count one refresh request, or raise _Throttled if refreshes have spent their
+        share of the budget's window. One not of the kept share (``priority`` 0 or more)
+        comes out of the poll plan's credit."""
+        if priority >= 0:
+            self._poller.spent_elsewhere(1)
+        if self._budget is None:
+            return
+        requests, window = self._budget()
+        now = self._monotonic()
+        while self._spent and self._spent[0] <= now - window:
+            self._spent.popleft()
+        if len(self._spent) >= max(1, math.floor(REFRESH_SHARE * requests)):
+            raise _Throttled
+        self._spent.append(now)
 
     async def _refresh(self, key: Key, live: bool) -> bool:
         """Ask the API about the stream and show what it says; whether it is ``live``.
@@ -257,8 +325,13 @@ class Refresher:
         (account_id, app_id), sid = key
         api = self._api()
         deadline = CycleDeadline(self._monotonic() + self._interval(), self._monotonic)
+        self._spend(PRIORITY_LISTING if live else PRIORITY_PUSH)
         found = await api.livestream(
-            account_id, app_id, sid, deadline=deadline, priority=PRIORITY_PUSH
+            account_id,
+            app_id,
+            sid,
+            deadline=deadline,
+            priority=PRIORITY_LISTING if live else PRIORITY_PUSH,
         )
         if found is None or found.id != sid:
             return False  # gone, or an answer about another stream: polling decides
@@ -267,16 +340,18 @@ class Refresher:
         if state is None or state.live != live:
             return False
         if not live and (session_id := merge.awaits_final(state)) is not None:
+            self._spend(PRIORITY_LISTING)
             final = await api.session(
-                account_id, app_id, session_id, deadline=deadline, priority=PRIORITY_PUSH
+                account_id, app_id, session_id, deadline=deadline, priority=PRIORITY_LISTING
             )
             now = self._clock()
             self._poller.push(
                 key[0], sid, lambda s: merge.pushed_final(s, session_id, final.session, now=now)
             )
         elif live and not state.session_current:
+            self._spend(PRIORITY_LISTING)
             answer = await api.active_session(
-                account_id, app_id, sid, deadline=deadline, priority=PRIORITY_PUSH
+                account_id, app_id, sid, deadline=deadline, priority=PRIORITY_LISTING
             )
             now = self._clock()
             self._poller.push(key[0], sid, lambda s: merge.pushed_session(s, answer, now=now))

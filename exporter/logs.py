@@ -20,6 +20,7 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal, TextIO
 
 if TYPE_CHECKING:
@@ -102,7 +103,12 @@ class _Formatter(logging.Formatter):
             if value is not None:
                 out[key] = str(value)
         if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+            ours = record.name == "exporter" or record.name.startswith("exporter.")
+            out["exc"] = (
+                self.formatException(record.exc_info)
+                if ours
+                else _exception_kinds(record.exc_info[1])
+            )
         return out
 
     def format(self, record: logging.LogRecord) -> str:
@@ -126,6 +132,25 @@ class LogfmtFormatter(_Formatter):
 class JsonFormatter(_Formatter):
     def render(self, fields: dict[str, str]) -> str:
         return json.dumps(fields, ensure_ascii=False)
+
+
+def _exception_kinds(exc: BaseException | None) -> str:
+    """An exception a library logged, without its text: the text of a parser's error may
+    quote what a client sent (a webhook body holds a stream key), which no log may show.
+    The type and where it was raised, for each exception of the chain."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(parts) < 5:
+        seen.add(id(exc))
+        where = ""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None:
+            where = f" at {Path(tb.tb_frame.f_code.co_filename).name}:{tb.tb_lineno}"
+        parts.append(f"{type(exc).__module__}.{type(exc).__qualname__}{where}")
+        exc = exc.__cause__ or exc.__context__
+    return "; from ".join(parts)
 
 
 def _logfmt_value(value: str) -> str:

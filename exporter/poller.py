@@ -412,6 +412,11 @@ class Poller:
         """The keys of the apps whose latest snapshot tracks ``livestream_id``."""
         return [a.key for a in self._snapshot.apps if a.stream(livestream_id) is not None]
 
+    def spent_elsewhere(self, requests: int) -> None:
+        """Requests of the token's budget spent outside the cycles (a webhook's refresh):
+        they come out of the counter lane's credit."""
+        self._credit.spend(requests)
+
     def push(
         self,
         key: tuple[str, str],

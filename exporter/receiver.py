@@ -7,7 +7,9 @@ a few seconds, and retries a 5xx but never a 4xx):
 2. no signature, or one that is not Base64: 401;
 3. no public key to check it with: 503, so that RealtimeKit tries again later;
 4. a signature the key does not verify (nor a key fetched again, see
-   :mod:`exporter.webhookkey`): 401;
+   :mod:`exporter.webhookkey`): 401; or 503 if the key could not be fetched again just
+   now (a fetch failed, or one was made within the last seconds): it may be a rotated
+   key's signature, and RealtimeKit retries a 5xx;
 5. signed, but not the JSON object of an event: 400;
 6. seen already (:mod:`exporter.dedup`): 200, nothing more;
 7. a ``livestreaming.statusUpdate`` of a tracked stream: handed to the refresher as a
@@ -25,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Final, Protocol
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from exporter import signature
 from exporter.dedup import DeliveryWindow
@@ -35,13 +38,16 @@ from exporter.model import STATUS_UPDATE_EVENT, WEBHOOK_EVENTS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
+    from contextlib import AbstractContextManager
 
     from aiohttp.typedefs import Middleware
+    from aiohttp.web_protocol import RequestHandler
 
     from exporter.signature import PublicKey
+    from exporter.webhookkey import Recheck
 
 MAX_BODY: Final = 64 * 1024
-BODY_TIMEOUT: Final = 10.0  # seconds a body may take to arrive
+BODY_TIMEOUT: Final = 5.0  # seconds a body may take to arrive
 MAX_ID_LENGTH: Final = 256  # longer header values and stream ids are not ids
 STATUS_UPDATE: Final = STATUS_UPDATE_EVENT
 EVENTS: Final = WEBHOOK_EVENTS
@@ -71,7 +77,13 @@ WEBHOOK_ID_HEADERS: Final = ("rtk-webhook-id", "dyte-webhook-id")
 class Keys(Protocol):
     async def current(self) -> PublicKey | None: ...
 
-    async def after_failure(self, failed: PublicKey) -> PublicKey | None: ...
+    async def after_failure(self, failed: PublicKey) -> Recheck: ...
+
+
+class BodyGuard(Protocol):
+    def reading(self, handler: RequestHandler) -> AbstractContextManager[None]:
+        """While a body is read, its connection may be evicted like an idle one."""
+        ...
 
 
 class Hints(Protocol):
@@ -97,7 +109,10 @@ class Receiver:
         observer: DeliveryObserver | None = None,
         window: DeliveryWindow | None = None,
         clock: Callable[[], float] = time.time,
+        guard: BodyGuard | None = None,
     ) -> None:
+        """``guard`` (the listener's connection guard) is told while a body is read."""
+        self._guard = guard
         self._keys = keys
         self._hints = hints
         self._observer = observer
@@ -112,9 +127,11 @@ class Receiver:
         length = request.content_length
         if length is not None and length > MAX_BODY:
             return self._too_large()
+        reading = self._guard.reading(request.protocol) if self._guard else nullcontext()
         try:
-            async with asyncio.timeout(BODY_TIMEOUT):
-                body = await _read_body(request)
+            with reading:
+                async with asyncio.timeout(BODY_TIMEOUT):
+                    body = await _read_body(request)
         except TimeoutError:
             # Not counted as a delivery: nothing came, or not in time. The connection goes.
             response = web.Response(status=408, text="the body did not arrive in time\n")
@@ -131,9 +148,13 @@ class Receiver:
             self._count(UNVERIFIED, "unavailable")
             return web.Response(status=503, text="the public key is not available yet\n")
         if not signature.verify(key, sig, body):
-            fresh = await self._keys.after_failure(key)
+            fresh, checked = await self._keys.after_failure(key)
             if fresh is None or not signature.verify(fresh, sig, body):
                 self._count(UNVERIFIED, "bad_signature")
+                if not checked:
+                    return web.Response(
+                        status=503, text="bad signature; the key cannot be read again yet\n"
+                    )
                 return web.Response(status=401, text="bad signature\n")
         if self._observer is not None:
             self._observer.webhook_verified(self._clock())
@@ -182,8 +203,21 @@ def create_receiver(
 ) -> web.Application:
     """The webhook listener's application: POST ``path``, nothing else."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
-    app.router.add_post(path, receiver.handle)
+    app.router.add_post(path, receiver.handle, expect_handler=_expect)
     return app
+
+
+async def _expect(request: web.Request) -> None:
+    """``Expect: 100-continue``: go on, unless the body is too large (the handler then
+    answers 413 at once, and the client need not send it)."""
+    length = request.content_length
+    if length is not None and length > MAX_BODY:
+        return
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text="unknown Expect\n")
+    if request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
 
 
 async def _read_body(request: web.Request) -> bytes | None:

@@ -27,7 +27,7 @@ from exporter import __version__, receiver, statuspage
 from exporter.budget import RequestBudget
 from exporter.client import ENDPOINTS, MIN_REQUEST_TIME, REASONS, RealtimeKitClient
 from exporter.collector import SnapshotCollector
-from exporter.connections import IDLE_TIMEOUT, ConnectionGuard, GuardedSite
+from exporter.connections import IDLE_TIMEOUT, ConnectionGuard, GuardedSite, connection_limit
 from exporter.connections import REASONS as CLOSE_REASONS
 from exporter.exposition import Exposition
 from exporter.hints import KEPT_SHARE, RESULTS, Refresher
@@ -69,6 +69,7 @@ OBSERVER: Final[web.AppKey[HttpObserver]] = web.AppKey("observer")
 PAGES: Final = web.AppKey("pages", DaemonExecutor)
 STOPPING: Final = web.AppKey("stopping", asyncio.Event)
 STOP_TIMEOUT: Final = 4.0
+SOCKETS_PER_LISTENER: Final = 2  # ":PORT" listens on IPv4 and IPv6
 # Requests in progress at a stop get this long to finish, then as long again to end once
 # cancelled (aiohttp's shutdown_timeout), within the share of STOP_TIMEOUT given to it.
 GRACE: Final = 0.5
@@ -170,6 +171,7 @@ class Exporter:
                 api=lambda: self._api_client,
                 interval=lambda: self.config.poll.interval,
                 observer=self.metrics,
+                budget=self._budget_in_force,
             )
             self.keys = PublicKeys(
                 url=hooks.public_key_url,
@@ -275,6 +277,8 @@ class Exporter:
         self.exposition.close()
         if self.refresher is not None:
             await self.refresher.close()
+        if self.keys is not None:
+            await self.keys.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -526,6 +530,7 @@ class Server:
         self._hook_runner: web.AppRunner | None = None
         self._hook_guard: ConnectionGuard | None = None
         self._key_task: asyncio.Task[object] | None = None
+        self._hook_limit = 0
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -542,7 +547,13 @@ class Server:
         return [(str(a[0]), int(a[1])) for a in self._hook_runner.addresses]
 
     async def start(self) -> None:
-        self._guard = guard = ConnectionGuard(observer=self._exporter.metrics)
+        limit = None
+        if self._exporter.config.webhooks is not None:
+            # Two listeners share the open-files limit: the receiver gets a quarter.
+            whole = connection_limit(listeners=2 * SOCKETS_PER_LISTENER)
+            self._hook_limit = max(16, whole // 4)
+            limit = max(16, whole - self._hook_limit)
+        self._guard = guard = ConnectionGuard(observer=self._exporter.metrics, limit=limit)
         app = create_app(
             exposition=self._exporter.exposition,
             ready=lambda: self._exporter.poller.ready,
@@ -600,9 +611,9 @@ class Server:
         hooks = exporter.config.webhooks
         if hooks is None or exporter.keys is None or exporter.refresher is None:
             return
-        self._hook_guard = guard = ConnectionGuard()
+        self._hook_guard = guard = ConnectionGuard(limit=self._hook_limit)
         judge = receiver.Receiver(
-            keys=exporter.keys, hints=exporter.refresher, observer=exporter.metrics
+            keys=exporter.keys, hints=exporter.refresher, observer=exporter.metrics, guard=guard
         )
         app = receiver.create_receiver(judge, hooks.path, middlewares=[guard.middleware])
         runner = web.AppRunner(
@@ -680,6 +691,8 @@ class Server:
         if self._key_task is not None:
             await asyncio.gather(self._key_task, return_exceptions=True)
             self._key_task = None
+        if self._exporter.keys is not None:
+            await self._exporter.keys.close()
 
     async def _stop_polling(self) -> None:
         if self._poll_task is None:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 MIN_KEY_BITS: Final = 2048
 MAX_KEY_BITS: Final = 8192  # a larger key costs every verification more for nothing
+MAX_EXPONENT: Final = 2**32 - 1  # RSA keys use 65537 (or 3); more is a trap, not a key
 MAX_SIGNATURE_TEXT: Final = 4 * (MAX_KEY_BITS // 8 + 2) // 3 + 4  # Base64 of the largest
 _ARMOUR: Final = b"-----BEGIN PUBLIC KEY-----"
 
@@ -45,6 +46,9 @@ def load_key(pem: bytes | str) -> PublicKey:
         raise KeyError_(
             f"the RSA key has {key.key_size} bits; from {MIN_KEY_BITS} to {MAX_KEY_BITS} are used"
         )
+    if key.public_numbers().e > MAX_EXPONENT:
+        # Verifying costs a squaring per bit of it: a huge one would slow every check.
+        raise KeyError_("the RSA key's public exponent is implausibly large")
     return key
 
 

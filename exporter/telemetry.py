@@ -313,7 +313,8 @@ class WebhookMetrics:
             "realtimekit_exporter_webhook_refreshes",
             "Targeted API refreshes of one stream that status webhooks set off, by result: "
             "agreed (the API confirmed the change), disagreed (not even after rechecks), "
-            "failed (a request failed; polling is the safety net).",
+            "failed (a request failed; polling is the safety net), throttled (refreshes had "
+            "spent their share of the budget's window).",
             ["result"],
             registry=registry,
         )

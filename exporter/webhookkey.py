@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Final, NamedTuple, Protocol
 
 import aiohttp
 
@@ -26,10 +26,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REFETCH_FLOOR: Final = 60.0  # seconds between two fetches after a failed signature
+REFETCH_FLOOR: Final = 10.0  # seconds between two fetches after a failed signature
 RETRY_FLOOR: Final = 10.0  # seconds between two fetches while no key is held
 FETCH_TIMEOUT: Final = 10.0
 MAX_DOCUMENT_BYTES: Final = 64 * 1024
+
+
+class Recheck(NamedTuple):
+    key: PublicKey | None  # another key to try, if any
+    checked: bool  # the key in force was read again just now (else: it may be stale)
 
 
 class KeyObserver(Protocol):
@@ -82,18 +87,29 @@ class PublicKeys:
             return await self._fetch()
         return self.key
 
-    async def after_failure(self, failed: PublicKey) -> PublicKey | None:
-        """A key other than ``failed`` to try a signature with: the key held, if another
-        caller replaced it since, or a fresh fetch if :data:`REFETCH_FLOOR` allows and it
-        gives a different key; None otherwise."""
+    async def after_failure(self, failed: PublicKey) -> Recheck:
+        """After a signature ``failed`` to verify: a key other than ``failed`` to try it
+        with (the key held, if another caller replaced it since, or a fresh fetch's if
+        that gives a different one), or none, and whether the key is known to be current:
+        not if :data:`REFETCH_FLOOR` held the fetch back, or it failed (the signature may
+        be a rotated key's, to be tried again later)."""
         if self.key is not None and self.key is not failed:
-            return self.key
+            return Recheck(self.key, checked=True)
         if self._inflight is None and (self._monotonic() - self._fetched_at < self._refetch_floor):
-            return None
+            return Recheck(None, checked=False)
         key = await self._fetch()
-        if key is None or key.public_numbers() == failed.public_numbers():
-            return None
-        return key
+        if key is None:
+            return Recheck(None, checked=False)
+        if key.public_numbers() == failed.public_numbers():
+            return Recheck(None, checked=True)
+        return Recheck(key, checked=True)
+
+    async def close(self) -> None:
+        """Cancel a fetch under way (the process is stopping)."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _fetch(self) -> PublicKey | None:
         if self._inflight is None:

@@ -233,7 +233,7 @@ class GatedApi:
 
     def __init__(self) -> None:
         self.stream = Livestream(id="s1", status="LIVE")
-        self.session = Session(id="sess-1", started_time=1.0)
+        self.live_session = Session(id="sess-1", started_time=1.0)
         self.listed = asyncio.Event()
         self.gate = asyncio.Event()
         self.gate.set()
@@ -247,10 +247,10 @@ class GatedApi:
         return self.stream
 
     async def active_session(self, *args: Any, **kwargs: Any) -> ActiveSession:
-        return ActiveSession(livestream=self.stream, session=self.session)
+        return ActiveSession(livestream=self.stream, session=self.live_session)
 
     async def session(self, *args: Any, **kwargs: Any) -> ActiveSession:
-        return ActiveSession(livestream=None, session=self.session)
+        return ActiveSession(livestream=None, session=self.live_session)
 
 
 async def test_a_cycle_under_way_keeps_the_state_a_push_gave() -> None:
@@ -361,3 +361,55 @@ async def test_polling_finding_an_unannounced_change_is_counted_in_the_metric(ri
     rig.refresher.settle()
     value = rig.registry.get_sample_value("realtimekit_exporter_webhook_unannounced_changes_total")
     assert value == 1
+
+
+class RecordingApi(GatedApi):
+    """GatedApi, recording each refresh request's endpoint and priority."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[tuple[str, int]] = []
+
+    async def livestream(self, *args: Any, **kwargs: Any) -> Livestream | None:
+        self.asked.append(("livestream", kwargs["priority"]))
+        return self.stream
+
+    async def active_session(self, *args: Any, **kwargs: Any) -> ActiveSession:
+        if "priority" in kwargs and kwargs["priority"] < 1:
+            self.asked.append(("active_session", kwargs["priority"]))
+        return ActiveSession(livestream=self.stream, session=self.live_session)
+
+    async def session(self, *args: Any, **kwargs: Any) -> ActiveSession:
+        self.asked.append(("session", kwargs["priority"]))
+        return ActiveSession(
+            livestream=None, session=dataclasses.replace(self.live_session, stopped_time=9.0)
+        )
+
+
+async def test_only_a_stops_lookup_takes_the_kept_share() -> None:
+    """A stop's lookup goes ahead of everything (PRIORITY_PUSH, the budget's kept share);
+    its final values, and a start's lookup and session, queue with the listing."""
+    from exporter.client import PRIORITY_LISTING
+
+    api = RecordingApi()
+    config = make_config("http://127.0.0.1:9", discover=True, interval=INTERVAL)
+    poller = Poller(config=config, api=api)  # type: ignore[arg-type]
+    await poller.poll_once()
+    refresher = Refresher(poller=poller, api=lambda: api, interval=lambda: INTERVAL)  # type: ignore[arg-type, return-value]
+    try:
+        api.stream = dataclasses.replace(api.stream, status="IDLE")
+        refresher.hint("s1", "IDLE")
+        async with asyncio.timeout(5):
+            while refresher.busy:
+                await asyncio.sleep(0.01)
+        assert api.asked == [("livestream", PRIORITY_PUSH), ("session", PRIORITY_LISTING)]
+        api.asked.clear()
+        api.stream = dataclasses.replace(api.stream, status="LIVE")
+        api.live_session = Session(id="sess-2", started_time=10.0)
+        refresher.hint("s1", "LIVE")
+        async with asyncio.timeout(5):
+            while refresher.busy:
+                await asyncio.sleep(0.01)
+        assert api.asked == [("livestream", PRIORITY_LISTING), ("active_session", PRIORITY_LISTING)]
+    finally:
+        await refresher.close()

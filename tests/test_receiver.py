@@ -24,7 +24,7 @@ from exporter.hints import RESULTS
 from exporter.receiver import Receiver, create_receiver
 from exporter.signature import load_key
 from exporter.telemetry import ExporterMetrics
-from exporter.webhookkey import PublicKeys
+from exporter.webhookkey import PublicKeys, Recheck
 from tests import webhooksign as ws
 
 if TYPE_CHECKING:
@@ -52,17 +52,20 @@ class Hints:
 class FixedKeys:
     """A key source holding ``key`` (None: unavailable), counting the fetches asked for."""
 
-    def __init__(self, key: PublicKey | None, fresh: PublicKey | None = None) -> None:
+    def __init__(
+        self, key: PublicKey | None, fresh: PublicKey | None = None, *, checked: bool = True
+    ) -> None:
         self.key = key
         self.fresh = fresh
+        self.checked = checked  # whether the key could be read again after a failure
         self.refetches = 0
 
     async def current(self) -> PublicKey | None:
         return self.key
 
-    async def after_failure(self, failed: PublicKey) -> PublicKey | None:
+    async def after_failure(self, failed: PublicKey) -> Recheck:
         self.refetches += 1
-        return self.fresh
+        return Recheck(self.fresh, checked=self.checked)
 
 
 class Rig:
@@ -163,6 +166,20 @@ async def test_a_body_signed_with_another_key_is_refused_after_one_look_for_a_ne
         assert status == 401
         assert keys.refetches == 1
         assert rig.hints.calls == []
+    finally:
+        await rig.client.close()
+
+
+async def test_a_bad_signature_is_503_while_the_key_cannot_be_read_again() -> None:
+    """A signature that fails while the key could not be fetched again (a fetch just
+    made, or failing) may be a rotated key's: 503, so that RealtimeKit retries, and
+    nothing else happens."""
+    rig = await _rig(FixedKeys(load_key(ws.public_pem()), checked=False))
+    try:
+        body = ws.status_body(TRACKED, "IDLE")
+        assert (await rig.post(body, ws.headers(body, key="next")))[0] == 503
+        assert rig.hints.calls == []
+        assert rig.count(receiver.UNVERIFIED, "bad_signature") == 1
     finally:
         await rig.client.close()
 
@@ -388,8 +405,8 @@ class Clock:
 
 async def test_key_rotation_is_fetched_once_per_floor(key_server: tuple[KeyServer, str]) -> None:
     """The key served changes: the first delivery signed by the new key makes one fetch
-    and is accepted; forged deliveries within the floor fetch nothing more, and one after
-    the floor fetches once."""
+    and is accepted; forged deliveries within the floor fetch nothing more (503: the key
+    could not be read again), and one after the floor fetches once (401)."""
     server, url = key_server
     clock = Clock()
     async with aiohttp.ClientSession() as session:
@@ -403,7 +420,7 @@ async def test_key_rotation_is_fetched_once_per_floor(key_server: tuple[KeyServe
             assert (await rig.post(body, ws.headers(body, key="next")))[0] == 200
             assert server.fetches == 2
             for _ in range(20):
-                assert (await rig.post(body, ws.headers(body, key="forger")))[0] == 401
+                assert (await rig.post(body, ws.headers(body, key="forger")))[0] == 503
             assert server.fetches == 2
             clock.now += 61
             assert (await rig.post(body, ws.headers(body, key="forger")))[0] == 401
@@ -491,3 +508,22 @@ async def test_property_no_unverified_body_causes_a_hint(
     status, _ = await rig.post(body, headers)
     assert status in (401, 413)
     assert rig.hints.calls == []
+
+
+async def test_expect_continue_is_not_granted_to_an_oversized_body(rig: Rig) -> None:
+    """A client that asks to send 10 MB (``Expect: 100-continue``) is answered 413 at
+    once, without a ``100 Continue``; one within the limit gets its 100 and then 200."""
+    port = rig.client.server.port
+    assert port is not None
+    for length, first in ((10_000_000, b"HTTP/1.1 413"), (10, b"HTTP/1.1 100")):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                "Expect: 100-continue\r\n\r\n".encode()
+            )
+            await writer.drain()
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout=5)
+            assert head.startswith(first), head
+        finally:
+            writer.close()
