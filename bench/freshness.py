@@ -369,6 +369,7 @@ class Plan:
     live_at_start: dict[str, int] = field(default_factory=dict)  # id -> index in the list
     stats_start: dict[str, Any] = field(default_factory=dict)
     stats_end: dict[str, Any] = field(default_factory=dict)
+    webhook_metrics: dict[str, float] = field(default_factory=dict)  # at the end
 
     def check(self) -> None:
         for child in (self.sim, self.exporter):
@@ -509,6 +510,18 @@ async def wait_ready(session: aiohttp.ClientSession, plan: Plan, within: float) 
         if time.monotonic() - started > within:
             raise BenchError(f"exporter {plan.name}: not ready in {within:.0f}s")
         await asyncio.sleep(0.5)
+
+
+async def webhook_metrics(session: aiohttp.ClientSession, plan: Plan) -> dict[str, float]:
+    """The exporter's ``realtimekit_exporter_webhook_*`` samples, by series."""
+    async with session.get(plan.metrics_url, headers={"Accept": TEXT_ACCEPT}) as response:
+        body = await response.read()
+    out = {}
+    for line in body.splitlines():
+        if line.startswith(b"realtimekit_exporter_webhook_"):
+            series, _, value = line.decode().rpartition(" ")
+            out[series] = float(value)
+    return out
 
 
 def control_client() -> aiohttp.ClientSession:
@@ -708,6 +721,8 @@ async def measure(
             async with control_client() as session:
                 for plan in plans:
                     plan.stats_end = await get_json(session, plan.origin + "/-/simulator/stats")
+                    if plan.webhooks:
+                        plan.webhook_metrics = await webhook_metrics(session, plan)
             if args.drain > 0 and any(p.tracker.pending for p in plans):
                 log(f"draining: up to {args.drain:g}s for stops not seen yet")
     except BaseExceptionGroup as group:
@@ -849,6 +864,7 @@ def plan_result(plan: Plan, args: argparse.Namespace, window: Window) -> dict[st
             "failed": len(tracker.failures),
         },
         "log_warnings": log_warnings(plan.exporter),
+        "webhook_metrics": plan.webhook_metrics,
     }
     result["targets"] = plan_targets(result, args)
     result["warnings"] = caveats(result, args)
