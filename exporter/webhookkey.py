@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REFETCH_FLOOR: Final = 10.0  # seconds between two fetches after a failed signature
+REFETCH_FLOOR: Final = 2.0  # seconds between two fetches after a failed signature
 RETRY_FLOOR: Final = 10.0  # seconds between two fetches while no key is held
 FETCH_TIMEOUT: Final = 10.0
 MAX_DOCUMENT_BYTES: Final = 64 * 1024
