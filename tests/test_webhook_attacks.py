@@ -50,6 +50,10 @@ from tests.conftest import ACCOUNT, APP, make_config
 from tests.fakeapi import TOKEN
 from tests.procs import LOOPBACK, spawned_exporter, wait_for_log
 
+# Slow clients, open files, memory and shutdown races depend on the interpreter's asyncio:
+# scripts/test runs these on Python 3.12 too.
+pytestmark = pytest.mark.interpreter
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
 
