@@ -6,9 +6,9 @@ exporter shows (a stop of a stream shown live, a start of one shown not live) ma
 exporter ask the API about that stream at once and show what the API says: its status,
 and on a stop the session's final values, on a start its session. A stop's lookup goes
 ahead of every other request (:data:`~exporter.client.PRIORITY_PUSH`, with the share of
-the budget kept for it): that is the news users alert on. The rest (a start's lookup and
-session, a stop's final values) queues with the poll cycle's listing and is taken from
-the poll plan's credit, as polling would have spent it on the same streams. If the API
+the budget kept for it): that is the news users alert on. The rest (a start's session, a
+stop's final values) queues behind the poll cycle's listing and sessions and is taken
+from the poll plan's credit: polling would have spent it on the same streams. If the API
 does not agree with the hint yet, it is asked again at :data:`RECHECKS` of the poll
 interval. Hints for a stream are coalesced: one refresh at a time, which takes the latest
 hint when it ends.
@@ -22,8 +22,9 @@ signature has no time in it) and its headers (delivery and webhook ids) are not 
   disagreed, or failed) within :data:`COOLDOWN`, further hints about it are not checked
   until the oldest denial is that old: a replayed body costs at most that many requests
   per stream and cool-down, however often and in whatever order it comes;
-- all refreshes together spend at most :data:`REFRESH_SHARE` of the request budget's
-  window; past it a hint is dropped (``throttled``) and polling shows the change.
+- stops' lookups spend at most :data:`PUSH_SHARE` of the request budget's window, the
+  other refresh requests :data:`REFRESH_SHARE`; past it a hint is dropped
+  (``throttled``) and polling shows the change.
 
 :class:`Announcements` keeps count of the changes polling found that no hint announced:
 with a working subscription that count stays near zero.
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 from exporter import merge
 from exporter.budget import CycleDeadline
-from exporter.client import PRIORITY_LISTING, PRIORITY_PUSH, ApiError
+from exporter.client import PRIORITY_OTHER, PRIORITY_PUSH, ApiError
 from exporter.model import LIVE, addressable
 
 if TYPE_CHECKING:
@@ -57,7 +58,10 @@ RECHECKS: Final = (0.125, 0.25, 0.5)
 MIN_RECHECK: Final = 1.0  # seconds, at least, before a check again
 COOLDOWN: Final = 600.0  # seconds over which a stream's denials are counted
 DENIALS: Final = 4  # denials of one stream's hints within COOLDOWN before they are ignored
-REFRESH_SHARE: Final = 0.25  # of the budget's window, the most refreshes spend
+# Of the budget's window, the most that stops' lookups spend (twice the share kept for
+# them), and the most that the other refresh requests spend.
+PUSH_SHARE: Final = 0.2
+REFRESH_SHARE: Final = 0.25
 GRACE: Final = 120.0  # seconds a hint may come before or after polling found its change
 MAX_REMEMBERED: Final = 100_000
 RESULTS: Final = ("agreed", "disagreed", "failed", "throttled")
@@ -163,7 +167,9 @@ class Refresher:
         self._news: dict[Key, asyncio.Event] = {}
         self._settling: dict[Key, bool] = {}  # the claim (live or not) being checked
         self._denied: OrderedDict[Key, deque[float]] = OrderedDict()
-        self._spent: deque[float] = deque()  # when each refresh request was sent
+        # When each refresh request was sent: stops' lookups, and the others.
+        self._spent_push: deque[float] = deque()
+        self._spent: deque[float] = deque()
         self._budget = budget
         self._closed = False
         self._rechecks = rechecks
@@ -304,55 +310,61 @@ class Refresher:
             self._denied.popitem(last=False)
 
     def _spend(self, priority: int) -> None:
-        """Count one refresh request, or raise _Throttled if refreshes have spent their
-        share of the budget's window. One not of the kept share (``priority`` 0 or more)
-        comes out of the poll plan's credit."""
-        if priority >= 0:
+        """Count one refresh request, or raise _Throttled if refreshes of its kind have
+        spent their share of the budget's window: stops' lookups (a negative
+        ``priority``) :data:`PUSH_SHARE`, the others :data:`REFRESH_SHARE`. One of the
+        others comes out of the poll plan's credit."""
+        push = priority < 0
+        if self._budget is not None:
+            requests, window = self._budget()
+            spent = self._spent_push if push else self._spent
+            now = self._monotonic()
+            while spent and spent[0] <= now - window:
+                spent.popleft()
+            share = PUSH_SHARE if push else REFRESH_SHARE
+            if len(spent) >= max(1, math.floor(share * requests)):
+                raise _Throttled
+            spent.append(now)
+        if not push:
             self._poller.spent_elsewhere(1)
-        if self._budget is None:
-            return
-        requests, window = self._budget()
-        now = self._monotonic()
-        while self._spent and self._spent[0] <= now - window:
-            self._spent.popleft()
-        if len(self._spent) >= max(1, math.floor(REFRESH_SHARE * requests)):
-            raise _Throttled
-        self._spent.append(now)
 
     async def _refresh(self, key: Key, live: bool) -> bool:
         """Ask the API about the stream and show what it says; whether it is ``live``.
-        Raises ApiError if a request fails."""
+        Raises ApiError if a request fails, _Throttled if refreshes have spent their
+        share. A stop: the stream's lookup (its status), then its session's final values.
+        A start: its active session alone (it holds the livestream and the session)."""
         (account_id, app_id), sid = key
         api = self._api()
         deadline = CycleDeadline(self._monotonic() + self._interval(), self._monotonic)
-        self._spend(PRIORITY_LISTING if live else PRIORITY_PUSH)
+        if live:
+            self._spend(PRIORITY_OTHER)
+            answer = await api.active_session(
+                account_id, app_id, sid, deadline=deadline, priority=PRIORITY_OTHER
+            )
+            if answer.livestream is not None and answer.livestream.id != sid:
+                return False  # an answer about another stream: polling decides
+            now = self._clock()
+            state = self._poller.push(
+                key[0], sid, lambda s: merge.pushed_session(s, answer, now=now)
+            )
+            return state is not None and state.live
+        self._spend(PRIORITY_PUSH)
         found = await api.livestream(
-            account_id,
-            app_id,
-            sid,
-            deadline=deadline,
-            priority=PRIORITY_LISTING if live else PRIORITY_PUSH,
+            account_id, app_id, sid, deadline=deadline, priority=PRIORITY_PUSH
         )
         if found is None or found.id != sid:
             return False  # gone, or an answer about another stream: polling decides
         now = self._clock()
         state = self._poller.push(key[0], sid, lambda s: merge.pushed_status(s, found, now=now))
-        if state is None or state.live != live:
+        if state is None or state.live:
             return False
-        if not live and (session_id := merge.awaits_final(state)) is not None:
-            self._spend(PRIORITY_LISTING)
+        if (session_id := merge.awaits_final(state)) is not None:
+            self._spend(PRIORITY_OTHER)
             final = await api.session(
-                account_id, app_id, session_id, deadline=deadline, priority=PRIORITY_LISTING
+                account_id, app_id, session_id, deadline=deadline, priority=PRIORITY_OTHER
             )
             now = self._clock()
             self._poller.push(
                 key[0], sid, lambda s: merge.pushed_final(s, session_id, final.session, now=now)
             )
-        elif live and not state.session_current:
-            self._spend(PRIORITY_LISTING)
-            answer = await api.active_session(
-                account_id, app_id, sid, deadline=deadline, priority=PRIORITY_LISTING
-            )
-            now = self._clock()
-            self._poller.push(key[0], sid, lambda s: merge.pushed_session(s, answer, now=now))
         return True

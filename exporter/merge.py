@@ -493,15 +493,26 @@ def pushed_final(
 
 
 def pushed_session(prev: StreamState, answer: ActiveSession, *, now: float) -> StreamState:
-    """``prev`` after its active session was asked for: as a cycle's session answer."""
+    """``prev`` after its active session was asked for (a start's refresh): live with that
+    session if it is active, its status the answer's livestream's (LIVE, if the answer
+    has none: an active session is a live stream); as it was, values read now, if not."""
     session = answer.session
-    if session is None:
-        return replace(prev, live=False, counted_at=now)
+    if session is None or not session.active:
+        return replace(prev, counted_at=now) if prev.session is not None else prev
+    listed = answer.livestream
+    stream = prev.livestream
+    if listed is not None and listed.status != UNKNOWN_STATUS:
+        stream = replace(stream, status=listed.status)
+    elif stream.status != LIVE:
+        stream = replace(stream, status=LIVE)
     return replace(
         prev,
-        live=session.active,
+        livestream=stream,
+        live=True,
         session=session,
-        last_live=now if session.active else prev.last_live,
+        last_update=now,
+        listed_at=now,
+        last_live=now,
         counted_at=now,
     )
 

@@ -125,8 +125,8 @@ async def test_a_stop_hint_shows_the_stop_and_its_final_values_in_two_requests(r
 
 
 async def test_a_start_hint_shows_the_stream_live_with_its_session(rig: Rig) -> None:
-    """A stream goes live; its hint makes a lookup and an active-session request, and the
-    stream shows live with the new session's counters."""
+    """A stream goes live; its hint makes one active-session request (it holds the
+    livestream and the session), and the stream shows live with the new session."""
     sid = rig.idle_ids()[0]
     session = rig.world.go_live(sid)
     before = rig.requests()
@@ -136,7 +136,8 @@ async def test_a_start_hint_shows_the_stream_live_with_its_session(rig: Rig) -> 
     assert state.live
     assert state.session is not None
     assert state.session.id == session.id
-    assert rig.requests() - before == 2
+    assert state.livestream.status == "LIVE"
+    assert rig.requests() - before == 1
 
 
 async def test_a_hint_that_agrees_with_what_is_shown_costs_no_request(rig: Rig) -> None:
@@ -375,7 +376,7 @@ class RecordingApi(GatedApi):
         return self.stream
 
     async def active_session(self, *args: Any, **kwargs: Any) -> ActiveSession:
-        if "priority" in kwargs and kwargs["priority"] < 1:
+        if "priority" in kwargs:  # a refresh's (a cycle's asks without one)
             self.asked.append(("active_session", kwargs["priority"]))
         return ActiveSession(livestream=self.stream, session=self.live_session)
 
@@ -388,8 +389,9 @@ class RecordingApi(GatedApi):
 
 async def test_only_a_stops_lookup_takes_the_kept_share() -> None:
     """A stop's lookup goes ahead of everything (PRIORITY_PUSH, the budget's kept share);
-    its final values, and a start's lookup and session, queue with the listing."""
-    from exporter.client import PRIORITY_LISTING
+    its final values, and a start's session, queue behind the cycle's listing and
+    sessions (PRIORITY_OTHER)."""
+    from exporter.client import PRIORITY_OTHER
 
     api = RecordingApi()
     config = make_config("http://127.0.0.1:9", discover=True, interval=INTERVAL)
@@ -402,7 +404,7 @@ async def test_only_a_stops_lookup_takes_the_kept_share() -> None:
         async with asyncio.timeout(5):
             while refresher.busy:
                 await asyncio.sleep(0.01)
-        assert api.asked == [("livestream", PRIORITY_PUSH), ("session", PRIORITY_LISTING)]
+        assert api.asked == [("livestream", PRIORITY_PUSH), ("session", PRIORITY_OTHER)]
         api.asked.clear()
         api.stream = dataclasses.replace(api.stream, status="LIVE")
         api.live_session = Session(id="sess-2", started_time=10.0)
@@ -410,6 +412,6 @@ async def test_only_a_stops_lookup_takes_the_kept_share() -> None:
         async with asyncio.timeout(5):
             while refresher.busy:
                 await asyncio.sleep(0.01)
-        assert api.asked == [("livestream", PRIORITY_LISTING), ("active_session", PRIORITY_LISTING)]
+        assert api.asked == [("active_session", PRIORITY_OTHER)]
     finally:
         await refresher.close()

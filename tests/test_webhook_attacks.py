@@ -38,7 +38,6 @@ from prometheus_client import CollectorRegistry
 from exporter import connections, logs, receiver
 from exporter.config import RateLimit, WebhooksConfig
 from exporter.dedup import CAPACITY, DeliveryWindow
-from exporter.hints import REFRESH_SHARE
 from exporter.receiver import MAX_BODY, MAX_ID_LENGTH, Receiver, create_receiver
 from exporter.server import STOP_TIMEOUT, Exporter, Server
 from exporter.signature import KeyError_, load_key
@@ -291,8 +290,18 @@ async def test_a_flood_of_hints_never_takes_the_token_over_its_limit(tmp_path: P
         await until(lambda: time.monotonic() - flooded > 3.0, "3 s of the flood", 5.0)
         assert daemon.requests(code=429) == 0
         assert daemon.sim.state.traffic.busiest <= FLOOD_RATE.requests
-        # The refreshes did push, up to their share of the window (REFRESH_SHARE).
-        assert 0 < daemon.requests("livestream") <= REFRESH_SHARE * FLOOD_RATE.requests
+        # The refreshes did push (start hints: one active-session request each), up to
+        # their share of the window (REFRESH_SHARE), then were throttled.
+        refreshes = daemon.exporter.registry.get_sample_value(
+            "realtimekit_exporter_webhook_refreshes_total", {"result": "disagreed"}
+        )
+        throttled = daemon.exporter.registry.get_sample_value(
+            "realtimekit_exporter_webhook_refreshes_total", {"result": "throttled"}
+        )
+        assert refreshes is not None
+        assert throttled is not None
+        assert refreshes + throttled > 0
+        assert throttled > 0
 
 
 # -- a stream whose id cannot be a URL segment -----------------------------------------------
