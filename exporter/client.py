@@ -95,6 +95,7 @@ MAX_PAUSE: Final = 900.0  # the API blocks for 300 s; a larger ask is more likel
 # (every stream's status), then sessions of streams that may be live, then the rest.
 # A webhook's targeted refresh of one stream goes ahead of everything else.
 PRIORITY_PUSH: Final = -1
+PUSH_SLOTS: Final = 2  # requests of PRIORITY_PUSH in flight at once, beside the others
 PRIORITY_LISTING: Final = 0
 PRIORITY_LIVE: Final = 1
 PRIORITY_OTHER: Final = 2
@@ -230,6 +231,10 @@ class RealtimeKitClient:
         self._min_time = min(timeout, min_request_time)
         self._proxy = proxy_for(self._base_url)
         self._slots = _Slots(max_concurrency)
+        # Slots of their own for a webhook's stop lookups (PRIORITY_PUSH): a request waits
+        # for the budget while it holds its slot, so the shared ones may all be held by
+        # requests waiting for the window to move, and a stop must not wait behind them.
+        self._push_slots = _Slots(PUSH_SLOTS)
         self._retries = retries
         self._backoff = backoff
         self._observer: RequestObserver = observer or _NullObserver()
@@ -544,7 +549,8 @@ class RealtimeKitClient:
         priority: int,
     ) -> Any:
         headers = {"Authorization": f"Bearer {self._token.reveal()}", "Accept": "application/json"}
-        async with self._slots.hold(priority):
+        slots = self._push_slots if priority < 0 else self._slots
+        async with slots.hold(priority):
             # The budget is asked only once a connection slot is free, right before sending:
             # its log then holds send times, and a pause set by a 429 that arrived while
             # this request queued stops it from going out.

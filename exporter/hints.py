@@ -149,12 +149,16 @@ class Refresher:
         rechecks: tuple[float, ...] = RECHECKS,
         min_recheck: float = MIN_RECHECK,
         budget: Callable[[], tuple[int, float]] | None = None,
+        room: Callable[[], int] | None = None,
     ) -> None:
         """``api`` and ``interval`` give the client and the poll interval in force (a
         reload may change them); ``rechecks`` (shares of the interval, at least
         ``min_recheck`` seconds) when a hint the API disagreed with is checked again;
         ``budget`` the requests per window in force, of which refreshes spend at most
-        :data:`REFRESH_SHARE` (None: no such cap)."""
+        :data:`REFRESH_SHARE` (None: no such cap); ``room`` how many requests the
+        budget would grant at once beyond its kept share: a refresh request other than a
+        stop's lookup is sent only into room (it would hold a connection slot while it
+        waited, and polling does the same work in turn anyway)."""
         self._poller = poller
         self._api = api
         self._interval = interval
@@ -171,6 +175,7 @@ class Refresher:
         self._spent_push: deque[float] = deque()
         self._spent: deque[float] = deque()
         self._budget = budget
+        self._room = room
         self._closed = False
         self._rechecks = rechecks
         self._min_recheck = min_recheck
@@ -315,6 +320,8 @@ class Refresher:
         ``priority``) :data:`PUSH_SHARE`, the others :data:`REFRESH_SHARE`. One of the
         others comes out of the poll plan's credit."""
         push = priority < 0
+        if not push and self._room is not None and self._room() < 1:
+            raise _Throttled  # no room now: polling does it in turn
         if self._budget is not None:
             requests, window = self._budget()
             spent = self._spent_push if push else self._spent
@@ -359,7 +366,10 @@ class Refresher:
         if state is None or state.live:
             return False
         if (session_id := merge.awaits_final(state)) is not None:
-            self._spend(PRIORITY_OTHER)
+            try:
+                self._spend(PRIORITY_OTHER)
+            except _Throttled:
+                return True  # the stop is shown; polling asks for its final values in turn
             final = await api.session(
                 account_id, app_id, session_id, deadline=deadline, priority=PRIORITY_OTHER
             )

@@ -172,6 +172,7 @@ class Exporter:
                 interval=lambda: self.config.poll.interval,
                 observer=self.metrics,
                 budget=self._budget_in_force,
+                room=self._budget_room,
             )
             self.keys = PublicKeys(
                 url=hooks.public_key_url,
@@ -213,6 +214,12 @@ class Exporter:
         if self._budget is None:
             return self._budget_in_force()
         return self._budget.planned, self._budget.window
+
+    def _budget_room(self) -> int:
+        """Requests the budget would grant at once beyond the share kept for stops."""
+        if self._budget is None:
+            return 0
+        return self._budget.available() - self._budget.kept(self._budget.requests)
 
     def _found_change(self, app: tuple[str, str], livestream_id: str, live: bool) -> None:
         if self.refresher is not None:

@@ -1784,3 +1784,33 @@ async def test_webhook_fields_quoting_the_token_are_withheld(
     assert hooks[0].name is None
     assert hooks[0].url == client_module.WITHHELD
     assert hooks[0].events == ("livestreaming.statusUpdate", client_module.WITHHELD)
+
+
+async def test_a_push_request_does_not_wait_behind_slots_held_for_the_budget(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """Requests wait for the budget while they hold their connection slot: with every
+    slot held that way, a webhook's stop lookup (PRIORITY_PUSH) still goes out at once,
+    on a slot of its own and the budget's kept share."""
+    never = asyncio.Event()
+
+    async def stuck(seconds: float) -> None:
+        await never.wait()  # the window never moves in this test
+
+    budget = RequestBudget(requests=2, window=300.0, sleep=stuck)
+    budget.keep_share(0.5)  # one request kept for negative priorities
+    api = make_client(budget=budget, max_concurrency=1)
+    server.get(SESSION_URL, status=404, payload=NOT_FOUND, repeat=True)
+    server.get(f"{LIVESTREAM_URL}?page_no=1&per_page=1", status=404, payload=NOT_FOUND)
+    await api.active_session(ACCOUNT, APP, STREAM_ID)  # the window's one ordinary grant
+    holder = asyncio.ensure_future(api.active_session(ACCOUNT, APP, STREAM_ID))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not holder.done()  # holds the only shared slot, waiting for the window
+    found = await asyncio.wait_for(
+        api.livestream(ACCOUNT, APP, STREAM_ID, priority=client_module.PRIORITY_PUSH), 5
+    )
+    assert found is None  # answered (404: no such livestream), not left waiting
+    holder.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holder

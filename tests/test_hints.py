@@ -415,3 +415,47 @@ async def test_only_a_stops_lookup_takes_the_kept_share() -> None:
         assert api.asked == [("active_session", PRIORITY_OTHER)]
     finally:
         await refresher.close()
+
+
+async def test_with_no_room_in_the_budget_only_a_stops_lookup_is_sent() -> None:
+    """The budget has no room beyond its kept share: a stop's lookup still goes (the
+    stream shows stopped; its final values are left to polling's turn), a start asks
+    nothing (throttled: polling's next cycle shows it)."""
+    from exporter.client import PRIORITY_PUSH as PUSH
+
+    api = RecordingApi()
+    config = make_config("http://127.0.0.1:9", discover=True, interval=INTERVAL)
+    poller = Poller(config=config, api=api)  # type: ignore[arg-type]
+    await poller.poll_once()
+    registry = CollectorRegistry()
+    metrics = ExporterMetrics(registry=registry, endpoints=ENDPOINTS, reasons=REASONS)
+    metrics.enable_webhooks(events=(), unverified=(), outcomes=(), results=RESULTS)
+    refresher = Refresher(
+        poller=poller,
+        api=lambda: api,  # type: ignore[arg-type, return-value]
+        interval=lambda: INTERVAL,
+        observer=metrics,
+        room=lambda: 0,
+    )
+    try:
+        api.stream = dataclasses.replace(api.stream, status="IDLE")
+        refresher.hint("s1", "IDLE")
+        async with asyncio.timeout(5):
+            while refresher.busy:
+                await asyncio.sleep(0.01)
+        assert api.asked == [("livestream", PUSH)]
+        state = poller.snapshot.app(*APP_KEY).stream("s1")  # type: ignore[union-attr]
+        assert not state.live
+        api.asked.clear()
+        api.stream = dataclasses.replace(api.stream, status="LIVE")
+        refresher.hint("s1", "LIVE")
+        async with asyncio.timeout(5):
+            while refresher.busy:
+                await asyncio.sleep(0.01)
+        assert api.asked == []
+        throttled = registry.get_sample_value(
+            "realtimekit_exporter_webhook_refreshes_total", {"result": "throttled"}
+        )
+        assert throttled == 1
+    finally:
+        await refresher.close()
