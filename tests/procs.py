@@ -279,13 +279,28 @@ def post(url: str, body: Any = None, **kwargs: Any) -> Response:
 
 # -- simulator, exporter and Prometheus as processes (shared by the end-to-end tests) -----
 def prometheus_config(
-    *, job: str, target: str, rule_files: Iterable[Path] = (), interval: str = "1s"
+    *,
+    job: str,
+    target: str,
+    rule_files: Iterable[Path] = (),
+    interval: str = "1s",
+    alertmanager: str | None = None,
 ) -> str:
     """A prometheus.yml that scrapes ``target`` as ``job`` and evaluates ``rule_files``,
-    both every ``interval``."""
+    both every ``interval``, sending alerts to ``alertmanager`` (``host:port``) if given."""
     rules = [json.dumps(str(path)) for path in rule_files]
+    alerting = (
+        [
+            "alerting:",
+            "  alertmanagers:",
+            f"    - static_configs: [{{targets: [{json.dumps(alertmanager)}]}}]",
+        ]
+        if alertmanager is not None
+        else []
+    )
     return "\n".join(
         [
+            *alerting,
             "global:",
             f"  scrape_interval: {interval}",
             f"  scrape_timeout: {interval}",
@@ -511,12 +526,59 @@ class Pipeline:
         self.target = target
         return proc, target
 
-    def start_prometheus(self, *, job: str, rule_files: Iterable[Path]) -> Prometheus:
+    def start_prometheus(
+        self,
+        *,
+        job: str,
+        rule_files: Iterable[Path],
+        interval: str = "1s",
+        alertmanager: str | None = None,
+    ) -> Prometheus:
         """Prometheus scraping the exporter as ``job`` and evaluating ``rule_files``, both
-        every second, ready to be queried."""
-        config = prometheus_config(job=job, target=self.target, rule_files=rule_files)
+        every ``interval``, alerting ``alertmanager`` if given, ready to be queried."""
+        config = prometheus_config(
+            job=job,
+            target=self.target,
+            rule_files=rule_files,
+            interval=interval,
+            alertmanager=alertmanager,
+        )
         prometheus = self._stack.enter_context(
             spawned_prometheus(self.workdir, config, watch=self.procs)
         )
         self.procs.append(prometheus.proc)
         return prometheus
+
+
+@contextlib.contextmanager
+def spawned_alertmanager(workdir: Path, config: Path) -> Iterator[tuple[Proc, str]]:
+    """Alertmanager running ``config`` on a free loopback port, alone (no cluster), ready:
+    yields the process and its URL. As for Prometheus, a free port is taken, and once more
+    on a bind failure (someone took it in between)."""
+    binary = shutil.which("alertmanager") or require_tool("prometheus-alertmanager")
+    for attempt in (1, 2):
+        port = free_port()
+        url = f"http://{LOOPBACK}:{port}"
+        command = [
+            binary,
+            f"--config.file={config}",
+            f"--storage.path={workdir / f'alertmanager-data-{attempt}'}",
+            f"--web.listen-address={LOOPBACK}:{port}",
+            "--cluster.listen-address=",
+        ]
+        log_path = workdir / f"alertmanager-{attempt}.log"
+        with spawned("alertmanager", command, log_path=log_path) as proc:
+
+            def ready(proc: Proc = proc, url: str = url) -> bool:
+                if proc.exited():
+                    return True  # decided below
+                return get(f"{url}/-/ready").status == 200
+
+            wait_for(ready, timeout=20, what="Alertmanager to be ready")
+            if proc.exited():
+                if attempt == 1 and "address already in use" in proc.log():
+                    continue
+                pytest.fail(f"Alertmanager did not start\n{proc.describe()}", pytrace=False)
+            yield proc, url
+            return
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,12 +1,14 @@
-"""deploy/compose: the exporter, Prometheus and Grafana wired together.
+"""deploy/compose: the exporter, Prometheus, Alertmanager and Grafana wired together.
 
 There may be no container engine where the tests run, so the setup is checked piece by
 piece: compose.yaml's structure (every mounted file exists, ports on loopback, health
-checks, restart policies), Prometheus' configuration with promtool in a directory that
-mirrors the container's layout (so the mounted rule files are checked too), the scrape
-target against the exporter service, and Grafana's provisioning against the mounted
-dashboard. With `docker compose` or podman-compose installed, compose itself validates the
-file as well.
+checks, restart policies, pinned images), Prometheus' configuration with promtool in a
+directory that mirrors the container's layout (so the mounted rule files are checked too),
+the scrape target against the exporter service, the Alertmanager Prometheus sends to
+against the alertmanager service and the configuration it runs against the shipped
+example (tests/test_alertmanager_config.py checks that file), and Grafana's provisioning
+against the mounted dashboard. With `docker compose` or podman-compose installed, compose
+itself validates the file as well.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ COMPOSE_DIR = REPO / "deploy" / "compose"
 COMPOSE = COMPOSE_DIR / "compose.yaml"
 DASHBOARD = REPO / "deploy" / "grafana" / "realtimekit-livestreams.json"
 RULES = REPO / "deploy" / "prometheus"
-SERVICES = {"exporter", "prometheus", "grafana"}
+ALERTMANAGER_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
+SERVICES = {"exporter", "prometheus", "alertmanager", "grafana"}
 EXPORTER_PORT = 10241  # the exporter's default --web.listen-address
 WEBHOOK_PORT = DEFAULT_WEBHOOK_PORT  # 10243, the default webhooks.listen_address
 PROMETHEUS_PORT = 9090
+ALERTMANAGER_PORT = 9093  # Alertmanager's default --web.listen-address port
 GRAFANA_PORT = 3000
 JOB = "realtimekit-exporter"  # what the alerts select
 
@@ -88,10 +92,14 @@ def _container_port(service: dict[str, Any]) -> int:
     return port
 
 
-def _config_file(prometheus: dict[str, Any]) -> str:
-    """The --config.file of the prometheus service (a container path)."""
-    flags = dict(arg.split("=", 1) for arg in prometheus["command"] if "=" in arg)
-    return str(flags["--config.file"])
+def _flags(service: dict[str, Any]) -> dict[str, str]:
+    """The ``--name=value`` arguments of a service's command."""
+    return dict(arg.split("=", 1) for arg in service["command"] if "=" in arg)
+
+
+def _config_file(service: dict[str, Any]) -> str:
+    """The --config.file of the prometheus or alertmanager service (a container path)."""
+    return _flags(service)["--config.file"]
 
 
 def _prometheus_config() -> dict[str, Any]:
@@ -101,7 +109,10 @@ def _prometheus_config() -> dict[str, Any]:
     return yaml.safe_load(config.read_text(encoding="utf-8"))
 
 
-def test_compose_has_the_three_services_hardened_and_on_loopback() -> None:
+def test_compose_services_are_hardened_and_on_loopback() -> None:
+    """Exporter, Prometheus, Alertmanager and Grafana: each restarts, has a health check,
+    publishes ports on 127.0.0.1 only and (but for the exporter, built here) runs an image
+    pinned to a release; every named volume is declared."""
     compose = _compose()
     assert set(compose["services"]) == SERVICES
     for name, service in compose["services"].items():
@@ -215,6 +226,42 @@ def test_promtool_accepts_the_config_and_its_rules_as_mounted() -> None:
         assert "SUCCESS: 2 rule files found" in output, output
 
 
+def test_prometheus_sends_alerts_to_the_alertmanager_service() -> None:
+    """prometheus.yml names one Alertmanager, the alertmanager service on the port it
+    listens on (its default, 9093: no --web.listen-address), over the v2 API Alertmanager
+    0.27 and later alone serve; that port is published on loopback, and Prometheus starts
+    after it."""
+    (alerting,) = _prometheus_config()["alerting"]["alertmanagers"]
+    assert set(alerting) == {"static_configs"}, alerting  # http, /api/v2, no path prefix
+    (static,) = alerting["static_configs"]
+    assert static["targets"] == [f"alertmanager:{ALERTMANAGER_PORT}"]
+    alertmanager = _service("alertmanager")
+    assert "--web.listen-address" not in _flags(alertmanager)
+    assert "--web.route-prefix" not in _flags(alertmanager)
+    assert _container_port(alertmanager) == ALERTMANAGER_PORT
+    assert alertmanager["ports"] == [f"127.0.0.1:{ALERTMANAGER_PORT}:{ALERTMANAGER_PORT}"]
+    assert "alertmanager" in _service("prometheus")["depends_on"]
+
+
+def test_alertmanager_runs_the_shipped_example_config() -> None:
+    """The alertmanager service reads deploy/alertmanager/alertmanager.yml itself, mounted
+    read-only (not a copy that could drift), keeps silences and notification state in a
+    named volume, runs alone (no cluster port) and is checked healthy on its own port."""
+    alertmanager = _service("alertmanager")
+    assert re.fullmatch(r"prom/alertmanager:v\d+\.\d+\.\d+", alertmanager["image"])
+    flags = _flags(alertmanager)
+    assert _host_path(alertmanager, flags["--config.file"]) == ALERTMANAGER_CONFIG
+    assert _binds(alertmanager)[PurePosixPath(flags["--config.file"])] == (
+        ALERTMANAGER_CONFIG,
+        True,
+    )
+    volumes = {target: source for source, target, _ in _mounts(alertmanager)}
+    assert volumes[flags["--storage.path"]] == "alertmanager-data"
+    assert flags["--cluster.listen-address"] == ""
+    check = " ".join(alertmanager["healthcheck"]["test"][1:])
+    assert f"http://127.0.0.1:{ALERTMANAGER_PORT}/-/ready" in check
+
+
 def test_grafana_provisions_the_datasource_and_the_dashboard() -> None:
     grafana = _service("grafana")
     env = grafana["environment"]
@@ -270,7 +317,12 @@ def test_grafana_provisions_the_datasource_and_the_dashboard() -> None:
 
 def test_readme_says_how_to_start_and_where_to_look() -> None:
     readme = (COMPOSE_DIR / "README.md").read_text(encoding="utf-8")
-    for text in ("docker compose up", "http://localhost:3000", "http://localhost:9090"):
+    for text in (
+        "docker compose up",
+        "http://localhost:3000",
+        "http://localhost:9090",
+        f"http://localhost:{ALERTMANAGER_PORT}",
+    ):
         assert text in readme
 
 

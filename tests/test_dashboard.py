@@ -2,18 +2,23 @@
 
 Structure: valid JSON, unique panel ids, a tidy grid, every query on the datasource
 variable, every metric it names documented in docs/metrics.md or recorded by
-deploy/prometheus/recording.yml, and every stream-level (app-level) selector filtered by
-the template variables.
+deploy/prometheus/recording.yml (or Prometheus' own up and ALERTS), every selector on the
+job variable (no query names a job), and every stream-level (app-level) selector filtered
+by the template variables.
 
 Then the real check: the simulator, the exporter and Prometheus (with the recording rules)
 run as processes on loopback, the simulator holding live streams, an ERRORED stream whose
 session ended with an error, a stream with a status the exporter does not know, one whose
 id has a regex metacharacter (and one its unescaped regex would match too), a second app,
-and a burst of API errors. Every panel query, with the template variables filled in as
-Grafana would, must be accepted by Prometheus and return data; a few panels must return
-the values the simulator's state implies, and selecting an app or streams must narrow
-every result to them. Last, the exporter is stopped: the scrape-up panel must read 0 and
-every panel that shows "now" (stats, tables) must show no data rather than a stale value.
+and a burst of API errors. Prometheus also evaluates the shipped alerting rules, with
+their ``for`` taken out so that what the world sets off fires at once: the ERRORED stream's
+alerts, then a rejected configuration reload's. Every panel query, with the template
+variables filled in as Grafana would, must be accepted by Prometheus and return data; a
+few panels must return the values the simulator's state implies, and selecting a job, an
+app or streams must narrow every result to them. Last, the exporter is stopped: the
+scrape-up panel must read 0, the alerts table must show the exporter's own alert only,
+and every other panel that shows "now" (stats, tables) must show no data rather than a
+stale value.
 
 The Webhooks row reads series that exist only with a ``webhooks`` section: without one (the
 run above) its queries are accepted and return nothing; a second run has the exporter
@@ -26,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -63,17 +69,22 @@ REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "deploy" / "grafana" / "realtimekit-livestreams.json"
 METRICS_DOC = REPO / "docs" / "metrics.md"
 RECORDING = REPO / "deploy" / "prometheus" / "recording.yml"
+ALERTING = REPO / "deploy" / "prometheus" / "alerts.yml"
 
-JOB = "realtimekit-exporter"  # the job name the alerts and the dashboard select
+JOB = "realtimekit-exporter"  # the job the alerts select, and the job variable's default
+JOB_VAR = "job"
+JOB_MATCHER = 'job=~"$job"'
 DS_VARIABLE = "DS_PROMETHEUS"
 DS_REF = "${" + DS_VARIABLE + "}"
 STREAM_VARS = ("account_id", "app_id", "livestream_id")
 APP_VARS = ("account_id", "app_id")
-# Series Prometheus writes itself for every target, with their level.
-PROMETHEUS_SERIES = {"up": "exporter"}
+# Series Prometheus writes itself (up for every target, ALERTS for every alert pending or
+# firing), with their level: neither needs the account or app variables.
+PROMETHEUS_SERIES = {"up": "exporter", "ALERTS": "exporter"}
 # The labels Prometheus (job, instance) and the Prometheus Operator add to every series.
 TARGET_LABELS = {"job", "instance", "namespace", "service", "endpoint", "pod", "container"}
 EXPORTER_UP = "Exporter scrape up"
+ALERTS_TABLE = "Alerts firing"
 PER_STREAM_LIMIT = re.compile(r"\b(?:topk|bottomk)\((\d+),")
 GRID_COLUMNS = 24
 # What Grafana would put in for its built-in variables (the test's Prometheus scrapes
@@ -161,13 +172,16 @@ def _documented_metrics() -> dict[str, str]:
     for line in METRICS_DOC.read_text(encoding="utf-8").splitlines():
         if line.startswith("## "):
             level = levels.get(line.strip())
-        match = re.match(r"\|\s*`(realtimekit_\w+)`\s*\|\s*(\w+)", line)
+        # A row names one metric, or a few of the same kind: | `a`, `b` | gauge | ...
+        match = re.match(r"\|\s*((?:`realtimekit_\w+`[,\s]*)+)\|\s*(\w+)", line)
         if match and level:
-            name, kind = match.groups()
-            if kind == "histogram":
-                found.update({f"{name}{suffix}": level for suffix in ("_bucket", "_sum", "_count")})
-            else:
-                found[name] = level
+            cell, kind = match.groups()
+            for name in re.findall(r"`(realtimekit_\w+)`", cell):
+                if kind == "histogram":
+                    suffixes = ("_bucket", "_sum", "_count")
+                    found.update({f"{name}{suffix}": level for suffix in suffixes})
+                else:
+                    found[name] = level
     assert len(found) > 20, f"cannot read the metric tables of {METRICS_DOC}"
     return found
 
@@ -268,6 +282,14 @@ def test_dashboard_is_valid_json_with_its_uid_and_variables() -> None:
     variables = _variables(dashboard)
     datasource = variables[DS_VARIABLE]
     assert datasource["type"] == "datasource" and datasource["query"] == "prometheus"
+    # The job: the exporter's jobs only (All is their list, not ".*", which would take
+    # every target's up), the shipped one by default.
+    job = variables[JOB_VAR]
+    assert job["type"] == "query" and job["multi"] and job["includeAll"]
+    assert job.get("allValue") in (None, ""), "All must not select every job in Prometheus"
+    assert job["datasource"]["uid"] == DS_REF
+    assert _label_values(job) == ("realtimekit_exporter_build_info", JOB_VAR)
+    assert job["current"]["value"] in (JOB, [JOB]), job["current"]
     for name in STREAM_VARS:
         variable = variables[name]
         assert variable["type"] == "query", name
@@ -277,12 +299,15 @@ def test_dashboard_is_valid_json_with_its_uid_and_variables() -> None:
         assert label == name
         metric = _selectors(selector)[0][0]
         assert metric in ("realtimekit_up", "realtimekit_livestream_info"), name
-    # Chained: app_id depends on account_id, livestream_id on both.
+    # Chained: each on the job, app_id on account_id, livestream_id on both.
+    for name in STREAM_VARS:
+        assert JOB_MATCHER in _matchers(_label_values(variables[name])[0]), name
     assert _matchers(_label_values(variables["app_id"])[0]) >= _required(("account_id",))
     assert _matchers(_label_values(variables["livestream_id"])[0]) >= _required(APP_VARS)
     # Variables come before those that use them.
     order = [v["name"] for v in dashboard["templating"]["list"]]
-    assert order.index(DS_VARIABLE) < order.index("account_id") < order.index("app_id")
+    assert order.index(DS_VARIABLE) < order.index(JOB_VAR) < order.index("account_id")
+    assert order.index("account_id") < order.index("app_id")
     assert order.index("app_id") < order.index("livestream_id")
     # The Livestream selector lists ids (the label values); it says where the names are.
     assert "Streams now" in variables["livestream_id"]["description"]
@@ -308,7 +333,15 @@ def test_panels_have_unique_ids_a_tidy_grid_and_the_datasource_variable() -> Non
             assert not overlap, f"panels {a!r} and {b!r} overlap"
 
     rows = [p["title"] for p in panels if p["type"] == "row"]
-    assert rows == ["Overview", "Streams", "Viewers & ingest", "Exporter health", WEBHOOK_ROW]
+    assert rows == [
+        "Overview",
+        "Alerts",
+        "Streams",
+        "Viewers & ingest",
+        "Exporter health",
+        "Request budget",
+        WEBHOOK_ROW,
+    ]
     for panel in _query_panels(dashboard):
         title = panel["title"]
         assert panel["datasource"] == {"type": "prometheus", "uid": DS_REF}, title
@@ -323,10 +356,12 @@ def test_panels_have_unique_ids_a_tidy_grid_and_the_datasource_variable() -> Non
 
 
 def test_every_metric_is_documented_and_every_selector_filtered() -> None:
-    """Names come from docs/metrics.md or recording.yml (or are Prometheus' own ``up``, of
-    the exporter's job); stream-level selectors carry the account, app and livestream
-    variables, app-level ones the account and app ones."""
-    known = _documented_metrics() | _recorded_metrics() | PROMETHEUS_SERIES
+    """Names come from docs/metrics.md or recording.yml (or are Prometheus' own ``up`` and
+    ``ALERTS``); every selector carries the job variable, but a recorded series' (its rule
+    drops job), whose query joins it to a selector that does; stream-level selectors carry
+    the account, app and livestream variables, app-level ones the account and app ones."""
+    recorded = _recorded_metrics()
+    known = _documented_metrics() | recorded | PROMETHEUS_SERIES
     dashboard = _dashboard()
     queries = [(p["title"], t["expr"]) for p, t in _targets(dashboard)]
     for name in STREAM_VARS:
@@ -335,20 +370,39 @@ def test_every_metric_is_documented_and_every_selector_filtered() -> None:
     for title, expr in queries:
         selectors = _selectors(expr)
         assert selectors, f"{title}: no metric in {expr!r}"
+        on_job = [m for m, braces in selectors if JOB_MATCHER in _matchers(braces)]
+        assert on_job, f"{title}: no selector on the job variable in {expr!r}"
         for metric, braces in selectors:
             assert metric in known, f"{title}: {metric} is not in docs/metrics.md or recording.yml"
             used.add(metric)
+            if metric not in recorded:
+                assert JOB_MATCHER in _matchers(braces), f"{title}: {metric}{{{braces}}}"
             if title.startswith("variable "):
                 continue
-            if metric in PROMETHEUS_SERIES:
-                assert f'job="{JOB}"' in _matchers(braces), f"{title}: {metric}{{{braces}}}"
             level = known[metric]
             needed = _required(STREAM_VARS if level == "stream" else APP_VARS)
             if level != "exporter":
                 missing = needed - _matchers(braces)
                 assert not missing, f"{title}: {metric}{{{braces}}} lacks {sorted(missing)}"
     # Every recording rule feeds a panel (they exist for the dashboard).
-    assert set(_recorded_metrics()) <= used
+    assert set(recorded) <= used
+
+
+def test_no_query_names_a_job() -> None:
+    """Every job matcher of every query, panels and variables alike, is the job variable:
+    the job name is picked under Job, never written into a query."""
+    dashboard = _dashboard()
+    texts = [t["expr"] for _, t in _targets(dashboard)]
+    for variable in _variables(dashboard).values():
+        if variable["type"] == "query":
+            texts += [_variable_query(variable), variable.get("definition", "")]
+    found = [
+        f"job{op}{value}"
+        for text in texts
+        for op, value in re.findall(r'\bjob\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*")', text)
+    ]
+    assert len(found) >= len(_targets(dashboard)), found
+    assert set(found) == {JOB_MATCHER}, sorted(set(found) - {JOB_MATCHER})
 
 
 def _stat_panels(dashboard: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -374,7 +428,7 @@ def test_exporter_scrape_up_is_red_when_down_or_absent() -> None:
     (panel,) = [p for p in _stat_panels(_dashboard()) if p["title"] == EXPORTER_UP]
     assert (panel["gridPos"]["x"], panel["gridPos"]["y"]) == (0, 1), "first in the Overview row"
     (target,) = panel["targets"]
-    assert re.fullmatch(rf'min\(up\{{job="{JOB}"\}}\)', target["expr"]), target["expr"]
+    assert target["expr"] == "min(up{" + JOB_MATCHER + "})", target["expr"]
     defaults = panel["fieldConfig"]["defaults"]
     assert defaults["noValue"] == "no target"
     steps = defaults["thresholds"]["steps"]
@@ -390,13 +444,18 @@ def test_exporter_scrape_up_is_red_when_down_or_absent() -> None:
 
 
 def test_tables_hide_every_target_label() -> None:
-    """Prometheus' and the Operator's target labels are no columns of a stream table."""
+    """Prometheus' and the Operator's target labels are no columns of a stream table; a
+    table of alerts or of the exporters keeps instance, which names the exporter."""
+    stream_metrics = {m for m, level in _documented_metrics().items() if level == "stream"}
     tables = [p for p in _query_panels(_dashboard()) if p["type"] == "table"]
-    assert tables
+    assert len(tables) >= 4
     for panel in tables:
         (organize,) = [t for t in panel["transformations"] if t["id"] == "organize"]
         hidden = {k for k, v in organize["options"]["excludeByName"].items() if v}
-        assert hidden >= TARGET_LABELS, (panel["title"], sorted(TARGET_LABELS - hidden))
+        metrics = {m for t in panel["targets"] for m, _ in _selectors(t["expr"])}
+        shown = set() if metrics & stream_metrics else {"instance"}
+        assert hidden >= TARGET_LABELS - shown, (panel["title"], sorted(TARGET_LABELS - hidden))
+        assert not hidden & shown, panel["title"]
 
 
 def test_per_stream_timeseries_are_limited_and_say_so() -> None:
@@ -432,6 +491,12 @@ DECOY = "dash-dotted"  # what the regex dash.dotted matches unescaped
 EXTRA_STREAMS = (ERRORED, UNKNOWN, DOTTED, DECOY)  # of APP, besides the simulator's own
 SETTLE_TIMEOUT = 25.0
 SERVER_ERRORS = 'realtimekit_exporter_api_requests_total{code=~"5.."}'
+SIM_RATE_LIMIT = (1200, 300)  # the simulator's limit for the token: requests, window (s)
+# Shipped alerts the world sets off: the errored stream's (two of them), a rejected reload
+# and, last, the exporter's target down.
+STREAM_ALERTS = {"RealtimeKitLivestreamErrored", "RealtimeKitLivestreamExpectedLiveNotLive"}
+RELOAD_ALERT = "RealtimeKitExporterConfigReloadFailed"
+EXPORTER_DOWN_ALERT = "RealtimeKitExporterDown"
 
 
 def _substitute(expr: str, values: Mapping[str, str]) -> str:
@@ -458,6 +523,11 @@ def _regex_of(values: list[str]) -> str:
         for v in values
     ]
     return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
+
+
+def _everything() -> dict[str, str]:
+    """The variables of the dashboard opened as shipped: the default job, All elsewhere."""
+    return {JOB_VAR: _regex_of([JOB]), **dict.fromkeys(STREAM_VARS, ".*")}
 
 
 _GO_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
@@ -529,15 +599,21 @@ class Queries:
             results[key] = body["data"]["result"]
         return results
 
-    def value(self, title: str, values: Mapping[str, str], ref: str = "A") -> float | None:
-        """The single value of a one-series panel query, None without data."""
+    def result(self, title: str, values: Mapping[str, str], ref: str = "A") -> list[dict[str, Any]]:
+        """The instant result of one panel query."""
         for panel, target in self.targets:
             if panel["title"] == title and target["refId"] == ref:
-                body = self.run(_substitute(target["expr"], values))
-                result = body["data"]["result"]
-                assert len(result) <= 1, (title, result)
-                return float(result[0]["value"][1]) if result else None
+                expr = _substitute(target["expr"], values)
+                body = self.run(expr)
+                _accepted(f"{title}/{ref}", expr, body)
+                return list(body["data"]["result"])
         raise AssertionError(f"no panel {title!r} with query {ref}")
+
+    def value(self, title: str, values: Mapping[str, str], ref: str = "A") -> float | None:
+        """The single value of a one-series panel query, None without data."""
+        result = self.result(title, values, ref)
+        assert len(result) <= 1, (title, result)
+        return float(result[0]["value"][1]) if result else None
 
 
 def _accepted(key: str, expr: str, body: Mapping[str, Any]) -> None:
@@ -554,10 +630,25 @@ def _set_faults(control: str, **faults: Any) -> None:
     assert answer.status == 200, answer.text
 
 
+def _alerts_at_once(workdir: Path) -> Path:
+    """The shipped alerting rules without their ``for``: an alert fires at the first rule
+    evaluation that finds its condition, seconds into the test rather than minutes. What
+    the alerts table shows of them, their names and labels, is as shipped."""
+    rules = yaml.safe_load(ALERTING.read_text(encoding="utf-8"))
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("for", None)
+            rule.pop("keep_firing_for", None)  # resolved means gone from the table
+    path = workdir / "alerts-at-once.yml"
+    path.write_text(yaml.safe_dump(rules, sort_keys=False), encoding="utf-8")
+    return path
+
+
 @contextlib.contextmanager
 def _world(workdir: Path) -> Iterator[tuple[str, str, list[Proc]]]:
-    """Simulator, exporter and Prometheus: yields the simulator's control URL, Prometheus'
-    URL and the processes to watch."""
+    """Simulator, exporter (its config in ``workdir/exporter.yaml``) and Prometheus, with
+    the recording rules and the alerting rules at once: yields the simulator's control URL,
+    Prometheus' URL and the processes to watch."""
     require_tool("prometheus")
     token_file = workdir / "token"
     token_file.write_text("dashboard-test-token\n", encoding="utf-8")
@@ -565,6 +656,7 @@ def _world(workdir: Path) -> Iterator[tuple[str, str, list[Proc]]]:
         origin = pipeline.start_simulator(
             *("--seed", str(SEED), "--livestreams", str(STREAMS)),
             *("--live", str(LIVE_AT_START), "--profile", "realistic"),
+            *("--rate-limit", "{}/{}s".format(*SIM_RATE_LIMIT)),
         )
         control = origin + "/-/simulator"
         for stream_id, app, name in (
@@ -586,7 +678,9 @@ def _world(workdir: Path) -> Iterator[tuple[str, str, list[Proc]]]:
         assert changed.status == 200, changed.text
 
         pipeline.start_exporter(max_staleness="15s", expect_live=[ERRORED], other_apps=[OTHER_APP])
-        prometheus = pipeline.start_prometheus(job=JOB, rule_files=[RECORDING])
+        prometheus = pipeline.start_prometheus(
+            job=JOB, rule_files=[RECORDING, _alerts_at_once(workdir)]
+        )
         yield control, prometheus.url, pipeline.procs
 
 
@@ -602,10 +696,10 @@ def _wait(
 @pytest.mark.timeout(90)
 def test_every_panel_query_returns_data_from_the_simulator() -> None:
     dashboard = _dashboard()
-    everything = dict.fromkeys(STREAM_VARS, ".*")
+    everything = _everything()
     with contextlib.ExitStack() as stack:
-        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="rtk-dashboard-"))
-        control, url, procs = stack.enter_context(_world(Path(tmp)))
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rtk-dashboard-")))
+        control, url, procs = stack.enter_context(_world(tmp))
         queries = Queries(url, dashboard)
 
         def value(promql: str) -> float | None:
@@ -678,6 +772,7 @@ def test_every_panel_query_returns_data_from_the_simulator() -> None:
             procs,
         )
         _check_values(queries, control, everything)
+        _check_rejected_reload(queries, tmp, procs)
         _check_variables(url, dashboard)
         _check_selections(queries)
         for proc in procs:
@@ -735,6 +830,68 @@ def _check_values(queries: Queries, control: str, everything: Mapping[str, str])
     for stream_id in live:
         assert codes[stream_id] == mapped["LIVE"], (stream_id, codes)
 
+    # The alerts table: the errored stream's alerts, named; each row a firing alert.
+    alerts = queries.result(ALERTS_TABLE, everything)
+    assert all(r["metric"]["alertstate"] == "firing" for r in alerts), alerts
+    of_errored = [r["metric"] for r in alerts if r["metric"].get("livestream_id") == ERRORED]
+    assert {a["alertname"] for a in of_errored} >= STREAM_ALERTS, alerts
+    assert {a["name"] for a in of_errored} == {"Errored stream"}, of_errored
+
+    # Counter age: every live stream, once, read within the last few poll intervals.
+    ages = {
+        r["metric"]["livestream_id"]: float(r["value"][1])
+        for r in queries.result("Counter age of live streams", everything)
+    }
+    assert set(ages) == live and all(0 <= age < 10 for age in ages.values()), ages
+
+    # Exporter health: nothing dropped; the configuration as loaded at start.
+    dropped = queries.result("Streams dropped per app", everything)
+    assert {r["metric"]["app_id"]: float(r["value"][1]) for r in dropped} == {
+        APP: 0,
+        OTHER_APP: 0,
+    }
+    assert queries.value("Configuration reload", everything) == 1
+    loaded = queries.value("Configuration loaded", everything)
+    assert loaded is not None and 0 <= time.time() - loaded / 1000 < 120, loaded
+
+    # The budget table: one row per target (its four queries keep only instance, so that
+    # Grafana's merge joins them), the simulator's stated limit, a budget within it.
+    title = "Request budget and API policy now"
+    budget = {ref: queries.result(title, everything, ref) for ref in "ABCD"}
+    assert all(
+        len(rows) == 1 and set(rows[0]["metric"]) == {"instance"} for rows in budget.values()
+    )
+    requests, window, policy_requests, policy_window = (
+        float(budget[ref][0]["value"][1]) for ref in "ABCD"
+    )
+    assert (policy_requests, policy_window) == SIM_RATE_LIMIT
+    assert 0 < requests / window <= policy_requests / policy_window, budget
+
+
+def _check_rejected_reload(queries: Queries, workdir: Path, procs: list[Proc]) -> None:
+    """A reload (SIGHUP) the exporter rejects, of a config with an unknown key, reads
+    "failed", and its alert, which names no app, is in the alerts table whichever app is
+    selected."""
+    config_path = workdir / "exporter.yaml"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    config["poll"]["intervall"] = config["poll"]["interval"]  # a typo: an unknown key
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    (exporter,) = [p for p in procs if p.name == "exporter"]
+    exporter.popen.send_signal(signal.SIGHUP)
+    other_app = {**_everything(), "app_id": OTHER_APP}
+    _wait(
+        "the rejected reload in the Configuration reload stat",
+        lambda: queries.value("Configuration reload", other_app) == 0,
+        procs,
+    )
+
+    def reload_alert() -> list[dict[str, str]]:
+        alerts = queries.result(ALERTS_TABLE, other_app)
+        return [r["metric"] for r in alerts if r["metric"]["alertname"] == RELOAD_ALERT]
+
+    (alert,) = _wait(f"{RELOAD_ALERT} in the alerts table", reload_alert, procs)
+    assert "app_id" not in alert and alert["job"] == JOB, alert
+
 
 def _check_variables(url: str, dashboard: Mapping[str, Any]) -> None:
     """The variable queries, as Grafana runs label_values(), list the simulator's ids,
@@ -751,24 +908,36 @@ def _check_variables(url: str, dashboard: Mapping[str, Any]) -> None:
         assert body["status"] == "success", body
         return set(body["data"])
 
-    assert options("account_id", {}) == {ACCOUNT}
-    assert options("app_id", {"account_id": ".*"}) == {APP, OTHER_APP}
-    assert options("app_id", {"account_id": "no-such-account"}) == set()
-    streams = options("livestream_id", {"account_id": ACCOUNT, "app_id": ".*"})
+    assert options(JOB_VAR, {}) == {JOB}
+    job = {JOB_VAR: _regex_of([JOB])}
+    assert options("account_id", job) == {ACCOUNT}
+    assert options("account_id", {JOB_VAR: "no-such-job"}) == set()
+    assert options("app_id", {**job, "account_id": ".*"}) == {APP, OTHER_APP}
+    assert options("app_id", {**job, "account_id": "no-such-account"}) == set()
+    streams = options("livestream_id", {**job, "account_id": ACCOUNT, "app_id": ".*"})
     assert {*EXTRA_STREAMS, OTHER} <= streams and len(streams) == STREAMS + len(EXTRA_STREAMS) + 1
-    assert options("livestream_id", {"account_id": ACCOUNT, "app_id": OTHER_APP}) == {OTHER}
+    assert options("livestream_id", {**job, "account_id": ACCOUNT, "app_id": OTHER_APP}) == {OTHER}
 
 
 def _check_selections(queries: Queries) -> None:
-    """Selecting an app, or some streams, narrows every result that has the label, and
-    keeps the selected ones: a selected id with a "." matches itself, not its look-alike."""
+    """Selecting another job empties every panel: no query escapes the job. Selecting an
+    app, or some streams, narrows every result that has the label, and keeps the selected
+    ones: a selected id with a "." matches itself, not its look-alike."""
+    elsewhere = queries.instant({**_everything(), JOB_VAR: "no-such-job"})
+    assert not any(elsewhere.values()), [k for k, result in elsewhere.items() if result]
+    job = {JOB_VAR: _regex_of([JOB])}
     chosen = [ERRORED, UNKNOWN, DOTTED]
     for label, selected, values in (
-        ("app_id", {OTHER_APP}, {"account_id": ".*", "app_id": OTHER_APP, "livestream_id": ".*"}),
+        (
+            "app_id",
+            {OTHER_APP},
+            {**job, "account_id": ".*", "app_id": OTHER_APP, "livestream_id": ".*"},
+        ),
         (
             "livestream_id",
             set(chosen),
             {
+                **job,
                 "account_id": _regex_of([ACCOUNT]),
                 "app_id": _regex_of([APP, OTHER_APP]),
                 "livestream_id": _regex_of(chosen),
@@ -777,7 +946,7 @@ def _check_selections(queries: Queries) -> None:
         (
             "livestream_id",
             {DOTTED},
-            {"account_id": ".*", "app_id": ".*", "livestream_id": _regex_of([DOTTED])},
+            {**job, "account_id": ".*", "app_id": ".*", "livestream_id": _regex_of([DOTTED])},
         ),
     ):
         results = queries.instant(values)
@@ -792,9 +961,11 @@ def _check_selections(queries: Queries) -> None:
 def _check_exporter_down(
     queries: Queries, procs: list[Proc], everything: Mapping[str, str]
 ) -> None:
-    """With the exporter stopped and its target down, the scrape-up stat reads 0 ("down")
-    and every panel that shows the present (stats, tables, bar gauge) has no data: its
-    series are stale, not held at their last value nor read as 0."""
+    """With the exporter stopped and its target down, the scrape-up stat reads 0 ("down"),
+    the alerts table shows the exporter's own alerts only (the target down among them: the
+    others resolve with their series), and every other panel that shows the present
+    (stats, tables, bar gauge) has no data: its series are stale, not held at their last
+    value nor read as 0."""
     (exporter,) = [p for p in procs if p.name == "exporter"]
     reap(exporter)
     rest = [p for p in procs if p is not exporter]
@@ -811,12 +982,25 @@ def _check_exporter_down(
     now_panels = [
         (panel, target)
         for panel, target in queries.targets
-        if target.get("instant") and panel["title"] != EXPORTER_UP
+        if target.get("instant") and panel["title"] not in (EXPORTER_UP, ALERTS_TABLE)
     ]
     assert len(now_panels) >= 10, now_panels
     for panel, target in now_panels:
         key = f"{panel['title']}/{target['refId']}"
         assert not results[key], f"{key} with {JOB} down: {results[key]}"
+
+    def exporter_alerts_only() -> list[dict[str, str]]:
+        alerts = [r["metric"] for r in queries.result(ALERTS_TABLE, everything)]
+        names = {a["alertname"] for a in alerts}
+        only = EXPORTER_DOWN_ALERT in names and all("app_id" not in a for a in alerts)
+        return alerts if only else []
+
+    alerts = _wait(
+        lambda: f"only the exporter's alerts: {queries.result(ALERTS_TABLE, everything)}",
+        exporter_alerts_only,
+        rest,
+    )
+    assert {a["job"] for a in alerts} == {JOB}, alerts
 
 
 @pytest.mark.timeout(90)
@@ -880,7 +1064,7 @@ def test_webhook_row_shows_deliveries_with_a_webhooks_section(tmp_path: Path) ->
         )
         procs.append(prometheus.proc)
         queries = Queries(prometheus.url, dashboard)
-        everything = dict.fromkeys(STREAM_VARS, ".*")
+        everything = _everything()
 
         def stream_live() -> float | None:
             result = queries.run(f'realtimekit_livestream_live{{livestream_id="{stream}"}}')

@@ -41,6 +41,7 @@ import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -1179,3 +1180,232 @@ def test_ingress_examples_validate_against_the_kubernetes_schemas(
                 f"{example.name}: {doc['kind']} is invalid for Kubernetes {version} at "
                 f"{where}: {exc.message}"
             )
+
+
+# -- the AlertmanagerConfig example ---------------------------------------------------
+# examples/alertmanagerconfig.yaml is deploy/alertmanager/alertmanager.yml for the Prometheus
+# Operator. kubernetes-validate has no schema for the Operator's kinds: its fields are checked
+# here against the CRD's (monitoring.coreos.com_alertmanagerconfigs.yaml of prometheus-operator
+# v0.93; unknown fields are errors, as kubectl's strict validation makes them), it renders
+# with the base, and it is compared with the plain file, field by field.
+ALERTMANAGER_CONFIG_EXAMPLE = EXAMPLES / "alertmanagerconfig.yaml"
+ALERTMANAGER_CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+OPERATOR_ALPHA_API = "monitoring.coreos.com/v1alpha1"
+AMC_SPEC_FIELDS = {"route", "receivers", "inhibitRules", "muteTimeIntervals"}
+AMC_ROUTE_FIELDS = {
+    "receiver",
+    "groupBy",
+    "groupWait",
+    "groupInterval",
+    "repeatInterval",
+    "matchers",
+    "continue",
+    "routes",
+    "muteTimeIntervals",
+    "activeTimeIntervals",
+}
+AMC_MATCHER_FIELDS = {"name", "value", "matchType", "regex"}
+AMC_MATCH_TYPES = {"=", "!=", "=~", "!~"}
+AMC_RECEIVER_FIELDS = {
+    "name",
+    *(
+        f"{kind}Configs"
+        for kind in (
+            "discord",
+            "email",
+            "msteams",
+            "msteamsv2",
+            "opsgenie",
+            "pagerduty",
+            "pushover",
+            "rocketchat",
+            "slack",
+            "sns",
+            "telegram",
+            "victorops",
+            "webex",
+            "webhook",
+            "wechat",
+        )
+    ),
+}
+AMC_WEBHOOK_FIELDS = {
+    "url",
+    "urlSecret",
+    "sendResolved",
+    "httpConfig",
+    "maxAlerts",
+    "timeout",
+    "payload",
+}
+AMC_INHIBIT_FIELDS = {"sourceMatch", "targetMatch", "equal"}
+AMC_DURATION = re.compile(r"0|(\d+y)?(\d+w)?(\d+d)?(\d+h)?(\d+m)?(\d+s)?(\d+ms)?")  # the CRD's
+
+
+class _Yaml11Loader(yaml.SafeLoader):
+    """kustomize writes the matchType ``=`` bare, which YAML 1.1 (PyYAML) takes for its
+    ``value`` tag and cannot construct; Kubernetes reads YAML 1.2, a string. So does this."""
+
+
+def _as_string(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    assert isinstance(node, yaml.ScalarNode), node
+    return str(loader.construct_scalar(node))
+
+
+_Yaml11Loader.add_constructor("tag:yaml.org,2002:value", _as_string)
+
+
+def _alertmanagerconfig() -> Doc:
+    (doc,) = [d for d in yaml.safe_load_all(ALERTMANAGER_CONFIG_EXAMPLE.read_text()) if d]
+    return dict(doc)
+
+
+def _amc_matchers(matchers: list[Doc]) -> list[tuple[str, str, str]]:
+    """An AlertmanagerConfig's matchers as (label, operator, value); the CRD's defaults
+    (matchType "=", or "=~" with the deprecated regex: true) made explicit."""
+    found = []
+    for matcher in matchers:
+        assert set(matcher) <= AMC_MATCHER_FIELDS, matcher
+        assert "regex" not in matcher, "matchType replaces the deprecated regex"
+        assert matcher["name"] and matcher.get("matchType", "=") in AMC_MATCH_TYPES, matcher
+        found.append((matcher["name"], matcher.get("matchType", "="), matcher.get("value", "")))
+    return found
+
+
+def _am_matchers(matchers: list[str]) -> list[tuple[str, str, str]]:
+    """alertmanager.yml's matchers (``name="value"``, ``name=~"regex"``...) likewise."""
+    found = []
+    for text in matchers:
+        match = re.fullmatch(r'\s*([A-Za-z_]\w*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*', text)
+        assert match, f"not a quoted matcher: {text!r}"
+        found.append((match[1], match[2], json.loads(f'"{match[3]}"')))
+    return found
+
+
+def _amc_route_fields(route: Doc) -> None:
+    """Every field of ``route`` and of its child routes is one the CRD defines, with a
+    duration of the CRD's pattern and a unique groupBy."""
+    assert set(route) <= AMC_ROUTE_FIELDS, sorted(set(route) - AMC_ROUTE_FIELDS)
+    for key in ("groupWait", "groupInterval", "repeatInterval"):
+        if key in route:
+            assert AMC_DURATION.fullmatch(route[key]) and route[key], (key, route[key])
+    assert len(route.get("groupBy", [])) == len(set(route.get("groupBy", [])))
+    _amc_matchers(route.get("matchers", []))
+    for child in route.get("routes", []):
+        _amc_route_fields(child)
+
+
+def test_alertmanagerconfig_example_has_the_crds_fields_only() -> None:
+    """An AlertmanagerConfig the Operator accepts: the CRD's fields only, at every level,
+    receivers named once and every route's receiver among them, no namespace (applied where
+    the exporter runs) and the exporter's labels."""
+    doc = _alertmanagerconfig()
+    assert doc["apiVersion"] == OPERATOR_ALPHA_API and doc["kind"] == "AlertmanagerConfig"
+    assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
+    assert doc["metadata"] == {"name": NAME, "labels": LABELS}
+    spec = doc["spec"]
+    assert set(spec) <= AMC_SPEC_FIELDS, sorted(set(spec) - AMC_SPEC_FIELDS)
+    _amc_route_fields(spec["route"])
+    names = [receiver["name"] for receiver in spec["receivers"]]
+    assert len(names) == len(set(names)), names
+    routes = [spec["route"], *spec["route"]["routes"]]
+    assert {route["receiver"] for route in routes} <= set(names)
+    for receiver in spec["receivers"]:
+        assert set(receiver) <= AMC_RECEIVER_FIELDS, sorted(set(receiver) - AMC_RECEIVER_FIELDS)
+        for webhook in receiver.get("webhookConfigs", []):
+            assert set(webhook) <= AMC_WEBHOOK_FIELDS, sorted(set(webhook) - AMC_WEBHOOK_FIELDS)
+            url = urlsplit(webhook["url"])
+            assert url.scheme in {"http", "https"} and url.hostname, webhook["url"]
+            assert url.hostname.endswith("example.com"), "the URLs are placeholders"
+    for rule in spec["inhibitRules"]:
+        assert set(rule) <= AMC_INHIBIT_FIELDS, sorted(set(rule) - AMC_INHIBIT_FIELDS)
+        assert _amc_matchers(rule["sourceMatch"]) and _amc_matchers(rule["targetMatch"])
+
+
+def test_alertmanagerconfig_example_renders_with_the_base(base: list[Doc], tmp_path: Path) -> None:
+    """Added to an overlay of the base, as a user would, kustomize takes it unchanged and
+    changes nothing of the base's; the README points to it."""
+    shutil.copytree(BASE, tmp_path / "base")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(ALERTMANAGER_CONFIG_EXAMPLE, mine / ALERTMANAGER_CONFIG_EXAMPLE.name)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["../base", ALERTMANAGER_CONFIG_EXAMPLE.name],
+    }
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    done = run([require_tool("kubectl"), "kustomize", str(mine)], timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    docs = [doc for doc in yaml.load_all(done.stdout, Loader=_Yaml11Loader) if doc]
+    assert [doc for doc in docs if doc not in base] == [_alertmanagerconfig()]
+    assert [doc for doc in docs if doc in base] == base
+    assert "examples/alertmanagerconfig.yaml" in README.read_text(encoding="utf-8")
+
+
+def test_alertmanagerconfig_example_is_equivalent_to_alertmanager_yml() -> None:
+    """The example routes, groups, notifies and inhibits as deploy/alertmanager/alertmanager.yml
+    does: the same receiver at the root, group_by and timings, the same child routes in the
+    same order (matchers and receiver), the same receivers (webhooks with send_resolved, the
+    placeholder URLs' paths) and the same inhibit rules (source and target matchers, equal).
+    The plain file's global section has no counterpart: it is the Alertmanager's own."""
+    plain = _load(ALERTMANAGER_CONFIG)
+    assert set(plain) == {"global", "route", "receivers", "inhibit_rules"}, (
+        "alertmanager.yml has a section this test does not compare: extend it, and the example"
+    )
+    spec = _alertmanagerconfig()["spec"]
+
+    # The route tree.
+    am_route, amc_route = plain["route"], spec["route"]
+    pairs = {
+        "receiver": "receiver",
+        "group_by": "groupBy",
+        "group_wait": "groupWait",
+        "group_interval": "groupInterval",
+        "repeat_interval": "repeatInterval",
+        "routes": "routes",
+    }
+    assert set(am_route) == set(pairs), sorted(am_route)
+    assert set(amc_route) == set(pairs.values()), sorted(amc_route)
+    for am_key, amc_key in pairs.items():
+        if am_key != "routes":
+            assert amc_route[amc_key] == am_route[am_key], am_key
+    assert [
+        (_am_matchers(route["matchers"]), route["receiver"], sorted(route))
+        for route in am_route["routes"]
+    ] == [
+        (_amc_matchers(route["matchers"]), route["receiver"], sorted(route))
+        for route in amc_route["routes"]
+    ]
+
+    # The receivers: names, one webhook each, what is sent.
+    def receivers(items: list[Doc], configs: str, resolved: str) -> dict[str, list[Any]]:
+        found = {}
+        for receiver in items:
+            assert set(receiver) == {"name", configs}, receiver
+            found[receiver["name"]] = [
+                (urlsplit(hook["url"]).path, hook[resolved], sorted(set(hook) - {resolved}))
+                for hook in receiver[configs]
+            ]
+        return found
+
+    assert receivers(plain["receivers"], "webhook_configs", "send_resolved") == receivers(
+        spec["receivers"], "webhookConfigs", "sendResolved"
+    )
+
+    # The inhibit rules, as sets: their order does not matter.
+    def rule(source: list[Any], target: list[Any], equal: list[str]) -> tuple[Any, ...]:
+        return (frozenset(source), frozenset(target), frozenset(equal), len(equal))
+
+    am_rules = [
+        rule(_am_matchers(r["source_matchers"]), _am_matchers(r["target_matchers"]), r["equal"])
+        for r in plain["inhibit_rules"]
+    ]
+    amc_rules = [
+        rule(_amc_matchers(r["sourceMatch"]), _amc_matchers(r["targetMatch"]), r["equal"])
+        for r in spec["inhibitRules"]
+    ]
+    for r in plain["inhibit_rules"]:
+        assert set(r) == {"source_matchers", "target_matchers", "equal"}, r
+    assert len(am_rules) == len(amc_rules)
+    assert set(am_rules) == set(amc_rules)
