@@ -456,7 +456,7 @@ def _scraped(s: Stack, sid: str) -> bool:
 @pytest.mark.timeout(60)
 def test_the_inhibition_rules_in_a_real_alertmanager() -> None:
     """Alerts posted straight to Alertmanager (the shipped configuration's copy): an app's
-    API-down silences that app's stream alerts and not another app's; a rejected token
+    API-down silences that app's stream alerts and stale data, not another app's; a rejected token
     silences the app's API-down; an exporter down silences everything of that target.
     Only the causes are notified."""
     with (
@@ -471,6 +471,7 @@ def test_the_inhibition_rules_in_a_real_alertmanager() -> None:
 
         alerts = [
             alert(API_DOWN, "warning", app_id="a"),
+            alert("RealtimeKitDataStale", "warning", app_id="a"),
             alert(STOPPED, "warning", app_id="a", livestream_id="s1"),
             alert(STOPPED, "warning", app_id="b", livestream_id="s2"),
             alert(TOKEN_REJECTED, "critical", app_id="c"),
@@ -507,4 +508,9 @@ def test_the_inhibition_rules_in_a_real_alertmanager() -> None:
             for a in silenced.json()
             if a["status"]["inhibitedBy"]
         }
-        assert names == {(STOPPED, "a"), (API_DOWN, "c"), (EXPECTED, "d")}
+        assert names == {
+            (STOPPED, "a"),
+            ("RealtimeKitDataStale", "a"),
+            (API_DOWN, "c"),
+            (EXPECTED, "d"),
+        }
