@@ -372,31 +372,53 @@ def spawned_prometheus(
     config_path = workdir / "prometheus.yml"
     text = config if isinstance(config, str) else yaml.safe_dump(dict(config))
     config_path.write_text(text, encoding="utf-8")
-    watched = list(watch)
-    for attempt in (1, 2):
-        port = free_port()
-        url = f"http://{LOOPBACK}:{port}"
-        command = [
+    with _spawned_server(
+        "prometheus",
+        lambda port, attempt: [
             binary,
             f"--config.file={config_path}",
             f"--storage.tsdb.path={workdir / f'tsdb-{attempt}'}",
             f"--web.listen-address={LOOPBACK}:{port}",
             "--log.level=info",
-        ]
-        log_path = workdir / f"prometheus-{attempt}.log"
-        with spawned("prometheus", command, log_path=log_path) as proc:
+        ],
+        workdir,
+        timeout=30,
+        watch=watch,
+    ) as (proc, url):
+        yield Prometheus(proc, url)
+
+
+@contextlib.contextmanager
+def _spawned_server(
+    name: str,
+    command: Callable[[int, int], list[str]],
+    workdir: Path,
+    *,
+    timeout: float,
+    watch: Iterable[Proc] = (),
+) -> Iterator[tuple[Proc, str]]:
+    """A server that cannot listen on port 0 (Prometheus, Alertmanager): ``command(port,
+    attempt)`` on a free loopback port, once more on another if the first was taken in
+    between; yields the process and its URL once ``/-/ready`` answers 200. While it
+    starts, fail at once if a process in ``watch`` exits."""
+    watched = list(watch)
+    for attempt in (1, 2):
+        port = free_port()
+        url = f"http://{LOOPBACK}:{port}"
+        log_path = workdir / f"{name}-{attempt}.log"
+        with spawned(name, command(port, attempt), log_path=log_path) as proc:
 
             def ready(proc: Proc = proc, url: str = url) -> bool:
                 if proc.exited():
                     return True  # decided below
                 return get(f"{url}/-/ready").status == 200
 
-            wait_for(ready, timeout=30, what="Prometheus to be ready", watch=watched)
+            wait_for(ready, timeout=timeout, what=f"{name} to be ready", watch=watched)
             if proc.exited():
                 if attempt == 1 and "address already in use" in proc.log():
                     continue
-                pytest.fail(f"Prometheus did not start\n{proc.describe()}", pytrace=False)
-            yield Prometheus(proc, url)
+                pytest.fail(f"{name} did not start\n{proc.describe()}", pytrace=False)
+            yield proc, url
             return
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -556,29 +578,16 @@ def spawned_alertmanager(workdir: Path, config: Path) -> Iterator[tuple[Proc, st
     yields the process and its URL. As for Prometheus, a free port is taken, and once more
     on a bind failure (someone took it in between)."""
     binary = shutil.which("alertmanager") or require_tool("prometheus-alertmanager")
-    for attempt in (1, 2):
-        port = free_port()
-        url = f"http://{LOOPBACK}:{port}"
-        command = [
+    with _spawned_server(
+        "alertmanager",
+        lambda port, attempt: [
             binary,
             f"--config.file={config}",
             f"--storage.path={workdir / f'alertmanager-data-{attempt}'}",
             f"--web.listen-address={LOOPBACK}:{port}",
             "--cluster.listen-address=",
-        ]
-        log_path = workdir / f"alertmanager-{attempt}.log"
-        with spawned("alertmanager", command, log_path=log_path) as proc:
-
-            def ready(proc: Proc = proc, url: str = url) -> bool:
-                if proc.exited():
-                    return True  # decided below
-                return get(f"{url}/-/ready").status == 200
-
-            wait_for(ready, timeout=20, what="Alertmanager to be ready")
-            if proc.exited():
-                if attempt == 1 and "address already in use" in proc.log():
-                    continue
-                pytest.fail(f"Alertmanager did not start\n{proc.describe()}", pytrace=False)
-            yield proc, url
-            return
-    raise AssertionError("unreachable")  # pragma: no cover
+        ],
+        workdir,
+        timeout=20,
+    ) as (proc, url):
+        yield proc, url

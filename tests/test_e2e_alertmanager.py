@@ -194,6 +194,16 @@ def alertmanager_for(workdir: Path, receiver_url: str) -> Iterator[tuple[Proc, s
         yield proc, url.removeprefix("http://")
 
 
+def watch_quiet(procs: list[Proc], seconds: float) -> None:
+    """Watch for ``seconds`` with every process alive (a bounded observation window for
+    "nothing more was sent")."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for proc in procs:
+            assert not proc.exited(), proc.describe()
+        time.sleep(0.2)
+
+
 @dataclass
 class Stack:
     pipeline: Pipeline
@@ -209,13 +219,7 @@ class Stack:
         wait_for(condition, timeout=timeout, what=what, watch=self.procs, interval=0.2)
 
     def quiet(self, seconds: float = QUIET) -> None:
-        """Watch for ``seconds`` with every process alive (a bounded observation window
-        for "nothing more was sent")."""
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            for proc in self.procs:
-                assert not proc.exited(), proc.describe()
-            time.sleep(0.2)
+        watch_quiet(self.procs, seconds)
 
     def inhibited(self, alertname: str) -> list[dict[str, Any]]:
         """Alertmanager's alerts called ``alertname`` that an inhibition silences."""
@@ -497,10 +501,7 @@ def test_the_inhibition_rules_in_a_real_alertmanager() -> None:
         wait_for(
             lambda: causes <= delivered(), timeout=30, what="the causes notified", watch=[proc]
         )
-        end = time.monotonic() + QUIET
-        while time.monotonic() < end:
-            assert not proc.exited()
-            time.sleep(0.2)
+        watch_quiet([proc], QUIET)
         assert delivered() == causes
         silenced = get(f"http://{address}/api/v2/alerts?inhibited=true&active=false")
         names = {
