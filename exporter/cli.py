@@ -2,56 +2,44 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import dataclasses
 import logging
-import os
-import re
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import generate_latest
 
-from exporter import __version__, config, demo, logs, registration, webconfig
+from exporter import __version__, config, logs, registration, simulate, webconfig
+from exporter.cliargs import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    count_positive,
+    fail,
+    index,
+    parse_listen,
+)
 from exporter.connections import raise_open_files_limit
 from exporter.reload import Reloader
 from exporter.server import Exporter, ServeError, Server, join_host_port
 from exporter.signals import HANDLED, Signals
-from exporter.simulator import DEMO, REALISTIC, Faults, RateLimiter, Simulator, World
 
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Callable, Sequence
 
-EXIT_OK: Final = 0
-EXIT_FAILURE: Final = 1
-EXIT_USAGE: Final = 2
 DEFAULT_PORT: Final = 10241
 DEFAULT_LISTEN: Final = f":{DEFAULT_PORT}"
-SIMULATOR_LISTEN: Final = "127.0.0.1:10242"
-SIMULATOR_TOKEN_ENV: Final = "REALTIMEKIT_SIMULATOR_TOKEN"  # noqa: S105 (a variable name)
-# The simulator guards nothing; its token only exercises the exporter's auth handling.
-SIMULATOR_DEFAULT_TOKEN: Final = "simulator-token"  # noqa: S105
 
 log = logging.getLogger("exporter")
-_PORT = re.compile(r"[0-9]{1,5}")
-
-
-class UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse would exit by itself; main() chooses the exit code and the one line.
-        raise UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="realtimekit-exporter",
         description="Prometheus exporter for Cloudflare RealtimeKit livestreams.",
     )
@@ -118,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shards.add_argument(
         "--shard",
-        type=_index,
+        type=index,
         default=0,
         metavar="I",
         help="this process's shard, 0 to --total-shards minus 1 (default 0): it exports the "
@@ -126,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shards.add_argument(
         "--total-shards",
-        type=_count_positive,
+        type=count_positive,
         default=1,
         metavar="N",
         help="how many shards share the livestreams and the token's budget (default 1); "
@@ -146,116 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(streams start and stop within a minute); replaces --config.file",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_simulate(commands)
+    simulate.add_parser(commands)
     _add_webhooks(commands)
     return parser
 
 
-def _add_simulate(commands: argparse._SubParsersAction[_Parser]) -> None:
-    sim = commands.add_parser(
-        "simulate",
-        help="serve a simulated RealtimeKit livestream API (for demos, tests, benchmarks)",
-        description="Serve a simulated RealtimeKit livestream API with a control interface "
-        "under /-/simulator. The token it accepts is read from --token-file, else from "
-        f"${SIMULATOR_TOKEN_ENV}, else it is {SIMULATOR_DEFAULT_TOKEN!r}.",
-    )
-    sim.add_argument(
-        "--listen",
-        default=SIMULATOR_LISTEN,
-        metavar="HOST:PORT",
-        help=f"address to serve on (default {SIMULATOR_LISTEN}; port 0 picks a free one); "
-        "the control interface has no auth, so keep it on loopback",
-    )
-    sim.add_argument("--seed", type=int, default=0, help="seed of every random choice (0)")
-    sim.add_argument("--account-id", default="sim-account", help="default sim-account")
-    sim.add_argument("--app-id", default="sim-app", help="default sim-app")
-    sim.add_argument("--livestreams", type=_count, default=20, help="streams to create (20)")
-    sim.add_argument(
-        "--live",
-        type=_count,
-        default=5,
-        help="of which live at start, and about as many at any later time (5): just enough "
-        "streams cycle on the autopilot, the others stay dormant",
-    )
-    sim.add_argument(
-        "--profile",
-        choices=["realistic", "demo"],
-        default="realistic",
-        help="phase lengths: realistic (live 10-60 min) or demo (live 40-90 s)",
-    )
-    sim.add_argument("--token-file", metavar="PATH", help="file holding the accepted token")
-    sim.add_argument(
-        "--rate-limit",
-        default="1200/5m",
-        metavar="REQUESTS/WINDOW",
-        help="per-token limit; overrunning it blocks the token for a window (1200/5m)",
-    )
-    sim.add_argument(
-        "--ip-rate-limit",
-        default="200/1s",
-        metavar="REQUESTS/WINDOW",
-        help="per-client-address limit, only the request over it is refused (200/1s); "
-        '"off" for none, e.g. for benchmarks',
-    )
-    sim.add_argument(
-        "--max-per-page", type=_count, default=100, help="largest per_page honoured (100, >= 1)"
-    )
-    faults = sim.add_argument_group(
-        "faults (all can be changed at run time: PUT /-/simulator/faults)"
-    )
-
-    def seconds(text: str) -> float:  # a duration that may be zero
-        return 0.0 if text.strip() in ("0", "0s", "0ms") else _duration(text)
-
-    faults.add_argument(
-        "--fault.latency", dest="latency", type=seconds, default=0.0, help="added to every answer"
-    )
-    faults.add_argument(
-        "--fault.jitter", dest="jitter", type=seconds, default=0.0, help="plus up to this much"
-    )
-    for name, text in (
-        ("error-rate", "share of requests answered 5xx"),
-        ("malformed-rate", "share answered with a body that is not the API's"),
-        ("throttle-rate", "share that start a burst of 429s"),
-        ("variant-rate", "share answered in another shape the API documents"),
-    ):
-        faults.add_argument(
-            f"--fault.{name}", dest=name.replace("-", "_"), type=_share, default=0.0, help=text
-        )
-    faults.add_argument(
-        "--fault.throttle-seconds",
-        dest="throttle_seconds",
-        type=_duration,
-        default=30.0,
-        help="how long such a burst lasts (30s)",
-    )
-    faults.add_argument(
-        "--fault.status-lag",
-        dest="status_lag",
-        type=seconds,
-        default=0.0,
-        help="livestream objects show the previous status this long after a change (0)",
-    )
-    faults.add_argument(
-        "--fault.numbers-as-strings",
-        dest="numbers_as_strings",
-        action="store_true",
-        help="send the session counters as strings, their declared type",
-    )
-    faults.add_argument(
-        "--fault.ignore-status-filter",
-        dest="ignore_status_filter",
-        action="store_true",
-        help="answer the listing as if its status filter had not been asked",
-    )
-    for flag, dest, default, choices in (
-        ("--log.level", "log_level", "info", list(logs.LEVELS)),
-        ("--log.format", "log_format", "logfmt", ["logfmt", "json"]),
-    ):
-        sim.add_argument(flag, dest=dest, default=default, choices=choices)
-
-
-def _add_webhooks(commands: argparse._SubParsersAction[_Parser]) -> None:
+def _add_webhooks(commands: argparse._SubParsersAction[Parser]) -> None:
     hooks = commands.add_parser(
         "webhooks",
         help="register this exporter's webhook receiver with RealtimeKit, list or remove it",
@@ -305,69 +189,10 @@ def _add_webhooks(commands: argparse._SubParsersAction[_Parser]) -> None:
             sub.add_argument(flag, dest=dest, default=default, choices=choices)
 
 
-def _index(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
-    return value
-
-
-def _count_positive(text: str) -> int:
-    value = _index(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
-    return value
-
-
 def _shard(index: int, total: int) -> config.Shard:
     if index >= total:
         raise UsageError(f"--shard={index} needs --total-shards above {index} (it is {total})")
     return config.Shard(index, total)
-
-
-def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
-    return int(text)
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1")
-    return value
-
-
-def _duration(text: str) -> float:
-    try:
-        return config.parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def parse_listen(address: str, flag: str = "--web.listen-address") -> tuple[str | None, int]:
-    """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all interfaces) -> (host, port)."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not _PORT.fullmatch(port_text) or not 0 <= int(port_text) <= 65535:
-        raise UsageError(f"{flag} {address!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if not host:
-            raise UsageError(f"{flag} {address!r}: empty brackets")
-    elif ":" in host:
-        raise UsageError(f"{flag} {address!r}: write IPv6 hosts as [addr]:port")
-    return (host or None), int(port_text)
-
-
-def argv_says_simulate(argv: Sequence[str] | None) -> bool:
-    """Whether the command line asks for the simulate command (for pointing at its help)."""
-    return "simulate" in (sys.argv[1:] if argv is None else argv)
 
 
 SWITCH_INTERVAL: Final = 0.001
@@ -386,7 +211,7 @@ def main(argv: Sequence[str] | None = None, *, restore_signals: bool = True) -> 
     except KeyboardInterrupt:
         # SIGTERM or SIGINT before the event loop took them over: while the configuration
         # was being read, say.
-        return _fail(EXIT_FAILURE, "interrupted while starting")
+        return fail(EXIT_FAILURE, "interrupted while starting")
     finally:
         for sig, handler in previous.items():
             if handler is not None:
@@ -427,7 +252,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.command == "simulate":
-            return _simulate_main(args)
+            return simulate.main(args)
         if args.command == "webhooks":
             return _webhooks_main(args)
         listen = parse_listen(args.listen)
@@ -439,12 +264,12 @@ def _main(argv: Sequence[str] | None) -> int:
         shard = _shard(args.shard, args.total_shards)
     except UsageError as exc:
         where = _help_for(argv)
-        return _fail(EXIT_USAGE, f"usage error: {exc} (see {where})")
+        return fail(EXIT_USAGE, f"usage error: {exc} (see {where})")
 
     try:
         web_config = _web_config(args.web_config_file)
     except webconfig.WebConfigError as exc:
-        return _fail(EXIT_USAGE, f"invalid web configuration: {exc}")
+        return fail(EXIT_USAGE, f"invalid web configuration: {exc}")
 
     if args.demo:
         logs.configure(level=args.log_level, fmt=args.log_format)
@@ -453,20 +278,14 @@ def _main(argv: Sequence[str] | None) -> int:
         try:
             return asyncio.run(_demo(*listen, web_config_file=args.web_config_file, web=web))
         except ServeError as exc:
-            return _fail(EXIT_FAILURE, str(exc))
+            return fail(EXIT_FAILURE, str(exc))
         except KeyboardInterrupt:
             return EXIT_OK
 
     try:
-        cfg = dataclasses.replace(config.load(args.config_file), shard=shard)
+        cfg = config.load(args.config_file, shard=shard)
     except config.ConfigError as exc:
-        return _fail(EXIT_USAGE, f"invalid configuration: {exc}")
-    if shard.total > cfg.api.rate_limit.requests:
-        return _fail(
-            EXIT_USAGE,
-            f"usage error: --total-shards={shard.total} is more than api.rate_limit allows "
-            f"requests ({cfg.api.rate_limit}): every shard needs one of its own",
-        )
+        return fail(EXIT_USAGE, f"invalid configuration: {exc}")
 
     if args.config_check:
         web_ok = f"; {web_config.source}: OK: {web_config.summary()}" if web_config else ""
@@ -498,10 +317,10 @@ def _main(argv: Sequence[str] | None) -> int:
             )
         )
     except ServeError as exc:
-        return _fail(EXIT_FAILURE, str(exc))
+        return fail(EXIT_FAILURE, str(exc))
     except KeyboardInterrupt:
         # Only reachable before the signal handlers are in place.
-        return _fail(EXIT_FAILURE, "interrupted") if args.once else EXIT_OK
+        return fail(EXIT_FAILURE, "interrupted") if args.once else EXIT_OK
 
 
 def _prepare_daemon() -> None:
@@ -521,7 +340,7 @@ async def _once(cfg: config.Config) -> int:
                 snapshot = await poll
         except asyncio.CancelledError:
             if poll.cancelled():  # by a signal: an interrupted poll is not a success
-                return _fail(EXIT_FAILURE, "interrupted before the poll completed")
+                return fail(EXIT_FAILURE, "interrupted before the poll completed")
             raise
         finally:
             if not poll.done():  # never leave the poll running against a closed session
@@ -613,6 +432,9 @@ async def _demo(
     web_config_file: str | None = None,
     web: webconfig.WebState | None = None,
 ) -> int:
+    from exporter import demo  # the simulator, imported only for the demo
+    from exporter.simulator import Simulator
+
     simulated = demo.world()
     token = demo.token()
     async with Simulator(simulated, token=token) as simulator:
@@ -649,95 +471,13 @@ async def _demo(
         )
 
 
-def _simulate_main(args: argparse.Namespace) -> int:
-    try:
-        host, port = parse_listen(args.listen, "--listen")
-        rate = config.parse_rate_limit(args.rate_limit)
-        ip_rate = None
-        if args.ip_rate_limit != "off":
-            try:
-                ip_rate = config.parse_rate_limit(args.ip_rate_limit)
-            except ValueError as exc:
-                raise UsageError(f"--ip-rate-limit {args.ip_rate_limit!r} {exc}") from None
-        if args.live > args.livestreams:
-            raise UsageError("--live cannot exceed --livestreams")
-        if args.max_per_page < 1:
-            raise UsageError("--max-per-page must be at least 1")
-        # Checked as the control interface checks them (FaultError names the setting).
-        faults = Faults().update(
-            {
-                "latency": args.latency,
-                "jitter": args.jitter,
-                "error_rate": args.error_rate,
-                "malformed_rate": args.malformed_rate,
-                "throttle_rate": args.throttle_rate,
-                "throttle_seconds": args.throttle_seconds,
-                "numbers_as_strings": args.numbers_as_strings,
-                "variant_rate": args.variant_rate,
-                "status_lag": args.status_lag,
-                "ignore_status_filter": args.ignore_status_filter,
-            }
-        )
-        token = _simulator_token(args.token_file)
-    except (UsageError, ValueError) as exc:
-        return _fail(EXIT_USAGE, f"usage error: {exc} (see simulate --help)")
-    logs.configure(level=args.log_level, fmt=args.log_format, secrets=lambda: (token,))
-    world = World(seed=args.seed, profile=DEMO if args.profile == "demo" else REALISTIC)
-    world.populate(args.account_id, args.app_id, args.livestreams, live=args.live)
-    simulator = Simulator(
-        world,
-        token=token,
-        faults=faults,
-        limiter=RateLimiter(rate.requests, rate.window),
-        ip_limiter="off"
-        if ip_rate is None
-        else RateLimiter(ip_rate.requests, ip_rate.window, block=False),
-        max_per_page=args.max_per_page,
-    )
-    try:
-        return asyncio.run(_simulate(simulator, host, port))
-    except OSError as exc:
-        return _fail(EXIT_FAILURE, f"cannot listen on {args.listen}: {exc.strerror or exc}")
-    except KeyboardInterrupt:
-        return EXIT_OK
-
-
-def _simulator_token(path: str | None) -> str:
-    if path is not None:
-        return config.read_token_file(Path(path), shown="--token-file")
-    return os.environ.get(SIMULATOR_TOKEN_ENV) or SIMULATOR_DEFAULT_TOKEN
-
-
-async def _simulate(simulator: Simulator, host: str | None, port: int) -> int:
-    stop = asyncio.Event()
-    await simulator.start(host, port)
-    try:
-        world = simulator.world
-        log.info(
-            "simulator listening: api %s, control %s/; %d app(s), %d livestream(s)",
-            simulator.base_url,
-            simulator.control_url,
-            len(world.apps()),
-            sum(1 for _ in world.all_streams()),
-            extra={"address": simulator.origin},
-        )
-        with Signals() as signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signals.handle(sig, stop.set)
-            await stop.wait()
-        log.info("shutting down")
-    finally:
-        await simulator.close()
-    return EXIT_OK
-
-
 def _help_for(argv: Sequence[str] | None) -> str:
     """The help to point a usage error at: the command's, if it names one."""
     words = sys.argv[1:] if argv is None else argv
     if "webhooks" in words:
         action = next((w for w in words if w in registration.COMMANDS), None)
         return f"webhooks {action} --help" if action else "webhooks --help"
-    return "simulate --help" if argv_says_simulate(argv) else "--help"
+    return "simulate --help" if "simulate" in words else "--help"
 
 
 def _webhooks_main(args: argparse.Namespace) -> int:
@@ -747,29 +487,29 @@ def _webhooks_main(args: argparse.Namespace) -> int:
     where = f"see webhooks {command} --help"
     path = args.webhooks_config_file or args.config_file
     if not path:
-        return _fail(EXIT_USAGE, f"usage error: --config.file is required ({where})")
+        return fail(EXIT_USAGE, f"usage error: --config.file is required ({where})")
     try:
         cfg = config.load(path)
     except config.ConfigError as exc:
-        return _fail(EXIT_USAGE, f"invalid configuration: {exc}")
+        return fail(EXIT_USAGE, f"invalid configuration: {exc}")
     token = cfg.api.token.reveal()
     logs.configure(level=args.log_level, fmt=args.log_format, secrets=lambda: (token,))
     url: str = getattr(args, "url", "")
     name: str = getattr(args, "name", registration.DEFAULT_NAME)
     if not name.strip():
-        return _fail(EXIT_USAGE, f"usage error: --name must not be empty ({where})")
+        return fail(EXIT_USAGE, f"usage error: --name must not be empty ({where})")
     try:
         if command == "register":
             for warning in registration.check_url(url, webhooks=cfg.webhooks):
                 log.warning("%s", warning)
         results = asyncio.run(registration.run(cfg, command, url=url, name=name))
     except registration.InvalidUrl as exc:
-        return _fail(EXIT_USAGE, f"usage error: --url {exc} ({where})")
+        return fail(EXIT_USAGE, f"usage error: --url {exc} ({where})")
     except registration.RegistrationError as exc:
         _print_lines(exc.done)
-        return _fail(EXIT_FAILURE, str(exc))
+        return fail(EXIT_FAILURE, str(exc))
     except KeyboardInterrupt:
-        return _fail(EXIT_FAILURE, f"interrupted: webhooks {command} may be half done")
+        return fail(EXIT_FAILURE, f"interrupted: webhooks {command} may be half done")
     _print_lines(results)
     return EXIT_OK
 
@@ -779,8 +519,3 @@ def _print_lines(results: Sequence[registration.AppResult]) -> None:
         for line in registration.describe(result):
             print(line)
     sys.stdout.flush()
-
-
-def _fail(code: int, message: str) -> int:
-    print(f"realtimekit-exporter: {message}", file=sys.stderr)
-    return code

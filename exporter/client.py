@@ -320,7 +320,7 @@ class RealtimeKitClient:
             before = len(seen)
             for stream in page.livestreams:
                 seen.setdefault(stream.id, self._scrubbed(stream))
-            total = page.paging.total_count if page.paging is not None else None
+            total = page.total_count
             read = page_no - first_page + 1
             if _listing_done(page, received) or len(seen) == before:
                 return Listing(
@@ -852,11 +852,10 @@ def _cut(
 def _listing_done(page: decode.ListingPage, received: int) -> bool:
     if not page.entries:
         return True
-    paging = page.paging
-    if paging is not None and paging.total_count is not None:
+    if page.total_count is not None:
         # Counted from what came, not from end_offset: a server may compute that from the
         # per_page asked for rather than the entries it gave.
-        return received >= paging.total_count
+        return received >= page.total_count
     # No paging block: a short page proves nothing (the server may cap per_page), so go on
     # until an empty page or a page with nothing new.
     return False

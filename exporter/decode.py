@@ -35,16 +35,10 @@ class DecodeError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Paging:
-    total_count: int | None
-    start_offset: int | None
-    end_offset: int | None
-
-
-@dataclass(frozen=True, slots=True)
 class ListingPage:
     livestreams: tuple[Livestream, ...]
-    paging: Paging | None
+    total_count: int | None
+    """The paging block's total_count (None without one, or if unreadable)."""
     entries: int
     """Entries on the page as sent, counting those skipped (no object, or no id)."""
 
@@ -132,7 +126,7 @@ def listing_page(doc: object) -> ListingPage:
         for s in (livestream(item) if isinstance(item, dict) else None for item in items)
         if s is not None
     )
-    return ListingPage(livestreams=streams, paging=paging(paging_raw), entries=len(items))
+    return ListingPage(livestreams=streams, total_count=total_count(paging_raw), entries=len(items))
 
 
 def livestream(item: object, *, fallback_id: str | None = None) -> Livestream | None:
@@ -304,14 +298,12 @@ def status_value(value: object) -> str:
     return " ".join(_encodable(value).split()).upper()[:MAX_STATUS_LENGTH].rstrip()
 
 
-def paging(value: object) -> Paging | None:
-    if not isinstance(value, dict):
+def total_count(paging: object) -> int | None:
+    """A paging block's ``total_count`` (its offsets are not needed: pages are counted
+    from what came)."""
+    if not isinstance(paging, dict):
         return None
-    return Paging(
-        total_count=_int(value.get("total_count")),
-        start_offset=_int(value.get("start_offset")),
-        end_offset=_int(value.get("end_offset")),
-    )
+    return _int(paging.get("total_count"))
 
 
 def number(value: object) -> float | None:

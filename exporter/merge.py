@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
-from exporter.config import Shard
 from exporter.model import (
     LIVE,
     NOT_LIVE,
@@ -41,7 +40,27 @@ if TYPE_CHECKING:
 
     from exporter.config import AppConfig
 
-WHOLE: Final = Shard()  # no sharding: every stream
+
+class Owner(Protocol):
+    """Which streams this process exports, of how many processes sharing them (a
+    :class:`~exporter.config.Shard`)."""
+
+    @property
+    def total(self) -> int: ...
+
+    def owns(self, livestream_id: str) -> bool: ...
+
+
+class _Everything:
+    """No sharding: every stream."""
+
+    total = 1
+
+    def owns(self, livestream_id: str) -> bool:
+        return True
+
+
+WHOLE: Final[Owner] = _Everything()
 
 # What a session request gave: an answer, or None when the request failed.
 SessionOutcome = ActiveSession | None
@@ -65,7 +84,7 @@ class Plan:
 def tracked(
     app: AppConfig,
     listing: Listing,
-    shard: Shard = WHOLE,
+    shard: Owner = WHOLE,
     *,
     room: int | None = None,
     prev: AppState | None = None,
@@ -93,7 +112,7 @@ def preferred(streams: Iterable[Livestream], prev: AppState | None) -> list[Live
     return sorted(streams, key=lambda s: (s.status != LIVE, s.id not in before, s.id))
 
 
-def discovered(app: AppConfig, listing: Listing, shard: Shard = WHOLE) -> int:
+def discovered(app: AppConfig, listing: Listing, shard: Owner = WHOLE) -> int:
     """How many streams the app would track beyond its configured ones with no limit: the
     others listed that ``shard`` owns, plus its share of the entries a cut listing left
     unread (all of them unsharded; 1/N of them, rounded up, on a shard of N)."""
@@ -108,7 +127,7 @@ def rooms(
     apps: Sequence[AppConfig],
     limit: int,
     wanted: Mapping[tuple[str, str], int],
-    shard: Shard = WHOLE,
+    shard: Owner = WHOLE,
 ) -> dict[tuple[str, str], int]:
     """How many discovered streams each discovering app may track this cycle.
 
@@ -134,7 +153,7 @@ def rooms(
     return out
 
 
-def missing(app: AppConfig, listing: Listing, shard: Shard = WHOLE) -> list[str]:
+def missing(app: AppConfig, listing: Listing, shard: Owner = WHOLE) -> list[str]:
     """Configured ids, owned by ``shard``, that the listing does not contain."""
     listed = {s.id for s in listing.livestreams}
     return [ls.id for ls in app.livestreams if ls.id not in listed and shard.owns(ls.id)]
@@ -219,7 +238,7 @@ def merge_app(
     max_staleness: float,
     ok: bool,
     final: Collection[str] = (),
-    shard: Shard = WHOLE,
+    shard: Owner = WHOLE,
     room: int | None = None,
     chosen: Sequence[Livestream] | None = None,
     deferred: Collection[str] = (),

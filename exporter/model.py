@@ -212,3 +212,20 @@ class Snapshot:
 
 
 EMPTY_SNAPSHOT: Final = Snapshot()
+
+
+@dataclass(frozen=True, slots=True)
+class PollError:
+    """One failed API call (or a bug, reason ``internal``) while polling an app.
+
+    ``message`` is built from the reason, HTTP status and pause only, never from the
+    :class:`~exporter.client.ApiError`'s text: that may quote a response body, which
+    could echo a secret.
+    """
+
+    time: float
+    account_id: str
+    app_id: str
+    endpoint: str  # "" for an internal error
+    reason: str
+    message: str

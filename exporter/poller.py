@@ -38,13 +38,13 @@ from exporter.client import (
     PRIORITY_OTHER,
     ApiError,
 )
-from exporter.config import API_RATE_LIMIT
 from exporter.model import (
     EMPTY_SNAPSHOT,
     LIVE,
     UNKNOWN_STATUS,
     AppState,
     Listing,
+    PollError,
     Snapshot,
     addressable,
 )
@@ -122,22 +122,6 @@ class PollObserver(Protocol):
     def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None: ...
 
     def plan(self, *, counter_period: float, listing_period: float, lanes: bool) -> None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class PollError:
-    """One failed API call (or a bug, reason ``internal``) while polling an app.
-
-    ``message`` is built from the reason, HTTP status and pause only, never from the
-    :class:`ApiError`'s text: that may quote a response body, which could echo a secret.
-    """
-
-    time: float
-    account_id: str
-    app_id: str
-    endpoint: str  # "" for an internal error
-    reason: str
-    message: str
 
 
 _T = TypeVar("_T")
@@ -1323,40 +1307,6 @@ def _log_change(stream: StreamState, fields: dict[str, str], *, source: str = ""
             by,
             extra=fields,
         )
-
-
-def budget_warnings(config: Config) -> list[str]:
-    """Warnings when the budget, or the configured polling, may go over a limit.
-
-    Polling is estimated per cycle and app as one listing page plus one session request
-    per configured stream (each may be LIVE); discovered streams are unknown at start-up,
-    and the poller plans every real cycle against the budget as it runs.
-    """
-    warnings = []
-    rate = config.api.rate_limit
-    api_requests, api_window = API_RATE_LIMIT
-    # The most the budget lets through in any one API window: a whole budget at once when
-    # its window is at least as long, else one budget per started window of ours.
-    burst = rate.requests * max(1, math.ceil(api_window / rate.window))
-    if burst > api_requests:
-        warnings.append(
-            f"api.rate_limit {rate} is above the API's own limit of {api_requests} requests "
-            f"per {api_window:g}s per token; going over blocks the token for 5 minutes"
-        )
-    share = config.shard.budget(rate)
-    per_cycle = sum(
-        1 + sum(1 for ls in app.livestreams if config.shard.owns(ls.id)) for app in config.apps
-    )
-    needed = per_cycle * share.window / config.poll.interval
-    if needed > share.requests:
-        warnings.append(
-            f"polling may need up to {needed:.0f} requests per {share.window:g}s "
-            f"({per_cycle} per cycle every {config.poll.interval:g}s) but the budget allows "
-            f"{share.requests}; statuses will still be read every cycle, but session values "
-            "only in turn, less often than poll.interval (docs/scaling.md): raise "
-            "poll.interval or api.rate_limit to refresh them every cycle"
-        )
-    return warnings
 
 
 _REASON_TEXT = {

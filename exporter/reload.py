@@ -16,7 +16,7 @@ process does not wait for the parse of a large file.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import functools
 import logging
 import time
 from typing import TYPE_CHECKING, Final, TypeVar
@@ -37,20 +37,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _LOADS: Final = DaemonExecutor(1, name="reload")  # one reload at a time anyway
-
-
-def load_config(path: str, shard: config.Shard) -> config.Config:
-    """:func:`exporter.config.load` for this process's ``shard``; :class:`ConfigError`."""
-    cfg = dataclasses.replace(config.load(path), shard=shard)
-    if shard.total > cfg.api.rate_limit.requests:
-        raise config.ConfigError(
-            [
-                f"api.rate_limit: {cfg.api.rate_limit} is fewer requests than "
-                f"--total-shards={shard.total}: every shard needs one of its own"
-            ],
-            source=cfg.source,
-        )
-    return cfg
 
 
 class Reloader:
@@ -104,10 +90,8 @@ class Reloader:
         problems: list[str] = []
         new_config = new_web = None
         if self._config_file is not None:
-            shard = self._exporter.config.shard
-            new_config = await self._load(
-                "configuration", problems, load_config, self._config_file, shard
-            )
+            load = functools.partial(config.load, shard=self._exporter.config.shard)
+            new_config = await self._load("configuration", problems, load, self._config_file)
         if self._web_config_file is not None and self._web_state is not None:
             new_web = await self._load(
                 "web configuration", problems, webconfig.load, self._web_config_file

@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__, receiver, statuspage
-from exporter.budget import RequestBudget
-from exporter.client import ENDPOINTS, MIN_REQUEST_TIME, REASONS, RealtimeKitClient
+from exporter.apitoken import ApiToken, budget_warnings
+from exporter.client import ENDPOINTS, REASONS
 from exporter.collector import SnapshotCollector
 from exporter.connections import IDLE_TIMEOUT, ConnectionGuard, GuardedSite, connection_limit
 from exporter.connections import REASONS as CLOSE_REASONS
@@ -33,9 +33,8 @@ from exporter.exposition import Exposition
 from exporter.hints import KEPT_SHARE, RESULTS, Refresher
 from exporter.model import EMPTY_SNAPSHOT
 from exporter.negotiate import accepts_gzip, media_range
-from exporter.poller import Poller, budget_warnings
+from exporter.poller import Poller
 from exporter.telemetry import ExporterMetrics
-from exporter.tokenfile import TokenFile
 from exporter.webconfig import WWW_AUTHENTICATE, AuthOverloaded, WebState, client_key
 from exporter.webhookkey import PublicKeys
 from exporter.workers import DaemonExecutor
@@ -47,8 +46,7 @@ if TYPE_CHECKING:
     from aiohttp.typedefs import Middleware
 
     from exporter.config import Config
-    from exporter.model import Snapshot
-    from exporter.poller import PollError
+    from exporter.model import PollError, Snapshot
 
     # Re-reads the configuration; None on success, else why it was rejected. It runs to its
     # end even if its caller is cancelled (a client that hung up), as Reloader.reload does.
@@ -56,9 +54,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Seconds each budget window is held longer than it is: a request reaches the API up to
-# a latency later than it was granted, and the API counts arrivals.
-BUDGET_SLACK: Final = 2.0
 EXPOSITION: Final = web.AppKey("exposition", Exposition)
 READY: Final[web.AppKey[Callable[[], bool]]] = web.AppKey("ready")
 STATUS: Final[web.AppKey[StatusSource | None]] = web.AppKey("status")
@@ -114,9 +109,7 @@ class Exporter:
         self._on_token = on_token
         self._session: aiohttp.ClientSession | None = None
         self._poller: Poller | None = None
-        self._budget: RequestBudget | None = None
-        self._client: RealtimeKitClient | None = None
-        self._token_file: TokenFile | None = None
+        self._token: ApiToken | None = None
         self._pending: Config | None = None
         self.refresher: Refresher | None = None
         self.keys: PublicKeys | None = None
@@ -147,32 +140,33 @@ class Exporter:
             connector=aiohttp.TCPConnector(limit=0),
             trust_env=False,  # see client.proxy_for
         )
-        rate = self.config.shard.budget(self.config.api.rate_limit)
-        self._budget = RequestBudget(requests=rate.requests, window=rate.window, slack=BUDGET_SLACK)
-        if self.config.webhooks is not None:
-            self._budget.keep_share(KEPT_SHARE)
-        self.metrics.watch_budget(self._budget.available, self._budget_in_force)
-        self._client = self._new_client(self.config)
-        self._token_file = _token_file(self.config)
+        hooks = self.config.webhooks
+        self._token = token = ApiToken(
+            self.config,
+            session=self._session,
+            observer=self.metrics,
+            kept_share=KEPT_SHARE if hooks is not None else 0.0,
+            on_token=self._on_token,
+        )
+        self.metrics.watch_budget(token.budget.available, token.in_force)
         self._poller = Poller(
             config=self.config,
-            api=self._client,
+            api=token.client,
             observer=self.metrics,
             # The formats scraped lately start rendering for each new snapshot at once.
             on_snapshot=self.exposition.published,
             before_cycle=self._before_cycle,
-            budget=self._budget_planned,
+            budget=token.planned,
             on_change=self._found_change,
         )
-        hooks = self.config.webhooks
         if hooks is not None:
             self.refresher = Refresher(
                 poller=self._poller,
-                api=lambda: self._api_client,
+                api=lambda: token.client,
                 interval=lambda: self.config.poll.interval,
                 observer=self.metrics,
-                budget=self._budget_in_force,
-                room=self._budget_room,
+                budget=token.in_force,
+                room=token.room,
             )
             self.keys = PublicKeys(
                 url=hooks.public_key_url,
@@ -184,51 +178,13 @@ class Exporter:
             log.warning("%s", warning)
         return self
 
-    def _new_client(self, config: Config) -> RealtimeKitClient:
-        if self._session is None or self._budget is None:
-            raise RuntimeError("Exporter is not started; use 'async with'")
-        api = config.api
-        return RealtimeKitClient(
-            session=self._session,
-            base_url=api.base_url,
-            token=api.token,
-            budget=self._budget,
-            timeout=api.timeout,
-            min_request_time=_min_request_time(config),
-            max_concurrency=api.max_concurrency,
-            observer=self.metrics,
-            budget_share=config.shard.total,
-        )
-
-    def _budget_in_force(self) -> tuple[int, float]:
-        """Requests per window the token's budget grants: api.rate_limit or the API's
-        Ratelimit-Policy, whichever is less, this shard's share."""
-        if self._budget is None:
-            rate = self.config.shard.budget(self.config.api.rate_limit)
-            return rate.requests, rate.window
-        return self._budget.requests, self._budget.window
-
-    def _budget_planned(self) -> tuple[int, float]:
-        """What the poller plans with: the budget in force, less the share kept for
-        webhooks' refreshes."""
-        if self._budget is None:
-            return self._budget_in_force()
-        return self._budget.planned, self._budget.window
-
-    def _budget_room(self) -> int:
-        """Requests the budget would grant at once beyond the share kept for stops."""
-        if self._budget is None:
-            return 0
-        return self._budget.available() - self._budget.kept(self._budget.requests)
-
     def _found_change(self, app: tuple[str, str], livestream_id: str, live: bool) -> None:
         if self.refresher is not None:
             self.refresher.found_change(app, livestream_id, live)
 
     def reconfigure(self, config: Config) -> None:
         """Poll by ``config`` (a reload's) from the next cycle on. The snapshot carries
-        over; the token's budget is resized, never replaced, so its grants keep counting;
-        the API client is rebuilt only if its settings changed."""
+        over, and so does the token's budget (:meth:`ApiToken.reconfigure`)."""
         if self._on_token is not None:
             self._on_token(config.api.token.reveal())
         self._pending = config
@@ -239,25 +195,12 @@ class Exporter:
             self._apply(pending)
         if self.refresher is not None:
             self.refresher.settle()
-        # Off the loop, and bounded in time: see TokenFile.poll.
-        if self._token_file is not None and (token := await self._token_file.poll()) is not None:
-            if self._on_token is not None:
-                self._on_token(token.reveal())
-            self._api_client.set_token(token)
+        await self.token.rotate()
 
     def _apply(self, new: Config) -> None:
         old = self.config
-        rate = new.shard.budget(new.api.rate_limit)
-        if self._budget is not None:
-            self._budget.resize(requests=rate.requests, window=rate.window)
-        if _client_settings(new) != _client_settings(old):
-            self._client = self._new_client(new)
-        else:
-            # Always: the client may hold a token the old token file rotated to since,
-            # which the new config (a rolled-back file, or a token in the file) replaces.
-            self._api_client.set_token(new.api.token)
-        self._token_file = _token_file(new)
-        self.poller.reconfigure(new, api=self._client)
+        rebuilt = self.token.reconfigure(new)
+        self.poller.reconfigure(new, api=self.token.client if rebuilt else None)
         if new.webhooks != old.webhooks:
             log.warning(
                 "the webhooks section changed: it takes effect at the next restart "
@@ -270,10 +213,10 @@ class Exporter:
             log.warning("%s", warning)
 
     @property
-    def _api_client(self) -> RealtimeKitClient:
-        if self._client is None:
+    def token(self) -> ApiToken:
+        if self._token is None:
             raise RuntimeError("Exporter is not started; use 'async with'")
-        return self._client
+        return self._token
 
     async def __aexit__(
         self,
@@ -289,29 +232,6 @@ class Exporter:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def _min_request_time(config: Config) -> float:
-    # Short intervals (tests, demos) still leave most of the cycle for requests.
-    return min(MIN_REQUEST_TIME, config.poll.interval / 4)
-
-
-def _client_settings(config: Config) -> tuple[object, ...]:
-    """What a :class:`RealtimeKitClient` is built with, apart from the token and budget."""
-    api = config.api
-    return (
-        api.base_url,
-        api.timeout,
-        api.max_concurrency,
-        _min_request_time(config),
-        config.shard.total,
-    )
-
-
-def _token_file(config: Config) -> TokenFile | None:
-    if config.api.token_file is None:
-        return None
-    return TokenFile(config.api.token_file, config.api.token)
 
 
 class HttpObserver(Protocol):

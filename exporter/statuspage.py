@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Final
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from exporter.model import AppState, Session, Snapshot, StreamState, Unlisted
-    from exporter.poller import PollError
+    from exporter.model import AppState, PollError, Session, Snapshot, StreamState, Unlisted
 
 MAX_ROWS: Final = 500  # livestreams shown per app; the rest are counted
 # Livestream rows on the whole page (about 0.6 kB each): 20 apps of 10,000 streams once made

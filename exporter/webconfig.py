@@ -40,18 +40,12 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
 
 import bcrypt
 
-from exporter.config import (
-    ConfigError,
-    UnreadableFile,
-    YamlError,
-    parse_yaml,
-    read_file,
-    read_text,
-)
+from exporter.config import ConfigError, UnreadableFile, YamlError, parse_yaml, read_file, read_text
+from exporter.config.checks import Checker
 from exporter.tlssessions import disable_session_cache
 from exporter.workers import DaemonExecutor
 
@@ -202,40 +196,19 @@ def loads(text: str, *, source: str = "web config", base_dir: Path | None = None
         raise WebConfigError([str(exc)], source=source) from None
     checker = _Checker(base_dir or Path.cwd())
     config = checker.web_config(document, source)
-    if checker.problems:
-        raise WebConfigError(checker.problems, source=source)
+    checker.raise_if_any(WebConfigError, source)
     return config
 
 
-class _Checker:
-    """Collects every problem while building the config."""
+class _Checker(Checker):
+    """Builds the web config from its document, collecting every problem."""
 
     def __init__(self, base_dir: Path) -> None:
+        super().__init__(shown=_shown, unsupported=_TOOLKIT_ONLY)
         self.base_dir = base_dir
-        self.problems: list[str] = []
-
-    def fail(self, path: str, message: str) -> None:
-        self.problems.append(f"{path}: {message}")
-
-    def mapping(self, path: str, value: object, allowed: frozenset[str]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            self.fail(path, "must be a mapping")
-            return {}
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            where = f"{path}.{_shown(key)}" if path != "(top level)" else _shown(key)
-            if isinstance(key, str) and key in allowed:
-                out[key] = item
-            elif isinstance(key, str) and key in _TOOLKIT_ONLY:
-                self.fail(where, "not supported by realtimekit-exporter")
-            else:
-                self.fail(where, f"unknown key (allowed: {', '.join(sorted(allowed))})")
-        return out
 
     def web_config(self, document: object, source: str) -> WebConfig:
-        root = self.mapping("(top level)", document, _TOP_KEYS)
+        root = self.mapping("", document, _TOP_KEYS)
         tls = None
         context = None
         if root.get("tls_server_config") is not None:

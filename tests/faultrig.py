@@ -22,7 +22,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.budget import RequestBudget
+from exporter.apitoken import ApiToken
 from exporter.client import ENDPOINTS, REASONS, ApiError, RealtimeKitClient
 from exporter.collector import SnapshotCollector
 from exporter.logs import JsonFormatter, LogfmtFormatter
@@ -184,31 +184,21 @@ class FaultRig:
         return self._poller
 
     async def __aenter__(self) -> FaultRig:
-        api = self.config.api
         self._http = aiohttp.ClientSession(trust_env=False)
         self._scraper = aiohttp.ClientSession(trust_env=False)
         try:
-            budget = RequestBudget(
-                requests=api.rate_limit.requests,
-                window=api.rate_limit.window,
-                clock=self.clock,
-                sleep=self.clock.sleep,
-            )
-            self.metrics.watch_budget(budget.available, lambda: (budget.requests, budget.window))
-            client = RealtimeKitClient(
+            token = ApiToken(
+                self.config,
                 session=self._http,
-                base_url=api.base_url,
-                token=api.token,
-                budget=budget,
-                timeout=api.timeout,
-                retries=self._retries,
-                min_request_time=INTERVAL / 4,
                 observer=self.metrics,
                 clock=self.clock,
                 sleep=self.clock.sleep,
                 jitter=lambda: 0.0,
+                retries=self._retries,
+                slack=0.0,
             )
-            self._api = RecordingApi(client)
+            self.metrics.watch_budget(token.budget.available, token.in_force)
+            self._api = RecordingApi(token.client)
             self._poller = Poller(
                 config=self.config,
                 api=self._api,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from exporter import decode
-from exporter.decode import DecodeError, Paging
+from exporter.decode import DecodeError
 from exporter.model import ActiveSession, Livestream, Session, Webhook
 
 # The published examples (realtimekit-livestreams.openapi.json), secrets included on purpose.
@@ -132,7 +132,7 @@ def test_listing_reads_the_example_array_with_top_level_paging() -> None:
     """The published example (``data`` array, ``paging`` at the top) decodes completely."""
     page = decode.listing_page(LISTING_EXAMPLE)
     assert page.livestreams == (LISTING_STREAM,)
-    assert page.paging == Paging(total_count=1, start_offset=1, end_offset=1)
+    assert page.total_count == 1
     assert page.entries == 1
 
 
@@ -151,7 +151,7 @@ def test_listing_reads_an_object_with_a_nested_list_and_paging_inside(key: str) 
         Livestream(id="a", status="LIVE"),
         Livestream(id="b", status="IDLE"),
     )
-    assert page.paging == Paging(total_count=7, start_offset=1, end_offset=2)
+    assert page.total_count == 7
     assert page.entries == 2
 
 
@@ -171,7 +171,7 @@ def test_listing_prefers_top_level_paging_over_paging_inside_data() -> None:
         "data": {"livestreams": [stream("a")], "paging": {"total_count": 99}},
         "paging": {"total_count": 1, "start_offset": 1, "end_offset": 1},
     }
-    assert decode.listing_page(doc).paging == Paging(total_count=1, start_offset=1, end_offset=1)
+    assert decode.listing_page(doc).total_count == 1
 
 
 def test_listing_reads_the_schemas_single_object_with_paging_inside() -> None:
@@ -179,7 +179,7 @@ def test_listing_reads_the_schemas_single_object_with_paging_inside() -> None:
     item = dict(LISTING_ITEM, paging={"end_offset": 1, "start_offset": 1, "total_count": 1})
     page = decode.listing_page({"success": True, "data": item})
     assert page.livestreams == (LISTING_STREAM,)
-    assert page.paging == Paging(total_count=1, start_offset=1, end_offset=1)
+    assert page.total_count == 1
 
 
 def test_listing_keeps_duplicates_for_the_client_to_resolve() -> None:
@@ -219,10 +219,10 @@ def test_listing_decodes_streams_with_a_missing_or_odd_status_next_to_normal_one
 
 
 def test_listing_without_paging_has_none() -> None:
-    """A listing without any paging object reports ``paging`` as ``None``."""
+    """A listing without any paging object has no total (``None``)."""
     page = decode.listing_page({"data": []})
     assert page.livestreams == ()
-    assert page.paging is None
+    assert page.total_count is None
     assert page.entries == 0
 
 
@@ -255,20 +255,29 @@ def test_entries_that_cannot_be_attributed_are_skipped_and_counted() -> None:
 @pytest.mark.parametrize(
     ("paging", "expected"),
     [
-        ({"total_count": 5, "start_offset": 1, "end_offset": 2}, Paging(5, 1, 2)),
-        ({"total_count": "5", "start_offset": "1", "end_offset": "2"}, Paging(5, 1, 2)),
-        ({"total_count": 5.0}, Paging(5, None, None)),
-        ({"total_count": 5.5, "start_offset": -1, "end_offset": "x"}, Paging(None, None, None)),
+        ({"total_count": 5, "start_offset": 1, "end_offset": 2}, 5),
+        ({"total_count": "5", "start_offset": "1", "end_offset": "2"}, 5),
+        ({"total_count": 5.0}, 5),
+        ({"total_count": 5.5, "start_offset": -1, "end_offset": "x"}, None),
+        ({"total_count": -1}, None),
         ("5", None),
         ([5], None),
     ],
-    ids=["ints", "strings", "whole-float", "junk", "not-object-string", "not-object-list"],
+    ids=[
+        "int",
+        "string",
+        "whole-float",
+        "junk",
+        "negative",
+        "not-object-string",
+        "not-object-list",
+    ],
 )
-def test_paging_reads_whole_numbers_and_ignores_the_rest(
-    paging: object, expected: Paging | None
+def test_paging_total_reads_whole_numbers_and_ignores_the_rest(
+    paging: object, expected: int | None
 ) -> None:
-    """Paging counts may be strings or whole floats; anything else is unknown (``None``)."""
-    assert decode.listing_page({"data": [], "paging": paging}).paging == expected
+    """The total may be a string or a whole float; anything else is unknown (``None``)."""
+    assert decode.listing_page({"data": [], "paging": paging}).total_count == expected
 
 
 # --- livestream fields ------------------------------------------------------------------

@@ -10,12 +10,13 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
+from exporter.apitoken import budget_warnings
 from exporter.budget import RequestBudget
 from exporter.client import ENDPOINTS, REASONS, RealtimeKitClient
 from exporter.collector import SnapshotCollector
 from exporter.config import RateLimit
 from exporter.model import ActiveSession, Listing, Livestream
-from exporter.poller import Poller, budget_warnings
+from exporter.poller import Poller
 from exporter.telemetry import ExporterMetrics
 from tests.conftest import ACCOUNT, APP, make_config
 from tests.fakeapi import FakeApi, FakeStream, Fault

@@ -22,8 +22,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from exporter import config as config_module
 from exporter.config import Secret, Shard
-from exporter.reload import Reloader, load_config
+from exporter.reload import Reloader
 from exporter.server import Exporter
 from exporter.simulator import REALISTIC, Simulator, World
 from exporter.tokenfile import TokenFile
@@ -397,7 +398,7 @@ async def exporter_for(
     path: Path, *, shard: Shard = WHOLE
 ) -> AsyncIterator[tuple[Exporter, Reloader, CollectorRegistry]]:
     registry = CollectorRegistry()
-    config = load_config(str(path), shard)
+    config = config_module.load(str(path), shard=shard)
     async with Exporter(config, registry=registry, process_metrics=False) as exporter:
         yield exporter, Reloader(exporter=exporter, config_file=str(path)), registry
 
@@ -481,7 +482,7 @@ async def test_a_reload_with_a_new_token_uses_it_from_the_next_cycle(tmp_path: P
         path = write_config(
             tmp_path / "c.yaml", sim.base_url, [], token={"token": "first-token-123"}
         )
-        config = load_config(str(path), WHOLE)
+        config = config_module.load(str(path))
         async with Exporter(config, process_metrics=False, on_token=told.append) as exporter:
             reloader = Reloader(exporter=exporter, config_file=str(path))
             assert (await exporter.poller.poll_once()).apps[0].up
@@ -592,7 +593,7 @@ async def test_a_token_file_rolled_back_then_reloaded_is_used(tmp_path: Path) ->
         path = write_config(
             tmp_path / "c.yaml", sim.base_url, [], token={"token_file": str(token_file)}
         )
-        async with Exporter(load_config(str(path), WHOLE), process_metrics=False) as exporter:
+        async with Exporter(config_module.load(str(path)), process_metrics=False) as exporter:
             reloader = Reloader(exporter=exporter, config_file=str(path))
             assert (await exporter.poller.poll_once()).apps[0].up
             sim.state.token = second

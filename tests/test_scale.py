@@ -24,8 +24,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from exporter import cli
-from exporter.budget import RequestBudget
-from exporter.client import ENDPOINTS, REASONS, ApiError, RealtimeKitClient
+from exporter.apitoken import ApiToken
+from exporter.client import ENDPOINTS, REASONS, ApiError
 from exporter.collector import SnapshotCollector
 from exporter.config import AppConfig, Config, LivestreamConfig, RateLimit, Shard
 from exporter.model import ActiveSession, Listing, Livestream
@@ -65,23 +65,21 @@ class Harness:
 
     def start(self, config: Config) -> Poller:
         metrics = ExporterMetrics(registry=self.registry, endpoints=ENDPOINTS, reasons=REASONS)
-        rate = config.shard.budget(config.api.rate_limit)
-        budget = RequestBudget(
-            requests=rate.requests, window=rate.window, clock=self.clock, sleep=self.clock.sleep
-        )
-        client = RealtimeKitClient(
+        token = ApiToken(
+            config,
             session=self.http,
-            base_url=config.api.base_url,
-            token=config.api.token,
-            budget=budget,
-            timeout=config.api.timeout,
             observer=metrics,
             clock=self.clock,
             sleep=self.clock.sleep,
             jitter=lambda: 0.0,
+            slack=0.0,
         )
         poller = Poller(
-            config=config, api=client, observer=metrics, clock=self.clock, monotonic=self.clock
+            config=config,
+            api=token.client,
+            observer=metrics,
+            clock=self.clock,
+            monotonic=self.clock,
         )
         self.registry.register(SnapshotCollector(lambda: poller.snapshot))
         self.poller = poller

@@ -16,12 +16,13 @@ from exporter.model import (
     EMPTY_SNAPSHOT,
     AppState,
     Livestream,
+    PollError,
     Session,
     Snapshot,
     StreamState,
     Unlisted,
 )
-from exporter.poller import INTERNAL, RECENT_ERRORS, Poller, PollError
+from exporter.poller import INTERNAL, RECENT_ERRORS, Poller
 from exporter.server import Exporter, create_app
 from exporter.statuspage import MAX_ROWS, MAX_TOTAL_ROWS, ago, render
 from tests.conftest import ACCOUNT, APP, make_config

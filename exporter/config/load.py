@@ -1,0 +1,549 @@
+"""YAML configuration -> frozen :class:`~exporter.config.records.Config`, or one
+:class:`~exporter.config.checks.ConfigError` naming every problem.
+
+Parse at the edge, then trust the types. Validation walks the whole document and collects
+each problem with its key path (``apps[0].livestreams[1].id: ...``); unknown keys are
+problems too. Error text never quotes a value that could be a secret.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit
+
+from exporter.config.checks import Checker, ConfigError
+from exporter.config.files import (
+    MAX_CONFIG_FILE_BYTES,
+    UnreadableFile,
+    read_file,
+    read_token_file,
+)
+from exporter.config.records import (
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_LIVESTREAMS,
+    ApiConfig,
+    AppConfig,
+    Config,
+    Limits,
+    LivestreamConfig,
+    PollConfig,
+    RateLimit,
+    Shard,
+    WebhooksConfig,
+)
+from exporter.config.secret import Secret
+from exporter.config.yamldoc import YamlError, parse_yaml
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+TOKEN_ENV: Final = "CLOUDFLARE_API_TOKEN"  # noqa: S105 (a variable name, not a secret)
+# decode.MAX_LABEL_LENGTH: a longer configured id could never match a listed one, and would
+# be exported uncut as an unlisted stream's label.
+MAX_LIVESTREAM_ID_LENGTH: Final = 256
+# Upper bounds on the numbers a config gives, far beyond any use: each is turned into a
+# float somewhere (a gauge, a rate), and a number of 400 digits passed validation only to
+# fail every scrape with OverflowError.
+MAX_LIVESTREAMS_LIMIT: Final = 1_000_000
+MAX_RATE_LIMIT_REQUESTS: Final = 1_000_000_000
+MAX_CONCURRENCY: Final = 1000
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_SHOWN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,23}")
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PATH_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # used with fullmatch: no trailing newline
+_LISTEN_PORT = re.compile(r"[0-9]{1,5}")
+_WEBHOOK_PATH = re.compile(r"(/[A-Za-z0-9._~\-]+)+")  # fullmatch: plain segments, no dot ones
+
+# The keys of each mapping; together, the keys an error may name (anything else might be
+# a misplaced secret).
+_ROOT: Final = frozenset({"api", "poll", "apps", "limits", "webhooks"})
+_API: Final = frozenset(
+    {"base_url", "token", "token_file", "timeout", "max_concurrency", "rate_limit"}
+)
+_POLL: Final = frozenset({"interval", "max_staleness", "full_listing_interval"})
+_WEBHOOKS: Final = frozenset({"listen_address", "path", "public_key_url", "public_key_file"})
+_LIMITS: Final = frozenset({"max_livestreams"})
+_APP: Final = frozenset({"account_id", "app_id", "discover", "livestreams"})
+_LIVESTREAM: Final = frozenset({"id", "expect_live"})
+WHOLE: Final = Shard()  # no sharding
+_SCHEMA_KEYS: Final = _ROOT | _API | _POLL | _WEBHOOKS | _LIMITS | _APP | _LIVESTREAM
+
+
+def parse_duration(value: object) -> float:
+    """``500ms``, ``30s``, ``5m``, ``1h`` or a plain number of seconds -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30s, 5m or 1h")
+    try:
+        if isinstance(value, int | float):
+            seconds = float(value)
+        elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
+            seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        else:
+            seconds = math.nan
+    except OverflowError:  # an integer too large for a float
+        seconds = math.inf
+    if not math.isfinite(seconds):  # also rejects YAML's .nan and .inf
+        raise ValueError("must be a duration such as 30s, 5m or 1h")
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+def parse_rate_limit(value: object) -> RateLimit:
+    """``1000/5m`` -> 1000 requests per 300 s."""
+    if not isinstance(value, str) or "/" not in value:
+        raise ValueError("must look like 1000/5m (requests per window)")
+    count_text, window_text = value.split("/", 1)
+    try:
+        count = int(count_text.strip())
+    except ValueError:
+        raise ValueError("must look like 1000/5m (requests per window)") from None
+    if count < 1:
+        raise ValueError("the request count must be at least 1")
+    if count > MAX_RATE_LIMIT_REQUESTS:
+        raise ValueError(f"the request count must be at most {MAX_RATE_LIMIT_REQUESTS:,}")
+    try:
+        window = parse_duration(window_text.strip())
+    except ValueError as exc:
+        raise ValueError(f"the window {exc}") from None
+    return RateLimit(count, window)
+
+
+def parse_listen_address(address: str) -> tuple[str | None, int]:
+    """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (every interface) -> (host, port); raises
+    ValueError saying what is wrong."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not _LISTEN_PORT.fullmatch(port_text) or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not host:
+            raise ValueError(f"{address!r}: empty brackets")
+    elif ":" in host:
+        raise ValueError(f"{address!r}: write IPv6 hosts as [addr]:port")
+    return (host or None), int(port_text)
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    environ: Mapping[str, str] | None = None,
+    shard: Shard = WHOLE,
+) -> Config:
+    """Read and validate a config file for this process's ``shard``; raise
+    :class:`ConfigError` listing every problem."""
+    text = read_text(path)
+    return loads(text, source=str(path), environ=environ, base_dir=Path(path).parent, shard=shard)
+
+
+def read_text(path: str | os.PathLike[str], *, limit: int = MAX_CONFIG_FILE_BYTES) -> str:
+    """A configuration file's text, of at most ``limit`` bytes; :class:`ConfigError` (its
+    source the path) if it cannot be read (see :func:`read_file`) or is not UTF-8."""
+    try:
+        return read_file(path, limit=limit).decode("utf-8")
+    except UnreadableFile as exc:
+        raise ConfigError([f"cannot read file: {exc}"], source=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(["file is not UTF-8 text"], source=str(path)) from None
+
+
+def loads(
+    text: str,
+    *,
+    source: str = "config",
+    environ: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+    shard: Shard = WHOLE,
+) -> Config:
+    """Validate YAML text; see :func:`load`."""
+    try:
+        # Name only our own keys: anything else might be a misplaced secret.
+        document = parse_yaml(text, shown=lambda key: str(key) if key in _SCHEMA_KEYS else None)
+    except YamlError as exc:
+        raise ConfigError([str(exc)], source=source) from None
+    env = os.environ if environ is None else environ
+    return _Validator(env, base_dir or Path.cwd()).config(document, source, shard)
+
+
+class _Validator(Checker):
+    """Builds the config from its document; each check returns a usable default."""
+
+    def __init__(self, environ: Mapping[str, str], base_dir: Path) -> None:
+        super().__init__(shown=_shown_key)
+        self.environ = environ
+        self.base_dir = base_dir
+
+    def config(self, document: object, source: str, shard: Shard) -> Config:
+        if document is None:
+            document = {}
+        if not isinstance(document, dict):
+            # Nothing below can be checked; the missing api/apps would only be noise.
+            raise ConfigError(["(top level): must be a mapping"], source=source)
+        root = self.mapping("", document, _ROOT)
+        api = self.api(root.get("api", {}), shard)
+        poll = self.poll(root.get("poll", {}))
+        apps = self.apps(root.get("apps"))
+        limits = self.limits(root.get("limits", {}), apps)
+        webhooks = self.webhooks(root["webhooks"]) if root.get("webhooks") is not None else None
+        self.raise_if_any(ConfigError, source)
+        return Config(
+            api=api,
+            poll=poll,
+            apps=apps,
+            source=source,
+            shard=shard,
+            limits=limits,
+            webhooks=webhooks,
+        )
+
+    def expand(self, path: str, value: str) -> str | None:
+        """``${VAR}`` from the environment, ``$$`` -> ``$``; None (reported) if a VAR is unset."""
+        missing: list[str] = []
+
+        def substitute(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name is None:
+                return "$"
+            if name not in self.environ:
+                missing.append(name)
+                return ""
+            return self.environ[name]
+
+        expanded = _ENV_REF.sub(substitute, value)
+        for name in dict.fromkeys(missing):
+            self.fail(path, f"environment variable {name} is not set")
+        return None if missing else expanded
+
+    def string(self, path: str, value: object, *, secret: bool = False) -> str | None:
+        """The expanded string, or None once a problem has been reported."""
+        if isinstance(value, str):
+            return self.expand(path, value)
+        got = "" if secret else f" (got {type(value).__name__})"
+        self.fail(path, f"must be a string{got}; quote it")
+        return None
+
+    def checked(
+        self, path: str, value: object, parse: Callable[[object], Any], default: Any
+    ) -> tuple[Any, bool]:
+        """``(parse(value), True)``, or ``(default, False)`` after reporting the problem."""
+        if isinstance(value, str):
+            expanded = self.expand(path, value)
+            if expanded is None:
+                return default, False
+            value = expanded
+        try:
+            return parse(value), True
+        except ValueError as exc:
+            self.fail(path, str(exc))
+            return default, False
+
+    def api(self, value: object, shard: Shard) -> ApiConfig:
+        raw = self.mapping("api", value, _API)
+        base_url = DEFAULT_BASE_URL
+        if "base_url" in raw and (url := self.string("api.base_url", raw["base_url"])) is not None:
+            base_url = self.base_url(url)
+        timeout, _ = self.checked("api.timeout", raw.get("timeout", 10.0), parse_duration, 10.0)
+        concurrency = raw.get("max_concurrency", 8)
+        if not _whole(concurrency, 1, MAX_CONCURRENCY):
+            self.fail("api.max_concurrency", f"must be a whole number from 1 to {MAX_CONCURRENCY}")
+            concurrency = 8
+        rate, rate_ok = self.checked(
+            "api.rate_limit",
+            raw.get("rate_limit", "1000/5m"),
+            parse_rate_limit,
+            RateLimit(1000, 300.0),
+        )
+        if rate_ok:
+            try:
+                shard.budget(rate)
+            except ValueError:
+                self.fail(
+                    "api.rate_limit",
+                    f"{rate} is fewer requests than --total-shards={shard.total}: every "
+                    "shard needs one of its own",
+                )
+        token, token_file = self.token(raw)
+        return ApiConfig(
+            token=token,
+            base_url=base_url,
+            token_file=token_file,
+            timeout=timeout,
+            max_concurrency=concurrency,
+            rate_limit=rate,
+        )
+
+    def base_url(self, url: str) -> str:
+        # Messages never quote the URL: it may carry a password.
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError:  # e.g. an unbalanced IPv6 bracket
+            self.fail("api.base_url", "must be an http:// or https:// URL")
+            return DEFAULT_BASE_URL
+        if parts.scheme not in ("http", "https") or not hostname:
+            self.fail("api.base_url", "must be an http:// or https:// URL")
+        elif parts.username is not None or parts.password is not None:
+            self.fail("api.base_url", "must not carry credentials; use api.token or api.token_file")
+        elif parts.query or parts.fragment:
+            self.fail("api.base_url", "must not have a query or fragment")
+        return url.rstrip("/")
+
+    def token(self, raw: dict[str, Any]) -> tuple[Secret, Path | None]:
+        if "token" in raw and "token_file" in raw:
+            self.fail("api", "set api.token or api.token_file, not both")
+            return Secret(""), None
+        if "token_file" in raw:
+            name = self.string("api.token_file", raw["token_file"])
+            if name is None:
+                return Secret(""), None
+            path = Path(name)
+            if not path.is_absolute():
+                path = self.base_dir / path
+            try:
+                shown = _shown_path(name, path)
+                return Secret(read_token_file(path, shown=shown)), path
+            except ValueError as exc:
+                self.fail("api.token_file", str(exc))
+                return Secret(""), path
+        if "token" in raw:
+            if raw["token"] is None:
+                self.fail("api.token", "is empty")
+                return Secret(""), None
+            text = self.string("api.token", raw["token"], secret=True)
+            if text is None:
+                return Secret(""), None
+            text = text.strip()
+            if problem := _token_problem(text):
+                self.fail("api.token", problem)
+            return Secret(text), None
+        env_token = self.environ.get(TOKEN_ENV, "").strip()
+        if not env_token:
+            self.fail("api", f"no API token: set api.token, api.token_file or {TOKEN_ENV}")
+        elif problem := _token_problem(env_token):
+            self.fail("api", f"{TOKEN_ENV} {problem}")
+        return Secret(env_token), None
+
+    def poll(self, value: object) -> PollConfig:
+        raw = self.mapping("poll", value, _POLL)
+        interval, interval_ok = self.checked(
+            "poll.interval", raw.get("interval", 30.0), parse_duration, 30.0
+        )
+        staleness, staleness_ok = self.checked(
+            "poll.max_staleness", raw.get("max_staleness", 300.0), parse_duration, 300.0
+        )
+        # Compare only values the user actually gave validly, never a stand-in default.
+        if interval_ok and staleness_ok and staleness < interval:
+            self.fail("poll.max_staleness", "must be at least poll.interval")
+        full_every: float | None = None
+        if raw.get("full_listing_interval") is not None:
+            full_every, full_ok = self.checked(
+                "poll.full_listing_interval",
+                raw["full_listing_interval"],
+                parse_duration,
+                None,
+            )
+            if full_ok and interval_ok and full_every is not None and full_every < interval:
+                self.fail("poll.full_listing_interval", "must be at least poll.interval")
+        return PollConfig(
+            interval=interval, max_staleness=staleness, full_listing_interval=full_every
+        )
+
+    def webhooks(self, value: object) -> WebhooksConfig:
+        raw = self.mapping("webhooks", value, _WEBHOOKS)
+        out = WebhooksConfig()
+        if "listen_address" in raw:
+            text = self.string("webhooks.listen_address", raw["listen_address"])
+            if text is not None:
+                try:
+                    host, port = parse_listen_address(text)
+                    out = replace(out, host=host, port=port)
+                except ValueError as exc:
+                    self.fail("webhooks.listen_address", str(exc))
+        if "path" in raw and (path := self.string("webhooks.path", raw["path"])) is not None:
+            if _WEBHOOK_PATH.fullmatch(path) and not any(
+                part in (".", "..") for part in path.split("/")
+            ):
+                out = replace(out, path=path)
+            else:
+                self.fail(
+                    "webhooks.path",
+                    "must start with '/' and use only letters, digits and '-', '_', '.', '~'"
+                    " between single slashes",
+                )
+        if "public_key_url" in raw and "public_key_file" in raw:
+            self.fail("webhooks", "set public_key_url or public_key_file, not both")
+        elif "public_key_file" in raw:
+            name = self.string("webhooks.public_key_file", raw["public_key_file"])
+            if name is not None:
+                key_file = Path(name)
+                if not key_file.is_absolute():
+                    key_file = self.base_dir / key_file
+                out = replace(out, public_key_url=None, public_key_file=key_file)
+        elif "public_key_url" in raw:
+            url = self.string("webhooks.public_key_url", raw["public_key_url"])
+            if url is not None:
+                out = replace(out, public_key_url=self.key_url(url))
+        return out
+
+    def key_url(self, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            hostname = parts.hostname
+        except ValueError:
+            hostname, parts = None, None
+        if parts is None or parts.scheme not in ("http", "https") or not hostname:
+            self.fail("webhooks.public_key_url", "must be an http:// or https:// URL")
+        elif parts.username is not None or parts.password is not None:
+            self.fail("webhooks.public_key_url", "must not carry credentials")
+        return url
+
+    def limits(self, value: object, apps: tuple[AppConfig, ...]) -> Limits:
+        raw = self.mapping("limits", value, _LIMITS)
+        limit = raw.get("max_livestreams", DEFAULT_MAX_LIVESTREAMS)
+        if not _whole(limit, 1, MAX_LIVESTREAMS_LIMIT):
+            self.fail(
+                "limits.max_livestreams",
+                f"must be a whole number from 1 to {MAX_LIVESTREAMS_LIMIT:,}",
+            )
+            return Limits()
+        # Configured streams are always tracked, so the limit must hold them all.
+        configured = sum(len(app.livestreams) for app in apps)
+        if configured > limit:
+            self.fail(
+                "limits.max_livestreams",
+                f"must be at least the number of configured livestreams ({configured})",
+            )
+        return Limits(max_livestreams=limit)
+
+    def apps(self, value: object) -> tuple[AppConfig, ...]:
+        if value is None:
+            self.fail("apps", "at least one app is required")
+            return ()
+        if not isinstance(value, list) or not value:
+            self.fail("apps", "must be a non-empty list")
+            return ()
+        apps: list[AppConfig] = []
+        seen: set[tuple[str, str]] = set()
+        for i, item in enumerate(value):
+            app = self.app(f"apps[{i}]", item)
+            if app is None:
+                continue
+            if app.key in seen:
+                self.fail(f"apps[{i}]", "duplicate of an earlier app (same account_id and app_id)")
+            seen.add(app.key)
+            apps.append(app)
+        return tuple(apps)
+
+    def identifier(self, path: str, value: object, *, max_len: int | None = None) -> str | None:
+        if value is None:
+            self.fail(path, "is required")
+            return None
+        text = self.string(path, value)
+        if text is None:
+            return None
+        if not _PATH_ID.fullmatch(text):
+            self.fail(path, "must be non-empty and use only letters, digits, '-', '_' and '.'")
+            return None
+        if text in (".", ".."):  # identifiers become URL path segments
+            self.fail(path, "must not be '.' or '..'")
+            return None
+        if max_len is not None and len(text) > max_len:
+            self.fail(path, f"must be at most {max_len} characters")
+            return None
+        return text
+
+    def boolean(self, path: str, value: object) -> bool | None:
+        if not isinstance(value, bool):
+            self.fail(path, "must be true or false")
+            return None
+        return value
+
+    def app(self, path: str, value: object) -> AppConfig | None:
+        if not isinstance(value, dict):  # includes a bare "-" (null) list item
+            self.fail(path, "must be a mapping")
+            return None
+        raw = self.mapping(path, value, _APP)
+        account = self.identifier(f"{path}.account_id", raw.get("account_id"), max_len=32)
+        app_id = self.identifier(f"{path}.app_id", raw.get("app_id"), max_len=32)
+        discover = self.boolean(f"{path}.discover", raw.get("discover", False))
+        written = raw.get("livestreams")
+        streams = self.livestreams(f"{path}.livestreams", written)
+        # Judged on what was written, so a bad livestream entry or discover value is not
+        # reported a second time as "nothing to poll".
+        if discover is False and (written is None or written == []):
+            self.fail(path, "lists no livestreams and discover is false: nothing to poll")
+        if account is None or app_id is None:
+            return None
+        return AppConfig(
+            account_id=account, app_id=app_id, discover=bool(discover), livestreams=streams
+        )
+
+    def livestreams(self, path: str, value: object) -> tuple[LivestreamConfig, ...]:
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.fail(path, "must be a list")
+            return ()
+        out: list[LivestreamConfig] = []
+        seen: set[str] = set()
+        for i, item in enumerate(value):
+            where = f"{path}[{i}]"
+            if not isinstance(item, dict):
+                self.fail(where, "must be a mapping with an id")
+                continue
+            raw = self.mapping(where, item, _LIVESTREAM)
+            stream_id = self.identifier(
+                f"{where}.id", raw.get("id"), max_len=MAX_LIVESTREAM_ID_LENGTH
+            )
+            expect = None
+            if "expect_live" in raw and raw["expect_live"] is not None:
+                expect = self.boolean(f"{where}.expect_live", raw["expect_live"])
+            if stream_id is None:
+                continue
+            if stream_id in seen:
+                self.fail(f"{where}.id", "duplicate livestream id in this app")
+                continue
+            seen.add(stream_id)
+            out.append(LivestreamConfig(id=stream_id, expect_live=expect))
+        return tuple(out)
+
+
+def _whole(value: object, low: int, high: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
+
+
+def _token_problem(token: str) -> str | None:
+    """Why a (stripped) token cannot be used, never quoting it; None if it can."""
+    if not token:
+        return "is empty"
+    if any(ch.isspace() for ch in token):
+        return "must be one token with no spaces or line breaks"
+    return None
+
+
+def _shown_path(name: str, path: Path) -> str:
+    """How an error may name the token file: by its path when ``name`` (as expanded) looks
+    like one (a separator or a dot, or short). A long bare word could be the token itself
+    put in the wrong key (API tokens are 40 characters of letters, digits, '-' and '_')."""
+    if len(name) <= 24 or any(c in name for c in "/\\."):
+        return str(path)
+    return f"the file named by api.token_file ({len(name)} characters)"
+
+
+def _shown_key(key: object) -> str:
+    """A mistyped key as it may be shown: short and plain, else described, never quoted.
+
+    A long or odd key could be a secret pasted in the wrong place (API tokens are 40
+    characters), and a control character would break the one-line error.
+    """
+    text = str(key)
+    if _SHOWN_KEY.fullmatch(text):
+        return text
+    return f"<unknown key of {len(text)} characters>"
