@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -38,9 +38,10 @@ from tests.test_cli import write_config
 from tests.test_simulator_exporter import Clock
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable, Collection
     from pathlib import Path
 
+    from exporter.budget import CycleDeadline
     from exporter.model import Snapshot
 
 STREAMS = 30
@@ -396,9 +397,13 @@ class ByIdApi:
         account_id: str,
         app_id: str,
         *,
-        deadline: object = None,
-        stop_early: Any = None,
-        max_entries: object = None,
+        deadline: CycleDeadline | None = None,
+        stop_early: Callable[[Collection[str], int], bool] | None = None,
+        per_page: int | None = None,
+        max_entries: int | None = None,
+        status: str | None = None,
+        first_page: int = 1,
+        max_pages: int | None = None,
     ) -> Listing:
         first = (Livestream("good", "IDLE"), *(Livestream(f"o{i}", "IDLE") for i in range(99)))
         done = stop_early is None or not stop_early({s.id for s in first}, 49)
@@ -406,7 +411,13 @@ class ByIdApi:
         return Listing(livestreams=first, total=5000, complete=False)
 
     async def livestream(
-        self, account_id: str, app_id: str, livestream_id: str, *, deadline: object = None
+        self,
+        account_id: str,
+        app_id: str,
+        livestream_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+        priority: int = 0,
     ) -> Livestream | None:
         answer = self.answers[livestream_id]
         if isinstance(answer, ApiError):
