@@ -504,7 +504,11 @@ def test_every_name_the_exporter_exposes_is_a_legacy_one() -> None:
     legacy = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
     registry = CollectorRegistry()
     for snapshot in SNAPSHOTS.values():
-        registry.register(SnapshotCollector(lambda snapshot=snapshot: snapshot))  # type: ignore[misc]
+
+        def source(snapshot: Snapshot = snapshot) -> Snapshot:
+            return snapshot
+
+        registry.register(SnapshotCollector(source))
     ExporterMetrics(
         registry=registry, endpoints=ENDPOINTS, reasons=REASONS, close_reasons=CLOSE_REASONS
     )

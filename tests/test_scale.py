@@ -242,7 +242,9 @@ async def test_a_429_holds_the_requests_of_every_app_on_the_token(harness: Harne
         for app in (APP, OTHER_APP):
             assert harness.value("realtimekit_up", app) == 0
             # Streams keep their last values; none flips to not live.
-            assert sum(s.live for s in snapshot.app(ACCOUNT, app).streams) == LIVE  # type: ignore[union-attr]
+            state = snapshot.app(ACCOUNT, app)
+            assert state is not None
+            assert sum(s.live for s in state.streams) == LIVE
     harness.clock.now += 120
     snapshot = await harness.poll()
     assert [a.up for a in snapshot.apps] == [True, True]
@@ -324,9 +326,9 @@ async def test_shards_split_the_streams_and_only_shard_0_exports_the_app() -> No
         shards = [Harness(sim, http, clock) for _ in range(2)]
         snapshots = []
         for index, harness in enumerate(shards):
-            harness.start(dataclasses.replace(base, shard=Shard(index, 2)))
+            poller = harness.start(dataclasses.replace(base, shard=Shard(index, 2)))
             before = sim.state.requests.get(("active_livestream_session", 200), 0)
-            snapshots.append(await harness.poller.poll_once())  # type: ignore[union-attr]
+            snapshots.append(await poller.poll_once())
             sessions = sim.state.requests.get(("active_livestream_session", 200), 0) - before
             mine = [i for i in live_ids(harness) if Shard(index, 2).owns(i)]
             assert sessions == len(mine)
@@ -356,8 +358,8 @@ async def test_shards_split_configured_streams_and_their_unlisted_ones() -> None
         unlisted: list[str] = []
         for index in range(2):
             harness = Harness(sim, http, clock)
-            harness.start(dataclasses.replace(base, shard=Shard(index, 2)))
-            snapshot = await harness.poller.poll_once()  # type: ignore[union-attr]
+            poller = harness.start(dataclasses.replace(base, shard=Shard(index, 2)))
+            snapshot = await poller.poll_once()
             (app,) = snapshot.apps
             assert all(Shard(index, 2).owns(s.id) for s in app.streams)
             seen += [s.id for s in app.streams]
