@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import cli
+from exporter import config as config_module
 from exporter.cli import UsageError, parse_listen
 from tests.conftest import ACCOUNT, APP
 from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream
@@ -393,7 +394,7 @@ def test_a_signal_while_the_config_is_read_ends_with_one_line(
     def interrupted(*args: object, **kwargs: object) -> None:
         _terminate_self()
 
-    monkeypatch.setattr(cli.config, "load", interrupted)
+    monkeypatch.setattr(config_module, "load", interrupted)  # cli calls it as config.load
     assert cli.main(["--config.file", str(config), "--config.check"]) == cli.EXIT_FAILURE
     assert capsys.readouterr().err == "realtimekit-exporter: interrupted while starting\n"
     assert signal.getsignal(signal.SIGTERM) == before

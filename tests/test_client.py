@@ -10,7 +10,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import aiohttp
 import pytest
@@ -35,7 +35,7 @@ from exporter.config import Secret
 from exporter.model import ActiveSession, Livestream, Session, Webhook, addressable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Iterator
 
     from yarl import URL
 
@@ -204,7 +204,9 @@ class RecordingBudget(RequestBudget):
         self.grants: list[float] = []
         self._now = clock
 
-    async def acquire(self, *, deadline: float | None = None, priority: int = 0) -> float:
+    async def acquire(
+        self, *, deadline: float | Callable[[], float] | None = None, priority: int = 0
+    ) -> float:
         waited = await super().acquire(deadline=deadline, priority=priority)
         self.grants.append(self._now())
         return waited
@@ -295,7 +297,15 @@ def sent(server: aioresponses) -> list[tuple[URL, dict[str, Any]]]:
     return [(url, call.kwargs) for (_, url), calls in server.requests.items() for call in calls]
 
 
-def page(*ids: str, status: str = "IDLE", **paging: int) -> dict[str, Any]:
+class PagingFields(TypedDict, total=False):
+    """The ``paging`` object of a listing page (each field may be left out)."""
+
+    total_count: int
+    start_offset: int
+    end_offset: int
+
+
+def page(*ids: str, status: str = "IDLE", **paging: Unpack[PagingFields]) -> dict[str, Any]:
     body: dict[str, Any] = {
         "success": True,
         "data": [{"id": i, "status": status, "stream_key": "sk"} for i in ids],
@@ -435,9 +445,11 @@ async def test_listing_follows_pages_until_total_count_is_reached(
 ) -> None:
     """Full pages are followed until total_count is reached, and no further."""
 
-    def paging(end: int) -> dict[str, int]:
-        extra = {"end_offset": end} if with_end_offset else {}
-        return {"total_count": 6, "start_offset": end - 1, **extra}
+    def paging(end: int) -> PagingFields:
+        fields = PagingFields(total_count=6, start_offset=end - 1)
+        if with_end_offset:
+            fields["end_offset"] = end
+        return fields
 
     server.get(page_url(1, 2), payload=page("a", "b", **paging(2)))
     server.get(page_url(2, 2), payload=page("c", "d", **paging(4)))
@@ -504,7 +516,7 @@ async def test_listing_without_paging_goes_on_past_a_short_page(
 async def test_listing_entry_without_id_still_counts_towards_the_listing(
     server: aioresponses,
     make_client: MakeClient,
-    paging: dict[str, int],
+    paging: PagingFields,
     page_numbers: list[str],
 ) -> None:
     """An entry dropped for having no id still counts towards total_count (no paging: read on)."""
@@ -1612,7 +1624,7 @@ async def test_webhook_calls_send_their_method_path_and_json_body(
     assert added == HOOK_DECODED
     edited = await client.edit_webhook(ACCOUNT, APP, HOOK_ID, enabled=False)
     assert edited.enabled is False
-    assert await client.delete_webhook(ACCOUNT, APP, HOOK_ID) is None
+    await client.delete_webhook(ACCOUNT, APP, HOOK_ID)  # done: no error
     calls = sent_with_method(server)
     assert [(method, url) for method, url, _ in calls] == [
         ("GET", WEBHOOKS_URL),
@@ -1698,7 +1710,7 @@ async def test_get_patch_and_delete_are_retried_on_a_503(
     server.add(url, method, status=503, body="unavailable")
     server.add(url, method, payload={"success": True, "data": data})
     client = make_client(retries=2)
-    calls = {
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
         "GET": lambda: client.list_webhooks(ACCOUNT, APP),
         "PATCH": lambda: client.edit_webhook(ACCOUNT, APP, HOOK_ID, enabled=True),
         "DELETE": lambda: client.delete_webhook(ACCOUNT, APP, HOOK_ID),
@@ -1716,7 +1728,7 @@ async def test_deleting_a_missing_webhook_is_done_but_a_gateway_404_is_an_error(
     server.delete(HOOK_URL, status=404, payload=NOT_FOUND)
     server.delete(HOOK_URL, status=404, payload={**AUTH_ERROR, "errors": [{"code": 7003}]})
     client = make_client()
-    assert await client.delete_webhook(ACCOUNT, APP, HOOK_ID) is None
+    await client.delete_webhook(ACCOUNT, APP, HOOK_ID)  # done: no error
     error = await fail(client.delete_webhook(ACCOUNT, APP, HOOK_ID))
     assert (error.reason, error.status, error.endpoint) == ("http_error", 404, ENDPOINT_WEBHOOK)
 

@@ -42,7 +42,9 @@ JOB = "realtimekit-exporter"  # what the alerts select
 
 
 def _compose() -> dict[str, Any]:
-    return yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(compose, dict)
+    return compose
 
 
 def _service(name: str) -> dict[str, Any]:
@@ -106,7 +108,9 @@ def _prometheus_config() -> dict[str, Any]:
     prometheus = _service("prometheus")
     config = _host_path(prometheus, _config_file(prometheus))
     assert config == COMPOSE_DIR / "prometheus.yml", config
-    return yaml.safe_load(config.read_text(encoding="utf-8"))
+    document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    assert isinstance(document, dict)
+    return document
 
 
 def test_compose_services_are_hardened_and_on_loopback() -> None:

@@ -58,11 +58,14 @@ OMIT: Any = object()  # as a value in render(app=...): leave the key out
 
 def render(
     *,
-    api: Mapping[str, Any] | None = None,
+    api: Mapping[Any, Any] | None = None,
     poll: Mapping[str, Any] | None = None,
     app: Mapping[str, Any] | None = None,
 ) -> str:
-    """A YAML document: one valid app (``app`` keys merged over it), plus any api/poll keys."""
+    """A YAML document: one valid app (``app`` keys merged over it), plus any api/poll keys.
+
+    ``api`` may have keys that are not strings: the loader must reject those too.
+    """
     one_app: dict[str, Any] = {
         "account_id": ACCOUNT,
         "app_id": "app-main",

@@ -105,6 +105,7 @@ class Harness:
             clock=lambda: self.now,
         )  # fmt: skip
         self.handlers: list[FakeHandler] = []
+        # FakeHandler stands in for aiohttp's RequestHandler, which factory() is typed with.
         self.factory = self.guard.factory(self._handler, None)  # type: ignore[arg-type]
 
     def _handler(self) -> FakeHandler:
@@ -264,6 +265,8 @@ async def guarded(
     app.router.add_get("/", _hello)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
+    # A list of hosts reaches loop.create_server through TCPSite; GuardedSite's own
+    # annotation (str | None) leaves it out.
     site = GuardedSite(runner, host, 0, guard=guard, tls=tls)  # type: ignore[arg-type]
     await site.start()
     guard.start()

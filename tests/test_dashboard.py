@@ -98,7 +98,9 @@ WEBHOOK_METRIC = re.compile(r"realtimekit_exporter_webhook_\w+")
 
 # -- reading the dashboard ----------------------------------------------------------------
 def _dashboard() -> dict[str, Any]:
-    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    assert isinstance(dashboard, dict)
+    return dashboard
 
 
 def _all_panels(dashboard: Mapping[str, Any]) -> Iterator[dict[str, Any]]:

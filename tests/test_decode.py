@@ -1036,6 +1036,7 @@ def test_lone_surrogates_become_replacement_characters() -> None:
     """JSON allows a lone surrogate (\\ud800); UTF-8 cannot carry it to a label or a log."""
     doc = json.loads('{"id": "ls-1", "name": "a\\ud800b", "status": "li\\udfffve"}')
     stream = decode.livestream(doc)
+    assert stream is not None
     assert stream.name == "a\ufffdb"
     assert stream.status == "LI\ufffdVE"
     stream.name.encode("utf-8")

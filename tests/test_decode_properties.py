@@ -348,10 +348,10 @@ _GONE: Final = object()
 
 def _parent(doc: object, path: Path_) -> Any:
     """The container holding ``path``'s value, or _GONE if an earlier change removed it."""
-    node = doc
+    node: Any = doc  # indexed blindly: what cannot be indexed raises TypeError below
     for key in path[:-1]:
         try:
-            node = node[key]  # type: ignore[index]
+            node = node[key]
         except (KeyError, IndexError, TypeError):
             return _GONE
     return node if isinstance(node, dict | list) else _GONE

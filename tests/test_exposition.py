@@ -35,7 +35,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from exporter.client import ENDPOINTS, REASONS
 from exporter.collector import SnapshotCollector
 from exporter.connections import REASONS as CLOSE_REASONS
-from exporter.exposition import MAX_VARIANTS, SERVED_FOR, Exposition, render_part
+from exporter.exposition import MAX_VARIANTS, SERVED_FOR, Exposition
 from exporter.model import (
     EMPTY_SNAPSHOT,
     AppState,
@@ -46,6 +46,7 @@ from exporter.model import (
     Unlisted,
 )
 from exporter.negotiate import media_range
+from exporter.render import render_part
 from exporter.telemetry import ExporterMetrics
 from tests.procs import Pipeline, wait_for
 
@@ -181,7 +182,7 @@ def fresh_part(accept: str, snapshot: Snapshot) -> bytes:
     registry.register(SnapshotCollector(lambda: snapshot))
     if accept == TEXT:
         return generate_latest(registry)
-    body = generate_openmetrics(registry)
+    body: bytes = generate_openmetrics(registry)
     assert body.endswith(EOF)
     return body[: -len(EOF)]
 
@@ -461,7 +462,7 @@ def _text_encoder(n: int) -> Encoder:
     """An encoder of its own (a distinct function: a variant of its own) writing text."""
 
     def encode(collector: Collector) -> bytes:
-        return generate_latest(collector)  # type: ignore[arg-type]
+        return generate_latest(collector)
 
     encode.__name__ = f"text_{n}"
     return encode
@@ -503,7 +504,11 @@ def test_every_name_the_exporter_exposes_is_a_legacy_one() -> None:
     legacy = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
     registry = CollectorRegistry()
     for snapshot in SNAPSHOTS.values():
-        registry.register(SnapshotCollector(lambda snapshot=snapshot: snapshot))  # type: ignore[misc]
+
+        def source(snapshot: Snapshot = snapshot) -> Snapshot:
+            return snapshot
+
+        registry.register(SnapshotCollector(source))
     ExporterMetrics(
         registry=registry, endpoints=ENDPOINTS, reasons=REASONS, close_reasons=CLOSE_REASONS
     )

@@ -1008,9 +1008,11 @@ async def test_the_running_exporter_rides_out_every_kind_of_fault(
                 if fault is None:
                     await api.refuse()
                 api.fault = fault
-                faulty = await until(
-                    lambda s, r=reason, b=before: s.errors(r) >= b + 2, f"{name}: 2 errors"
-                )
+
+                def failed_twice(s: Scrape, r: str = reason, b: float = before) -> bool:
+                    return s.errors(r) >= b + 2
+
+                faulty = await until(failed_twice, f"{name}: 2 errors")
                 assert faulty.value("realtimekit_up") == 0, name
                 assert [faulty.stream(LIVE_GAUGE, sid) for sid in LIVE] == [1, 1], name
                 api.fault = None

@@ -21,7 +21,8 @@ import pytest
 from exporter.client import ENDPOINT_LISTING, REASONS
 from exporter.simulator import REALISTIC, Simulator, World
 from tests.conftest import ACCOUNT, APP
-from tests.faultrig import Clock, FaultRig, Scrape, exporter_lines
+from tests.faultrig import FaultRig, Scrape, exporter_lines
+from tests.test_simulator_exporter import Clock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -131,7 +132,7 @@ def values(scrape: Scrape, streams: list[SimStream]) -> dict[str, tuple[float | 
 
 def world_values(sim: Simulator, streams: list[SimStream]) -> dict[str, tuple[float, ...]]:
     now = sim.world.now()
-    out = {}
+    out: dict[str, tuple[float, ...]] = {}
     for stream in streams:
         assert stream.session is not None
         out[stream.id] = (stream.session.ingest_seconds(now), stream.session.viewer_seconds(now))

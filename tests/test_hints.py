@@ -25,6 +25,8 @@ from tests.fakeapi import TOKEN
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from exporter.model import Snapshot, StreamState
+
 APP_KEY = (ACCOUNT, APP)
 INTERVAL = 2.0
 
@@ -228,6 +230,15 @@ async def test_close_cancels_refreshes_under_way(rig: Rig) -> None:
 # -- a push during a cycle -------------------------------------------------------------
 
 
+def stream_in(snapshot: Snapshot, sid: str) -> StreamState:
+    """The state of stream ``sid`` of the app in ``snapshot`` (which must hold both)."""
+    app = snapshot.app(*APP_KEY)
+    assert app is not None
+    state = app.stream(sid)
+    assert state is not None
+    return state
+
+
 class GatedApi:
     """The API as it was before a stop: the listing says LIVE, the session is active. The
     listing waits for ``gate`` (so a push can come while the cycle runs)."""
@@ -259,7 +270,7 @@ async def test_a_cycle_under_way_keeps_the_state_a_push_gave() -> None:
     cycle's older word (LIVE) does not bring the stream back; the next cycle's does."""
     api = GatedApi()
     config = make_config("http://127.0.0.1:9", discover=True, interval=INTERVAL)
-    poller = Poller(config=config, api=api)  # type: ignore[arg-type]
+    poller = Poller(config=config, api=api)
     await poller.poll_once()
     api.gate.clear()
     api.listed.clear()
@@ -273,11 +284,11 @@ async def test_a_cycle_under_way_keeps_the_state_a_push_gave() -> None:
     assert not pushed.live
     api.gate.set()
     snapshot = await asyncio.wait_for(cycle, timeout=5)
-    state = snapshot.app(*APP_KEY).stream("s1")  # type: ignore[union-attr]
+    state = stream_in(snapshot, "s1")
     assert not state.live
     assert state.livestream.status == "IDLE"
     snapshot = await poller.poll_once()  # began after the push: the API's word stands
-    assert snapshot.app(*APP_KEY).stream("s1").live  # type: ignore[union-attr]
+    assert stream_in(snapshot, "s1").live
 
 
 def test_push_priority_goes_ahead_of_everything() -> None:
@@ -395,9 +406,9 @@ async def test_only_a_stops_lookup_takes_the_kept_share() -> None:
 
     api = RecordingApi()
     config = make_config("http://127.0.0.1:9", discover=True, interval=INTERVAL)
-    poller = Poller(config=config, api=api)  # type: ignore[arg-type]
+    poller = Poller(config=config, api=api)
     await poller.poll_once()
-    refresher = Refresher(poller=poller, api=lambda: api, interval=lambda: INTERVAL)  # type: ignore[arg-type, return-value]
+    refresher = Refresher(poller=poller, api=lambda: api, interval=lambda: INTERVAL)
     try:
         api.stream = dataclasses.replace(api.stream, status="IDLE")
         refresher.hint("s1", "IDLE")
@@ -425,14 +436,14 @@ async def test_with_no_room_in_the_budget_only_a_stops_lookup_is_sent() -> None:
 
     api = RecordingApi()
     config = make_config("http://127.0.0.1:9", discover=True, interval=INTERVAL)
-    poller = Poller(config=config, api=api)  # type: ignore[arg-type]
+    poller = Poller(config=config, api=api)
     await poller.poll_once()
     registry = CollectorRegistry()
     metrics = ExporterMetrics(registry=registry, endpoints=ENDPOINTS, reasons=REASONS)
     metrics.enable_webhooks(events=(), unverified=(), outcomes=(), results=RESULTS)
     refresher = Refresher(
         poller=poller,
-        api=lambda: api,  # type: ignore[arg-type, return-value]
+        api=lambda: api,
         interval=lambda: INTERVAL,
         observer=metrics,
         room=lambda: 0,
@@ -444,7 +455,7 @@ async def test_with_no_room_in_the_budget_only_a_stops_lookup_is_sent() -> None:
             while refresher.busy:
                 await asyncio.sleep(0.01)
         assert api.asked == [("livestream", PUSH)]
-        state = poller.snapshot.app(*APP_KEY).stream("s1")  # type: ignore[union-attr]
+        state = stream_in(poller.snapshot, "s1")
         assert not state.live
         api.asked.clear()
         api.stream = dataclasses.replace(api.stream, status="LIVE")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from exporter.config import Config
-    from exporter.model import Snapshot
+    from exporter.model import ActiveSession, Snapshot
+    from exporter.poller import Api
 
 PER_PAGE = 7
 
@@ -118,7 +119,9 @@ async def test_a_stop_shows_within_one_cycle_after_its_lookup(rig: Harness) -> N
     # Its final values (the session by id) come within the next cycles.
     for _ in range(3):
         snapshot = await rig.poll()
-        stopped = snapshot.app(ACCOUNT, APP).stream("ls-004")  # type: ignore[union-attr]
+        app = snapshot.app(ACCOUNT, APP)
+        assert app is not None
+        stopped = app.stream("ls-004")
         assert stopped is not None
         if stopped.session is not None and not stopped.session.active:
             break
@@ -172,20 +175,26 @@ class SkippingApi:
     """The real client, except that one LIVE listing lacks ``skip`` (as a page shifting
     under a reader can make it)."""
 
-    def __init__(self, real: object, skip: str) -> None:
+    def __init__(self, real: Api, skip: str) -> None:
         self._real = real
         self.skip: str | None = skip
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._real, name)
-
-    async def list_livestreams(self, *args: object, **kwargs: object) -> Listing:
-        listing: Listing = await self._real.list_livestreams(*args, **kwargs)  # type: ignore[attr-defined]
+    async def list_livestreams(self, *args: Any, **kwargs: Any) -> Listing:
+        listing = await self._real.list_livestreams(*args, **kwargs)
         if kwargs.get("status") == "LIVE" and self.skip is not None:
             kept = tuple(s for s in listing.livestreams if s.id != self.skip)
             listing = Listing(livestreams=kept, pages=listing.pages, total=listing.total)
             self.skip = None
         return listing
+
+    async def livestream(self, *args: Any, **kwargs: Any) -> Livestream | None:
+        return await self._real.livestream(*args, **kwargs)
+
+    async def active_session(self, *args: Any, **kwargs: Any) -> ActiveSession:
+        return await self._real.active_session(*args, **kwargs)
+
+    async def session(self, *args: Any, **kwargs: Any) -> ActiveSession:
+        return await self._real.session(*args, **kwargs)
 
 
 async def test_a_stream_skipped_by_the_live_listing_is_not_a_false_stop(rig: Harness) -> None:
@@ -194,7 +203,7 @@ async def test_a_stream_skipped_by_the_live_listing_is_not_a_false_stop(rig: Har
     poller = rig.start(config_for(rig, 1500))
     for _ in range(3):
         await rig.poll()
-    poller.reconfigure(poller._config, api=SkippingApi(poller._api, "ls-003"))  # type: ignore[arg-type]
+    poller.reconfigure(poller._config, api=SkippingApi(poller._api, "ls-003"))
     snapshot, cost = await rig.cycle_cost()
     assert cost["livestream"] == 1
     assert live_of(snapshot)["ls-003"] is True
@@ -269,18 +278,21 @@ def test_credit_refills_at_the_budget_rate_and_keeps_at_most_one_cycle() -> None
     margin), banks no more than one cycle however long the time since, and carries a
     debt."""
     credit = lanes.Credit(0.0)
-    settings = {"requests": 300, "window": 300.0, "interval": 10.0}
-    credit.refill(0.0, **settings)
+
+    def refill(now: float) -> None:
+        credit.refill(now, requests=300, window=300.0, interval=10.0)
+
+    refill(0.0)
     assert credit.available == 9  # 10 less 1 %
     credit.spend(9)
-    credit.refill(10.0, **settings)
+    refill(10.0)
     assert credit.available == 9  # 0.9 + 9.9, but at most one cycle's 9.9
     credit.spend(30)
-    credit.refill(20.0, **settings)
+    refill(20.0)
     assert credit.available == 0  # -20.1 + 9.9: still repaying
-    credit.refill(110.0, **settings)
+    refill(110.0)
     assert credit.available == 9  # a 90 s cycle (or a clock jump) banks no burst
-    credit.refill(50.0, **settings)  # the clock went back: nothing gained, nothing lost
+    refill(50.0)  # the clock went back: nothing gained, nothing lost
     assert credit.available == 9
 
 
@@ -362,8 +374,8 @@ class StaleEntryApi(SkippingApi):
     """The real client, except that every LIVE listing also holds ``extra`` with status
     IDLE (a stream that stopped while the listing was served)."""
 
-    async def list_livestreams(self, *args: object, **kwargs: object) -> Listing:
-        listing: Listing = await self._real.list_livestreams(*args, **kwargs)  # type: ignore[attr-defined]
+    async def list_livestreams(self, *args: Any, **kwargs: Any) -> Listing:
+        listing = await self._real.list_livestreams(*args, **kwargs)
         if kwargs.get("status") == "LIVE" and self.skip is not None:
             stale = Livestream(self.skip, "IDLE")
             listing = dataclasses.replace(listing, livestreams=(*listing.livestreams, stale))
@@ -378,7 +390,7 @@ async def test_a_stale_entry_in_the_live_listing_is_no_ignored_filter(rig: Harne
     for _ in range(3):
         await rig.poll()
     rig.sim.world.stop("ls-002")
-    poller.reconfigure(poller._config, api=StaleEntryApi(poller._api, "ls-002"))  # type: ignore[arg-type]
+    poller.reconfigure(poller._config, api=StaleEntryApi(poller._api, "ls-002"))
     for _ in range(3):
         snapshot, cost = await rig.cycle_cost()
         assert cost["livestreams"] == 2 + 1, cost

@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     from exporter.config import Config
-    from exporter.model import Snapshot, StreamState
+    from exporter.model import ActiveSession, Snapshot, StreamState
+    from exporter.poller import Api
 
 PER_PAGE = 7
 OTHER = "app-other"
@@ -99,7 +100,7 @@ class Rig(Harness):
     def twist(self, **hooks: Any) -> Twisted:
         assert self.poller is not None
         twisted = Twisted(self.poller._api, **hooks)
-        self.poller.reconfigure(self.poller._config, api=twisted)  # type: ignore[arg-type]
+        self.poller.reconfigure(self.poller._config, api=twisted)
         return twisted
 
     def reconfigure(self, config: Config) -> None:
@@ -131,11 +132,11 @@ class Twisted:
     """The real client, except for the answers the hooks twist.
 
     ``listing(kwargs, listing) -> Listing``; ``lookup(app_id, sid, real) -> Livestream |
-    None`` (may raise); ``on_session(sid)`` sees every active-session request."""
+    None`` (may raise); ``sessions`` notes every active-session request."""
 
     def __init__(
         self,
-        real: Any,
+        real: Api,
         *,
         listing: Callable[[dict[str, Any], Listing], Listing] | None = None,
         lookup: Callable[[str, str, Livestream | None], Livestream | None] | None = None,
@@ -146,9 +147,6 @@ class Twisted:
         self.lookups: list[str] = []
         self.listings: list[dict[str, Any]] = []
         self.sessions: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
 
     async def list_livestreams(self, account_id: str, app_id: str, **kwargs: Any) -> Listing:
         self.listings.append({"app_id": app_id, **kwargs})
@@ -166,9 +164,16 @@ class Twisted:
             return self.lookup_hook(app_id, livestream_id, real)
         return real
 
-    async def active_session(self, account_id: str, app_id: str, sid: str, **kwargs: Any) -> Any:
-        self.sessions.append(sid)
-        return await self._real.active_session(account_id, app_id, sid, **kwargs)
+    async def active_session(
+        self, account_id: str, app_id: str, livestream_id: str, **kwargs: Any
+    ) -> ActiveSession:
+        self.sessions.append(livestream_id)
+        return await self._real.active_session(account_id, app_id, livestream_id, **kwargs)
+
+    async def session(
+        self, account_id: str, app_id: str, session_id: str, **kwargs: Any
+    ) -> ActiveSession:
+        return await self._real.session(account_id, app_id, session_id, **kwargs)
 
 
 @dataclasses.dataclass

@@ -101,8 +101,8 @@ class Cycles:
         return self.state.stream(sid)
 
 
-def live(sid: str = "x1", **kw: float) -> Api:
-    return Api(active={"s1": ActiveSession(Livestream("s1", "LIVE"), session(sid, **kw))})
+def live(sid: str = "x1", *, ingest: float = 50.0) -> Api:
+    return Api(active={"s1": ActiveSession(Livestream("s1", "LIVE"), session(sid, ingest=ingest))})
 
 
 NOT_FOUND = ActiveSession(None, None)

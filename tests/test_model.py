@@ -44,4 +44,4 @@ def test_a_webhook_is_enabled_by_default_and_immutable() -> None:
     hook = Webhook(id="w1", url="https://exporter.example.com/webhooks/realtimekit")
     assert (hook.enabled, hook.events, hook.name) == (True, (), None)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        hook.enabled = False  # type: ignore[misc]
+        hook.enabled = False  # type: ignore[misc]  # the point: the field is frozen

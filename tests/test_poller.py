@@ -22,8 +22,9 @@ from tests.conftest import ACCOUNT, APP, make_config
 from tests.fakeapi import FakeApi, FakeStream, Fault
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable, Collection
 
+    from exporter.budget import CycleDeadline
     from exporter.config import Config
 
 
@@ -281,9 +282,13 @@ class ExplodingApi:
         account_id: str,
         app_id: str,
         *,
-        deadline: object = None,
-        stop_early: object = None,
-        max_entries: object = None,
+        deadline: CycleDeadline | None = None,
+        stop_early: Callable[[Collection[str], int], bool] | None = None,
+        per_page: int | None = None,
+        max_entries: int | None = None,
+        status: str | None = None,
+        first_page: int = 1,
+        max_pages: int | None = None,
     ) -> Listing:
         self.calls += 1
         if self.calls == 1:
@@ -291,9 +296,37 @@ class ExplodingApi:
         return Listing(livestreams=(Livestream("s1", "IDLE"),))
 
     async def active_session(
-        self, account_id: str, app_id: str, livestream_id: str, *, deadline: float | None = None
+        self,
+        account_id: str,
+        app_id: str,
+        livestream_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+        priority: int = 0,
     ) -> ActiveSession:
         raise AssertionError("not live, never asked")
+
+    async def livestream(
+        self,
+        account_id: str,
+        app_id: str,
+        livestream_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+        priority: int = 0,
+    ) -> Livestream | None:
+        raise AssertionError("listed, never asked by id")
+
+    async def session(
+        self,
+        account_id: str,
+        app_id: str,
+        session_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+        priority: int = 0,
+    ) -> ActiveSession:
+        raise AssertionError("no session ended, never asked")
 
 
 async def test_unexpected_error_marks_app_down_and_polling_goes_on(
@@ -431,14 +464,24 @@ class CancellingApi(ExplodingApi):
         account_id: str,
         app_id: str,
         *,
-        deadline: object = None,
-        stop_early: object = None,
-        max_entries: object = None,
+        deadline: CycleDeadline | None = None,
+        stop_early: Callable[[Collection[str], int], bool] | None = None,
+        per_page: int | None = None,
+        max_entries: int | None = None,
+        status: str | None = None,
+        first_page: int = 1,
+        max_pages: int | None = None,
     ) -> Listing:
         return Listing(livestreams=(Livestream("s1", "LIVE"),))
 
     async def active_session(
-        self, account_id: str, app_id: str, livestream_id: str, *, deadline: float | None = None
+        self,
+        account_id: str,
+        app_id: str,
+        livestream_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+        priority: int = 0,
     ) -> ActiveSession:
         raise asyncio.CancelledError
 
@@ -517,5 +560,6 @@ async def test_ids_that_are_dot_segments_are_exported_from_the_listing_alone(
     assert rig.api.count("by_id") == 0
     assert sum(rig.errors(reason) for reason in REASONS) == 0
     (warning,) = [r for r in caplog.records if r.name == "exporter.poller"]
-    assert (warning.account_id, warning.app_id) == (ACCOUNT, APP)
+    extra = vars(warning)  # the fields the call's extra= set on the record
+    assert (extra["account_id"], extra["app_id"]) == (ACCOUNT, APP)
     assert "2 listed livestreams" in warning.getMessage() and "'.', '..'" in warning.getMessage()

@@ -241,7 +241,10 @@ async def test_an_invalid_config_is_rejected_once_and_the_old_one_stays(
     fake_api.add(ACCOUNT, APP, FakeStream("ls-2"))
     config = write_config(tmp_path / "config.yaml", fake_api.base_url, ["ls-1"])
     async with exporter_process(tmp_path, config) as running:
-        cycles = ("realtimekit_exporter_poll_duration_seconds_count", frozenset())
+        cycles: tuple[str, frozenset[tuple[str, str]]] = (
+            "realtimekit_exporter_poll_duration_seconds_count",
+            frozenset(),
+        )
 
         async def polled() -> Samples | None:
             got = await running.metrics()

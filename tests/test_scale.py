@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
@@ -38,9 +38,10 @@ from tests.test_cli import write_config
 from tests.test_simulator_exporter import Clock
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable, Collection
     from pathlib import Path
 
+    from exporter.budget import CycleDeadline
     from exporter.model import Snapshot
 
 STREAMS = 30
@@ -239,7 +240,9 @@ async def test_a_429_holds_the_requests_of_every_app_on_the_token(harness: Harne
         for app in (APP, OTHER_APP):
             assert harness.value("realtimekit_up", app) == 0
             # Streams keep their last values; none flips to not live.
-            assert sum(s.live for s in snapshot.app(ACCOUNT, app).streams) == LIVE  # type: ignore[union-attr]
+            state = snapshot.app(ACCOUNT, app)
+            assert state is not None
+            assert sum(s.live for s in state.streams) == LIVE
     harness.clock.now += 120
     snapshot = await harness.poll()
     assert [a.up for a in snapshot.apps] == [True, True]
@@ -321,9 +324,9 @@ async def test_shards_split_the_streams_and_only_shard_0_exports_the_app() -> No
         shards = [Harness(sim, http, clock) for _ in range(2)]
         snapshots = []
         for index, harness in enumerate(shards):
-            harness.start(dataclasses.replace(base, shard=Shard(index, 2)))
+            poller = harness.start(dataclasses.replace(base, shard=Shard(index, 2)))
             before = sim.state.requests.get(("active_livestream_session", 200), 0)
-            snapshots.append(await harness.poller.poll_once())  # type: ignore[union-attr]
+            snapshots.append(await poller.poll_once())
             sessions = sim.state.requests.get(("active_livestream_session", 200), 0) - before
             mine = [i for i in live_ids(harness) if Shard(index, 2).owns(i)]
             assert sessions == len(mine)
@@ -353,8 +356,8 @@ async def test_shards_split_configured_streams_and_their_unlisted_ones() -> None
         unlisted: list[str] = []
         for index in range(2):
             harness = Harness(sim, http, clock)
-            harness.start(dataclasses.replace(base, shard=Shard(index, 2)))
-            snapshot = await harness.poller.poll_once()  # type: ignore[union-attr]
+            poller = harness.start(dataclasses.replace(base, shard=Shard(index, 2)))
+            snapshot = await poller.poll_once()
             (app,) = snapshot.apps
             assert all(Shard(index, 2).owns(s.id) for s in app.streams)
             seen += [s.id for s in app.streams]
@@ -394,9 +397,13 @@ class ByIdApi:
         account_id: str,
         app_id: str,
         *,
-        deadline: object = None,
-        stop_early: Any = None,
-        max_entries: object = None,
+        deadline: CycleDeadline | None = None,
+        stop_early: Callable[[Collection[str], int], bool] | None = None,
+        per_page: int | None = None,
+        max_entries: int | None = None,
+        status: str | None = None,
+        first_page: int = 1,
+        max_pages: int | None = None,
     ) -> Listing:
         first = (Livestream("good", "IDLE"), *(Livestream(f"o{i}", "IDLE") for i in range(99)))
         done = stop_early is None or not stop_early({s.id for s in first}, 49)
@@ -404,7 +411,13 @@ class ByIdApi:
         return Listing(livestreams=first, total=5000, complete=False)
 
     async def livestream(
-        self, account_id: str, app_id: str, livestream_id: str, *, deadline: object = None
+        self,
+        account_id: str,
+        app_id: str,
+        livestream_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+        priority: int = 0,
     ) -> Livestream | None:
         answer = self.answers[livestream_id]
         if isinstance(answer, ApiError):

@@ -188,7 +188,8 @@ async def test_head_gets_the_headers_alone_and_the_connection_stays_usable(
             writer.write(f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
             head = await reader.readuntil(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200")
-            assert int(re.search(rb"Content-Length: (\d+)", head)[1]) > 0  # type: ignore[index]
+            length = re.search(rb"Content-Length: (\d+)", head)
+            assert length is not None and int(length[1]) > 0
         writer.write(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
         head = await reader.readuntil(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200")

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import aiohttp
 import pytest
@@ -1174,8 +1174,13 @@ async def test_ip_limit_can_be_changed_or_switched_off() -> None:
     world = World(seed=1, profile=REALISTIC, clock=clock)
     world.populate(ACCOUNT, APP, 3, live=1)
     headers = {"Authorization": f"Bearer {TOKEN}"}
+    cases: list[tuple[RateLimiter | Literal["off"] | None, int]] = [
+        ("off", 0),
+        (RateLimiter(5, 1.0, block=False), 245),
+        (None, 50),
+    ]
     async with aiohttp.ClientSession(headers=headers) as http:
-        for limiter, refused in (("off", 0), (RateLimiter(5, 1.0, block=False), 245), (None, 50)):
+        for limiter, refused in cases:
             sim = Simulator(
                 world, token=TOKEN, limiter=RateLimiter(10_000, 300), ip_limiter=limiter
             )

@@ -29,8 +29,9 @@ from tests.conftest import ACCOUNT, APP, make_config
 from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream, Fault
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable, Collection
 
+    from exporter.budget import CycleDeadline
     from exporter.config import Config
     from exporter.model import ActiveSession, Listing
 
@@ -508,9 +509,13 @@ class FailingApi:
         account_id: str,
         app_id: str,
         *,
-        deadline: object = None,
-        stop_early: object = None,
-        max_entries: object = None,
+        deadline: CycleDeadline | None = None,
+        stop_early: Callable[[Collection[str], int], bool] | None = None,
+        per_page: int | None = None,
+        max_entries: int | None = None,
+        status: str | None = None,
+        first_page: int = 1,
+        max_pages: int | None = None,
     ) -> Listing:
         self.calls += 1
         if self.calls % 3 == 0:
@@ -523,13 +528,36 @@ class FailingApi:
             retry_after=None if self.calls % 3 == 1 else 60.0,
         )
 
+    async def livestream(
+        self,
+        account_id: str,
+        app_id: str,
+        livestream_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+        priority: int = 0,
+    ) -> Livestream | None:
+        raise AssertionError("the listing always fails")
+
     async def active_session(
-        self, account_id: str, app_id: str, livestream_id: str, *, deadline: float | None = None
+        self,
+        account_id: str,
+        app_id: str,
+        livestream_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+        priority: int = 0,
     ) -> ActiveSession:
         raise AssertionError("the listing always fails")
 
     async def session(
-        self, account_id: str, app_id: str, session_id: str, *, deadline: float | None = None
+        self,
+        account_id: str,
+        app_id: str,
+        session_id: str,
+        *,
+        deadline: CycleDeadline | None = None,
+        priority: int = 0,
     ) -> ActiveSession:
         raise AssertionError("the listing always fails")
 
@@ -546,7 +574,7 @@ async def test_poller_keeps_the_last_errors_newest_first_without_their_text() ->
     assert poller.recent_errors == ()
     for _ in range(RECENT_ERRORS + 5):
         await poller.poll_once()
-    errors = poller.recent_errors
+    errors: tuple[PollError, ...] = poller.recent_errors  # not the "== ()" narrowed above
     assert len(errors) == RECENT_ERRORS
     assert [e.time for e in errors] == sorted((e.time for e in errors), reverse=True)
     by_reason = {e.reason: e for e in errors}

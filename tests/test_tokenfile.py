@@ -17,6 +17,7 @@ from tests.files import dev_zero, directory, fifo, sized
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from concurrent.futures import Executor
     from pathlib import Path
 
 FIRST, SECOND = "first-token-0123456789", "second-token-9876543210"
@@ -62,8 +63,8 @@ def test_a_swapped_in_file_that_is_not_a_small_regular_file_keeps_the_token(
 class HangingTokenFile(TokenFile):
     """A token file on a file system that does not answer until ``answer`` is set."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, path: Path, token: Secret, *, executor: Executor, timeout: float) -> None:
+        super().__init__(path, token, executor=executor, timeout=timeout)
         self.answer = threading.Event()
         self.checks = 0
 

@@ -638,8 +638,8 @@ async def test_forged_deliveries_refetch_the_key_at_most_once_per_floor(
         assert daemon.exporter.refresher.busy == 0
 
 
-def _pem(key: object) -> str:
-    return key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+def _pem(key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> str:
+    return key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
 
@@ -653,8 +653,8 @@ def _bad_documents() -> dict[str, Callable[[], web.StreamResponse]]:
     small = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()  # noqa: S505 (refused)
     good = ws.public_pem().decode()
 
-    def respond(body: bytes, **kw: object) -> Callable[[], web.StreamResponse]:
-        return lambda: web.Response(body=body, content_type="application/json", **kw)  # type: ignore[arg-type]
+    def respond(body: bytes) -> Callable[[], web.StreamResponse]:
+        return lambda: web.Response(body=body, content_type="application/json")
 
     return {
         "not-json": respond(b"<html>hello</html>"),
