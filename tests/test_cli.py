@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import cli
 from exporter import config as config_module
-from exporter.cli import UsageError, parse_listen
+from exporter.cliargs import EXIT_FAILURE, UsageError, parse_listen
 from tests.conftest import ACCOUNT, APP
 from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream
 
@@ -395,6 +395,6 @@ def test_a_signal_while_the_config_is_read_ends_with_one_line(
         _terminate_self()
 
     monkeypatch.setattr(config_module, "load", interrupted)  # cli calls it as config.load
-    assert cli.main(["--config.file", str(config), "--config.check"]) == cli.EXIT_FAILURE
+    assert cli.main(["--config.file", str(config), "--config.check"]) == EXIT_FAILURE
     assert capsys.readouterr().err == "realtimekit-exporter: interrupted while starting\n"
     assert signal.getsignal(signal.SIGTERM) == before

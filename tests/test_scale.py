@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter import cli
 from exporter.apitoken import ApiToken
+from exporter.cliargs import EXIT_OK, EXIT_USAGE
 from exporter.client import ENDPOINTS, REASONS, ApiError
 from exporter.collector import SnapshotCollector
 from exporter.config import AppConfig, Config, LivestreamConfig, RateLimit, Shard
@@ -373,15 +374,15 @@ def test_the_shard_flags_are_checked(
     the shard's part of the budget."""
     path = write_config(tmp_path, "http://127.0.0.1:9")
     monkeypatch.setenv("RTK_TEST_TOKEN", TOKEN)
-    assert cli.main([f"--config.file={path}", "--shard=2", "--total-shards=2"]) == cli.EXIT_USAGE
+    assert cli.main([f"--config.file={path}", "--shard=2", "--total-shards=2"]) == EXIT_USAGE
     assert "--shard=2 needs --total-shards above 2" in capsys.readouterr().err
-    assert cli.main([f"--config.file={path}", "--total-shards=0"]) == cli.EXIT_USAGE
+    assert cli.main([f"--config.file={path}", "--total-shards=0"]) == EXIT_USAGE
     assert "must be 1 or more" in capsys.readouterr().err
     too_many = [f"--config.file={path}", "--total-shards=1001", "--config.check"]
-    assert cli.main(too_many) == cli.EXIT_USAGE  # the config's budget is 1000/5m
+    assert cli.main(too_many) == EXIT_USAGE  # the config's budget is 1000/5m
     assert "every shard needs one of its own" in capsys.readouterr().err
     args = [f"--config.file={path}", "--shard=1", "--total-shards=4", "--config.check"]
-    assert cli.main(args) == cli.EXIT_OK
+    assert cli.main(args) == EXIT_OK
     assert "shard 1 of 4 (budget 250/5m)" in capsys.readouterr().out
 
 
