@@ -26,7 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from exporter import __version__
-from exporter.budget import RequestBudget
+from exporter.apitoken import ApiToken
 from exporter.client import ApiError, RealtimeKitClient
 from exporter.model import STATUS_UPDATE_EVENT, addressable
 
@@ -263,19 +263,11 @@ async def api_client(config: Config) -> AsyncIterator[RealtimeKitClient]:
     Made as the exporter makes its own, but with a budget of its own: a command run
     beside a running exporter spends a few requests of the token's limit, and the API's
     Ratelimit headers still pause it if the token is close to that limit."""
-    api = config.api
     async with aiohttp.ClientSession(
         headers={"User-Agent": f"realtimekit-exporter/{__version__}"},
         trust_env=False,  # see client.proxy_for
     ) as session:
-        yield RealtimeKitClient(
-            session=session,
-            base_url=api.base_url,
-            token=api.token,
-            budget=RequestBudget(requests=api.rate_limit.requests, window=api.rate_limit.window),
-            timeout=api.timeout,
-            max_concurrency=api.max_concurrency,
-        )
+        yield ApiToken(config, session=session).client
 
 
 async def run(
