@@ -86,6 +86,8 @@ DEFAULT_SWITCH: Final = 0.005  # Python's own sys.getswitchinterval()
 CLI_SWITCH: Final = 0.001  # exporter.cli.SWITCH_INTERVAL
 NOW: Final = 1_767_000_000.0
 STATUSES: Final = ("IDLE", "OFFLINE", "ERRORED", "INVOKED")
+ACCOUNT, APP = "bench-account", "bench-app"  # bench/run.py's
+NAMES: Final = ("Main stage", "Backstage", "Q&A", "Keynote", "Bühne", "Town hall")
 
 # A scraper in a process of its own (it must not share the GIL it measures): ``count``
 # GETs on one keep-alive connection, each timed from sending to the whole body read.
@@ -108,8 +110,9 @@ print(json.dumps(times))
 
 # -- inputs ----------------------------------------------------------------------------
 def snapshot(streams: int, *, live_share: float, seed: int) -> Snapshot:
-    """One app of ``streams`` livestreams, ``live_share`` of them live, with UUIDs for ids
-    (as the API's), names, and varied counters and times, so that gzip meets real entropy."""
+    """One app of ``streams`` livestreams, ``live_share`` of them live, shaped as bench.run's
+    simulator makes them (its account and app, UUIDs for ids, half of them with a meeting),
+    with varied counters and times, so that gzip meets real entropy."""
     rng = random.Random(seed)
 
     def uid() -> str:
@@ -137,8 +140,8 @@ def snapshot(streams: int, *, live_share: float, seed: int) -> Snapshot:
                 Livestream(
                     uid(),
                     "LIVE" if is_live else rng.choice(STATUSES),
-                    name=f"Stage {i} {rng.choice(('main', 'backstage', 'Q&A', 'Bühne'))}",
-                    meeting_id=uid(),
+                    name=f"{rng.choice(NAMES)} {i + 1}" if rng.random() < 0.9 else None,
+                    meeting_id=uid() if rng.random() < 0.5 else None,
                     disabled=rng.random() < 0.02,
                 ),
                 live=is_live,
@@ -149,7 +152,7 @@ def snapshot(streams: int, *, live_share: float, seed: int) -> Snapshot:
             )
         )
     states.sort(key=lambda state: state.id)
-    app = AppState(uid(), uid(), True, NOW, tuple(states))
+    app = AppState(ACCOUNT, APP, True, NOW, tuple(states))
     return Snapshot(apps=(app,), taken_at=NOW, cycles=10, livestream_limit=20_000)
 
 
