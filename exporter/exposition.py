@@ -11,12 +11,12 @@ server CPU ms per scrape, medians of 5 rounds):
 =============================================  ==========  ===========
 scrape of                                      plain path  this module
 =============================================  ==========  ===========
-text                                           796         0.9
-OpenMetrics + gzip (what Prometheus asks for)  1,321       2.0
-... with the whole body gzipped per scrape                 140
+text                                           738         0.9
+OpenMetrics + gzip (what Prometheus asks for)  1,202       1.9
+... with the whole body gzipped per scrape                 119
 =============================================  ==========  ===========
 
-A new snapshot costs a render per variant served lately: 207 ms for text, 372 ms for
+A new snapshot costs a render per variant served lately: 188 ms for text, 305 ms for
 OpenMetrics + gzip (:mod:`exporter.render` says why it renders, not prometheus_client).
 The targets this is for (bench/README.md, docs/scaling.md): /metrics p99 at least 20 times
 faster than the plain path at N = 10,000; CPU per poll cycle under 1.5 s; with webhooks, a
@@ -28,8 +28,8 @@ piece, and its reason:
   its escaping and version), plain or gzip. The parts share no family, so the text body
   is their concatenation; in OpenMetrics the cached part goes without its ``# EOF``, which
   the own part, last, supplies.
-- **Its gzip start is cached too**: gzip of the whole body per scrape (140 ms) would be
-  only 9 times faster than the plain path. A gzip body is one gzip member (RFC 1952):
+- **Its gzip start is cached too**: gzip of the whole body per scrape (119 ms) would be
+  only 10 times faster than the plain path. A gzip body is one gzip member (RFC 1952):
   the cached part is kept as zlib's output up to a sync flush (byte-aligned, not final)
   with the compressor's state (a quarter MB); each scrape continues a copy of that state
   (``zlib.Compress.copy``, made for data that share a prefix) with the own part and
@@ -47,7 +47,7 @@ piece, and its reason:
   healthy process whose metrics stand still. The snapshot's families say they are
   cached; these do not.
 - **A new snapshot is rendered ahead, and the previous bytes stand in meanwhile**: a
-  scrape that waits for a render pays it (207-372 ms, 3-4 times faster than the plain
+  scrape that waits for a render pays it (188-305 ms, 4 times faster than the plain
   path: not the 20x at p99), and one that triggers it would show a stop a scrape interval
   late. So when the snapshot changes (:meth:`Exposition.published` or the next scrape
   says so), the previous snapshot's parts are dropped and the variants served within
