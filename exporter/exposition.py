@@ -1,39 +1,71 @@
 """The body of /metrics: the snapshot's families rendered once per snapshot, the exporter's
-own metrics rendered per scrape, joined.
-
-The families of :func:`exporter.collector.families` change only when the poller publishes
-a new :class:`~exporter.model.Snapshot`; at 10,000 livestreams they are some 130,000
-samples, which :func:`exporter.render.render_part` renders in about a tenth of a second
-(prometheus_client's encoders take up to a second). The exporter's own metrics (request
-counters, histograms, process metrics) change all the time, but are small. So a body is::
+own metrics rendered per scrape, joined::
 
     snapshot part (cached per snapshot and variant) + own part (rendered per scrape)
 
-A variant is what the negotiated encoder makes of the families (the text format, or
-OpenMetrics with its escaping and version), plain or gzip. The parts share no family, so
-the text body is their concatenation; in OpenMetrics the cached part goes without its
-``# EOF``, which the own part, last, supplies. A gzip body is one gzip member (RFC 1952):
-the cached part is kept as raw deflate data that ends in a sync flush (byte-aligned, not
-final), to which each scrape appends the own part's deflate data and the trailer, the
-CRC-32 continued from the cached part's; a scrape never reads the cached bytes. (Two
-gzip members in a row would be valid too, but curl, for one, reads only the first.)
+Why not prometheus_client's plain path, the whole registry through the negotiated encoder
+and gzip on every scrape (``bench/baseline.py``)? Side by side in one run
+(``.venv/bin/python -m bench.render``, N = 10,000 livestreams, 500 live, 2 shared cores;
+server CPU ms per scrape, medians of 5 rounds):
+
+=============================================  ==========  ===========
+scrape of                                      plain path  this module
+=============================================  ==========  ===========
+text                                           738         0.9
+OpenMetrics + gzip (what Prometheus asks for)  1,202       1.9
+... with the whole body gzipped per scrape                 119
+=============================================  ==========  ===========
+
+A new snapshot costs a render per variant served lately: 188 ms for text, 305 ms for
+OpenMetrics + gzip (:mod:`exporter.render` says why it renders, not prometheus_client).
+The targets this is for (bench/README.md, docs/scaling.md): /metrics p99 at least 20 times
+faster than the plain path at N = 10,000; CPU per poll cycle under 1.5 s; with webhooks, a
+stop on /metrics within 2 s at p99, the render after the new snapshot included. Each
+piece, and its reason:
+
+- **The snapshot part is cached per snapshot and variant** (the 20x target). A variant is
+  what the negotiated encoder makes of the families (the text format, or OpenMetrics with
+  its escaping and version), plain or gzip. The parts share no family, so the text body
+  is their concatenation; in OpenMetrics the cached part goes without its ``# EOF``, which
+  the own part, last, supplies.
+- **Its gzip start is cached too**: gzip of the whole body per scrape (119 ms) would be
+  only 10 times faster than the plain path. A gzip body is one gzip member (RFC 1952):
+  the cached part is kept as zlib's output up to a sync flush (byte-aligned, not final)
+  with the compressor's state (a quarter MB); each scrape continues a copy of that state
+  (``zlib.Compress.copy``, made for data that share a prefix) with the own part and
+  finishes the member, zlib writing the CRC-32 and length. Two gzip members in a row
+  would be valid too, but curl, for one, reads only the first.
+- **The own metrics are rendered per scrape** (1.2 ms text, 1.8 ms OpenMetrics), not with
+  the snapshot, though that would cache the whole body and need no continued stream: they
+  would then be as old as the last snapshot, published after each poll cycle (every
+  ``poll.interval``, 30 s by default, longer when a cycle waits for the budget) and
+  within 50 ms of a webhook's push, and frozen while a cycle hangs. ``process_*`` and
+  ``python_gc_*`` (read when collected), the budget gauges (computed when collected) and
+  the HTTP, webhook and connection counters are read at scrape time wherever
+  prometheus_client serves them; Prometheus stamps each sample with the scrape's time,
+  so ``rate()`` over a few scrapes would see steps, and a stalled poller would show a
+  healthy process whose metrics stand still. The snapshot's families say they are
+  cached; these do not.
+- **A new snapshot is rendered ahead, and the previous bytes stand in meanwhile**: a
+  scrape that waits for a render pays it (188-305 ms, 4 times faster than the plain
+  path: not the 20x at p99), and one that triggers it would show a stop a scrape interval
+  late. So when the snapshot changes (:meth:`Exposition.published` or the next scrape
+  says so), the previous snapshot's parts are dropped and the variants served within
+  the last :data:`SERVED_FOR` seconds are rendered again at once, in the background, so
+  that the next scrape finds them ready, however many poll cycles pass between scrapes;
+  until each is ready, the previous snapshot's bytes of it are served. A variant not
+  served that recently is rendered on demand.
 
 Renders run off the event loop, in daemon threads (:mod:`exporter.workers`: a stopping
 process waits for none of them, and drops those queued). Concurrent scrapes of a variant
 await one render, also of a variant beyond :data:`MAX_VARIANTS` (rendered for the scrapes
-waiting, then dropped), and a cancelled scrape does not cancel it. When the snapshot
-changes (:meth:`Exposition.published` or the next scrape says so), the previous
-snapshot's parts are dropped and the variants served within the last :data:`SERVED_FOR`
-seconds are rendered again at once, in the background, so that the next scrape finds them
-ready, however many poll cycles pass between scrapes; a variant not served that recently
-is rendered on demand.
+waiting, then dropped), and a cancelled scrape does not cancel it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import struct
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -67,8 +99,8 @@ MAX_VARIANTS: Final = 6
 # A variant served within this many seconds is rendered ahead for each new snapshot: longer
 # than any usual scrape interval, so a 1m or 2m scrape of a 30s poll finds its bytes ready.
 SERVED_FOR: Final = 600.0
-# RFC 1952 member header: deflate, no flags, no mtime, no extra flags, OS unknown.
-_GZIP_HEADER: Final = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+# zlib writes a gzip member (RFC 1952: header, deflate data, CRC-32 and length).
+_GZIP_WBITS: Final = 16 + zlib.MAX_WBITS
 
 
 class Exposition:
@@ -124,18 +156,17 @@ class Exposition:
             if key in generation.deflated:
                 self._served[key, True] = (encoder, self._clock())
             start = _ready_or(start, self._previous.deflated.get(key))
-            own, deflated = await loop.run_in_executor(
-                self._own_executor, _own_part, self._own, encoder, True
+            deflated = await asyncio.shield(start)
+            end = await loop.run_in_executor(
+                self._own_executor, _own_end, self._own, encoder, deflated
             )
-            return _gzip_member(await asyncio.shield(start), own, deflated)
+            return [deflated.data, end]
         part = self._plain(generation, key, encoder)
         if key in generation.plain:
             self._served[key, False] = (encoder, self._clock())
-        part = _ready_or(part, self._previous.plain.get(key))
-        own, _ = await loop.run_in_executor(
-            self._own_executor, _own_part, self._own, encoder, False
-        )
-        return [await asyncio.shield(part), own]
+        plain = await asyncio.shield(_ready_or(part, self._previous.plain.get(key)))
+        own = await loop.run_in_executor(self._own_executor, encoder, self._own)
+        return [plain, own]
 
     def close(self) -> None:
         """Drop the renders not started yet; never waits for the one running."""
@@ -235,11 +266,10 @@ class _Generation:
 
 @dataclass(frozen=True, slots=True)
 class _Deflated:
-    """The start of a gzip member: header, then raw deflate data ending in a sync flush."""
+    """The start of a gzip member, and zlib's state after it."""
 
-    data: bytes
-    crc: int  # CRC-32 of the uncompressed data
-    size: int  # length of the uncompressed data
+    data: bytes  # header, then the snapshot part's deflate data ending in a sync flush
+    compressor: zlib._Compress  # never used but to copy: each copy ends one body
 
 
 def _variant(encoder: Encoder) -> Hashable:
@@ -287,26 +317,15 @@ def _forget(
 
 
 def _deflate_start(data: bytes) -> _Deflated:
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-    deflated = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    return _Deflated(_GZIP_HEADER + deflated, zlib.crc32(data), len(data))
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+    return _Deflated(compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH), compressor)
 
 
-def _own_part(own: Collector, encoder: Encoder, gzipped: bool) -> tuple[bytes, bytes]:
-    """``own`` rendered, and its final raw deflate data if ``gzipped`` (else ``b""``)."""
-    data = encoder(own)
-    if not gzipped:
-        return data, b""
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-    return data, compressor.compress(data) + compressor.flush()
-
-
-def _gzip_member(start: _Deflated, data: bytes, deflated: bytes) -> list[bytes]:
-    """One gzip member, in chunks, holding ``start``'s data, then ``data`` (``deflated`` is
-    its final raw deflate data)."""
-    crc = zlib.crc32(data, start.crc)
-    size = (start.size + len(data)) & 0xFFFFFFFF
-    return [start.data, deflated, struct.pack("<II", crc, size)]
+def _own_end(own: Collector, encoder: Encoder, start: _Deflated) -> bytes:
+    """The rest of the gzip member ``start`` begins: ``own`` rendered now, compressed by a
+    copy of ``start``'s compressor, then the trailer (zlib's CRC-32 and length of all)."""
+    compressor = start.compressor.copy()
+    return compressor.compress(encoder(own)) + compressor.flush()
 
 
 def _ready_or(part: asyncio.Future[T], stand_in: asyncio.Future[T] | None) -> asyncio.Future[T]:

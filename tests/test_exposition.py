@@ -434,6 +434,37 @@ async def test_the_own_part_is_rendered_per_scrape() -> None:
     assert renders.count == 1
 
 
+@pytest.mark.parametrize("accept", [TEXT, OPENMETRICS], ids=["text", "openmetrics"])
+async def test_each_gzip_scrape_ends_its_own_copy_of_the_cached_stream(accept: str) -> None:
+    """The cached start of a gzip body is shared, never changed: scrapes one after another
+    and concurrently, each with other own values, each get one whole gzip member of the
+    cached part and their own part, and an empty own part still ends the member."""
+    snapshot = SNAPSHOTS["many-streams"]
+    own = CollectorRegistry()
+    scrapes = Counter("test_scrapes", "Scrapes.", registry=own)
+    exposition = Exposition(own, lambda: snapshot)
+    encoder = encoder_for(accept)
+    first = await exposition.chunks(encoder, gzipped=True)
+    starts = {id(first[0])}
+    for n in range(1, 4):
+        scrapes.inc()
+        chunks = await exposition.chunks(encoder, gzipped=True)
+        starts.add(id(chunks[0]))
+        want = fresh_part(accept, snapshot) + encoder(own)
+        assert gunzip_one_member(b"".join(chunks)) == want
+        assert f"test_scrapes_total {n}.0\n".encode() in want
+    together = await asyncio.gather(*(exposition.body(encoder, gzipped=True) for _ in range(8)))
+    assert {gunzip_one_member(b) for b in together} == {fresh_part(accept, snapshot) + encoder(own)}
+    assert len(starts) == 1
+    assert b"test_scrapes_total 0.0\n" in gunzip_one_member(b"".join(first))
+
+    empty = Exposition(CollectorRegistry(), lambda: snapshot)
+    want = fresh_part(accept, snapshot) + (EOF if accept == OPENMETRICS else b"")
+    assert gunzip_one_member(await empty.body(encoder, gzipped=True)) == want
+    exposition.close()
+    empty.close()
+
+
 async def test_a_cancelled_scrape_does_not_cancel_the_shared_render() -> None:
     gate = threading.Event()
     renders = Renders(gate)
