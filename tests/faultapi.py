@@ -32,8 +32,8 @@ from exporter.client import (
     ENDPOINT_SESSION,
     ENDPOINT_SESSION_BY_ID,
 )
+from exporter.simulator.world import STREAM_KEY_PREFIX
 from tests.conftest import ACCOUNT, APP
-from tests.fakeapi import STREAM_KEY_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Callable

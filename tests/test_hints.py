@@ -19,8 +19,7 @@ from exporter.model import ActiveSession, Listing, Livestream, Session
 from exporter.poller import Poller
 from exporter.simulator import REALISTIC, Simulator, World
 from exporter.telemetry import ExporterMetrics
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -20,8 +20,7 @@ from exporter.client import stated_policy
 from exporter.config import RateLimit
 from exporter.model import Listing, Livestream
 from exporter.simulator import REALISTIC, RateLimiter, Simulator, World
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 from tests.test_scale import INTERVAL, Harness
 from tests.test_simulator_exporter import Clock
 

@@ -29,8 +29,7 @@ from exporter.model import LIVE, Listing, Livestream
 from exporter.poller import Poller
 from exporter.simulator import REALISTIC, RateLimiter, Simulator, World
 from exporter.telemetry import ExporterMetrics
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 from tests.test_scale import INTERVAL, Harness
 from tests.test_simulator_exporter import Clock
 

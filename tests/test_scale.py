@@ -32,8 +32,7 @@ from exporter.model import ActiveSession, Listing, Livestream
 from exporter.poller import Poller
 from exporter.simulator import REALISTIC, Simulator, World
 from exporter.telemetry import ExporterMetrics
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 from tests.test_cli import write_config
 from tests.test_simulator_exporter import Clock
 

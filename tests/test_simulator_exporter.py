@@ -18,8 +18,7 @@ from exporter.poller import Poller
 from exporter.server import Exporter
 from exporter.simulator import REALISTIC, RateLimiter, Simulator, World
 from exporter.telemetry import ExporterMetrics
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -45,8 +45,7 @@ from exporter.simulator import REALISTIC, Simulator, World
 from exporter.simulator.ratelimit import RateLimiter
 from exporter.webhookkey import PublicKeys
 from tests import webhooksign as ws
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 from tests.procs import LOOPBACK, spawned_exporter, wait_for_log
 
 # Slow clients, open files, memory and shutdown races depend on the interpreter's asyncio:
