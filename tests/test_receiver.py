@@ -26,6 +26,7 @@ from exporter.signature import load_key
 from exporter.telemetry import ExporterMetrics
 from exporter.webhookkey import PublicKeys, Recheck
 from tests import webhooksign as ws
+from tests.clock import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -395,20 +396,12 @@ async def key_server() -> AsyncIterator[tuple[KeyServer, str]]:
         await test_server.close()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_key_rotation_is_fetched_once_per_floor(key_server: tuple[KeyServer, str]) -> None:
     """The key served changes: the first delivery signed by the new key makes one fetch
     and is accepted; forged deliveries within the floor fetch nothing more (503: the key
     could not be read again), and one after the floor fetches once (401)."""
     server, url = key_server
-    clock = Clock()
+    clock = FakeClock(100.0)
     async with aiohttp.ClientSession() as session:
         keys = PublicKeys(url=url, session=session, monotonic=clock, refetch_floor=60.0)
         assert await keys.load() is not None
@@ -436,7 +429,7 @@ async def test_an_unreachable_key_document_means_503_until_it_loads(
     again at most once per retry floor; once it loads, the same delivery is accepted."""
     server, url = key_server
     server.status = 500
-    clock = Clock()
+    clock = FakeClock(100.0)
     async with aiohttp.ClientSession() as session:
         registry = CollectorRegistry()
         metrics = _metrics(registry)

@@ -19,6 +19,7 @@ from exporter.simulator import REALISTIC, Canned, Faults, RateLimiter, Simulator
 from exporter.simulator.api import Traffic
 from exporter.simulator.webhooks import STATUS_EVENT
 from exporter.simulator.world import FILTER_STATUSES
+from tests.clock import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -60,14 +61,6 @@ SESSION_KEYS = {
 }
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Answer:
     status: int
@@ -86,7 +79,7 @@ class Answer:
 
 
 class Rig:
-    def __init__(self, sim: Simulator, http: aiohttp.ClientSession, clock: Clock) -> None:
+    def __init__(self, sim: Simulator, http: aiohttp.ClientSession, clock: FakeClock) -> None:
         self.sim = sim
         self.http = http
         self.clock = clock
@@ -149,7 +142,7 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
             faults: Faults | None = None,
             max_per_page: int = 100,
         ) -> Rig:
-            clock = Clock()
+            clock = FakeClock()
             world = World(seed=seed, profile=REALISTIC, clock=clock)
             world.populate(ACCOUNT, APP, STREAMS, live=LIVE)
             world.populate(ACCOUNT, OTHER_APP, 3, live=1)
@@ -1171,7 +1164,7 @@ async def test_status_lag_delays_the_listed_status_but_not_the_sessions(rig: Rig
 async def test_ip_limit_can_be_changed_or_switched_off() -> None:
     """The per-address limit is a parameter: off, nothing is refused; 5 per second, the
     sixth request is."""
-    clock = Clock()
+    clock = FakeClock()
     world = World(seed=1, profile=REALISTIC, clock=clock)
     world.populate(ACCOUNT, APP, 3, live=1)
     headers = {"Authorization": f"Bearer {TOKEN}"}

@@ -507,7 +507,8 @@ async def test_a_queue_filled_and_drained_again_and_again_logs_twice_a_minute(
 
 
 class CostClock:
-    """A clock that each hash moves on by 2**cost microseconds, as bcrypt's time grows."""
+    """A clock that each hash moves on by 2**cost microseconds, as bcrypt's time grows
+    (not tests.clock.FakeClock: time here is moved by hashing, and sleep is synchronous)."""
 
     def __init__(self) -> None:
         self.now = 0.0

@@ -45,6 +45,7 @@ from exporter.simulator import REALISTIC, Simulator, World
 from exporter.simulator.ratelimit import RateLimiter
 from exporter.webhookkey import PublicKeys
 from tests import webhooksign as ws
+from tests.clock import FakeClock
 from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 from tests.procs import LOOPBACK, spawned_exporter, wait_for_log
 
@@ -691,14 +692,6 @@ async def test_unusable_key_documents_load_nothing_and_are_asked_once(
             assert key_server.fetches == 1, name
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Hints:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -721,7 +714,7 @@ async def test_a_forgery_before_a_key_rotation_does_not_lose_real_deliveries(
     spent by the forgery, so no key comes and Receiver.handle answers 401
     (receiver.py:133-137), which RealtimeKit never retries: every delivery signed by the new key
     within 60 s is lost, and one forgery a minute keeps any rotation lossy."""
-    clock = Clock()
+    clock = FakeClock(1000.0)
     async with aiohttp.ClientSession() as session:
         keys = PublicKeys(url=key_server.url, session=session, monotonic=clock)
         assert await keys.load() is not None
