@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import pytest
 
@@ -27,12 +27,13 @@ TOKEN: Final = "test-token-5f2b9c0e7d1a4e63"
 API_T0: Final = 1_795_773_600.0  # 2026-11-27 10:00:00 UTC: the simulated API's time
 
 
-def api_simulator(token: str = TOKEN, **kwargs: Any) -> Simulator:
-    """The simulated API for a test: its world stands still at API_T0 and has the app
-    ACCOUNT/APP with no stream yet; no per-address rate limit (tests share one address)."""
+def api_simulator(token: str = TOKEN, *, apps: tuple[str, ...] = (APP,)) -> Simulator:
+    """The simulated API for a test: its world stands still at API_T0 and has ``apps`` of
+    ACCOUNT with no stream yet; no per-address rate limit (tests share one address)."""
     world = World(clock=FakeClock(API_T0))
-    world.populate(ACCOUNT, APP, 0)
-    return Simulator(world, token=token, ip_limiter="off", **kwargs)
+    for app in apps:
+        world.populate(ACCOUNT, app, 0)
+    return Simulator(world, token=token, ip_limiter="off")
 
 
 @pytest.fixture

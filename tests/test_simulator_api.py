@@ -1331,6 +1331,7 @@ async def test_an_applied_answer_carries_the_request_out(rig: Rig) -> None:
     async with rig.http.post(url, json=hook, headers=headers) as response:
         assert response.status == 502
     assert [h.url for h in rig.sim.state.webhooks.of_app(ACCOUNT, APP)] == [hook["url"]]
+    assert rig.sim.state.log[-1].body == hook  # logged with its body
 
 
 async def test_requests_are_logged_as_they_arrive(rig: Rig) -> None:
@@ -1343,14 +1344,12 @@ async def test_requests_are_logged_as_they_arrive(rig: Rig) -> None:
     status, body = await rig.control("GET", "/requests")
     assert status == 200
     path = f"/client/v4/accounts/{ACCOUNT}/realtime/kit/{APP}/livestreams"
-    assert body["requests"] == [
-        {"endpoint": "livestreams", "method": "GET", "path": path, "query": {"page_no": "2"},
-         "authorized": True},
-        {"endpoint": "livestreams", "method": "GET", "path": path, "query": {},
-         "authorized": False},
-        {"endpoint": "unrouted", "method": "GET", "path": "/client/v4/nowhere", "query": {},
-         "authorized": False},
-    ]  # fmt: skip
+    keys = ("endpoint", "method", "path", "query", "authorized", "body")
+    assert [tuple(r[k] for k in keys) for r in body["requests"]] == [
+        ("livestreams", "GET", path, {"page_no": "2"}, True, None),
+        ("livestreams", "GET", path, {}, False, None),
+        ("unrouted", "GET", "/client/v4/nowhere", {}, False, None),
+    ]
     assert (await rig.control("GET", "/stats"))[1]["requests"]["unrouted"] == {"404": 1}
 
 

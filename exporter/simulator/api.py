@@ -22,6 +22,7 @@ take and give JSON; see :func:`create_app` for the list.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -108,6 +109,7 @@ class Sent:
     path: str
     query: Mapping[str, str]
     authorized: bool  # whether it carried the simulator's token
+    body: Any = None  # its body, if it has one that is JSON
 
 
 @dataclass(slots=True)
@@ -362,7 +364,13 @@ def _api(
         authorized = scheme == "Bearer" and hmac.compare_digest(
             token.encode(), state.token.encode()
         )
-        state.log.append(Sent(name, request.method, request.path, dict(request.query), authorized))
+        body = None
+        if request.body_exists:
+            with contextlib.suppress(ValueError, RecursionError):  # as in _json
+                body = json.loads(await request.read())
+        state.log.append(
+            Sent(name, request.method, request.path, dict(request.query), authorized, body)
+        )
         try:
             response = await _gatekeep(
                 state, request, name, handler, token=token, authorized=authorized, webhooks=webhooks
@@ -668,7 +676,7 @@ class _BadBody(Exception):
 async def _api_json(request: web.Request) -> dict[str, Any]:
     """The request's JSON object; _BadBody (a 400 in RealtimeKit's envelope) if not."""
     try:
-        body = json.loads(await request.read()) if request.can_read_body else None
+        body = json.loads(await request.read()) if request.body_exists else None
     except (ValueError, RecursionError):  # as in _json
         raise _BadBody("body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -947,6 +955,7 @@ async def _control_requests(request: web.Request) -> web.StreamResponse:
             "path": s.path,
             "query": dict(s.query),
             "authorized": s.authorized,
+            "body": s.body,
         }
         for s in request.app[STATE].log
     ]
