@@ -1082,17 +1082,20 @@ def create_app(state: SimulatorState) -> web.Application:
     ):
         app.router.add_route(method, one, _api(name, _one_webhook, webhooks=True))
     app.router.add_get(KEY_PATH, _key_document)
-    app.router.add_get(CONTROL + "/livestreams", _control_list)
-    app.router.add_post(CONTROL + "/livestreams", _control_create)
-    app.router.add_post(CONTROL + "/livestreams/{livestream_id}/{action}", _control_action)
-    app.router.add_delete(CONTROL + "/livestreams/{livestream_id}", _control_delete)
-    app.router.add_get(CONTROL + "/faults", _control_faults)
-    app.router.add_put(CONTROL + "/faults", _control_faults)
-    app.router.add_post(CONTROL + "/answers", _control_answers)
-    app.router.add_delete(CONTROL + "/answers", _control_answers)
-    app.router.add_get(CONTROL + "/requests", _control_requests)
-    app.router.add_post(CONTROL + "/throttle", _control_throttle)
-    app.router.add_get(CONTROL + "/stats", _control_stats)
-    app.router.add_get(CONTROL + "/webhooks", _control_webhooks)
-    app.router.add_post(CONTROL + "/webhooks/rotate-key", _control_rotate_key)
+    for method, path, control in (
+        ("GET", "/livestreams", _control_list),
+        ("POST", "/livestreams", _control_create),
+        ("POST", "/livestreams/{livestream_id}/{action}", _control_action),
+        ("DELETE", "/livestreams/{livestream_id}", _control_delete),
+        ("GET", "/faults", _control_faults),
+        ("PUT", "/faults", _control_faults),
+        ("POST", "/answers", _control_answers),
+        ("DELETE", "/answers", _control_answers),
+        ("GET", "/requests", _control_requests),
+        ("POST", "/throttle", _control_throttle),
+        ("GET", "/stats", _control_stats),
+        ("GET", "/webhooks", _control_webhooks),
+        ("POST", "/webhooks/rotate-key", _control_rotate_key),
+    ):
+        app.router.add_route(method, CONTROL + path, control)
     return app
