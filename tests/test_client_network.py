@@ -14,7 +14,8 @@ from exporter.budget import RequestBudget
 from exporter.client import ApiError, RealtimeKitClient
 from exporter.config import Secret
 from exporter.server import Exporter
-from tests.conftest import TOKEN, add_stream, make_config, sent
+from tests.conftest import TOKEN, add_stream, api_simulator, make_config, sent
+from tests.faultapi import FaultApi, Stall
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -24,28 +25,11 @@ if TYPE_CHECKING:
 
 
 @contextlib.asynccontextmanager
-async def stalling_server() -> AsyncIterator[tuple[str, list[bytes]]]:
-    """Answers with headers, then never sends the body; records what it was sent."""
-    received: list[bytes] = []
-    release = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        received.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
-        )
-        await writer.drain()
-        await release.wait()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/client/v4", received
-    finally:
-        release.set()
-        server.close()
-        await server.wait_closed()
+async def stalling_server() -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
+    """Answers with headers, then never sends the body; lists what it served."""
+    async with api_simulator() as sim, FaultApi(sim) as api:
+        api.fault = lambda request: Stall()
+        yield api.base_url, api.served
 
 
 def make(session: aiohttp.ClientSession, base_url: str, *, timeout: float) -> RealtimeKitClient:

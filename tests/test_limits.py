@@ -344,7 +344,8 @@ async def test_discovering_apps_share_the_limit(
 # -- a listing of millions is not read to its end ---------------------------------------------
 class HugeListing:
     """A listing that claims ``total`` streams and makes each page up on request (100 per
-    page at most), plus one livestream by id; counts what it was asked."""
+    page at most), plus one livestream by id; counts what it was asked. (Not the
+    simulator: it holds every stream it lists, and ten million would not fit.)"""
 
     def __init__(self, total: int, *, paging: bool = True) -> None:
         self.total = total
