@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections import Counter, deque
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
@@ -903,6 +903,9 @@ async def _control_faults(request: web.Request) -> web.StreamResponse:
     return web.json_response(state.faults.as_dict())
 
 
+_CANNED_KEYS: Final = ("status", "body", "headers", "content_type", "applied")
+
+
 async def _control_answers(request: web.Request) -> web.StreamResponse:
     """POST: answer the next request(s) to an endpoint with a fixed answer; DELETE: forget
     the answers not given yet."""
@@ -911,8 +914,7 @@ async def _control_answers(request: web.Request) -> web.StreamResponse:
         state.clear_answers()
         return web.Response(status=204)
     body = await _json(request)
-    known = ("endpoint", "status", "body", "text", "headers", "content_type", "times", "app_id")
-    unknown = sorted(set(body) - {*known, "applied"})
+    unknown = sorted(set(body) - {"endpoint", "times", "app_id", "text", *_CANNED_KEYS})
     status, times, headers = body.get("status"), body.get("times", 1), body.get("headers", {})
     if unknown:
         return _control_error(400, f"unknown key(s) {', '.join(unknown)}")
@@ -948,18 +950,7 @@ async def _control_answers(request: web.Request) -> web.StreamResponse:
 
 async def _control_requests(request: web.Request) -> web.StreamResponse:
     """The latest API requests, oldest first (the last LOG_SIZE)."""
-    sent = [
-        {
-            "endpoint": s.endpoint,
-            "method": s.method,
-            "path": s.path,
-            "query": dict(s.query),
-            "authorized": s.authorized,
-            "body": s.body,
-        }
-        for s in request.app[STATE].log
-    ]
-    return web.json_response({"requests": sent})
+    return web.json_response({"requests": [asdict(s) for s in request.app[STATE].log]})
 
 
 @web.middleware
