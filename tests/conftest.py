@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import pytest
 
@@ -13,23 +13,63 @@ from exporter.config import (
     RateLimit,
     Secret,
 )
-from tests.fakeapi import TOKEN, FakeApi
+from exporter.simulator import Simulator, World
+from tests.clock import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from exporter.simulator.world import SimSession
+
 ACCOUNT = "acc-1"
 APP = "app-1"
+TOKEN: Final = "test-token-5f2b9c0e7d1a4e63"
+API_T0: Final = 1_795_773_600.0  # 2026-11-27 10:00:00 UTC: the simulated API's time
+
+
+def api_simulator(token: str = TOKEN, *, apps: tuple[str, ...] = (APP,)) -> Simulator:
+    """The simulated API for a test: its world stands still at API_T0 and has ``apps`` of
+    ACCOUNT with no stream yet; no per-address rate limit (tests share one address)."""
+    world = World(clock=FakeClock(API_T0))
+    for app in apps:
+        world.populate(ACCOUNT, app, 0)
+    return Simulator(world, token=token, ip_limiter="off")
 
 
 @pytest.fixture
-async def fake_api() -> AsyncIterator[FakeApi]:
-    api = FakeApi()
-    await api.start()
-    try:
-        yield api
-    finally:
-        await api.close()
+async def sim() -> AsyncIterator[Simulator]:
+    async with api_simulator() as simulator:
+        yield simulator
+
+
+def add_stream(
+    sim: Simulator,
+    livestream_id: str,
+    *,
+    status: str = "IDLE",
+    app: str = APP,
+    name: str | None = None,
+    meeting_id: str | None = None,
+) -> str:
+    """A stream under the test's control, listed with ``status``; its id."""
+    sim.world.create(ACCOUNT, app, livestream_id=livestream_id, name=name, meeting_id=meeting_id)
+    if status != "OFFLINE":
+        sim.world.set_status(livestream_id, status)
+    return livestream_id
+
+
+def go_live(
+    sim: Simulator, livestream_id: str, *, ingest: float = 60, viewer: float = 60
+) -> SimSession:
+    """Start a session whose counters read ``ingest`` and ``viewer`` seconds."""
+    session = sim.world.go_live(livestream_id)
+    sim.world.set_counters(livestream_id, ingest_seconds=ingest, viewer_seconds=viewer)
+    return session
+
+
+def sent(sim: Simulator, endpoint: str | None = None) -> int:
+    """API requests that reached ``sim`` (for ``endpoint`` only, a name as in its stats)."""
+    return sum(1 for s in sim.state.log if endpoint in (None, s.endpoint))
 
 
 def make_config(

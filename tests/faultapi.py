@@ -1,18 +1,17 @@
-"""A fake RealtimeKit API on a raw asyncio socket on 127.0.0.1, for the fault suite.
+"""A raw socket in front of the simulator on 127.0.0.1, for what an HTTP server cannot do.
 
-An aiohttp server always answers in proper HTTP; this one answers each request with an
-:class:`Action` chosen by the test, which may also be no answer at all (:class:`Hang`),
-headers and then silence (:class:`Stall`), a body cut short by the server closing the
-socket (:class:`Cut`), a TCP reset (:class:`Reset`), or a body of any size streamed
-without being held in memory (:class:`Stream`). :meth:`FaultApi.refuse` closes the
-listener and every open connection, so that connecting is refused, and
+The simulator (an aiohttp app) always answers in proper HTTP; this server answers each
+request with an :class:`Action` chosen by the test, which may also be no answer at all
+(:class:`Hang`), headers and then silence (:class:`Stall`), a body cut short by the server
+closing the socket (:class:`Cut`), a TCP reset (:class:`Reset`), a body of any size
+streamed without being held in memory (:class:`Stream`), or any bytes (:class:`Reply`).
+Without a fault it forwards the request to the simulator and relays its answer (status,
+body, Content-Type), which :class:`Rewrite` may edit first. :meth:`FaultApi.refuse` closes
+the listener and every open connection, so that connecting is refused, and
 :meth:`FaultApi.listen` opens it again on the same port.
 
-Without a fault it answers like the real API's examples: the listing with top-level
-paging, ``active-livestream-session`` (404 in RealtimeKit's envelope when there is no
-active session), a session by id, a livestream by id. Every livestream carries a stream key
-and every fault body can echo it and the token (:data:`ECHO`), as a hostile or buggy API
-might, so that tests can check neither ever comes out of the exporter.
+Every fault body can echo the token and a stream key (:data:`ECHO`), as a hostile or buggy
+API might, so that tests can check neither ever comes out of the exporter.
 """
 
 from __future__ import annotations
@@ -26,36 +25,29 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import aiohttp
+
 from exporter.client import (
     ENDPOINT_LISTING,
     ENDPOINT_LIVESTREAM,
     ENDPOINT_SESSION,
     ENDPOINT_SESSION_BY_ID,
 )
+from exporter.simulator.world import STREAM_KEY_PREFIX
 from tests.conftest import ACCOUNT, APP
-from tests.fakeapi import STREAM_KEY_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from exporter.simulator import Simulator
+
 # 40 characters, as Cloudflare's API tokens are.
 TOKEN: Final = "rtk_fault_4TqL9xWc2ZpR7vYb0NsE3uKd8HgJ1m"
 APP_PATH: Final = f"/client/v4/accounts/{ACCOUNT}/realtime/kit/{APP}/livestreams"
-STARTED: Final = "2026-11-27T10:00:00.000Z"
-STARTED_AT: Final = 1_795_773_600.0  # STARTED as Unix time
 CHUNK: Final = 64 * 1024
 
-
-def stream_key(livestream_id: str) -> str:
-    return STREAM_KEY_PREFIX + livestream_id.replace("-", "")
-
-
-def stream_id(n: int) -> str:
-    return f"5e1a{n:04d}-7c2d-4f1e-9a0b-{n:012d}"
-
-
-# One livestream's key, quoted in every hostile body, header and field.
-SOME_KEY: Final = stream_key(stream_id(0))
+# A stream key, quoted in every hostile body, header and field.
+SOME_KEY: Final = STREAM_KEY_PREFIX + "5e1a7c2d4f1e9a0b" * 2 + "00000000"
 ECHO: Final = f"Authorization: Bearer {TOKEN} is not valid for stream_key={SOME_KEY} ({TOKEN})"
 ECHO_HEADERS: Final = {
     "WWW-Authenticate": f'Bearer realm="{TOKEN}", error="{SOME_KEY}"',
@@ -137,7 +129,15 @@ class Stream:
     filler: bytes = b" "
 
 
-Action: TypeAlias = Reply | Hang | Stall | Cut | Reset | Stream
+@dataclass(frozen=True)
+class Rewrite:
+    """The simulator's answer, its JSON edited in place by ``change(request, doc)`` when
+    it is a 200 (any other answer is relayed as it is)."""
+
+    change: Callable[[Request, Any], None]
+
+
+Action: TypeAlias = Reply | Hang | Stall | Cut | Reset | Stream | Rewrite
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,7 @@ class Request:
     target: str  # the livestream or session id in the path, "" for the listing
     query: dict[str, str]
     headers: dict[str, str]
+    uri: str  # the request target as sent
 
 
 Fault: TypeAlias = "Callable[[Request], Action | None]"
@@ -156,40 +157,13 @@ def on(endpoint: str, action: Action) -> Fault:
     return lambda request: action if request.endpoint == endpoint else None
 
 
-# -- the world ----------------------------------------------------------------------------
-@dataclass
-class FakeStream:
-    id: str
-    status: str = "IDLE"
-    name: str | None = None
-    session: dict[str, Any] | None = None  # the latest session, active or not
-
-    @property
-    def live(self) -> bool:
-        return self.session is not None and self.session.get("stopped_time") is None
-
-    def body(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "status": self.status,
-            "meeting_id": None,
-            "disabled": False,
-            "ingest_server": "rtmps://live.example.invalid:443/live/",
-            "stream_key": stream_key(self.id),
-            "playback_url": f"https://example.invalid/{self.id}/manifest/video.m3u8",
-            "created_at": STARTED,
-            "updated_at": STARTED,
-        }
-
-
 class FaultApi:
-    """The fake API; ``fault`` (if set) picks each request's answer, ``None`` meaning the
-    healthy one. ``served`` notes each request's endpoint and what it got."""
+    """The fault server in front of ``sim``; ``fault`` (if set) picks each request's answer,
+    ``None`` meaning the simulator's. ``served`` notes each request's endpoint and what it
+    got."""
 
-    def __init__(self, *, token: str = TOKEN) -> None:
-        self.token = token
-        self.streams: dict[str, FakeStream] = {}
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
         self.fault: Fault | None = None
         self.served: list[tuple[str, str]] = []
         self.streamed = 0  # body bytes that Stream actions got out
@@ -198,33 +172,11 @@ class FaultApi:
         self._server: asyncio.Server | None = None
         self._port = 0
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-
-    # -- the world a test changes ------------------------------------------------------
-    def add(
-        self, n: int, *, live: bool = False, ingest: Any = 100, viewer: Any = 300
-    ) -> FakeStream:
-        stream = FakeStream(stream_id(n), name=f"stream {n}")
-        self.streams[stream.id] = stream
-        if live:
-            stream.status = "LIVE"
-            stream.session = {
-                "id": f"cf55{n:04d}-c3fd-46b5-b5d2-{n:012d}",
-                "livestream_id": stream.id,
-                "err_message": None,
-                "invoked_time": None,
-                "started_time": STARTED,
-                "stopped_time": None,
-                "created_at": STARTED,
-                "updated_at": STARTED,
-                "ingest_seconds": ingest,
-                "viewer_seconds": viewer,
-            }
-        return stream
+        self._upstream: aiohttp.ClientSession | None = None
 
     def secrets(self) -> list[str]:
-        return [self.token, *(stream_key(s) for s in self.streams)]
+        return [self.sim.state.token, *self.sim.world.secrets()]
 
-    # -- serving ------------------------------------------------------------------------
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._port}/client/v4"
@@ -242,20 +194,6 @@ class FaultApi:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        await self._drop_connections()
-
-    async def close(self) -> None:
-        self._release.set()
-        await self.refuse()
-
-    async def __aenter__(self) -> FaultApi:
-        await self.listen()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def _drop_connections(self) -> None:
         for writer in self._connections.values():
             writer.transport.abort()
         tasks = list(self._connections)
@@ -263,6 +201,17 @@ class FaultApi:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+
+    async def __aenter__(self) -> FaultApi:
+        self._upstream = aiohttp.ClientSession(trust_env=False, auto_decompress=False)
+        await self.listen()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release.set()
+        await self.refuse()
+        if self._upstream is not None:
+            await self._upstream.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -275,18 +224,31 @@ class FaultApi:
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
                     return
                 request = _parse(head)
-                action = (self.fault(request) if self.fault is not None else None) or (
-                    self.healthy(request)
-                )
+                action = self.fault(request) if self.fault is not None else None
+                if action is None or isinstance(action, Rewrite):
+                    action = await self._forward(request, action)
                 self.served.append((request.endpoint, _outcome(action)))
                 if not await self._perform(action, writer):
                     return
         except (ConnectionError, asyncio.CancelledError):
-            return  # the client went away, or _drop_connections ended this connection
+            return  # the client went away, or refuse() ended this connection
         finally:
             del self._connections[task]
             if not writer.is_closing():
                 writer.transport.abort()
+
+    async def _forward(self, request: Request, rewrite: Rewrite | None) -> Reply:
+        """The simulator's answer to ``request``, edited by ``rewrite`` if it is a 200."""
+        assert self._upstream is not None
+        headers = {"Authorization": request.headers.get("authorization", "")}
+        async with self._upstream.get(self.sim.origin + request.uri, headers=headers) as got:
+            body = await got.read()
+            reply = Reply(got.status, raw=body, content_type=got.content_type)
+        if rewrite is None or reply.status != 200:
+            return reply
+        doc = json.loads(body)
+        rewrite.change(request, doc)
+        return Reply(200, doc)
 
     async def _perform(self, action: Action, writer: asyncio.StreamWriter) -> bool:
         """Carry out ``action``; False when the connection must not be used again."""
@@ -300,14 +262,14 @@ class FaultApi:
             writer.write(_head(action.status, headers) + body)
             await writer.drain()
             return True
-        if isinstance(action, Hang):
-            self.stuck.set()
-            await self._release.wait()
-            return False
-        if isinstance(action, Stall):
-            headers = {"Content-Type": "application/json", "Content-Length": str(action.declared)}
-            writer.write(_head(200, headers) + action.sent)
-            await writer.drain()
+        if isinstance(action, Hang | Stall):
+            if isinstance(action, Stall):
+                headers = {
+                    "Content-Type": "application/json",
+                    "Content-Length": str(action.declared),
+                }
+                writer.write(_head(200, headers) + action.sent)
+                await writer.drain()
             self.stuck.set()
             await self._release.wait()
             return False
@@ -321,6 +283,7 @@ class FaultApi:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()
             return False
+        assert isinstance(action, Stream)
         await self._stream(action, writer)
         return False
 
@@ -350,79 +313,18 @@ class FaultApi:
         except ConnectionError:
             return  # the client stopped reading and closed the connection
 
-    # -- healthy answers ----------------------------------------------------------------
-    def healthy(self, request: Request) -> Reply:
-        if request.headers.get("authorization") != f"Bearer {self.token}":
-            return Reply(401, gateway_error(10000, "Authentication error"))
-        if request.endpoint == ENDPOINT_LISTING:
-            return self._listing(request.query)
-        if request.endpoint == ENDPOINT_SESSION:
-            found = self.streams.get(request.target)
-            if found is None or not found.live:
-                return Reply(404, service_error(404, "No active session found"))
-            return Reply(doc={"success": True, "data": self.active_data(found)})
-        if request.endpoint == ENDPOINT_SESSION_BY_ID:
-            for stream in self.streams.values():
-                if stream.session is not None and stream.session["id"] == request.target:
-                    return Reply(doc={"success": True, "data": stream.session})
-            return Reply(404, service_error(404, "Livestream session not found"))
-        if request.endpoint == ENDPOINT_LIVESTREAM and request.target in self.streams:
-            found = self.streams[request.target]
-            sessions = [] if found.session is None else [found.session]
-            return Reply(
-                doc={"success": True, "data": {**self.active_data(found), "sessions": sessions}}
-            )
-        return Reply(404, service_error(404, "Not found"))
-
-    def active_data(self, stream: FakeStream) -> dict[str, Any]:
-        return {"livestream": stream.body(), "session": stream.session}
-
-    def listing_doc(self, page_no: int = 1, per_page: int = 100) -> dict[str, Any]:
-        streams = list(self.streams.values())
-        page = streams[(page_no - 1) * per_page : page_no * per_page]
-        start = (page_no - 1) * per_page + 1
-        return {
-            "success": True,
-            "data": [s.body() for s in page],
-            "paging": {
-                "start_offset": start,
-                "end_offset": start + len(page) - 1,
-                "total_count": len(streams),
-            },
-        }
-
-    def _listing(self, query: dict[str, str]) -> Reply:
-        per_page = min(int(query.get("per_page", "20")), 100)
-        return Reply(doc=self.listing_doc(int(query.get("page_no", "1")), per_page))
-
-
-def service_error(code: int, message: str) -> dict[str, Any]:
-    """RealtimeKit's own error envelope."""
-    return {"success": False, "error": {"code": code, "message": message}}
-
-
-def gateway_error(code: int, message: str) -> dict[str, Any]:
-    """The Cloudflare gateway's error envelope."""
-    return {
-        "success": False,
-        "errors": [{"code": code, "message": message}],
-        "messages": [],
-        "result": None,
-    }
-
 
 def _parse(head: bytes) -> Request:
     lines = head.decode("latin-1").split("\r\n")
-    _, target, _ = lines[0].split(" ", 2)
+    _, uri, _ = lines[0].split(" ", 2)
     headers = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if sep:
             headers[name.strip().lower()] = value.strip()
-    parts = urlsplit(target)
-    query = dict(parse_qsl(parts.query))
+    parts = urlsplit(uri)
     endpoint, ident = _route(parts.path)
-    return Request(endpoint=endpoint, target=ident, query=query, headers=headers)
+    return Request(endpoint, ident, dict(parse_qsl(parts.query)), headers, uri)
 
 
 def _route(path: str) -> tuple[str, str]:

@@ -29,8 +29,8 @@ from exporter.logs import JsonFormatter, LogfmtFormatter
 from exporter.poller import INTERNAL, Poller
 from exporter.server import create_app
 from exporter.telemetry import ExporterMetrics
+from tests.clock import FakeClock
 from tests.conftest import ACCOUNT, APP, make_config
-from tests.test_simulator_exporter import Clock
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Iterable
@@ -150,9 +150,9 @@ class FaultRig:
         retries: int = 2,
         max_staleness: float = 300.0,
         rate_limit: RateLimit | None = None,
-        clock: Clock | None = None,
+        clock: FakeClock | None = None,
     ) -> None:
-        self.clock = clock or Clock()
+        self.clock = clock or FakeClock()
         self.config: Config = make_config(
             base_url,
             discover=True,

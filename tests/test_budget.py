@@ -7,25 +7,7 @@ import asyncio
 import pytest
 
 from exporter.budget import BudgetExhausted, RequestBudget
-
-
-class FakeClock:
-    """A monotonic clock that only moves when told to, or when something sleeps on it."""
-
-    def __init__(self, now: float = 0.0) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)  # let other waiters run, as a real sleep would
+from tests.clock import FakeClock
 
 
 @pytest.fixture
@@ -227,7 +209,8 @@ async def test_available_counts_what_could_be_granted_now(
 
 
 class YieldingClock(FakeClock):
-    """Its sleep lets every other task run before time moves, as a real sleep would."""
+    """Its sleep lets every other task run before time moves, as a real sleep would
+    (FakeClock's moves time first, then yields)."""
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
@@ -327,7 +310,7 @@ async def test_a_pause_fails_the_waiters_it_would_hold_past_their_deadline_at_on
 async def test_slack_holds_each_window_longer() -> None:
     """With ``slack``, a grant counts for its window plus the slack: requests that reach
     the API later than granted never make more than the limit in the API's own window."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     budget = RequestBudget(requests=2, window=10.0, clock=clock, sleep=clock.sleep, slack=2.0)
     await budget.acquire()
     await budget.acquire()

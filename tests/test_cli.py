@@ -19,8 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter import cli
 from exporter import config as config_module
 from exporter.cliargs import EXIT_FAILURE, UsageError, parse_listen
-from tests.conftest import ACCOUNT, APP
-from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream
+from exporter.simulator import Faults, Simulator
+from exporter.simulator.world import STREAM_KEY_PREFIX
+from tests.conftest import ACCOUNT, APP, TOKEN, add_stream, go_live
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -75,9 +76,9 @@ async def spawned(*args: str, token: str = TOKEN) -> AsyncIterator[asyncio.subpr
             await proc.wait()
 
 
-async def first_request(fake_api: FakeApi) -> None:
+async def first_request(sim: Simulator) -> None:
     async with asyncio.timeout(15):
-        while not fake_api.requests:
+        while not sim.state.log:
             await asyncio.sleep(0.02)
 
 
@@ -217,13 +218,10 @@ async def test_missing_config_file_exits_2(tmp_path: Path) -> None:
     assert code == 2 and "cannot read file" in err
 
 
-async def test_once_prints_exposition_and_exits_0(tmp_path: Path, fake_api: FakeApi) -> None:
+async def test_once_prints_exposition_and_exits_0(tmp_path: Path, sim: Simulator) -> None:
     """--once polls once, prints the exposition and exits 0 when every app succeeded."""
-    s = fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    fake_api.go_live(s, ingest=42)
-    code, out, err = await run(
-        "--config.file", str(write_config(tmp_path, fake_api.base_url)), "--once"
-    )
+    go_live(sim, add_stream(sim, "ls-1"), ingest=42)
+    code, out, err = await run("--config.file", str(write_config(tmp_path, sim.base_url)), "--once")
     assert code == 0, err
     values = {
         (sample.name, sample.labels.get("livestream_id")): sample.value
@@ -236,12 +234,12 @@ async def test_once_prints_exposition_and_exits_0(tmp_path: Path, fake_api: Fake
     assert TOKEN not in out + err and STREAM_KEY_PREFIX not in out + err
 
 
-async def test_once_exits_1_when_an_app_fails(tmp_path: Path, fake_api: FakeApi) -> None:
+async def test_once_exits_1_when_an_app_fails(tmp_path: Path, sim: Simulator) -> None:
     """--once exits 1 when the API rejects the token; the token is not printed."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    add_stream(sim, "ls-1")
     code, out, err = await run(
         "--config.file",
-        str(write_config(tmp_path, fake_api.base_url)),
+        str(write_config(tmp_path, sim.base_url)),
         "--once",
         "--log.level",
         "debug",
@@ -254,11 +252,10 @@ async def test_once_exits_1_when_an_app_fails(tmp_path: Path, fake_api: FakeApi)
 
 
 @pytest.mark.interpreter
-async def test_serves_and_stops_on_sigterm_within_5s(tmp_path: Path, fake_api: FakeApi) -> None:
+async def test_serves_and_stops_on_sigterm_within_5s(tmp_path: Path, sim: Simulator) -> None:
     """The daemon serves /metrics, logs JSON when asked, and exits 0 on SIGTERM within 5 s."""
-    s = fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    fake_api.go_live(s)
-    config = write_config(tmp_path, fake_api.base_url, interval="1s")
+    sim.world.go_live(add_stream(sim, "ls-1"))
+    config = write_config(tmp_path, sim.base_url, interval="1s")
     listen = ("--web.listen-address", "127.0.0.1:0", "--log.format", "json")
     async with spawned("--config.file", str(config), *listen) as proc:
         assert proc.stderr is not None
@@ -293,39 +290,33 @@ async def test_serves_and_stops_on_sigterm_within_5s(tmp_path: Path, fake_api: F
 @pytest.mark.interpreter
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_signal_during_a_hung_api_call_stops_within_5s(
-    tmp_path: Path, fake_api: FakeApi, sig: signal.Signals
+    tmp_path: Path, sim: Simulator, sig: signal.Signals
 ) -> None:
     """Even with a request in flight that the API never answers, a signal ends the process."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    fake_api.gate = asyncio.Event()
+    add_stream(sim, "ls-1")
+    sim.state.faults = Faults(hold=True)
     config = tmp_path / "slow.yaml"
     config.write_text(
-        write_config(tmp_path, fake_api.base_url).read_text().replace("timeout: 2s", "timeout: 60s")
+        write_config(tmp_path, sim.base_url).read_text().replace("timeout: 2s", "timeout: 60s")
     )
     async with spawned("--config.file", str(config), "--web.listen-address", "127.0.0.1:0") as proc:
-        try:
-            await first_request(fake_api)
-            proc.send_signal(sig)
-            assert await asyncio.wait_for(proc.wait(), timeout=5) == 0
-        finally:
-            fake_api.gate.set()
+        await first_request(sim)
+        proc.send_signal(sig)
+        assert await asyncio.wait_for(proc.wait(), timeout=5) == 0
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_once_interrupted_exits_1(
-    tmp_path: Path, fake_api: FakeApi, sig: signal.Signals
+    tmp_path: Path, sim: Simulator, sig: signal.Signals
 ) -> None:
     """--once stopped by a signal before its poll completes is a failure (1), not a success."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    fake_api.gate = asyncio.Event()
-    config = write_config(tmp_path, fake_api.base_url)
+    add_stream(sim, "ls-1")
+    sim.state.faults = Faults(hold=True)
+    config = write_config(tmp_path, sim.base_url)
     async with spawned("--once", "--config.file", str(config)) as proc:
-        try:
-            await first_request(fake_api)
-            proc.send_signal(sig)
-            out, err = await asyncio.wait_for(proc.communicate(), timeout=5)
-        finally:
-            fake_api.gate.set()
+        await first_request(sim)
+        proc.send_signal(sig)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=5)
     assert proc.returncode == 1 and out == b""
     assert b"interrupted" in err
 

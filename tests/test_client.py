@@ -33,6 +33,7 @@ from exporter.client import (
 )
 from exporter.config import Secret
 from exporter.model import ActiveSession, Livestream, Session, Webhook, addressable
+from tests.clock import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -171,21 +172,6 @@ class MockServer(aioresponses):
         super().add(url, method, *args, **kwargs)
 
 
-class FakeClock:
-    """Monotonic time that moves only when something sleeps on it."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 class FakeJitter:
     """Hands out the given jitter fractions in order, then repeats the last one."""
 
@@ -257,7 +243,7 @@ def server() -> Iterator[aioresponses]:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(NOW)
 
 
 @pytest.fixture

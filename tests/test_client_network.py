@@ -14,37 +14,22 @@ from exporter.budget import RequestBudget
 from exporter.client import ApiError, RealtimeKitClient
 from exporter.config import Secret
 from exporter.server import Exporter
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN, FakeApi, FakeStream
+from tests.conftest import TOKEN, add_stream, api_simulator, make_config, sent
+from tests.faultapi import FaultApi, Stall
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
+    from exporter.simulator import Simulator
+
 
 @contextlib.asynccontextmanager
-async def stalling_server() -> AsyncIterator[tuple[str, list[bytes]]]:
-    """Answers with headers, then never sends the body; records what it was sent."""
-    received: list[bytes] = []
-    release = asyncio.Event()
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        received.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
-        )
-        await writer.drain()
-        await release.wait()
-        writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}/client/v4", received
-    finally:
-        release.set()
-        server.close()
-        await server.wait_closed()
+async def stalling_server() -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
+    """Answers with headers, then never sends the body; lists what it served."""
+    async with api_simulator() as sim, FaultApi(sim) as api:
+        api.fault = lambda request: Stall()
+        yield api.base_url, api.served
 
 
 def make(session: aiohttp.ClientSession, base_url: str, *, timeout: float) -> RealtimeKitClient:
@@ -82,29 +67,29 @@ async def test_a_request_never_outlives_its_cycle() -> None:
 
 
 async def test_netrc_credentials_do_not_break_requests(
-    fake_api: FakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A ~/.netrc with a default entry neither replaces the token nor fails the poll."""
     netrc = tmp_path / "netrc"
     netrc.write_text("default login someone password something\n")
     netrc.chmod(0o600)
     monkeypatch.setenv("NETRC", str(netrc))
-    fake_api.add(ACCOUNT, APP, FakeStream("s1"))
-    async with Exporter(make_config(fake_api.base_url, discover=True)) as exporter:
+    add_stream(sim, "s1")
+    async with Exporter(make_config(sim.base_url, discover=True)) as exporter:
         snapshot = await exporter.poller.poll_once()
     assert snapshot.apps[0].up and [s.id for s in snapshot.apps[0].streams] == ["s1"]
 
 
 async def test_proxy_from_the_environment_is_used(
-    fake_api: FakeApi, monkeypatch: pytest.MonkeyPatch
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """HTTP_PROXY is honoured: requests for the API host go to the proxy."""
-    fake_api.add(ACCOUNT, APP, FakeStream("s1"))
-    monkeypatch.setenv("HTTP_PROXY", fake_api.base_url.removesuffix("/client/v4"))
+    add_stream(sim, "s1")
+    monkeypatch.setenv("HTTP_PROXY", sim.origin)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
     config = make_config("http://rtk-api.invalid/client/v4", discover=True)
     async with Exporter(config) as exporter:
         snapshot = await exporter.poller.poll_once()
     assert snapshot.apps[0].up and [s.id for s in snapshot.apps[0].streams] == ["s1"]
-    assert fake_api.count("livestreams") == 1
+    assert sent(sim, "livestreams") == 1

@@ -2,12 +2,13 @@
 rejects the token, or answers nonsense, and that echoes the token and stream keys back.
 
 Each row of :data:`CASES` runs the same story on a :class:`~tests.faultrig.FaultRig` over
-a :class:`~tests.faultapi.FaultApi` on 127.0.0.1: two healthy cycles, then the fault for
-several cycles, then the API heals. Throughout, every poll cycle completes, /metrics (text
-and OpenMetrics) and the status page answer, ``realtimekit_up`` and the error counters say
-what happened, live streams stay ``live`` 1 with their last values, values recover when the
-API does, the exporter logs once per state change however many cycles the fault lasts, and
-neither the token nor any stream key shows up anywhere, at any log level.
+a :class:`~tests.faultapi.FaultApi` in front of the simulator: two healthy cycles, then the
+fault for several cycles, then the API heals. Throughout, every poll cycle completes,
+/metrics (text and OpenMetrics) and the status page answer, ``realtimekit_up`` and the
+error counters say what happened, live streams stay ``live`` 1 with their last values,
+values recover when the API does, the exporter logs once per state change however many
+cycles the fault lasts, and neither the token nor any stream key shows up anywhere, at any
+log level.
 """
 
 from __future__ import annotations
@@ -38,12 +39,20 @@ from exporter.client import (
 )
 from exporter.config import RateLimit, Secret
 from exporter.server import Exporter, Server
-from tests.conftest import ACCOUNT, APP, make_config
+from tests.conftest import (
+    ACCOUNT,
+    API_T0,
+    APP,
+    add_stream,
+    api_simulator,
+    go_live,
+    make_config,
+)
 from tests.faultapi import (
+    APP_PATH,
     ECHO,
     ECHO_HEADERS,
     SOME_KEY,
-    STARTED_AT,
     TOKEN,
     Action,
     Cut,
@@ -53,22 +62,25 @@ from tests.faultapi import (
     Reply,
     Request,
     Reset,
+    Rewrite,
     Stall,
     Stream,
     hostile_envelope,
     hostile_html,
     on,
-    stream_id,
 )
 from tests.faultrig import HTTP_LIMIT, OPENMETRICS, FaultRig, Scrape, exporter_lines, samples
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
-LIVE_A: Final = stream_id(0)
-LIVE_B: Final = stream_id(1)
-IDLE: Final = stream_id(2)
+    from exporter.simulator import Simulator
+
+LIVE_A: Final = "5e1a0000-7c2d-4f1e-9a0b-000000000000"
+LIVE_B: Final = "5e1a0001-7c2d-4f1e-9a0b-000000000001"
+IDLE: Final = "5e1a0002-7c2d-4f1e-9a0b-000000000002"
 LIVE: Final = (LIVE_A, LIVE_B)
+STARTED_AT: Final = API_T0  # when the live streams' sessions started
 # Counters before the fault, and what the API says once it is healthy again.
 BEFORE: Final = {LIVE_A: (100.0, 300.0), LIVE_B: (50.0, 20.0)}
 AFTER: Final = {LIVE_A: (160.0, 420.0), LIVE_B: (110.0, 80.0)}
@@ -78,18 +90,16 @@ INGEST: Final = "realtimekit_livestream_ingest_seconds"
 VIEWER: Final = "realtimekit_livestream_viewer_seconds"
 
 
-def world(api: FaultApi) -> None:
+def world(sim: Simulator) -> None:
     for n, sid in enumerate(LIVE):
         ingest, viewer = BEFORE[sid]
-        api.add(n, live=True, ingest=ingest, viewer=viewer)
-    api.add(2)
+        go_live(sim, add_stream(sim, sid, name=f"stream {n}"), ingest=ingest, viewer=viewer)
+    add_stream(sim, IDLE, name="stream 2")
 
 
 def heal_counters(api: FaultApi) -> None:
     for sid, (ingest, viewer) in AFTER.items():
-        session = api.streams[sid].session
-        assert session is not None
-        session["ingest_seconds"], session["viewer_seconds"] = ingest, viewer
+        api.sim.world.set_counters(sid, ingest_seconds=ingest, viewer_seconds=viewer)
 
 
 # -- hostile answers ----------------------------------------------------------------------
@@ -119,23 +129,9 @@ HUGE_PREFIX: Final = (
 def rewrite(
     endpoint: str, change: Callable[[FaultApi, Request, dict[str, Any]], None]
 ) -> Callable[[FaultApi], Fault]:
-    """A fault that answers ``endpoint`` as the healthy API would, after ``change`` has
+    """A fault that answers ``endpoint`` as the simulator does, after ``change`` has
     edited the answer's JSON (``change(api, request, doc)``)."""
-
-    def install(api: FaultApi) -> Fault:
-        def fault(request: Request) -> Action | None:
-            if request.endpoint != endpoint:
-                return None
-            healthy = api.healthy(request)
-            if healthy.status != 200:
-                return None
-            edited = json.loads(healthy.body())
-            change(api, request, edited)
-            return Reply(200, edited)
-
-        return fault
-
-    return install
+    return lambda api: on(endpoint, Rewrite(lambda request, doc: change(api, request, doc)))
 
 
 def unknown_statuses(api: FaultApi, request: Request, doc: dict[str, Any]) -> None:
@@ -513,8 +509,8 @@ CASES: Final = [
 
 @pytest.fixture
 async def api() -> AsyncIterator[FaultApi]:
-    async with FaultApi() as fake:
-        world(fake)
+    async with api_simulator(TOKEN) as sim, FaultApi(sim) as fake:
+        world(sim)
         yield fake
 
 
@@ -694,9 +690,12 @@ async def test_dates_in_odd_formats_are_read_or_left_out(
 ) -> None:
     """A session start in any ISO 8601 form or as epoch seconds or milliseconds is exported
     as Unix time; anything else is left out, and the stream stays live."""
-    session = api.streams[LIVE_A].session
-    assert session is not None
-    session["started_time"] = value
+
+    def change(api: FaultApi, request: Request, doc: dict[str, Any]) -> None:
+        if request.target == LIVE_A:
+            doc["data"]["session"]["started_time"] = value
+
+    api.fault = rewrite(SESSION, change)(api)
     async with FaultRig(api.base_url, token=TOKEN) as rig:
         scrape = await rig.cycle()
     start = scrape.stream("realtimekit_livestream_session_start_timestamp_seconds", LIVE_A)
@@ -790,7 +789,9 @@ async def test_a_huge_body_is_cut_at_8_mib_and_memory_stays_flat(
 
 async def test_a_body_of_exactly_8_mib_is_read(api: FaultApi, http: aiohttp.ClientSession) -> None:
     """The cap is 8 MiB, not less: a listing padded to exactly 8 MiB is read."""
-    body = json.dumps(api.listing_doc()).encode()
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with http.get(api.sim.origin + APP_PATH, headers=headers) as response:
+        body = await response.read()
     padded = body[:-1] + b" " * (MAX_BODY_BYTES - len(body)) + b"}"
     assert len(padded) == MAX_BODY_BYTES
     api.fault = on(LISTING, Reply(200, raw=padded))

@@ -20,9 +20,9 @@ import pytest
 
 from exporter.client import ENDPOINT_LISTING, REASONS
 from exporter.simulator import REALISTIC, Simulator, World
+from tests.clock import FakeClock
 from tests.conftest import ACCOUNT, APP
 from tests.faultrig import FaultRig, Scrape, exporter_lines
-from tests.test_simulator_exporter import Clock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -109,12 +109,12 @@ CASES: Final = [
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-async def sim(clock: Clock) -> AsyncIterator[Simulator]:
+async def sim(clock: FakeClock) -> AsyncIterator[Simulator]:
     world = World(seed=7, profile=REALISTIC, clock=clock)
     world.populate(ACCOUNT, APP, STREAMS, live=LIVE)
     async with Simulator(world, token=TOKEN) as simulator:
@@ -149,7 +149,7 @@ async def control(method: str, url: str, body: Any) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 async def test_simulated_fault_is_survived_reported_and_recovered_from(
-    sim: Simulator, clock: Clock, case: Case, caplog: pytest.LogCaptureFixture
+    sim: Simulator, clock: FakeClock, case: Case, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Under each of the simulator's faults every cycle completes and /metrics answers, up
     and the error counters name the fault, the world's live streams stay live with their

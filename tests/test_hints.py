@@ -19,8 +19,8 @@ from exporter.model import ActiveSession, Listing, Livestream, Session
 from exporter.poller import Poller
 from exporter.simulator import REALISTIC, Simulator, World
 from exporter.telemetry import ExporterMetrics
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.clock import FakeClock
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -302,21 +302,13 @@ def test_push_priority_goes_ahead_of_everything() -> None:
 # -- announcements ---------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 KEY = (APP_KEY, "s1")
 
 
 def test_a_change_polling_found_with_no_hint_is_counted_once_after_the_grace() -> None:
     """Polling finds a stop no webhook announced: counted once the grace has passed (a
     late delivery may still come), and only once."""
-    clock = Clock()
+    clock = FakeClock(0.0)
     ann = Announcements(grace=120.0, clock=clock)
     ann.found(KEY, False)
     assert ann.settle() == 0
@@ -328,7 +320,7 @@ def test_a_change_polling_found_with_no_hint_is_counted_once_after_the_grace() -
 def test_a_change_announced_before_or_late_within_the_grace_is_not_counted() -> None:
     """A hint before the change was found, or one arriving within the grace after it,
     announces it; a hint of the other direction does not."""
-    clock = Clock()
+    clock = FakeClock(0.0)
     ann = Announcements(grace=120.0, clock=clock)
     ann.hinted(KEY, False)
     clock.now = 5
@@ -346,7 +338,7 @@ def test_a_change_announced_before_or_late_within_the_grace_is_not_counted() -> 
 
 def test_an_old_hint_does_not_announce_a_later_change() -> None:
     """A hint older than the grace announces nothing found after it."""
-    clock = Clock()
+    clock = FakeClock(0.0)
     ann = Announcements(grace=120.0, clock=clock)
     ann.hinted(KEY, False)
     clock.now = 500
@@ -358,7 +350,7 @@ def test_an_old_hint_does_not_announce_a_later_change() -> None:
 async def test_polling_finding_an_unannounced_change_is_counted_in_the_metric(rig: Rig) -> None:
     """Wired to the poller, a stop found by a cycle with no webhook makes the metric count
     one once the grace passes."""
-    clock = Clock()
+    clock = FakeClock(0.0)
     rig.refresher.announcements = Announcements(grace=10.0, clock=clock)
     poller = Poller(
         config=rig.config,

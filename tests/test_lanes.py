@@ -20,10 +20,9 @@ from exporter.client import stated_policy
 from exporter.config import RateLimit
 from exporter.model import Listing, Livestream
 from exporter.simulator import REALISTIC, RateLimiter, Simulator, World
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.clock import FakeClock
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 from tests.test_scale import INTERVAL, Harness
-from tests.test_simulator_exporter import Clock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
 PER_PAGE = 7
 
 
-def world_with(clock: Clock, streams: int, live: int) -> World:
+def world_with(clock: FakeClock, streams: int, live: int) -> World:
     world = World(seed=3, profile=REALISTIC, clock=clock)
     for n in range(streams):
         world.create(ACCOUNT, APP, livestream_id=f"ls-{n:03d}", name=f"Stream {n}")
@@ -58,7 +57,7 @@ def config_for(rig: Harness, requests: int, **poll: float) -> Config:
 @pytest.fixture
 async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     streams, live = getattr(request, "param", (60, 12))
-    clock = Clock()
+    clock = FakeClock()
     async with (
         Simulator(
             world_with(clock, streams, live),
@@ -243,7 +242,7 @@ async def test_generous_budget_keeps_the_full_plan(rig: Harness) -> None:
 async def test_the_api_stated_policy_lowers_the_budget() -> None:
     """A Ratelimit-Policy below api.rate_limit is followed and exported; the budget in
     force is the smaller of the two."""
-    clock = Clock()
+    clock = FakeClock()
     async with (
         Simulator(
             world_with(clock, 10, 2),

@@ -11,7 +11,6 @@ and, for hostile answers, a wrapper around the real client that twists one answe
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import math
@@ -29,10 +28,9 @@ from exporter.model import LIVE, Listing, Livestream
 from exporter.poller import Poller
 from exporter.simulator import REALISTIC, RateLimiter, Simulator, World
 from exporter.telemetry import ExporterMetrics
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.clock import FakeClock
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 from tests.test_scale import INTERVAL, Harness
-from tests.test_simulator_exporter import Clock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -46,7 +44,7 @@ OTHER = "app-other"
 
 
 # -- harness -------------------------------------------------------------------------------
-def world_with(clock: Clock, streams: int, live: int, *, app: str = APP) -> World:
+def world_with(clock: FakeClock, streams: int, live: int, *, app: str = APP) -> World:
     world = World(seed=3, profile=REALISTIC, clock=clock)
     add_streams(world, streams, live, app=app)
     return world
@@ -186,7 +184,7 @@ class Setup:
 @pytest.fixture
 async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     setup: Setup = getattr(request, "param", Setup())
-    clock = Clock()
+    clock = FakeClock()
     async with (
         Simulator(
             world_with(clock, setup.streams, setup.live),
@@ -430,18 +428,6 @@ async def test_few_live_streams_in_a_big_listing_keep_the_interval(rig: Rig) -> 
 
 
 # -- promise 3: the budget in force ------------------------------------------------------
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
 # FOUND: budget.py RequestBudget._apply keeps only the limit with fewer requests per
 # second; a stated policy with a longer window (5000 per 3600 s: 1.39/s < 4/s) then
 # replaces api.rate_limit (1200 per 300 s) and its whole quota can go in a burst: 3000
@@ -449,7 +435,7 @@ class FakeClock:
 async def test_a_long_policy_window_never_lets_a_burst_over_the_configured_limit() -> None:
     """Attacks promise 3 (a huge Ratelimit-Policy window): api.rate_limit 1200/300 s and a
     stated policy of 5000/3600 s. No 300 s may see more than 1200 grants."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     budget = RequestBudget(requests=1200, window=300.0, clock=clock, sleep=clock.sleep)
     budget.learn(requests=5000, window=3600.0)
     times = []
@@ -466,7 +452,7 @@ async def test_a_policy_changing_every_response_keeps_each_window() -> None:
     """Attacks promise 3 (a policy that changes every response): 100 per 3600 s in force,
     then for one answer a looser 1000 per 60 s, then 100 per 3600 s again. No 3600 s
     window may hold more than 100 grants of those made under the 3600 s policy."""
-    clock = FakeClock()
+    clock = FakeClock(0.0)
     budget = RequestBudget(requests=1200, window=300.0, clock=clock, sleep=clock.sleep)
     budget.learn(requests=100, window=3600.0)
     times = []

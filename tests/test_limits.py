@@ -45,27 +45,20 @@ from exporter.model import AppState, Listing, Livestream, StreamState
 from exporter.poller import Poller
 from exporter.server import Exporter, Server
 from exporter.telemetry import ExporterMetrics
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN, FakeApi, FakeStream
+from tests.clock import FakeClock
+from tests.conftest import ACCOUNT, APP, TOKEN, add_stream, make_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
 
     from exporter.model import Snapshot
+    from exporter.simulator import Simulator
 
 DROPPED = "realtimekit_exporter_livestreams_dropped"
 NOT_WHOLE = "limits.max_livestreams: must be a whole number from 1 to 1,000,000"
 LIMIT = "realtimekit_exporter_livestreams_limit"
 OTHER = "app-2"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def _no_sleep(seconds: float) -> None:
@@ -79,7 +72,7 @@ class Rig:
     def __init__(self, base_url: str, http: aiohttp.ClientSession) -> None:
         self.base_url = base_url
         self.http = http
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.registry = CollectorRegistry(auto_describe=False)
         self.poller: Poller | None = None
 
@@ -269,16 +262,16 @@ def test_a_failed_listing_keeps_no_more_than_the_room() -> None:
 
 # -- whole cycles against the loopback fake ---------------------------------------------------
 async def test_the_limit_keeps_the_same_streams_and_says_so_once(
-    fake_api: FakeApi, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+    sim: Simulator, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Limit 10 over a listing of 30 with 2 configured: exactly 10 tracked, configured ones
     always, the same ones each cycle, dropped says 20; a new stream does not push a tracked
     one out, one going LIVE does; one warning, then one info line when the listing shrinks."""
     for i in range(30):
-        fake_api.add(ACCOUNT, APP, FakeStream(f"s{i:03d}"))
+        add_stream(sim, f"s{i:03d}")
     configured = ("s025", "s028")
-    rig = Rig(fake_api.base_url, http)
-    rig.start(limited(make_config(fake_api.base_url, streams=configured, discover=True), 10))
+    rig = Rig(sim.base_url, http)
+    rig.start(limited(make_config(sim.base_url, streams=configured, discover=True), 10))
     caplog.set_level(logging.INFO, logger="exporter")
     first = [f"s{i:03d}" for i in range(8)] + list(configured)
 
@@ -289,11 +282,11 @@ async def test_the_limit_keeps_the_same_streams_and_says_so_once(
     assert rig.value(LIMIT, app=None) == 10
     assert rig.value("realtimekit_exporter_livestreams_tracked") == 10
 
-    fake_api.add(ACCOUNT, APP, FakeStream("a-new"))  # first by id, but all places are held
+    add_stream(sim, "a-new")  # first by id, but all places are held
     assert ids(await rig.poll()) == first
     assert rig.value(DROPPED) == 31 - 10
 
-    fake_api.go_live(fake_api.apps[(ACCOUNT, APP)]["s020"])
+    sim.world.go_live("s020")
     after_live = [f"s{i:03d}" for i in range(7)] + ["s020", *configured]
     for _ in range(2):
         assert ids(await rig.poll()) == after_live  # s007 (not LIVE, last by id) gave way
@@ -306,11 +299,11 @@ async def test_the_limit_keeps_the_same_streams_and_says_so_once(
             APP,
         )
     ]
-    streams = fake_api.apps[(ACCOUNT, APP)]
+    streams = [s.id for s in sim.world.all_streams()]
     for sid in [s for s in streams if s not in after_live][:-1]:
-        del streams[sid]  # 11 listed, 10 of them tracked already: still one over
+        sim.world.delete(sid)  # 11 listed, 10 of them tracked already: still one over
     assert ids(await rig.poll()) == after_live and rig.value(DROPPED) == 1
-    del streams["s000"]
+    sim.world.delete("s000")
     snapshot = await rig.poll()
     assert len(ids(snapshot)) == 10 and rig.value(DROPPED) == 0
     await rig.poll()
@@ -322,18 +315,18 @@ async def test_the_limit_keeps_the_same_streams_and_says_so_once(
 
 
 async def test_discovering_apps_share_the_limit(
-    fake_api: FakeApi, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
+    sim: Simulator, http: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Two discovering apps, one small and one runaway, under one limit: the first cycle
     splits it evenly, the next gives the small app what it lists and the other the rest;
     the total never passes the limit, and the runaway app keeps the streams it had."""
     for i in range(10):
-        fake_api.add(ACCOUNT, APP, FakeStream(f"a{i:03d}"))
+        add_stream(sim, f"a{i:03d}")
     for i in range(200):
-        fake_api.add(ACCOUNT, OTHER, FakeStream(f"b{i:03d}"))
-    base = make_config(fake_api.base_url, discover=True)
+        add_stream(sim, f"b{i:03d}", app=OTHER)
+    base = make_config(sim.base_url, discover=True)
     apps = (base.apps[0], dataclasses.replace(base.apps[0], app_id=OTHER))
-    rig = Rig(fake_api.base_url, http)
+    rig = Rig(sim.base_url, http)
     rig.start(limited(dataclasses.replace(base, apps=apps), 100))
     caplog.set_level(logging.INFO, logger="exporter")
 
@@ -351,7 +344,8 @@ async def test_discovering_apps_share_the_limit(
 # -- a listing of millions is not read to its end ---------------------------------------------
 class HugeListing:
     """A listing that claims ``total`` streams and makes each page up on request (100 per
-    page at most), plus one livestream by id; counts what it was asked."""
+    page at most), plus one livestream by id; counts what it was asked. (Not the
+    simulator: it holds every stream it lists, and ten million would not fit.)"""
 
     def __init__(self, total: int, *, paging: bool = True) -> None:
         self.total = total
@@ -441,18 +435,14 @@ async def test_a_listing_of_millions_is_read_only_to_twice_the_limit(
 HUGE = 100_000
 
 
-async def test_huge_values_from_the_api_are_cut_in_metrics(fake_api: FakeApi) -> None:
+async def test_huge_values_from_the_api_are_cut_in_metrics(sim: Simulator) -> None:
     """100 kB ids, names, meeting ids, statuses and session ids from the API reach /metrics
     (text and OpenMetrics) cut to 256 characters, the status to 64."""
-    long_id = fake_api.add(ACCOUNT, APP, FakeStream("i" * HUGE, name="n" * HUGE))
-    long_id.meeting_id = "m" * HUGE
-    fake_api.add(ACCOUNT, APP, FakeStream("odd", status="Q" * HUGE))
-    live = fake_api.add(ACCOUNT, APP, FakeStream("live", name="\u00e9" * HUGE))
-    fake_api.go_live(live)
-    assert live.session is not None
-    live.session["id"] = "s" * HUGE
-    fake_api.sessions_by_id["s" * HUGE] = live.session
-    config = make_config(fake_api.base_url, discover=True)
+    add_stream(sim, "i" * HUGE, name="n" * HUGE, meeting_id="m" * HUGE)
+    add_stream(sim, "odd", status="Q" * HUGE)
+    live = add_stream(sim, "live", name="\u00e9" * HUGE)
+    sim.world.go_live(live).id = "s" * HUGE  # as the active session endpoint gives it
+    config = make_config(sim.base_url, discover=True)
     async with (
         Exporter(config, registry=CollectorRegistry(), process_metrics=False) as exporter,
         aiohttp.ClientSession() as http,

@@ -17,9 +17,11 @@ from exporter.collector import SnapshotCollector
 from exporter.config import RateLimit
 from exporter.model import ActiveSession, Listing, Livestream
 from exporter.poller import Poller
+from exporter.simulator import Canned, Faults, Simulator
+from exporter.simulator.api import livestream_body
 from exporter.telemetry import ExporterMetrics
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import FakeApi, FakeStream, Fault
+from tests.clock import FakeClock
+from tests.conftest import ACCOUNT, APP, add_stream, go_live, make_config, sent
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Collection
@@ -27,22 +29,16 @@ if TYPE_CHECKING:
     from exporter.budget import CycleDeadline
     from exporter.config import Config
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+LISTING, SESSION, BY_ID = "livestreams", "active_livestream_session", "livestream_session"
 
 
 class Rig:
-    """A poller wired to the fake API with a private registry and a hand-moved clock."""
+    """A poller wired to the simulated API with a private registry and a hand-moved clock."""
 
-    def __init__(self, api: FakeApi, session: aiohttp.ClientSession) -> None:
-        self.api = api
+    def __init__(self, sim: Simulator, session: aiohttp.ClientSession) -> None:
+        self.sim = sim
         self.session = session
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.registry = CollectorRegistry()
         self.metrics = ExporterMetrics(registry=self.registry, endpoints=ENDPOINTS, reasons=REASONS)
 
@@ -72,23 +68,24 @@ async def _no_sleep(seconds: float) -> None:
 
 
 @pytest.fixture
-async def rig(fake_api: FakeApi) -> AsyncIterator[Rig]:
+async def rig(sim: Simulator) -> AsyncIterator[Rig]:
     async with aiohttp.ClientSession() as session:
-        yield Rig(fake_api, session)
+        yield Rig(sim, session)
 
 
 async def test_cycle_costs_one_listing_plus_one_request_per_live_stream(rig: Rig) -> None:
     """Only LIVE streams cost a session request; everyone's status comes from the listing."""
-    streams = [rig.api.add(ACCOUNT, APP, FakeStream(f"s{i}")) for i in range(5)]
-    rig.api.go_live(streams[1], ingest="120.5", viewer=300)
-    rig.api.go_live(streams[3])
-    streams[4].status = "OFFLINE"
-    poller = rig.poller(make_config(rig.api.base_url, streams=tuple(s.id for s in streams)))
+    streams = [add_stream(rig.sim, f"s{i}") for i in range(5)]
+    rig.sim.state.faults = Faults(numbers_as_strings=True)
+    go_live(rig.sim, streams[1], ingest=120.5, viewer=300)
+    rig.sim.world.go_live(streams[3])
+    rig.sim.world.stop(streams[4], status="OFFLINE")
+    poller = rig.poller(make_config(rig.sim.base_url, streams=tuple(streams)))
 
     snapshot = await poller.poll_once()
 
-    assert rig.api.count("livestreams") == 1
-    assert rig.api.count("session") == 2
+    assert sent(rig.sim, LISTING) == 1
+    assert sent(rig.sim, SESSION) == 2
     app = snapshot.apps[0]
     assert app.up
     assert [s.livestream.status for s in app.streams] == ["IDLE", "LIVE", "IDLE", "LIVE", "OFFLINE"]
@@ -100,62 +97,61 @@ async def test_cycle_costs_one_listing_plus_one_request_per_live_stream(rig: Rig
 
 async def test_discovery_pages_through_the_listing(rig: Rig) -> None:
     """discover: true follows every page and tracks every stream once."""
-    rig.api.page_size_cap = 40
+    rig.sim.state.max_per_page = 40
     for i in range(95):
-        rig.api.add(ACCOUNT, APP, FakeStream(f"s{i:03d}"))
-    poller = rig.poller(make_config(rig.api.base_url, discover=True))
+        add_stream(rig.sim, f"s{i:03d}")
+    poller = rig.poller(make_config(rig.sim.base_url, discover=True))
 
     snapshot = await poller.poll_once()
 
-    assert rig.api.count("livestreams") == 3
-    assert [q["page_no"] for _, q in rig.api.requests] == ["1", "2", "3"]
+    assert sent(rig.sim, LISTING) == 3
+    assert [r.query["page_no"] for r in rig.sim.state.log] == ["1", "2", "3"]
     assert len(snapshot.apps[0].streams) == 95
 
 
 async def test_stream_that_stops_gets_one_final_fetch(rig: Rig) -> None:
     """Leaving LIVE costs one request for the session by id, which has the final values."""
-    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    rig.api.go_live(s, ingest=100, viewer=50)
-    poller = rig.poller(make_config(rig.api.base_url, streams=("s1",)))
+    s = add_stream(rig.sim, "s1")
+    go_live(rig.sim, s, ingest=100, viewer=50)
+    poller = rig.poller(make_config(rig.sim.base_url, streams=("s1",)))
     await poller.poll_once()
-    assert s.session is not None
-    s.session["ingest_seconds"] = 130
-    rig.api.stop(s)  # the active endpoint now answers 404, as the real one does
+    rig.sim.world.set_counters(s, ingest_seconds=130)
+    rig.sim.world.stop(s)  # the active endpoint now answers 404, as the real one does
 
     snapshot = await poller.poll_once()
-    assert (rig.api.count("session"), rig.api.count("by_id")) == (1, 1)
+    assert (sent(rig.sim, SESSION), sent(rig.sim, BY_ID)) == (1, 1)
     (state,) = snapshot.apps[0].streams
     assert not state.live and state.session is not None and state.session.ingest_seconds == 130
     assert snapshot.apps[0].up
 
     snapshot = await poller.poll_once()
     await poller.poll_once()
-    assert (rig.api.count("session"), rig.api.count("by_id")) == (1, 1)
+    assert (sent(rig.sim, SESSION), sent(rig.sim, BY_ID)) == (1, 1)
     (state,) = snapshot.apps[0].streams
     assert state.session is not None and state.session.ingest_seconds == 130
 
 
 async def test_unknown_status_is_asked_about_and_exported(rig: Rig) -> None:
     """A status the exporter does not know costs a session request and is exported as is."""
-    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    rig.api.go_live(s)
-    s.status = "Re-connecting"
-    poller = rig.poller(make_config(rig.api.base_url, discover=True))
+    s = add_stream(rig.sim, "s1")
+    rig.sim.world.go_live(s)
+    rig.sim.world.set_status(s, "Re-connecting")
+    poller = rig.poller(make_config(rig.sim.base_url, discover=True))
     snapshot = await poller.poll_once()
     (state,) = snapshot.apps[0].streams
-    assert rig.api.count("session") == 1
+    assert sent(rig.sim, SESSION) == 1
     assert state.live and state.livestream.status == "RE-CONNECTING"
 
 
 async def test_persistent_session_failures_never_make_series_flap(rig: Rig) -> None:
     """Session requests failing past max_staleness drop the counters, never the stream."""
-    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    rig.api.go_live(s, ingest=5)
+    s = add_stream(rig.sim, "s1")
+    go_live(rig.sim, s, ingest=5)
     poller = rig.poller(
-        make_config(rig.api.base_url, streams=("s1",), interval=30, max_staleness=90)
+        make_config(rig.sim.base_url, streams=("s1",), interval=30, max_staleness=90)
     )
     await poller.poll_once()
-    rig.api.sticky["session"] = Fault(500, {"success": False})
+    rig.sim.state.answer_next(SESSION, Canned(500, {"success": False}), times=None)
     seen = []
     for _ in range(6):
         rig.clock.now += 30
@@ -166,14 +162,13 @@ async def test_persistent_session_failures_never_make_series_flap(rig: Rig) -> N
 
 async def test_api_failure_keeps_live_streams_live_until_max_staleness(rig: Rig) -> None:
     """A failing listing marks the app down, keeps values, then drops them after max_staleness."""
-    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    rig.api.go_live(s)
-    config = make_config(rig.api.base_url, streams=("s1",), interval=30, max_staleness=90)
+    s = add_stream(rig.sim, "s1")
+    rig.sim.world.go_live(s)
+    config = make_config(rig.sim.base_url, streams=("s1",), interval=30, max_staleness=90)
     poller = rig.poller(config)
     await poller.poll_once()
-    rig.api.sticky["livestreams"] = Fault(
-        502, {"success": False, "error": {"code": 502, "message": "bad gateway"}}
-    )
+    bad_gateway = {"success": False, "error": {"code": 502, "message": "bad gateway"}}
+    rig.sim.state.answer_next(LISTING, Canned(502, bad_gateway), times=None)
 
     for _ in range(3):
         rig.clock.now += 30
@@ -185,7 +180,7 @@ async def test_api_failure_keeps_live_streams_live_until_max_staleness(rig: Rig)
     snapshot = await poller.poll_once()
     assert snapshot.apps[0].streams == ()
 
-    rig.api.sticky["livestreams"] = None
+    rig.sim.state.clear_answers()
     snapshot = await poller.poll_once()
     assert snapshot.apps[0].up and snapshot.apps[0].streams[0].live
 
@@ -194,8 +189,8 @@ async def test_rejected_token_logs_once_per_state_change(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     """401 counts an auth error every cycle but logs once, naming the permission."""
-    rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    poller = rig.poller(make_config(rig.api.base_url, streams=("s1",), token="wrong-token"))
+    add_stream(rig.sim, "s1")
+    poller = rig.poller(make_config(rig.sim.base_url, streams=("s1",), token="wrong-token"))
     caplog.set_level(logging.INFO, logger="exporter")
     for _ in range(3):
         snapshot = await poller.poll_once()
@@ -209,11 +204,11 @@ async def test_rejected_token_logs_once_per_state_change(
 
 async def test_recovery_is_logged_once(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     """App down then up: one warning, one info, nothing for the unchanged cycles."""
-    rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    poller = rig.poller(make_config(rig.api.base_url, streams=("s1",)))
+    add_stream(rig.sim, "s1")
+    poller = rig.poller(make_config(rig.sim.base_url, streams=("s1",)))
     caplog.set_level(logging.INFO, logger="exporter")
     await poller.poll_once()
-    rig.api.fail_next("livestreams", Fault(503, {"success": False}), times=6)
+    rig.sim.state.answer_next(LISTING, Canned(503, {"success": False}), times=6)
     await poller.poll_once()
     await poller.poll_once()
     await poller.poll_once()
@@ -225,14 +220,14 @@ async def test_recovery_is_logged_once(rig: Rig, caplog: pytest.LogCaptureFixtur
 
 async def test_live_transitions_are_logged_once(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     """Going LIVE and stopping each log one line; steady cycles log nothing."""
-    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    poller = rig.poller(make_config(rig.api.base_url, streams=("s1",)))
+    s = add_stream(rig.sim, "s1")
+    poller = rig.poller(make_config(rig.sim.base_url, streams=("s1",)))
     caplog.set_level(logging.INFO, logger="exporter")
     await poller.poll_once()
-    rig.api.go_live(s)
+    rig.sim.world.go_live(s)
     await poller.poll_once()
     await poller.poll_once()
-    rig.api.stop(s)
+    rig.sim.world.stop(s)
     await poller.poll_once()
     await poller.poll_once()
     messages = [r.getMessage() for r in caplog.records if r.name == "exporter.poller"]
@@ -241,11 +236,11 @@ async def test_live_transitions_are_logged_once(rig: Rig, caplog: pytest.LogCapt
 
 async def test_session_error_keeps_stream_live_and_marks_app_down(rig: Rig) -> None:
     """A failed session fetch is an app error, not a stopped stream."""
-    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    rig.api.go_live(s, ingest=70)
-    poller = rig.poller(make_config(rig.api.base_url, streams=("s1",)))
+    s = add_stream(rig.sim, "s1")
+    go_live(rig.sim, s, ingest=70)
+    poller = rig.poller(make_config(rig.sim.base_url, streams=("s1",)))
     await poller.poll_once()
-    rig.api.fail_next("session", Fault(500, {"success": False}), times=3)
+    rig.sim.state.answer_next(SESSION, Canned(500, {"success": False}), times=3)
     snapshot = await poller.poll_once()
     (state,) = snapshot.apps[0].streams
     assert state.live and state.session is not None and state.session.ingest_seconds == 70
@@ -258,8 +253,8 @@ async def test_missing_configured_stream_is_reported_once(
 ) -> None:
     """A configured id the listing does not have is warned about once and exported only
     as unlisted."""
-    rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    poller = rig.poller(make_config(rig.api.base_url, streams=("s1", "ghost")))
+    add_stream(rig.sim, "s1")
+    poller = rig.poller(make_config(rig.sim.base_url, streams=("s1", "ghost")))
     caplog.set_level(logging.WARNING, logger="exporter")
     await poller.poll_once()
     snapshot = await poller.poll_once()
@@ -411,12 +406,12 @@ def test_budget_warnings(streams: int, rate: RateLimit, expected: list[str]) -> 
 
 async def test_mixed_failures_log_down_once(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
     """An app down for changing reasons logs one warning, not one per cycle."""
-    rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    poller = rig.poller(make_config(rig.api.base_url, streams=("s1",)))
+    add_stream(rig.sim, "s1")
+    poller = rig.poller(make_config(rig.sim.base_url, streams=("s1",)))
     caplog.set_level(logging.INFO, logger="exporter")
     await poller.poll_once()
-    for fault in (Fault(500, {"success": False}), Fault(200, raw=b"{not json")) * 2:
-        rig.api.fail_next("livestreams", fault, times=3)
+    for fault in (Canned(500, {"success": False}), Canned(200, raw=b"{not json")) * 2:
+        rig.sim.state.answer_next(LISTING, fault, times=3)
         await poller.poll_once()
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     assert sum("app is down" in m for m in messages) == 1
@@ -426,16 +421,14 @@ async def test_auth_failure_is_named_even_when_not_the_first_error(
     rig: Rig, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A 403 behind another failure in the same cycle still logs the permission hint once."""
-    s = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    rig.api.go_live(s)
-    t = rig.api.add(ACCOUNT, APP, FakeStream("s2"))
-    rig.api.go_live(t)
-    poller = rig.poller(make_config(rig.api.base_url, discover=True))
+    for s in ("s1", "s2"):
+        rig.sim.world.go_live(add_stream(rig.sim, s))
+    poller = rig.poller(make_config(rig.sim.base_url, discover=True))
     caplog.set_level(logging.INFO, logger="exporter")
     await poller.poll_once()
     gateway = {"success": False, "errors": [{"code": 10000, "message": "Authentication error"}]}
-    rig.api.fail_next("session", Fault(502, {"success": False}), times=3)
-    rig.api.fail_next("session", Fault(403, gateway))
+    rig.sim.state.answer_next(SESSION, Canned(502, {"success": False}), times=3)
+    rig.sim.state.answer_next(SESSION, Canned(403, gateway))
     await poller.poll_once()
     hints = [r for r in caplog.records if "Realtime or Realtime Admin" in r.getMessage()]
     assert len(hints) == 1
@@ -443,14 +436,14 @@ async def test_auth_failure_is_named_even_when_not_the_first_error(
 
 async def test_listing_entries_that_cannot_be_read_mark_the_app_down(rig: Rig) -> None:
     """Unattributable listing entries are skipped, counted as decode errors, and up is 0."""
-    rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    poller = rig.poller(make_config(rig.api.base_url, discover=True))
+    s1 = rig.sim.world.find(add_stream(rig.sim, "s1"))
+    poller = rig.poller(make_config(rig.sim.base_url, discover=True))
     body = {
         "success": True,
-        "data": [FakeStream("s1").body(), "garbage", {"status": "LIVE"}],
+        "data": [livestream_body(s1, rig.sim.world.now()), "garbage", {"status": "LIVE"}],
         "paging": {"start_offset": 1, "end_offset": 3, "total_count": 3},
     }
-    rig.api.fail_next("livestreams", Fault(200, body))
+    rig.sim.state.answer_next(LISTING, Canned(200, body))
     snapshot = await poller.poll_once()
     assert [s.id for s in snapshot.apps[0].streams] == ["s1"]
     assert not snapshot.apps[0].up and rig.errors("decode") == 1
@@ -505,10 +498,9 @@ async def test_over_budget_cycles_are_warned_about_once(
     """When a cycle cannot keep to the budget at this interval (here the budget is too small
     even for the lanes plan, so the full plan stays and waits), one warning says so.
     (Sessions that do not fit a workable budget wait their turn: tests/test_lanes.py.)"""
-    streams = [rig.api.add(ACCOUNT, APP, FakeStream(f"s{i}")) for i in range(4)]
-    for s in streams:
-        rig.api.go_live(s)
-    config = make_config(rig.api.base_url, discover=True, interval=30, rate_limit=RateLimit(5, 300))
+    for i in range(4):
+        rig.sim.world.go_live(add_stream(rig.sim, f"s{i}"))
+    config = make_config(rig.sim.base_url, discover=True, interval=30, rate_limit=RateLimit(5, 300))
     poller = rig.poller(config)
     caplog.set_level(logging.INFO, logger="exporter")
     await poller.poll_once()
@@ -527,11 +519,10 @@ async def test_ids_that_are_dot_segments_are_exported_from_the_listing_alone(
 ) -> None:
     """Streams listed with ids "." and ".." cost no request and no error, are exported with
     their listed status and live 1 exactly when that is LIVE, and are warned about once."""
-    normal = rig.api.add(ACCOUNT, APP, FakeStream("s1"))
-    rig.api.go_live(normal, ingest=70)
-    dot = rig.api.add(ACCOUNT, APP, FakeStream(".", status="LIVE"))
-    dotdot = rig.api.add(ACCOUNT, APP, FakeStream("..", status="IDLE"))
-    poller = rig.poller(make_config(rig.api.base_url, discover=True))
+    go_live(rig.sim, add_stream(rig.sim, "s1"), ingest=70)
+    dot = rig.sim.world.find(add_stream(rig.sim, ".", status="LIVE"))
+    dotdot = rig.sim.world.find(add_stream(rig.sim, "..", status="IDLE"))
+    poller = rig.poller(make_config(rig.sim.base_url, discover=True))
     rig.registry.register(SnapshotCollector(lambda: poller.snapshot))
     caplog.set_level(logging.WARNING, logger="exporter")
 
@@ -542,7 +533,8 @@ async def test_ids_that_are_dot_segments_are_exported_from_the_listing_alone(
 
     for cycle in range(4):
         if cycle == 2:  # both change status: "." stops, ".." goes LIVE
-            dot.status, dotdot.status = "IDLE", "LIVE"
+            rig.sim.world.set_status(".", "IDLE")
+            rig.sim.world.set_status("..", "LIVE")
         rig.clock.now += 30
         await poller.poll_once()
         assert value("realtimekit_up") == 1
@@ -555,9 +547,9 @@ async def test_ids_that_are_dot_segments_are_exported_from_the_listing_alone(
         assert value("realtimekit_livestream_live", "s1") == 1
         assert value("realtimekit_livestream_ingest_seconds", "s1") == 70
 
-    assert rig.api.unrouted == []
-    assert (rig.api.count("livestreams"), rig.api.count("session")) == (4, 4)
-    assert rig.api.count("by_id") == 0
+    assert sent(rig.sim, "unrouted") == 0
+    assert (sent(rig.sim, LISTING), sent(rig.sim, SESSION)) == (4, 4)
+    assert sent(rig.sim, BY_ID) == 0
     assert sum(rig.errors(reason) for reason in REASONS) == 0
     (warning,) = [r for r in caplog.records if r.name == "exporter.poller"]
     extra = vars(warning)  # the fields the call's extra= set on the record

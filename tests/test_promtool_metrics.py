@@ -18,8 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.server import Exporter, create_app
 from exporter.simulator import REALISTIC, Simulator, World
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 from tests.procs import LOOPBACK, child_env, require_tool
 
 OPENMETRICS = "application/openmetrics-text;version=1.0.0"

@@ -26,6 +26,8 @@ from exporter.signature import load_key
 from exporter.telemetry import ExporterMetrics
 from exporter.webhookkey import PublicKeys, Recheck
 from tests import webhooksign as ws
+from tests.clock import FakeClock
+from tests.webhooksign import KeyServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -367,40 +369,10 @@ async def test_stream_keys_never_reach_logs_or_metrics(
 # -- the key's source ------------------------------------------------------------------
 
 
-class KeyServer:
-    """Serves the well-known key document (or fails), counting fetches."""
-
-    def __init__(self) -> None:
-        self.name = "main"
-        self.status = 200
-        self.fetches = 0
-
-    async def document(self, request: web.Request) -> web.Response:
-        self.fetches += 1
-        if self.status != 200:
-            return web.Response(status=self.status, text="down")
-        return web.Response(body=ws.key_document(self.name), content_type="application/json")
-
-
 @pytest.fixture
 async def key_server() -> AsyncIterator[tuple[KeyServer, str]]:
-    server = KeyServer()
-    app = web.Application()
-    app.router.add_get("/.well-known/webhooks.json", server.document)
-    test_server = TestServer(app, host="127.0.0.1")
-    await test_server.start_server()
-    try:
-        yield server, str(test_server.make_url("/.well-known/webhooks.json"))
-    finally:
-        await test_server.close()
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+    async with KeyServer() as server:
+        yield server, server.url
 
 
 async def test_key_rotation_is_fetched_once_per_floor(key_server: tuple[KeyServer, str]) -> None:
@@ -408,7 +380,7 @@ async def test_key_rotation_is_fetched_once_per_floor(key_server: tuple[KeyServe
     and is accepted; forged deliveries within the floor fetch nothing more (503: the key
     could not be read again), and one after the floor fetches once (401)."""
     server, url = key_server
-    clock = Clock()
+    clock = FakeClock(100.0)
     async with aiohttp.ClientSession() as session:
         keys = PublicKeys(url=url, session=session, monotonic=clock, refetch_floor=60.0)
         assert await keys.load() is not None
@@ -435,8 +407,8 @@ async def test_an_unreachable_key_document_means_503_until_it_loads(
     """The key document fails at start: deliveries are 503 (RealtimeKit retries), fetched
     again at most once per retry floor; once it loads, the same delivery is accepted."""
     server, url = key_server
-    server.status = 500
-    clock = Clock()
+    server.document = lambda: web.Response(status=500, text="down")
+    clock = FakeClock(100.0)
     async with aiohttp.ClientSession() as session:
         registry = CollectorRegistry()
         metrics = _metrics(registry)
@@ -449,7 +421,7 @@ async def test_an_unreachable_key_document_means_503_until_it_loads(
             for _ in range(5):
                 assert (await rig.post(body, ws.headers(body, delivery="d")))[0] == 503
             assert server.fetches == 1  # within the retry floor
-            server.status = 200
+            server.document = None
             clock.now += 11
             assert (await rig.post(body, ws.headers(body, delivery="d")))[0] == 200
             assert server.fetches == 2

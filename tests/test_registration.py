@@ -1,4 +1,4 @@
-"""Webhook registration against a local fake of the API: once per app, never a duplicate."""
+"""Webhook registration against the simulated API: once per app, never a duplicate."""
 
 from __future__ import annotations
 
@@ -28,21 +28,50 @@ from exporter.registration import (
     RegistrationError,
     Unregistered,
 )
-from tests.fakewebhooks import TOKEN, Answer, FakeWebhookApi
+from exporter.simulator import Canned, Faults
+from tests.conftest import ACCOUNT, TOKEN, api_simulator
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 
-ACCOUNT = "acc-1"
+    from exporter.simulator import Simulator
+    from exporter.simulator import Webhook as SimWebhook
+
 APPS = ("app-1", "app-2")
-URL = "https://exporter.example.com/webhooks/realtimekit"
+# The simulator registers webhooks for loopback hosts only: it may deliver to them.
+URL = "https://localhost:10243/webhooks/realtimekit"
 OTHER_URL = "https://elsewhere.example.com/hooks"
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeWebhookApi]:
-    async with FakeWebhookApi() as api:
-        yield api
+async def sim() -> AsyncIterator[Simulator]:
+    async with api_simulator(apps=APPS) as simulator:
+        yield simulator
+
+
+def existing(
+    sim: Simulator,
+    app: str,
+    *,
+    url: str,
+    events: Sequence[str] = ("meeting.started",),
+    enabled: bool = True,
+    name: str = "someone else's",
+) -> str:
+    """A webhook made before the test, as RealtimeKit may hold one: any URL, perhaps no
+    event (which the simulator's own registration refuses, so they are set after); its id."""
+    hook = sim.add_webhook(ACCOUNT, app, url=URL, enabled=enabled, name=name)
+    hook.url, hook.events = url, tuple(events)
+    return hook.id
+
+
+def hooks(sim: Simulator, app: str) -> list[SimWebhook]:
+    return sim.state.webhooks.of_app(ACCOUNT, app)
+
+
+def count(sim: Simulator, method: str) -> int:
+    """Requests with ``method`` the API received."""
+    return sum(1 for sent in sim.state.log if sent.method == method)
 
 
 @pytest.fixture(autouse=True)
@@ -53,11 +82,9 @@ def no_token_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     assert TOKEN not in caplog.text
 
 
-def make_config(
-    fake: FakeWebhookApi, *, apps: tuple[str, ...] = APPS, webhooks: bool = True
-) -> Config:
+def make_config(sim: Simulator, *, apps: tuple[str, ...] = APPS, webhooks: bool = True) -> Config:
     return Config(
-        api=ApiConfig(token=Secret(TOKEN), base_url=fake.base_url, timeout=2.0),
+        api=ApiConfig(token=Secret(TOKEN), base_url=sim.base_url, timeout=2.0),
         apps=tuple(AppConfig(account_id=ACCOUNT, app_id=app, discover=True) for app in apps),
         webhooks=WebhooksConfig() if webhooks else None,
     )
@@ -77,53 +104,53 @@ async def api_client(cfg: Config) -> AsyncIterator[RealtimeKitClient]:
         )
 
 
-async def register(fake: FakeWebhookApi, url: str = URL, **kw: str) -> tuple[Registered, ...]:
-    cfg = make_config(fake)
+async def register(sim: Simulator, url: str = URL, **kw: str) -> tuple[Registered, ...]:
+    cfg = make_config(sim)
     async with api_client(cfg) as client:
         return await registration.register(client, cfg, url, **kw)
 
 
-async def unregister(fake: FakeWebhookApi, url: str = URL) -> tuple[Unregistered, ...]:
-    cfg = make_config(fake)
+async def unregister(sim: Simulator, url: str = URL) -> tuple[Unregistered, ...]:
+    cfg = make_config(sim)
     async with api_client(cfg) as client:
         return await registration.unregister(client, cfg, url)
 
 
-async def list_all(fake: FakeWebhookApi) -> tuple[AppWebhooks, ...]:
-    cfg = make_config(fake)
+async def list_all(sim: Simulator) -> tuple[AppWebhooks, ...]:
+    cfg = make_config(sim)
     async with api_client(cfg) as client:
         return await registration.list_webhooks(client, cfg)
 
 
-async def test_run_makes_its_own_client_from_the_config(fake: FakeWebhookApi) -> None:
+async def test_run_makes_its_own_client_from_the_config(sim: Simulator) -> None:
     """registration.run opens a session for the config's token and base URL, and closes it."""
-    cfg = make_config(fake)
+    cfg = make_config(sim)
     registered = await registration.run(cfg, "register", url=URL)
     assert [r.action for r in registered if isinstance(r, Registered)] == ["created", "created"]
     listed = await registration.run(cfg, "list")
     assert [len(r.webhooks) for r in listed if isinstance(r, AppWebhooks)] == [1, 1]
-    assert all(sent.authorization == f"Bearer {TOKEN}" for sent in fake.requests)
-    assert fake.requests[0].path == f"/client/v4/accounts/{ACCOUNT}/realtime/kit/app-1/webhooks"
+    assert all(sent.authorized for sent in sim.state.log)
+    assert sim.state.log[0].path == f"/client/v4/accounts/{ACCOUNT}/realtime/kit/app-1/webhooks"
 
 
 # --- register -----------------------------------------------------------------------------
 
 
 async def test_register_creates_one_webhook_per_app_and_a_second_run_keeps_it(
-    fake: FakeWebhookApi,
+    sim: Simulator,
 ) -> None:
     """The first run creates one enabled webhook per app with the event; the second run
     lists, finds it and keeps it: exactly one POST per app over both runs."""
-    first = await register(fake)
+    first = await register(sim)
     assert [(r.app.app_id, r.action) for r in first] == [("app-1", "created"), ("app-2", "created")]
-    second = await register(fake)
+    second = await register(sim)
     assert [(r.action, r.webhook.id) for r in second] == [("kept", r.webhook.id) for r in first]
-    assert fake.count("POST") == 2 and fake.count("PATCH") == 0
+    assert count(sim, "POST") == 2 and count(sim, "PATCH") == 0
     for app in APPS:
-        (hook,) = fake.of(ACCOUNT, app)
-        assert (hook["url"], hook["events"], hook["enabled"]) == (URL, [EVENT], True)
-        assert hook["name"] == registration.DEFAULT_NAME
-    posted = [sent.body for sent in fake.requests if sent.method == "POST"]
+        (hook,) = hooks(sim, app)
+        assert (hook.url, hook.events, hook.enabled) == (URL, (EVENT,), True)
+        assert hook.name == registration.DEFAULT_NAME
+    posted = [sent.body for sent in sim.state.log if sent.method == "POST"]
     assert posted[0] == {
         "name": "realtimekit-exporter",
         "url": URL,
@@ -133,15 +160,15 @@ async def test_register_creates_one_webhook_per_app_and_a_second_run_keeps_it(
 
 
 async def test_register_uses_the_given_name_and_leaves_other_urls_alone(
-    fake: FakeWebhookApi,
+    sim: Simulator,
 ) -> None:
     """A webhook with another URL is no match: a new one is created, the other untouched."""
-    other = fake.add(ACCOUNT, "app-1", url=OTHER_URL, events=[EVENT])
-    results = await register(fake, name="edge exporter")
+    other = existing(sim, "app-1", url=OTHER_URL, events=[EVENT])
+    results = await register(sim, name="edge exporter")
     assert results[0].action == "created"
-    hooks = {hook["id"]: hook for hook in fake.of(ACCOUNT, "app-1")}
-    assert hooks[other]["url"] == OTHER_URL and len(hooks) == 2
-    assert hooks[results[0].webhook.id]["name"] == "edge exporter"
+    by_id = {hook.id: hook for hook in hooks(sim, "app-1")}
+    assert by_id[other].url == OTHER_URL and len(by_id) == 2
+    assert by_id[results[0].webhook.id].name == "edge exporter"
 
 
 @pytest.mark.parametrize(
@@ -154,77 +181,80 @@ async def test_register_uses_the_given_name_and_leaves_other_urls_alone(
     ids=["disabled", "without-the-event", "disabled-without-events"],
 )
 async def test_a_webhook_with_the_url_that_would_not_deliver_is_patched_not_duplicated(
-    fake: FakeWebhookApi, events: list[str], enabled: bool, expected_events: list[str]
+    sim: Simulator, events: list[str], enabled: bool, expected_events: list[str]
 ) -> None:
     """A disabled webhook, or one without the event, is PATCHed to enabled with the event
     added to its own: no POST, its id and other events stay."""
-    hook_id = fake.add(ACCOUNT, "app-1", url=URL, events=events, enabled=enabled)
-    results = await register(fake)
+    hook_id = existing(sim, "app-1", url=URL, events=events, enabled=enabled)
+    results = await register(sim)
     assert (results[0].action, results[0].webhook.id) == ("updated", hook_id)
     assert results[0].webhook.enabled and EVENT in results[0].webhook.events
-    (patch,) = [sent for sent in fake.requests if sent.method == "PATCH"]
+    (patch,) = [sent for sent in sim.state.log if sent.method == "PATCH"]
     assert patch.path.endswith(f"/realtime/kit/app-1/webhooks/{hook_id}")
     assert patch.body == {"events": expected_events, "enabled": True}
-    (hook,) = fake.of(ACCOUNT, "app-1")
-    assert (hook["id"], hook["events"], hook["enabled"]) == (hook_id, expected_events, True)
-    assert fake.count("POST") == 1  # for app-2 only
+    (hook,) = hooks(sim, "app-1")
+    assert (hook.id, list(hook.events), hook.enabled) == (hook_id, expected_events, True)
+    assert count(sim, "POST") == 1  # for app-2 only
 
 
 async def test_a_url_differing_only_in_host_case_is_the_same_webhook(
-    fake: FakeWebhookApi,
+    sim: Simulator,
 ) -> None:
     """The API's copy of the URL with an upper-case host still matches: kept, not doubled."""
-    fake.add(ACCOUNT, "app-1", url=URL.replace("exporter.example.com", "Exporter.Example.COM"))
-    fake.hooks[(ACCOUNT, "app-1")][next(iter(fake.hooks[(ACCOUNT, "app-1")]))]["events"] = [EVENT]
-    results = await register(fake)
+    existing(sim, "app-1", url=URL.replace("localhost", "LocalHost"), events=[EVENT])
+    results = await register(sim)
     assert results[0].action == "kept"
 
 
-async def test_earlier_duplicates_are_counted_and_one_of_them_kept(fake: FakeWebhookApi) -> None:
+async def test_earlier_duplicates_are_counted_and_one_of_them_kept(sim: Simulator) -> None:
     """Two webhooks with the URL from before: the one that delivers is kept, the other
     counted in ``others`` (and said in the printed line)."""
-    fake.add(ACCOUNT, "app-1", url=URL, events=["meeting.started"])
-    good = fake.add(ACCOUNT, "app-1", url=URL, events=[EVENT])
-    result = (await register(fake))[0]
+    existing(sim, "app-1", url=URL, events=["meeting.started"])
+    good = existing(sim, "app-1", url=URL, events=[EVENT])
+    result = (await register(sim))[0]
     assert (result.action, result.webhook.id, result.others) == ("kept", good, 1)
     (line,) = registration.describe(result)
     assert line.startswith(f"acc-1/app-1: kept webhook {good} (1 more webhook(s)")
-    assert fake.count("PATCH") == 0
+    assert count(sim, "PATCH") == 0
 
 
-async def test_a_post_answered_503_is_not_sent_again(fake: FakeWebhookApi) -> None:
+async def test_a_post_answered_503_is_not_sent_again(sim: Simulator) -> None:
     """A 503 to the POST is not retried (the webhook might exist): one POST, a new listing
     that shows none, then the POST's error naming the app and the reason."""
-    fake.fail_next("POST", Answer(503, {"success": False, "error": {"code": 503}}), times=3)
+    sim.state.answer_next(
+        "add_webhook", Canned(503, {"success": False, "error": {"code": 503}}), times=3
+    )
     with pytest.raises(RegistrationError) as caught:
-        await register(fake)
-    assert fake.count("POST") == 1
-    assert fake.count("GET") == 2  # the listing, and the look after the failed POST
+        await register(sim)
+    assert count(sim, "POST") == 1
+    assert count(sim, "GET") == 2  # the listing, and the look after the failed POST
     error = caught.value
     assert str(error).startswith("app acc-1/app-1: cannot register a webhook (http_error):")
     assert "HTTP 503" in str(error) and not error.permission
     assert error.done == () and error.app.app_id == "app-1"
-    assert fake.of(ACCOUNT, "app-1") == []
+    assert hooks(sim, "app-1") == []
 
 
 async def test_a_post_whose_answer_was_lost_is_found_by_listing_again(
-    fake: FakeWebhookApi,
+    sim: Simulator,
 ) -> None:
     """A POST that created the webhook but was answered 502: the new listing finds it, so
     it counts as created, and no second POST is sent."""
-    fake.fail_next("POST", Answer(502, applied=True, app_id="app-1"))
-    results = await register(fake)
+    failure = Canned(502, {"success": False, "error": {"code": 500}}, applied=True)
+    sim.state.answer_next("add_webhook", failure, app_id="app-1")
+    results = await register(sim)
     assert [r.action for r in results] == ["created", "created"]
-    assert fake.count("POST") == 2  # one per app
-    assert len(fake.of(ACCOUNT, "app-1")) == 1
+    assert count(sim, "POST") == 2  # one per app
+    assert len(hooks(sim, "app-1")) == 1
 
 
-async def test_a_failing_app_ends_the_run_and_keeps_what_was_done(fake: FakeWebhookApi) -> None:
+async def test_a_failing_app_ends_the_run_and_keeps_what_was_done(sim: Simulator) -> None:
     """An API error on the second app is raised naming that app; the first app's result
     is in the error's ``done``."""
-    fake.fail_next("GET", Answer(500, app_id="app-2"), times=3)  # a first try and 2 retries
+    failure = Canned(500, {"success": False, "error": {"code": 500}})
+    sim.state.answer_next("webhooks", failure, times=3, app_id="app-2")  # a try and 2 retries
     with pytest.raises(RegistrationError) as caught:
-        await register(fake)
+        await register(sim)
     assert caught.value.app.app_id == "app-2"
     assert str(caught.value).startswith("app acc-1/app-2: cannot register a webhook (http_error)")
     (done,) = caught.value.done
@@ -237,33 +267,33 @@ async def test_a_failing_app_ends_the_run_and_keeps_what_was_done(fake: FakeWebh
 
 @pytest.mark.parametrize("call", ["register", "unregister", "list"])
 async def test_a_token_without_permission_is_told_which_permission_it_needs(
-    fake: FakeWebhookApi, call: str
+    sim: Simulator, call: str
 ) -> None:
     """A 403 in the gateway's envelope fails at once (no retry) with a message naming the
     app and the Realtime Admin (or Realtime) permission, never the token."""
-    fake.forbidden = True
-    runs: dict[str, Callable[[FakeWebhookApi], Awaitable[object]]] = {
+    sim.state.faults = Faults(webhooks_forbidden=True)
+    runs: dict[str, Callable[[Simulator], Awaitable[object]]] = {
         "register": register,
         "unregister": unregister,
         "list": list_all,
     }
     run = runs[call]
     with pytest.raises(RegistrationError) as caught:
-        await run(fake)
+        await run(sim)
     message = str(caught.value)
     assert message.startswith("app acc-1/app-1: the API refused the token")
     assert "HTTP 403" in message and "Authentication error" in message
     assert "Realtime Admin (or Realtime) permission" in message
     assert caught.value.permission
     assert TOKEN not in message and TOKEN not in repr(caught.value)
-    assert len(fake.requests) == 1
+    assert len(sim.state.log) == 1
 
 
-async def test_a_wrong_token_is_refused_with_the_same_hint(fake: FakeWebhookApi) -> None:
+async def test_a_wrong_token_is_refused_with_the_same_hint(sim: Simulator) -> None:
     """A 401 (a token the API does not know) gives the permission hint too."""
-    fake.token = "some-other-token-0000000000"
+    sim.state.token = "some-other-token-0000000000"
     with pytest.raises(RegistrationError) as caught:
-        await list_all(fake)
+        await list_all(sim)
     assert "HTTP 401" in str(caught.value) and "Realtime Admin" in str(caught.value)
 
 
@@ -303,16 +333,14 @@ async def test_a_wrong_token_is_refused_with_the_same_hint(fake: FakeWebhookApi)
         "empty",
     ],
 )
-async def test_a_bad_url_fails_before_any_request(
-    fake: FakeWebhookApi, url: str, says: str
-) -> None:
+async def test_a_bad_url_fails_before_any_request(sim: Simulator, url: str, says: str) -> None:
     """A URL RealtimeKit cannot deliver to is refused before anything is sent, with a
     message that says why and never shows a password."""
     with pytest.raises(InvalidUrl) as caught:
-        await register(fake, url)
+        await register(sim, url)
     assert says in str(caught.value)
     assert "s3cr3t-pw" not in str(caught.value)
-    assert fake.requests == []
+    assert not sim.state.log
 
 
 @pytest.mark.parametrize(
@@ -350,62 +378,62 @@ def test_a_config_without_a_webhooks_section_is_a_warning() -> None:
     assert "no webhooks section" in warning
 
 
-async def test_register_refuses_an_empty_name_before_any_request(fake: FakeWebhookApi) -> None:
+async def test_register_refuses_an_empty_name_before_any_request(sim: Simulator) -> None:
     """A blank name is a ValueError, raised before the API is asked anything."""
     with pytest.raises(ValueError, match="name"):
-        await register(fake, name="  ")
-    assert fake.requests == []
+        await register(sim, name="  ")
+    assert not sim.state.log
 
 
 # --- unregister and list --------------------------------------------------------------------
 
 
 async def test_unregister_deletes_every_webhook_with_the_url_and_nothing_else(
-    fake: FakeWebhookApi,
+    sim: Simulator,
 ) -> None:
     """Each webhook with the URL (enabled or not) is deleted; others stay; counts per app."""
     doomed = {
-        fake.add(ACCOUNT, "app-1", url=URL, events=[EVENT]),
-        fake.add(ACCOUNT, "app-1", url=URL, enabled=False),
+        existing(sim, "app-1", url=URL, events=[EVENT]),
+        existing(sim, "app-1", url=URL, enabled=False),
     }
-    kept = fake.add(ACCOUNT, "app-1", url=OTHER_URL, events=[EVENT])
-    other_app = fake.add(ACCOUNT, "app-2", url=OTHER_URL)
-    results = await unregister(fake)
+    kept = existing(sim, "app-1", url=OTHER_URL, events=[EVENT])
+    other_app = existing(sim, "app-2", url=OTHER_URL)
+    results = await unregister(sim)
     assert [(r.app.app_id, len(r.deleted)) for r in results] == [("app-1", 2), ("app-2", 0)]
     assert set(results[0].deleted) == doomed
-    assert [hook["id"] for hook in fake.of(ACCOUNT, "app-1")] == [kept]
-    assert [hook["id"] for hook in fake.of(ACCOUNT, "app-2")] == [other_app]
-    assert fake.count("DELETE") == 2
+    assert [hook.id for hook in hooks(sim, "app-1")] == [kept]
+    assert [hook.id for hook in hooks(sim, "app-2")] == [other_app]
+    assert count(sim, "DELETE") == 2
     assert [registration.describe(r) for r in results] == [
         ["acc-1/app-1: deleted 2"],
         ["acc-1/app-2: deleted 0"],
     ]
 
 
-async def test_unregister_after_register_leaves_no_webhook(fake: FakeWebhookApi) -> None:
+async def test_unregister_after_register_leaves_no_webhook(sim: Simulator) -> None:
     """register then unregister: the apps have no webhook left, and a second unregister
     deletes nothing."""
-    await register(fake)
-    assert [len(r.deleted) for r in await unregister(fake)] == [1, 1]
-    assert [len(r.deleted) for r in await unregister(fake)] == [0, 0]
-    assert fake.of(ACCOUNT, "app-1") == [] and fake.of(ACCOUNT, "app-2") == []
+    await register(sim)
+    assert [len(r.deleted) for r in await unregister(sim)] == [1, 1]
+    assert [len(r.deleted) for r in await unregister(sim)] == [0, 0]
+    assert hooks(sim, "app-1") == [] and hooks(sim, "app-2") == []
 
 
-async def test_unregister_accepts_any_absolute_url_but_nothing_else(fake: FakeWebhookApi) -> None:
+async def test_unregister_accepts_any_absolute_url_but_nothing_else(sim: Simulator) -> None:
     """A webhook made elsewhere with a URL register would refuse can still be removed; a
     relative URL is refused before any request."""
-    fake.add(ACCOUNT, "app-1", url="http://old.example.com/hook")
-    assert [len(r.deleted) for r in await unregister(fake, "http://old.example.com/hook")] == [1, 0]
-    requests = len(fake.requests)
+    existing(sim, "app-1", url="http://old.example.com/hook")
+    assert [len(r.deleted) for r in await unregister(sim, "http://old.example.com/hook")] == [1, 0]
+    requests = len(sim.state.log)
     with pytest.raises(InvalidUrl):
-        await unregister(fake, "/hook")
-    assert len(fake.requests) == requests
+        await unregister(sim, "/hook")
+    assert len(sim.state.log) == requests
 
 
-async def test_list_returns_each_apps_webhooks(fake: FakeWebhookApi) -> None:
+async def test_list_returns_each_apps_webhooks(sim: Simulator) -> None:
     """list gives every webhook per app, decoded, and describes each on one line."""
-    hook_id = fake.add(ACCOUNT, "app-1", url=URL, events=[EVENT, "meeting.ended"], enabled=False)
-    results = await list_all(fake)
+    hook_id = existing(sim, "app-1", url=URL, events=[EVENT, "meeting.ended"], enabled=False)
+    results = await list_all(sim)
     assert [(r.app.app_id, r.webhooks) for r in results] == [
         (
             "app-1",

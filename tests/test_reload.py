@@ -28,8 +28,7 @@ from exporter.reload import Reloader
 from exporter.server import Exporter
 from exporter.simulator import REALISTIC, Simulator, World
 from exporter.tokenfile import TokenFile
-from tests.conftest import ACCOUNT, APP
-from tests.fakeapi import TOKEN, FakeApi, FakeStream
+from tests.conftest import ACCOUNT, APP, TOKEN, add_stream, api_simulator, go_live, sent
 from tests.procs import LOOPBACK, child_env, exporter_command
 
 if TYPE_CHECKING:
@@ -178,16 +177,16 @@ async def exporter_process(
 
 # -- SIGHUP and POST /-/reload on a real process ----------------------------------------
 async def test_sighup_changes_the_streams_and_keeps_the_others_series(
-    tmp_path: Path, fake_api: FakeApi
+    tmp_path: Path, sim: Simulator
 ) -> None:
     """A SIGHUP with a changed config adds and removes configured streams at the next
     cycle, in the same process; a stream in both configs keeps its series, here the final
     counters of a session that ended before the reload, which no request fetches again."""
-    one = fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-2"))
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-3", status="OFFLINE"))
-    fake_api.go_live(one, ingest=42, viewer=77)
-    config = write_config(tmp_path / "config.yaml", fake_api.base_url, ["ls-1", "ls-2"])
+    one = add_stream(sim, "ls-1")
+    add_stream(sim, "ls-2")
+    add_stream(sim, "ls-3", status="OFFLINE")
+    go_live(sim, one, ingest=42, viewer=77)
+    config = write_config(tmp_path / "config.yaml", sim.base_url, ["ls-1", "ls-2"])
     async with exporter_process(tmp_path, config) as running:
         ingest = stream("realtimekit_livestream_ingest_seconds", "ls-1")
         live = stream("realtimekit_livestream_live", "ls-1")
@@ -197,17 +196,17 @@ async def test_sighup_changes_the_streams_and_keeps_the_others_series(
             return got if got.get(live) == 1 and got.get(ingest) == 42 else None
 
         await running.until(live_with_42, what="ls-1 live")
-        fake_api.stop(one)  # its session, by id, now has a stop time
+        sim.world.stop(one)  # its session, by id, now has a stop time
 
         async def stopped() -> Samples | None:
             got = await running.metrics()
-            return got if got.get(live) == 0 and fake_api.count("by_id") >= 1 else None
+            return got if got.get(live) == 0 and sent(sim, "livestream_session") >= 1 else None
 
         before = await running.until(stopped, what="ls-1 stopped with its final counters")
         assert before[ingest] == 42 and streams_in(before) == {"ls-1", "ls-2"}
-        fake_api.sessions_by_id["sess-ls-1"]["ingest_seconds"] = 999  # never asked again
+        sim.world.set_counters(one, ingest_seconds=999)  # never asked again
 
-        write_config(config, fake_api.base_url, ["ls-1", "ls-3"])
+        write_config(config, sim.base_url, ["ls-1", "ls-3"])
         pid = running.proc.pid
         running.proc.send_signal(signal.SIGHUP)
 
@@ -232,14 +231,14 @@ async def test_sighup_changes_the_streams_and_keeps_the_others_series(
 
 
 async def test_an_invalid_config_is_rejected_once_and_the_old_one_stays(
-    tmp_path: Path, fake_api: FakeApi
+    tmp_path: Path, sim: Simulator
 ) -> None:
     """A reload of an invalid config is logged once with its problems (not the token),
     sets the gauge to 0 and leaves the running config polling; POST /-/reload answers 500
     with the reason, 200 once the file is fixed, and GET is 405."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-2"))
-    config = write_config(tmp_path / "config.yaml", fake_api.base_url, ["ls-1"])
+    add_stream(sim, "ls-1")
+    add_stream(sim, "ls-2")
+    config = write_config(tmp_path / "config.yaml", sim.base_url, ["ls-1"])
     async with exporter_process(tmp_path, config) as running:
         cycles: tuple[str, frozenset[tuple[str, str]]] = (
             "realtimekit_exporter_poll_duration_seconds_count",
@@ -253,7 +252,7 @@ async def test_an_invalid_config_is_rejected_once_and_the_old_one_stays(
         await running.until(polled, what="a first cycle")
         # Bad in two places, with the token itself as a (long, so undisclosed) key.
         bad = {"poll": {"interval": "0s"}, TOKEN: "misplaced"}
-        write_config(config, fake_api.base_url, ["ls-1", "ls-2"], extra=bad)
+        write_config(config, sim.base_url, ["ls-1", "ls-2"], extra=bad)
         running.proc.send_signal(signal.SIGHUP)
 
         async def rejected() -> Samples | None:
@@ -280,7 +279,7 @@ async def test_an_invalid_config_is_rejected_once_and_the_old_one_stays(
         async with running.http.get(running.url + "/-/reload") as response:
             assert response.status == 405
 
-        write_config(config, fake_api.base_url, ["ls-1", "ls-2"])
+        write_config(config, sim.base_url, ["ls-1", "ls-2"])
         assert await running.post_reload() == (200, "configuration reloaded\n")
 
         async def both() -> Samples | None:
@@ -296,13 +295,13 @@ def cycles_in(samples: Samples) -> float:
 
 
 async def test_a_file_the_parser_cannot_take_is_a_rejected_reload(
-    tmp_path: Path, fake_api: FakeApi
+    tmp_path: Path, sim: Simulator
 ) -> None:
     """Nesting 500 deep (POST /-/reload) and a 5,000-digit integer (SIGHUP) are rejected
     like any invalid file: 500 with the reason, the gauge at 0, one "reload rejected" line
     each, and no exception left in a task; the old config keeps polling."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    config = write_config(tmp_path / "config.yaml", fake_api.base_url, ["ls-1"])
+    add_stream(sim, "ls-1")
+    config = write_config(tmp_path / "config.yaml", sim.base_url, ["ls-1"])
     good = config.read_text(encoding="utf-8")
     async with exporter_process(tmp_path, config) as running:
 
@@ -352,15 +351,15 @@ def not_a_token_file(kind: str, path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["a FIFO", "200 MB", "a symlink to /dev/zero"])
 async def test_a_token_file_swapped_for_what_cannot_be_read_stops_nothing(
-    tmp_path: Path, fake_api: FakeApi, kind: str
+    tmp_path: Path, sim: Simulator, kind: str
 ) -> None:
     """The running process notices at its next cycle, warns once, goes on answering and
     polling with the token it has, and still stops within 5 s of SIGTERM, exiting 0."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    add_stream(sim, "ls-1")
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n", encoding="utf-8")
     config = write_config(
-        tmp_path / "config.yaml", fake_api.base_url, ["ls-1"], token={"token_file": str(token_file)}
+        tmp_path / "config.yaml", sim.base_url, ["ls-1"], token={"token_file": str(token_file)}
     )
     up = ("realtimekit_up", frozenset({"account_id": ACCOUNT, "app_id": APP}.items()))
     async with exporter_process(tmp_path, config) as running:
@@ -385,7 +384,7 @@ async def test_a_token_file_swapped_for_what_cannot_be_read_stops_nothing(
             return got if cycles_in(got) >= cycles_in(before) + 2 else None
 
         after = await running.until(polling_on, what="two more cycles")
-        assert after[up] == 1  # the FakeApi answers 401 to any other token
+        assert after[up] == 1  # the simulator answers 401 to any other token
         stopping = time.monotonic()
         running.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(running.proc.wait(), timeout=5) == 0
@@ -413,59 +412,54 @@ def token_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.usefixtures("token_env")
 async def test_a_smaller_rate_limit_keeps_the_grants_already_made(
-    tmp_path: Path, fake_api: FakeApi
+    tmp_path: Path, sim: Simulator
 ) -> None:
     """rate_limit is applied by resizing the token's budget: the requests already sent
     still count, so the same token gets no fresh window."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    path = write_config(tmp_path / "c.yaml", fake_api.base_url, ["ls-1"], rate_limit="1000/5m")
+    add_stream(sim, "ls-1")
+    path = write_config(tmp_path / "c.yaml", sim.base_url, ["ls-1"], rate_limit="1000/5m")
     async with exporter_for(path) as (exporter, reloader, registry):
         for _ in range(3):
             await exporter.poller.poll_once()
-        sent = len(fake_api.requests)
         available = "realtimekit_exporter_request_budget_available"
-        assert registry.get_sample_value(available) == 1000 - sent
-        write_config(path, fake_api.base_url, ["ls-1"], rate_limit="100/5m")
+        assert registry.get_sample_value(available) == 1000 - sent(sim)
+        write_config(path, sim.base_url, ["ls-1"], rate_limit="100/5m")
         assert await reloader.reload() is None
         await exporter.poller.poll_once()
-        assert registry.get_sample_value(available) == 100 - len(fake_api.requests)
+        assert registry.get_sample_value(available) == 100 - sent(sim)
 
 
 @pytest.mark.usefixtures("token_env")
-async def test_new_api_settings_rebuild_the_client(tmp_path: Path, fake_api: FakeApi) -> None:
+async def test_new_api_settings_rebuild_the_client(tmp_path: Path, sim: Simulator) -> None:
     """A new base_url (with timeout and max_concurrency) takes effect at the next cycle:
     requests go to the new address only."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    other = FakeApi()
-    await other.start()
-    try:
-        other.add(ACCOUNT, APP, FakeStream("ls-1", status="OFFLINE"))
-        path = write_config(tmp_path / "c.yaml", fake_api.base_url, ["ls-1"])
+    add_stream(sim, "ls-1")
+    async with api_simulator() as other:
+        add_stream(other, "ls-1", status="OFFLINE")
+        path = write_config(tmp_path / "c.yaml", sim.base_url, ["ls-1"])
         async with exporter_for(path) as (exporter, reloader, _):
             await exporter.poller.poll_once()
             write_config(path, other.base_url, ["ls-1"], timeout="3s", max_concurrency=2)
             assert await reloader.reload() is None
-            sent = len(fake_api.requests)
+            before = sent(sim)
             snapshot = await exporter.poller.poll_once()
-            assert len(fake_api.requests) == sent and other.requests
+            assert sent(sim) == before and sent(other)
             (app,) = snapshot.apps
             assert app.up and app.streams[0].livestream.status == "OFFLINE"
             assert exporter.config.api.max_concurrency == 2
-    finally:
-        await other.close()
 
 
 @pytest.mark.usefixtures("token_env")
-async def test_shards_stay_as_the_command_line_gave_them(tmp_path: Path, fake_api: FakeApi) -> None:
+async def test_shards_stay_as_the_command_line_gave_them(tmp_path: Path, sim: Simulator) -> None:
     """--shard and --total-shards outlive a reload; a rate_limit too small for them is
     a rejected reload, naming --total-shards."""
-    path = write_config(tmp_path / "c.yaml", fake_api.base_url, ["ls-1"])
+    path = write_config(tmp_path / "c.yaml", sim.base_url, ["ls-1"])
     async with exporter_for(path, shard=Shard(1, 2)) as (exporter, reloader, registry):
-        write_config(path, fake_api.base_url, ["ls-1", "ls-2"])
+        write_config(path, sim.base_url, ["ls-1", "ls-2"])
         assert await reloader.reload() is None
         await exporter.poller.poll_once()
         assert exporter.config.shard == Shard(1, 2)
-        write_config(path, fake_api.base_url, ["ls-1"], rate_limit="1/5m")
+        write_config(path, sim.base_url, ["ls-1"], rate_limit="1/5m")
         problem = await reloader.reload()
         assert problem is not None and "--total-shards=2" in problem
         assert registry.get_sample_value(RELOAD_OK) == 0
@@ -610,16 +604,16 @@ async def test_a_token_file_rolled_back_then_reloaded_is_used(tmp_path: Path) ->
 
 
 @pytest.mark.usefixtures("token_env")
-async def test_an_app_removed_by_reload_leaves_no_series(tmp_path: Path, fake_api: FakeApi) -> None:
+async def test_an_app_removed_by_reload_leaves_no_series(tmp_path: Path, sim: Simulator) -> None:
     """Its error counters, created at 0 for it, go with it."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    path = write_config(tmp_path / "c.yaml", fake_api.base_url, ["ls-1"])
+    add_stream(sim, "ls-1")
+    path = write_config(tmp_path / "c.yaml", sim.base_url, ["ls-1"])
     doc = yaml.safe_load(path.read_text())
     doc["apps"].append({"account_id": ACCOUNT, "app_id": "gone-app", "discover": True})
     path.write_text(yaml.safe_dump(doc))
     async with exporter_for(path) as (exporter, reloader, registry):
         await exporter.poller.poll_once()
-        write_config(path, fake_api.base_url, ["ls-1"])
+        write_config(path, sim.base_url, ["ls-1"])
         assert await reloader.reload() is None
         await exporter.poller.poll_once()
         left = [
@@ -642,12 +636,12 @@ class FailingExecutor(Executor):
 
 @pytest.mark.usefixtures("token_env")
 async def test_an_unexpected_error_while_loading_is_a_rejected_reload(
-    tmp_path: Path, fake_api: FakeApi, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sim: Simulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Whatever a load raises, reload() returns the reason instead of raising (SIGHUP's task
     would lose it), sets the gauge to 0 and logs the rejection, naming only the error's
     type."""
-    path = write_config(tmp_path / "c.yaml", fake_api.base_url, ["ls-1"])
+    path = write_config(tmp_path / "c.yaml", sim.base_url, ["ls-1"])
     async with exporter_for(path) as (exporter, _, registry):
         reloader = Reloader(exporter=exporter, config_file=str(path), executor=FailingExecutor())
         reason = await reloader.reload()
@@ -683,13 +677,13 @@ class GatedExecutor(concurrent.futures.Executor):
 
 @pytest.mark.usefixtures("token_env")
 async def test_reloads_asked_for_while_one_runs_are_merged_into_one(
-    tmp_path: Path, fake_api: FakeApi, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, sim: Simulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     """300 reloads asked for while one runs (SIGHUPs, or POSTs whose clients hang up) make
     one more reload, shared by all of them, not 300 (300 once ran for six minutes); its
     outcome is logged once."""
     caplog.set_level(logging.INFO, logger="exporter.reload")
-    path = write_config(tmp_path / "c.yaml", fake_api.base_url, ["ls-1"])
+    path = write_config(tmp_path / "c.yaml", sim.base_url, ["ls-1"])
     async with exporter_for(path) as (exporter, _, registry):
         executor = GatedExecutor()
         reloader = Reloader(exporter=exporter, config_file=str(path), executor=executor)

@@ -33,10 +33,9 @@ from exporter.model import ActiveSession, Listing, Livestream
 from exporter.poller import Poller
 from exporter.simulator import REALISTIC, Simulator, World
 from exporter.telemetry import ExporterMetrics
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.clock import FakeClock
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 from tests.test_cli import write_config
-from tests.test_simulator_exporter import Clock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Collection
@@ -58,7 +57,7 @@ ROOMY = RateLimit(100_000, 300.0)  # a budget that never makes the plan choose l
 class Harness:
     """Client, poller and collector wired as Exporter wires them, on the world's clock."""
 
-    def __init__(self, sim: Simulator, http: aiohttp.ClientSession, clock: Clock) -> None:
+    def __init__(self, sim: Simulator, http: aiohttp.ClientSession, clock: FakeClock) -> None:
         self.sim = sim
         self.http = http
         self.clock = clock
@@ -112,7 +111,7 @@ class Harness:
         )
 
 
-def world_of(clock: Clock, *apps: str) -> World:
+def world_of(clock: FakeClock, *apps: str) -> World:
     world = World(seed=5, profile=REALISTIC, clock=clock)
     for app in apps or (APP,):
         world.populate(ACCOUNT, app, STREAMS, live=LIVE)
@@ -121,7 +120,7 @@ def world_of(clock: Clock, *apps: str) -> World:
 
 @pytest.fixture
 async def harness() -> AsyncIterator[Harness]:
-    clock = Clock()
+    clock = FakeClock()
     async with (
         Simulator(world_of(clock, APP, OTHER_APP), token=TOKEN, max_per_page=PER_PAGE) as sim,
         aiohttp.ClientSession() as http,
@@ -316,7 +315,7 @@ async def test_shards_split_the_streams_and_only_shard_0_exports_the_app() -> No
     """Two shards polling the same app: together they export every stream exactly once,
     each asks only for its own live streams' sessions, and realtimekit_up comes from
     shard 0 alone, so sums over targets count each app once."""
-    clock = Clock()
+    clock = FakeClock()
     async with (
         Simulator(world_of(clock), token=TOKEN, max_per_page=PER_PAGE) as sim,
         aiohttp.ClientSession() as http,
@@ -343,7 +342,7 @@ async def test_shards_split_the_streams_and_only_shard_0_exports_the_app() -> No
 
 
 async def test_shards_split_configured_streams_and_their_unlisted_ones() -> None:
-    clock = Clock()
+    clock = FakeClock()
     async with (
         Simulator(world_of(clock), token=TOKEN, max_per_page=PER_PAGE) as sim,
         aiohttp.ClientSession() as http,

@@ -23,8 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.exposition import Exposition
 from exporter.reload import Reloader
 from exporter.server import STOPPING, Exporter, ServeError, Server, create_app
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream
+from exporter.simulator import Faults, Simulator
+from exporter.simulator.world import STREAM_KEY_PREFIX
+from tests.conftest import ACCOUNT, APP, TOKEN, add_stream, go_live, make_config, sent
 from tests.test_reload import TOKEN_ENV, GatedExecutor, exporter_for, write_config
 
 if TYPE_CHECKING:
@@ -64,11 +65,12 @@ async def start(config: Config) -> AsyncIterator[Running]:
 
 
 @pytest.fixture
-async def running(fake_api: FakeApi) -> AsyncIterator[Running]:
-    s1 = fake_api.add(ACCOUNT, APP, FakeStream("ls-1", name="Main stage", meeting_id="m-1"))
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-2", status="OFFLINE"))
-    fake_api.go_live(s1, ingest="116.11599994199997", viewer=300)
-    config = make_config(fake_api.base_url, streams=("ls-1", "ls-2"), expect={"ls-1": True})
+async def running(sim: Simulator) -> AsyncIterator[Running]:
+    s1 = add_stream(sim, "ls-1", name="Main stage", meeting_id="m-1")
+    add_stream(sim, "ls-2", status="OFFLINE")
+    sim.state.faults = Faults(numbers_as_strings=True)  # as the counters' declared type
+    go_live(sim, s1, ingest=116.11599994199997, viewer=300)
+    config = make_config(sim.base_url, streams=("ls-1", "ls-2"), expect={"ls-1": True})
     async for r in start(config):
         yield r
 
@@ -88,7 +90,7 @@ def labels(stream: str | None = None, **extra: str) -> frozenset[tuple[str, str]
     return frozenset(base.items())
 
 
-async def test_metrics_show_the_polled_streams(running: Running, fake_api: FakeApi) -> None:
+async def test_metrics_show_the_polled_streams(running: Running, sim: Simulator) -> None:
     """After the first cycle /metrics carries every stream, app and exporter metric."""
     await running.wait_ready()
     status, headers, body = await running.get("/metrics")
@@ -125,13 +127,13 @@ async def test_metrics_show_the_polled_streams(running: Running, fake_api: FakeA
     assert b"# EOF" not in body
 
 
-async def test_scrapes_never_call_the_api(running: Running, fake_api: FakeApi) -> None:
+async def test_scrapes_never_call_the_api(running: Running, sim: Simulator) -> None:
     """Scraping serves the cached snapshot: the API sees no request from a scrape."""
     await running.wait_ready()
-    before = len(fake_api.requests)
+    before = sent(sim)
     for _ in range(5):
         assert (await running.get("/metrics"))[0] == 200
-    assert len(fake_api.requests) == before
+    assert sent(sim) == before
 
 
 async def test_openmetrics_by_accept_header(running: Running) -> None:
@@ -199,33 +201,32 @@ async def test_head_gets_the_headers_alone_and_the_connection_stays_usable(
 
 
 async def test_not_ready_until_first_cycle_and_slow_api_never_stalls_metrics(
-    fake_api: FakeApi,
+    sim: Simulator,
 ) -> None:
     """While the API hangs, /-/ready is 503 and /metrics still answers at once."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    fake_api.gate = asyncio.Event()
-    async for running in start(make_config(fake_api.base_url, streams=("ls-1",), timeout=30)):
+    add_stream(sim, "ls-1")
+    sim.state.faults = Faults(hold=True)
+    async for running in start(make_config(sim.base_url, streams=("ls-1",), timeout=30)):
         async with asyncio.timeout(10):
-            while not fake_api.requests:
+            while not sim.state.log:
                 await asyncio.sleep(0.01)
         status, _, body = await running.get("/-/ready")
         assert status == 503 and b"not ready" in body
         async with asyncio.timeout(5):
             status, _, body = await running.get("/metrics")
         assert status == 200 and b"realtimekit_livestream_live{" not in body
-        fake_api.gate.set()
+        sim.state.faults = Faults()
         await running.wait_ready()
         assert b"realtimekit_livestream_live{" in (await running.get("/metrics"))[2]
 
 
 async def test_no_secret_reaches_pages_or_logs(
-    fake_api: FakeApi, caplog: pytest.LogCaptureFixture
+    sim: Simulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Neither the token nor any stream key shows up on any page or in any log line."""
     caplog.set_level(logging.DEBUG)
-    s = fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    fake_api.go_live(s)
-    async for running in start(make_config(fake_api.base_url, discover=True)):
+    sim.world.go_live(add_stream(sim, "ls-1"))
+    async for running in start(make_config(sim.base_url, discover=True)):
         await running.wait_ready()
         pages = [await running.get(p) for p in ("/metrics", "/", "/-/ready", "/-/healthy")]
         for _, _, body in pages:
@@ -234,9 +235,9 @@ async def test_no_secret_reaches_pages_or_logs(
     assert TOKEN not in caplog.text and STREAM_KEY_PREFIX not in caplog.text
 
 
-async def test_close_releases_the_port(fake_api: FakeApi) -> None:
+async def test_close_releases_the_port(sim: Simulator) -> None:
     """After close() the listening port accepts no connection."""
-    async for running in start(make_config(fake_api.base_url, discover=True)):
+    async for running in start(make_config(sim.base_url, discover=True)):
         port = running.server.addresses[0][1]
         await running.server.close()
         with (
@@ -246,23 +247,23 @@ async def test_close_releases_the_port(fake_api: FakeApi) -> None:
             pass
 
 
-async def test_address_in_use_is_a_serve_error(fake_api: FakeApi) -> None:
+async def test_address_in_use_is_a_serve_error(sim: Simulator) -> None:
     """Binding a port already taken raises ServeError with the address, not a traceback."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         async with Exporter(
-            make_config(fake_api.base_url, discover=True), registry=CollectorRegistry()
+            make_config(sim.base_url, discover=True), registry=CollectorRegistry()
         ) as exporter:
             server = Server(exporter, host="127.0.0.1", port=port)
             with pytest.raises(ServeError, match=f"127.0.0.1:{port}"):
                 await server.start()
 
 
-async def test_poller_ending_by_itself_stops_the_server_as_a_failure(fake_api: FakeApi) -> None:
+async def test_poller_ending_by_itself_stops_the_server_as_a_failure(sim: Simulator) -> None:
     """A poller cancelled by something other than shutdown stops the server with a failure."""
-    async for running in start(make_config(fake_api.base_url, discover=True)):
+    async for running in start(make_config(sim.base_url, discover=True)):
         await running.wait_ready()
         task = running.server._poll_task  # the only handle on the poller; no public one needed
         assert task is not None
@@ -312,14 +313,14 @@ def families_of(text: str, *, openmetrics: bool) -> dict[str, Any]:
 @pytest.mark.parametrize("gzipped", [False, True], ids=["plain", "gzip"])
 @pytest.mark.parametrize("openmetrics", [False, True], ids=["text", "openmetrics"])
 async def test_a_scrape_holds_the_families_of_the_whole_registry(
-    fake_api: FakeApi, openmetrics: bool, gzipped: bool
+    sim: Simulator, openmetrics: bool, gzipped: bool
 ) -> None:
     """A scrape parses to the families of a fresh render of ``Exporter.registry`` (what
     --once prints), in either format, plain or gzip."""
-    s1 = fake_api.add(ACCOUNT, APP, FakeStream("ls-1", name="Main stage"))
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-2", status="PAUSED"))
-    fake_api.go_live(s1, ingest=12, viewer=34)
-    config = make_config(fake_api.base_url, streams=("ls-1", "ls-2", "ls-gone"), discover=True)
+    s1 = add_stream(sim, "ls-1", name="Main stage")
+    add_stream(sim, "ls-2", status="PAUSED")
+    go_live(sim, s1, ingest=12, viewer=34)
+    config = make_config(sim.base_url, streams=("ls-1", "ls-2", "ls-gone"), discover=True)
     async for running in start(config):  # polls every 30 s: one cycle during the test
         await running.wait_ready()
         registry = running.server._exporter.registry  # the only handle; no public one needed
@@ -341,11 +342,11 @@ async def test_a_scrape_holds_the_families_of_the_whole_registry(
             assert name in got
 
 
-async def test_the_own_part_moves_between_scrapes_of_one_snapshot(fake_api: FakeApi) -> None:
+async def test_the_own_part_moves_between_scrapes_of_one_snapshot(sim: Simulator) -> None:
     """The exporter's own metrics are current in every scrape; the snapshot's stay those
     of the last cycle."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    async for running in start(make_config(fake_api.base_url, discover=True)):
+    add_stream(sim, "ls-1")
+    async for running in start(make_config(sim.base_url, discover=True)):
         await running.wait_ready()
         for gzipped in (False, True):
             before = parse((await scrape(running, "", gzipped=gzipped))[1].encode())
@@ -361,13 +362,13 @@ async def test_the_own_part_moves_between_scrapes_of_one_snapshot(fake_api: Fake
 
 
 async def test_each_poll_cycle_tells_the_exposition(
-    fake_api: FakeApi, monkeypatch: pytest.MonkeyPatch
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The poller's cycle reaches Exposition.published (which renders ahead what was
     scraped), and still counts the cycle."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
+    add_stream(sim, "ls-1")
     registry = CollectorRegistry()
-    exporter = Exporter(make_config(fake_api.base_url, discover=True), registry=registry)
+    exporter = Exporter(make_config(sim.base_url, discover=True), registry=registry)
     told: list[int] = []
     published = exporter.exposition.published
 
@@ -393,12 +394,12 @@ def test_create_app_takes_one_source_for_metrics() -> None:
 
 
 async def test_a_reload_asked_for_completes_though_its_client_hangs_up(
-    tmp_path: Path, fake_api: FakeApi, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sim: Simulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """POST /-/reload whose client goes away mid-reload: the reload still runs to its end
     (the server cancels the requests of clients that are gone; a reload is not cut)."""
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    path = write_config(tmp_path / "c.yaml", fake_api.base_url, ["ls-1"])
+    path = write_config(tmp_path / "c.yaml", sim.base_url, ["ls-1"])
     loaded_at = "realtimekit_exporter_config_last_reload_success_timestamp_seconds"
     async with exporter_for(path) as (exporter, _, registry):
         loads = GatedExecutor()

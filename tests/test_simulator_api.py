@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import aiohttp
 import pytest
 
-from exporter.simulator import REALISTIC, Faults, RateLimiter, Simulator, World
+from exporter.simulator import REALISTIC, Canned, Faults, RateLimiter, Simulator, World
 from exporter.simulator.api import Traffic
+from exporter.simulator.webhooks import STATUS_EVENT
 from exporter.simulator.world import FILTER_STATUSES
+from tests.clock import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -59,14 +61,6 @@ SESSION_KEYS = {
 }
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @dataclass
 class Answer:
     status: int
@@ -85,7 +79,7 @@ class Answer:
 
 
 class Rig:
-    def __init__(self, sim: Simulator, http: aiohttp.ClientSession, clock: Clock) -> None:
+    def __init__(self, sim: Simulator, http: aiohttp.ClientSession, clock: FakeClock) -> None:
         self.sim = sim
         self.http = http
         self.clock = clock
@@ -148,7 +142,7 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
             faults: Faults | None = None,
             max_per_page: int = 100,
         ) -> Rig:
-            clock = Clock()
+            clock = FakeClock()
             world = World(seed=seed, profile=REALISTIC, clock=clock)
             world.populate(ACCOUNT, APP, STREAMS, live=LIVE)
             world.populate(ACCOUNT, OTHER_APP, 3, live=1)
@@ -1170,7 +1164,7 @@ async def test_status_lag_delays_the_listed_status_but_not_the_sessions(rig: Rig
 async def test_ip_limit_can_be_changed_or_switched_off() -> None:
     """The per-address limit is a parameter: off, nothing is refused; 5 per second, the
     sixth request is."""
-    clock = Clock()
+    clock = FakeClock()
     world = World(seed=1, profile=REALISTIC, clock=clock)
     world.populate(ACCOUNT, APP, 3, live=1)
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -1288,3 +1282,110 @@ async def test_listening_beyond_loopback_warns_that_control_has_no_auth(
             assert "no auth" in warnings[0].getMessage()
     finally:
         await sim.close()
+
+
+# -- test hooks: fixed answers, the request log, hold, counters ------------------------------
+async def test_answers_replace_the_next_requests_and_can_be_cleared(rig: Rig) -> None:
+    """POST /answers gives a fixed answer to the next ``times`` requests to an endpoint (of
+    one app, or of any), after auth and the rate limit; DELETE forgets what is left."""
+    fixed = {"endpoint": "livestreams", "status": 503, "body": {"success": False}, "times": 2}
+    status, _ = await rig.control("POST", "/answers", {**fixed, "headers": {"Retry-After": "7"}})
+    assert status == 201
+    for _ in range(2):
+        answer = await rig.get()
+        assert (answer.status, answer.json, answer.headers["Retry-After"]) == (
+            503,
+            {"success": False},
+            "7",
+        )
+        assert "Ratelimit" in answer.headers
+    assert (await rig.get()).status == 200
+    assert (await rig.get(token="wrong")).status == 401  # the gate comes first
+    other = {"endpoint": "livestreams", "status": 200, "text": "{not json", "app_id": OTHER_APP}
+    assert (await rig.control("POST", "/answers", {**other, "times": None}))[0] == 201
+    assert (await rig.get()).status == 200
+    for _ in range(2):
+        assert (await rig.get(app=OTHER_APP)).text == "{not json"
+    assert (await rig.control("DELETE", "/answers"))[0] == 204
+    assert (await rig.get(app=OTHER_APP)).json["success"] is True
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"endpoint": "nope", "status": 500},
+        {"endpoint": "livestreams", "status": 99},
+        {"endpoint": "livestreams", "status": 500, "times": 0},
+        {"endpoint": "livestreams", "status": 500, "headers": {"Content-Type": "text/html"}},
+        {"endpoint": "livestreams", "status": 500, "colour": "red"},
+    ],
+    ids=["endpoint", "status", "times", "content-type-header", "unknown-key"],
+)
+async def test_bad_answers_are_400(rig: Rig, body: dict[str, Any]) -> None:
+    status, answer = await rig.control("POST", "/answers", body)
+    assert status == 400 and answer["error"]
+    assert (await rig.get()).status == 200
+
+
+async def test_an_applied_answer_carries_the_request_out(rig: Rig) -> None:
+    """An answer lost on the way back: the webhook is registered, the client sees a 502."""
+    rig.sim.state.answer_next("add_webhook", Canned(502, {"success": False}, applied=True))
+    hook = {"name": "h", "url": "http://127.0.0.1:9/hook", "events": [STATUS_EVENT]}
+    url = f"{rig.sim.base_url}/accounts/{ACCOUNT}/realtime/kit/{APP}/webhooks"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with rig.http.post(url, json=hook, headers=headers) as response:
+        assert response.status == 502
+    assert [h.url for h in rig.sim.state.webhooks.of_app(ACCOUNT, APP)] == [hook["url"]]
+    assert rig.sim.state.log[-1].body == hook  # logged with its body
+
+
+async def test_requests_are_logged_as_they_arrive(rig: Rig) -> None:
+    """GET /requests lists the API requests, with whether they carried the token; a path
+    no route takes is logged and counted as unrouted, control requests are not logged."""
+    await rig.get(params={"page_no": "2"})
+    await rig.get(token="wrong")
+    async with rig.http.get(rig.sim.base_url + "/nowhere") as response:
+        assert response.status == 404
+    status, body = await rig.control("GET", "/requests")
+    assert status == 200
+    path = f"/client/v4/accounts/{ACCOUNT}/realtime/kit/{APP}/livestreams"
+    keys = ("endpoint", "method", "path", "query", "authorized", "body")
+    assert [tuple(r[k] for k in keys) for r in body["requests"]] == [
+        ("livestreams", "GET", path, {"page_no": "2"}, True, None),
+        ("livestreams", "GET", path, {}, False, None),
+        ("unrouted", "GET", "/client/v4/nowhere", {}, False, None),
+    ]
+    assert (await rig.control("GET", "/stats"))[1]["requests"]["unrouted"] == {"404": 1}
+
+
+async def test_hold_keeps_answers_back_until_lifted(rig: Rig) -> None:
+    """With the hold fault on, a request arrives (and is logged) but gets no answer until
+    the fault is off again."""
+    await rig.faults(hold=True)
+    waiting = asyncio.ensure_future(rig.get())
+    async with asyncio.timeout(5):
+        while not rig.sim.state.log:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    await rig.faults(hold=False)
+    assert (await asyncio.wait_for(waiting, 5)).status == 200
+
+
+async def test_counters_can_be_set_and_grow_from_there(rig: Rig) -> None:
+    """The counters action makes the live session read the values given, ends its
+    placeholder phase, and the counters grow on from them; bad values are 400."""
+    live = rig.live()[0]
+    body = {"ingest_seconds": 5, "viewer_seconds": 7.5}
+    status, _ = await rig.control("POST", f"/livestreams/{live.id}/counters", body)
+    assert status == 200
+    session = (await rig.get(f"/{live.id}/active-livestream-session")).json["data"]["session"]
+    assert (session["ingest_seconds"], session["viewer_seconds"]) == (5, 7.5)
+    rig.clock.now += 10
+    session = (await rig.get(f"/{live.id}/active-livestream-session")).json["data"]["session"]
+    assert session["ingest_seconds"] == 15 and session["viewer_seconds"] > 7.5
+    for bad in (-1, "5", True):
+        status, _ = await rig.control(
+            "POST", f"/livestreams/{live.id}/counters", {"ingest_seconds": bad}
+        )
+        assert status == 400, bad

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -18,8 +17,8 @@ from exporter.poller import Poller
 from exporter.server import Exporter
 from exporter.simulator import REALISTIC, RateLimiter, Simulator, World
 from exporter.telemetry import ExporterMetrics
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.clock import FakeClock
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -34,21 +33,7 @@ LIVE = 5
 INTERVAL = 2.0
 
 
-class Clock:
-    """One hand-moved clock for the world, the poller, the client and its budget."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-        await asyncio.sleep(0)
-
-
-def seeded_world(clock: Clock, seed: int = 21) -> World:
+def seeded_world(clock: FakeClock, seed: int = 21) -> World:
     world = World(seed=seed, profile=REALISTIC, clock=clock)
     world.populate(ACCOUNT, APP, STREAMS, live=LIVE)
     return world
@@ -58,7 +43,7 @@ class Rig:
     """The pieces :class:`Exporter` wires, on the simulator's clock and without real sleeps
     or jitter, so that retries and rate-limit pauses are deterministic."""
 
-    def __init__(self, sim: Simulator, http: aiohttp.ClientSession, clock: Clock) -> None:
+    def __init__(self, sim: Simulator, http: aiohttp.ClientSession, clock: FakeClock) -> None:
         self.sim = sim
         self.http = http
         self.clock = clock
@@ -127,7 +112,7 @@ class Rig:
 
 @pytest.fixture
 async def rig() -> AsyncIterator[Rig]:
-    clock = Clock()
+    clock = FakeClock()
     async with (
         Simulator(seeded_world(clock), token=TOKEN) as sim,
         aiohttp.ClientSession() as http,
@@ -156,7 +141,7 @@ def assert_mirrors_world(rig: Rig, snapshot: Snapshot, *, up: bool = True) -> No
 async def test_one_poll_of_the_exporter_mirrors_the_world() -> None:
     """Exporter itself, polled once: up, every stream's status, live flag and counters,
     and none of the world's stream keys nor the token in the exposition."""
-    clock = Clock()
+    clock = FakeClock()
     world = seeded_world(clock)
     # Room for every session in one cycle, on both sides (the exporter follows the
     # simulator's Ratelimit-Policy when it is lower).

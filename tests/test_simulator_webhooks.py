@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 from exporter.simulator import DeliverySettings, Faults, Simulator, World
 from exporter.simulator.faults import DeliveryDice
 from exporter.simulator.webhooks import EVENTS, STATUS_EVENT, WebhookError
+from tests.clock import FakeClock
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,16 +50,6 @@ BODY_KEYS = [
 # Fast enough for tests: retries 10, 20, 40, 80, 160 ms apart; the world advanced every
 # 20 ms.
 FAST = DeliverySettings(retry_delay=0.01, timeout=2.0, tick=0.02, duplicate_gap=0.05)
-
-
-class Clock:
-    """A world clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
@@ -215,7 +206,7 @@ async def start() -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
             settings: DeliverySettings = FAST,
             faults: Faults | None = None,
             receiver: Receiver | None = None,
-            clock: Clock | None = None,
+            clock: FakeClock | None = None,
         ) -> Rig:
             world = World(seed=3, clock=clock or time.time)
             world.populate(ACCOUNT, APP, 2)  # dormant: they never change by themselves
@@ -403,7 +394,7 @@ async def test_the_autopilot_is_delivered_without_api_traffic(
     """A change the autopilot makes is delivered without any API request, its record
     holding the world time of the change (the simulator advances the world itself while a
     webhook is registered)."""
-    clock = Clock()
+    clock = FakeClock(time.time())
     rig = await start(clock=clock)
     await rig.register()
     answer = await rig.control(
@@ -753,7 +744,7 @@ def test_world_observers_see_every_change_and_cannot_stop_the_autopilot(
     """World.on_status observers get (stream, previous status, world time) for manual and
     autopilot changes, not for a status set to what it was; one that raises is logged and
     the autopilot carries on; cancelled, an observer hears nothing more."""
-    clock = Clock()
+    clock = FakeClock(time.time())
     world = World(seed=1, clock=clock)
     seen: list[tuple[str, str, str, float]] = []
 

@@ -19,6 +19,7 @@ from exporter.simulator.world import (
     SimStream,
     WorldError,
 )
+from tests.clock import FakeClock
 
 ACCOUNT = "acc-1"
 APP = "app-1"
@@ -29,16 +30,8 @@ ALLOWED = {(rest, "INVOKED") for rest in RESTING} | {("INVOKED", "LIVE")}
 ALLOWED |= {("LIVE", rest) for rest in RESTING}
 
 
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def make_world(seed: int = 1, profile: Any = DEMO) -> tuple[World, Clock]:
-    clock = Clock()
+def make_world(seed: int = 1, profile: Any = DEMO) -> tuple[World, FakeClock]:
+    clock = FakeClock()
     return World(seed=seed, profile=profile, clock=clock), clock
 
 
@@ -648,7 +641,7 @@ def test_a_large_world_keeps_no_random_generator_per_stream() -> None:
         return sum(isinstance(o, random.Random) for o in gc.get_objects())
 
     before = generators()
-    world = World(seed=1, profile=REALISTIC, clock=Clock())
+    world = World(seed=1, profile=REALISTIC, clock=FakeClock())
     world.populate(ACCOUNT, APP, 100_000, live=1000)
     gc.collect()
     assert generators() - before < 10

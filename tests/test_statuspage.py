@@ -24,9 +24,10 @@ from exporter.model import (
 )
 from exporter.poller import INTERNAL, RECENT_ERRORS, Poller
 from exporter.server import Exporter, create_app
+from exporter.simulator import Canned, Faults, Simulator
+from exporter.simulator.world import STREAM_KEY_PREFIX
 from exporter.statuspage import MAX_ROWS, MAX_TOTAL_ROWS, ago, render
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import STREAM_KEY_PREFIX, TOKEN, FakeApi, FakeStream, Fault
+from tests.conftest import ACCOUNT, APP, TOKEN, add_stream, go_live, make_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Collection
@@ -604,12 +605,13 @@ async def serve(config: Config) -> AsyncIterator[tuple[Exporter, TestClient[Any,
 
 
 @pytest.fixture
-async def served(fake_api: FakeApi) -> AsyncIterator[tuple[Exporter, TestClient[Any, Any]]]:
-    s1 = fake_api.add(ACCOUNT, APP, FakeStream("ls-1", name="Main stage", meeting_id="m-1"))
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-2", status="OFFLINE", name=HOSTILE))
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-3", status="<b>paused</b>", name="Bühne\ud800"))
-    fake_api.go_live(s1, ingest="116.11599994199997", viewer=300)
-    config = make_config(fake_api.base_url, streams=("ls-1", "ls-gone"), discover=True)
+async def served(sim: Simulator) -> AsyncIterator[tuple[Exporter, TestClient[Any, Any]]]:
+    s1 = add_stream(sim, "ls-1", name="Main stage", meeting_id="m-1")
+    add_stream(sim, "ls-2", status="OFFLINE", name=HOSTILE)
+    add_stream(sim, "ls-3", status="<b>paused</b>", name="Bühne\ud800")
+    sim.state.faults = Faults(numbers_as_strings=True)  # as the counters' declared type
+    go_live(sim, s1, ingest=116.11599994199997, viewer=300)
+    config = make_config(sim.base_url, streams=("ls-1", "ls-gone"), discover=True)
     async for pair in serve(config):
         yield pair
 
@@ -663,19 +665,20 @@ def _hostile_body(envelope: str) -> dict[str, Any]:
 
 
 async def test_secrets_echoed_in_error_bodies_never_reach_the_page(
-    served: tuple[Exporter, TestClient[Any, Any]], fake_api: FakeApi
+    served: tuple[Exporter, TestClient[Any, Any]], sim: Simulator
 ) -> None:
     """401, 429, 500 and 200-with-success-false answers whose bodies quote the token and a
     stream key: the errors are listed by reason and status, and neither secret shows."""
     exporter, client = served
-    fake_api.fail_next("livestreams", Fault(401, _hostile_body("gateway")))
+    answer = sim.state.answer_next
+    answer("livestreams", Canned(401, _hostile_body("gateway")))
     await exporter.poller.poll_once()
-    fake_api.fail_next("livestreams", Fault(429, _hostile_body("gateway"), {"Retry-After": "0"}))
+    answer("livestreams", Canned(429, _hostile_body("gateway"), headers={"Retry-After": "0"}))
     await exporter.poller.poll_once()
-    fake_api.sticky["session"] = Fault(500, _hostile_body("service"))  # ls-1 and ls-3
-    await exporter.poller.poll_once()
-    fake_api.sticky["session"] = None
-    fake_api.fail_next("livestreams", Fault(200, _hostile_body("service")))
+    answer("active_livestream_session", Canned(500, _hostile_body("service")), times=None)
+    await exporter.poller.poll_once()  # ls-1 and ls-3 asked about
+    sim.state.clear_answers()
+    answer("livestreams", Canned(200, _hostile_body("service")))
     await exporter.poller.poll_once()
     body = await (await client.get("/")).read()
     assert TOKEN.encode() not in body and STREAM_KEY_PREFIX.encode() not in body

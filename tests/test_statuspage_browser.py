@@ -25,8 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from exporter.server import Exporter, create_app
 from exporter.simulator import REALISTIC, Simulator, World
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 from tests.procs import LOOPBACK, child_env, require_tool
 from tests.test_statuspage import ALLOWED_TAGS, Page
 

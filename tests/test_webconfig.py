@@ -29,8 +29,7 @@ from exporter.config import read_file
 from exporter.reload import Reloader
 from exporter.server import Exporter, Server
 from exporter.webconfig import BasicAuth, WebConfigError, WebState
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import FakeStream
+from tests.conftest import ACCOUNT, APP, add_stream, make_config
 from tests.files import dev_zero, directory, fifo
 from tests.procs import (
     LOOPBACK,
@@ -46,7 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
     from pathlib import Path
 
-    from tests.fakeapi import FakeApi
+    from exporter.simulator import Simulator
 
 USER = "prometheus"
 PASSWORD = "correct horse battery staple"
@@ -510,7 +509,8 @@ async def test_a_queue_filled_and_drained_again_and_again_logs_twice_a_minute(
 
 
 class CostClock:
-    """A clock that each hash moves on by 2**cost microseconds, as bcrypt's time grows."""
+    """A clock that each hash moves on by 2**cost microseconds, as bcrypt's time grows
+    (not tests.clock.FakeClock: time here is moved by hashing, and sleep is synchronous)."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -640,16 +640,16 @@ class Secured:
 
 @contextlib.asynccontextmanager
 async def serving(
-    fake_api: FakeApi,
+    sim: Simulator,
     web_state: WebState,
     tls: Tls | None,
     *,
     web_config_file: Path | None = None,
 ) -> AsyncIterator[Secured]:
-    """The exporter polling ``fake_api``, serving with ``web_state`` (whose certificate
+    """The exporter polling ``sim``, serving with ``web_state`` (whose certificate
     ``tls`` made), reloading ``web_config_file`` on POST /-/reload."""
-    fake_api.add(ACCOUNT, APP, FakeStream("ls-1"))
-    config = make_config(fake_api.base_url, streams=("ls-1",), interval=1.0)
+    add_stream(sim, "ls-1")
+    config = make_config(sim.base_url, streams=("ls-1",), interval=1.0)
     async with Exporter(config, registry=CollectorRegistry(), process_metrics=False) as exporter:
         reloader = Reloader(
             exporter=exporter,
@@ -673,12 +673,12 @@ def state_for(path: Path, *, healthy_open: bool = False) -> WebState:
 
 
 async def test_tls_is_served_with_the_configured_certificate(
-    fake_api: FakeApi, tls: Tls, tmp_path: Path
+    sim: Simulator, tls: Tls, tmp_path: Path
 ) -> None:
     """HTTPS works with the test's CA; a client that does not trust it, or speaks plain
     HTTP to the TLS port, gets no answer."""
     path = write_web_config(tmp_path / "web.yml", tls)
-    async with serving(fake_api, state_for(path), tls) as secured:
+    async with serving(sim, state_for(path), tls) as secured:
         status, _, body = await secured.request("GET", "/-/healthy")
         assert status == 200 and body == "OK\n"
         with pytest.raises(aiohttp.ClientConnectorCertificateError):
@@ -705,12 +705,12 @@ PROTECTED = [("GET", "/metrics"), ("GET", "/"), ("GET", "/-/ready"), ("POST", "/
     ids=["none", "wrong-password", "unknown-user", "user-case", "malformed", "other-scheme"],
 )
 async def test_wrong_or_missing_credentials_get_401(
-    fake_api: FakeApi, tls: Tls, tmp_path: Path, auth: str | None
+    sim: Simulator, tls: Tls, tmp_path: Path, auth: str | None
 ) -> None:
     """Every endpoint, /-/healthy and /-/reload included, answers 401 with
     WWW-Authenticate: Basic to missing, wrong, unknown or malformed credentials."""
     path = write_web_config(tmp_path / "web.yml", tls, {USER: HASH})
-    async with serving(fake_api, state_for(path), tls) as secured:
+    async with serving(sim, state_for(path), tls) as secured:
         for method, endpoint in [*PROTECTED, ("GET", "/-/healthy")]:
             status, headers, body = await secured.request(method, endpoint, auth=auth)
             assert status == 401, endpoint
@@ -718,11 +718,11 @@ async def test_wrong_or_missing_credentials_get_401(
             assert "realtimekit" not in body.replace("realtimekit-exporter", "")
 
 
-async def test_right_credentials_get_200(fake_api: FakeApi, tls: Tls, tmp_path: Path) -> None:
+async def test_right_credentials_get_200(sim: Simulator, tls: Tls, tmp_path: Path) -> None:
     """The configured user with the right password reaches every endpoint over TLS;
     /-/reload only by POST (GET is 405)."""
     path = write_web_config(tmp_path / "web.yml", tls, {USER: HASH})
-    async with serving(fake_api, state_for(path), tls, web_config_file=path) as secured:
+    async with serving(sim, state_for(path), tls, web_config_file=path) as secured:
         auth = basic(USER, PASSWORD)
         for method, endpoint in [*PROTECTED, ("GET", "/-/healthy")]:
             status, _, _ = await secured.request(method, endpoint, auth=auth)
@@ -732,31 +732,31 @@ async def test_right_credentials_get_200(fake_api: FakeApi, tls: Tls, tmp_path: 
         assert (await secured.request("GET", "/-/reload", auth=auth))[0] == 405
 
 
-async def test_auth_without_tls(fake_api: FakeApi, tmp_path: Path) -> None:
+async def test_auth_without_tls(sim: Simulator, tmp_path: Path) -> None:
     """basic_auth_users alone protects a plain HTTP server."""
     path = write_web_config(tmp_path / "web.yml", None, {USER: HASH})
-    async with serving(fake_api, state_for(path), None) as secured:
+    async with serving(sim, state_for(path), None) as secured:
         assert (await secured.request("GET", "/metrics"))[0] == 401
         assert (await secured.request("GET", "/metrics", auth=basic(USER, PASSWORD)))[0] == 200
 
 
-async def test_healthy_is_open_only_when_asked(fake_api: FakeApi, tls: Tls, tmp_path: Path) -> None:
+async def test_healthy_is_open_only_when_asked(sim: Simulator, tls: Tls, tmp_path: Path) -> None:
     """With --web.healthy-without-auth, /-/healthy answers without credentials (over TLS
     still); every other path keeps asking for them."""
     path = write_web_config(tmp_path / "web.yml", tls, {USER: HASH})
-    async with serving(fake_api, state_for(path, healthy_open=True), tls) as secured:
+    async with serving(sim, state_for(path, healthy_open=True), tls) as secured:
         assert (await secured.request("GET", "/-/healthy"))[0] == 200
         for method, endpoint in PROTECTED:
             assert (await secured.request(method, endpoint))[0] == 401, endpoint
 
 
 async def test_reload_replaces_users_and_certificate(
-    fake_api: FakeApi, tls: Tls, tmp_path: Path
+    sim: Simulator, tls: Tls, tmp_path: Path
 ) -> None:
     """POST /-/reload re-reads the web config: new users and a new certificate apply to
     the next request and handshake, old credentials stop working."""
     path = write_web_config(tmp_path / "web.yml", tls, {USER: HASH})
-    async with serving(fake_api, state_for(path), tls, web_config_file=path) as secured:
+    async with serving(sim, state_for(path), tls, web_config_file=path) as secured:
         renewed = make_tls(tmp_path / "renewed")
         write_web_config(path, renewed, {"new-user": OTHER_HASH})
         status, _, body = await secured.request("POST", "/-/reload", auth=basic(USER, PASSWORD))
@@ -774,11 +774,11 @@ async def test_reload_replaces_users_and_certificate(
         assert status == 401
 
 
-async def test_reload_cannot_turn_tls_off(fake_api: FakeApi, tls: Tls, tmp_path: Path) -> None:
+async def test_reload_cannot_turn_tls_off(sim: Simulator, tls: Tls, tmp_path: Path) -> None:
     """Dropping tls_server_config needs a restart: the reload is refused with a 500 and
     the reason, and TLS and the old users stay."""
     path = write_web_config(tmp_path / "web.yml", tls, {USER: HASH})
-    async with serving(fake_api, state_for(path), tls, web_config_file=path) as secured:
+    async with serving(sim, state_for(path), tls, web_config_file=path) as secured:
         write_web_config(path, None, {USER: HASH})
         auth = basic(USER, PASSWORD)
         status, _, body = await secured.request("POST", "/-/reload", auth=auth)
@@ -786,7 +786,7 @@ async def test_reload_cannot_turn_tls_off(fake_api: FakeApi, tls: Tls, tmp_path:
         assert (await secured.request("GET", "/metrics", auth=auth))[0] == 200
 
 
-async def test_client_certificates_when_required(fake_api: FakeApi, tmp_path: Path) -> None:
+async def test_client_certificates_when_required(sim: Simulator, tmp_path: Path) -> None:
     """client_auth_type RequireAndVerifyClientCert: only a client with a certificate from
     client_ca_file completes the handshake."""
     tls = make_tls(tmp_path / "tls")
@@ -798,7 +798,7 @@ async def test_client_certificates_when_required(fake_api: FakeApi, tmp_path: Pa
         f"  client_ca_file: clients.crt\n  client_auth_type: RequireAndVerifyClientCert\n",
         encoding="utf-8",
     )
-    async with serving(fake_api, state_for(path), tls) as secured:
+    async with serving(sim, state_for(path), tls) as secured:
         with pytest.raises(aiohttp.ClientError):
             await secured.request("GET", "/-/healthy")
         with_cert = tls.client()

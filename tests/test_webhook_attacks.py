@@ -45,9 +45,10 @@ from exporter.simulator import REALISTIC, Simulator, World
 from exporter.simulator.ratelimit import RateLimiter
 from exporter.webhookkey import PublicKeys
 from tests import webhooksign as ws
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.clock import FakeClock
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 from tests.procs import LOOPBACK, spawned_exporter, wait_for_log
+from tests.webhooksign import KeyServer
 
 # Slow clients, open files, memory and shutdown races depend on the interpreter's asyncio:
 # scripts/test runs these on Python 3.12 too.
@@ -574,43 +575,10 @@ def test_slow_64k_bodies_keep_memory_bounded(tmp_path: Path) -> None:
 
 
 # -- the public key --------------------------------------------------------------------------
-class KeyServer:
-    """Serves ``document`` (bytes, or a callable of the request) at /k, counting fetches."""
-
-    def __init__(self) -> None:
-        self.name = "main"
-        self.fetches = 0
-        self.hanging = False  # answers nothing until the fixture ends
-        self.hang = asyncio.Event()
-        self.document: Callable[[], web.StreamResponse] | None = None
-        self.server: TestServer | None = None
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.fetches += 1
-        if self.hanging:
-            await self.hang.wait()
-        if self.document is not None:
-            return self.document()
-        return web.Response(body=ws.key_document(self.name), content_type="application/json")
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return str(self.server.make_url("/k"))
-
-
 @pytest.fixture
 async def key_server() -> AsyncIterator[KeyServer]:
-    keys = KeyServer()
-    app = web.Application()
-    app.router.add_get("/k", keys.handle)
-    keys.server = TestServer(app, host=LOOPBACK)
-    await keys.server.start_server()
-    try:
+    async with KeyServer() as keys:
         yield keys
-    finally:
-        keys.hang.set()
-        await keys.server.close()
 
 
 async def test_forged_deliveries_refetch_the_key_at_most_once_per_floor(
@@ -692,14 +660,6 @@ async def test_unusable_key_documents_load_nothing_and_are_asked_once(
             assert key_server.fetches == 1, name
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Hints:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -722,7 +682,7 @@ async def test_a_forgery_before_a_key_rotation_does_not_lose_real_deliveries(
     spent by the forgery, so no key comes and Receiver.handle answers 401
     (receiver.py:133-137), which RealtimeKit never retries: every delivery signed by the new key
     within 60 s is lost, and one forgery a minute keeps any rotation lossy."""
-    clock = Clock()
+    clock = FakeClock(1000.0)
     async with aiohttp.ClientSession() as session:
         keys = PublicKeys(url=key_server.url, session=session, monotonic=clock)
         assert await keys.load() is not None

@@ -16,8 +16,7 @@ from exporter.config import WebhooksConfig
 from exporter.server import Exporter, Server
 from exporter.simulator import REALISTIC, Simulator, World
 from exporter.simulator.webhooks import DeliverySettings
-from tests.conftest import ACCOUNT, APP, make_config
-from tests.fakeapi import TOKEN
+from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable

@@ -3,14 +3,20 @@ over the exact body bytes, Base64 in ``rtk-signature``."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
 import json
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 STREAM_KEY = "sk_live_WEBHOOKSECRET_7f3a"  # what a delivery's streamKey holds: a secret
 INGEST = "rtmps://live.example.invalid:443/live/"
@@ -33,6 +39,45 @@ def public_pem(name: str = "main") -> bytes:
 def key_document(name: str = "main") -> bytes:
     pem = public_pem(name).decode()
     return json.dumps({"success": True, "data": {"publicKey": pem}, "message": ""}).encode()
+
+
+class KeyServer:
+    """Serves the key document of the key named ``name`` (or what ``document()`` answers)
+    at /k on 127.0.0.1, counting fetches; while ``hanging``, answers nothing until it
+    closes. ``async with`` it."""
+
+    def __init__(self) -> None:
+        self.name = "main"
+        self.fetches = 0
+        self.hanging = False
+        self.document: Callable[[], web.StreamResponse] | None = None
+        self._closing = asyncio.Event()
+        self._server: TestServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return str(self._server.make_url("/k"))
+
+    async def __aenter__(self) -> KeyServer:
+        app = web.Application()
+        app.router.add_get("/k", self._handle)
+        self._server = TestServer(app, host="127.0.0.1")
+        await self._server.start_server()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._closing.set()
+        if self._server is not None:
+            await self._server.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.fetches += 1
+        if self.hanging:
+            await self._closing.wait()
+        if self.document is not None:
+            return self.document()
+        return web.Response(body=key_document(self.name), content_type="application/json")
 
 
 def sign(body: bytes, name: str = "main") -> str:

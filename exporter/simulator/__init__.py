@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from aiohttp import web
 
 from exporter.simulator.api import API_PREFIX, CONTROL, SimulatorState, create_app
-from exporter.simulator.faults import Faults
+from exporter.simulator.faults import Canned, Faults
 from exporter.simulator.ratelimit import RateLimiter
 from exporter.simulator.webhooks import (
     KEY_PATH,
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEMO",
     "REALISTIC",
+    "Canned",
     "DeliveryRecord",
     "DeliverySettings",
     "Faults",
@@ -170,7 +171,10 @@ class Simulator:
             )
 
     async def close(self) -> None:
-        """Stop delivering webhooks (every delivery under way is cancelled), then serving."""
+        """Stop delivering webhooks (every delivery under way is cancelled), then serving;
+        requests the ``hold`` fault holds are answered first."""
+        if self.state.faults.hold:
+            self.state.faults = self.state.faults.update({"hold": False})
         await self.state.deliveries.close()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -22,17 +22,19 @@ take and give JSON; see :func:`create_app` for the list.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
 import time
 from collections import Counter, deque
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from aiohttp import web
 
-from exporter.simulator.faults import Dice, FaultError, Faults
+from exporter.simulator.faults import Canned, Dice, FaultError, Faults
 from exporter.simulator.ratelimit import RateLimiter
 from exporter.simulator.webhooks import (
     EVENTS,
@@ -47,7 +49,7 @@ from exporter.simulator.webhooks import (
 from exporter.simulator.world import FILTER_STATUSES, MAX_VIEWERS, World, WorldError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Mapping, Sequence
 
     from exporter.simulator.webhooks import Webhook
     from exporter.simulator.world import SimSession, SimStream
@@ -62,6 +64,7 @@ API_PREFIX: Final = "/client/v4"
 APP_PATH: Final = API_PREFIX + "/accounts/{account_id}/realtime/kit/{app_id}"
 CONTROL: Final = "/-/simulator"
 DEFAULT_PER_PAGE: Final = 20
+LOG_SIZE: Final = 1000  # API requests SimulatorState.log keeps, the latest
 MAX_PAGE_DIGITS: Final = 9  # page_no and per_page beyond 999,999,999 are refused
 # The other shapes the docs publish, by endpoint, that ``variant_rate`` switches to:
 # - listing_object: the schema's listing, ``data`` an object holding ``livestreams`` and
@@ -76,11 +79,45 @@ VARIANTS: Final = {
     "livestream": ("single_session", "disabled_text"),
     "active_livestream_session": ("null_session", "disabled_text"),
 }
+# The API endpoints by the names the stats count them under (and answer_next takes).
+API_ENDPOINTS: Final = (
+    "livestreams",
+    "livestream_session",
+    "active_livestream_session",
+    "livestream",
+    "webhooks",
+    "add_webhook",
+    "webhook_events",
+    "webhook",
+    "edit_webhook",
+    "replace_webhook",
+    "delete_webhook",
+)
 INGEST_SERVER: Final = "rtmps://live.cloudflare.com:443/live/"
 _EDGE_PAGE: Final = (
     "<!DOCTYPE html><html><head><title>{code}: {text}</title></head>"
     "<body><h1>Error {code}</h1><p>{text}</p><p>cloudflare</p></body></html>"
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One request to the API, as it arrived (before any fault, hold or answer)."""
+
+    endpoint: str  # as counted in the stats; "unrouted" for a path no route matches
+    method: str
+    path: str
+    query: Mapping[str, str]
+    authorized: bool  # whether it carried the simulator's token
+    body: Any = None  # its body, if it has one that is JSON
+
+
+@dataclass(slots=True)
+class _Scripted:
+    endpoint: str
+    app_id: str | None
+    answer: Canned
+    left: int | None  # None: until cleared
 
 
 class SimulatorState:
@@ -101,6 +138,7 @@ class SimulatorState:
             raise ValueError("max_per_page must be at least 1")
         self.world = world
         self.token = token
+        self._released = asyncio.Event()
         self.faults = faults or Faults()
         self.limiter = limiter or RateLimiter()
         # Cloudflare also allows 200 requests per second per client IP (None: that limit;
@@ -113,6 +151,8 @@ class SimulatorState:
         self.max_per_page = max_per_page
         self.dice = Dice(world.seed)
         self.requests: Counter[tuple[str, int]] = Counter()
+        self.log: deque[Sent] = deque(maxlen=LOG_SIZE)
+        self._script: list[_Scripted] = []
         self.traffic = Traffic(self.limiter.window)
         self.webhooks = Webhooks()
         self.deliveries = Deliveries(
@@ -125,6 +165,49 @@ class SimulatorState:
 
     def __repr__(self) -> str:  # the token is not printed, even a simulated one
         return f"SimulatorState(apps={len(self.world.apps())}, faults={self.faults!r})"
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        self._faults = faults
+        if faults.hold:
+            self._released.clear()
+        else:
+            self._released.set()
+
+    async def released(self) -> None:
+        """Return once the ``hold`` fault is off."""
+        await self._released.wait()
+
+    def answer_next(
+        self, endpoint: str, answer: Canned, *, times: int | None = 1, app_id: str | None = None
+    ) -> None:
+        """Give ``answer`` to the next ``times`` requests (None: every one until
+        :meth:`clear_answers`) to the API ``endpoint`` (a name as in the stats), of any app
+        or of ``app_id``; after the earlier answers given for that endpoint."""
+        if endpoint not in API_ENDPOINTS:
+            raise FaultError(f"unknown endpoint {endpoint!r}; known: {', '.join(API_ENDPOINTS)}")
+        if times is not None and times < 1:
+            raise FaultError("times must be at least 1")
+        self._script.append(_Scripted(endpoint, app_id, answer, times))
+
+    def clear_answers(self) -> None:
+        """Forget every answer :meth:`answer_next` has not given yet."""
+        self._script.clear()
+
+    def next_answer(self, endpoint: str, app_id: str) -> Canned | None:
+        """The answer given for this request, if one is due; counts it as given."""
+        for i, scripted in enumerate(self._script):
+            if scripted.endpoint == endpoint and scripted.app_id in (None, app_id):
+                if scripted.left is not None:
+                    scripted.left -= 1
+                    if scripted.left == 0:
+                        del self._script[i]
+                return scripted.answer
+        return None
 
 
 STATE: Final = web.AppKey("state", SimulatorState)
@@ -277,8 +360,21 @@ def _api(
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        authorized = scheme == "Bearer" and hmac.compare_digest(
+            token.encode(), state.token.encode()
+        )
+        body = None
+        if request.body_exists:
+            with contextlib.suppress(ValueError, RecursionError):  # as in _json
+                body = json.loads(await request.read())
+        state.log.append(
+            Sent(name, request.method, request.path, dict(request.query), authorized, body)
+        )
         try:
-            response = await _gatekeep(state, request, handler, webhooks=webhooks)
+            response = await _gatekeep(
+                state, request, name, handler, token=token, authorized=authorized, webhooks=webhooks
+            )
         except web.HTTPException as exc:
             state.requests[(name, exc.status)] += 1
             raise
@@ -294,15 +390,21 @@ def _api(
 
 
 async def _gatekeep(
-    state: SimulatorState, request: web.Request, handler: Handler, *, webhooks: bool = False
+    state: SimulatorState,
+    request: web.Request,
+    name: str,
+    handler: Handler,
+    *,
+    token: str,
+    authorized: bool,
+    webhooks: bool = False,
 ) -> web.StreamResponse:
-    faults = state.faults
-    verdict = state.dice.roll(faults)
+    verdict = state.dice.roll(state.faults)
     if verdict.delay:
         await asyncio.sleep(verdict.delay)
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    good = scheme == "Bearer" and hmac.compare_digest(token.encode(), state.token.encode())
-    if not good or faults.reject_token:
+    await state.released()
+    faults = state.faults
+    if not authorized or faults.reject_token:
         return _gateway_error(401, 10000, "Authentication error")
     world = state.world
     now = world.now()
@@ -333,7 +435,12 @@ async def _gatekeep(
         )
         return _gateway_error(429, 971, message, headers)
     response: web.StreamResponse
-    if verdict.kind == "server_error":
+    canned = state.next_answer(name, request.match_info["app_id"])
+    if canned is not None:
+        if canned.applied:
+            await handler(request, None)
+        response = _canned(canned)
+    elif verdict.kind == "server_error":
         response = _server_error(verdict.status)
     elif verdict.kind == "malformed":
         response = _malformed(verdict.variant)
@@ -343,6 +450,16 @@ async def _gatekeep(
         response = await handler(request, verdict.shape)
     response.headers.update(headers)
     return response
+
+
+def _canned(answer: Canned) -> web.Response:
+    body = answer.raw if answer.raw is not None else json.dumps(answer.body).encode()
+    return web.Response(
+        status=answer.status,
+        body=body,
+        headers=answer.headers,
+        content_type=answer.content_type,
+    )
 
 
 def _server_error(status: int) -> web.Response:
@@ -559,7 +676,7 @@ class _BadBody(Exception):
 async def _api_json(request: web.Request) -> dict[str, Any]:
     """The request's JSON object; _BadBody (a 400 in RealtimeKit's envelope) if not."""
     try:
-        body = json.loads(await request.read()) if request.can_read_body else None
+        body = json.loads(await request.read()) if request.body_exists else None
     except (ValueError, RecursionError):  # as in _json
         raise _BadBody("body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -745,6 +862,15 @@ async def _control_action(request: web.Request) -> web.StreamResponse:
             if not isinstance(status, str) or not 0 < len(status) <= 64:
                 return _control_error(400, "status must be a string of 1 to 64 characters")
             world.set_status(livestream_id, status)
+        elif action == "counters":
+            counters = {k: body.get(k) for k in ("ingest_seconds", "viewer_seconds")}
+            if any(
+                v is not None
+                and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1e15)
+                for v in counters.values()
+            ):
+                return _control_error(400, "counters must be numbers from 0 to 1e15")
+            world.set_counters(livestream_id, **counters)
         elif action == "stall":
             world.stall(livestream_id, stalled=True)
         elif action == "unstall":
@@ -775,6 +901,69 @@ async def _control_faults(request: web.Request) -> web.StreamResponse:
         except FaultError as exc:
             return _control_error(400, str(exc))
     return web.json_response(state.faults.as_dict())
+
+
+_CANNED_KEYS: Final = ("status", "body", "headers", "content_type", "applied")
+
+
+async def _control_answers(request: web.Request) -> web.StreamResponse:
+    """POST: answer the next request(s) to an endpoint with a fixed answer; DELETE: forget
+    the answers not given yet."""
+    state = request.app[STATE]
+    if request.method == "DELETE":
+        state.clear_answers()
+        return web.Response(status=204)
+    body = await _json(request)
+    unknown = sorted(set(body) - {"endpoint", "times", "app_id", "text", *_CANNED_KEYS})
+    status, times, headers = body.get("status"), body.get("times", 1), body.get("headers", {})
+    if unknown:
+        return _control_error(400, f"unknown key(s) {', '.join(unknown)}")
+    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
+        return _control_error(400, "status must be an HTTP status code")
+    if times is not None and (isinstance(times, bool) or not isinstance(times, int)):
+        return _control_error(400, "times must be a whole number, or null for every request")
+    if not isinstance(headers, dict) or not all(
+        isinstance(v, str) and k.lower() != "content-type" for k, v in headers.items()
+    ):
+        return _control_error(400, "headers must map names to strings (no Content-Type)")
+    text = body.get("text")
+    answer = Canned(
+        status=status,
+        body=body.get("body"),
+        raw=text.encode() if isinstance(text, str) else None,
+        headers=headers,
+        content_type=str(body.get("content_type", "application/json")),
+        applied=body.get("applied") is True,
+    )
+    app_id = body.get("app_id")
+    try:
+        state.answer_next(
+            str(body.get("endpoint")),
+            answer,
+            times=times,
+            app_id=app_id if isinstance(app_id, str) else None,
+        )
+    except FaultError as exc:
+        return _control_error(400, str(exc))
+    return web.json_response({"endpoint": body.get("endpoint"), "times": times}, status=201)
+
+
+async def _control_requests(request: web.Request) -> web.StreamResponse:
+    """The latest API requests, oldest first (the last LOG_SIZE)."""
+    return web.json_response({"requests": [asdict(s) for s in request.app[STATE].log]})
+
+
+@web.middleware
+async def _unrouted(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Count and log a request that no route takes (404 or 405), as it is answered."""
+    refused = request.match_info.http_exception
+    if refused is not None:
+        state = request.app[STATE]
+        state.log.append(Sent("unrouted", request.method, request.path, dict(request.query), False))
+        state.requests[("unrouted", refused.status)] += 1
+    return await handler(request)
 
 
 async def _control_throttle(request: web.Request) -> web.StreamResponse:
@@ -840,9 +1029,16 @@ def create_app(state: SimulatorState) -> web.Application:
     - ``POST /-/simulator/livestreams/{id}/{action}`` with action ``live`` (``viewers``),
       ``stop`` (``status``: IDLE or OFFLINE), ``error`` (``message``), ``status``
       (``status``: any text, sessions untouched), ``stall``,
-      ``unstall`` or ``autopilot`` (hand back to the lifecycle);
+      ``unstall``, ``autopilot`` (hand back to the lifecycle) or ``counters``
+      (``ingest_seconds``, ``viewer_seconds``: the session's counters from now on);
     - ``DELETE /-/simulator/livestreams/{id}``;
     - ``GET`` and ``PUT /-/simulator/faults`` (a partial JSON object of Faults fields);
+    - ``POST /-/simulator/answers``: answer the next request(s) to an API endpoint
+      (``endpoint``, a name as in the stats) with ``status``, and ``body`` (JSON) or
+      ``text``; also ``headers``, ``content_type``, ``times`` (default 1; null: every one),
+      ``app_id`` (only that app's), ``applied`` (carry the request out, lose its answer);
+      ``DELETE`` forgets the answers not given yet;
+    - ``GET /-/simulator/requests``: the latest API requests as they arrived;
     - ``POST /-/simulator/throttle`` (``seconds``): block the token now;
     - ``GET /-/simulator/stats``: API requests by endpoint and status, the most the
       token sent in any rate-limit window (``busiest_window``), and once webhooks are used
@@ -851,7 +1047,7 @@ def create_app(state: SimulatorState) -> web.Application:
     - ``POST /-/simulator/webhooks/rotate-key``: sign with a new key pair from now on,
       and serve it at ``/.well-known/webhooks.json``.
     """
-    app = web.Application()
+    app = web.Application(middlewares=[_unrouted])
     app[STATE] = state
     streams = APP_PATH + "/livestreams"
     app.router.add_get(streams, _api("livestreams", _listing))
@@ -877,14 +1073,20 @@ def create_app(state: SimulatorState) -> web.Application:
     ):
         app.router.add_route(method, one, _api(name, _one_webhook, webhooks=True))
     app.router.add_get(KEY_PATH, _key_document)
-    app.router.add_get(CONTROL + "/livestreams", _control_list)
-    app.router.add_post(CONTROL + "/livestreams", _control_create)
-    app.router.add_post(CONTROL + "/livestreams/{livestream_id}/{action}", _control_action)
-    app.router.add_delete(CONTROL + "/livestreams/{livestream_id}", _control_delete)
-    app.router.add_get(CONTROL + "/faults", _control_faults)
-    app.router.add_put(CONTROL + "/faults", _control_faults)
-    app.router.add_post(CONTROL + "/throttle", _control_throttle)
-    app.router.add_get(CONTROL + "/stats", _control_stats)
-    app.router.add_get(CONTROL + "/webhooks", _control_webhooks)
-    app.router.add_post(CONTROL + "/webhooks/rotate-key", _control_rotate_key)
+    for method, path, control in (
+        ("GET", "/livestreams", _control_list),
+        ("POST", "/livestreams", _control_create),
+        ("POST", "/livestreams/{livestream_id}/{action}", _control_action),
+        ("DELETE", "/livestreams/{livestream_id}", _control_delete),
+        ("GET", "/faults", _control_faults),
+        ("PUT", "/faults", _control_faults),
+        ("POST", "/answers", _control_answers),
+        ("DELETE", "/answers", _control_answers),
+        ("GET", "/requests", _control_requests),
+        ("POST", "/throttle", _control_throttle),
+        ("GET", "/stats", _control_stats),
+        ("GET", "/webhooks", _control_webhooks),
+        ("POST", "/webhooks/rotate-key", _control_rotate_key),
+    ):
+        app.router.add_route(method, CONTROL + path, control)
     return app

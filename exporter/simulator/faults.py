@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Final, Literal
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 Kind = Literal["ok", "server_error", "malformed", "throttle"]
 Signature = Literal["valid", "none", "wrong_key"]
@@ -33,6 +36,7 @@ class Faults:
     variant_rate: float = 0.0  # share answered in another documented shape (api.VARIANTS)
     status_lag: float = 0.0  # livestream objects show the previous status this long
     ignore_status_filter: bool = False  # the listing answers as if no status were asked
+    hold: bool = False  # API requests get no answer until hold is false again
     # Webhooks (see exporter.simulator.webhooks), rolled per delivery:
     webhook_delay: float = 0.0  # waited before a delivery's first attempt
     webhook_jitter: float = 0.0  # plus a uniform 0..webhook_jitter
@@ -66,6 +70,20 @@ class Faults:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Canned:
+    """A fixed answer that an API endpoint gives in place of its own (see
+    ``SimulatorState.answer_next``): ``body`` as JSON, or ``raw`` bytes as they are. With
+    ``applied``, the request is carried out first and its answer lost on the way back."""
+
+    status: int
+    body: Any = None
+    raw: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    content_type: str = "application/json"
+    applied: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PLACEHOLDER_VALUE: Final = 60.0
+STREAM_KEY_PREFIX: Final = "sk_sim_"  # every simulated stream key starts so
 MAX_VIEWERS: Final = 10_000_000.0
 # Sessions a stream keeps (newest last); older ones are forgotten, also by id, so that a
 # world running for days holds a bounded number of them.
@@ -114,6 +115,9 @@ class SimSession:
     stalled_at: float | None = None  # ingest frozen since then (while live)
     stalled_for: float = 0.0  # ingest time lost to earlier stalls
     updated_at: float = 0.0
+    # Added to the counters once set by hand (World.set_counters).
+    ingest_shift: float = 0.0
+    viewer_shift: float = 0.0
 
     def _end(self, now: float) -> float:
         return now if self.stopped_time is None else min(now, self.stopped_time)
@@ -128,7 +132,7 @@ class SimSession:
         stalled = self.stalled_for
         if self.stalled_at is not None:
             stalled += max(0.0, end - self.stalled_at)
-        return max(0.0, end - self.started_time - stalled)
+        return max(0.0, end - self.started_time - stalled) + self.ingest_shift
 
     def viewer_seconds(self, now: float) -> float:
         if self.in_placeholder(now):
@@ -137,7 +141,7 @@ class SimSession:
         omega = 2 * math.pi / self.period
         # The integral of viewers * (1 + wave * sin(omega * s + phase)) over [0, t].
         swing = self.wave / omega * (math.cos(self.phase) - math.cos(omega * t + self.phase))
-        return max(0.0, self.viewers * (t + swing))
+        return max(0.0, self.viewers * (t + swing)) + self.viewer_shift
 
     def concurrent_viewers(self, now: float) -> float:
         if self.stopped_time is not None and now >= self.stopped_time:
@@ -336,6 +340,7 @@ class World:
         """
         if not 0 <= live <= count:
             raise WorldError(f"live ({live}) must be between 0 and count ({count})")
+        self._apps.setdefault((account_id, app_id), {})  # the app, even with no streams
         now = self._clock()
         p = self.profile
         share = p.live_share()
@@ -407,7 +412,7 @@ class World:
             app_id=app_id,
             name=name,
             meeting_id=meeting,
-            stream_key=f"sk_sim_{rng.getrandbits(160):040x}",
+            stream_key=f"{STREAM_KEY_PREFIX}{rng.getrandbits(160):040x}",
             created_at=created,
             status="OFFLINE",
             updated_at=created,
@@ -453,10 +458,36 @@ class World:
     def set_status(self, livestream_id: str, status: str) -> None:
         """List the stream with ``status`` (any text, e.g. one the docs do not name, or a
         stale one), leaving its sessions as they are."""
-        if not status or len(status) > 64:
-            raise WorldError("status must be 1 to 64 characters")
+        if not status:
+            raise WorldError("status must not be empty")
         stream = self._take_over(livestream_id)
         self._set_status(stream, status, self.now())
+
+    def set_counters(
+        self,
+        livestream_id: str,
+        *,
+        ingest_seconds: float | None = None,
+        viewer_seconds: float | None = None,
+    ) -> SimSession:
+        """Make the counters of the stream's active session (else its latest) read these
+        values now, and grow from them as the session goes on; the placeholder phase ends.
+        For a counter that goes back, jumps, or has an exact value."""
+        for value in (ingest_seconds, viewer_seconds):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise WorldError("counters must be finite and not negative")
+        stream = self.find(livestream_id)
+        now = self.now()
+        if not stream.sessions:
+            raise WorldError(f"livestream {livestream_id!r} has no session")
+        session = stream.sessions[-1]
+        session.placeholder = 0.0
+        if ingest_seconds is not None:
+            session.ingest_shift += ingest_seconds - session.ingest_seconds(now)
+        if viewer_seconds is not None:
+            session.viewer_shift += viewer_seconds - session.viewer_seconds(now)
+        session.updated_at = now
+        return session
 
     def stall(self, livestream_id: str, *, stalled: bool = True) -> None:
         """Freeze (or resume) the live session's ingest counter."""
