@@ -143,12 +143,6 @@ class SimSession:
         swing = self.wave / omega * (math.cos(self.phase) - math.cos(omega * t + self.phase))
         return max(0.0, self.viewers * (t + swing)) + self.viewer_shift
 
-    def concurrent_viewers(self, now: float) -> float:
-        if self.stopped_time is not None and now >= self.stopped_time:
-            return 0.0
-        t = now - self.started_time
-        return self.viewers * (1 + self.wave * math.sin(2 * math.pi / self.period * t + self.phase))
-
 
 @dataclass(slots=True)
 class SimStream:
