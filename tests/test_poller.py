@@ -20,13 +20,13 @@ from exporter.poller import Poller
 from exporter.simulator import Canned, Faults, Simulator
 from exporter.simulator.api import livestream_body
 from exporter.telemetry import ExporterMetrics
+from tests.apidouble import UnaskedApi
 from tests.clock import FakeClock
 from tests.conftest import ACCOUNT, APP, add_stream, go_live, make_config, sent
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Collection
+    from collections.abc import AsyncIterator
 
-    from exporter.budget import CycleDeadline
     from exporter.config import Config
 
 LISTING, SESSION, BY_ID = "livestreams", "active_livestream_session", "livestream_session"
@@ -266,62 +266,17 @@ async def test_missing_configured_stream_is_reported_once(
     assert warnings == ["configured livestreams are not in the app's listing: ghost"]
 
 
-class ExplodingApi:
+class ExplodingApi(UnaskedApi):
     """An API double whose listing raises a bug-like exception once."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    async def list_livestreams(
-        self,
-        account_id: str,
-        app_id: str,
-        *,
-        deadline: CycleDeadline | None = None,
-        stop_early: Callable[[Collection[str], int], bool] | None = None,
-        per_page: int | None = None,
-        max_entries: int | None = None,
-        status: str | None = None,
-        first_page: int = 1,
-        max_pages: int | None = None,
-    ) -> Listing:
+    async def list_livestreams(self, account_id: str, app_id: str, **_: object) -> Listing:
         self.calls += 1
         if self.calls == 1:
             raise RuntimeError("bug")
         return Listing(livestreams=(Livestream("s1", "IDLE"),))
-
-    async def active_session(
-        self,
-        account_id: str,
-        app_id: str,
-        livestream_id: str,
-        *,
-        deadline: CycleDeadline | None = None,
-        priority: int = 0,
-    ) -> ActiveSession:
-        raise AssertionError("not live, never asked")
-
-    async def livestream(
-        self,
-        account_id: str,
-        app_id: str,
-        livestream_id: str,
-        *,
-        deadline: CycleDeadline | None = None,
-        priority: int = 0,
-    ) -> Livestream | None:
-        raise AssertionError("listed, never asked by id")
-
-    async def session(
-        self,
-        account_id: str,
-        app_id: str,
-        session_id: str,
-        *,
-        deadline: CycleDeadline | None = None,
-        priority: int = 0,
-    ) -> ActiveSession:
-        raise AssertionError("no session ended, never asked")
 
 
 async def test_unexpected_error_marks_app_down_and_polling_goes_on(
@@ -449,32 +404,14 @@ async def test_listing_entries_that_cannot_be_read_mark_the_app_down(rig: Rig) -
     assert not snapshot.apps[0].up and rig.errors("decode") == 1
 
 
-class CancellingApi(ExplodingApi):
+class CancellingApi(UnaskedApi):
     """A double whose session request ends cancelled, as a library bug could make it."""
 
-    async def list_livestreams(
-        self,
-        account_id: str,
-        app_id: str,
-        *,
-        deadline: CycleDeadline | None = None,
-        stop_early: Callable[[Collection[str], int], bool] | None = None,
-        per_page: int | None = None,
-        max_entries: int | None = None,
-        status: str | None = None,
-        first_page: int = 1,
-        max_pages: int | None = None,
-    ) -> Listing:
+    async def list_livestreams(self, account_id: str, app_id: str, **_: object) -> Listing:
         return Listing(livestreams=(Livestream("s1", "LIVE"),))
 
     async def active_session(
-        self,
-        account_id: str,
-        app_id: str,
-        livestream_id: str,
-        *,
-        deadline: CycleDeadline | None = None,
-        priority: int = 0,
+        self, account_id: str, app_id: str, livestream_id: str, **_: object
     ) -> ActiveSession:
         raise asyncio.CancelledError
 

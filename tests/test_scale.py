@@ -33,15 +33,15 @@ from exporter.model import ActiveSession, Listing, Livestream
 from exporter.poller import Poller
 from exporter.simulator import REALISTIC, Simulator, World
 from exporter.telemetry import ExporterMetrics
+from tests.apidouble import UnaskedApi
 from tests.clock import FakeClock
 from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 from tests.test_cli import write_config
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Collection
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
-    from exporter.budget import CycleDeadline
     from exporter.model import Snapshot
 
 STREAMS = 30
@@ -385,39 +385,22 @@ def test_the_shard_flags_are_checked(
     assert "shard 1 of 4 (budget 250/5m)" in capsys.readouterr().out
 
 
-class ByIdApi:
+class ByIdApi(UnaskedApi):
     """A listing of 5,000 streams (50 pages) whose first page holds ``good``; by-id
     lookups answer from ``answers``: a Livestream, None (not found) or an ApiError."""
 
     def __init__(self) -> None:
         self.answers: dict[str, Livestream | ApiError | None] = {}
 
-    async def list_livestreams(
-        self,
-        account_id: str,
-        app_id: str,
-        *,
-        deadline: CycleDeadline | None = None,
-        stop_early: Callable[[Collection[str], int], bool] | None = None,
-        per_page: int | None = None,
-        max_entries: int | None = None,
-        status: str | None = None,
-        first_page: int = 1,
-        max_pages: int | None = None,
-    ) -> Listing:
+    async def list_livestreams(self, account_id: str, app_id: str, **options: object) -> Listing:
         first = (Livestream("good", "IDLE"), *(Livestream(f"o{i}", "IDLE") for i in range(99)))
-        done = stop_early is None or not stop_early({s.id for s in first}, 49)
-        assert not done, "the test expects the by-id plan"
+        stop_early = options.get("stop_early")
+        assert callable(stop_early), "the test expects the by-id plan"
+        assert stop_early({s.id for s in first}, 49), "the test expects the by-id plan"
         return Listing(livestreams=first, total=5000, complete=False)
 
     async def livestream(
-        self,
-        account_id: str,
-        app_id: str,
-        livestream_id: str,
-        *,
-        deadline: CycleDeadline | None = None,
-        priority: int = 0,
+        self, account_id: str, app_id: str, livestream_id: str, **_: object
     ) -> Livestream | None:
         answer = self.answers[livestream_id]
         if isinstance(answer, ApiError):
