@@ -92,8 +92,7 @@ class ApiToken:
         """Use ``config`` (a reload's) from now on; True if the client was rebuilt (a new
         base URL, timeout, concurrency or shard count), which drops what the old one had
         learnt of the API."""
-        rate = config.shard.budget(config.api.rate_limit)
-        self.budget.resize(requests=rate.requests, window=rate.window)
+        self.resize(config)
         settings = _client_settings(config)
         rebuilt = settings != self._settings
         if rebuilt:
@@ -105,6 +104,12 @@ class ApiToken:
             self.client.set_token(config.api.token)
         self._file = _token_file(config)
         return rebuilt
+
+    def resize(self, config: Config) -> None:
+        """Keep to ``config``'s api.rate_limit (this shard's share) from now on: a request
+        waiting for the budget is granted, or held back, by it at once."""
+        rate = config.shard.budget(config.api.rate_limit)
+        self.budget.resize(requests=rate.requests, window=rate.window)
 
     async def rotate(self) -> None:
         """Take up the token file's new token, if it changed (off the event loop, and

@@ -184,10 +184,14 @@ class Exporter:
 
     def reconfigure(self, config: Config) -> None:
         """Poll by ``config`` (a reload's) from the next cycle on. The snapshot carries
-        over, and so does the token's budget (:meth:`ApiToken.reconfigure`)."""
+        over, and so does the token's budget (:meth:`ApiToken.reconfigure`), which is
+        resized at once: the cycle under way may be waiting for it, up to a whole window,
+        and a raised api.rate_limit must not wait for the limit it raises."""
         if self._on_token is not None:
             self._on_token(config.api.token.reveal())
         self._pending = config
+        if self._token is not None:
+            self._token.resize(config)
 
     async def _before_cycle(self) -> None:
         pending, self._pending = self._pending, None

@@ -26,6 +26,7 @@ from exporter.config.files import (
 from exporter.config.records import (
     DEFAULT_BASE_URL,
     DEFAULT_MAX_LIVESTREAMS,
+    DEFAULT_WEBHOOK_PORT,
     ApiConfig,
     AppConfig,
     Config,
@@ -116,18 +117,23 @@ def parse_rate_limit(value: object) -> RateLimit:
     return RateLimit(count, window)
 
 
-def parse_listen_address(address: str) -> tuple[str | None, int]:
+def parse_listen_address(
+    address: str, *, shown: str | None = None, example: str | None = None
+) -> tuple[str | None, int]:
     """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (every interface) -> (host, port); raises
-    ValueError saying what is wrong."""
+    ValueError saying what is wrong, naming the address as ``shown`` (default: quoted) and
+    offering ``example`` as a right one."""
+    name = repr(address) if shown is None else shown
     host, sep, port_text = address.rpartition(":")
     if not sep or not _LISTEN_PORT.fullmatch(port_text) or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"{address!r} is not HOST:PORT")
+        hint = f" (for example {example!r})" if example is not None else ""
+        raise ValueError(f"{name} is not HOST:PORT{hint}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         if not host:
-            raise ValueError(f"{address!r}: empty brackets")
+            raise ValueError(f"{name}: empty brackets")
     elif ":" in host:
-        raise ValueError(f"{address!r}: write IPv6 hosts as [addr]:port")
+        raise ValueError(f"{name}: write IPv6 hosts as [addr]:port")
     return (host or None), int(port_text)
 
 
@@ -362,7 +368,9 @@ class _Validator(Checker):
             text = self.string("webhooks.listen_address", raw["listen_address"])
             if text is not None:
                 try:
-                    host, port = parse_listen_address(text)
+                    host, port = parse_listen_address(
+                        text, shown=_shown_address(text), example=f":{DEFAULT_WEBHOOK_PORT}"
+                    )
                     out = replace(out, host=host, port=port)
                 except ValueError as exc:
                     self.fail("webhooks.listen_address", str(exc))
@@ -535,6 +543,15 @@ def _shown_path(name: str, path: Path) -> str:
     if len(name) <= 24 or any(c in name for c in "/\\."):
         return str(path)
     return f"the file named by api.token_file ({len(name)} characters)"
+
+
+def _shown_address(text: str) -> str:
+    """How an error may name a listen address: quoted when it looks like one (a colon, a
+    dot or a bracket) or is short; a long bare word could be the token put in the wrong
+    key, as for :func:`_shown_path`."""
+    if len(text) <= 24 or any(c in text for c in ":.["):
+        return repr(text)
+    return f"the address given ({len(text)} characters)"
 
 
 def _shown_key(key: object) -> str:

@@ -172,9 +172,10 @@ class Simulator:
 
     async def close(self) -> None:
         """Stop delivering webhooks (every delivery under way is cancelled), then serving;
-        requests the ``hold`` fault holds are answered first."""
+        requests the ``hold`` and ``latency`` faults keep waiting are answered first."""
         if self.state.faults.hold:
             self.state.faults = self.state.faults.update({"hold": False})
+        self.state.close()
         await self.state.deliveries.close()
         if self._runner is not None:
             await self._runner.cleanup()

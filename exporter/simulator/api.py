@@ -26,13 +26,15 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from aiohttp import web
+from yarl import URL
 
 from exporter.simulator.faults import Canned, Dice, FaultError, Faults
 from exporter.simulator.ratelimit import RateLimiter
@@ -49,7 +51,7 @@ from exporter.simulator.webhooks import (
 from exporter.simulator.world import FILTER_STATUSES, MAX_VIEWERS, World, WorldError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping, Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
     from exporter.simulator.webhooks import Webhook
     from exporter.simulator.world import SimSession, SimStream
@@ -65,6 +67,11 @@ APP_PATH: Final = API_PREFIX + "/accounts/{account_id}/realtime/kit/{app_id}"
 CONTROL: Final = "/-/simulator"
 DEFAULT_PER_PAGE: Final = 20
 LOG_SIZE: Final = 1000  # API requests SimulatorState.log keeps, the latest
+# The most of a request's body the log keeps (a larger one is logged without it): with
+# the query string and path (at most aiohttp's 8 KiB request line), the log holds at
+# most about 25 MB, where 1,000 parsed bodies of 1 MiB each could take 25 GB.
+LOG_BODY_BYTES: Final = 16 * 1024
+MAX_ANSWERS: Final = 100  # fixed answers waiting at once (each may hold a body of 1 MiB)
 MAX_PAGE_DIGITS: Final = 9  # page_no and per_page beyond 999,999,999 are refused
 # The other shapes the docs publish, by endpoint, that ``variant_rate`` switches to:
 # - listing_object: the schema's listing, ``data`` an object holding ``livestreams`` and
@@ -102,14 +109,49 @@ _EDGE_PAGE: Final = (
 
 @dataclass(frozen=True, slots=True)
 class Sent:
-    """One request to the API, as it arrived (before any fault, hold or answer)."""
+    """One request to the API, as it arrived (before any fault, hold or answer).
+
+    The query string and body are kept as they came and decoded when read: decoded, a
+    query or JSON body can take 25 times its size (a dict per ``{}``), and the log keeps
+    LOG_SIZE requests whoever sends them."""
 
     endpoint: str  # as counted in the stats; "unrouted" for a path no route matches
     method: str
     path: str
-    query: Mapping[str, str]
+    query_string: str  # as sent, still percent-encoded
     authorized: bool  # whether it carried the simulator's token
-    body: Any = None  # its body, if it has one that is JSON
+    raw_body: bytes | None = None  # None: no body, or one over LOG_BODY_BYTES
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query's parameters (the first value of a repeated one)."""
+        return dict(URL.build(query_string=self.query_string, encoded=True).query)
+
+    @property
+    def body(self) -> Any:
+        """The body, decoded, if it is JSON of at most LOG_BODY_BYTES; else None."""
+        if self.raw_body is None:
+            return None
+        try:
+            return json.loads(self.raw_body)
+        except (ValueError, RecursionError):  # as in _json
+            return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "authorized": self.authorized,
+            "body": self.body,
+        }
+
+
+def _sent(name: str, request: web.Request, authorized: bool, body: bytes | None = None) -> Sent:
+    kept = body if body is not None and len(body) <= LOG_BODY_BYTES else None
+    query = request.rel_url.raw_query_string
+    return Sent(name, request.method, request.path, query, authorized, kept)
 
 
 @dataclass(slots=True)
@@ -139,6 +181,7 @@ class SimulatorState:
         self.world = world
         self.token = token
         self._released = asyncio.Event()
+        self._closing = asyncio.Event()
         self.faults = faults or Faults()
         self.limiter = limiter or RateLimiter()
         # Cloudflare also allows 200 requests per second per client IP (None: that limit;
@@ -173,14 +216,26 @@ class SimulatorState:
     @faults.setter
     def faults(self, faults: Faults) -> None:
         self._faults = faults
-        if faults.hold:
+        if faults.hold and not self._closing.is_set():
             self._released.clear()
         else:
             self._released.set()
 
     async def released(self) -> None:
-        """Return once the ``hold`` fault is off."""
+        """Return once the ``hold`` fault is off, or the simulator is closing."""
         await self._released.wait()
+
+    async def delayed(self, seconds: float) -> None:
+        """Wait ``seconds`` (the latency fault, up to a day), or until the simulator is
+        closing: a delayed answer must not hold up its shutdown."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+
+    def close(self) -> None:
+        """Answer at once every request the latency or hold fault keeps waiting, and every
+        later one: the simulator is closing."""
+        self._closing.set()
+        self._released.set()
 
     def answer_next(
         self, endpoint: str, answer: Canned, *, times: int | None = 1, app_id: str | None = None
@@ -192,6 +247,8 @@ class SimulatorState:
             raise FaultError(f"unknown endpoint {endpoint!r}; known: {', '.join(API_ENDPOINTS)}")
         if times is not None and times < 1:
             raise FaultError("times must be at least 1")
+        if len(self._script) >= MAX_ANSWERS:
+            raise FaultError(f"{MAX_ANSWERS} answers are waiting already; clear them first")
         self._script.append(_Scripted(endpoint, app_id, answer, times))
 
     def clear_answers(self) -> None:
@@ -364,13 +421,13 @@ def _api(
         authorized = scheme == "Bearer" and hmac.compare_digest(
             token.encode(), state.token.encode()
         )
-        body = None
-        if request.body_exists:
-            with contextlib.suppress(ValueError, RecursionError):  # as in _json
-                body = json.loads(await request.read())
-        state.log.append(
-            Sent(name, request.method, request.path, dict(request.query), authorized, body)
-        )
+        try:
+            body = await request.read() if request.body_exists else None
+        except web.HTTPException as exc:  # a body over client_max_size: 413
+            state.log.append(_sent(name, request, authorized))
+            state.requests[(name, exc.status)] += 1
+            raise
+        state.log.append(_sent(name, request, authorized, body))
         try:
             response = await _gatekeep(
                 state, request, name, handler, token=token, authorized=authorized, webhooks=webhooks
@@ -401,7 +458,7 @@ async def _gatekeep(
 ) -> web.StreamResponse:
     verdict = state.dice.roll(state.faults)
     if verdict.delay:
-        await asyncio.sleep(verdict.delay)
+        await state.delayed(verdict.delay)
     await state.released()
     faults = state.faults
     if not authorized or faults.reject_token:
@@ -918,39 +975,58 @@ async def _control_answers(request: web.Request) -> web.StreamResponse:
     status, times, headers = body.get("status"), body.get("times", 1), body.get("headers", {})
     if unknown:
         return _control_error(400, f"unknown key(s) {', '.join(unknown)}")
-    if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
-        return _control_error(400, "status must be an HTTP status code")
+    text, app_id = body.get("text"), body.get("app_id")
+    content_type, applied = body.get("content_type", "application/json"), body.get("applied")
+    # A 1xx is no answer (the client waits on for one), and a header that is not a token
+    # and a plain value, or that frames the body, breaks the answer or the connection.
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 599:
+        return _control_error(400, "status must be an HTTP status code from 200 to 599")
     if times is not None and (isinstance(times, bool) or not isinstance(times, int)):
         return _control_error(400, "times must be a whole number, or null for every request")
     if not isinstance(headers, dict) or not all(
-        isinstance(v, str) and k.lower() != "content-type" for k, v in headers.items()
+        _HEADER_NAME.fullmatch(k) and k.lower() not in _FRAMING and _plain(v)
+        for k, v in headers.items()
     ):
-        return _control_error(400, "headers must map names to strings (no Content-Type)")
-    text = body.get("text")
+        return _control_error(
+            400,
+            "headers must map names to plain strings (no Content-Type, Content-Length "
+            "or Transfer-Encoding)",
+        )
+    if not _plain(content_type) or not content_type:
+        return _control_error(400, "content_type must be a plain string")
+    if text is not None and not isinstance(text, str):
+        return _control_error(400, "text must be a string")
+    if app_id is not None and not isinstance(app_id, str):
+        return _control_error(400, "app_id must be a string, or null for every app")
+    if applied is not None and not isinstance(applied, bool):
+        return _control_error(400, "applied must be true or false")
     answer = Canned(
         status=status,
-        body=body.get("body"),
-        raw=text.encode() if isinstance(text, str) else None,
+        # As bytes now: decoded JSON may take 25 times the size of its text.
+        raw=text.encode() if text is not None else json.dumps(body.get("body")).encode(),
         headers=headers,
-        content_type=str(body.get("content_type", "application/json")),
-        applied=body.get("applied") is True,
+        content_type=content_type,
+        applied=applied is True,
     )
-    app_id = body.get("app_id")
     try:
-        state.answer_next(
-            str(body.get("endpoint")),
-            answer,
-            times=times,
-            app_id=app_id if isinstance(app_id, str) else None,
-        )
+        state.answer_next(str(body.get("endpoint")), answer, times=times, app_id=app_id)
     except FaultError as exc:
         return _control_error(400, str(exc))
     return web.json_response({"endpoint": body.get("endpoint"), "times": times}, status=201)
 
 
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_FRAMING: Final = frozenset({"content-type", "content-length", "transfer-encoding"})
+
+
+def _plain(value: object) -> bool:
+    """A header value with no control character (a line break would end the header)."""
+    return isinstance(value, str) and not any(ord(c) < 32 or ord(c) == 127 for c in value)
+
+
 async def _control_requests(request: web.Request) -> web.StreamResponse:
     """The latest API requests, oldest first (the last LOG_SIZE)."""
-    return web.json_response({"requests": [asdict(s) for s in request.app[STATE].log]})
+    return web.json_response({"requests": [s.as_dict() for s in request.app[STATE].log]})
 
 
 @web.middleware
@@ -961,7 +1037,7 @@ async def _unrouted(
     refused = request.match_info.http_exception
     if refused is not None:
         state = request.app[STATE]
-        state.log.append(Sent("unrouted", request.method, request.path, dict(request.query), False))
+        state.log.append(_sent("unrouted", request, authorized=False))
         state.requests[("unrouted", refused.status)] += 1
     return await handler(request)
 
@@ -1034,11 +1110,13 @@ def create_app(state: SimulatorState) -> web.Application:
     - ``DELETE /-/simulator/livestreams/{id}``;
     - ``GET`` and ``PUT /-/simulator/faults`` (a partial JSON object of Faults fields);
     - ``POST /-/simulator/answers``: answer the next request(s) to an API endpoint
-      (``endpoint``, a name as in the stats) with ``status``, and ``body`` (JSON) or
-      ``text``; also ``headers``, ``content_type``, ``times`` (default 1; null: every one),
-      ``app_id`` (only that app's), ``applied`` (carry the request out, lose its answer);
+      (``endpoint``, a name as in the stats) with ``status`` (200 to 599), and ``body``
+      (JSON) or ``text``; also ``headers`` (none that frames the body), ``content_type``,
+      ``times`` (default 1; null: every one), ``app_id`` (only that app's), ``applied``
+      (carry the request out, lose its answer); at most MAX_ANSWERS wait at once;
       ``DELETE`` forgets the answers not given yet;
-    - ``GET /-/simulator/requests``: the latest API requests as they arrived;
+    - ``GET /-/simulator/requests``: the latest API requests as they arrived (bodies of
+      at most LOG_BODY_BYTES);
     - ``POST /-/simulator/throttle`` (``seconds``): block the token now;
     - ``GET /-/simulator/stats``: API requests by endpoint and status, the most the
       token sent in any rate-limit window (``busiest_window``), and once webhooks are used
