@@ -1,4 +1,5 @@
-"""The attacks of tests/test_attacks.py, measured, on each Python the project supports.
+"""The attacks of tests/process/test_attacks.py, measured, on each Python the project
+supports.
 
 Runs the attack tests once per interpreter with ``REALTIMEKIT_ATTACK_REPORT`` set, so each
 test appends what it measured (latencies, CPU seconds, resident memory with and without
@@ -31,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def measure(python: str, report: Path) -> int:
     """Run the attack tests under ``python``; pytest's exit code."""
     env_report = {"REALTIMEKIT_ATTACK_REPORT": str(report)}
-    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_attacks.py"]
+    tests = "tests/process/test_attacks.py"
+    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", tests]
     return subprocess.run(  # noqa: S603 (the interpreters given on the command line)
         command, cwd=ROOT, env={**os.environ, **env_report}, check=False
     ).returncode

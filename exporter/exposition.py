@@ -277,7 +277,7 @@ def _variant(encoder: Encoder) -> Hashable:
     OpenMetrics) and their escaping scheme, with "allow-utf-8" and "underscores" one (both
     leave legacy names as they are). choose_encoder also binds a version, which changes no
     byte here: it only decides whether native histograms are written, and there are none;
-    every name is a legacy one (tests/test_exposition.py checks both). Keyed by all it
+    every name is a legacy one (tests/unit/test_exposition.py checks both). Keyed by all it
     binds, every client could mint variants, each a whole render held in memory; so
     there are :data:`MAX_VARIANTS`."""
     if isinstance(encoder, functools.partial):

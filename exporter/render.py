@@ -33,7 +33,7 @@ formats escape them (each stream's key labels once, for all its families), and v
 prometheus_client's own ``floatToGoString``. An encoder other than prometheus_client's
 text or OpenMetrics one (or a ``choose_encoder`` partial of them) renders the families
 itself, as does a known one if a family's placeholder sample shows a layout this module
-cannot fill in. tests/test_render.py checks the bytes against the encoders'.
+cannot fill in. tests/unit/test_render.py checks the bytes against the encoders'.
 """
 
 from __future__ import annotations

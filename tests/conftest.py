@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 
@@ -101,3 +101,23 @@ def make_config(
         poll=PollConfig(interval=interval, max_staleness=max_staleness),
         apps=(app,),
     )
+
+
+def shape(body: Any) -> str:
+    """Which documented shape an answer of the (simulated) API has: ``usual``,
+    ``disabled_text``, ``listing_object``, ``null_session`` or ``single_session``."""
+    data = body["data"]
+    if isinstance(data, list):
+        items = data
+    elif "livestreams" in data:
+        return "listing_object"
+    elif "session" in data and "livestream" in data and "sessions" not in data:
+        if data["session"] is None:
+            return "null_session"
+        items = [data["livestream"]]
+        if "paging" in data:
+            return "single_session"
+    else:
+        items = [data["livestream"]]
+    kinds = {type(i["disabled"]) for i in items}
+    return "disabled_text" if kinds == {str} else "usual"

@@ -208,7 +208,7 @@ class FaultRig:
             )
             # The whole registry rendered per scrape: every scrape shows the snapshot of
             # the cycle before it (the cached exposition may serve the one before that while
-            # it renders, which tests/test_exposition.py covers).
+            # it renders, which tests/unit/test_exposition.py covers).
             registry = CollectorRegistry(auto_describe=False)
             registry.register(SnapshotCollector(lambda: self.poller.snapshot))
             registry.register(self.own)

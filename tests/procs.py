@@ -223,6 +223,28 @@ def wait_for_exit(proc: Proc, *, timeout: float) -> int:
         )
 
 
+def rss_bytes(pid: int) -> int:
+    """The resident memory of process ``pid``, from /proc."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@contextlib.contextmanager
+def own_open_files(count: int) -> Iterator[None]:
+    """This test process may hold ``count`` sockets (the attacker's side)."""
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if before[1] != resource.RLIM_INFINITY and before[1] < count:
+        pytest.skip(f"the hard open-files limit ({before[1]}) is below {count}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(before[0], count), before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
 # -- HTTP -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Response:

@@ -1,0 +1,90 @@
+"""The command line's parts that run in the test process: listen addresses and their
+default, and SIGTERM before the event loop handles it (the command line as a real
+subprocess: tests/process/test_cli.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from exporter import cli
+from exporter import config as config_module
+from exporter.cliargs import EXIT_FAILURE, UsageError, parse_listen
+from tests.reloading import cli_config
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        (":10241", (None, 10241)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("localhost:80", ("localhost", 80)),
+    ],
+    ids=["all-interfaces", "ipv4", "ipv6", "name"],
+)
+def test_parse_listen(address: str, expected: tuple[str | None, int]) -> None:
+    """Listen addresses take the Prometheus HOST:PORT forms."""
+    assert parse_listen(address) == expected
+
+
+@pytest.mark.parametrize(
+    "address", ["10241", "host:", "host:99999", "::1:80", "[]:80", ":\u0661\u0660\u0662"], ids=str
+)
+def test_parse_listen_rejects(address: str) -> None:
+    """Malformed listen addresses are usage errors."""
+    with pytest.raises(UsageError):
+        parse_listen(address)
+
+
+def _terminate_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # interrupted at once; the sleep only bounds a failure
+
+
+@pytest.mark.interpreter
+def test_sigterm_interrupts_before_the_event_loop_handles_it() -> None:
+    """As PID 1 a SIGTERM without a handler is ignored: main() makes it a KeyboardInterrupt
+    from the start, and main's caller gets the old handler back."""
+    before = signal.getsignal(signal.SIGTERM)
+    previous = cli.interrupt_on_sigterm()
+    try:
+        assert previous == before
+        with pytest.raises(KeyboardInterrupt):
+            _terminate_self()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_default_listen_address_is_every_interface_on_10241() -> None:
+    """Containers, Kubernetes probes and Services reach the exporter from outside its own
+    loopback: the default must bind every interface (host None), on port 10241."""
+    assert cli.DEFAULT_LISTEN == ":10241"
+    assert parse_listen(cli.DEFAULT_LISTEN) == (None, 10241)
+    assert cli.build_parser().parse_args(["--config.file", "x.yaml"]).listen == cli.DEFAULT_LISTEN
+
+
+@pytest.mark.interpreter
+def test_a_signal_while_the_config_is_read_ends_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM while the configuration is being read (before the event loop handles it)
+    ends main() with exit 1 and one line, not a traceback, and gives the caller its
+    SIGTERM handler back."""
+    config = cli_config(tmp_path, "http://127.0.0.1:9")
+    before = signal.getsignal(signal.SIGTERM)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        _terminate_self()
+
+    monkeypatch.setattr(config_module, "load", interrupted)  # cli calls it as config.load
+    assert cli.main(["--config.file", str(config), "--config.check"]) == EXIT_FAILURE
+    assert capsys.readouterr().err == "realtimekit-exporter: interrupted while starting\n"
+    assert signal.getsignal(signal.SIGTERM) == before
