@@ -33,15 +33,25 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python3 -m venv /opt/venv
 
 WORKDIR /src
+
+# The dependencies and the build backend (setuptools) at the versions locked in
+# requirements/runtime.txt (scripts/lock writes it), every file checked against its hash;
+# pip fails if a dependency is missing from the lock. A layer of its own: a change to the
+# code alone does not download them again.
+COPY requirements/runtime.txt ./requirements/
+RUN /opt/venv/bin/python -m pip install --no-cache-dir --require-hashes -r requirements/runtime.txt
+
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
 
-# Install the project and its dependencies into the venv, then take pip and setuptools out
-# of it: the runtime needs neither, and they would only add size and scanner findings.
-# Last, run the installed command: it imports every module from the venv (not from /src,
-# which `python -c` would put first on sys.path), so a module missing from the wheel fails
-# the build here instead of at runtime.
-RUN /opt/venv/bin/python -m pip install --no-cache-dir . \
+# Install the project into the venv, built with the locked setuptools and without fetching
+# anything; pip check fails if pyproject.toml asks for what the lock lacks. Then take pip
+# and setuptools out of the venv: the runtime needs neither, and they would only add size
+# and scanner findings. Last, run the installed command: it imports every module from the
+# venv (not from /src, which `python -c` would put first on sys.path), so a module missing
+# from the wheel fails the build here instead of at runtime.
+RUN /opt/venv/bin/python -m pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && /opt/venv/bin/python -m pip check \
     && /opt/venv/bin/python -m pip uninstall --yes pip setuptools \
     && /opt/venv/bin/realtimekit-exporter --version
 

@@ -241,15 +241,17 @@ entrypoint="$(inspect_list .OCIv1.Config.Entrypoint)"
 [ "$entrypoint" = '["realtimekit-exporter"]' ] || fail "ENTRYPOINT is $entrypoint"
 cmd="$(inspect_list .OCIv1.Config.Cmd)"
 [ "$cmd" = '["--config.file=/etc/realtimekit-exporter/config.yaml"]' ] || fail "CMD is $cmd"
+# Output is read whole before grep: `cmd | grep -q` lets grep exit at the first match, and
+# under pipefail the writer's SIGPIPE would fail the check about one run in ten.
 # shellcheck disable=SC2016 # a Go template, not a shell expansion
-inspect '{{range $port, $_ := .OCIv1.Config.ExposedPorts}}{{println $port}}{{end}}' | grep -qx 10241/tcp ||
-    fail "10241/tcp is not exposed"
+ports="$(inspect '{{range $port, $_ := .OCIv1.Config.ExposedPorts}}{{println $port}}{{end}}')"
+grep -qx 10241/tcp <<<"$ports" || fail "10241/tcp is not exposed: $ports"
 mapfile -t healthcheck < <(inspect '{{if .Docker.Config.Healthcheck}}{{range .Docker.Config.Healthcheck.Test}}{{println .}}{{end}}{{end}}')
 if [ "${#healthcheck[@]}" -lt 2 ] || [ "${healthcheck[0]}" != CMD ]; then
     fail "no exec-form HEALTHCHECK in the image (built with --format oci?)"
 fi
 for label in title description source licenses version revision; do
-    inspect "{{index .OCIv1.Config.Labels \"org.opencontainers.image.$label\"}}" | grep -q . ||
+    [ -n "$(inspect "{{index .OCIv1.Config.Labels \"org.opencontainers.image.$label\"}}")" ] ||
         [ "$label" = source ] || fail "label org.opencontainers.image.$label is missing"
 done
 [ "$(inspect '{{index .OCIv1.Config.Labels "org.opencontainers.image.licenses"}}')" = Apache-2.0 ] ||
@@ -364,7 +366,8 @@ cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline")"
 grep -q '/opt/venv/bin/realtimekit-exporter --demo' <<<"$cmdline" ||
     fail "pid $pid is not the image's ENTRYPOINT: $cmdline"
 if command -v ss >/dev/null; then
-    ss -Hltnp "sport = :$PORT" | grep -q "pid=$pid," || fail "pid $pid does not own 127.0.0.1:$PORT"
+    listeners="$(ss -Hltnp "sport = :$PORT")"
+    grep -q "pid=$pid," <<<"$listeners" || fail "pid $pid does not own 127.0.0.1:$PORT"
 fi
 echo "pid $pid: Uid $ruid Gid $rgid, NoNewPrivs $(awk '/^NoNewPrivs:/ { print $2 }' "/proc/$pid/status"), CapEff $(awk '/^CapEff:/ { print $2 }' "/proc/$pid/status"): $cmdline"
 
@@ -393,7 +396,7 @@ stop_cleanly() { # stop_cleanly: SIGTERM to $ctr, a clean exit 0 before the 10 s
     if [ "$code" != 0 ] || [ "$took" -ge 10 ]; then
         fail "stop took ${took}s, exit code $code (expected a clean exit 0 before the 10s SIGKILL)"
     fi
-    if podman logs "$ctr" 2>&1 | grep -q Traceback; then
+    if podman logs "$ctr" 2>&1 | grep Traceback >/dev/null; then
         podman logs "$ctr" >&2 2>&1
         fail "a traceback in the exporter's log"
     fi

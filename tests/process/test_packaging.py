@@ -1,14 +1,20 @@
-"""The built wheel carries every module of the package (an editable install would not tell)."""
+"""The built wheel carries every module of the package (an editable install would not tell),
+and the dependency lock in requirements/ matches pyproject.toml."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from tests import REPO
 
@@ -50,3 +56,61 @@ def test_wheel_contains_every_module_and_the_entry_point(tmp_path: Path) -> None
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "realtimekit-exporter = exporter.__main__:main" in text
+
+
+# -- the dependency lock (requirements/, written by scripts/lock) -------------------------
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)")
+
+
+def pins(lock: str) -> dict[str, tuple[Version, int]]:
+    """Each package in requirements/LOCK.txt: its version and how many hashes it has."""
+    found: dict[str, tuple[Version, int]] = {}
+    name = ""
+    for line in (REPO / "requirements" / f"{lock}.txt").read_text().splitlines():
+        if match := PIN.match(line):
+            name = canonicalize_name(match[1])
+            assert name not in found, f"{name} is pinned twice in {lock}.txt"
+            found[name] = (Version(match[2]), 0)
+        elif line.strip().startswith("--hash=sha256:"):
+            version, hashes = found[name]
+            found[name] = (version, hashes + 1)
+    return found
+
+
+def project() -> dict[str, Any]:
+    with (REPO / "pyproject.toml").open("rb") as f:
+        return tomllib.load(f)
+
+
+@pytest.mark.parametrize(
+    ("lock", "groups"),
+    [("test", ("build", "runtime", "test")), ("runtime", ("build", "runtime"))],
+)
+def test_the_lock_has_what_pyproject_asks_for(lock: str, groups: tuple[str, ...]) -> None:
+    """Every dependency, test extra and build requirement is locked at a version its bounds
+    allow, with hashes; a change to pyproject.toml without `scripts/lock` fails here."""
+    meta = project()
+    wanted = {
+        "build": meta["build-system"]["requires"],
+        "runtime": meta["project"]["dependencies"],
+        "test": meta["project"]["optional-dependencies"]["test"],
+    }
+    locked = pins(lock)
+    for text in (req for group in groups for req in wanted[group]):
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in locked, f"{name} is not in requirements/{lock}.txt: run scripts/lock"
+        version, hashes = locked[name]
+        assert req.specifier.contains(version, prereleases=True), (
+            f"requirements/{lock}.txt has {name} {version}, pyproject.toml asks for "
+            f"{req.specifier}: run scripts/lock"
+        )
+        assert hashes > 0, f"{name} has no hash in requirements/{lock}.txt"
+
+
+def test_the_image_gets_the_versions_ci_tests() -> None:
+    """runtime.txt (the Dockerfile's) is test.txt's runtime part, at the same versions."""
+    test, runtime = pins("test"), pins("runtime")
+    assert runtime.keys() <= test.keys(), sorted(runtime.keys() - test.keys())
+    assert {n: v for n, (v, _) in runtime.items()} == {n: test[n][0] for n in runtime}
+    assert not {"pytest", "mypy", "ruff"} & runtime.keys()
