@@ -192,10 +192,13 @@ class FaultApi:
         """Stop listening and drop every connection: connecting is refused."""
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        # Before waiting for the server: since Python 3.12.1 wait_closed() also waits
+        # for the connections it accepted, which only these aborts end.
         for writer in self._connections.values():
             writer.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
         tasks = list(self._connections)
         for task in tasks:
             task.cancel()
