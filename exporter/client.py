@@ -69,6 +69,8 @@ ENDPOINT_SESSION_BY_ID: Final = "livestream_session"
 ENDPOINT_LIVESTREAM: Final = "livestream"
 ENDPOINT_WEBHOOKS: Final = "webhooks"  # an app's webhooks: listed, or one added
 ENDPOINT_WEBHOOK: Final = "webhook"  # one webhook by id: edited or deleted
+ENDPOINT_ANALYTICS: Final = "livestream_analytics"  # an app's totals over all time
+ENDPOINT_ANALYTICS_DAYS: Final = "livestream_analytics_daywise"  # an app's totals by day
 ENDPOINTS: Final = (
     ENDPOINT_LISTING,
     ENDPOINT_SESSION,
@@ -76,6 +78,8 @@ ENDPOINTS: Final = (
     ENDPOINT_LIVESTREAM,
     ENDPOINT_WEBHOOKS,
     ENDPOINT_WEBHOOK,
+    ENDPOINT_ANALYTICS,
+    ENDPOINT_ANALYTICS_DAYS,
 )
 Method = Literal["GET", "POST", "PATCH", "DELETE"]
 # Methods retried on a transient failure: sent twice, they leave the same state as once
@@ -99,6 +103,7 @@ PUSH_SLOTS: Final = 2  # requests of PRIORITY_PUSH in flight at once, beside the
 PRIORITY_LISTING: Final = 0
 PRIORITY_LIVE: Final = 1
 PRIORITY_OTHER: Final = 2
+PRIORITY_ANALYTICS: Final = 3  # an app's totals: after everything of a cycle
 _SECONDS = re.compile(r"^\d+(?:\.\d+)?$")
 _RATELIMIT_R = re.compile(r"(?:^|;)\s*r=(\d+)")
 _RATELIMIT_T = re.compile(r"(?:^|;)\s*t=(\d+)")

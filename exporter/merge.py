@@ -316,6 +316,7 @@ def merge_app(
         streams=streams,
         unlisted=unlisted,
         dropped=dropped,
+        credentials=app.credentials,
     )
 
 

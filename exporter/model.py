@@ -180,6 +180,7 @@ class AppState:
     unlisted: tuple[Unlisted, ...] = ()
     # Listed streams not tracked because of limits.max_livestreams.
     dropped: int = 0
+    credentials: str = "default"  # the name of the token the app is read with
 
     @property
     def key(self) -> tuple[str, str]:
@@ -193,6 +194,35 @@ class AppState:
 
 
 @dataclass(frozen=True, slots=True)
+class Totals:
+    """What an analytics endpoint adds up for an app's livestreams: over all time
+    (``/analytics/livestreams/overall``) or over one UTC day (``/daywise``, ``day`` set)."""
+
+    count: int  # sessions
+    ingest_seconds: float
+    viewer_seconds: float
+    day: str | None = None  # "YYYY-MM-DD"
+
+
+@dataclass(frozen=True, slots=True)
+class AppAnalytics:
+    """One app's analytics as last read. ``enabled`` is False once the API answered 403
+    or 404 for them (a token without the permission, an API without the endpoint): they
+    are then not read again for a while, and the app is not marked down for it."""
+
+    account_id: str
+    app_id: str
+    enabled: bool = True
+    overall: Totals | None = None  # all time
+    today: Totals | None = None  # the current UTC day so far
+    updated_at: float | None = None  # Unix time of the last successful read
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.account_id, self.app_id)
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """Everything the collector needs, replaced whole after every poll cycle."""
 
@@ -203,6 +233,7 @@ class Snapshot:
     # last success) then have no samples, so that summing over shards counts each app once.
     app_level: bool = True
     livestream_limit: int | None = None  # limits.max_livestreams of the cycle
+    analytics: tuple[AppAnalytics, ...] = ()  # apps whose analytics were read or refused
 
     def app(self, account_id: str, app_id: str) -> AppState | None:
         for a in self.apps:

@@ -26,7 +26,9 @@ from exporter.config.load import (
     read_text,
 )
 from exporter.config.records import (
+    DEFAULT_ANALYTICS_INTERVAL,
     DEFAULT_BASE_URL,
+    DEFAULT_CREDENTIALS,
     DEFAULT_KEY_URL,
     DEFAULT_MAX_LIVESTREAMS,
     DEFAULT_WEBHOOK_PATH,
@@ -34,6 +36,7 @@ from exporter.config.records import (
     ApiConfig,
     AppConfig,
     Config,
+    Credentials,
     Limits,
     LivestreamConfig,
     PollConfig,
@@ -46,7 +49,9 @@ from exporter.config.secret import Secret
 from exporter.config.yamldoc import MAX_YAML_NODES, YamlError, parse_yaml
 
 __all__ = [
+    "DEFAULT_ANALYTICS_INTERVAL",
     "DEFAULT_BASE_URL",
+    "DEFAULT_CREDENTIALS",
     "DEFAULT_KEY_URL",
     "DEFAULT_MAX_LIVESTREAMS",
     "DEFAULT_WEBHOOK_PATH",
@@ -60,6 +65,7 @@ __all__ = [
     "ApiConfig",
     "AppConfig",
     "Config",
+    "Credentials",
     "ConfigError",
     "Limits",
     "LivestreamConfig",

@@ -4,7 +4,7 @@ trusted by everything that reads them."""
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
@@ -21,6 +21,10 @@ DEFAULT_MAX_LIVESTREAMS: Final = 20_000
 DEFAULT_KEY_URL: Final = "https://api.realtime.cloudflare.com/.well-known/webhooks.json"
 DEFAULT_WEBHOOK_PATH: Final = "/webhooks/realtimekit"
 DEFAULT_WEBHOOK_PORT: Final = 10243
+# The credentials of the api section (api.token, api.token_file or the environment).
+DEFAULT_CREDENTIALS: Final = "default"
+# How often each app's livestream analytics are read, unless poll.analytics_interval says.
+DEFAULT_ANALYTICS_INTERVAL: Final = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,20 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Credentials:
+    """A named API token of the ``credentials`` section: its source and its budget. It
+    shares the api section's base_url, timeout and max_concurrency."""
+
+    name: str
+    token: Secret
+    token_file: Path | None = None
+    rate_limit: RateLimit = RateLimit(1000, 300.0)
+
+    def __repr__(self) -> str:
+        return f"Credentials(name={self.name!r}, rate_limit={self.rate_limit})"
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     """Bounds on what one process holds, over all its apps (memory is per process)."""
 
@@ -56,6 +74,8 @@ class PollConfig:
     # How often the whole listing is read when the budget cannot afford it every cycle
     # (None: as often as the budget allows; exporter.lanes).
     full_listing_interval: float | None = None
+    # How often each app's livestream analytics (app totals) are read; None: never.
+    analytics_interval: float | None = DEFAULT_ANALYTICS_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +90,7 @@ class AppConfig:
     app_id: str
     discover: bool = False
     livestreams: tuple[LivestreamConfig, ...] = ()
+    credentials: str = DEFAULT_CREDENTIALS  # the name of the token it is read with
 
     @property
     def key(self) -> tuple[str, str]:
@@ -143,6 +164,38 @@ class Config:
     shard: Shard = Shard()
     limits: Limits = Limits()
     webhooks: WebhooksConfig | None = None  # None: no receiver
+    # Tokens beyond the api section's (which is named DEFAULT_CREDENTIALS).
+    credentials: tuple[Credentials, ...] = ()
+
+    def credential_names(self) -> tuple[str, ...]:
+        """The names of the credentials the apps are read with, in order of first use."""
+        return tuple(dict.fromkeys(app.credentials for app in self.apps))
+
+    def scoped(self, name: str) -> Config:
+        """This configuration as the credentials ``name`` see it: ``api`` holds their token
+        source and rate limit, ``apps`` only the apps read with them; nothing else
+        changes (limits.max_livestreams stays the process's, to be shared out)."""
+        api = self.api
+        if name != DEFAULT_CREDENTIALS:
+            for c in self.credentials:
+                if c.name == name:
+                    api = replace(
+                        api, token=c.token, token_file=c.token_file, rate_limit=c.rate_limit
+                    )
+                    break
+            else:
+                raise KeyError(f"no credentials named {name!r}")
+        return replace(
+            self,
+            api=api,
+            apps=tuple(a for a in self.apps if a.credentials == name),
+            credentials=(),
+        )
+
+    def tokens(self) -> tuple[Secret, ...]:
+        """Every token the configuration holds (for log redaction)."""
+        held = (self.api.token, *(c.token for c in self.credentials))
+        return tuple(t for t in held if t.reveal())
 
     def summary(self) -> str:
         streams = sum(len(a.livestreams) for a in self.apps)
