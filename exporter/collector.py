@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeAlias
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from exporter.model import KNOWN_STATUSES
 
@@ -43,7 +43,8 @@ Row: TypeAlias = tuple[tuple[str, ...], tuple[str, ...], float]
 
 @dataclass(frozen=True, slots=True)
 class GaugeRows:
-    """One gauge family as plain rows. Its labels are ``key`` (the same in every family of
+    """One family as plain rows: a gauge, or a counter if ``counter`` (its samples are
+    then named ``name`` + ``_total``). Its labels are ``key`` (the same in every family of
     a stream, or of an app) then ``extra``."""
 
     name: str
@@ -51,10 +52,12 @@ class GaugeRows:
     key: tuple[str, ...]
     extra: tuple[str, ...] = ()
     rows: list[Row] = field(default_factory=list)
+    counter: bool = False
 
-    def metric(self, rows: Iterable[Row] | None = None) -> GaugeMetricFamily:
+    def metric(self, rows: Iterable[Row] | None = None) -> GaugeMetricFamily | CounterMetricFamily:
         """The family with ``rows`` (default: its own) as prometheus_client holds it."""
-        family = GaugeMetricFamily(self.name, self.documentation, labels=[*self.key, *self.extra])
+        kind = CounterMetricFamily if self.counter else GaugeMetricFamily
+        family = kind(self.name, self.documentation, labels=[*self.key, *self.extra])
         for key, extra, value in self.rows if rows is None else rows:
             family.add_metric([*key, *extra], value)
         return family
@@ -137,6 +140,12 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
     )
     if snapshot.livestream_limit is not None:
         limit.rows.append(((), (), float(snapshot.livestream_limit)))
+    app_info = GaugeRows(
+        "realtimekit_app_info",
+        "The app and the name of the credentials (API token) it is read with; always 1",
+        _APP,
+        ("credentials",),
+    )
 
     for app in snapshot.apps:
         app_key = (app.account_id, app.app_id)
@@ -144,6 +153,7 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
             up.rows.append((app_key, (), 1.0 if app.up else 0.0))
             if app.last_success is not None:
                 last_success.rows.append((app_key, (), app.last_success))
+        app_info.rows.append((app_key, (app.credentials,), 1.0))
         tracked.rows.append((app_key, (), float(len(app.streams))))
         dropped.rows.append((app_key, (), float(app.dropped)))
         for stream in app.streams:
@@ -182,6 +192,8 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
     return [
         up,
         last_success,
+        app_info,
+        *(_analytics(snapshot) if snapshot.app_level else ()),
         tracked,
         dropped,
         limit,
@@ -199,6 +211,53 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
         updated,
         counted,
     ]
+
+
+def _analytics(snapshot: Snapshot) -> list[GaugeRows]:
+    """The families of the apps' livestream analytics (exporter.analytics)."""
+    window = " of the current UTC day so far (daywise analytics); resets at 00:00 UTC"
+    overall = " over all time (overall analytics)"
+    sessions = _app_counter("realtimekit_app_livestream_sessions", "Livestream sessions" + overall)
+    ingest = _app_counter(
+        "realtimekit_app_livestream_ingest_seconds", "Seconds of ingest of livestreams" + overall
+    )
+    viewer = _app_counter(
+        "realtimekit_app_livestream_viewer_seconds", "Seconds watched by viewers" + overall
+    )
+    day_sessions = _app("realtimekit_app_livestream_today_sessions", "Livestream sessions" + window)
+    day_ingest = _app(
+        "realtimekit_app_livestream_today_ingest_seconds", "Seconds of ingest" + window
+    )
+    day_viewer = _app(
+        "realtimekit_app_livestream_today_viewer_seconds", "Seconds watched by viewers" + window
+    )
+    enabled = _app(
+        "realtimekit_app_analytics_enabled",
+        "1 while the app's livestream analytics are read; 0 once the API answered 403 or 404 "
+        "for them (tried again hourly and at a reload)",
+    )
+    updated = _app(
+        "realtimekit_app_analytics_last_success_timestamp_seconds",
+        "When the app's livestream analytics were last read, as Unix time",
+    )
+    for a in snapshot.analytics:
+        key = (a.account_id, a.app_id)
+        enabled.rows.append((key, (), 1.0 if a.enabled else 0.0))
+        if a.updated_at is not None:
+            updated.rows.append((key, (), a.updated_at))
+        if a.overall is not None:
+            sessions.rows.append((key, (), float(a.overall.count)))
+            ingest.rows.append((key, (), a.overall.ingest_seconds))
+            viewer.rows.append((key, (), a.overall.viewer_seconds))
+        if a.today is not None:
+            day_sessions.rows.append((key, (), float(a.today.count)))
+            day_ingest.rows.append((key, (), a.today.ingest_seconds))
+            day_viewer.rows.append((key, (), a.today.viewer_seconds))
+    return [enabled, updated, sessions, ingest, viewer, day_sessions, day_ingest, day_viewer]
+
+
+def _app_counter(name: str, text: str) -> GaugeRows:
+    return GaugeRows(name, text + _CACHED, _APP, counter=True)
 
 
 def families(snapshot: Snapshot) -> list[Metric]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from exporter import lanes, merge
+from exporter.analytics import Analytics, AnalyticsApi
 from exporter.budget import CycleDeadline
 from exporter.client import (
     ENDPOINT_LISTING,
@@ -64,7 +65,7 @@ PUSH_PUBLISH_DELAY = 0.05  # seconds a push's snapshot waits to be told, to join
 _PERMISSION_HINT = "the API token needs the Realtime or Realtime Admin permission"
 
 
-class Api(Protocol):
+class Api(AnalyticsApi, Protocol):
     """What the poller needs of :class:`~exporter.client.RealtimeKitClient`."""
 
     async def list_livestreams(
@@ -110,6 +111,23 @@ class Api(Protocol):
         deadline: CycleDeadline | None = None,
         priority: int = PRIORITY_OTHER,
     ) -> ActiveSession: ...
+
+
+class LimitShare:
+    """limits.max_livestreams shared out among the apps of every poller of a process:
+    what each app last wanted to discover, and the rooms (:func:`merge.rooms`) over all
+    of ``apps()``."""
+
+    def __init__(self, apps: Callable[[], Sequence[AppConfig]]) -> None:
+        self._apps = apps
+        self.wanted: dict[tuple[str, str], int] = {}
+
+    def rooms(self, limit: int, shard: merge.Owner) -> dict[tuple[str, str], int]:
+        apps = self._apps()
+        keys = {app.key for app in apps}
+        for key in set(self.wanted) - keys:
+            del self.wanted[key]
+        return merge.rooms(apps, limit, self.wanted, shard)
 
 
 class PollObserver(Protocol):
@@ -214,12 +232,15 @@ class Poller:
         monotonic: Callable[[], float] = time.monotonic,
         budget: Callable[[], tuple[int, float]] | None = None,
         on_change: Callable[[tuple[str, str], str, bool], None] | None = None,
+        limit: LimitShare | None = None,
     ) -> None:
         """``on_snapshot`` is called, on the event loop, each time a new snapshot is out;
         ``before_cycle`` at the start of each cycle (where a reload may :meth:`reconfigure`);
         ``budget`` gives the requests per window in force (default: the config's share);
         ``on_change`` is told each stream a cycle found going live or not live (app key,
-        stream id, live), not those :meth:`push` changed."""
+        stream id, live), not those :meth:`push` changed; ``limit`` shares
+        limits.max_livestreams with the other pollers of the process (default: this
+        poller's apps have it to themselves)."""
         self._config = config
         self._api = api
         self._observer = observer
@@ -238,7 +259,7 @@ class Poller:
         self._missing: dict[tuple[str, str], frozenset[str]] = {}
         # limits.max_livestreams: what each app last wanted to discover, this cycle's rooms
         # (merge.rooms), and the apps whose streams the limit keeps out (logged once).
-        self._wanted: dict[tuple[str, str], int] = {}
+        self._limit = limit if limit is not None else LimitShare(lambda: self._config.apps)
         self._rooms: dict[tuple[str, str], int] = {}
         self._limited: set[tuple[str, str]] = set()
         self._cycle_requests = 0
@@ -268,6 +289,7 @@ class Poller:
         # again after FILTER_RETRY); and those already warned about.
         self._unfiltered: dict[tuple[str, str], float] = {}
         self._filter_warned: set[tuple[str, str]] = set()
+        self._analytics = Analytics(on_read=self._analytics_read, clock=clock, monotonic=monotonic)
         for app in config.apps:
             self._track(app)
 
@@ -316,18 +338,30 @@ class Poller:
             for gone in known - keys:
                 self._observer.untrack_app(*gone)
         self._config = config
+        self._analytics.reconfigure(config.apps)
         if api is not None:
             self._api = api
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; a cycle that overruns starts the next one at once."""
-        while not stop.is_set():
-            started = self._monotonic()
-            await self.poll_once()
-            # Read after the cycle: a reload applied at its start may have changed it.
-            delay = max(0.0, started + self._config.poll.interval - self._monotonic())
-            with suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+        try:
+            while not stop.is_set():
+                started = self._monotonic()
+                await self.poll_once()
+                # Read after the cycle: a reload applied at its start may have changed it.
+                delay = max(0.0, started + self._config.poll.interval - self._monotonic())
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+        finally:
+            await self._analytics.close()
+
+    async def analytics_settled(self) -> None:
+        """Wait for the analytics being read, if any (tests)."""
+        await self._analytics.settled()
+
+    async def close(self) -> None:
+        """Stop reading analytics (cycles end with :meth:`run`)."""
+        await self._analytics.close()
 
     async def poll_once(self) -> Snapshot:
         """One cycle over every app; returns (and publishes) the new snapshot.
@@ -381,16 +415,42 @@ class Poller:
             cycles=prev.cycles + 1,
             app_level=self._config.shard.index == 0,
             livestream_limit=self._config.limits.max_livestreams,
+            analytics=self._analytics.current(apps),
         )
         self._snapshot = snapshot
         if self._on_snapshot is not None:
             self._on_snapshot()
         self._replan(statuses)
+        self._read_analytics()
         if self._observer is not None:
             self._observer.cycle(
                 self._monotonic() - started, waited_for_budget=deadline.budget_bound
             )
         return snapshot
+
+    def _read_analytics(self) -> None:
+        """Hand the analytics what this cycle left of its allowance: nothing while the
+        budget is short (statuses and counters come first), and only on shard 0 (the
+        values are the app's, like realtimekit_up)."""
+        poll = self._config.poll
+        requests, window = self._budget()
+        spare = 0
+        if self._lanes.mode == "full":
+            allowance = lanes.allowance(requests, window, poll.interval)
+            spare = math.floor(allowance) - self._cycle_requests
+        self._analytics.after_cycle(
+            self._config.apps,
+            self._api,
+            interval=poll.analytics_interval if self._config.shard.index == 0 else None,
+            spare=spare,
+            timeout=poll.interval,
+        )
+
+    def _analytics_read(self) -> None:
+        self._snapshot = dataclasses.replace(
+            self._snapshot, analytics=self._analytics.current(self._config.apps)
+        )
+        self._published_soon()
 
     def tracking(self, livestream_id: str) -> list[tuple[str, str]]:
         """The keys of the apps whose latest snapshot tracks ``livestream_id``."""
@@ -596,7 +656,7 @@ class Poller:
         shard = self._config.shard
         room = self._rooms.get(app.key)
         if full:
-            self._wanted[app.key] = merge.discovered(app, listing, shard)
+            self._limit.wanted[app.key] = merge.discovered(app, listing, shard)
         chosen = merge.tracked(app, listing, shard, room=room, prev=prev)
         _note_unaddressable(app, prev, chosen)
         plan = merge.plan(
@@ -1230,11 +1290,8 @@ class Poller:
 
     def _share_limit(self) -> None:
         """This cycle's rooms (:func:`merge.rooms`); apps no longer configured are forgotten."""
-        keys = {app.key for app in self._config.apps}
-        self._wanted = {key: n for key, n in self._wanted.items() if key in keys}
-        self._limited &= keys
-        limit = self._config.limits.max_livestreams
-        self._rooms = merge.rooms(self._config.apps, limit, self._wanted, self._config.shard)
+        self._limited &= {app.key for app in self._config.apps}
+        self._rooms = self._limit.rooms(self._config.limits.max_livestreams, self._config.shard)
 
     def _note_limit(self, app: AppConfig, state: AppState) -> None:
         """One warning when limits.max_livestreams starts keeping the app's listed streams

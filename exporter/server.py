@@ -1,8 +1,9 @@
 """The exporter process: wiring, HTTP endpoints and lifecycle.
 
-:class:`Exporter` builds one HTTP client session, the token's budget, the API client, the
-poller, the metrics registry and the /metrics exposition (:mod:`exporter.exposition`) from a
-:class:`~exporter.config.Config`, and takes a reloaded one at the next poll cycle.
+:class:`Exporter` builds one HTTP client session, the pollers of each API token
+(:mod:`exporter.fleet`), the metrics registry and the /metrics exposition
+(:mod:`exporter.exposition`) from a :class:`~exporter.config.Config`, and takes a
+reloaded one.
 :func:`create_app` serves ``/metrics``, ``/-/healthy``, ``/-/ready``, ``/-/reload`` and the
 status page (:mod:`exporter.statuspage`) at ``/``, behind basic auth if the web
 configuration (:mod:`exporter.webconfig`) asks for it;
@@ -24,16 +25,17 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__, receiver, statuspage
-from exporter.apitoken import ApiToken, budget_warnings
+from exporter.apitoken import budget_warnings
 from exporter.client import ENDPOINTS, REASONS
 from exporter.collector import SnapshotCollector
+from exporter.config import DEFAULT_CREDENTIALS
 from exporter.connections import IDLE_TIMEOUT, ConnectionGuard, GuardedSite, connection_limit
 from exporter.connections import REASONS as CLOSE_REASONS
 from exporter.exposition import Exposition
-from exporter.hints import KEPT_SHARE, RESULTS, Refresher
+from exporter.fleet import Fleet
+from exporter.hints import RESULTS
 from exporter.model import EMPTY_SNAPSHOT
 from exporter.negotiate import accepts_gzip, media_range
-from exporter.poller import Poller
 from exporter.telemetry import ExporterMetrics
 from exporter.webconfig import WWW_AUTHENTICATE, AuthOverloaded, WebState, client_key
 from exporter.webhookkey import PublicKeys
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
     from aiohttp.typedefs import Middleware
 
+    from exporter.apitoken import ApiToken
     from exporter.config import Config
     from exporter.model import PollError, Snapshot
 
@@ -108,10 +111,7 @@ class Exporter:
         self.metrics.config_loaded(ok=True, at=time.time())
         self._on_token = on_token
         self._session: aiohttp.ClientSession | None = None
-        self._poller: Poller | None = None
-        self._token: ApiToken | None = None
-        self._pending: Config | None = None
-        self.refresher: Refresher | None = None
+        self._fleet: Fleet | None = None
         self.keys: PublicKeys | None = None
         if config.webhooks is not None:
             self.metrics.enable_webhooks(
@@ -127,100 +127,72 @@ class Exporter:
         self.exposition = Exposition(own, lambda: self.poller.snapshot)
 
     @property
-    def poller(self) -> Poller:
-        if self._poller is None:
+    def poller(self) -> Fleet:
+        """The pollers of every credentials in use, seen as one."""
+        if self._fleet is None:
             raise RuntimeError("Exporter is not started; use 'async with'")
-        return self._poller
+        return self._fleet
+
+    @property
+    def refresher(self) -> Fleet | None:
+        """Where verified webhooks go (the refreshers of the units); None without a receiver."""
+        return self._fleet if self._fleet is not None and self.config.webhooks else None
+
+    @property
+    def token(self) -> ApiToken:
+        """The default credentials' token (with one token, the only one)."""
+        return self.poller.unit().token
 
     async def __aenter__(self) -> Exporter:
         self._session = aiohttp.ClientSession(
             headers={"User-Agent": f"realtimekit-exporter/{__version__}"},
-            # No pool limit of its own: the client bounds the requests in flight by
+            # No pool limit of its own: each client bounds the requests in flight by
             # api.max_concurrency, which a reload may change.
             connector=aiohttp.TCPConnector(limit=0),
             trust_env=False,  # see client.proxy_for
         )
         hooks = self.config.webhooks
-        self._token = token = ApiToken(
+        self._fleet = Fleet(
             self.config,
             session=self._session,
-            observer=self.metrics,
-            kept_share=KEPT_SHARE if hooks is not None else 0.0,
-            on_token=self._on_token,
-        )
-        self.metrics.watch_budget(token.budget.available, token.in_force)
-        self._poller = Poller(
-            config=self.config,
-            api=token.client,
-            observer=self.metrics,
+            metrics=self.metrics,
+            webhooks=hooks is not None,
             # The formats scraped lately start rendering for each new snapshot at once.
             on_snapshot=self.exposition.published,
-            before_cycle=self._before_cycle,
-            budget=token.planned,
-            on_change=self._found_change,
+            on_token=self._on_token,
         )
         if hooks is not None:
-            self.refresher = Refresher(
-                poller=self._poller,
-                api=lambda: token.client,
-                interval=lambda: self.config.poll.interval,
-                observer=self.metrics,
-                budget=token.in_force,
-                room=token.room,
-            )
             self.keys = PublicKeys(
                 url=hooks.public_key_url,
                 file=hooks.public_key_file,
                 session=self._session,
                 observer=self.metrics,
             )
-        for warning in budget_warnings(self.config):
-            log.warning("%s", warning)
+        _warn(self.config)
         return self
 
-    def _found_change(self, app: tuple[str, str], livestream_id: str, live: bool) -> None:
-        if self.refresher is not None:
-            self.refresher.found_change(app, livestream_id, live)
-
     def reconfigure(self, config: Config) -> None:
-        """Poll by ``config`` (a reload's) from the next cycle on. The snapshot carries
-        over, and so does the token's budget (:meth:`ApiToken.reconfigure`), which is
-        resized at once: the cycle under way may be waiting for it, up to a whole window,
-        and a raised api.rate_limit must not wait for the limit it raises."""
+        """Poll by ``config`` (a reload's): each credentials' unit takes it at its next
+        cycle, with its budget resized at once (:meth:`Fleet.reconfigure`); credentials
+        it adds start now, those it no longer uses stop. The snapshot carries over."""
         if self._on_token is not None:
-            self._on_token(config.api.token.reveal())
-        self._pending = config
-        if self._token is not None:
-            self._token.resize(config)
-
-    async def _before_cycle(self) -> None:
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            self._apply(pending)
-        if self.refresher is not None:
-            self.refresher.settle()
-        await self.token.rotate()
-
-    def _apply(self, new: Config) -> None:
+            for token in config.tokens():
+                self._on_token(token.reveal())
         old = self.config
-        rebuilt = self.token.reconfigure(new)
-        self.poller.reconfigure(new, api=self.token.client if rebuilt else None)
-        if new.webhooks != old.webhooks:
+        if config.webhooks != old.webhooks:
             log.warning(
                 "the webhooks section changed: it takes effect at the next restart "
                 "(the receiver keeps its listener, path and key source until then)"
             )
-            new = dataclasses.replace(new, webhooks=old.webhooks)
-        self.config = new
-        log.info("polling by the reloaded configuration: %s", new.summary())
-        for warning in budget_warnings(new):
-            log.warning("%s", warning)
-
-    @property
-    def token(self) -> ApiToken:
-        if self._token is None:
-            raise RuntimeError("Exporter is not started; use 'async with'")
-        return self._token
+            config = dataclasses.replace(config, webhooks=old.webhooks)
+        self.config = config
+        changes = self.poller.reconfigure(config)
+        log.info(
+            "polling by the reloaded configuration: %s%s",
+            config.summary(),
+            f" (credentials {', '.join(changes)})" if changes else "",
+        )
+        _warn(config)
 
     async def __aexit__(
         self,
@@ -229,13 +201,30 @@ class Exporter:
         tb: TracebackType | None,
     ) -> None:
         self.exposition.close()
-        if self.refresher is not None:
-            await self.refresher.close()
+        if self._fleet is not None:
+            await self._fleet.close()
         if self.keys is not None:
             await self.keys.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _warn(config: Config) -> None:
+    """Log what may go wrong with ``config``'s budgets, each credentials' own."""
+    for name in config.credential_names():
+        scoped = config.scoped(name)
+        for warning in budget_warnings(scoped):
+            log.warning("%s", warning if name == DEFAULT_CREDENTIALS else f"{name}: {warning}")
+    used = set(config.credential_names())
+    for credentials in config.credentials:
+        if credentials.name not in used:
+            log.warning(
+                "credentials %s are not used by any app (apps choose them with "
+                "credentials: %s)",
+                credentials.name,
+                credentials.name,
+            )
 
 
 class HttpObserver(Protocol):

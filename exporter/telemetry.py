@@ -14,9 +14,10 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 
 from exporter import __version__
+from exporter.config import DEFAULT_CREDENTIALS
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Mapping
 
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import Metric
@@ -45,8 +46,8 @@ class ExporterMetrics:
         self.api_requests = Counter(
             "realtimekit_exporter_api_requests",
             "Requests sent to the RealtimeKit API, by endpoint and HTTP status "
-            "(or timeout/connection_error).",
-            ["api_endpoint", "code"],
+            "(or timeout/connection_error), and the credentials they were sent with.",
+            ["credentials", "api_endpoint", "code"],
             registry=registry,
         )
         self.api_duration = Histogram(
@@ -56,14 +57,13 @@ class ExporterMetrics:
             buckets=_REQUEST_BUCKETS,
             registry=registry,
         )
-        for endpoint in endpoints:
+        self._endpoints = tuple(endpoints)
+        for endpoint in self._endpoints:
             self.api_duration.labels(endpoint)
-            # Present from the start, so that increase() sees the first 429 (an alert on
-            # rate limiting needs no special case for a series that is new).
-            self.api_requests.labels(endpoint, "429")
         self.poll_duration = Histogram(
             "realtimekit_exporter_poll_duration_seconds",
-            "Duration of whole poll cycles over every configured app.",
+            "Duration of whole poll cycles over every app read with the credentials.",
+            ["credentials"],
             buckets=_CYCLE_BUCKETS,
             registry=registry,
         )
@@ -72,12 +72,14 @@ class ExporterMetrics:
             "Poll cycles in which requests had to wait for the request budget "
             "(api.rate_limit): the cycle then runs longer than poll.interval instead of "
             "going over the limit.",
+            ["credentials"],
             registry=registry,
         )
         self.budget_available = Gauge(
             "realtimekit_exporter_request_budget_available",
             "Requests the exporter's request budget (api.rate_limit, divided among shards) "
             "would grant right now; 0 while the API has paused the token.",
+            ["credentials"],
             registry=registry,
         )
         self.budget_requests = Gauge(
@@ -85,22 +87,26 @@ class ExporterMetrics:
             "Requests per realtimekit_exporter_request_budget_window_seconds the exporter "
             "keeps to: api.rate_limit or the API's Ratelimit-Policy, whichever is less, "
             "divided among shards.",
+            ["credentials"],
             registry=registry,
         )
         self.budget_window = Gauge(
             "realtimekit_exporter_request_budget_window_seconds",
             "The window of realtimekit_exporter_request_budget_requests.",
+            ["credentials"],
             registry=registry,
         )
         self.policy_requests = Gauge(
             "realtimekit_exporter_rate_limit_policy_requests",
             "Requests per window the API states for the token (Ratelimit-Policy q); 0 "
             "until a response carried the header.",
+            ["credentials"],
             registry=registry,
         )
         self.policy_window = Gauge(
             "realtimekit_exporter_rate_limit_policy_window_seconds",
             "The window the API states for the token (Ratelimit-Policy w); 0 until known.",
+            ["credentials"],
             registry=registry,
         )
         self.counter_period = Gauge(
@@ -108,18 +114,21 @@ class ExporterMetrics:
             "Planned seconds between two refreshes of one live stream's session counters "
             "(poll.interval while the budget refreshes them all every cycle; +Inf if it "
             "has no room for any).",
+            ["credentials"],
             registry=registry,
         )
         self.listing_period = Gauge(
             "realtimekit_exporter_full_listing_period_seconds",
             "Planned seconds between two full listings (names, new and deleted streams); "
             "statuses of LIVE streams are read every poll.interval.",
+            ["credentials"],
             registry=registry,
         )
         self.lanes = Gauge(
             "realtimekit_exporter_poll_lanes",
             "1 while the budget cannot afford the full listing and every session each "
             "cycle, so the status is read every cycle and counters in turn; else 0.",
+            ["credentials"],
             registry=registry,
         )
         self.poll_errors = Counter(
@@ -169,7 +178,8 @@ class ExporterMetrics:
             "Requests answered 503 at once because the queue of password checks was full.",
             registry=registry,
         )
-        self._remaining: int | None = None
+        self._remaining: dict[str, int] = {}
+        self._views: dict[str, CredentialMetrics] = {}
         self._registry = registry
         self.webhooks: WebhookMetrics | None = None
         registry.register(_RateLimitCollector(self))
@@ -228,42 +238,11 @@ class ExporterMetrics:
     def auth_overloaded(self) -> None:
         self.auth_rejected.inc()
 
-    def request(self, endpoint: str, code: str, seconds: float) -> None:
-        self.api_requests.labels(endpoint, code).inc()
-        self.api_duration.labels(endpoint).observe(max(0.0, seconds))
-
-    def rate_limit_remaining(self, remaining: int) -> None:
-        self._remaining = remaining
-
-    def rate_limit_policy(self, requests: int, window: float) -> None:
-        self.policy_requests.set(requests)
-        self.policy_window.set(window)
-
-    def plan(self, *, counter_period: float, listing_period: float, lanes: bool) -> None:
-        """The poll plan of the next cycle (exporter.lanes)."""
-        self.counter_period.set(counter_period)
-        self.listing_period.set(listing_period)
-        self.lanes.set(1 if lanes else 0)
-
     def config_loaded(self, *, ok: bool, at: float) -> None:
         """A configuration was loaded (``ok``, at Unix time ``at``) or rejected."""
         self.reload_ok.set(1 if ok else 0)
         if ok:
             self.reload_time.set(at)
-
-    def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None:
-        self.poll_duration.observe(max(0.0, seconds))
-        if waited_for_budget:
-            self.budget_exhausted.inc()
-
-    def watch_budget(
-        self, available: Callable[[], int], in_force: Callable[[], tuple[int, float]]
-    ) -> None:
-        """Export ``available()`` (the requests the budget grants now) and ``in_force()``
-        (its requests per window) on every scrape."""
-        self.budget_available.set_function(available)
-        self.budget_requests.set_function(lambda: in_force()[0])
-        self.budget_window.set_function(lambda: in_force()[1])
 
     def poll_error(self, account_id: str, app_id: str, reason: str) -> None:
         self.poll_errors.labels(account_id, app_id, reason).inc()
@@ -279,9 +258,124 @@ class ExporterMetrics:
             with contextlib.suppress(KeyError):
                 self.poll_errors.remove(account_id, app_id, reason)
 
+    def credentials(self, name: str) -> CredentialMetrics:
+        """The metrics of the credentials ``name`` (their ``credentials`` label), which
+        their client and poller report to; the first call creates their series."""
+        view = self._views.get(name)
+        if view is None:
+            view = self._views[name] = CredentialMetrics(self, name)
+            for endpoint in self._endpoints:
+                # Present from the start, so that increase() sees the first 429 (an alert
+                # on rate limiting needs no special case for a series that is new).
+                self.api_requests.labels(name, endpoint, "429")
+            self.budget_exhausted.labels(name)
+            self.poll_duration.labels(name)
+        return view
+
+    def forget_credentials(self, name: str) -> None:
+        """Drop every series of the credentials ``name`` (a reload removed them)."""
+        self._views.pop(name, None)
+        self._remaining.pop(name, None)
+        for family in (
+            self.api_requests,
+            self.poll_duration,
+            self.budget_exhausted,
+            self.budget_available,
+            self.budget_requests,
+            self.budget_window,
+            self.policy_requests,
+            self.policy_window,
+            self.counter_period,
+            self.listing_period,
+            self.lanes,
+        ):
+            _remove_where(family, 0, name)
+
+    # What a client or poller given the metrics themselves reports: the default
+    # credentials' (a process with one token, and the tests).
+    def request(self, endpoint: str, code: str, seconds: float) -> None:
+        self.credentials(DEFAULT_CREDENTIALS).request(endpoint, code, seconds)
+
+    def rate_limit_remaining(self, remaining: int) -> None:
+        self.credentials(DEFAULT_CREDENTIALS).rate_limit_remaining(remaining)
+
+    def rate_limit_policy(self, requests: int, window: float) -> None:
+        self.credentials(DEFAULT_CREDENTIALS).rate_limit_policy(requests, window)
+
+    def plan(self, *, counter_period: float, listing_period: float, lanes: bool) -> None:
+        self.credentials(DEFAULT_CREDENTIALS).plan(
+            counter_period=counter_period, listing_period=listing_period, lanes=lanes
+        )
+
+    def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None:
+        self.credentials(DEFAULT_CREDENTIALS).cycle(seconds, waited_for_budget=waited_for_budget)
+
+    def watch_budget(
+        self, available: Callable[[], int], in_force: Callable[[], tuple[int, float]]
+    ) -> None:
+        self.credentials(DEFAULT_CREDENTIALS).watch_budget(available, in_force)
+
     @property
-    def remaining(self) -> int | None:
+    def remaining(self) -> Mapping[str, int]:
+        """The last ``Ratelimit`` remaining seen, by credentials."""
         return self._remaining
+
+
+class CredentialMetrics:
+    """What one credentials' client and poller report: the families of
+    :class:`ExporterMetrics` that carry a ``credentials`` label, at its name."""
+
+    def __init__(self, metrics: ExporterMetrics, name: str) -> None:
+        self._metrics = metrics
+        self.name = name
+
+    def request(self, endpoint: str, code: str, seconds: float) -> None:
+        self._metrics.api_requests.labels(self.name, endpoint, code).inc()
+        self._metrics.api_duration.labels(endpoint).observe(max(0.0, seconds))
+
+    def rate_limit_remaining(self, remaining: int) -> None:
+        self._metrics._remaining[self.name] = remaining
+
+    def rate_limit_policy(self, requests: int, window: float) -> None:
+        self._metrics.policy_requests.labels(self.name).set(requests)
+        self._metrics.policy_window.labels(self.name).set(window)
+
+    def plan(self, *, counter_period: float, listing_period: float, lanes: bool) -> None:
+        """The poll plan of the next cycle (exporter.lanes)."""
+        self._metrics.counter_period.labels(self.name).set(counter_period)
+        self._metrics.listing_period.labels(self.name).set(listing_period)
+        self._metrics.lanes.labels(self.name).set(1 if lanes else 0)
+
+    def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None:
+        self._metrics.poll_duration.labels(self.name).observe(max(0.0, seconds))
+        if waited_for_budget:
+            self._metrics.budget_exhausted.labels(self.name).inc()
+
+    def watch_budget(
+        self, available: Callable[[], int], in_force: Callable[[], tuple[int, float]]
+    ) -> None:
+        """Export ``available()`` (the requests the budget grants now) and ``in_force()``
+        (its requests per window) on every scrape."""
+        self._metrics.budget_available.labels(self.name).set_function(available)
+        self._metrics.budget_requests.labels(self.name).set_function(lambda: in_force()[0])
+        self._metrics.budget_window.labels(self.name).set_function(lambda: in_force()[1])
+
+    def poll_error(self, account_id: str, app_id: str, reason: str) -> None:
+        self._metrics.poll_error(account_id, app_id, reason)
+
+    def track_app(self, account_id: str, app_id: str) -> None:
+        self._metrics.track_app(account_id, app_id)
+
+    def untrack_app(self, account_id: str, app_id: str) -> None:
+        self._metrics.untrack_app(account_id, app_id)
+
+
+def _remove_where(family: Counter | Gauge | Histogram, index: int, value: str) -> None:
+    """Remove the children of ``family`` whose label at ``index`` is ``value``."""
+    for labels in list(family._metrics):  # no public listing of children upstream
+        if labels[index] == value:
+            with contextlib.suppress(KeyError):
+                family.remove(*labels)
 
 
 class WebhookMetrics:
@@ -332,7 +426,8 @@ class WebhookMetrics:
 
 
 class _RateLimitCollector:
-    """``realtimekit_exporter_rate_limit_remaining``, only once a ``Ratelimit`` header was seen."""
+    """``realtimekit_exporter_rate_limit_remaining``, for each credentials once a
+    ``Ratelimit`` header was seen."""
 
     def __init__(self, metrics: ExporterMetrics) -> None:
         self._metrics = metrics
@@ -341,13 +436,15 @@ class _RateLimitCollector:
         return iter(())
 
     def collect(self) -> Iterator[Metric]:
-        remaining = self._metrics.remaining
-        if remaining is None:
+        remaining = dict(self._metrics.remaining)
+        if not remaining:
             return
         family = GaugeMetricFamily(
             "realtimekit_exporter_rate_limit_remaining",
             "Requests left in the token's current rate-limit window, from the last "
-            "Ratelimit response header.",
+            "Ratelimit response header, by credentials.",
+            labels=["credentials"],
         )
-        family.add_metric([], remaining)
+        for name, value in sorted(remaining.items()):
+            family.add_metric([name], value)
         yield family

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from exporter.poller import Api
 
 PER_PAGE = 7
+DEFAULT = {"credentials": "default"}  # the labels of the exporter's budget metrics
 
 
 def world_with(clock: FakeClock, streams: int, live: int) -> World:
@@ -97,7 +98,7 @@ async def test_tight_budget_reads_the_live_listing_every_cycle(rig: Harness) -> 
         assert sum(cost.values()) <= math.floor(allowance) + 1, cost
         assert cost.get("active_livestream_session", 0) >= 5, cost
     assert rig.value("realtimekit_exporter_poll_lanes", app="") is None  # no labels
-    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes") == 1.0
+    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes", {"credentials": "default"}) == 1.0
 
 
 async def test_a_stop_shows_within_one_cycle_after_its_lookup(rig: Harness) -> None:
@@ -136,7 +137,9 @@ async def test_budget_far_too_small_for_counters(rig: Harness) -> None:
     rig.start(config_for(rig, 1250))
     for _ in range(3):
         await rig.poll()
-    period = rig.registry.get_sample_value("realtimekit_exporter_session_refresh_period_seconds")
+    period = rig.registry.get_sample_value(
+        "realtimekit_exporter_session_refresh_period_seconds", {"credentials": "default"}
+    )
     assert period is not None and 10 * INTERVAL <= period <= 20 * INTERVAL, period
     cycles = math.ceil(2 * period / INTERVAL)
     last: dict[str, float] = {}
@@ -236,7 +239,7 @@ async def test_generous_budget_keeps_the_full_plan(rig: Harness) -> None:
     for _ in range(4):
         _, cost = await rig.cycle_cost()
         assert cost == {"livestreams": math.ceil(60 / PER_PAGE), "active_livestream_session": 12}
-    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes") == 0.0
+    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes", {"credentials": "default"}) == 0.0
 
 
 async def test_the_api_stated_policy_lowers_the_budget() -> None:
@@ -256,8 +259,8 @@ async def test_the_api_stated_policy_lowers_the_budget() -> None:
         rig.start(config_for(rig, 1200))
         await rig.poll()
         sample = rig.registry.get_sample_value
-        assert sample("realtimekit_exporter_rate_limit_policy_requests") == 600
-        assert sample("realtimekit_exporter_rate_limit_policy_window_seconds") == 300
+        assert sample("realtimekit_exporter_rate_limit_policy_requests", DEFAULT) == 600
+        assert sample("realtimekit_exporter_rate_limit_policy_window_seconds", DEFAULT) == 300
 
 
 def test_stated_policy_reads_the_strictest_readable_policy() -> None:
@@ -335,7 +338,7 @@ async def test_a_large_first_listing_takes_at_most_half_the_budget(rig: Harness)
     snapshot, cost = await rig.cycle_cost()
     assert cost["livestreams"] <= 270 + 2 + 1, cost
     assert sum(live_of(snapshot).values()) == 12
-    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes") == 1.0
+    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes", {"credentials": "default"}) == 1.0
     for _ in range(60):
         snapshot = await rig.poll()
         if len(live_of(snapshot)) == 2000:
@@ -407,7 +410,7 @@ async def test_a_failed_cycle_keeps_the_lanes_plan(rig: Harness) -> None:
     snapshot = await rig.poll()
     app = snapshot.app(ACCOUNT, APP)
     assert app is not None and not app.up
-    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes") == 1.0
+    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes", {"credentials": "default"}) == 1.0
     rig.clock.now += 10  # the pause is over
     _, cost = await rig.cycle_cost()
     assert cost["livestreams"] == 2 + 1, cost

@@ -285,7 +285,9 @@ async def test_zombie_live_statuses_do_not_starve_real_live_counters(rig: Rig) -
         rig.sim.world.set_status(f"ls-{n:03d}", LIVE)  # listed LIVE, no session
     await rig.poll()
     await rig.poll()
-    period = rig.registry.get_sample_value("realtimekit_exporter_session_refresh_period_seconds")
+    period = rig.registry.get_sample_value(
+        "realtimekit_exporter_session_refresh_period_seconds", {"credentials": "default"}
+    )
     assert period is not None and math.isfinite(period)
     start = rig.clock.now
     cycles = math.ceil(2 * period / INTERVAL) + 2

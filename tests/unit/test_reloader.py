@@ -53,11 +53,11 @@ async def test_a_smaller_rate_limit_keeps_the_grants_already_made(
         for _ in range(3):
             await exporter.poller.poll_once()
         available = "realtimekit_exporter_request_budget_available"
-        assert registry.get_sample_value(available) == 1000 - sent(sim)
+        assert registry.get_sample_value(available, {"credentials": "default"}) == 1000 - sent(sim)
         write_config(path, sim.base_url, ["ls-1"], rate_limit="100/5m")
         assert await reloader.reload() is None
         await exporter.poller.poll_once()
-        assert registry.get_sample_value(available) == 100 - sent(sim)
+        assert registry.get_sample_value(available, {"credentials": "default"}) == 100 - sent(sim)
 
 
 @pytest.mark.usefixtures("token_env")

@@ -195,12 +195,12 @@ async def test_a_budget_too_small_for_a_cycle_stretches_it(harness: Harness) -> 
     exhausted = "realtimekit_exporter_poll_budget_exhausted_total"
     first = await harness.poll()
     assert all(a.up for a in first.apps)
-    assert harness.registry.get_sample_value(exhausted) == 0
+    assert harness.registry.get_sample_value(exhausted, {"credentials": "default"}) == 0
     started = harness.clock.now
     second = await harness.poll()
     assert all(a.up for a in second.apps)
     assert harness.clock.now - started >= 300.0 - INTERVAL  # it waited for the window
-    assert harness.registry.get_sample_value(exhausted) == 1
+    assert harness.registry.get_sample_value(exhausted, {"credentials": "default"}) == 1
     for reason in REASONS:
         for app in (APP, OTHER_APP):
             assert harness.value("realtimekit_exporter_poll_errors_total", app, reason=reason) == 0
