@@ -189,7 +189,7 @@ FILE_CASES: dict[str, tuple[str, dict[str, str], list[str]]] = {
         "invalid_many.yml",
         ENVIRON,
         [
-            "listen: unknown key (allowed: api, apps, limits, poll, webhooks)",
+            "listen: unknown key (allowed: api, apps, credentials, limits, poll, webhooks)",
             "api.retries: unknown key (allowed: base_url, max_concurrency, rate_limit, timeout, "
             "token, token_file)",
             f"api.timeout: {BAD_DURATION}",
@@ -286,7 +286,7 @@ def test_degenerate_documents(tmp_path: Path, text: str, expected: list[str]) ->
         (
             "apps: []\nsurprise: 1\n",
             [
-                "surprise: unknown key (allowed: api, apps, limits, poll, webhooks)",
+                "surprise: unknown key (allowed: api, apps, credentials, limits, poll, webhooks)",
                 "apps: must be a non-empty list",
             ],
         ),
@@ -299,11 +299,17 @@ def test_degenerate_documents(tmp_path: Path, text: str, expected: list[str]) ->
         ),
         (
             render(poll={"every": "30s"}),
-            ["poll.every: unknown key (allowed: full_listing_interval, interval, max_staleness)"],
+            [
+                "poll.every: unknown key (allowed: analytics_interval, full_listing_interval, "
+                "interval, max_staleness)"
+            ],
         ),
         (
             render(app={"name": "main"}),
-            ["apps[0].name: unknown key (allowed: account_id, app_id, discover, livestreams)"],
+            [
+                "apps[0].name: unknown key (allowed: account_id, app_id, credentials, discover, "
+                "livestreams)"
+            ],
         ),
         (
             render(app={"livestreams": [{"id": "a", "expect": True}]}),
