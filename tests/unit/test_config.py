@@ -1284,10 +1284,28 @@ def test_example_config_loads() -> None:
     assert config.api.token.reveal() == "example-token"
     assert config.api.base_url == DEFAULT_BASE_URL
     assert config.api.rate_limit == RateLimit(1000, 300.0)
-    assert config.poll == PollConfig(interval=30.0, max_staleness=300.0)
+    assert config.poll == PollConfig(interval=30.0, max_staleness=300.0, analytics_interval=300.0)
+    assert config.credentials == ()
+    assert [app.credentials for app in config.apps] == ["default", "default"]
     assert config.apps[0].livestreams == (
         LivestreamConfig("9fb22eea-3392-42ad-b884-1129a4f517d2", expect_live=True),
     )
+
+
+def test_example_config_credentials_load_when_uncommented() -> None:
+    """The commented-out credentials section and the app that uses it are a valid
+    configuration once uncommented."""
+    text = EXAMPLE.read_text()
+    for start, mark in (("#credentials:", "#"), ('  # - account_id: "7c5d', "# ")):
+        at = text.index(start)
+        end = text.index("\n\n", at)
+        block = "\n".join(line.replace(mark, "", 1) for line in text[at:end].split("\n"))
+        text = text[:at] + block + text[end:]
+    config = loads(text, environ={"CLOUDFLARE_API_TOKEN": "t", "AGENCY_B_TOKEN": "b-token"})
+    assert config.credentials == (
+        Credentials("agency-b", Secret("b-token"), rate_limit=RateLimit(1200, 300.0)),
+    )
+    assert config.credential_names() == ("default", "agency-b")
 
 
 def test_example_config_documents_every_key() -> None:
@@ -1298,7 +1316,7 @@ def test_example_config_documents_every_key() -> None:
         "poll", "interval", "max_staleness", "apps", "account_id", "app_id", "discover",
         "livestreams", "id", "expect_live", "limits", "max_livestreams",
         "full_listing_interval", "webhooks", "listen_address", "path", "public_key_url",
-        "public_key_file",
+        "public_key_file", "credentials", "analytics_interval",
     ]  # fmt: skip
     for key in keys:
         pattern = re.compile(rf"^\s*(#\s*)*(- )?{key}:")
