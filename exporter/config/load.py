@@ -433,40 +433,41 @@ class _Validator(Checker):
         # Compare only values the user actually gave validly, never a stand-in default.
         if interval_ok and staleness_ok and staleness < interval:
             self.fail("poll.max_staleness", "must be at least poll.interval")
-        analytics_every: float | None = max(DEFAULT_ANALYTICS_INTERVAL, interval)
-        if raw.get("analytics_interval") is not None:
-            analytics_every, analytics_ok = self.checked(
-                "poll.analytics_interval",
-                raw["analytics_interval"],
-                parse_analytics_interval,
-                analytics_every,
-            )
-            if (
-                analytics_ok
-                and interval_ok
-                and analytics_every is not None
-                and analytics_every < interval
-            ):
-                self.fail(
-                    "poll.analytics_interval",
-                    f"must be at least poll.interval ({format_duration(interval)})",
-                )
-        full_every: float | None = None
-        if raw.get("full_listing_interval") is not None:
-            full_every, full_ok = self.checked(
-                "poll.full_listing_interval",
-                raw["full_listing_interval"],
-                parse_duration,
-                None,
-            )
-            if full_ok and interval_ok and full_every is not None and full_every < interval:
-                self.fail("poll.full_listing_interval", "must be at least poll.interval")
+        given = interval if interval_ok else None
+        full_every = self.slower("full_listing_interval", raw, parse_duration, None, given)
+        analytics_every = self.slower(
+            "analytics_interval",
+            raw,
+            parse_analytics_interval,
+            max(DEFAULT_ANALYTICS_INTERVAL, interval),
+            given,
+        )
         return PollConfig(
             interval=interval,
             max_staleness=staleness,
             full_listing_interval=full_every,
             analytics_interval=analytics_every,
         )
+
+    def slower(
+        self,
+        key: str,
+        raw: dict[str, Any],
+        parse: Callable[[object], float | None],
+        default: float | None,
+        interval: float | None,
+    ) -> float | None:
+        """``poll.KEY`` parsed, or ``default`` when it is not written (or null); it must be
+        at least ``interval`` (poll.interval; None when that was not valid, so that only
+        values the user gave validly are compared)."""
+        path = f"poll.{key}"
+        if raw.get(key) is None:
+            return default
+        every: float | None
+        every, ok = self.checked(path, raw[key], parse, default)
+        if ok and interval is not None and every is not None and every < interval:
+            self.fail(path, f"must be at least poll.interval ({format_duration(interval)})")
+        return every
 
     def webhooks(self, value: object) -> WebhooksConfig:
         raw = self.mapping("webhooks", value, _WEBHOOKS)

@@ -2135,11 +2135,24 @@ def test_a_bare_off_in_the_file_turns_analytics_off(tmp_path: Path) -> None:
         ({"analytics_interval": True}, f"poll.analytics_interval: {BAD_DURATION} (or off)"),
         ({"analytics_interval": 0}, "poll.analytics_interval: must be greater than zero (or off)"),
         ({"interval": "soon", "analytics_interval": "1s"}, f"poll.interval: {BAD_DURATION}"),
+        (
+            {"full_listing_interval": "10s"},
+            "poll.full_listing_interval: must be at least poll.interval (30s)",
+        ),
     ],
-    ids=["below interval", "below a longer interval", "word", "true", "zero", "bad interval"],
+    ids=[
+        "below interval",
+        "below a longer interval",
+        "word",
+        "true",
+        "zero",
+        "bad interval",
+        "full listing below interval",
+    ],
 )
 def test_bad_analytics_intervals_are_reported(
     tmp_path: Path, poll: dict[str, object], problem: str
 ) -> None:
-    """A bad poll.analytics_interval is one problem; one below poll.interval names that."""
+    """A bad poll.analytics_interval is one problem; one below poll.interval (like
+    poll.full_listing_interval) names that and its value."""
     assert problems_of(render(poll=poll), tmp_path) == [problem]
