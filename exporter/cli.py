@@ -293,7 +293,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_OK
 
     # Every token in use since start (a reload or a rotated token file adds one).
-    tokens = [cfg.api.token.reveal()]
+    tokens = [t.reveal() for t in cfg.tokens()]
 
     def new_token(token: str) -> None:
         if token not in tokens:
@@ -492,8 +492,8 @@ def _webhooks_main(args: argparse.Namespace) -> int:
         cfg = config.load(path)
     except config.ConfigError as exc:
         return fail(EXIT_USAGE, f"invalid configuration: {exc}")
-    token = cfg.api.token.reveal()
-    logs.configure(level=args.log_level, fmt=args.log_format, secrets=lambda: (token,))
+    tokens = tuple(t.reveal() for t in cfg.tokens())
+    logs.configure(level=args.log_level, fmt=args.log_format, secrets=lambda: tokens)
     url: str = getattr(args, "url", "")
     name: str = getattr(args, "name", registration.DEFAULT_NAME)
     if not name.strip():

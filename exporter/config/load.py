@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
-from exporter.config.checks import Checker, ConfigError
+from exporter.config.checks import Checker, ConfigError, join
 from exporter.config.files import (
     MAX_CONFIG_FILE_BYTES,
     UnreadableFile,
@@ -24,18 +24,22 @@ from exporter.config.files import (
     read_token_file,
 )
 from exporter.config.records import (
+    DEFAULT_ANALYTICS_INTERVAL,
     DEFAULT_BASE_URL,
+    DEFAULT_CREDENTIALS,
     DEFAULT_MAX_LIVESTREAMS,
     DEFAULT_WEBHOOK_PORT,
     ApiConfig,
     AppConfig,
     Config,
+    Credentials,
     Limits,
     LivestreamConfig,
     PollConfig,
     RateLimit,
     Shard,
     WebhooksConfig,
+    format_duration,
 )
 from exporter.config.secret import Secret
 from exporter.config.yamldoc import YamlError, parse_yaml
@@ -61,20 +65,26 @@ _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # used with fullmatch: no trailing newline
 _LISTEN_PORT = re.compile(r"[0-9]{1,5}")
 _WEBHOOK_PATH = re.compile(r"(/[A-Za-z0-9._~\-]+)+")  # fullmatch: plain segments, no dot ones
+# A name of the credentials section (a label value of the budget metrics).
+_CREDENTIALS_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # fullmatch
 
 # The keys of each mapping; together, the keys an error may name (anything else might be
 # a misplaced secret).
-_ROOT: Final = frozenset({"api", "poll", "apps", "limits", "webhooks"})
+_ROOT: Final = frozenset({"api", "credentials", "poll", "apps", "limits", "webhooks"})
 _API: Final = frozenset(
     {"base_url", "token", "token_file", "timeout", "max_concurrency", "rate_limit"}
 )
-_POLL: Final = frozenset({"interval", "max_staleness", "full_listing_interval"})
+_CREDENTIALS: Final = frozenset({"token", "token_file", "rate_limit"})
+_POLL: Final = frozenset(
+    {"interval", "max_staleness", "full_listing_interval", "analytics_interval"}
+)
 _WEBHOOKS: Final = frozenset({"listen_address", "path", "public_key_url", "public_key_file"})
 _LIMITS: Final = frozenset({"max_livestreams"})
-_APP: Final = frozenset({"account_id", "app_id", "discover", "livestreams"})
+_APP: Final = frozenset({"account_id", "app_id", "discover", "livestreams", "credentials"})
 _LIVESTREAM: Final = frozenset({"id", "expect_live"})
 WHOLE: Final = Shard()  # no sharding
-_SCHEMA_KEYS: Final = _ROOT | _API | _POLL | _WEBHOOKS | _LIMITS | _APP | _LIVESTREAM
+_DEFAULT_RATE_LIMIT: Final = RateLimit(1000, 300.0)
+_SCHEMA_KEYS: Final = _ROOT | _API | _CREDENTIALS | _POLL | _WEBHOOKS | _LIMITS | _APP | _LIVESTREAM
 
 
 def parse_duration(value: object) -> float:
@@ -95,6 +105,16 @@ def parse_duration(value: object) -> float:
     if seconds <= 0:
         raise ValueError("must be greater than zero")
     return seconds
+
+
+def parse_analytics_interval(value: object) -> float | None:
+    """A duration, or ``off`` (None: never read); YAML reads a bare ``off`` as false."""
+    if value is False or value == "off":
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or off)") from None
 
 
 def parse_rate_limit(value: object) -> RateLimit:
@@ -193,9 +213,21 @@ class _Validator(Checker):
             # Nothing below can be checked; the missing api/apps would only be noise.
             raise ConfigError(["(top level): must be a mapping"], source=source)
         root = self.mapping("", document, _ROOT)
-        api = self.api(root.get("api", {}), shard)
+        api, token_given = self.api(root.get("api", {}), shard)
+        token_problem_at = len(self.problems)
+        credentials = self.credentials(root.get("credentials"), shard)
         poll = self.poll(root.get("poll", {}))
-        apps = self.apps(root.get("apps"))
+        names = (DEFAULT_CREDENTIALS, *(c.name for c in credentials))
+        apps = self.apps(root.get("apps"), names)
+        # The api section's token is needed by the apps read with it (or, with no app, to
+        # say so), known only now; the problem is listed among the api section's.
+        if not token_given and (
+            not apps or any(app.credentials == DEFAULT_CREDENTIALS for app in apps)
+        ):
+            self.problems.insert(
+                token_problem_at,
+                f"api: no API token: set api.token, api.token_file or {TOKEN_ENV}",
+            )
         limits = self.limits(root.get("limits", {}), apps)
         webhooks = self.webhooks(root["webhooks"]) if root.get("webhooks") is not None else None
         self.raise_if_any(ConfigError, source)
@@ -207,6 +239,7 @@ class _Validator(Checker):
             shard=shard,
             limits=limits,
             webhooks=webhooks,
+            credentials=credentials,
         )
 
     def expand(self, path: str, value: str) -> str | None:
@@ -250,7 +283,9 @@ class _Validator(Checker):
             self.fail(path, str(exc))
             return default, False
 
-    def api(self, value: object, shard: Shard) -> ApiConfig:
+    def api(self, value: object, shard: Shard) -> tuple[ApiConfig, bool]:
+        """The api section, and whether it gives a token (when it does not, the token is
+        Secret("") and no problem is reported yet)."""
         raw = self.mapping("api", value, _API)
         base_url = DEFAULT_BASE_URL
         if "base_url" in raw and (url := self.string("api.base_url", raw["base_url"])) is not None:
@@ -260,23 +295,10 @@ class _Validator(Checker):
         if not _whole(concurrency, 1, MAX_CONCURRENCY):
             self.fail("api.max_concurrency", f"must be a whole number from 1 to {MAX_CONCURRENCY}")
             concurrency = 8
-        rate, rate_ok = self.checked(
-            "api.rate_limit",
-            raw.get("rate_limit", "1000/5m"),
-            parse_rate_limit,
-            RateLimit(1000, 300.0),
-        )
-        if rate_ok:
-            try:
-                shard.budget(rate)
-            except ValueError:
-                self.fail(
-                    "api.rate_limit",
-                    f"{rate} is fewer requests than --total-shards={shard.total}: every "
-                    "shard needs one of its own",
-                )
-        token, token_file = self.token(raw)
-        return ApiConfig(
+        rate = self.rate_limit("api", raw, shard)
+        given = self.token("api", raw, env=TOKEN_ENV)
+        token, token_file = given or (Secret(""), None)
+        api = ApiConfig(
             token=token,
             base_url=base_url,
             token_file=token_file,
@@ -284,6 +306,63 @@ class _Validator(Checker):
             max_concurrency=concurrency,
             rate_limit=rate,
         )
+        return api, given is not None
+
+    def rate_limit(self, where: str, raw: dict[str, Any], shard: Shard) -> RateLimit:
+        """The ``rate_limit`` of section ``where``, which every shard must have a share of."""
+        path = f"{where}.rate_limit"
+        rate: RateLimit
+        rate, rate_ok = self.checked(
+            path, raw.get("rate_limit", "1000/5m"), parse_rate_limit, _DEFAULT_RATE_LIMIT
+        )
+        if rate_ok:
+            try:
+                shard.budget(rate)
+            except ValueError:
+                self.fail(
+                    path,
+                    f"{rate} is fewer requests than --total-shards={shard.total}: every "
+                    "shard needs one of its own",
+                )
+        return rate
+
+    def credentials(self, value: object, shard: Shard) -> tuple[Credentials, ...]:
+        """The credentials section: each name's token and budget, in file order."""
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            self.fail("credentials", "must be a mapping of names to token and rate_limit")
+            return ()
+        out: list[Credentials] = []
+        for name, item in value.items():
+            if name == DEFAULT_CREDENTIALS:
+                self.fail(
+                    f"credentials.{name}",
+                    "is the api section's token: set it there (api.token, api.token_file or "
+                    f"{TOKEN_ENV})",
+                )
+            elif not isinstance(name, str) or not _CREDENTIALS_NAME.fullmatch(name):
+                self.fail(
+                    join("credentials", _shown_key(name, "a name")),
+                    "a name must be 1 to 64 letters, digits, '_', '-' and '.'",
+                )
+            else:
+                out.append(self.credential(name, item, shard))
+        return tuple(out)
+
+    def credential(self, name: str, value: object, shard: Shard) -> Credentials:
+        where = f"credentials.{name}"
+        if value is not None and not isinstance(value, dict):
+            # Never "no token" as well: the value written may be the token itself.
+            self.fail(where, "must be a mapping with token or token_file (and rate_limit)")
+            return Credentials(name=name, token=Secret(""))
+        raw = self.mapping(where, value, _CREDENTIALS)
+        rate = self.rate_limit(where, raw, shard)
+        given = self.token(where, raw)
+        if given is None:  # no environment fallback: that is the api section's
+            self.fail(where, f"no API token: set {where}.token or {where}.token_file")
+        token, token_file = given or (Secret(""), None)
+        return Credentials(name=name, token=token, token_file=token_file, rate_limit=rate)
 
     def base_url(self, url: str) -> str:
         # Messages never quote the URL: it may carry a password.
@@ -301,39 +380,46 @@ class _Validator(Checker):
             self.fail("api.base_url", "must not have a query or fragment")
         return url.rstrip("/")
 
-    def token(self, raw: dict[str, Any]) -> tuple[Secret, Path | None]:
+    def token(
+        self, where: str, raw: dict[str, Any], *, env: str | None = None
+    ) -> tuple[Secret, Path | None] | None:
+        """The token section ``where`` gives (``api``, ``credentials.NAME``) and the file it
+        is read from: its ``token``, the file its ``token_file`` names, or else environment
+        variable ``env``. A stand-in once a problem is reported; None if none is given."""
         if "token" in raw and "token_file" in raw:
-            self.fail("api", "set api.token or api.token_file, not both")
+            self.fail(where, f"set {where}.token or {where}.token_file, not both")
             return Secret(""), None
         if "token_file" in raw:
-            name = self.string("api.token_file", raw["token_file"])
+            key = f"{where}.token_file"
+            name = self.string(key, raw["token_file"])
             if name is None:
                 return Secret(""), None
             path = Path(name)
             if not path.is_absolute():
                 path = self.base_dir / path
             try:
-                shown = _shown_path(name, path)
+                shown = _shown_path(name, path, key)
                 return Secret(read_token_file(path, shown=shown)), path
             except ValueError as exc:
-                self.fail("api.token_file", str(exc))
+                self.fail(key, str(exc))
                 return Secret(""), path
         if "token" in raw:
+            key = f"{where}.token"
             if raw["token"] is None:
-                self.fail("api.token", "is empty")
+                self.fail(key, "is empty")
                 return Secret(""), None
-            text = self.string("api.token", raw["token"], secret=True)
+            text = self.string(key, raw["token"], secret=True)
             if text is None:
                 return Secret(""), None
             text = text.strip()
             if problem := _token_problem(text):
-                self.fail("api.token", problem)
+                self.fail(key, problem)
             return Secret(text), None
-        env_token = self.environ.get(TOKEN_ENV, "").strip()
+        env_token = self.environ.get(env, "").strip() if env is not None else ""
         if not env_token:
-            self.fail("api", f"no API token: set api.token, api.token_file or {TOKEN_ENV}")
-        elif problem := _token_problem(env_token):
-            self.fail("api", f"{TOKEN_ENV} {problem}")
+            return None
+        if problem := _token_problem(env_token):
+            self.fail(where, f"{env} {problem}")
         return Secret(env_token), None
 
     def poll(self, value: object) -> PollConfig:
@@ -347,19 +433,41 @@ class _Validator(Checker):
         # Compare only values the user actually gave validly, never a stand-in default.
         if interval_ok and staleness_ok and staleness < interval:
             self.fail("poll.max_staleness", "must be at least poll.interval")
-        full_every: float | None = None
-        if raw.get("full_listing_interval") is not None:
-            full_every, full_ok = self.checked(
-                "poll.full_listing_interval",
-                raw["full_listing_interval"],
-                parse_duration,
-                None,
-            )
-            if full_ok and interval_ok and full_every is not None and full_every < interval:
-                self.fail("poll.full_listing_interval", "must be at least poll.interval")
-        return PollConfig(
-            interval=interval, max_staleness=staleness, full_listing_interval=full_every
+        given = interval if interval_ok else None
+        full_every = self.slower("full_listing_interval", raw, parse_duration, None, given)
+        analytics_every = self.slower(
+            "analytics_interval",
+            raw,
+            parse_analytics_interval,
+            max(DEFAULT_ANALYTICS_INTERVAL, interval),
+            given,
         )
+        return PollConfig(
+            interval=interval,
+            max_staleness=staleness,
+            full_listing_interval=full_every,
+            analytics_interval=analytics_every,
+        )
+
+    def slower(
+        self,
+        key: str,
+        raw: dict[str, Any],
+        parse: Callable[[object], float | None],
+        default: float | None,
+        interval: float | None,
+    ) -> float | None:
+        """``poll.KEY`` parsed, or ``default`` when it is not written (or null); it must be
+        at least ``interval`` (poll.interval; None when that was not valid, so that only
+        values the user gave validly are compared)."""
+        path = f"poll.{key}"
+        if raw.get(key) is None:
+            return default
+        every: float | None
+        every, ok = self.checked(path, raw[key], parse, default)
+        if ok and interval is not None and every is not None and every < interval:
+            self.fail(path, f"must be at least poll.interval ({format_duration(interval)})")
+        return every
 
     def webhooks(self, value: object) -> WebhooksConfig:
         raw = self.mapping("webhooks", value, _WEBHOOKS)
@@ -430,7 +538,8 @@ class _Validator(Checker):
             )
         return Limits(max_livestreams=limit)
 
-    def apps(self, value: object) -> tuple[AppConfig, ...]:
+    def apps(self, value: object, credentials: tuple[str, ...]) -> tuple[AppConfig, ...]:
+        """The apps, each read with one of the ``credentials`` named."""
         if value is None:
             self.fail("apps", "at least one app is required")
             return ()
@@ -440,7 +549,7 @@ class _Validator(Checker):
         apps: list[AppConfig] = []
         seen: set[tuple[str, str]] = set()
         for i, item in enumerate(value):
-            app = self.app(f"apps[{i}]", item)
+            app = self.app(f"apps[{i}]", item, credentials)
             if app is None:
                 continue
             if app.key in seen:
@@ -473,7 +582,7 @@ class _Validator(Checker):
             return None
         return value
 
-    def app(self, path: str, value: object) -> AppConfig | None:
+    def app(self, path: str, value: object, credentials: tuple[str, ...]) -> AppConfig | None:
         if not isinstance(value, dict):  # includes a bare "-" (null) list item
             self.fail(path, "must be a mapping")
             return None
@@ -481,6 +590,7 @@ class _Validator(Checker):
         account = self.identifier(f"{path}.account_id", raw.get("account_id"), max_len=32)
         app_id = self.identifier(f"{path}.app_id", raw.get("app_id"), max_len=32)
         discover = self.boolean(f"{path}.discover", raw.get("discover", False))
+        used = self.credentials_name(f"{path}.credentials", raw.get("credentials"), credentials)
         written = raw.get("livestreams")
         streams = self.livestreams(f"{path}.livestreams", written)
         # Judged on what was written, so a bad livestream entry or discover value is not
@@ -490,8 +600,28 @@ class _Validator(Checker):
         if account is None or app_id is None:
             return None
         return AppConfig(
-            account_id=account, app_id=app_id, discover=bool(discover), livestreams=streams
+            account_id=account,
+            app_id=app_id,
+            discover=bool(discover),
+            livestreams=streams,
+            credentials=used,
         )
+
+    def credentials_name(self, path: str, value: object, defined: tuple[str, ...]) -> str:
+        """The credentials an app is read with: one of those ``defined``; left out or null,
+        the api section's."""
+        if value is None:
+            return DEFAULT_CREDENTIALS
+        name = self.string(path, value)
+        if name is None:
+            return ""
+        if name not in defined:
+            self.fail(
+                path,
+                f"no credentials named {_shown_key(name, 'a name')} "
+                f"(defined: {', '.join(defined)})",
+            )
+        return name
 
     def livestreams(self, path: str, value: object) -> tuple[LivestreamConfig, ...]:
         if value is None:
@@ -536,13 +666,13 @@ def _token_problem(token: str) -> str | None:
     return None
 
 
-def _shown_path(name: str, path: Path) -> str:
+def _shown_path(name: str, path: Path, key: str) -> str:
     """How an error may name the token file: by its path when ``name`` (as expanded) looks
     like one (a separator or a dot, or short). A long bare word could be the token itself
     put in the wrong key (API tokens are 40 characters of letters, digits, '-' and '_')."""
     if len(name) <= 24 or any(c in name for c in "/\\."):
         return str(path)
-    return f"the file named by api.token_file ({len(name)} characters)"
+    return f"the file named by {key} ({len(name)} characters)"
 
 
 def _shown_address(text: str) -> str:
@@ -554,8 +684,9 @@ def _shown_address(text: str) -> str:
     return f"the address given ({len(text)} characters)"
 
 
-def _shown_key(key: object) -> str:
-    """A mistyped key as it may be shown: short and plain, else described, never quoted.
+def _shown_key(key: object, what: str = "unknown key") -> str:
+    """A mistyped key (or name) as it may be shown: short and plain, else described as
+    ``what``, never quoted.
 
     A long or odd key could be a secret pasted in the wrong place (API tokens are 40
     characters), and a control character would break the one-line error.
@@ -563,4 +694,4 @@ def _shown_key(key: object) -> str:
     text = str(key)
     if _SHOWN_KEY.fullmatch(text):
         return text
-    return f"<unknown key of {len(text)} characters>"
+    return f"<{what} of {len(text)} characters>"

@@ -200,6 +200,7 @@ class Config:
     def summary(self) -> str:
         streams = sum(len(a.livestreams) for a in self.apps)
         discovering = sum(1 for a in self.apps if a.discover)
+        in_use = len(self.credential_names())
         return (
             f"{len(self.apps)} app(s), {streams} configured livestream(s), "
             f"discovery on {discovering} app(s), poll every {format_duration(self.poll.interval)}, "
@@ -209,6 +210,7 @@ class Config:
                 if self.shard.sharded
                 else ""
             )
+            + (f", {in_use} credential(s)" if in_use > 1 else "")
         )
 
 

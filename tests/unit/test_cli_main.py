@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from exporter import cli
+from exporter import cli, logs
 from exporter import config as config_module
 from exporter.cliargs import EXIT_FAILURE, UsageError, parse_listen
 from tests.reloading import cli_config
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
     from pathlib import Path
 
 
@@ -88,3 +89,41 @@ def test_a_signal_while_the_config_is_read_ends_with_one_line(
     assert cli.main(["--config.file", str(config), "--config.check"]) == EXIT_FAILURE
     assert capsys.readouterr().err == "realtimekit-exporter: interrupted while starting\n"
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+class _Configured(Exception):
+    """Raised by the stand-in for logs.configure, to stop main() once logging is set."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        super().__init__("configured")
+        self.secrets = secrets
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--once", "--config.file", "{path}"], ["webhooks", "list", "--config.file", "{path}"]],
+    ids=["exporter", "webhooks command"],
+)
+def test_logs_redact_every_credentials_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    """The log lines of the exporter and of the webhooks command hide the token of every
+    credential in the configuration, not the api section's alone."""
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "api: {token: default-token-0123456789}\n"
+        "credentials:\n  b: {token: b-token-0123456789}\n  c: {token: c-token-0123456789}\n"
+        "apps:\n  - {account_id: a, app_id: x, discover: true, credentials: b}\n"
+    )
+
+    def configure(*, secrets: Callable[[], Iterable[str]], **kwargs: object) -> None:
+        raise _Configured(tuple(secrets()))
+
+    monkeypatch.setattr(logs, "configure", configure)
+    with pytest.raises(_Configured) as caught:
+        cli.main([word.replace("{path}", str(path)) for word in argv])
+    assert sorted(caught.value.secrets) == [
+        "b-token-0123456789",
+        "c-token-0123456789",
+        "default-token-0123456789",
+    ]

@@ -22,10 +22,12 @@ from exporter.config import (
     AppConfig,
     Config,
     ConfigError,
+    Credentials,
     LivestreamConfig,
     PollConfig,
     RateLimit,
     Secret,
+    Shard,
     UnreadableFile,
     WebhooksConfig,
     YamlError,
@@ -189,7 +191,7 @@ FILE_CASES: dict[str, tuple[str, dict[str, str], list[str]]] = {
         "invalid_many.yml",
         ENVIRON,
         [
-            "listen: unknown key (allowed: api, apps, limits, poll, webhooks)",
+            "listen: unknown key (allowed: api, apps, credentials, limits, poll, webhooks)",
             "api.retries: unknown key (allowed: base_url, max_concurrency, rate_limit, timeout, "
             "token, token_file)",
             f"api.timeout: {BAD_DURATION}",
@@ -286,7 +288,7 @@ def test_degenerate_documents(tmp_path: Path, text: str, expected: list[str]) ->
         (
             "apps: []\nsurprise: 1\n",
             [
-                "surprise: unknown key (allowed: api, apps, limits, poll, webhooks)",
+                "surprise: unknown key (allowed: api, apps, credentials, limits, poll, webhooks)",
                 "apps: must be a non-empty list",
             ],
         ),
@@ -299,11 +301,17 @@ def test_degenerate_documents(tmp_path: Path, text: str, expected: list[str]) ->
         ),
         (
             render(poll={"every": "30s"}),
-            ["poll.every: unknown key (allowed: full_listing_interval, interval, max_staleness)"],
+            [
+                "poll.every: unknown key (allowed: analytics_interval, full_listing_interval, "
+                "interval, max_staleness)"
+            ],
         ),
         (
             render(app={"name": "main"}),
-            ["apps[0].name: unknown key (allowed: account_id, app_id, discover, livestreams)"],
+            [
+                "apps[0].name: unknown key (allowed: account_id, app_id, credentials, discover, "
+                "livestreams)"
+            ],
         ),
         (
             render(app={"livestreams": [{"id": "a", "expect": True}]}),
@@ -1276,10 +1284,28 @@ def test_example_config_loads() -> None:
     assert config.api.token.reveal() == "example-token"
     assert config.api.base_url == DEFAULT_BASE_URL
     assert config.api.rate_limit == RateLimit(1000, 300.0)
-    assert config.poll == PollConfig(interval=30.0, max_staleness=300.0)
+    assert config.poll == PollConfig(interval=30.0, max_staleness=300.0, analytics_interval=300.0)
+    assert config.credentials == ()
+    assert [app.credentials for app in config.apps] == ["default", "default"]
     assert config.apps[0].livestreams == (
         LivestreamConfig("9fb22eea-3392-42ad-b884-1129a4f517d2", expect_live=True),
     )
+
+
+def test_example_config_credentials_load_when_uncommented() -> None:
+    """The commented-out credentials section and the app that uses it are a valid
+    configuration once uncommented."""
+    text = EXAMPLE.read_text()
+    for start, mark in (("#credentials:", "#"), ('  # - account_id: "7c5d', "# ")):
+        at = text.index(start)
+        end = text.index("\n\n", at)
+        block = "\n".join(line.replace(mark, "", 1) for line in text[at:end].split("\n"))
+        text = text[:at] + block + text[end:]
+    config = loads(text, environ={"CLOUDFLARE_API_TOKEN": "t", "AGENCY_B_TOKEN": "b-token"})
+    assert config.credentials == (
+        Credentials("agency-b", Secret("b-token"), rate_limit=RateLimit(1200, 300.0)),
+    )
+    assert config.credential_names() == ("default", "agency-b")
 
 
 def test_example_config_documents_every_key() -> None:
@@ -1290,7 +1316,7 @@ def test_example_config_documents_every_key() -> None:
         "poll", "interval", "max_staleness", "apps", "account_id", "app_id", "discover",
         "livestreams", "id", "expect_live", "limits", "max_livestreams",
         "full_listing_interval", "webhooks", "listen_address", "path", "public_key_url",
-        "public_key_file",
+        "public_key_file", "credentials", "analytics_interval",
     ]  # fmt: skip
     for key in keys:
         pattern = re.compile(rf"^\s*(#\s*)*(- )?{key}:")
@@ -1618,3 +1644,515 @@ def test_bad_webhooks_settings_are_named(section: str, problem: str) -> None:
     assert len(caught.value.problems) == 1
     assert caught.value.problems[0].startswith(problem), caught.value.problems
     assert "u:p@" not in str(caught.value)
+
+
+# -- named credentials ------------------------------------------------------------------
+
+B_TOKEN = "agency-b-token-0123456789"
+C_TOKEN = "agency-c-token-0123456789"
+LONG_SECRET = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-xy"  # 40 characters, like an API token
+NAME_RULE = "a name must be 1 to 64 letters, digits, '_', '-' and '.'"
+
+
+def with_credentials(
+    credentials: object, *used: object, api: Mapping[str, Any] | None = None
+) -> str:
+    """A document with this ``credentials`` section and one discovering app read with each
+    name in ``used`` (OMIT: its credentials key left out), plus any api keys."""
+    apps = [
+        {"account_id": ACCOUNT, "app_id": f"app-{i}", "discover": True}
+        | ({} if name is OMIT else {"credentials": name})
+        for i, name in enumerate(used)
+    ]
+    document: dict[str, Any] = {} if api is None else {"api": dict(api)}
+    return yaml.safe_dump(document | {"credentials": credentials, "apps": apps}, sort_keys=False)
+
+
+def test_credentials_are_read_in_file_order(tmp_path: Path) -> None:
+    """Each credentials entry becomes a Credentials record, in file order: its token (from
+    token, or a token_file beside the config file), its file and its rate limit (default
+    1000/5m); each app records the name it is read with (default: default)."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "b.token").write_text(f"{B_TOKEN}\n")
+    path = tmp_path / "etc" / "config.yml"
+    credentials = {
+        "agency-b": {"token_file": "b.token", "rate_limit": "1200/5m"},
+        "agency.c_2": {"token": "${C_TOKEN}"},
+    }
+    path.write_text(
+        with_credentials(credentials, OMIT, "agency-b", "agency.c_2", "default", "agency-b")
+    )
+    config = load(path, environ={**ENVIRON, "C_TOKEN": C_TOKEN})
+    assert config.credentials == (
+        Credentials(
+            name="agency-b",
+            token=Secret(B_TOKEN),
+            token_file=tmp_path / "etc" / "b.token",
+            rate_limit=RateLimit(1200, 300.0),
+        ),
+        Credentials(name="agency.c_2", token=Secret(C_TOKEN), rate_limit=RateLimit(1000, 300.0)),
+    )
+    assert [app.credentials for app in config.apps] == [
+        "default",
+        "agency-b",
+        "agency.c_2",
+        "default",
+        "agency-b",
+    ]
+    assert config.api.token == Secret(ENV_TOKEN)
+    assert config.credential_names() == ("default", "agency-b", "agency.c_2")
+    assert {t.reveal() for t in config.tokens()} == {ENV_TOKEN, B_TOKEN, C_TOKEN}
+
+
+def test_scoped_config_is_what_one_credential_sees(tmp_path: Path) -> None:
+    """Config.scoped(name) puts that credential's token, token file and rate limit in api,
+    keeps only its apps and the rest of the api section; scoped("default") is the api
+    section's own."""
+    (tmp_path / "b.token").write_text(B_TOKEN)
+    text = with_credentials(
+        {"agency-b": {"token_file": "b.token", "rate_limit": "1200/5m"}},
+        "agency-b",
+        OMIT,
+        "agency-b",
+        api={"timeout": "3s", "rate_limit": "600/5m"},
+    )
+    config = parse(text, tmp_path)
+    b = config.scoped("agency-b")
+    assert b.api == ApiConfig(
+        token=Secret(B_TOKEN),
+        token_file=tmp_path / "b.token",
+        timeout=3.0,
+        rate_limit=RateLimit(1200, 300.0),
+    )
+    assert [app.app_id for app in b.apps] == ["app-0", "app-2"]
+    assert b.credentials == ()
+    assert (b.poll, b.limits, b.shard) == (config.poll, config.limits, config.shard)
+    default = config.scoped("default")
+    assert default.api == config.api
+    assert [app.app_id for app in default.apps] == ["app-1"]
+
+
+def test_the_api_token_is_needed_only_by_apps_read_with_it(tmp_path: Path) -> None:
+    """With every app on other credentials, no api token is no problem (the token is
+    empty); one given anyway is used, and still checked."""
+    text = with_credentials({"agency-b": {"token": B_TOKEN}}, "agency-b")
+    config = parse(text, tmp_path, environ={})
+    assert config.api.token == Secret("")
+    assert config.tokens() == (Secret(B_TOKEN),)
+    assert parse(text, tmp_path).api.token == Secret(ENV_TOKEN)
+    spaced = with_credentials({"agency-b": {"token": B_TOKEN}}, "agency-b", api={"token": "a b"})
+    assert problems_of(spaced, tmp_path, environ={}) == [f"api.token: {ONE_TOKEN}"]
+
+
+@pytest.mark.parametrize(
+    "used",
+    [(OMIT,), ("default",), (None,), ("agency-b", OMIT)],
+    ids=["left out", "named", "null", "one of two apps"],
+)
+def test_an_app_read_with_the_api_token_needs_one(tmp_path: Path, used: tuple[object]) -> None:
+    """An app on the default credentials (its key left out, null, or "default") needs the
+    api section's token; the problem is listed with the api section's."""
+    text = with_credentials({"agency-b": {"token": B_TOKEN, "tokn": 1}}, *used)
+    assert problems_of(text, tmp_path, environ={}) == [
+        NO_TOKEN,
+        "credentials.agency-b.tokn: unknown key (allowed: rate_limit, token, token_file)",
+    ]
+
+
+CREDENTIAL_NAMES: dict[str, tuple[object, str]] = {
+    "reserved": (
+        "default",
+        "credentials.default: is the api section's token: set it there (api.token, "
+        "api.token_file or CLOUDFLARE_API_TOKEN)",
+    ),
+    "space": ("agency b", f"credentials.<a name of 8 characters>: {NAME_RULE}"),
+    "65 characters": ("b" * 65, f"credentials.<a name of 65 characters>: {NAME_RULE}"),
+    "empty": ("", f"credentials.<a name of 0 characters>: {NAME_RULE}"),
+    "slash": ("a/b", f"credentials.<a name of 3 characters>: {NAME_RULE}"),
+    "control character": ("bell\x07", f"credentials.<a name of 5 characters>: {NAME_RULE}"),
+    "number": (5, f"credentials.<a name of 1 characters>: {NAME_RULE}"),
+}
+
+
+@pytest.mark.parametrize(("name", "problem"), CREDENTIAL_NAMES.values(), ids=list(CREDENTIAL_NAMES))
+def test_bad_credential_names_are_reported(tmp_path: Path, name: object, problem: str) -> None:
+    """A name is 1 to 64 letters, digits, '_', '-' and '.', not "default"; a bad one is
+    described, never quoted."""
+    text = with_credentials({name: {"token": B_TOKEN}}, OMIT)
+    assert problems_of(text, tmp_path) == [problem]
+
+
+def test_a_name_of_64_characters_is_accepted(tmp_path: Path) -> None:
+    """The longest name allowed is read, and an app can use it."""
+    name = "a-" * 31 + "._"
+    config = parse(with_credentials({name: {"token": B_TOKEN}}, name), tmp_path)
+    assert [c.name for c in config.credentials] == [name]
+    assert config.apps[0].credentials == name
+
+
+CREDENTIAL_PROBLEMS: dict[str, tuple[object, dict[str, bytes | None], str]] = {
+    "no token, whatever the environment": (
+        {"rate_limit": "10/1m"},
+        {},
+        "credentials.b: no API token: set credentials.b.token or credentials.b.token_file",
+    ),
+    "empty entry": (
+        None,
+        {},
+        "credentials.b: no API token: set credentials.b.token or credentials.b.token_file",
+    ),
+    "not a mapping": (
+        B_TOKEN,
+        {},
+        "credentials.b: must be a mapping with token or token_file (and rate_limit)",
+    ),
+    "both": (
+        {"token": B_TOKEN, "token_file": "b.token"},
+        {"b.token": b"x"},
+        "credentials.b: set credentials.b.token or credentials.b.token_file, not both",
+    ),
+    "unknown key": (
+        {"token": B_TOKEN, "base_url": "http://x"},
+        {},
+        "credentials.b.base_url: unknown key (allowed: rate_limit, token, token_file)",
+    ),
+    "empty token": ({"token": " "}, {}, "credentials.b.token: is empty"),
+    "null token": ({"token": None}, {}, "credentials.b.token: is empty"),
+    "token with a space": ({"token": "a b"}, {}, f"credentials.b.token: {ONE_TOKEN}"),
+    "token not a string": ({"token": 123}, {}, "credentials.b.token: must be a string; quote it"),
+    "unset variable": (
+        {"token": "${NOPE}"},
+        {},
+        "credentials.b.token: environment variable NOPE is not set",
+    ),
+    "missing file": (
+        {"token_file": "b.token"},
+        {},
+        "credentials.b.token_file: cannot read {dir}/b.token: No such file or directory",
+    ),
+    "empty file": (
+        {"token_file": "b.token"},
+        {"b.token": b"\n"},
+        "credentials.b.token_file: {dir}/b.token is empty",
+    ),
+    "directory": (
+        {"token_file": "b.token"},
+        {"b.token": None},
+        "credentials.b.token_file: cannot read {dir}/b.token: it is a directory, not a "
+        "regular file",
+    ),
+    "bad rate limit": (
+        {"token": B_TOKEN, "rate_limit": "lots"},
+        {},
+        f"credentials.b.rate_limit: {BAD_RATE}",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("entry", "files", "problem"), CREDENTIAL_PROBLEMS.values(), ids=list(CREDENTIAL_PROBLEMS)
+)
+def test_credential_problems_name_the_credential(
+    tmp_path: Path, entry: object, files: dict[str, bytes | None], problem: str
+) -> None:
+    """Each problem of a credentials entry is one problem with its path; there is no
+    environment fallback (CLOUDFLARE_API_TOKEN is the api section's)."""
+    make_files(tmp_path, files)
+    text = with_credentials({"b": entry}, "b")
+    assert problems_of(text, tmp_path) == [problem.replace("{dir}", str(tmp_path))]
+
+
+def test_every_shard_needs_a_share_of_each_credentials_budget(tmp_path: Path) -> None:
+    """A credential's rate_limit, like api.rate_limit, must hold one request per shard."""
+    text = with_credentials({"b": {"token": B_TOKEN, "rate_limit": "2/5m"}}, "b")
+    assert loads(text, environ=ENVIRON, shard=Shard(0, 2)).credentials[0].rate_limit == (
+        RateLimit(2, 300.0)
+    )
+    with pytest.raises(ConfigError) as caught:
+        loads(text, environ=ENVIRON, shard=Shard(1, 3))
+    assert caught.value.problems == [
+        "credentials.b.rate_limit: 2/5m is fewer requests than --total-shards=3: every "
+        "shard needs one of its own"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("used", "problem"),
+    [
+        ("agency-c", "apps[0].credentials: no credentials named agency-c (defined: default, b)"),
+        (
+            LONG_SECRET,
+            "apps[0].credentials: no credentials named <a name of 40 characters> "
+            "(defined: default, b)",
+        ),
+        (7, "apps[0].credentials: must be a string (got int); quote it"),
+        ("${NOPE}", "apps[0].credentials: environment variable NOPE is not set"),
+    ],
+    ids=["undefined", "a token by mistake", "not a string", "unset variable"],
+)
+def test_an_app_must_name_defined_credentials(tmp_path: Path, used: object, problem: str) -> None:
+    """An app's credentials must be "default" or a name the credentials section defines;
+    the error lists those, and never quotes a long value (it may be a token)."""
+    text = with_credentials({"b": {"token": B_TOKEN}}, used)
+    assert problems_of(text, tmp_path) == [problem]
+
+
+def test_a_credential_no_app_uses_is_no_problem(tmp_path: Path) -> None:
+    """A credential defined but unused is read like any other."""
+    config = parse(with_credentials({"b": {"token": B_TOKEN}}, OMIT), tmp_path)
+    assert [c.name for c in config.credentials] == ["b"]
+    assert config.credential_names() == ("default",)
+
+
+def test_every_credentials_problem_is_reported_at_once(tmp_path: Path) -> None:
+    """Problems in two credentials and an app's reference come in one ConfigError, in
+    document order, with the api section's missing token first."""
+    text = with_credentials(
+        {
+            "b": {"token": "a b", "rate_limit": "0/5m"},
+            "default": {"token": B_TOKEN},
+            "c": {"token_file": "missing"},
+        },
+        "b",
+        "x",
+        OMIT,
+    )
+    assert problems_of(text, tmp_path, environ={}) == [
+        NO_TOKEN,
+        "credentials.b.rate_limit: the request count must be at least 1",
+        f"credentials.b.token: {ONE_TOKEN}",
+        "credentials.default: is the api section's token: set it there (api.token, "
+        "api.token_file or CLOUDFLARE_API_TOKEN)",
+        f"credentials.c.token_file: cannot read {tmp_path}/missing: No such file or directory",
+        "apps[1].credentials: no credentials named x (defined: default, b, c)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ([1], ["credentials: must be a mapping of names to token and rate_limit"]),
+        (None, []),
+        ({}, []),
+    ],
+    ids=["list", "null", "empty"],
+)
+def test_the_credentials_section_is_a_mapping(
+    tmp_path: Path, section: object, expected: list[str]
+) -> None:
+    """An empty or null credentials section defines none; anything but a mapping is one
+    problem."""
+    text = with_credentials(section, OMIT)
+    if expected:
+        assert problems_of(text, tmp_path) == expected
+    else:
+        assert parse(text, tmp_path).credentials == ()
+
+
+CREDENTIAL_LEAKS: dict[str, tuple[object, dict[str, str], dict[str, bytes | None], str]] = {
+    "token with a line break": (
+        {"token": f"{LONG_SECRET}\n{LONG_SECRET}"},
+        {},
+        {},
+        f"credentials.b.token: {ONE_TOKEN}",
+    ),
+    "token with a tab and carriage return": (
+        {"token": f"{LONG_SECRET}\t\r{LONG_SECRET}"},
+        {},
+        {},
+        f"credentials.b.token: {ONE_TOKEN}",
+    ),
+    "token from a variable, with a space": (
+        {"token": "${B}"},
+        {"B": f"{LONG_SECRET} x"},
+        {},
+        f"credentials.b.token: {ONE_TOKEN}",
+    ),
+    "token as a list": (
+        {"token": [LONG_SECRET]},
+        {},
+        {},
+        "credentials.b.token: must be a string; quote it",
+    ),
+    "token as the entry": (
+        LONG_SECRET,
+        {},
+        {},
+        "credentials.b: must be a mapping with token or token_file (and rate_limit)",
+    ),
+    "token as token_file": (
+        {"token_file": LONG_SECRET},
+        {},
+        {},
+        "credentials.b.token_file: cannot read the file named by credentials.b.token_file "
+        "(40 characters): No such file or directory",
+    ),
+    "token_file from a variable holding the token": (
+        {"token_file": "${B}"},
+        {"B": LONG_SECRET},
+        {},
+        "credentials.b.token_file: cannot read the file named by credentials.b.token_file "
+        "(40 characters): No such file or directory",
+    ),
+    "token file of two tokens": (
+        {"token_file": "b.token"},
+        {},
+        {"b.token": f"{LONG_SECRET}\n{LONG_SECRET}\n".encode()},
+        "credentials.b.token_file: {dir}/b.token must hold one token with no spaces or line breaks",
+    ),
+    "token file unreadable": (
+        {"token_file": "b.token"},
+        {},
+        {"b.token": None},
+        "credentials.b.token_file: cannot read {dir}/b.token: it is a directory, not a "
+        "regular file",
+    ),
+    "token as a key": (
+        {"token": B_TOKEN, LONG_SECRET: 1},
+        {},
+        {},
+        "credentials.b.<unknown key of 40 characters>: unknown key (allowed: rate_limit, "
+        "token, token_file)",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("entry", "environ", "files", "problem"),
+    CREDENTIAL_LEAKS.values(),
+    ids=list(CREDENTIAL_LEAKS),
+)
+def test_credential_secrets_are_never_echoed_in_errors(
+    tmp_path: Path,
+    entry: object,
+    environ: dict[str, str],
+    files: dict[str, bytes | None],
+    problem: str,
+) -> None:
+    """A credential's token, wherever it was put by mistake, is in no error text, which
+    stays on one line."""
+    make_files(tmp_path, files)
+    text = with_credentials({"b": entry}, "b")
+    with pytest.raises(ConfigError) as caught:
+        loads(text, environ={**ENVIRON, **environ}, base_dir=tmp_path)
+    err = caught.value
+    assert err.problems == [problem.replace("{dir}", str(tmp_path))]
+    for shown in (str(err), repr(err), *err.problems, *(str(a) for a in err.args)):
+        assert LONG_SECRET not in shown
+    assert "\n" not in str(err)
+    assert "\r" not in str(err)
+
+
+def test_a_valid_config_never_shows_a_credentials_token(tmp_path: Path) -> None:
+    """repr/str of the Config, its Credentials and their Secret hide each token, and so does
+    the summary."""
+    config = parse(with_credentials({"b": {"token": LONG_SECRET}}, "b"), tmp_path)
+    (b,) = config.credentials
+    assert repr(b) == "Credentials(name='b', rate_limit=1000/5m)"
+    for shown in (repr(config), str(config), repr(b), str(b), str(b.token), config.summary()):
+        assert LONG_SECRET not in shown
+    assert b.token.reveal() == LONG_SECRET
+
+
+@pytest.mark.parametrize(
+    ("used", "suffix"),
+    [
+        ((OMIT, "b"), ", 2 credential(s)"),
+        (("b", "c", OMIT, "b"), ", 3 credential(s)"),
+        (("b",), ""),
+        ((OMIT,), ""),
+    ],
+    ids=["two in use", "three in use", "one other", "default only"],
+)
+def test_summary_counts_credentials_only_when_several_are_in_use(
+    tmp_path: Path, used: tuple[object, ...], suffix: str
+) -> None:
+    """The summary says how many credentials the apps use when more than one; the budget
+    it names stays the api section's."""
+    credentials = {"b": {"token": B_TOKEN, "rate_limit": "10/1m"}, "c": {"token": C_TOKEN}}
+    config = parse(with_credentials(credentials, *used), tmp_path)
+    assert config.summary() == (
+        f"{len(used)} app(s), 0 configured livestream(s), discovery on {len(used)} app(s), "
+        f"poll every 30s, budget 1000/5m{suffix}"
+    )
+
+
+# -- analytics interval -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("poll", "expected"),
+    [
+        ({}, 300.0),
+        ({"interval": "10m", "max_staleness": "1h"}, 600.0),
+        ({"analytics_interval": None}, 300.0),
+        ({"analytics_interval": "1h"}, 3600.0),
+        ({"analytics_interval": "30s"}, 30.0),
+        ({"analytics_interval": "off"}, None),
+        ({"analytics_interval": False}, None),
+        ({"analytics_interval": "${EVERY}"}, 120.0),
+        ({"analytics_interval": "${OFF}"}, None),
+    ],
+    ids=[
+        "default",
+        "default follows a longer interval",
+        "null is the default",
+        "hour",
+        "equal to interval",
+        "off",
+        "bare off (YAML false)",
+        "from a variable",
+        "off from a variable",
+    ],
+)
+def test_analytics_interval(
+    tmp_path: Path, poll: dict[str, object], expected: float | None
+) -> None:
+    """poll.analytics_interval is a duration or off (never); by default 5 minutes, or
+    poll.interval when that is longer."""
+    environ = {**ENVIRON, "EVERY": "2m", "OFF": "off"}
+    assert parse(render(poll=poll), tmp_path, environ=environ).poll.analytics_interval == expected
+
+
+def test_a_bare_off_in_the_file_turns_analytics_off(tmp_path: Path) -> None:
+    """``analytics_interval: off`` written unquoted (YAML reads it as false) is off."""
+    text = render() + "poll:\n  analytics_interval: off\n"
+    assert parse(text, tmp_path).poll.analytics_interval is None
+
+
+@pytest.mark.parametrize(
+    ("poll", "problem"),
+    [
+        (
+            {"analytics_interval": "10s"},
+            "poll.analytics_interval: must be at least poll.interval (30s)",
+        ),
+        (
+            {"interval": "2m", "max_staleness": "5m", "analytics_interval": "1m"},
+            "poll.analytics_interval: must be at least poll.interval (2m)",
+        ),
+        ({"analytics_interval": "soon"}, f"poll.analytics_interval: {BAD_DURATION} (or off)"),
+        ({"analytics_interval": True}, f"poll.analytics_interval: {BAD_DURATION} (or off)"),
+        ({"analytics_interval": 0}, "poll.analytics_interval: must be greater than zero (or off)"),
+        ({"interval": "soon", "analytics_interval": "1s"}, f"poll.interval: {BAD_DURATION}"),
+        (
+            {"full_listing_interval": "10s"},
+            "poll.full_listing_interval: must be at least poll.interval (30s)",
+        ),
+    ],
+    ids=[
+        "below interval",
+        "below a longer interval",
+        "word",
+        "true",
+        "zero",
+        "bad interval",
+        "full listing below interval",
+    ],
+)
+def test_bad_analytics_intervals_are_reported(
+    tmp_path: Path, poll: dict[str, object], problem: str
+) -> None:
+    """A bad poll.analytics_interval is one problem; one below poll.interval (like
+    poll.full_listing_interval) names that and its value."""
+    assert problems_of(render(poll=poll), tmp_path) == [problem]
