@@ -142,7 +142,7 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
         limit.rows.append(((), (), float(snapshot.livestream_limit)))
     app_info = GaugeRows(
         "realtimekit_app_info",
-        "The app and the name of the credentials (API token) it is read with; always 1",
+        "The app and the name of the credentials (API token) it is read with; always 1" + _CACHED,
         _APP,
         ("credentials",),
     )
@@ -193,7 +193,7 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
         up,
         last_success,
         app_info,
-        *(_analytics(snapshot) if snapshot.app_level else ()),
+        *_analytics(snapshot),
         tracked,
         dropped,
         limit,
@@ -240,7 +240,8 @@ def _analytics(snapshot: Snapshot) -> list[GaugeRows]:
         "realtimekit_app_analytics_last_success_timestamp_seconds",
         "When the app's livestream analytics were last read, as Unix time",
     )
-    for a in snapshot.analytics:
+    # Like realtimekit_up: app-level values, exported by shard 0 alone (the families stay).
+    for a in snapshot.analytics if snapshot.app_level else ():
         key = (a.account_id, a.app_id)
         enabled.rows.append((key, (), 1.0 if a.enabled else 0.0))
         if a.updated_at is not None:

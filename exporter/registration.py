@@ -31,10 +31,14 @@ from exporter.client import ApiError, RealtimeKitClient
 from exporter.model import STATUS_UPDATE_EVENT, addressable
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator, Sequence
+    from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+    from typing import TypeAlias
 
     from exporter.config import AppConfig, Config, WebhooksConfig
     from exporter.model import Webhook
+
+    # One client for every app, or each credentials' client by name.
+    Clients: TypeAlias = RealtimeKitClient | Mapping[str, RealtimeKitClient]
 
 EVENT: Final = STATUS_UPDATE_EVENT
 DEFAULT_NAME: Final = "realtimekit-exporter"
@@ -158,7 +162,7 @@ def check_url(url: str, *, webhooks: WebhooksConfig | None) -> tuple[str, ...]:
 
 
 async def register(
-    client: RealtimeKitClient, config: Config, url: str, *, name: str = DEFAULT_NAME
+    client: Clients, config: Config, url: str, *, name: str = DEFAULT_NAME
 ) -> tuple[Registered, ...]:
     """Make sure each app of ``config`` has one enabled webhook for ``url`` that includes
     :data:`EVENT`: one that already does is kept; one with the URL that is disabled or
@@ -173,7 +177,7 @@ async def register(
     done: list[Registered] = []
     for app in config.apps:
         with _failing(app, "register a webhook", done):
-            done.append(await _register(client, config, app, url, name))
+            done.append(await _register(_for(client, app), config, app, url, name))
     return tuple(done)
 
 
@@ -218,9 +222,7 @@ async def _created_after_all(
     return next((hook for hook in _with_url(hooks, url) if _delivers(hook)), None)
 
 
-async def unregister(
-    client: RealtimeKitClient, config: Config, url: str
-) -> tuple[Unregistered, ...]:
+async def unregister(client: Clients, config: Config, url: str) -> tuple[Unregistered, ...]:
     """Delete every webhook with ``url`` from each app of ``config``; webhooks with any
     other URL are left alone. The URL is only checked to be absolute: a webhook that
     :func:`register` would refuse (made in the dashboard, say) can still be removed.
@@ -237,37 +239,47 @@ async def unregister(
     for app in config.apps:
         with _failing(app, "unregister webhooks", done):
             account, app_id = app.key
-            hooks = await client.list_webhooks(account, app_id, deadline=_deadline(config))
+            api = _for(client, app)
+            hooks = await api.list_webhooks(account, app_id, deadline=_deadline(config))
             deleted: list[str] = []
             for hook in _with_url(hooks, url):
-                await client.delete_webhook(account, app_id, hook.id, deadline=_deadline(config))
+                await api.delete_webhook(account, app_id, hook.id, deadline=_deadline(config))
                 deleted.append(hook.id)
             done.append(Unregistered(app, tuple(deleted)))
     return tuple(done)
 
 
-async def list_webhooks(client: RealtimeKitClient, config: Config) -> tuple[AppWebhooks, ...]:
+async def list_webhooks(client: Clients, config: Config) -> tuple[AppWebhooks, ...]:
     """Every webhook of each app of ``config``. Raises :class:`RegistrationError`."""
     done: list[AppWebhooks] = []
     for app in config.apps:
         with _failing(app, "list webhooks", done):
-            hooks = await client.list_webhooks(*app.key, deadline=_deadline(config))
+            hooks = await _for(client, app).list_webhooks(*app.key, deadline=_deadline(config))
             done.append(AppWebhooks(app, hooks))
     return tuple(done)
 
 
-@contextlib.asynccontextmanager
-async def api_client(config: Config) -> AsyncIterator[RealtimeKitClient]:
-    """A client for ``config``'s token, with an HTTP session of its own, closed on exit.
+def _for(client: Clients, app: AppConfig) -> RealtimeKitClient:
+    """The client of the credentials ``app`` is read with."""
+    return client if isinstance(client, RealtimeKitClient) else client[app.credentials]
 
-    Made as the exporter makes its own, but with a budget of its own: a command run
-    beside a running exporter spends a few requests of the token's limit, and the API's
+
+@contextlib.asynccontextmanager
+async def api_client(config: Config) -> AsyncIterator[dict[str, RealtimeKitClient]]:
+    """A client for each credentials ``config``'s apps use, by name, with an HTTP
+    session of their own, closed on exit.
+
+    Made as the exporter makes its own, but with budgets of their own: a command run
+    beside a running exporter spends a few requests of each token's limit, and the API's
     Ratelimit headers still pause it if the token is close to that limit."""
     async with aiohttp.ClientSession(
         headers={"User-Agent": f"realtimekit-exporter/{__version__}"},
         trust_env=False,  # see client.proxy_for
     ) as session:
-        yield ApiToken(config, session=session).client
+        yield {
+            name: ApiToken(config.scoped(name), session=session).client
+            for name in config.credential_names()
+        }
 
 
 async def run(

@@ -220,8 +220,7 @@ def _warn(config: Config) -> None:
     for credentials in config.credentials:
         if credentials.name not in used:
             log.warning(
-                "credentials %s are not used by any app (apps choose them with "
-                "credentials: %s)",
+                "credentials %s are not used by any app (apps choose them with credentials: %s)",
                 credentials.name,
                 credentials.name,
             )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from exporter.model import ActiveSession, Listing, Livestream
+    from exporter.model import ActiveSession, Listing, Livestream, Totals
 
 
 class UnaskedApi:
@@ -34,3 +34,11 @@ class UnaskedApi:
         self, account_id: str, app_id: str, session_id: str, **_: object
     ) -> ActiveSession:
         raise self._unasked(f"session {session_id}")
+
+    async def livestream_analytics(self, account_id: str, app_id: str, **_: object) -> Totals:
+        raise self._unasked(f"the analytics of {app_id}")
+
+    async def livestream_analytics_days(
+        self, account_id: str, app_id: str, **_: object
+    ) -> tuple[Totals, ...]:
+        raise self._unasked(f"the daywise analytics of {app_id}")

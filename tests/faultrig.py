@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from exporter.config import Config, RateLimit
-    from exporter.model import ActiveSession, Listing, Livestream
+    from exporter.model import ActiveSession, Listing, Livestream, Totals
 
 T0: Final = 1_800_000_000.0
 INTERVAL: Final = 2.0
@@ -83,6 +83,16 @@ class RecordingApi:
             self.client.session(account_id, app_id, session_id, **kwargs)
         )
         return answer
+
+    async def livestream_analytics(self, *args: Any, **kwargs: Any) -> Totals:
+        totals: Totals = await self._kept(self.client.livestream_analytics(*args, **kwargs))
+        return totals
+
+    async def livestream_analytics_days(self, *args: Any, **kwargs: Any) -> tuple[Totals, ...]:
+        days: tuple[Totals, ...] = await self._kept(
+            self.client.livestream_analytics_days(*args, **kwargs)
+        )
+        return days
 
     async def _kept(self, call: Awaitable[Any]) -> Any:
         try:

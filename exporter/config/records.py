@@ -74,8 +74,10 @@ class PollConfig:
     # How often the whole listing is read when the budget cannot afford it every cycle
     # (None: as often as the budget allows; exporter.lanes).
     full_listing_interval: float | None = None
-    # How often each app's livestream analytics (app totals) are read; None: never.
-    analytics_interval: float | None = DEFAULT_ANALYTICS_INTERVAL
+    # How often each app's livestream analytics (app totals) are read; None: never. A
+    # loaded config reads them by default (DEFAULT_ANALYTICS_INTERVAL, or poll.interval if
+    # longer); a record built in code only if it says so.
+    analytics_interval: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

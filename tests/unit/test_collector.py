@@ -11,11 +11,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from exporter.collector import SnapshotCollector, families, gauge_rows
 from exporter.model import (
     EMPTY_SNAPSHOT,
+    AppAnalytics,
     AppState,
     Livestream,
     Session,
     Snapshot,
     StreamState,
+    Totals,
     Unlisted,
 )
 
@@ -64,11 +66,33 @@ SNAPSHOT = Snapshot(
                 ),
             ),
         ),
-        AppState(account_id="acc", app_id="down", up=False, last_success=None),
+        AppState(
+            account_id="acc", app_id="down", up=False, last_success=None, credentials="agency-b"
+        ),
     ),
     taken_at=1_700_000_300.0,
     cycles=3,
+    analytics=(
+        AppAnalytics(
+            "acc",
+            "app",
+            overall=Totals(4, 531.0, 116.5),
+            today=Totals(1, 60.0, 12.0, "2023-11-14"),
+            updated_at=1_700_000_290.0,
+        ),
+        AppAnalytics("acc", "down", enabled=False),
+    ),
 )
+ANALYTICS = {
+    "realtimekit_app_analytics_enabled",
+    "realtimekit_app_analytics_last_success_timestamp_seconds",
+    "realtimekit_app_livestream_sessions",
+    "realtimekit_app_livestream_ingest_seconds",
+    "realtimekit_app_livestream_viewer_seconds",
+    "realtimekit_app_livestream_today_sessions",
+    "realtimekit_app_livestream_today_ingest_seconds",
+    "realtimekit_app_livestream_today_viewer_seconds",
+}
 
 
 def samples(snapshot: Snapshot) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -217,10 +241,44 @@ def test_a_shard_other_than_0_exports_no_app_level_samples() -> None:
     families stay); everything else is as on shard 0."""
     shard = dataclasses.replace(SNAPSHOT, app_level=False)
     app_level = {"realtimekit_up", "realtimekit_exporter_last_success_timestamp_seconds"}
+    app_level |= ANALYTICS
     got = {f.name: f for f in families(shard)}
     assert {f.name for f in families(SNAPSHOT)} == set(got)
     assert all(not got[name].samples for name in app_level)
-    assert {k: v for k, v in samples(SNAPSHOT).items() if k[0] not in app_level} == samples(shard)
+    every = samples(SNAPSHOT)
+    assert {k: v for k, v in every.items() if k[0].removesuffix("_total") not in app_level} == (
+        samples(shard)
+    )
+    assert any(name == "realtimekit_app_info" for name, _ in samples(shard))
+
+
+def test_analytics_are_counters_over_all_time_and_gauges_of_the_day() -> None:
+    """The overall totals are counters (_total), today's totals gauges; an app whose
+    analytics were refused shows enabled 0 and no values; every app has its info with the
+    name of its credentials."""
+    got = samples(SNAPSHOT)
+
+    def at(name: str, app: str = "app", **extra: str) -> float | None:
+        return got.get((name, frozenset({"account_id": "acc", "app_id": app, **extra}.items())))
+
+    assert at("realtimekit_app_livestream_sessions_total") == 4
+    assert at("realtimekit_app_livestream_ingest_seconds_total") == 531
+    assert at("realtimekit_app_livestream_viewer_seconds_total") == 116.5
+    assert at("realtimekit_app_livestream_today_sessions") == 1
+    assert at("realtimekit_app_livestream_today_ingest_seconds") == 60
+    assert at("realtimekit_app_livestream_today_viewer_seconds") == 12
+    assert at("realtimekit_app_analytics_enabled") == 1
+    assert at("realtimekit_app_analytics_last_success_timestamp_seconds") == 1_700_000_290
+    assert at("realtimekit_app_analytics_enabled", "down") == 0
+    assert at("realtimekit_app_livestream_sessions_total", "down") is None
+    assert at("realtimekit_app_info", credentials="default") == 1
+    assert at("realtimekit_app_info", "down", credentials="agency-b") == 1
+    kinds = {f.name: f.type for f in families(SNAPSHOT) if f.name in ANALYTICS}
+    assert {n for n, t in kinds.items() if t == "counter"} == {
+        "realtimekit_app_livestream_sessions",
+        "realtimekit_app_livestream_ingest_seconds",
+        "realtimekit_app_livestream_viewer_seconds",
+    }
 
 
 def test_families_are_the_rows_handed_to_prometheus_client() -> None:

@@ -25,7 +25,7 @@ from tests.conftest import ACCOUNT, APP, TOKEN, make_config
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from exporter.model import Snapshot, StreamState
+    from exporter.model import Snapshot, StreamState, Totals
 
 APP_KEY = (ACCOUNT, APP)
 INTERVAL = 2.0
@@ -263,6 +263,12 @@ class GatedApi:
 
     async def session(self, *args: Any, **kwargs: Any) -> ActiveSession:
         return ActiveSession(livestream=None, session=self.live_session)
+
+    async def livestream_analytics(self, *args: Any, **kwargs: Any) -> Totals:
+        raise AssertionError("analytics are off in these tests")
+
+    async def livestream_analytics_days(self, *args: Any, **kwargs: Any) -> tuple[Totals, ...]:
+        raise AssertionError("analytics are off in these tests")
 
 
 async def test_a_cycle_under_way_keeps_the_state_a_push_gave() -> None:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
     from exporter.config import Config
-    from exporter.model import ActiveSession, Snapshot
+    from exporter.model import ActiveSession, Snapshot, Totals
     from exporter.poller import Api
 
 PER_PAGE = 7
@@ -98,7 +98,7 @@ async def test_tight_budget_reads_the_live_listing_every_cycle(rig: Harness) -> 
         assert sum(cost.values()) <= math.floor(allowance) + 1, cost
         assert cost.get("active_livestream_session", 0) >= 5, cost
     assert rig.value("realtimekit_exporter_poll_lanes", app="") is None  # no labels
-    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes", {"credentials": "default"}) == 1.0
+    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes", DEFAULT) == 1.0
 
 
 async def test_a_stop_shows_within_one_cycle_after_its_lookup(rig: Harness) -> None:
@@ -198,6 +198,12 @@ class SkippingApi:
     async def session(self, *args: Any, **kwargs: Any) -> ActiveSession:
         return await self._real.session(*args, **kwargs)
 
+    async def livestream_analytics(self, *args: Any, **kwargs: Any) -> Totals:
+        return await self._real.livestream_analytics(*args, **kwargs)
+
+    async def livestream_analytics_days(self, *args: Any, **kwargs: Any) -> tuple[Totals, ...]:
+        return await self._real.livestream_analytics_days(*args, **kwargs)
+
 
 async def test_a_stream_skipped_by_the_live_listing_is_not_a_false_stop(rig: Harness) -> None:
     """A live stream missing from one LIVE listing is looked up by id; the lookup says
@@ -239,7 +245,7 @@ async def test_generous_budget_keeps_the_full_plan(rig: Harness) -> None:
     for _ in range(4):
         _, cost = await rig.cycle_cost()
         assert cost == {"livestreams": math.ceil(60 / PER_PAGE), "active_livestream_session": 12}
-    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes", {"credentials": "default"}) == 0.0
+    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes", DEFAULT) == 0.0
 
 
 async def test_the_api_stated_policy_lowers_the_budget() -> None:
@@ -338,7 +344,7 @@ async def test_a_large_first_listing_takes_at_most_half_the_budget(rig: Harness)
     snapshot, cost = await rig.cycle_cost()
     assert cost["livestreams"] <= 270 + 2 + 1, cost
     assert sum(live_of(snapshot).values()) == 12
-    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes", {"credentials": "default"}) == 1.0
+    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes", DEFAULT) == 1.0
     for _ in range(60):
         snapshot = await rig.poll()
         if len(live_of(snapshot)) == 2000:
@@ -410,7 +416,7 @@ async def test_a_failed_cycle_keeps_the_lanes_plan(rig: Harness) -> None:
     snapshot = await rig.poll()
     app = snapshot.app(ACCOUNT, APP)
     assert app is not None and not app.up
-    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes", {"credentials": "default"}) == 1.0
+    assert rig.registry.get_sample_value("realtimekit_exporter_poll_lanes", DEFAULT) == 1.0
     rig.clock.now += 10  # the pause is over
     _, cost = await rig.cycle_cost()
     assert cost["livestreams"] == 2 + 1, cost

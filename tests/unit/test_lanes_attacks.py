@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
     from exporter.config import Config
-    from exporter.model import ActiveSession, Snapshot, StreamState
+    from exporter.model import ActiveSession, Snapshot, StreamState, Totals
     from exporter.poller import Api
 
 PER_PAGE = 7
@@ -172,6 +172,12 @@ class Twisted:
         self, account_id: str, app_id: str, session_id: str, **kwargs: Any
     ) -> ActiveSession:
         return await self._real.session(account_id, app_id, session_id, **kwargs)
+
+    async def livestream_analytics(self, *args: Any, **kwargs: Any) -> Totals:
+        return await self._real.livestream_analytics(*args, **kwargs)
+
+    async def livestream_analytics_days(self, *args: Any, **kwargs: Any) -> tuple[Totals, ...]:
+        return await self._real.livestream_analytics_days(*args, **kwargs)
 
 
 @dataclasses.dataclass

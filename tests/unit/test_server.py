@@ -110,17 +110,12 @@ async def test_metrics_show_the_polled_streams(running: Running, sim: Simulator)
     assert got[("realtimekit_up", labels())] == 1
     assert got[("realtimekit_exporter_livestreams_tracked", labels())] == 2
     requests = "realtimekit_exporter_api_requests_total"
-    assert got[(requests, frozenset({"api_endpoint": "livestreams", "code": "200"}.items()))] == 1
-    assert (
-        got[
-            (
-                requests,
-                frozenset({"api_endpoint": "active_livestream_session", "code": "200"}.items()),
-            )
-        ]
-        == 1
-    )
-    assert ("realtimekit_exporter_poll_duration_seconds_count", frozenset()) in got
+    default = {"credentials": "default"}
+    listing = {**default, "api_endpoint": "livestreams", "code": "200"}
+    assert got[(requests, frozenset(listing.items()))] == 1
+    session = {**default, "api_endpoint": "active_livestream_session", "code": "200"}
+    assert got[(requests, frozenset(session.items()))] == 1
+    assert ("realtimekit_exporter_poll_duration_seconds_count", frozenset(default.items())) in got
     assert any(name == "realtimekit_exporter_build_info" for name, _ in got)
     assert ("process_cpu_seconds_total", frozenset()) in got
     assert not any(name.endswith("_created") for name, _ in got)
@@ -354,7 +349,9 @@ async def test_the_own_part_moves_between_scrapes_of_one_snapshot(sim: Simulator
             after = parse((await scrape(running, "", gzipped=gzipped))[1].encode())
             key = (
                 "realtimekit_exporter_api_requests_total",
-                frozenset({"api_endpoint": "livestreams", "code": "200"}.items()),
+                frozenset(
+                    {"credentials": "default", "api_endpoint": "livestreams", "code": "200"}.items()
+                ),
             )
             assert after[key] == before[key] + 1
             snapshot_part = ("realtimekit_livestream_last_update_timestamp_seconds", labels("ls-1"))
@@ -381,7 +378,8 @@ async def test_each_poll_cycle_tells_the_exposition(
         await e.poller.poll_once()
         await e.poller.poll_once()
         assert told == [1, 2]
-        assert registry.get_sample_value("realtimekit_exporter_poll_duration_seconds_count") == 2
+        count = "realtimekit_exporter_poll_duration_seconds_count"
+        assert registry.get_sample_value(count, {"credentials": "default"}) == 2
 
 
 def test_create_app_takes_one_source_for_metrics() -> None:

@@ -157,7 +157,7 @@ async def test_duplicated_deliveries_are_dropped(rig: Rig) -> None:
 async def test_reordered_deliveries_end_in_the_apis_truth(rig: Rig) -> None:
     """A stop's delivery held back until after the start that follows it: the late stop
     is checked against the API, which says LIVE; the stream ends shown live."""
-    refresher = rig.exporter.refresher
+    refresher = rig.exporter.poller.unit().refresher
     assert refresher is not None
     refresher._rechecks = (0.001, 0.002, 0.003)  # a minute's poll interval: 60-180 ms
     sid = rig.live_ids()[0]
@@ -201,7 +201,7 @@ async def test_a_lost_delivery_is_left_to_polling_and_counted_unannounced(
     rig.world.stop(sid)
     await rig.settled()
     assert rig.live(sid) is True
-    refresher = rig.exporter.refresher
+    refresher = rig.exporter.poller.unit().refresher
     assert refresher is not None
     clock = [0.0]
     refresher.announcements._clock = lambda: clock[0]
