@@ -1,5 +1,5 @@
-"""Async calls to the RealtimeKit API (livestreams, and an app's webhooks), with budget,
-retries and one error type.
+"""Async calls to the RealtimeKit API (livestreams, an app's livestream analytics and its
+webhooks), with budget, retries and one error type.
 
 Every request passes the token's :class:`~exporter.budget.RequestBudget`, a concurrency
 limit and ``api.timeout``; transient failures (timeouts, connection errors, 5xx) are
@@ -36,6 +36,7 @@ from exporter.model import (
     Listing,
     Livestream,
     Session,
+    Totals,
     Webhook,
     addressable,
 )
@@ -438,6 +439,46 @@ class RealtimeKitClient:
             return ActiveSession(livestream=None, session=None)
         found: Session | None = _decoded(ENDPOINT_SESSION_BY_ID, decode.session_by_id, doc)
         return ActiveSession(livestream=None, session=found)
+
+    async def livestream_analytics(
+        self,
+        account_id: str,
+        app_id: str,
+        *,
+        deadline: Deadline = None,
+        priority: int = PRIORITY_ANALYTICS,
+    ) -> Totals:
+        """The app's livestream totals over all time. A 403 (no permission for analytics)
+        or a 404 (no such endpoint) is an :class:`ApiError` like any other, with its
+        ``status``: not "nothing to read", so that the caller can tell the feature's
+        absence from an app without sessions."""
+        path = f"{_app_path(account_id, app_id)}/analytics/livestreams/overall"
+        doc = await self._request(
+            "GET", ENDPOINT_ANALYTICS, path, None, deadline, priority=priority
+        )
+        found: Totals = _decoded(ENDPOINT_ANALYTICS, decode.analytics_totals, doc)
+        return found
+
+    async def livestream_analytics_days(
+        self,
+        account_id: str,
+        app_id: str,
+        *,
+        start: int,
+        end: int,
+        deadline: Deadline = None,
+        priority: int = PRIORITY_ANALYTICS,
+    ) -> tuple[Totals, ...]:
+        """The app's livestream totals by day from ``start`` to ``end`` (Unix seconds), one
+        :class:`Totals` per row of the answer, in its order, with the row's ``day`` (None
+        if its date cannot be read). Errors as for :meth:`livestream_analytics`."""
+        path = f"{_app_path(account_id, app_id)}/analytics/livestreams/daywise"
+        query = {"start_time": int(start), "end_time": int(end)}
+        doc = await self._request(
+            "GET", ENDPOINT_ANALYTICS_DAYS, path, query, deadline, priority=priority
+        )
+        found: tuple[Totals, ...] = _decoded(ENDPOINT_ANALYTICS_DAYS, decode.analytics_days, doc)
+        return found
 
     async def list_webhooks(
         self, account_id: str, app_id: str, *, deadline: Deadline = None

@@ -13,10 +13,10 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Final
 
-from exporter.model import UNKNOWN_STATUS, ActiveSession, Livestream, Session, Webhook
+from exporter.model import UNKNOWN_STATUS, ActiveSession, Livestream, Session, Totals, Webhook
 
 MAX_LABEL_LENGTH: Final = 256
 MAX_MESSAGE_LENGTH: Final = 200
@@ -28,6 +28,11 @@ MAX_STATUS_LENGTH: Final = 64
 MIN_SECRET_LENGTH: Final = 8  # a shorter "stream key" would blank ordinary names
 _LIST_KEYS: Final = ("livestreams", "data")
 _EPOCH_TEXT = re.compile(r"^\d{9,}(?:\.\d+)?$")  # epoch seconds/ms as text; 8 digits is ISO basic
+# Rows of a daywise answer read at most: the exporter asks for a day or two, so a longer
+# answer is not what was asked for (and a body of 8 MiB could hold 100,000 rows).
+MAX_DAYS: Final = 400
+_DAY: Final = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})(?:[Tt ].+)?")
+_TOTALS_FIELDS: Final = ("count", "total_ingest_seconds", "total_viewer_seconds")
 
 
 class DecodeError(Exception):
@@ -285,6 +290,76 @@ def webhook(item: object) -> Webhook | None:
         else (),
         enabled=True if enabled is None else enabled,
     )
+
+
+def analytics_totals(doc: object) -> Totals:
+    """The body of ``GET /analytics/livestreams/overall``: ``data`` is one object of
+    totals (``count``, ``total_ingest_seconds``, ``total_viewer_seconds``)."""
+    if not isinstance(doc, dict):
+        raise DecodeError("analytics body is not an object")
+    data = doc.get("data")
+    if not isinstance(data, dict):
+        raise DecodeError("analytics data is not an object")
+    return totals(data)
+
+
+def analytics_days(doc: object) -> tuple[Totals, ...]:
+    """The body of ``GET /analytics/livestreams/daywise``: ``data`` is a list of totals,
+    each with its ``date``. More than :data:`MAX_DAYS` rows fail the whole answer rather
+    than lose the rows past the cut (the day asked about may be the last one)."""
+    if not isinstance(doc, dict):
+        raise DecodeError("daywise analytics body is not an object")
+    data = doc.get("data")
+    if not isinstance(data, list):
+        raise DecodeError("daywise analytics data is not a list")
+    if len(data) > MAX_DAYS:
+        raise DecodeError(f"daywise analytics hold more than {MAX_DAYS} rows")
+    return tuple(totals(row, dated=True) for row in data)
+
+
+def totals(item: object, *, dated: bool = False) -> Totals:
+    """One object of analytics totals. Each value is a number or a numeric string, 0 when
+    absent or null; any other value (negative, not finite, a boolean, a fractional count)
+    fails the answer: totals that cannot be trusted are not exported. With ``dated``, its
+    ``date`` becomes :attr:`Totals.day` (see :func:`day`)."""
+    if not isinstance(item, dict):
+        raise DecodeError("analytics totals are not an object")
+    count, ingest, viewer = (_total(item.get(key), key) for key in _TOTALS_FIELDS)
+    if not count.is_integer():
+        raise DecodeError("analytics count is not a whole number")
+    return Totals(
+        count=int(count),
+        ingest_seconds=ingest,
+        viewer_seconds=viewer,
+        day=day(item.get("date")) if dated else None,
+    )
+
+
+def _total(value: object, key: str) -> float:
+    if value is None:
+        return 0.0
+    found = number(value)
+    if found is None:  # the value itself is not quoted: it may be anything
+        raise DecodeError(f"analytics {key} is not a number of at least 0")
+    return found
+
+
+def day(value: object) -> str | None:
+    """An analytics date as ``YYYY-MM-DD``: such a date, or the date part of an ISO 8601
+    timestamp (as written, not moved to UTC); ``None`` for anything else."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    found = _DAY.fullmatch(text)
+    if found is None:
+        return None
+    try:
+        date.fromisoformat(found.group(1))
+    except ValueError:
+        return None
+    if len(text) > len(found.group(1)) and timestamp(text) is None:
+        return None  # a date followed by something that is no time of day
+    return found.group(1)
 
 
 def status_value(value: object) -> str:

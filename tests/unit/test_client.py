@@ -10,6 +10,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import aiohttp
@@ -20,8 +21,11 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from exporter import client as client_module
+from exporter import decode
 from exporter.budget import CycleDeadline, RequestBudget
 from exporter.client import (
+    ENDPOINT_ANALYTICS,
+    ENDPOINT_ANALYTICS_DAYS,
     ENDPOINT_LISTING,
     ENDPOINT_LIVESTREAM,
     ENDPOINT_SESSION,
@@ -32,7 +36,7 @@ from exporter.client import (
     RealtimeKitClient,
 )
 from exporter.config import Secret
-from exporter.model import ActiveSession, Livestream, Session, Webhook, addressable
+from exporter.model import ActiveSession, Livestream, Session, Totals, Webhook, addressable
 from tests.clock import FakeClock
 
 if TYPE_CHECKING:
@@ -54,6 +58,21 @@ LIVESTREAM_URL = f"{LIST_URL}/{STREAM_ID}"
 WEBHOOKS_URL = f"{APP_URL}/webhooks"
 HOOK_ID = "0b5d4f2e-2f3c-4a61-9a36-3a4f1c2b7d10"
 HOOK_URL = f"{WEBHOOKS_URL}/{HOOK_ID}"
+ANALYTICS_URL = f"{APP_URL}/analytics/livestreams/overall"
+DAYS_START = 1_689_379_200  # 2023-07-15T00:00:00Z
+DAYS_END = DAYS_START + 2 * 86400 - 1
+DAYS_URL = f"{APP_URL}/analytics/livestreams/daywise?start_time={DAYS_START}&end_time={DAYS_END}"
+# The published examples of the two analytics endpoints.
+ANALYTICS_EXAMPLE: dict[str, Any] = {
+    "data": {"count": 4, "total_ingest_seconds": 531, "total_viewer_seconds": 116},
+    "success": True,
+}
+DAYS_EXAMPLE: dict[str, Any] = {
+    "data": [
+        {"count": 4, "date": "2023-07-15", "total_ingest_seconds": 531, "total_viewer_seconds": 116}
+    ],
+    "success": True,
+}
 HOOK: dict[str, Any] = {
     "id": HOOK_ID,
     "name": "realtimekit-exporter",
@@ -1207,6 +1226,8 @@ async def test_observer_sees_every_request_with_its_outcome(
     server.get(f"{LIVESTREAM_URL}?page_no=1&per_page=1", status=404, payload=NOT_FOUND)
     server.get(WEBHOOKS_URL, payload={"success": True, "data": []})
     server.delete(HOOK_URL, status=404, payload=NOT_FOUND)
+    server.get(ANALYTICS_URL, payload=ANALYTICS_EXAMPLE)
+    server.get(DAYS_URL, status=403, payload=AUTH_ERROR)
     client = make_client(retries=1)
     await client.list_livestreams(ACCOUNT, APP)  # page 1, then an empty page 2
     await client.active_session(ACCOUNT, APP, STREAM_ID)  # 404
@@ -1216,6 +1237,8 @@ async def test_observer_sees_every_request_with_its_outcome(
     await client.livestream(ACCOUNT, APP, STREAM_ID)
     await client.list_webhooks(ACCOUNT, APP)
     await client.delete_webhook(ACCOUNT, APP, HOOK_ID)
+    await client.livestream_analytics(ACCOUNT, APP)
+    await fail(client.livestream_analytics_days(ACCOUNT, APP, start=DAYS_START, end=DAYS_END))
     assert observer.requests == [
         (ENDPOINT_LISTING, "200"),
         (ENDPOINT_LISTING, "200"),
@@ -1229,7 +1252,11 @@ async def test_observer_sees_every_request_with_its_outcome(
         (ENDPOINT_LIVESTREAM, "404"),
         (ENDPOINT_WEBHOOKS, "200"),
         (ENDPOINT_WEBHOOK, "404"),
+        (ENDPOINT_ANALYTICS, "200"),
+        (ENDPOINT_ANALYTICS_DAYS, "403"),
     ]
+    # Every endpoint the client names is one it calls: a name added without its call (or a
+    # call reported under another name) shows here.
     assert {endpoint for endpoint, _ in observer.requests} == set(client_module.ENDPOINTS)
 
 
@@ -1812,3 +1839,254 @@ async def test_a_push_request_does_not_wait_behind_slots_held_for_the_budget(
     holder.cancel()
     with pytest.raises(asyncio.CancelledError):
         await holder
+
+
+# --- analytics ----------------------------------------------------------------------------
+
+
+def overall_call(client: RealtimeKitClient) -> Any:
+    return client.livestream_analytics(ACCOUNT, APP)
+
+
+def days_call(client: RealtimeKitClient) -> Any:
+    return client.livestream_analytics_days(ACCOUNT, APP, start=DAYS_START, end=DAYS_END)
+
+
+ANALYTICS_CALLS = [
+    pytest.param(ANALYTICS_URL, overall_call, ENDPOINT_ANALYTICS, id="overall"),
+    pytest.param(DAYS_URL, days_call, ENDPOINT_ANALYTICS_DAYS, id="daywise"),
+]
+
+
+async def test_overall_analytics_read_the_published_example(
+    server: aioresponses, make_client: MakeClient, observer: RecordingObserver
+) -> None:
+    """The overall totals are asked without a time range (all time) and decoded whole."""
+    server.get(ANALYTICS_URL, payload=ANALYTICS_EXAMPLE)
+    totals = await make_client().livestream_analytics(ACCOUNT, APP)
+    assert totals == Totals(count=4, ingest_seconds=531.0, viewer_seconds=116.0, day=None)
+    ((url, kwargs),) = sent(server)
+    assert url.path.endswith(f"/{APP}/analytics/livestreams/overall") and not url.query
+    assert kwargs["headers"]["Authorization"] == f"Bearer {TOKEN}"
+    assert observer.requests == [(ENDPOINT_ANALYTICS, "200")]
+
+
+async def test_daywise_analytics_send_the_range_and_read_one_totals_per_row(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """start and end go out as Unix seconds; each row is a Totals with its day, in the
+    answer's order; a row without a readable date has day None."""
+    rows = [
+        *DAYS_EXAMPLE["data"],
+        {"count": 1, "date": "2023-07-16T00:00:00.000Z", "total_ingest_seconds": 2.5},
+        {"count": 0, "date": None},
+    ]
+    server.get(DAYS_URL, payload={"success": True, "data": rows})
+    days = await make_client().livestream_analytics_days(
+        ACCOUNT, APP, start=DAYS_START, end=DAYS_END
+    )
+    assert days == (
+        Totals(count=4, ingest_seconds=531.0, viewer_seconds=116.0, day="2023-07-15"),
+        Totals(count=1, ingest_seconds=2.5, viewer_seconds=0.0, day="2023-07-16"),
+        Totals(count=0, ingest_seconds=0.0, viewer_seconds=0.0, day=None),
+    )
+    ((url, _),) = sent(server)
+    assert url.path.endswith("/analytics/livestreams/daywise")
+    assert dict(url.query) == {"start_time": str(DAYS_START), "end_time": str(DAYS_END)}
+
+
+async def test_analytics_accept_numeric_strings(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """Totals sent as strings (as the session counters sometimes are) read as numbers."""
+    strings = {"count": "4", "total_ingest_seconds": "531.5", "total_viewer_seconds": " 116 "}
+    server.get(ANALYTICS_URL, payload={"success": True, "data": strings})
+    server.get(DAYS_URL, payload={"success": True, "data": [{**strings, "date": "2023-07-15"}]})
+    client = make_client()
+    expected = Totals(count=4, ingest_seconds=531.5, viewer_seconds=116.0)
+    assert await client.livestream_analytics(ACCOUNT, APP) == expected
+    assert await days_call(client) == (replace(expected, day="2023-07-15"),)
+
+
+@pytest.mark.parametrize(("url", "call", "endpoint"), ANALYTICS_CALLS)
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        (403, AUTH_ERROR, "auth"),
+        (404, {"success": False, "error": {"code": 404, "message": "Not found"}}, "http_error"),
+        (404, {"success": False, "errors": [{"code": 7000, "message": "No route"}]}, "http_error"),
+        (404, "<html>Not Found</html>", "http_error"),
+    ],
+    ids=["403", "404-service", "404-gateway", "404-html"],
+)
+async def test_403_and_404_on_analytics_raise_with_their_status(
+    server: aioresponses,
+    make_client: MakeClient,
+    url: str,
+    call: Any,
+    endpoint: str,
+    status: int,
+    body: Any,
+    reason: str,
+) -> None:
+    """Unlike a session's 404, neither is read as "nothing there": each raises an ApiError
+    with its status and the endpoint's name after one request, so that the caller can turn
+    the feature off rather than export zeros."""
+    if isinstance(body, str):
+        server.get(url, status=status, body=body, repeat=True)
+    else:
+        server.get(url, status=status, payload=body, repeat=True)
+    error = await fail(call(make_client()))
+    assert (error.reason, error.status, error.endpoint) == (reason, status, endpoint)
+    assert not error.transient
+    assert len(sent(server)) == 1
+
+
+@pytest.mark.parametrize(("url", "call", "endpoint"), ANALYTICS_CALLS)
+@pytest.mark.parametrize(
+    ("status", "body", "reason", "detail"),
+    [
+        (401, AUTH_ERROR, "auth", "Authentication error (code 10000)"),
+        (400, BAD_REQUEST, "http_error", "Invalid request headers (code 6003)"),
+        (429, THROTTLED, "rate_limited", "More than 1200 requests per 300 seconds reached"),
+        (
+            200,
+            {"success": False, "errors": [{"code": 10000, "message": "nope"}]},
+            "http_error",
+            "nope",
+        ),
+    ],
+    ids=["401", "400", "429", "200-success-false"],
+)
+async def test_gateway_errors_on_analytics_are_api_errors(
+    server: aioresponses,
+    make_client: MakeClient,
+    url: str,
+    call: Any,
+    endpoint: str,
+    status: int,
+    body: dict[str, Any],
+    reason: str,
+    detail: str,
+) -> None:
+    """The Cloudflare gateway's envelope fails the call with its reason and message."""
+    server.get(url, status=status, payload=body, headers={"Retry-After": "30"})
+    error = await fail(call(make_client()))
+    assert (error.reason, error.status, error.endpoint) == (reason, status, endpoint)
+    assert detail in str(error)
+
+
+async def test_analytics_go_after_every_other_request_waiting_for_a_slot(
+    server: aioresponses, make_client: MakeClient, clock: FakeClock
+) -> None:
+    """Queued for a connection slot, analytics (PRIORITY_ANALYTICS) go last."""
+    arrivals: list[str] = []
+    slow = SlowServer(clock)
+
+    async def note(url: URL, **kwargs: Any) -> None:
+        arrivals.append(url.path.rsplit("/", 1)[-1])
+        await slow.respond(url, **kwargs)
+
+    server.get(SESSION_BY_ID_URL, payload=SESSION_BY_ID_EXAMPLE, callback=note, repeat=True)
+    server.get(ANALYTICS_URL, payload=ANALYTICS_EXAMPLE, callback=note, repeat=True)
+    server.get(DAYS_URL, payload=DAYS_EXAMPLE, callback=note, repeat=True)
+    client = make_client(max_concurrency=1)
+    await asyncio.gather(
+        client.session(ACCOUNT, APP, SESSION_ID),  # takes the only slot
+        overall_call(client),
+        days_call(client),
+        client.session(ACCOUNT, APP, SESSION_ID),
+    )
+    assert arrivals == [SESSION_ID, SESSION_ID, "overall", "daywise"]
+
+
+def _rows(count: int) -> list[dict[str, Any]]:
+    return [{"count": 1, "date": "2023-07-15"}] * count
+
+
+HOSTILE_OVERALL: list[Any] = [
+    {"success": True, "data": {**ANALYTICS_EXAMPLE["data"], "count": -1}},
+    {"success": True, "data": {**ANALYTICS_EXAMPLE["data"], "total_ingest_seconds": -0.5}},
+    {"success": True, "data": {**ANALYTICS_EXAMPLE["data"], "total_viewer_seconds": True}},
+    {"success": True, "data": {**ANALYTICS_EXAMPLE["data"], "count": 1.5}},
+    {"success": True, "data": {**ANALYTICS_EXAMPLE["data"], "count": "four"}},
+    {"success": True, "data": {**ANALYTICS_EXAMPLE["data"], "count": [4]}},
+    {"success": True, "data": {**ANALYTICS_EXAMPLE["data"], "total_ingest_seconds": "Infinity"}},
+    {"success": True, "data": {**ANALYTICS_EXAMPLE["data"], "total_ingest_seconds": 10**400}},
+    {"success": True, "data": [ANALYTICS_EXAMPLE["data"]]},
+    {"success": True, "data": None},
+    {"success": True},
+    [ANALYTICS_EXAMPLE],
+]
+HOSTILE_DAYS: list[Any] = [
+    {"success": True, "data": [{**DAYS_EXAMPLE["data"][0], "count": -4}]},
+    {"success": True, "data": [{**DAYS_EXAMPLE["data"][0], "total_viewer_seconds": False}]},
+    {"success": True, "data": [DAYS_EXAMPLE["data"][0], "2023-07-16"]},
+    {"success": True, "data": DAYS_EXAMPLE["data"][0]},
+    {"success": True, "data": None},
+    {"success": True, "data": _rows(decode.MAX_DAYS + 1)},
+]
+
+
+@pytest.mark.parametrize(
+    ("url", "call", "body"),
+    [(ANALYTICS_URL, overall_call, body) for body in HOSTILE_OVERALL]
+    + [(DAYS_URL, days_call, body) for body in HOSTILE_DAYS]
+    + [
+        (ANALYTICS_URL, overall_call, '{"success": true, "data": {"count": NaN}}'),
+        (DAYS_URL, days_call, '{"success": true, "data": [{"count": -Infinity}]}'),
+        (ANALYTICS_URL, overall_call, "<html>oops</html>"),
+        (DAYS_URL, days_call, '{"success": true, "data": [{"count": 1'),
+    ],
+)
+async def test_hostile_analytics_bodies_are_decode_errors(
+    server: aioresponses, make_client: MakeClient, url: str, call: Any, body: Any
+) -> None:
+    """Totals that cannot be trusted (negative, not finite, a boolean, a fractional count,
+    the wrong shape, too many rows) fail the call, quoting none of the body."""
+    if isinstance(body, str):
+        server.get(url, body=body)
+    else:
+        server.get(url, payload=body)
+    error = await fail(call(make_client()))
+    assert error.reason == "decode"
+    for quoted in ("531", "116", "Infinity", "NaN", "oops", "four"):
+        assert quoted not in str(error)
+
+
+async def test_daywise_rows_up_to_the_bound_are_read(
+    server: aioresponses, make_client: MakeClient
+) -> None:
+    """MAX_DAYS rows are read whole (one more fails the call, as above)."""
+    server.get(DAYS_URL, payload={"success": True, "data": _rows(decode.MAX_DAYS)})
+    days = await days_call(make_client())
+    assert len(days) == decode.MAX_DAYS and days[-1].day == "2023-07-15"
+
+
+@pytest.mark.parametrize(("url", "call", "endpoint"), ANALYTICS_CALLS)
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (403, {"success": False, "errors": [{"code": 10000, "message": f"bad token {TOKEN}"}]}),
+        (404, {"success": False, "error": {"code": 404, "message": f"no {TOKEN}!"}}),
+        (200, {"success": False, "error": {"code": 400, "message": TOKEN.upper()}}),
+        (200, {"success": True, "data": {"count": TOKEN}}),
+        (200, {"success": True, "data": [{"count": 1, "date": TOKEN}, {"count": TOKEN}]}),
+    ],
+    ids=["403", "404", "success-false", "decode", "decode-days"],
+)
+async def test_token_never_appears_in_analytics_errors(
+    server: aioresponses,
+    make_client: MakeClient,
+    url: str,
+    call: Any,
+    endpoint: str,
+    status: int,
+    body: dict[str, Any],
+) -> None:
+    """An analytics error whose body quotes the token (in any letter case) shows none of it."""
+    server.get(url, status=status, payload=body)
+    error = await fail(call(make_client()))
+    assert error.endpoint == endpoint
+    for text in (str(error), repr(error), *map(str, error.args)):
+        assert TOKEN.casefold() not in text.casefold()

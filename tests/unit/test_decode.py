@@ -6,13 +6,13 @@ import copy
 import json
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, Final
 
 import pytest
 
 from exporter import decode
 from exporter.decode import DecodeError
-from exporter.model import ActiveSession, Livestream, Session, Webhook
+from exporter.model import ActiveSession, Livestream, Session, Totals, Webhook
 
 # The published examples (realtimekit-livestreams.openapi.json), secrets included on purpose.
 LISTING_STREAM_KEY = "f26566285faca6fbe2e79a73a66rsrrsrrsr3cde23a2bb7dbc6c2c1761b98f4e4"
@@ -1143,3 +1143,131 @@ def test_one_webhook_without_an_id_is_a_decode_error(doc: object) -> None:
     """A created or edited webhook must come back with its id."""
     with pytest.raises(DecodeError):
         decode.webhook_by_id(doc)
+
+
+# --- analytics --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        (
+            {"count": 4, "total_ingest_seconds": 531, "total_viewer_seconds": 116},
+            Totals(count=4, ingest_seconds=531.0, viewer_seconds=116.0),
+        ),
+        (
+            {"count": "4", "total_ingest_seconds": "531.25", "total_viewer_seconds": "1e3"},
+            Totals(count=4, ingest_seconds=531.25, viewer_seconds=1000.0),
+        ),
+        ({}, Totals(count=0, ingest_seconds=0.0, viewer_seconds=0.0)),
+        (
+            {"count": None, "total_ingest_seconds": None, "total_viewer_seconds": 7},
+            Totals(count=0, ingest_seconds=0.0, viewer_seconds=7.0),
+        ),
+        (
+            {"count": 4.0, "total_ingest_seconds": -0.0, "total_viewer_seconds": "-0"},
+            Totals(count=4, ingest_seconds=0.0, viewer_seconds=0.0),
+        ),
+        ({"count": 2, "date": "2023-07-15", "extra": [1]}, Totals(2, 0.0, 0.0)),
+    ],
+    ids=["example", "numeric-strings", "empty", "nulls", "whole-float-and-minus-zero", "no-day"],
+)
+def test_overall_totals_are_read_leniently(fields: dict[str, Any], expected: Totals) -> None:
+    """Numbers or numeric strings; an absent or null total is 0; the overall totals have no
+    day even if the object carries a date."""
+    found = decode.analytics_totals({"success": True, "data": fields})
+    assert found == expected
+    assert math.copysign(1.0, found.ingest_seconds) == 1.0  # no -0.0 reaches an exposition
+
+
+UNTRUSTED: Final[tuple[object, ...]] = (
+    -1,
+    "-1",
+    True,
+    False,
+    "NaN",
+    "inf",
+    math.nan,
+    math.inf,
+    "",
+    "x",
+    [],
+    {},
+)
+TOTALS_KEYS: Final = ("count", "total_ingest_seconds", "total_viewer_seconds")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [(key, value) for key in TOTALS_KEYS for value in UNTRUSTED]
+    + [("count", 1.5), ("count", "2.5")],
+    ids=repr,
+)
+def test_a_total_that_cannot_be_trusted_is_a_decode_error(key: str, value: object) -> None:
+    """Negative, not finite, boolean or unreadable totals (and a fractional count) fail the
+    answer, overall or daywise, rather than becoming zeros."""
+    totals = {"count": 1, "total_ingest_seconds": 1, "total_viewer_seconds": 1, key: value}
+    with pytest.raises(DecodeError):
+        decode.analytics_totals({"data": totals})
+    with pytest.raises(DecodeError):
+        decode.analytics_days({"data": [{**totals, "date": "2023-07-15"}]})
+
+
+@pytest.mark.parametrize(
+    ("value", "day"),
+    [
+        ("2023-07-15", "2023-07-15"),
+        (" 2023-07-15 ", "2023-07-15"),
+        ("2023-07-15T07:08:40.742Z", "2023-07-15"),
+        ("2023-07-15T23:30:00-05:00", "2023-07-15"),  # the date as written, not in UTC
+        ("2023-07-15 07:08:40", "2023-07-15"),
+        ("2023-02-30", None),
+        ("2023-07-15T99:00:00Z", None),
+        ("2023-07-15Tnoon", None),
+        ("2023-7-15", None),
+        ("20230715", None),
+        ("15/07/2023", None),
+        ("\uff12\uff10\uff12\uff13-07-15", None),  # full-width digits
+        (1689379200, None),
+        (None, None),
+        ("", None),
+    ],
+    ids=repr,
+)
+def test_analytics_dates(value: object, day: str | None) -> None:
+    """A date, or the date part of a timestamp; anything else is no day."""
+    assert decode.day(value) == day
+
+
+def test_daywise_rows_keep_their_order_and_their_days() -> None:
+    doc = {
+        "success": True,
+        "data": [
+            {"count": 1, "date": "2023-07-16", "total_ingest_seconds": 10},
+            {"count": "2", "date": "not a date", "total_viewer_seconds": "5.5"},
+        ],
+    }
+    assert decode.analytics_days(doc) == (
+        Totals(count=1, ingest_seconds=10.0, viewer_seconds=0.0, day="2023-07-16"),
+        Totals(count=2, ingest_seconds=0.0, viewer_seconds=5.5, day=None),
+    )
+    assert decode.analytics_days({"data": []}) == ()
+
+
+@pytest.mark.parametrize(
+    ("parse", "doc"),
+    [
+        (decode.analytics_totals, None),
+        (decode.analytics_totals, {"data": None}),
+        (decode.analytics_totals, {"data": [{"count": 1}]}),
+        (decode.analytics_days, {"data": {"count": 1, "date": "2023-07-15"}}),
+        (decode.analytics_days, {"data": None}),
+        (decode.analytics_days, {"data": [{"count": 1}, None]}),
+        (decode.analytics_days, {"data": [{"count": 1}] * (decode.MAX_DAYS + 1)}),
+    ],
+    ids=["not-object", "overall-null", "overall-list", "days-object", "days-null", "row", "rows"],
+)
+def test_analytics_of_the_wrong_shape_are_decode_errors(parse: Any, doc: object) -> None:
+    """``data`` is one object (overall) or a list of at most MAX_DAYS objects (daywise)."""
+    with pytest.raises(DecodeError):
+        parse(doc)

@@ -1,7 +1,8 @@
 """Property tests of the response parser: whatever the body, a valid result or DecodeError.
 
-Bodies come from the OpenAPI definition of the four endpoints the client reads (listing,
-``active-livestream-session``, ``livestreams/{id}``, ``livestreams/sessions/{id}``), read
+Bodies come from the OpenAPI definition of the six endpoints the client reads (listing,
+``active-livestream-session``, ``livestreams/{id}``, ``livestreams/sessions/{id}``, and the
+app's analytics ``overall`` and ``daywise``), read
 at test time from ``testdata/realtimekit-livestreams.openapi.json`` (a copy of
 ``../shared/``) by a small generator for the JSON-schema subset it uses:
 
@@ -18,7 +19,8 @@ at test time from ``testdata/realtimekit-livestreams.openapi.json`` (a copy of
 
 The property: each decoder returns a result whose every field has its type and bounds
 (ids non-empty and at most the label cap, statuses at most 64 characters, numbers finite
-and non-negative or None, all text encodable as UTF-8) or raises ``DecodeError``, never
+and non-negative or None, all text encodable as UTF-8, analytics days real dates or None)
+or raises ``DecodeError``, never
 anything else. Generation is derandomized and bounded: each test takes a few seconds and
 runs the same way every time.
 """
@@ -26,6 +28,7 @@ runs the same way every time.
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import math
 from collections import Counter
@@ -44,7 +47,7 @@ from exporter.decode import (
     DecodeError,
     ListingPage,
 )
-from exporter.model import ActiveSession, Livestream, Session
+from exporter.model import ActiveSession, Livestream, Session, Totals
 from tests import REPO, TESTDATA
 
 if TYPE_CHECKING:
@@ -58,6 +61,8 @@ PATHS: Final = {
     "active_session": "/livestreams/{livestream_id}/active-livestream-session",
     "livestream_by_id": "/livestreams/{livestream_id}",
     "session_by_id": "/livestreams/sessions/{livestream-session-id}",
+    "analytics": "/analytics/livestreams/overall",
+    "analytics_days": "/analytics/livestreams/daywise",
 }
 # A few seconds each when all is well; a failure's shrinking may take a minute on a busy
 # machine, which should end in the shrunk example rather than a timeout.
@@ -106,10 +111,12 @@ def shapes(name: str) -> dict[str, dict[str, Any]]:
     """Body schemas of endpoint ``name``: its response schema as published, and the shapes
     its examples (or the simulator's variants) use instead, built from the schema's parts."""
     schema = response_schema(name)
+    found = {"schema": schema}
+    if name.startswith("analytics"):
+        return found  # their examples keep to the schema
     props = schema["properties"]
     data = props["data"]["properties"]
     success = props["success"]
-    found = {"schema": schema}
     if name == "listing":
         item = _obj(**{k: v for k, v in data.items() if k != "paging"})
         paging = data["paging"]
@@ -467,6 +474,26 @@ def check_session_by_id(found: object) -> None:
         check_session(found)
 
 
+def check_totals(totals: object, *, dated: bool = False) -> None:
+    """Totals: a whole count and finite non-negative seconds; a day (when read) that is a
+    real date as YYYY-MM-DD, or None."""
+    assert type(totals) is Totals, totals
+    assert type(totals.count) is int and totals.count >= 0, totals.count
+    check_number(totals.ingest_seconds)
+    check_number(totals.viewer_seconds)
+    assert totals.ingest_seconds is not None and totals.viewer_seconds is not None
+    if not dated:
+        assert totals.day is None
+    elif totals.day is not None:
+        assert datetime.date.fromisoformat(totals.day).isoformat() == totals.day, totals.day
+
+
+def check_days(days: object) -> None:
+    assert type(days) is tuple and len(days) <= decode.MAX_DAYS
+    for totals in days:
+        check_totals(totals, dated=True)
+
+
 @dataclass(frozen=True)
 class Decoder:
     parse: Callable[[Any], Any]
@@ -491,12 +518,16 @@ DECODERS: Final = {
         lambda d: decode.livestream_by_id(d, livestream_id=LONG_FALLBACK_ID), check_livestream
     ),
     "session_by_id": Decoder(decode.session_by_id, check_session_by_id),
+    "analytics": Decoder(decode.analytics_totals, check_totals),
+    "analytics_days": Decoder(decode.analytics_days, check_days),
 }
 ENDPOINT_DECODERS: Final = {
     "listing": ("listing",),
     "active_session": ("active_session", "active_session, long configured id"),
     "livestream_by_id": ("livestream_by_id", "livestream_by_id, long configured id"),
     "session_by_id": ("session_by_id",),
+    "analytics": ("analytics",),
+    "analytics_days": ("analytics_days",),
 }
 
 
@@ -542,7 +573,7 @@ def test_the_definition_is_the_shared_one() -> None:
 @pytest.mark.parametrize("name", ENDPOINTS)
 def test_schema_bodies_decode_or_raise_decode_error(name: str) -> None:
     """Bodies of the endpoint's schema, in each published shape, decode to valid results
-    or raise DecodeError; most of them decode."""
+    or raise DecodeError; many of them decode."""
     outcomes: Counter[str] = Counter()
     bodies = st.one_of(*(strategy(shape) for _, shape in sorted(shapes(name).items())))
 
@@ -553,7 +584,10 @@ def test_schema_bodies_decode_or_raise_decode_error(name: str) -> None:
             outcomes[outcome(DECODERS[decoder], doc)] += 1
 
     check()
-    assert outcomes["ok"] > outcomes.total() / 3, outcomes  # the generator reaches the fields
+    # The generator reaches the fields. A daywise body fails whole for any negative total
+    # in any of its rows (the schema's integers are negative half the time): fewer decode.
+    share = 10 if name == "analytics_days" else 3
+    assert outcomes["ok"] > outcomes.total() / share, outcomes
 
 
 @pytest.mark.parametrize("name", ENDPOINTS)
