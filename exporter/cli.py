@@ -332,7 +332,7 @@ def _prepare_daemon() -> None:
 
 async def _once(cfg: config.Config) -> int:
     async with Exporter(cfg) as exporter:
-        poll = asyncio.ensure_future(exporter.poller.poll_once())
+        poll = asyncio.ensure_future(exporter.poller.poll_once(analytics=True))
         try:
             with Signals() as signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):

@@ -215,9 +215,13 @@ class Fleet:
         """Streams with a webhook's refresh under way, over every unit."""
         return sum(u.refresher.busy for u in self.units.values() if u.refresher is not None)
 
-    async def poll_once(self) -> Snapshot:
-        """One cycle of every unit, at once; the merged snapshot (for ``--once``, tests)."""
-        await asyncio.gather(*(unit.poller.poll_once() for unit in list(self.units.values())))
+    async def poll_once(self, *, analytics: bool = False) -> Snapshot:
+        """One cycle of every unit, at once; the merged snapshot (for ``--once``, tests).
+        With ``analytics``, also wait for the analytics the cycles set off."""
+        units = list(self.units.values())
+        await asyncio.gather(*(unit.poller.poll_once() for unit in units))
+        if analytics:
+            await asyncio.gather(*(unit.poller.analytics_settled() for unit in units))
         return self.snapshot
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -102,7 +102,8 @@ def _summary(snapshot: Snapshot, now: float) -> str:
         f'<p id="last-cycle">Last poll cycle ended {_when(snapshot.taken_at, now)}; '
         f"{snapshot.cycles} cycles since start; {up} of {len(snapshot.apps)} apps up.</p>\n"
         '<h2>Apps</h2>\n<table id="apps"><thead><tr><th>account_id</th><th>app_id</th>'
-        "<th>state</th><th>last successful poll</th><th>tracked streams</th><th>live</th>"
+        "<th>credentials</th><th>state</th><th>last successful poll</th>"
+        "<th>tracked streams</th><th>live</th>"
         f"<th>not in listing</th></tr></thead><tbody>\n{rows}</tbody></table>"
     )
 
@@ -112,7 +113,7 @@ def _app_row(app: AppState, now: float) -> str:
     return (
         f'<tr data-account-id="{_e(app.account_id)}" data-app-id="{_e(app.app_id)}">'
         f'<td class="id account">{_e(app.account_id)}</td><td class="id app">{_e(app.app_id)}</td>'
-        f'<td class="state">{_health(app)}</td>'
+        f'<td class="credentials">{_e(app.credentials)}</td><td class="state">{_health(app)}</td>'
         f'<td class="last-success">{_when(app.last_success, now, never="never")}</td>'
         f'<td class="num tracked">{len(app.streams)}</td><td class="num live-count">{live}</td>'
         f'<td class="num unlisted">{len(app.unlisted)}</td></tr>\n'

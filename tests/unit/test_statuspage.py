@@ -145,6 +145,7 @@ def test_apps_and_streams_are_shown() -> None:
     assert got.apps[(ACCOUNT, APP)] == {
         "account": ACCOUNT,
         "app": APP,
+        "credentials": "default",  # the name of the token the app is read with
         "state": "up",
         "last-success": "2027-01-15 07:59:50 UTC (10 s ago)",
         "tracked": "3",
