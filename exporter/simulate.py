@@ -45,7 +45,8 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> None:
         help="serve a simulated RealtimeKit livestream API (for demos, tests, benchmarks)",
         description="Serve a simulated RealtimeKit livestream API with a control interface "
         "under /-/simulator. The token it accepts is read from --token-file, else from "
-        f"${SIMULATOR_TOKEN_ENV}, else it is {SIMULATOR_DEFAULT_TOKEN!r}.",
+        f"${SIMULATOR_TOKEN_ENV}, else it is {SIMULATOR_DEFAULT_TOKEN!r}; it is named "
+        '"default", and more are added by name with POST /-/simulator/tokens.',
     )
     sim.add_argument(
         "--listen",
@@ -178,9 +179,7 @@ def main(args: argparse.Namespace) -> int:
         token = _simulator_token(args.token_file)
     except (UsageError, ValueError) as exc:
         return fail(EXIT_USAGE, f"usage error: {exc} (see simulate --help)")
-    logs.configure(level=args.log_level, fmt=args.log_format, secrets=lambda: (token,))
     world = World(seed=args.seed, profile=DEMO if args.profile == "demo" else REALISTIC)
-    world.populate(args.account_id, args.app_id, args.livestreams, live=args.live)
     simulator = Simulator(
         world,
         token=token,
@@ -191,6 +190,9 @@ def main(args: argparse.Namespace) -> int:
         else RateLimiter(ip_rate.requests, ip_rate.window, block=False),
         max_per_page=args.max_per_page,
     )
+    # Every token accepted at the time of a log line: more are added through the control API.
+    logs.configure(level=args.log_level, fmt=args.log_format, secrets=simulator.state.secrets)
+    world.populate(args.account_id, args.app_id, args.livestreams, live=args.live)
     try:
         return asyncio.run(_simulate(simulator, host, port))
     except OSError as exc:

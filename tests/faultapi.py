@@ -175,7 +175,7 @@ class FaultApi:
         self._upstream: aiohttp.ClientSession | None = None
 
     def secrets(self) -> list[str]:
-        return [self.sim.state.token, *self.sim.world.secrets()]
+        return [*self.sim.state.secrets(), *self.sim.world.secrets()]
 
     @property
     def base_url(self) -> str:

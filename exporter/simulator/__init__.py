@@ -4,6 +4,10 @@
 address; ``realtimekit-exporter simulate`` runs one from the command line, and
 ``realtimekit-exporter --demo`` runs one inside the exporter's own process.
 
+It accepts the ``token`` it is given (named "default") and any others added by name
+(:meth:`Simulator.add_token`, ``POST /-/simulator/tokens``), each maybe limited to some
+accounts and each with its own rate-limit window.
+
 It also speaks webhooks as RealtimeKit does (:mod:`exporter.simulator.webhooks`): apps
 register them through the API, every livestream status change is delivered, signed with
 the simulator's own key pair, whose public half is served at :attr:`Simulator.key_url`.
@@ -19,6 +23,7 @@ from aiohttp import web
 from exporter.simulator.api import API_PREFIX, CONTROL, SimulatorState, create_app
 from exporter.simulator.faults import Canned, Faults
 from exporter.simulator.ratelimit import RateLimiter
+from exporter.simulator.tokens import SimToken, TokenError
 from exporter.simulator.webhooks import (
     KEY_PATH,
     STATUS_EVENT,
@@ -42,7 +47,9 @@ __all__ = [
     "Faults",
     "Profile",
     "RateLimiter",
+    "SimToken",
     "Simulator",
+    "TokenError",
     "Webhook",
     "World",
     "is_loopback",
@@ -59,18 +66,22 @@ class Simulator:
         world: World,
         *,
         token: str,
+        tokens: Iterable[SimToken] = (),
         faults: Faults | None = None,
         limiter: RateLimiter | None = None,
         ip_limiter: RateLimiter | Literal["off"] | None = None,
         max_per_page: int = 100,
         webhook_settings: DeliverySettings | None = None,
     ) -> None:
-        """``limiter``: the per-token limit (default 1200 per 5 minutes); ``ip_limiter``:
-        the per-address one (default 200 per second; "off" for none); ``webhook_settings``:
-        how webhooks are delivered (retry delay, timeout...; tests make them fast)."""
+        """``token``: accepted as the token named "default", for every account;
+        ``tokens``: accepted beside it. ``limiter``: the per-token limit (default 1200 per
+        5 minutes, each token its own window); ``ip_limiter``: the per-address one
+        (default 200 per second; "off" for none); ``webhook_settings``: how webhooks are
+        delivered (retry delay, timeout...; tests make them fast)."""
         self.state = SimulatorState(
             world,
             token=token,
+            tokens=tokens,
             faults=faults,
             limiter=limiter,
             ip_limiter=ip_limiter,
@@ -130,6 +141,13 @@ class Simulator:
     def rotate_key(self) -> bytes:
         """Sign deliveries with a new key pair from now on, and serve it; its public PEM."""
         return self.state.deliveries.rotate_key().public_pem
+
+    def add_token(self, name: str, token: str, *, accounts: Iterable[str] | None = None) -> bool:
+        """Accept ``token`` as ``name``, for ``accounts`` only (None: every account), as
+        ``POST /-/simulator/tokens`` does; a name that exists gets the new token (its old
+        one is refused from now on). True if it replaced one; TokenError if it cannot be
+        added (more than MAX_TOKENS, a value another name holds)."""
+        return self.state.add_token(name, token, accounts=accounts)
 
     def add_webhook(
         self,

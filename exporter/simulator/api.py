@@ -10,6 +10,20 @@ per request; with ``variant_rate`` an answer takes one of the other shapes the d
 publish (see :data:`VARIANTS`), and with ``status_lag`` livestream objects show a status
 that lags behind the session endpoints.
 
+An app's livestream analytics (``.../{app_id}/analytics/livestreams/overall`` and
+``/daywise``) add up the app's sessions as :meth:`~exporter.simulator.world.World.totals`
+keeps them: every session it had, ended ones with their final values and live ones with
+their values now, by the UTC day they started, seconds rounded down to integers.
+``daywise`` needs ``start_time`` and ``end_time`` (Unix seconds) and gives a row for each
+UTC day from the one to the other (whole days) on which sessions started; ``overall``
+takes the same range, optional (none: all time). A missing or bad value is a 400 in
+RealtimeKit's envelope; ``filters`` is ignored.
+
+The simulator accepts several tokens (:mod:`exporter.simulator.tokens`), each with a name
+and maybe limited to some accounts: a token it does not know gets 401, a known one asking
+for an account it may not read 403, both in the gateway's envelope. Each token has its own
+rate-limit window; the request log and the stats name the token a request carried.
+
 Webhook registrations live under ``.../{app_id}/webhooks`` and go through the same gate;
 the public key that verifies deliveries is served at ``/.well-known/webhooks.json`` (no
 auth, no rate limit), as RealtimeKit serves it; delivery itself is
@@ -23,9 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
+import math
 import re
 import time
 from collections import Counter, deque
@@ -38,6 +52,7 @@ from yarl import URL
 
 from exporter.simulator.faults import Canned, Dice, FaultError, Faults
 from exporter.simulator.ratelimit import RateLimiter
+from exporter.simulator.tokens import DEFAULT_NAME, SimToken, TokenError, Tokens, check
 from exporter.simulator.webhooks import (
     EVENTS,
     KEY_PATH,
@@ -48,10 +63,17 @@ from exporter.simulator.webhooks import (
     WebhookError,
     Webhooks,
 )
-from exporter.simulator.world import FILTER_STATUSES, MAX_VIEWERS, World, WorldError
+from exporter.simulator.world import (
+    FILTER_STATUSES,
+    MAX_VIEWERS,
+    Tally,
+    World,
+    WorldError,
+    utc_day,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable, Sequence
 
     from exporter.simulator.webhooks import Webhook
     from exporter.simulator.world import SimSession, SimStream
@@ -73,6 +95,7 @@ LOG_SIZE: Final = 1000  # API requests SimulatorState.log keeps, the latest
 LOG_BODY_BYTES: Final = 16 * 1024
 MAX_ANSWERS: Final = 100  # fixed answers waiting at once (each may hold a body of 1 MiB)
 MAX_PAGE_DIGITS: Final = 9  # page_no and per_page beyond 999,999,999 are refused
+MAX_TIME_DIGITS: Final = 11  # Unix seconds of the analytics' range: up to the year 5138
 # The other shapes the docs publish, by endpoint, that ``variant_rate`` switches to:
 # - listing_object: the schema's listing, ``data`` an object holding ``livestreams`` and
 #   ``paging``;
@@ -99,6 +122,8 @@ API_ENDPOINTS: Final = (
     "edit_webhook",
     "replace_webhook",
     "delete_webhook",
+    "livestream_analytics",
+    "livestream_analytics_daywise",
 )
 INGEST_SERVER: Final = "rtmps://live.cloudflare.com:443/live/"
 _EDGE_PAGE: Final = (
@@ -119,8 +144,9 @@ class Sent:
     method: str
     path: str
     query_string: str  # as sent, still percent-encoded
-    authorized: bool  # whether it carried the simulator's token
+    authorized: bool  # whether it carried a token the simulator accepts
     raw_body: bytes | None = None  # None: no body, or one over LOG_BODY_BYTES
+    token_name: str | None = None  # the name of that token (never the token itself)
 
     @property
     def query(self) -> dict[str, str]:
@@ -144,14 +170,18 @@ class Sent:
             "path": self.path,
             "query": self.query,
             "authorized": self.authorized,
+            "token_name": self.token_name,
             "body": self.body,
         }
 
 
-def _sent(name: str, request: web.Request, authorized: bool, body: bytes | None = None) -> Sent:
+def _sent(
+    name: str, request: web.Request, token: SimToken | None, body: bytes | None = None
+) -> Sent:
     kept = body if body is not None and len(body) <= LOG_BODY_BYTES else None
     query = request.rel_url.raw_query_string
-    return Sent(name, request.method, request.path, query, authorized, kept)
+    token_name = None if token is None else token.name
+    return Sent(name, request.method, request.path, query, token is not None, kept, token_name)
 
 
 @dataclass(slots=True)
@@ -170,16 +200,20 @@ class SimulatorState:
         world: World,
         *,
         token: str,
+        tokens: Iterable[SimToken] = (),
         faults: Faults | None = None,
         limiter: RateLimiter | None = None,
         ip_limiter: RateLimiter | Literal["off"] | None = None,
         max_per_page: int = 100,
         webhook_settings: DeliverySettings | None = None,
     ) -> None:
+        """``token`` is accepted as the token named "default", which may read every
+        account; ``tokens`` are accepted beside it (TokenError: a name twice, a value
+        twice, more than MAX_TOKENS)."""
         if max_per_page < 1:
             raise ValueError("max_per_page must be at least 1")
         self.world = world
-        self.token = token
+        self.tokens = Tokens([SimToken(DEFAULT_NAME, token), *tokens])
         self._released = asyncio.Event()
         self._closing = asyncio.Event()
         self.faults = faults or Faults()
@@ -197,6 +231,9 @@ class SimulatorState:
         self.log: deque[Sent] = deque(maxlen=LOG_SIZE)
         self._script: list[_Scripted] = []
         self.traffic = Traffic(self.limiter.window)
+        # By token name: what it sent (as traffic counts it), and its answers by status.
+        self.token_traffic: dict[str, Traffic] = {}
+        self.token_requests: dict[str, Counter[int]] = {}
         self.webhooks = Webhooks()
         self.deliveries = Deliveries(
             world,
@@ -208,6 +245,38 @@ class SimulatorState:
 
     def __repr__(self) -> str:  # the token is not printed, even a simulated one
         return f"SimulatorState(apps={len(self.world.apps())}, faults={self.faults!r})"
+
+    @property
+    def token(self) -> str:
+        """The token named "default" (the one given as ``token``)."""
+        default = self.tokens.get(DEFAULT_NAME)
+        return "" if default is None else default.value
+
+    @token.setter
+    def token(self, value: str) -> None:
+        """Replace the default token (it keeps its accounts): the old one is refused."""
+        default = self.tokens.get(DEFAULT_NAME)
+        accounts = None if default is None else default.accounts
+        self.tokens.add(SimToken(DEFAULT_NAME, value, accounts))
+
+    def add_token(self, name: str, token: str, *, accounts: Iterable[str] | None = None) -> bool:
+        """Accept ``token`` as ``name``, for ``accounts`` only (None: every account); an
+        existing name gets the new token. True if it replaced one; TokenError if it cannot
+        be added."""
+        scope = None if accounts is None else frozenset(accounts)
+        return self.tokens.add(SimToken(name, token, scope))
+
+    def secrets(self) -> list[str]:
+        """Every token accepted now: what must never show in logs, metrics or errors."""
+        return self.tokens.values()
+
+    def note_traffic(self, token: SimToken, now: float) -> None:
+        """A request that counts against ``token``'s rate limit (and the busiest window)."""
+        self.traffic.note(now)
+        traffic = self.token_traffic.get(token.name)
+        if traffic is None:
+            traffic = self.token_traffic[token.name] = Traffic(self.limiter.window)
+        traffic.note(now)
 
     @property
     def faults(self) -> Faults:
@@ -417,33 +486,43 @@ def _api(
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        authorized = scheme == "Bearer" and hmac.compare_digest(
-            token.encode(), state.token.encode()
-        )
+        token = _presented(state, request)
         try:
             body = await request.read() if request.body_exists else None
         except web.HTTPException as exc:  # a body over client_max_size: 413
-            state.log.append(_sent(name, request, authorized))
-            state.requests[(name, exc.status)] += 1
+            state.log.append(_sent(name, request, token))
+            _count(state, name, token, exc.status)
             raise
-        state.log.append(_sent(name, request, authorized, body))
+        state.log.append(_sent(name, request, token, body))
         try:
             response = await _gatekeep(
-                state, request, name, handler, token=token, authorized=authorized, webhooks=webhooks
+                state, request, name, handler, token=token, webhooks=webhooks
             )
         except web.HTTPException as exc:
-            state.requests[(name, exc.status)] += 1
+            _count(state, name, token, exc.status)
             raise
         except Exception:
             # A bug in the simulator: answered (and counted) as the 500 it is, so that a
             # benchmark's stats do not silently lose requests.
             log.exception("simulator error answering %s", request.path_qs)
             response = _service_error(500, "Internal Server Error (simulator)")
-        state.requests[(name, response.status)] += 1
+        _count(state, name, token, response.status)
         return response
 
     return wrapped
+
+
+def _presented(state: SimulatorState, request: web.Request) -> SimToken | None:
+    """The accepted token the request's ``Authorization: Bearer`` header carries, if any."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    return state.tokens.identify(presented) if scheme == "Bearer" else None
+
+
+def _count(state: SimulatorState, name: str, token: SimToken | None, status: int) -> None:
+    """Count an answer by endpoint and status, and by the token the request carried."""
+    state.requests[(name, status)] += 1
+    if token is not None:
+        state.token_requests.setdefault(token.name, Counter())[status] += 1
 
 
 async def _gatekeep(
@@ -452,8 +531,7 @@ async def _gatekeep(
     name: str,
     handler: Handler,
     *,
-    token: str,
-    authorized: bool,
+    token: SimToken | None,
     webhooks: bool = False,
 ) -> web.StreamResponse:
     verdict = state.dice.roll(state.faults)
@@ -461,7 +539,7 @@ async def _gatekeep(
         await state.delayed(verdict.delay)
     await state.released()
     faults = state.faults
-    if not authorized or faults.reject_token:
+    if token is None or faults.rejects(token.name):
         return _gateway_error(401, 10000, "Authentication error")
     world = state.world
     now = world.now()
@@ -472,14 +550,16 @@ async def _gatekeep(
             return _gateway_error(
                 429, 971, "Please wait and consider throttling your request speed", headers
             )
-    if not world.has_account(request.match_info["account_id"]):
+    account_id = request.match_info["account_id"]
+    if not world.has_account(account_id) or not token.may_read(account_id):
         return _gateway_error(403, 10000, "Authentication error")
     if webhooks and faults.webhooks_forbidden:  # a token without the webhook permission
         return _gateway_error(403, 10000, "Authentication error")
+    # Each token has its own window, kept under its value: a replaced token starts afresh.
     if verdict.kind == "throttle":
-        state.limiter.block(token, now, faults.throttle_seconds)
-    state.traffic.note(now)
-    decision = state.limiter.check(token, now)
+        state.limiter.block(token.value, now, faults.throttle_seconds)
+    state.note_traffic(token, now)
+    decision = state.limiter.check(token.value, now)
     headers = {
         "Ratelimit": f'"default";r={decision.remaining};t={decision.reset}',
         "Ratelimit-Policy": state.limiter.policy(),
@@ -725,6 +805,75 @@ async def _session_by_id(request: web.Request, pick: float | None) -> web.Stream
     return web.json_response({"success": True, "data": body})
 
 
+# -- analytics ----------------------------------------------------------------------
+def _unix_param(request: web.Request, key: str, *, required: bool) -> int | None:
+    raw = request.query.get(key)
+    if raw is None:
+        if required:
+            raise _BadQuery(f"{key} is required")
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= MAX_TIME_DIGITS):
+        raise _BadQuery(
+            f"{key} must be a Unix timestamp in seconds (at most {MAX_TIME_DIGITS} digits)"
+        )
+    return int(raw)
+
+
+def _sessions_by_day(request: web.Request, *, required: bool) -> dict[str, Tally] | web.Response:
+    """The app's sessions added up by the UTC day they started, on the days from the one
+    of ``start_time`` to the one of ``end_time`` (None: no bound, unless ``required``);
+    a 400 in RealtimeKit's envelope for a range that is missing or cannot be read."""
+    try:
+        start = _unix_param(request, "start_time", required=required)
+        end = _unix_param(request, "end_time", required=required)
+        if start is not None and end is not None and start > end:
+            raise _BadQuery("start_time must not be after end_time")
+    except _BadQuery as exc:
+        return _service_error(400, str(exc))
+    info = request.match_info
+    return request.app[STATE].world.totals(
+        info["account_id"],
+        info["app_id"],
+        first_day=None if start is None else utc_day(start),
+        last_day=None if end is None else utc_day(end),
+    )
+
+
+def _totals_body(tally: Tally, *, as_strings: bool) -> dict[str, Any]:
+    """Totals as the examples send them: integers (the sums rounded down)."""
+    values = {
+        "count": tally.count,
+        "total_ingest_seconds": math.floor(tally.ingest_seconds),
+        "total_viewer_seconds": math.floor(tally.viewer_seconds),
+    }
+    return {k: str(v) if as_strings else v for k, v in values.items()}
+
+
+async def _analytics(request: web.Request, _: float | None) -> web.StreamResponse:
+    """All the app's sessions added up; with ``start_time`` or ``end_time``, those that
+    started on the UTC days from the one to the other (as daywise counts them)."""
+    days = _sessions_by_day(request, required=False)
+    if isinstance(days, web.Response):
+        return days
+    total = Tally()
+    for tally in days.values():
+        total.add(tally.count, tally.ingest_seconds, tally.viewer_seconds)
+    as_strings = request.app[STATE].faults.numbers_as_strings
+    return web.json_response({"success": True, "data": _totals_body(total, as_strings=as_strings)})
+
+
+async def _analytics_daywise(request: web.Request, _: float | None) -> web.StreamResponse:
+    """One row per UTC day from the day of ``start_time`` to the day of ``end_time`` (both
+    required, Unix seconds) on which sessions of the app started, oldest first: whole days,
+    whatever the time of day the range starts and ends at."""
+    days = _sessions_by_day(request, required=True)
+    if isinstance(days, web.Response):
+        return days
+    as_strings = request.app[STATE].faults.numbers_as_strings
+    rows = [{"date": day, **_totals_body(t, as_strings=as_strings)} for day, t in days.items()]
+    return web.json_response({"success": True, "data": rows})
+
+
 # -- webhooks -----------------------------------------------------------------------
 class _BadBody(Exception):
     pass
@@ -953,8 +1102,12 @@ async def _control_delete(request: web.Request) -> web.StreamResponse:
 async def _control_faults(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     if request.method == "PUT":
+        changes = await _json(request)
+        name = changes.get("token")
+        if "token" in changes and (not isinstance(name, str) or state.tokens.get(name) is None):
+            return _control_error(400, "token must be the name of an accepted token")
         try:
-            state.faults = state.faults.update(await _json(request))
+            state.faults = state.faults.update(changes)
         except FaultError as exc:
             return _control_error(400, str(exc))
     return web.json_response(state.faults.as_dict())
@@ -1037,23 +1190,63 @@ async def _unrouted(
     refused = request.match_info.http_exception
     if refused is not None:
         state = request.app[STATE]
-        state.log.append(_sent("unrouted", request, authorized=False))
-        state.requests[("unrouted", refused.status)] += 1
+        token = _presented(state, request)
+        state.log.append(_sent("unrouted", request, token))
+        _count(state, "unrouted", token, refused.status)
     return await handler(request)
 
 
 async def _control_throttle(request: web.Request) -> web.StreamResponse:
-    """Block the token now for ``seconds``, as if something else had spent its budget."""
+    """Block the token named ``token`` (default: every token) now for ``seconds``, as if
+    something else had spent its budget."""
     state = request.app[STATE]
-    seconds = (await _json(request)).get("seconds", state.faults.throttle_seconds)
+    body = await _json(request)
+    seconds = body.get("seconds", state.faults.throttle_seconds)
+    unknown = sorted(set(body) - {"seconds", "token"})
+    if unknown:
+        return _control_error(400, f"unknown key(s) {', '.join(unknown)}")
     if (
         isinstance(seconds, bool)
         or not isinstance(seconds, int | float)
         or not 0 < seconds <= 86400  # also refuses NaN and Infinity
     ):
         return _control_error(400, "seconds must be a number between 0 and 86400")
-    state.limiter.block(state.token, state.world.now(), float(seconds))
-    return web.json_response({"blocked_for": seconds})
+    name = body.get("token")
+    targets = list(state.tokens)
+    if name is not None:
+        target = state.tokens.get(name) if isinstance(name, str) else None
+        if target is None:
+            return _control_error(400, "token must be the name of an accepted token")
+        targets = [target]
+    now = state.world.now()
+    for target in targets:
+        state.limiter.block(target.value, now, float(seconds))
+    answer: dict[str, Any] = {"blocked_for": seconds}
+    if name is not None:
+        answer["token"] = name
+    return web.json_response(answer)
+
+
+async def _control_tokens(request: web.Request) -> web.StreamResponse:
+    """GET: the accepted tokens by name, with their accounts (never a token's value).
+    POST ``{"name", "token", "accounts"}``: accept a token, or replace the token of that
+    name (201 if added, 200 if replaced)."""
+    state = request.app[STATE]
+    if request.method == "POST":
+        body = await _json(request)
+        unknown = sorted(set(body) - {"name", "token", "accounts"})
+        if unknown:
+            return _control_error(400, f"unknown key(s) {', '.join(unknown)}")
+        try:
+            token = check(body.get("name"), body.get("token"), body.get("accounts"))
+            replaced = state.tokens.add(token)
+        except TokenError as exc:
+            return _control_error(400, str(exc))
+        log.info("simulator token %s %s", token.name, "replaced" if replaced else "added")
+        return web.json_response(
+            {**token.as_dict(), "replaced": replaced}, status=200 if replaced else 201
+        )
+    return web.json_response({"tokens": [t.as_dict() for t in state.tokens]})
 
 
 async def _control_stats(request: web.Request) -> web.StreamResponse:
@@ -1061,19 +1254,28 @@ async def _control_stats(request: web.Request) -> web.StreamResponse:
     by_endpoint: dict[str, dict[str, int]] = {}
     for (endpoint, status), count in sorted(state.requests.items()):
         by_endpoint.setdefault(endpoint, {})[str(status)] = count
-    traffic = state.traffic
     stats: dict[str, Any] = {
         "requests": by_endpoint,
         "total": sum(state.requests.values()),
-        "busiest_window": {
-            "window_s": traffic.window,
-            "requests": traffic.busiest,
-            "ended_at": traffic.busiest_at,
+        "busiest_window": _busiest(state.traffic),
+        "tokens": {
+            name: {
+                "requests": {str(k): v for k, v in sorted(counts.items())},
+                "total": sum(counts.values()),
+                "busiest_window": _busiest(
+                    state.token_traffic.get(name) or Traffic(state.limiter.window)
+                ),
+            }
+            for name, counts in sorted(state.token_requests.items())
         },
     }
     if state.deliveries.used():  # absent until webhooks are used, as before they existed
         stats["webhooks"] = state.deliveries.stats()
     return web.json_response(stats)
+
+
+def _busiest(traffic: Traffic) -> dict[str, Any]:
+    return {"window_s": traffic.window, "requests": traffic.busiest, "ended_at": traffic.busiest_at}
 
 
 async def _control_webhooks(request: web.Request) -> web.StreamResponse:
@@ -1108,7 +1310,8 @@ def create_app(state: SimulatorState) -> web.Application:
       ``unstall``, ``autopilot`` (hand back to the lifecycle) or ``counters``
       (``ingest_seconds``, ``viewer_seconds``: the session's counters from now on);
     - ``DELETE /-/simulator/livestreams/{id}``;
-    - ``GET`` and ``PUT /-/simulator/faults`` (a partial JSON object of Faults fields);
+    - ``GET`` and ``PUT /-/simulator/faults`` (a partial JSON object of Faults fields;
+      ``{"reject_token": bool, "token": NAME}`` rejects, or accepts again, one token);
     - ``POST /-/simulator/answers``: answer the next request(s) to an API endpoint
       (``endpoint``, a name as in the stats) with ``status`` (200 to 599), and ``body``
       (JSON) or ``text``; also ``headers`` (none that frames the body), ``content_type``,
@@ -1116,11 +1319,18 @@ def create_app(state: SimulatorState) -> web.Application:
       (carry the request out, lose its answer); at most MAX_ANSWERS wait at once;
       ``DELETE`` forgets the answers not given yet;
     - ``GET /-/simulator/requests``: the latest API requests as they arrived (bodies of
-      at most LOG_BODY_BYTES);
-    - ``POST /-/simulator/throttle`` (``seconds``): block the token now;
-    - ``GET /-/simulator/stats``: API requests by endpoint and status, the most the
-      token sent in any rate-limit window (``busiest_window``), and once webhooks are used
-      (registered, key fetched or rotated) their delivery counts (``webhooks``);
+      at most LOG_BODY_BYTES), each with ``authorized`` (it carried an accepted token)
+      and ``token_name`` (that token's name, or null; never the token);
+    - ``POST /-/simulator/throttle`` (``seconds``; ``token``: a token's name, default
+      every token): block the token(s) now;
+    - ``GET /-/simulator/tokens``: the accepted tokens' names and accounts; ``POST`` with
+      ``name``, ``token`` and ``accounts`` (a list of account ids, or null for every
+      account) accepts a token, or gives that name a new one (at most MAX_TOKENS);
+    - ``GET /-/simulator/stats``: API requests by endpoint and status, the most all
+      tokens sent in any rate-limit window (``busiest_window``), the same by token name
+      (``tokens``: ``requests`` by status, ``total``, ``busiest_window``), and once
+      webhooks are used (registered, key fetched or rotated) their delivery counts
+      (``webhooks``);
     - ``GET /-/simulator/webhooks``: every app's webhooks and the delivery counts;
     - ``POST /-/simulator/webhooks/rotate-key``: sign with a new key pair from now on,
       and serve it at ``/.well-known/webhooks.json``.
@@ -1137,6 +1347,11 @@ def create_app(state: SimulatorState) -> web.Application:
         _api("active_livestream_session", _active_session),
     )
     app.router.add_get(streams + "/{livestream_id}", _api("livestream", _livestream))
+    analytics = APP_PATH + "/analytics/livestreams"
+    app.router.add_get(analytics + "/overall", _api("livestream_analytics", _analytics))
+    app.router.add_get(
+        analytics + "/daywise", _api("livestream_analytics_daywise", _analytics_daywise)
+    )
     hooks = APP_PATH + "/webhooks"
     app.router.add_get(hooks, _api("webhooks", _list_webhooks, webhooks=True))
     app.router.add_post(hooks, _api("add_webhook", _add_webhook, webhooks=True))
@@ -1162,6 +1377,8 @@ def create_app(state: SimulatorState) -> web.Application:
         ("DELETE", "/answers", _control_answers),
         ("GET", "/requests", _control_requests),
         ("POST", "/throttle", _control_throttle),
+        ("GET", "/tokens", _control_tokens),
+        ("POST", "/tokens", _control_tokens),
         ("GET", "/stats", _control_stats),
         ("GET", "/webhooks", _control_webhooks),
         ("POST", "/webhooks/rotate-key", _control_rotate_key),

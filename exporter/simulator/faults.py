@@ -6,6 +6,8 @@ import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from exporter.simulator.tokens import MAX_TOKENS, NAME
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -33,6 +35,9 @@ class Faults:
     throttle_seconds: float = 30.0  # how long such a burst lasts (its Retry-After)
     numbers_as_strings: bool = False  # counters as "116.1" (their declared type)
     reject_token: bool = False  # every request gets 401, as if the token were revoked
+    # The names of the tokens whose requests get 401 (as reject_token, for these alone);
+    # set one by one with {"reject_token": ..., "token": NAME} (see update).
+    rejected_tokens: tuple[str, ...] = ()
     variant_rate: float = 0.0  # share answered in another documented shape (api.VARIANTS)
     status_lag: float = 0.0  # livestream objects show the previous status this long
     ignore_status_filter: bool = False  # the listing answers as if no status were asked
@@ -50,11 +55,24 @@ class Faults:
     key_document_unavailable: bool = False  # /.well-known/webhooks.json answers 503
 
     def update(self, changes: dict[str, Any]) -> Faults:
-        """A copy with ``changes`` applied; raises FaultError naming a bad key or value."""
+        """A copy with ``changes`` applied; raises FaultError naming a bad key or value.
+
+        With a ``token`` (a token's name), ``reject_token`` is about that token alone: it
+        joins or leaves ``rejected_tokens``, and ``reject_token`` itself is untouched."""
+        if "token" in changes:
+            changes = self._for_token(changes)
         known = {f.name: f for f in fields(self)}
         for key, value in changes.items():
             if key not in known:
                 raise FaultError(f"unknown fault {key!r}; known: {', '.join(known)}")
+            if key == "rejected_tokens":
+                if not isinstance(value, list | tuple) or not all(
+                    isinstance(n, str) and NAME.fullmatch(n) for n in value
+                ):
+                    raise FaultError("rejected_tokens must be a list of token names")
+                if len(set(value)) > MAX_TOKENS:
+                    raise FaultError(f"rejected_tokens can name at most {MAX_TOKENS} tokens")
+                continue
             if isinstance(getattr(self, key), bool):
                 if not isinstance(value, bool):
                     raise FaultError(f"{key} must be true or false")
@@ -64,9 +82,33 @@ class Faults:
                 limit = "between 0 and 1" if key.endswith("_rate") else "between 0 and 86400"
                 raise FaultError(f"{key} must be {limit}")
         clean: dict[str, Any] = {
-            k: (v if isinstance(v, bool) else float(v)) for k, v in changes.items()
+            k: (v if isinstance(v, bool) else float(v))
+            for k, v in changes.items()
+            if k != "rejected_tokens"
         }
+        if "rejected_tokens" in changes:
+            clean["rejected_tokens"] = tuple(sorted(set(changes["rejected_tokens"])))
         return replace(self, **clean)
+
+    def _for_token(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """``{"reject_token": flag, "token": name}`` as the change of rejected_tokens."""
+        name, flag = changes.get("token"), changes.get("reject_token")
+        if set(changes) != {"token", "reject_token"}:
+            raise FaultError("token names the token that reject_token (alone) is about")
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise FaultError("token must be the name of a token")
+        if not isinstance(flag, bool):
+            raise FaultError("reject_token must be true or false")
+        rejected = set(self.rejected_tokens)
+        if flag:
+            rejected.add(name)
+        else:
+            rejected.discard(name)
+        return {"rejected_tokens": sorted(rejected)}
+
+    def rejects(self, name: str) -> bool:
+        """Whether the requests of the token ``name`` get 401."""
+        return self.reject_token or name in self.rejected_tokens
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

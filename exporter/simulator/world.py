@@ -12,6 +12,13 @@ Counters follow what RealtimeKit reports: ``ingest_seconds`` grows by one per se
 ingest, ``viewer_seconds`` by the number of concurrent viewers per second (a smooth,
 seeded wave around a per-session mean), and both read 60 for the first 40-50 seconds
 of a session (a placeholder the real API shows).
+
+An app's analytics (:meth:`World.totals`) add up every session it ever had: a stream
+keeps only its last :data:`MAX_SESSIONS` sessions, so rather than the sessions, the world
+keeps a running :class:`Tally` per app and UTC day of the sessions that have ended, with
+their final values (a few numbers per app and day), and adds the live sessions' current
+values when asked. Sessions of a deleted stream stay counted (analytics are history; a
+session live at the deletion counts with its values of that moment).
 """
 
 from __future__ import annotations
@@ -62,6 +69,34 @@ _NAMES: Final = (
 
 class WorldError(Exception):
     """A control request that cannot be applied (unknown stream, bad value)."""
+
+
+@dataclass(slots=True)
+class Tally:
+    """Sessions and their seconds, added up."""
+
+    count: int = 0
+    ingest_seconds: float = 0.0
+    viewer_seconds: float = 0.0
+
+    def add(self, count: int, ingest_seconds: float, viewer_seconds: float) -> None:
+        self.count += count
+        self.ingest_seconds += ingest_seconds
+        self.viewer_seconds += viewer_seconds
+
+    def add_session(self, session: SimSession, now: float) -> None:
+        self.add(1, session.ingest_seconds(now), session.viewer_seconds(now))
+
+
+def utc_day(t: float) -> str:
+    """The UTC day of Unix time ``t`` as ``YYYY-MM-DD``."""
+    return time.strftime("%Y-%m-%d", time.gmtime(t))
+
+
+def _day_number(t: float) -> int:
+    """Days since 1970-01-01 UTC (a cheaper key than :func:`utc_day`, which a session's
+    end would otherwise format)."""
+    return math.floor(t / 86400)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +270,8 @@ class World:
         self._created = 0
         self._ordered: dict[tuple[str, str], list[SimStream]] = {}
         self._observers: list[StatusObserver] = []
+        # Sessions that have ended, by app and by the UTC day they started (see totals).
+        self._ended: dict[tuple[str, str], dict[int, Tally]] = {}
 
     # -- reading ----------------------------------------------------------------------
     def now(self) -> float:
@@ -301,6 +338,34 @@ class World:
             return None
         stream, session = found
         return session if (stream.account_id, stream.app_id) == (account_id, app_id) else None
+
+    def totals(
+        self,
+        account_id: str,
+        app_id: str,
+        *,
+        first_day: str | None = None,
+        last_day: str | None = None,
+    ) -> dict[str, Tally]:
+        """The app's sessions added up by the UTC day they started (``YYYY-MM-DD``), from
+        ``first_day`` to ``last_day`` (both included; None: no bound), oldest day first:
+        every session that has ended, with its final values, and each live one with its
+        values now. Days without sessions are left out."""
+        now = self.now()
+        days: dict[int, Tally] = {}
+        for day, ended in self._ended.get((account_id, app_id), {}).items():
+            days[day] = Tally(ended.count, ended.ingest_seconds, ended.viewer_seconds)
+        for stream in self._apps.get((account_id, app_id), {}).values():
+            session = stream.session
+            if session is not None:
+                key = _day_number(session.started_time)
+                days.setdefault(key, Tally()).add_session(session, now)
+        dated = ((utc_day(day * 86400), days[day]) for day in sorted(days))
+        return {
+            day: tally
+            for day, tally in dated
+            if (first_day is None or day >= first_day) and (last_day is None or day <= last_day)
+        }
 
     def all_streams(self) -> Iterator[SimStream]:
         for streams in self._apps.values():
@@ -475,12 +540,19 @@ class World:
         if not stream.sessions:
             raise WorldError(f"livestream {livestream_id!r} has no session")
         session = stream.sessions[-1]
+        before = (session.ingest_seconds(now), session.viewer_seconds(now))
         session.placeholder = 0.0
         if ingest_seconds is not None:
             session.ingest_shift += ingest_seconds - session.ingest_seconds(now)
         if viewer_seconds is not None:
             session.viewer_shift += viewer_seconds - session.viewer_seconds(now)
         session.updated_at = now
+        if session.stopped_time is not None:  # its final values change: so do the totals
+            self._ended_tally(stream, session).add(
+                0,
+                session.ingest_seconds(now) - before[0],
+                session.viewer_seconds(now) - before[1],
+            )
         return session
 
     def stall(self, livestream_id: str, *, stalled: bool = True) -> None:
@@ -499,7 +571,12 @@ class World:
         session.updated_at = now
 
     def delete(self, livestream_id: str) -> None:
+        """Forget the stream and its sessions; the app's totals keep them."""
         stream = self.find(livestream_id)
+        now = self.now()
+        live = stream.session
+        if live is not None:  # counted with its values now, as if it had ended now
+            self._ended_tally(stream, live).add_session(live, now)
         del self._apps[(stream.account_id, stream.app_id)][stream.id]
         del self._index[stream.id]
         self._ordered.pop((stream.account_id, stream.app_id), None)
@@ -614,7 +691,13 @@ class World:
         session.stopped_time = at
         session.err_message = error
         session.updated_at = at
+        self._ended_tally(stream, session).add_session(session, at)
         self._set_status(stream, status, at)
+
+    def _ended_tally(self, stream: SimStream, session: SimSession) -> Tally:
+        """Where the app's totals keep ``session`` once it has ended."""
+        days = self._ended.setdefault((stream.account_id, stream.app_id), {})
+        return days.setdefault(_day_number(session.started_time), Tally())
 
     def _set_status(self, stream: SimStream, status: str, at: float) -> None:
         """The one place a status changes."""

@@ -1400,7 +1400,8 @@ async def test_requests_waiting_for_a_connection_slot_go_by_priority(
     server: aioresponses, make_client: MakeClient, clock: FakeClock
 ) -> None:
     """With every connection slot taken, queued requests get one listing first, then
-    sessions of possibly live streams, then the rest, whatever order they were asked in."""
+    sessions of possibly live streams, then the rest, and an app's analytics last,
+    whatever order they were asked in."""
     arrivals: list[str] = []
     slow = SlowServer(clock)
 
@@ -1411,16 +1412,23 @@ async def test_requests_waiting_for_a_connection_slot_go_by_priority(
     server.get(SESSION_URL, payload=SESSION_EXAMPLE, callback=note, repeat=True)
     server.get(SESSION_BY_ID_URL, payload=SESSION_BY_ID_EXAMPLE, callback=note, repeat=True)
     server.get(page_url(1, ASK), payload=page(), callback=note, repeat=True)
+    server.get(ANALYTICS_URL, payload=ANALYTICS_EXAMPLE, callback=note)
+    server.get(DAYS_URL, payload=DAYS_EXAMPLE, callback=note)
     client = make_client(max_concurrency=1)
     await asyncio.gather(
         client.session(ACCOUNT, APP, SESSION_ID),  # takes the only slot
+        client.livestream_analytics(ACCOUNT, APP),
         client.session(ACCOUNT, APP, SESSION_ID),
         client.active_session(ACCOUNT, APP, STREAM_ID),
+        client.livestream_analytics_days(ACCOUNT, APP, start=DAYS_START, end=DAYS_END),
         client.list_livestreams(ACCOUNT, APP),
         client.active_session(ACCOUNT, APP, STREAM_ID),
     )
     session_id, active = SESSION_ID, "active-livestream-session"
-    assert arrivals == [session_id, "livestreams", active, active, session_id]
+    assert arrivals == [
+        *(session_id, "livestreams", active, active, session_id),
+        *("overall", "daywise"),
+    ]
 
 
 async def test_requests_waiting_for_the_budget_go_by_priority(
@@ -1910,16 +1918,30 @@ async def test_analytics_accept_numeric_strings(
 
 @pytest.mark.parametrize(("url", "call", "endpoint"), ANALYTICS_CALLS)
 @pytest.mark.parametrize(
-    ("status", "body", "reason"),
+    ("status", "body", "reason", "detail"),
     [
-        (403, AUTH_ERROR, "auth"),
-        (404, {"success": False, "error": {"code": 404, "message": "Not found"}}, "http_error"),
-        (404, {"success": False, "errors": [{"code": 7000, "message": "No route"}]}, "http_error"),
-        (404, "<html>Not Found</html>", "http_error"),
+        (403, AUTH_ERROR, "auth", "Authentication error (code 10000)"),
+        (
+            404,
+            {"success": False, "error": {"code": 404, "message": "Not found"}},
+            "http_error",
+            "Not found",
+        ),
+        (
+            404,
+            {"success": False, "errors": [{"code": 7000, "message": "No route"}]},
+            "http_error",
+            "No route",
+        ),
+        (404, "<html>Not Found</html>", "http_error", "body is not JSON"),
+        (401, AUTH_ERROR, "auth", "Authentication error (code 10000)"),
+        (400, BAD_REQUEST, "http_error", "Invalid request headers (code 6003)"),
+        (429, THROTTLED, "rate_limited", "More than 1200 requests per 300 seconds reached"),
+        (200, {"success": False, "errors": [{"code": 1, "message": "nope"}]}, "http_error", "nope"),
     ],
-    ids=["403", "404-service", "404-gateway", "404-html"],
+    ids=["403", "404-service", "404-gateway", "404-html", "401", "400", "429", "200-failure"],
 )
-async def test_403_and_404_on_analytics_raise_with_their_status(
+async def test_analytics_errors_raise_with_their_status(
     server: aioresponses,
     make_client: MakeClient,
     url: str,
@@ -1928,76 +1950,19 @@ async def test_403_and_404_on_analytics_raise_with_their_status(
     status: int,
     body: Any,
     reason: str,
+    detail: str,
 ) -> None:
-    """Unlike a session's 404, neither is read as "nothing there": each raises an ApiError
-    with its status and the endpoint's name after one request, so that the caller can turn
-    the feature off rather than export zeros."""
+    """Each fails the call after one request with its status, reason and the endpoint's
+    name. A 403 or a 404 of either envelope too: unlike a session's 404, neither is read as
+    "nothing there", so that the caller can turn the feature off rather than export zeros."""
     if isinstance(body, str):
         server.get(url, status=status, body=body, repeat=True)
     else:
-        server.get(url, status=status, payload=body, repeat=True)
+        server.get(url, status=status, payload=body, repeat=True, headers={"Retry-After": "30"})
     error = await fail(call(make_client()))
     assert (error.reason, error.status, error.endpoint) == (reason, status, endpoint)
-    assert not error.transient
+    assert detail in str(error) and not error.transient
     assert len(sent(server)) == 1
-
-
-@pytest.mark.parametrize(("url", "call", "endpoint"), ANALYTICS_CALLS)
-@pytest.mark.parametrize(
-    ("status", "body", "reason", "detail"),
-    [
-        (401, AUTH_ERROR, "auth", "Authentication error (code 10000)"),
-        (400, BAD_REQUEST, "http_error", "Invalid request headers (code 6003)"),
-        (429, THROTTLED, "rate_limited", "More than 1200 requests per 300 seconds reached"),
-        (
-            200,
-            {"success": False, "errors": [{"code": 10000, "message": "nope"}]},
-            "http_error",
-            "nope",
-        ),
-    ],
-    ids=["401", "400", "429", "200-success-false"],
-)
-async def test_gateway_errors_on_analytics_are_api_errors(
-    server: aioresponses,
-    make_client: MakeClient,
-    url: str,
-    call: Any,
-    endpoint: str,
-    status: int,
-    body: dict[str, Any],
-    reason: str,
-    detail: str,
-) -> None:
-    """The Cloudflare gateway's envelope fails the call with its reason and message."""
-    server.get(url, status=status, payload=body, headers={"Retry-After": "30"})
-    error = await fail(call(make_client()))
-    assert (error.reason, error.status, error.endpoint) == (reason, status, endpoint)
-    assert detail in str(error)
-
-
-async def test_analytics_go_after_every_other_request_waiting_for_a_slot(
-    server: aioresponses, make_client: MakeClient, clock: FakeClock
-) -> None:
-    """Queued for a connection slot, analytics (PRIORITY_ANALYTICS) go last."""
-    arrivals: list[str] = []
-    slow = SlowServer(clock)
-
-    async def note(url: URL, **kwargs: Any) -> None:
-        arrivals.append(url.path.rsplit("/", 1)[-1])
-        await slow.respond(url, **kwargs)
-
-    server.get(SESSION_BY_ID_URL, payload=SESSION_BY_ID_EXAMPLE, callback=note, repeat=True)
-    server.get(ANALYTICS_URL, payload=ANALYTICS_EXAMPLE, callback=note, repeat=True)
-    server.get(DAYS_URL, payload=DAYS_EXAMPLE, callback=note, repeat=True)
-    client = make_client(max_concurrency=1)
-    await asyncio.gather(
-        client.session(ACCOUNT, APP, SESSION_ID),  # takes the only slot
-        overall_call(client),
-        days_call(client),
-        client.session(ACCOUNT, APP, SESSION_ID),
-    )
-    assert arrivals == [SESSION_ID, SESSION_ID, "overall", "daywise"]
 
 
 def _rows(count: int) -> list[dict[str, Any]]:

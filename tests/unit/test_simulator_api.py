@@ -883,6 +883,7 @@ async def test_stats_count_requests_by_endpoint_and_status(rig: Rig) -> None:
     status, body = await rig.control("GET", "/stats")
     assert status == 200
     window = body.pop("busiest_window")
+    by_token = body.pop("tokens")
     assert body == {
         "requests": {
             "livestreams": {"200": 2, "400": 1, "401": 1},
@@ -895,6 +896,14 @@ async def test_stats_count_requests_by_endpoint_and_status(rig: Rig) -> None:
     # Every request the token made counts, the refused query too; the bad token's does not.
     assert window["requests"] == 8
     assert window["window_s"] == 300
+    # The same, by the name of the token (the unknown one has none).
+    assert by_token == {
+        "default": {
+            "requests": {"200": 5, "400": 1, "404": 2},
+            "total": 8,
+            "busiest_window": window,
+        }
+    }
 
 
 def test_traffic_keeps_the_busiest_sliding_window() -> None:

@@ -651,3 +651,77 @@ def test_a_large_world_keeps_no_random_generator_per_stream() -> None:
         values += [getattr(x, f.name) for x in stream.sessions for f in fields(x)]
         assert not any(isinstance(v, random.Random) for v in values)
     assert sum(s.status == "LIVE" for s in world.all_streams()) == 1000
+
+
+# -- analytics totals ---------------------------------------------------------------------
+def _summed(sessions: list[SimSession], now: float) -> tuple[int, float, float]:
+    return (
+        len(sessions),
+        sum(x.ingest_seconds(now) for x in sessions),
+        sum(x.viewer_seconds(now) for x in sessions),
+    )
+
+
+def _total(world: World, app: str = APP) -> tuple[int, float, float]:
+    days = world.totals(ACCOUNT, app).values()
+    return (
+        sum(t.count for t in days),
+        sum(t.ingest_seconds for t in days),
+        sum(t.viewer_seconds for t in days),
+    )
+
+
+def test_totals_add_up_every_session_the_world_made() -> None:
+    """Populated sessions (ended and live) count at once; over a day of the autopilot the
+    totals count every session ever started, though streams keep only their last ones."""
+    world, clock = make_world(seed=4, profile=DEMO)
+    world.populate(ACCOUNT, APP, 30, live=6)
+    streams = world.streams(ACCOUNT, APP) or []
+    held = [x for s in streams for x in s.sessions]
+    count, ingest, viewer = _total(world)
+    assert (count, ingest, viewer) == pytest.approx(_summed(held, clock.now))
+    started = len(held)
+
+    def note(stream: SimStream, previous: str, at: float) -> None:
+        nonlocal started
+        started += stream.status == "LIVE"
+
+    world.on_status(note)
+    for _ in range(24):
+        clock.now += 3600
+        world.now()
+    assert max(len(s.sessions) for s in streams) == MAX_SESSIONS  # some were forgotten
+    count, ingest, _ = _total(world)
+    assert count == started > sum(len(s.sessions) for s in streams)
+    assert ingest > _summed([x for s in streams for x in s.sessions], clock.now)[1]
+
+
+def test_totals_follow_counters_set_on_an_ended_session() -> None:
+    """The counters action on a stream's latest session, ended, changes its final values,
+    and the totals with them."""
+    world, clock = make_world()
+    (stream,) = _manual_streams(world, 1)
+    world.go_live(stream.id)
+    world.set_counters(stream.id, ingest_seconds=100, viewer_seconds=40)
+    clock.now += 20
+    world.stop(stream.id)
+    assert _total(world)[:2] == (1, 120.0)
+    world.set_counters(stream.id, ingest_seconds=500)
+    clock.now += 1000
+    assert _total(world)[:2] == (1, 500.0)
+
+
+def test_totals_by_day_and_within_days() -> None:
+    """Sessions count on the UTC day they started; first_day and last_day bound the days."""
+    world, clock = make_world()
+    a, b = _manual_streams(world, 2)
+    clock.now = 1_800_057_600.0  # 2027-01-16 00:00:00 UTC
+    world.go_live(a.id)
+    clock.now += 86400 + 10
+    world.go_live(b.id)
+    days = world.totals(ACCOUNT, APP)
+    assert list(days) == ["2027-01-16", "2027-01-17"]
+    assert [t.count for t in days.values()] == [1, 1]
+    assert list(world.totals(ACCOUNT, APP, first_day="2027-01-17")) == ["2027-01-17"]
+    assert list(world.totals(ACCOUNT, APP, last_day="2027-01-16")) == ["2027-01-16"]
+    assert world.totals(ACCOUNT, "no-such-app") == {}
