@@ -54,8 +54,11 @@ class Unit:
         limit: LimitShare,
         on_snapshot: Callable[[], None],
         on_token: Callable[[str], None] | None,
+        on_applied: Callable[[], None] | None = None,
     ) -> None:
+        """``on_applied`` is called when a reload's configuration took effect here."""
         self.name = name
+        self._on_applied = on_applied
         self.config = config
         self.metrics = metrics
         self._pending: Config | None = None
@@ -105,6 +108,8 @@ class Unit:
             rebuilt = self.token.reconfigure(pending)
             self.poller.reconfigure(pending, api=self.token.client if rebuilt else None)
             self.config = pending
+            if self._on_applied is not None:
+                self._on_applied()
         if self.refresher is not None:
             self.refresher.settle()
         await self.token.rotate()
@@ -160,7 +165,14 @@ class Fleet:
             limit=self._limit,
             on_snapshot=self._published,
             on_token=self._on_token,
+            on_applied=self._track_all,
         )
+
+    def _track_all(self) -> None:
+        """Every app's error series, again: a unit an app left untracks it, maybe after
+        the unit it moved to tracked it."""
+        for app in self.config.apps:
+            self._metrics.track_app(app.account_id, app.app_id)
 
     def __repr__(self) -> str:
         return f"Fleet({', '.join(map(repr, self.units.values()))})"
@@ -284,8 +296,10 @@ class Fleet:
 
     def _retire(self, unit: Unit) -> None:
         """Stop a unit a reload no longer uses, and drop its series."""
+        kept = {app.key for app in self.config.apps}
         for app in unit.config.apps:
-            unit.metrics.untrack_app(app.account_id, app.app_id)
+            if app.key not in kept:
+                unit.metrics.untrack_app(app.account_id, app.app_id)
         self._metrics.forget_credentials(unit.name)
         task = unit.task
         if task is not None:

@@ -273,8 +273,11 @@ class ExporterMetrics:
         return view
 
     def forget_credentials(self, name: str) -> None:
-        """Drop every series of the credentials ``name`` (a reload removed them)."""
-        self._views.pop(name, None)
+        """Drop every series of the credentials ``name`` (a reload removed them); what
+        their client and poller still report while they wind down is not counted."""
+        view = self._views.pop(name, None)
+        if view is not None:
+            view.retired = True
         self._remaining.pop(name, None)
         for family in (
             self.api_requests,
@@ -328,25 +331,35 @@ class CredentialMetrics:
     def __init__(self, metrics: ExporterMetrics, name: str) -> None:
         self._metrics = metrics
         self.name = name
+        self.retired = False  # forgotten: reports change nothing (a series would come back)
 
     def request(self, endpoint: str, code: str, seconds: float) -> None:
+        if self.retired:
+            return
         self._metrics.api_requests.labels(self.name, endpoint, code).inc()
         self._metrics.api_duration.labels(endpoint).observe(max(0.0, seconds))
 
     def rate_limit_remaining(self, remaining: int) -> None:
-        self._metrics._remaining[self.name] = remaining
+        if not self.retired:
+            self._metrics._remaining[self.name] = remaining
 
     def rate_limit_policy(self, requests: int, window: float) -> None:
+        if self.retired:
+            return
         self._metrics.policy_requests.labels(self.name).set(requests)
         self._metrics.policy_window.labels(self.name).set(window)
 
     def plan(self, *, counter_period: float, listing_period: float, lanes: bool) -> None:
         """The poll plan of the next cycle (exporter.lanes)."""
+        if self.retired:
+            return
         self._metrics.counter_period.labels(self.name).set(counter_period)
         self._metrics.listing_period.labels(self.name).set(listing_period)
         self._metrics.lanes.labels(self.name).set(1 if lanes else 0)
 
     def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None:
+        if self.retired:
+            return
         self._metrics.poll_duration.labels(self.name).observe(max(0.0, seconds))
         if waited_for_budget:
             self._metrics.budget_exhausted.labels(self.name).inc()
@@ -356,15 +369,19 @@ class CredentialMetrics:
     ) -> None:
         """Export ``available()`` (the requests the budget grants now) and ``in_force()``
         (its requests per window) on every scrape."""
+        if self.retired:
+            return
         self._metrics.budget_available.labels(self.name).set_function(available)
         self._metrics.budget_requests.labels(self.name).set_function(lambda: in_force()[0])
         self._metrics.budget_window.labels(self.name).set_function(lambda: in_force()[1])
 
     def poll_error(self, account_id: str, app_id: str, reason: str) -> None:
-        self._metrics.poll_error(account_id, app_id, reason)
+        if not self.retired:
+            self._metrics.poll_error(account_id, app_id, reason)
 
     def track_app(self, account_id: str, app_id: str) -> None:
-        self._metrics.track_app(account_id, app_id)
+        if not self.retired:
+            self._metrics.track_app(account_id, app_id)
 
     def untrack_app(self, account_id: str, app_id: str) -> None:
         self._metrics.untrack_app(account_id, app_id)

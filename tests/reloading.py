@@ -50,7 +50,8 @@ def write_config(
             "timeout": "2s",
             **api,
         },
-        "poll": {"interval": interval},
+        # Off: these tests count the polling's requests (analytics: test_analytics.py).
+        "poll": {"interval": interval, "analytics_interval": "off"},
         "apps": [
             {
                 "account_id": ACCOUNT,

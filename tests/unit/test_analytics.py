@@ -4,7 +4,7 @@ cycles leave, at their cadence, off for an app whose API answers 403 or 404."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -44,10 +44,10 @@ class TotalsApi(UnaskedApi):
         return self.overall[app_id]
 
     async def livestream_analytics_days(
-        self, account_id: str, app_id: str, *, start: int, end: int, **_: object
+        self, account_id: str, app_id: str, **kwargs: Any
     ) -> tuple[Totals, ...]:
         self.asked.append(("daywise", app_id))
-        self.ranges.append((start, end))
+        self.ranges.append((kwargs["start"], kwargs["end"]))
         return (Totals(1, 10.0, 4.0, "2027-01-14"), Totals(2, 20.0, 8.0, TODAY))
 
 
@@ -75,7 +75,7 @@ async def cycle(
 async def test_values_are_the_apis_totals_and_todays_row(clock: FakeClock) -> None:
     """With room for every app, each gets both requests; the day asked is the current
     UTC day up to now, and today's row is the one dated today."""
-    api, told = TotalsApi(), []
+    api, told = TotalsApi(), list[int]()
     got = await cycle(reader(clock, told), api, spare=100)
     assert [a.app_id for a in got] == ["a1", "a2", "a3"]
     assert all(a.enabled and a.overall == Totals(3, 100.0, 40.0) for a in got)

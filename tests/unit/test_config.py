@@ -110,7 +110,7 @@ def test_full_config_parses_into_expected_dataclasses(tmp_path: Path) -> None:
             max_concurrency=4,
             rate_limit=RateLimit(1000, 300.0),
         ),
-        poll=PollConfig(interval=15.0, max_staleness=600.0),
+        poll=PollConfig(interval=15.0, max_staleness=600.0, analytics_interval=300.0),
         apps=(
             AppConfig(
                 account_id=ACCOUNT,
@@ -146,7 +146,7 @@ def test_omitted_keys_take_their_defaults(tmp_path: Path) -> None:
         max_concurrency=8,
         rate_limit=RateLimit(1000, 300.0),
     )
-    assert config.poll == PollConfig(interval=30.0, max_staleness=300.0)
+    assert config.poll == PollConfig(interval=30.0, max_staleness=300.0, analytics_interval=300.0)
     assert config.apps == (
         AppConfig(
             account_id=ACCOUNT,
@@ -512,7 +512,9 @@ def test_max_staleness_must_cover_the_interval(
     if expected:
         assert problems_of(text, tmp_path) == expected
     else:
-        assert parse(text, tmp_path).poll == PollConfig(interval=60.0, max_staleness=60.0)
+        assert parse(text, tmp_path).poll == PollConfig(
+            interval=60.0, max_staleness=60.0, analytics_interval=300.0
+        )
 
 
 # --- rate limit and concurrency --------------------------------------------------------------

@@ -15,9 +15,10 @@ from prometheus_client import generate_latest
 
 from exporter import config as config_module
 from exporter import statuspage
+from exporter.client import ENDPOINT_ANALYTICS, ENDPOINT_ANALYTICS_DAYS
 from exporter.reload import Reloader
 from exporter.server import Exporter
-from exporter.simulator import Simulator, World
+from exporter.simulator import Canned, Simulator, World
 from exporter.simulator.faults import Faults
 from exporter.simulator.tokens import SimToken
 from tests.clock import FakeClock
@@ -106,6 +107,15 @@ def by_token(sim: Simulator) -> dict[str | None, int]:
     return counts
 
 
+def polled(sim: Simulator) -> dict[str | None, int]:
+    """by_token, without the analytics requests (those of the first cycle only)."""
+    counts: dict[str | None, int] = {}
+    for sent in sim.state.log:
+        if "/analytics/" not in sent.path:
+            counts[sent.token_name] = counts.get(sent.token_name, 0) + 1
+    return counts
+
+
 def sample(exporter: Exporter, name: str, **labels: str) -> float | None:
     value: float | None = exporter.registry.get_sample_value(name, labels)
     return value
@@ -123,7 +133,7 @@ async def test_each_credentials_read_their_own_apps_with_their_own_token(
             _,
         ),
     ):
-        snapshot = await exporter.poller.poll_once()
+        snapshot = await exporter.poller.poll_once(analytics=True)
         assert app_up(snapshot, "app-a") and app_up(snapshot, "app-b")
         for sent in sim.state.log:
             expected = "b" if f"/{ACC_B}/" in sent.path else "default"
@@ -150,17 +160,17 @@ async def test_a_rejected_token_takes_down_only_its_apps(tmp_path: Path) -> None
             _,
         ),
     ):
-        await exporter.poller.poll_once()
-        before = by_token(sim)
-        sim.state.faults = Faults(rejected_tokens=frozenset({"b"}))
-        snapshot = await exporter.poller.poll_once()
+        await exporter.poller.poll_once(analytics=True)
+        before = polled(sim)
+        sim.state.faults = Faults(rejected_tokens=("b",))
+        snapshot = await exporter.poller.poll_once(analytics=True)
         assert app_up(snapshot, "app-a")
         assert not app_up(snapshot, "app-b")
         errors = "realtimekit_exporter_poll_errors_total"
         assert sample(exporter, errors, account_id=ACC_B, app_id="app-b", reason="auth") == 1
         assert sample(exporter, errors, account_id=ACC_A, app_id="app-a", reason="auth") == 0
-        after = by_token(sim)
-        assert after["default"] - before["default"] == before["default"]
+        after = polled(sim)
+        assert after["default"] - before["default"] == before["default"]  # the same pace
 
 
 async def test_a_throttled_token_pauses_only_its_apps(tmp_path: Path) -> None:
@@ -173,14 +183,14 @@ async def test_a_throttled_token_pauses_only_its_apps(tmp_path: Path) -> None:
             _,
         ),
     ):
-        await exporter.poller.poll_once()
+        await exporter.poller.poll_once(analytics=True)
         sim.state.limiter.block(TOKEN_B, sim.world.now(), 300.0)
         snapshot = await asyncio.wait_for(exporter.poller.poll_once(), 20)
         assert app_up(snapshot, "app-a")
         assert not app_up(snapshot, "app-b")
         fleet = exporter.poller
-        assert fleet.unit("agency-b").token.budget.paused_until() > 0
-        assert fleet.unit("default").token.budget.paused_until() == 0
+        assert fleet.unit("agency-b").token.budget.paused_until > 0
+        assert fleet.unit("default").token.budget.paused_until == 0
         requests = "realtimekit_exporter_api_requests_total"
         throttled = {"api_endpoint": "livestreams", "code": "429"}
         assert sample(exporter, requests, credentials="agency-b", **throttled) == 1
@@ -201,7 +211,7 @@ async def test_rotating_one_token_file_leaves_the_other_credentials_alone(
             _,
         ),
     ):
-        await exporter.poller.poll_once()
+        await exporter.poller.poll_once(analytics=True)
         sim.add_token("b", TOKEN_B2, accounts=[ACC_B])  # the old TOKEN_B is refused now
         (tmp_path / "b.token").write_text(TOKEN_B2 + "\n", encoding="utf-8")
         start = len(sim.state.log)
@@ -250,20 +260,43 @@ async def test_analytics_add_up_to_the_simulators_sessions(tmp_path: Path) -> No
             _,
         ),
     ):
-        sim.world.set_counters("app-a-ls1", ingest_seconds=500, viewer_seconds=120)
+        world = sim.world
+        # app-a: a session of 500/120 s that ended, one of 300.7/80.2 s still live, and
+        # one of 40/10 s on the other stream; app-b: its live one, at 60/60.
+        world.set_counters("app-a-ls1", ingest_seconds=500, viewer_seconds=120)
+        world.stop("app-a-ls1")
+        world.go_live("app-a-ls1")
+        world.set_counters("app-a-ls1", ingest_seconds=300.7, viewer_seconds=80.2)
+        world.go_live("app-a-ls2")
+        world.set_counters("app-a-ls2", ingest_seconds=40, viewer_seconds=10)
+        world.set_counters("app-b-ls1", ingest_seconds=60, viewer_seconds=60)
+        for unit in exporter.poller.units.values():
+            unit.poller._analytics._clock = world.now  # "today" is the simulated API's day
         await exporter.poller.poll_once(analytics=True)
+        expected = {
+            "app-a": (3, int(500 + 300.7 + 40), int(120 + 80.2 + 10)),
+            "app-b": (1, 60, 60),
+        }
         for account, app in ((ACC_A, "app-a"), (ACC_B, "app-b")):
-            sessions = [
-                s for s in sim.world.sessions_of(account, app)
-            ]  # every session of the app, ended and live
+            count, ingest, viewer = expected[app]
             labels = {"account_id": account, "app_id": app}
-            got = sample(exporter, "realtimekit_app_livestream_sessions_total", **labels)
-            assert got == len(sessions)
-            ingest = sample(exporter, "realtimekit_app_livestream_ingest_seconds_total", **labels)
-            assert ingest == sum(int(s.ingest_seconds) for s in sessions)
-            today = sample(exporter, "realtimekit_app_livestream_today_sessions", **labels)
-            assert today == len(sessions)
-            assert sample(exporter, "realtimekit_app_analytics_enabled", **labels) == 1
+            for name, value in (
+                ("realtimekit_app_livestream_sessions_total", count),
+                ("realtimekit_app_livestream_ingest_seconds_total", ingest),
+                ("realtimekit_app_livestream_viewer_seconds_total", viewer),
+                ("realtimekit_app_livestream_today_sessions", count),  # all of them today
+                ("realtimekit_app_livestream_today_ingest_seconds", ingest),
+                ("realtimekit_app_livestream_today_viewer_seconds", viewer),
+                ("realtimekit_app_analytics_enabled", 1),
+            ):
+                assert sample(exporter, name, **labels) == value, (app, name)
+        # A live session's values grow, and so do the totals at the next read.
+        world.set_counters("app-b-ls1", ingest_seconds=90, viewer_seconds=75)
+        for unit in exporter.poller.units.values():
+            unit.poller._analytics._due.clear()  # due now, not in 5 minutes
+        await exporter.poller.poll_once(analytics=True)
+        b = {"account_id": ACC_B, "app_id": "app-b"}
+        assert sample(exporter, "realtimekit_app_livestream_ingest_seconds_total", **b) == 90
 
 
 @pytest.mark.parametrize("status", [403, 404])
@@ -279,9 +312,9 @@ async def test_analytics_refused_leave_the_app_up(
             _,
         ),
     ):
-        base = f"/accounts/{ACC_B}/realtime/kit/app-b/analytics/livestreams"
-        for path in (f"{base}/overall", f"{base}/daywise"):
-            sim.answer(path, status=status, body=refusal(status))
+        for endpoint in (ENDPOINT_ANALYTICS, ENDPOINT_ANALYTICS_DAYS):
+            refused = Canned(status, refusal(status))
+            sim.state.answer_next(endpoint, refused, times=None, app_id="app-b")
         with caplog.at_level(logging.WARNING):
             for _ in range(2):
                 snapshot = await exporter.poller.poll_once(analytics=True)
@@ -320,7 +353,7 @@ async def test_no_token_of_any_credentials_is_shown_anywhere(
     ):
         with caplog.at_level(logging.DEBUG):
             await exporter.poller.poll_once()
-            sim.state.faults = Faults(rejected_tokens=frozenset({"b"}))
+            sim.state.faults = Faults(rejected_tokens=("b",))
             sim.state.limiter.block(TOKEN_A, sim.world.now(), 300.0)
             await exporter.poller.poll_once()
             sim.state.faults = Faults()

@@ -146,7 +146,7 @@ def test_the_command_line_refuses_a_bad_listen_address_or_shard_count_in_one_lin
 def _write_config(path: Path, base_url: str, api: dict[str, Any]) -> Path:
     document = {
         "api": {"base_url": base_url, "timeout": "2s", **api},
-        "poll": {"interval": "1s"},
+        "poll": {"interval": "1s", "analytics_interval": "off"},  # requests are counted
         "apps": [{"account_id": ACCOUNT, "app_id": APP, "discover": True}],
     }
     path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
