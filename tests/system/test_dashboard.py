@@ -1011,9 +1011,9 @@ def _check_values(queries: Queries, control: str, everything: Mapping[str, str])
     # the last few seconds; the totals are the apps' sums. OTHER went live in this test:
     # its app has a session today.
     now = queries.instant(everything)
-    table = "Analytics per app now"
+    analytics = "Analytics per app now"
     per_app = {
-        ref: {r["metric"]["app_id"]: float(r["value"][1]) for r in now[f"{table}/{ref}"]}
+        ref: {r["metric"]["app_id"]: float(r["value"][1]) for r in now[f"{analytics}/{ref}"]}
         for ref in "ABCDE"
     }
     assert per_app["A"] == {APP: 1, OTHER_APP: 1}, per_app
@@ -1028,8 +1028,8 @@ def _check_values(queries: Queries, control: str, everything: Mapping[str, str])
         (total,) = now[f"{title}/A"]
         assert float(total["value"][1]) == pytest.approx(sum(per_app[ref].values())), title
     assert [float(r["value"][1]) for r in now["Apps with analytics off/A"]] == [0], now
-    (oldest,) = now["Oldest analytics read/A"]
-    assert float(oldest["value"][1]) == pytest.approx(max(per_app["B"].values())), oldest
+    (last_read,) = now["Oldest analytics read/A"]
+    assert float(last_read["value"][1]) == pytest.approx(max(per_app["B"].values())), last_read
 
 
 def _check_rejected_reload(queries: Queries, workdir: Path, procs: list[Proc]) -> None:
