@@ -3,22 +3,25 @@
 Structure: valid JSON, unique panel ids, a tidy grid, every query on the datasource
 variable, every metric it names documented in docs/metrics.md or recorded by
 deploy/prometheus/recording.yml (or Prometheus' own up and ALERTS), every selector on the
-job variable (no query names a job), and every stream-level (app-level) selector filtered
-by the template variables.
+job variable (no query names a job), every stream-level (app-level) selector filtered
+by the template variables, every query of apps or streams joined to the apps of the
+selected credentials (``and on (account_id, app_id) realtimekit_app_info{credentials=~...}``),
+and every selector of a family with a ``credentials`` label filtered by that variable.
 
 Then the real check: the simulator, the exporter and Prometheus (with the recording rules)
 run as processes on loopback, the simulator holding live streams, an ERRORED stream whose
 session ended with an error, a stream with a status the exporter does not know, one whose
-id has a regex metacharacter (and one its unescaped regex would match too), a second app,
-and a burst of API errors. Prometheus also evaluates the shipped alerting rules, with
-their ``for`` taken out so that what the world sets off fires at once: the ERRORED stream's
-alerts, then a rejected configuration reload's. Every panel query, with the template
-variables filled in as Grafana would, must be accepted by Prometheus and return data; a
-few panels must return the values the simulator's state implies, and selecting a job, an
-app or streams must narrow every result to them. Last, the exporter is stopped: the
-scrape-up panel must read 0, the alerts table must show the exporter's own alert only,
-and every other panel that shows "now" (stats, tables) must show no data rather than a
-stale value.
+id has a regex metacharacter (and one its unescaped regex would match too), a second app
+read with a second credentials (the same token under another name and budget), app
+analytics read every second, and a burst of API errors. Prometheus also evaluates the
+shipped alerting rules, with their ``for`` taken out so that what the world sets off fires
+at once: the ERRORED stream's alerts, then a rejected configuration reload's. Every panel
+query, with the template variables filled in as Grafana would, must be accepted by
+Prometheus and return data; a few panels must return the values the simulator's state
+implies, and selecting a job, credentials, an app or streams must narrow every result to
+them. Last, the exporter is stopped: the scrape-up panel must read 0, the alerts table
+must show the exporter's own alert only, and every other panel that shows "now" (stats,
+tables) must show no data rather than a stale value.
 
 The Webhooks row reads series that exist only with a ``webhooks`` section: without one (the
 run above) its queries are accepted and return nothing; a second run has the exporter
@@ -40,11 +43,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from exporter.config import DEFAULT_WEBHOOK_PATH
+from exporter.config import DEFAULT_CREDENTIALS, DEFAULT_WEBHOOK_PATH
 from tests import REPO
 from tests.procs import (
     LOOPBACK,
-    Pipeline,
     exporter_command,
     free_port,
     get,
@@ -74,6 +76,14 @@ ALERTING = REPO / "deploy" / "prometheus" / "alerts.yml"
 JOB = "realtimekit-exporter"  # the job the alerts select, and the job variable's default
 JOB_VAR = "job"
 JOB_MATCHER = 'job=~"$job"'
+CREDENTIALS_VAR = "credentials"
+CREDENTIALS_MATCHER = 'credentials=~"$credentials"'
+APP_INFO = "realtimekit_app_info"  # every app, with the credentials it is read with
+# How a query keeps the apps of the selected credentials: a filter, which several shards'
+# (or a rolling restart's) copies of an app's info series on the right do not break.
+APP_INFO_JOIN = re.compile(
+    r"\band\s+on\s*\(\s*account_id\s*,\s*app_id\s*\)\s*realtimekit_app_info\{"
+)
 DS_VARIABLE = "DS_PROMETHEUS"
 DS_REF = "${" + DS_VARIABLE + "}"
 STREAM_VARS = ("account_id", "app_id", "livestream_id")
@@ -93,6 +103,7 @@ BUILTINS = {"__rate_interval": "1m", "__interval": "15s", "__range": "5m"}
 RANGE_SECONDS = 30
 RANGE_STEP = "2"
 WEBHOOK_ROW = "Webhooks"
+ANALYTICS_ROW = "App analytics"
 WEBHOOK_METRIC = re.compile(r"realtimekit_exporter_webhook_\w+")
 
 
@@ -185,6 +196,26 @@ def _documented_metrics() -> dict[str, str]:
                 else:
                     found[name] = level
     assert len(found) > 20, f"cannot read the metric tables of {METRICS_DOC}"
+    return found
+
+
+def _credentials_metrics() -> set[str]:
+    """The exporter's families that docs/metrics.md lists with a ``credentials`` label (in
+    the labels column of its table of the exporter's own metrics), histograms as their
+    series."""
+    found: set[str] = set()
+    inside = False
+    for line in METRICS_DOC.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            inside = line.strip() == "## The exporter itself"
+        cells = [cell.strip() for cell in line.split("|")]
+        if inside and len(cells) > 4 and "`credentials`" in cells[3]:
+            for name in re.findall(r"`(realtimekit_\w+)`", cells[1]):
+                if cells[2] == "histogram":
+                    found.update(f"{name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+                else:
+                    found.add(name)
+    assert len(found) >= 10, f"cannot read the credentials label in {METRICS_DOC}"
     return found
 
 
@@ -292,6 +323,15 @@ def test_dashboard_is_valid_json_with_its_uid_and_variables() -> None:
     assert job["datasource"]["uid"] == DS_REF
     assert _label_values(job) == ("realtimekit_exporter_build_info", JOB_VAR)
     assert job["current"]["value"] in (JOB, [JOB]), job["current"]
+    # The credentials: the names the apps are read with, All by default.
+    credentials = variables[CREDENTIALS_VAR]
+    assert credentials["type"] == "query"
+    assert credentials["multi"] and credentials["includeAll"]
+    assert credentials["datasource"]["uid"] == DS_REF
+    assert credentials["current"]["value"] == ["$__all"], credentials["current"]
+    selector, label = _label_values(credentials)
+    assert label == CREDENTIALS_VAR and _selectors(selector)[0][0] == APP_INFO
+    assert _matchers(selector) == {JOB_MATCHER}
     for name in STREAM_VARS:
         variable = variables[name]
         assert variable["type"] == "query", name
@@ -300,15 +340,19 @@ def test_dashboard_is_valid_json_with_its_uid_and_variables() -> None:
         selector, label = _label_values(variable)
         assert label == name
         metric = _selectors(selector)[0][0]
-        assert metric in ("realtimekit_up", "realtimekit_livestream_info"), name
-    # Chained: each on the job, app_id on account_id, livestream_id on both.
+        assert metric in (APP_INFO, "realtimekit_up", "realtimekit_livestream_info"), name
+    # Chained: each on the job, account_id and app_id on the credentials, app_id on
+    # account_id, livestream_id on both.
     for name in STREAM_VARS:
         assert JOB_MATCHER in _matchers(_label_values(variables[name])[0]), name
+    for name in APP_VARS:
+        assert CREDENTIALS_MATCHER in _matchers(_label_values(variables[name])[0]), name
     assert _matchers(_label_values(variables["app_id"])[0]) >= _required(("account_id",))
     assert _matchers(_label_values(variables["livestream_id"])[0]) >= _required(APP_VARS)
     # Variables come before those that use them.
     order = [v["name"] for v in dashboard["templating"]["list"]]
-    assert order.index(DS_VARIABLE) < order.index(JOB_VAR) < order.index("account_id")
+    assert order.index(DS_VARIABLE) < order.index(JOB_VAR) < order.index(CREDENTIALS_VAR)
+    assert order.index(CREDENTIALS_VAR) < order.index("account_id")
     assert order.index("account_id") < order.index("app_id")
     assert order.index("app_id") < order.index("livestream_id")
     # The Livestream selector lists ids (the label values); it says where the names are.
@@ -340,6 +384,7 @@ def test_panels_have_unique_ids_a_tidy_grid_and_the_datasource_variable() -> Non
         "Alerts",
         "Streams",
         "Viewers & ingest",
+        ANALYTICS_ROW,
         "Exporter health",
         "Request budget",
         WEBHOOK_ROW,
@@ -361,12 +406,14 @@ def test_every_metric_is_documented_and_every_selector_filtered() -> None:
     """Names come from docs/metrics.md or recording.yml (or are Prometheus' own ``up`` and
     ``ALERTS``); every selector carries the job variable, but a recorded series' (its rule
     drops job), whose query joins it to a selector that does; stream-level selectors carry
-    the account, app and livestream variables, app-level ones the account and app ones."""
+    the account, app and livestream variables, app-level ones the account and app ones; a
+    family with a ``credentials`` label carries the credentials variable."""
     recorded = _recorded_metrics()
     known = _documented_metrics() | recorded | PROMETHEUS_SERIES
+    with_credentials = _credentials_metrics()
     dashboard = _dashboard()
     queries = [(p["title"], t["expr"]) for p, t in _targets(dashboard)]
-    for name in STREAM_VARS:
+    for name in (CREDENTIALS_VAR, *STREAM_VARS):
         queries.append((f"variable {name}", _label_values(_variables(dashboard)[name])[0]))
     used = set()
     for title, expr in queries:
@@ -379,6 +426,10 @@ def test_every_metric_is_documented_and_every_selector_filtered() -> None:
             used.add(metric)
             if metric not in recorded:
                 assert JOB_MATCHER in _matchers(braces), f"{title}: {metric}{{{braces}}}"
+            if metric in with_credentials or (
+                metric == APP_INFO and title != f"variable {CREDENTIALS_VAR}"
+            ):
+                assert CREDENTIALS_MATCHER in _matchers(braces), f"{title}: {metric}{{{braces}}}"
             if title.startswith("variable "):
                 continue
             level = known[metric]
@@ -388,6 +439,35 @@ def test_every_metric_is_documented_and_every_selector_filtered() -> None:
                 assert not missing, f"{title}: {metric}{{{braces}}} lacks {sorted(missing)}"
     # Every recording rule feeds a panel (they exist for the dashboard).
     assert set(recorded) <= used
+
+
+def test_every_app_and_stream_query_keeps_the_selected_credentials() -> None:
+    """A query that reads apps or streams (a series with an app_id, the exporter's or a
+    recording rule's) keeps only the apps read with the selected credentials: it filters
+    with ``and on (account_id, app_id) realtimekit_app_info{...}``, and realtimekit_app_info
+    appears in no other way (every shard exports it, so a ``group_left`` on it would fail
+    with two shards). A query of the exporter's own series with no app_id has none."""
+    levels = _documented_metrics() | _recorded_metrics()
+    joined = 0
+    for panel, target in _targets(_dashboard()):
+        expr = target["expr"]
+        selectors = _selectors(expr)
+        infos = [braces for metric, braces in selectors if metric == APP_INFO]
+        assert len(APP_INFO_JOIN.findall(expr)) == len(infos), f"{panel['title']}: {expr}"
+        reads_apps = any(
+            levels.get(metric) in ("app", "stream")
+            or (metric == "ALERTS" and _matchers(braces) >= _required(APP_VARS))  # apps' alerts
+            for metric, braces in selectors
+            if metric != APP_INFO
+        )
+        if reads_apps:
+            # The "0 when none" fallback of a count (an "or" branch) is filtered too.
+            needed = 1 + expr.count("0 * count(")
+            assert len(infos) >= needed, f"{panel['title']}: not filtered on credentials: {expr}"
+            joined += 1
+        else:
+            assert not infos, f"{panel['title']}: {expr}"
+    assert joined >= 35, joined
 
 
 def test_no_query_names_a_job() -> None:
@@ -446,16 +526,18 @@ def test_exporter_scrape_up_is_red_when_down_or_absent() -> None:
 
 
 def test_tables_hide_every_target_label() -> None:
-    """Prometheus' and the Operator's target labels are no columns of a stream table; a
-    table of alerts or of the exporters keeps instance, which names the exporter."""
-    stream_metrics = {m for m, level in _documented_metrics().items() if level == "stream"}
+    """Prometheus' and the Operator's target labels are no columns of a table of streams or
+    apps; a table of alerts or of the exporters keeps instance, which names the exporter."""
+    levels = _documented_metrics()
+    of_apps = {m for m, level in levels.items() if level in ("stream", "app")}
+    of_apps.discard(APP_INFO)  # a filter on the credentials, in every such query
     tables = [p for p in _query_panels(_dashboard()) if p["type"] == "table"]
     assert len(tables) >= 4
     for panel in tables:
         (organize,) = [t for t in panel["transformations"] if t["id"] == "organize"]
         hidden = {k for k, v in organize["options"]["excludeByName"].items() if v}
         metrics = {m for t in panel["targets"] for m, _ in _selectors(t["expr"])}
-        shown = set() if metrics & stream_metrics else {"instance"}
+        shown = set() if metrics & of_apps else {"instance"}
         assert hidden >= TARGET_LABELS - shown, (panel["title"], sorted(TARGET_LABELS - hidden))
         assert not hidden & shown, panel["title"]
 
@@ -493,7 +575,11 @@ DECOY = "dash-dotted"  # what the regex dash.dotted matches unescaped
 EXTRA_STREAMS = (ERRORED, UNKNOWN, DOTTED, DECOY)  # of APP, besides the simulator's own
 SETTLE_TIMEOUT = 25.0
 SERVER_ERRORS = 'realtimekit_exporter_api_requests_total{code=~"5.."}'
-SIM_RATE_LIMIT = (1200, 300)  # the simulator's limit for the token: requests, window (s)
+SIM_RATE_LIMIT = (12000, 300)  # the simulator's limit for the token: requests, window (s)
+OTHER_CREDENTIALS = "agency-b"  # OTHER_APP's credentials: the same token, another name
+# Each credentials' budget (requests, window in s): room for the analytics after the
+# statuses and sessions of 1-second cycles, both within the simulator's limit.
+BUDGETS = {DEFAULT_CREDENTIALS: (6000, 300), OTHER_CREDENTIALS: (3000, 300)}
 # Shipped alerts the world sets off: the errored stream's (two of them), a rejected reload
 # and, last, the exporter's target down.
 STREAM_ALERTS = {"RealtimeKitLivestreamErrored", "RealtimeKitLivestreamExpectedLiveNotLive"}
@@ -529,7 +615,7 @@ def _regex_of(values: list[str]) -> str:
 
 def _everything() -> dict[str, str]:
     """The variables of the dashboard opened as shipped: the default job, All elsewhere."""
-    return {JOB_VAR: _regex_of([JOB]), **dict.fromkeys(STREAM_VARS, ".*")}
+    return {JOB_VAR: _regex_of([JOB]), **dict.fromkeys((CREDENTIALS_VAR, *STREAM_VARS), ".*")}
 
 
 _GO_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
@@ -646,20 +732,32 @@ def _alerts_at_once(workdir: Path) -> Path:
     return path
 
 
+def _rate_limit(credentials: str) -> str:
+    return "{}/{}s".format(*BUDGETS[credentials])
+
+
 @contextlib.contextmanager
 def _world(workdir: Path) -> Iterator[tuple[str, str, list[Proc]]]:
     """Simulator, exporter (its config in ``workdir/exporter.yaml``) and Prometheus, with
     the recording rules and the alerting rules at once: yields the simulator's control URL,
-    Prometheus' URL and the processes to watch."""
+    Prometheus' URL and the processes to watch. The exporter reads APP with the default
+    credentials and OTHER_APP with OTHER_CREDENTIALS (the same token), each with a budget
+    of its own, and every app's analytics every second."""
     require_tool("prometheus")
     token_file = workdir / "token"
     token_file.write_text("dashboard-test-token\n", encoding="utf-8")
-    with Pipeline(workdir, account=ACCOUNT, app=APP, token_file=token_file) as pipeline:
-        origin = pipeline.start_simulator(
-            *("--seed", str(SEED), "--livestreams", str(STREAMS)),
-            *("--live", str(LIVE_AT_START), "--profile", "realistic"),
-            *("--rate-limit", "{}/{}s".format(*SIM_RATE_LIMIT)),
+    procs: list[Proc] = []
+    with contextlib.ExitStack() as stack:
+        simulator, origin = stack.enter_context(
+            spawned_simulator(
+                workdir,
+                *("--account-id", ACCOUNT, "--app-id", APP, "--token-file", str(token_file)),
+                *("--seed", str(SEED), "--livestreams", str(STREAMS)),
+                *("--live", str(LIVE_AT_START), "--profile", "realistic"),
+                *("--rate-limit", "{}/{}s".format(*SIM_RATE_LIMIT)),
+            )
         )
+        procs.append(simulator)
         control = origin + "/-/simulator"
         for stream_id, app, name in (
             (ERRORED, APP, "Errored stream"),
@@ -679,11 +777,50 @@ def _world(workdir: Path) -> Iterator[tuple[str, str, list[Proc]]]:
         changed = post(f"{control}/livestreams/{UNKNOWN}/status", {"status": UNKNOWN_STATUS})
         assert changed.status == 200, changed.text
 
-        pipeline.start_exporter(max_staleness="15s", expect_live=[ERRORED], other_apps=[OTHER_APP])
-        prometheus = pipeline.start_prometheus(
-            job=JOB, rule_files=[RECORDING, _alerts_at_once(workdir)]
+        config = {
+            "api": {
+                "base_url": origin + "/client/v4",
+                "token_file": str(token_file),
+                "timeout": "2s",
+                "rate_limit": _rate_limit(DEFAULT_CREDENTIALS),
+            },
+            "credentials": {
+                OTHER_CREDENTIALS: {
+                    "token_file": str(token_file),
+                    "rate_limit": _rate_limit(OTHER_CREDENTIALS),
+                }
+            },
+            "poll": {"interval": "1s", "max_staleness": "15s", "analytics_interval": "1s"},
+            "apps": [
+                {
+                    "account_id": ACCOUNT,
+                    "app_id": APP,
+                    "discover": True,
+                    "livestreams": [{"id": ERRORED, "expect_live": True}],
+                },
+                {
+                    "account_id": ACCOUNT,
+                    "app_id": OTHER_APP,
+                    "discover": True,
+                    "credentials": OTHER_CREDENTIALS,
+                },
+            ],
+        }
+        exporter, target = stack.enter_context(
+            spawned_exporter(workdir, yaml.safe_dump(config, sort_keys=False))
         )
-        yield control, prometheus.url, pipeline.procs
+        procs.append(exporter)
+        prometheus = stack.enter_context(
+            spawned_prometheus(
+                workdir,
+                prometheus_config(
+                    job=JOB, target=target, rule_files=[RECORDING, _alerts_at_once(workdir)]
+                ),
+                watch=procs,
+            )
+        )
+        procs.append(prometheus.proc)
+        yield control, prometheus.url, procs
 
 
 def _wait(
@@ -856,18 +993,43 @@ def _check_values(queries: Queries, control: str, everything: Mapping[str, str])
     loaded = queries.value("Configuration loaded", everything)
     assert loaded is not None and 0 <= time.time() - loaded / 1000 < 120, loaded
 
-    # The budget table: one row per target (its four queries keep only instance, so that
-    # Grafana's merge joins them), the simulator's stated limit, a budget within it.
+    # The budget table: one row per credentials and target (its four queries keep only
+    # those two labels, so that Grafana's merge joins them): each credentials' own budget,
+    # and the limit the simulator states for the token they share.
     title = "Request budget and API policy now"
-    budget = {ref: queries.result(title, everything, ref) for ref in "ABCD"}
-    assert all(
-        len(rows) == 1 and set(rows[0]["metric"]) == {"instance"} for rows in budget.values()
-    )
-    requests, window, policy_requests, policy_window = (
-        float(budget[ref][0]["value"][1]) for ref in "ABCD"
-    )
-    assert (policy_requests, policy_window) == SIM_RATE_LIMIT
-    assert 0 < requests / window <= policy_requests / policy_window, budget
+    budget: dict[str, dict[str, float]] = {}
+    for ref in "ABCD":
+        rows = queries.result(title, everything, ref)
+        assert all(set(r["metric"]) == {"credentials", "instance"} for r in rows), rows
+        budget[ref] = {r["metric"]["credentials"]: float(r["value"][1]) for r in rows}
+        assert len(budget[ref]) == len(rows) == len(BUDGETS), rows
+    for name, (requests, window) in BUDGETS.items():
+        assert (budget["A"][name], budget["B"][name]) == (requests, window), budget
+        assert (budget["C"][name], budget["D"][name]) == SIM_RATE_LIMIT, budget
+
+    # App analytics: read for both apps, each with its credentials' spare requests, within
+    # the last few seconds; the totals are the apps' sums. OTHER went live in this test:
+    # its app has a session today.
+    now = queries.instant(everything)
+    analytics = "Analytics per app now"
+    per_app = {
+        ref: {r["metric"]["app_id"]: float(r["value"][1]) for r in now[f"{analytics}/{ref}"]}
+        for ref in "ABCDE"
+    }
+    assert per_app["A"] == {APP: 1, OTHER_APP: 1}, per_app
+    assert all(0 <= age < 10 for age in per_app["B"].values()), per_app
+    assert all(set(values) == {APP, OTHER_APP} for values in per_app.values()), per_app
+    assert per_app["C"][OTHER_APP] >= 1, per_app
+    for title, ref in (
+        ("Livestream sessions today", "C"),
+        ("Ingest hours today", "D"),
+        ("Viewer hours today", "E"),
+    ):
+        (total,) = now[f"{title}/A"]
+        assert float(total["value"][1]) == pytest.approx(sum(per_app[ref].values())), title
+    assert [float(r["value"][1]) for r in now["Apps with analytics off/A"]] == [0], now
+    (last_read,) = now["Oldest analytics read/A"]
+    assert float(last_read["value"][1]) == pytest.approx(max(per_app["B"].values())), last_read
 
 
 def _check_rejected_reload(queries: Queries, workdir: Path, procs: list[Proc]) -> None:
@@ -912,22 +1074,56 @@ def _check_variables(url: str, dashboard: Mapping[str, Any]) -> None:
 
     assert options(JOB_VAR, {}) == {JOB}
     job = {JOB_VAR: _regex_of([JOB])}
+    assert options(CREDENTIALS_VAR, job) == set(BUDGETS)
+    assert options(CREDENTIALS_VAR, {JOB_VAR: "no-such-job"}) == set()
+    other = _regex_of([OTHER_CREDENTIALS])
+    job = {**job, CREDENTIALS_VAR: ".*"}
     assert options("account_id", job) == {ACCOUNT}
-    assert options("account_id", {JOB_VAR: "no-such-job"}) == set()
+    assert options("account_id", {**job, JOB_VAR: "no-such-job"}) == set()
+    assert options("account_id", {**job, CREDENTIALS_VAR: "no-such-credentials"}) == set()
     assert options("app_id", {**job, "account_id": ".*"}) == {APP, OTHER_APP}
     assert options("app_id", {**job, "account_id": "no-such-account"}) == set()
+    assert options("app_id", {**job, CREDENTIALS_VAR: other, "account_id": ".*"}) == {OTHER_APP}
     streams = options("livestream_id", {**job, "account_id": ACCOUNT, "app_id": ".*"})
     assert {*EXTRA_STREAMS, OTHER} <= streams and len(streams) == STREAMS + len(EXTRA_STREAMS) + 1
     assert options("livestream_id", {**job, "account_id": ACCOUNT, "app_id": OTHER_APP}) == {OTHER}
 
 
 def _check_selections(queries: Queries) -> None:
-    """Selecting another job empties every panel: no query escapes the job. Selecting an
-    app, or some streams, narrows every result that has the label, and keeps the selected
-    ones: a selected id with a "." matches itself, not its look-alike."""
+    """Selecting another job empties every panel: no query escapes the job. Selecting
+    credentials no app is read with empties every panel of apps, streams or budgets, and
+    leaves the alerts of no credentials; selecting OTHER_CREDENTIALS narrows every result
+    to OTHER_APP and to those credentials. Selecting an app, or some streams, narrows every
+    result that has the label, and keeps the selected ones: a selected id with a "."
+    matches itself, not its look-alike."""
     elsewhere = queries.instant({**_everything(), JOB_VAR: "no-such-job"})
     assert not any(elsewhere.values()), [k for k, result in elsewhere.items() if result]
-    job = {JOB_VAR: _regex_of([JOB])}
+
+    scoped = {
+        f"{panel['title']}/{target['refId']}"
+        for panel, target in queries.targets
+        if "$credentials" in target["expr"]
+    }
+    assert len(scoped) >= 50, scoped
+    nobody = queries.instant({**_everything(), CREDENTIALS_VAR: "no-such-credentials"})
+    for key in scoped - {f"{ALERTS_TABLE}/A"}:
+        assert not nobody[key], f"{key} with credentials no app has: {nobody[key]}"
+    for alert in nobody[f"{ALERTS_TABLE}/A"]:
+        assert not {"app_id", "credentials"} & set(alert["metric"]), alert
+    others = {**_everything(), CREDENTIALS_VAR: _regex_of([OTHER_CREDENTIALS])}
+    results = queries.instant(others)
+    for key, result in results.items():
+        apps = {r["metric"]["app_id"] for r in result if "app_id" in r["metric"]}
+        names = {r["metric"]["credentials"] for r in result if "credentials" in r["metric"]}
+        assert apps <= {OTHER_APP} and names <= {OTHER_CREDENTIALS}, (key, apps, names)
+    listed = {r["metric"]["livestream_id"] for r in results["Status per stream/A"]}
+    assert listed == {OTHER}, listed
+    assert queries.value("Streams live now", others) == 1
+    assert queries.value("Streams ERRORED", others) == 0
+    budgets = {r["metric"]["credentials"] for r in results["Request budget available/A"]}
+    assert budgets == {OTHER_CREDENTIALS}, results["Request budget available/A"]
+
+    job = {JOB_VAR: _regex_of([JOB]), CREDENTIALS_VAR: ".*"}
     chosen = [ERRORED, UNKNOWN, DOTTED]
     for label, selected, values in (
         (
