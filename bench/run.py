@@ -92,11 +92,17 @@ TARGET_RSS_MB: Final = 250.0
 TARGET_CPU_S: Final = 1.5
 
 _API_REQUESTS = re.compile(
-    rb'^realtimekit_exporter_api_requests_total\{api_endpoint="([^"]*)",code="([^"]*)"\} (\S+)',
+    rb'^realtimekit_exporter_api_requests_total\{credentials="[^"]*",'
+    rb'api_endpoint="([^"]*)",code="([^"]*)"\} (\S+)',
     re.M,
 )
-_POLL_SUM = re.compile(rb"^realtimekit_exporter_poll_duration_seconds_sum (\S+)", re.M)
-_POLL_COUNT = re.compile(rb"^realtimekit_exporter_poll_duration_seconds_count (\S+)", re.M)
+# One token in the benchmark: its credentials are "default".
+_POLL_SUM = re.compile(
+    rb'^realtimekit_exporter_poll_duration_seconds_sum\{credentials="default"\} (\S+)', re.M
+)
+_POLL_COUNT = re.compile(
+    rb'^realtimekit_exporter_poll_duration_seconds_count\{credentials="default"\} (\S+)', re.M
+)
 _LIVE_PREFIX: Final = b"realtimekit_livestream_live{"
 _STREAM_ID = re.compile(rb'livestream_id="((?:[^"\\]|\\.)*)"')
 

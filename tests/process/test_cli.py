@@ -158,11 +158,11 @@ def dev_zero_token(tmp_path: Path) -> Path:
 BAD_FILES: dict[str, tuple[Callable[[Path], Path], str]] = {
     "500-deep brackets": (
         with_text("x: " + "[" * 500 + "]" * 500 + "\n"),
-        "1 problem: nested deeper than 64 levels at line 13, column 67",
+        "1 problem: nested deeper than 64 levels at line 14, column 67",
     ),
     "a 5,000-digit integer": (
         with_text("limits:\n  max_livestreams: " + "9" * 5000 + "\n"),
-        "1 problem: an integer longer than 1000 characters at line 14, column 20",
+        "1 problem: an integer longer than 1000 characters at line 15, column 20",
     ),
     "60 MB": (huge_config, "1 problem: cannot read file: it is over the limit of 8 MiB"),
     "a FIFO": (fifo_config, "1 problem: cannot read file: it is a FIFO (named pipe)"),

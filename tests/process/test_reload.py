@@ -198,7 +198,7 @@ async def test_an_invalid_config_is_rejected_once_and_the_old_one_stays(
     async with exporter_process(tmp_path, config) as running:
         cycles: tuple[str, frozenset[tuple[str, str]]] = (
             "realtimekit_exporter_poll_duration_seconds_count",
-            frozenset(),
+            frozenset({"credentials": "default"}.items()),
         )
 
         async def polled() -> Samples | None:
@@ -247,7 +247,8 @@ async def test_an_invalid_config_is_rejected_once_and_the_old_one_stays(
 
 
 def cycles_in(samples: Samples) -> float:
-    return samples.get(("realtimekit_exporter_poll_duration_seconds_count", frozenset()), 0)
+    count = "realtimekit_exporter_poll_duration_seconds_count"
+    return samples.get((count, frozenset({"credentials": "default"}.items())), 0)
 
 
 async def test_a_file_the_parser_cannot_take_is_a_rejected_reload(

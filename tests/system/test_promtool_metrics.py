@@ -128,7 +128,8 @@ def test_exposition_covers_the_cases(expositions: dict[str, tuple[str, str]]) ->
     assert values[("realtimekit_livestream_disabled", _stream(DISABLED_ID))] == 1
     live = [k for k, v in values.items() if k[0] == "realtimekit_livestream_live" and v == 1]
     assert len(live) == 4  # two autopilot streams, LIVE_ID and UNKNOWN_LIVE_ID
-    assert ("realtimekit_exporter_rate_limit_remaining", frozenset()) in values
+    remaining = frozenset({"credentials": "default"}.items())
+    assert ("realtimekit_exporter_rate_limit_remaining", remaining) in values
 
 
 async def _promtool(promtool: str, body: str) -> tuple[int, str]:
