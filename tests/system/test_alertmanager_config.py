@@ -6,8 +6,8 @@ alerts it receives (deploy/prometheus/alerts.yml).
   receiver ``pager``, warnings to ``tickets``, and any other severity (or none) falls through
   every child route to the root's receiver; every alert of alerts.yml, with its own labels,
   is taken by a child route for its severity.
-- Grouping: one group per incident, ``group_by`` alertname, job, account_id, app_id and
-  livestream_id, set once on the root for every route.
+- Grouping: one group per incident, ``group_by`` alertname, job, credentials, account_id,
+  app_id and livestream_id, set once on the root for every route.
 - Inhibition: every alertname an inhibit rule names is an alert of alerts.yml (a regular
   expression matches one at least), no rule's sources are among its targets, and a real
   Alertmanager with the file suppresses what the file's comments say, and nothing else.
@@ -47,7 +47,7 @@ ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 RECEIVER_OF = {"critical": "pager", "warning": "tickets"}  # severity -> receiver
 DEFAULT_RECEIVER = "tickets"  # the root's: alerts no child route takes
 # One group per incident: a stream, an app, or an exporter target (the file says why).
-GROUP_BY = {"alertname", "job", "account_id", "app_id", "livestream_id"}
+GROUP_BY = {"alertname", "job", "credentials", "account_id", "app_id", "livestream_id"}
 TIMEOUT = 30  # seconds for one amtool run; it takes a few milliseconds
 
 Matcher = tuple[str, str, str]  # (label, operator, value)
