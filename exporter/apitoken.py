@@ -138,8 +138,9 @@ class ApiToken:
         )
 
 
-def budget_warnings(config: Config) -> list[str]:
-    """Warnings when the budget, or the configured polling, may go over a limit.
+def budget_warnings(config: Config, *, rate_key: str = "api.rate_limit") -> list[str]:
+    """Warnings when the budget, or the configured polling, may go over a limit;
+    ``rate_key`` is the setting of the budget, as the warnings name it.
 
     Polling is estimated per cycle and app as one listing page plus one session request
     per configured stream (each may be LIVE); discovered streams are unknown at start-up,
@@ -153,7 +154,7 @@ def budget_warnings(config: Config) -> list[str]:
     burst = rate.requests * max(1, math.ceil(api_window / rate.window))
     if burst > api_requests:
         warnings.append(
-            f"api.rate_limit {rate} is above the API's own limit of {api_requests} requests "
+            f"{rate_key} {rate} is above the API's own limit of {api_requests} requests "
             f"per {api_window:g}s per token; going over blocks the token for 5 minutes"
         )
     share = config.shard.budget(rate)
@@ -167,7 +168,7 @@ def budget_warnings(config: Config) -> list[str]:
             f"({per_cycle} per cycle every {config.poll.interval:g}s) but the budget allows "
             f"{share.requests}; statuses will still be read every cycle, but session values "
             "only in turn, less often than poll.interval (docs/scaling.md): raise "
-            "poll.interval or api.rate_limit to refresh them every cycle"
+            f"poll.interval or {rate_key} to refresh them every cycle"
         )
     return warnings
 

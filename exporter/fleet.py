@@ -80,6 +80,7 @@ class Unit:
             budget=self.token.planned,
             on_change=self._found_change,
             limit=limit,
+            rate_key=rate_key(name),
         )
         if webhooks is not None:
             token = self.token
@@ -315,6 +316,11 @@ class Fleet:
     def _published(self) -> None:
         if self._on_snapshot is not None:
             self._on_snapshot()
+
+
+def rate_key(name: str) -> str:
+    """The setting of the credentials ``name``'s budget, as messages name it."""
+    return "api.rate_limit" if name == DEFAULT_CREDENTIALS else f"credentials.{name}.rate_limit"
 
 
 def _names(config: Config) -> tuple[str, ...]:

@@ -233,6 +233,7 @@ class Poller:
         budget: Callable[[], tuple[int, float]] | None = None,
         on_change: Callable[[tuple[str, str], str, bool], None] | None = None,
         limit: LimitShare | None = None,
+        rate_key: str = "api.rate_limit",
     ) -> None:
         """``on_snapshot`` is called, on the event loop, each time a new snapshot is out;
         ``before_cycle`` at the start of each cycle (where a reload may :meth:`reconfigure`);
@@ -240,7 +241,9 @@ class Poller:
         ``on_change`` is told each stream a cycle found going live or not live (app key,
         stream id, live), not those :meth:`push` changed; ``limit`` shares
         limits.max_livestreams with the other pollers of the process (default: this
-        poller's apps have it to themselves)."""
+        poller's apps have it to themselves); ``rate_key`` is the setting of the budget,
+        as the log names it."""
+        self._rate_key = rate_key
         self._config = config
         self._api = api
         self._observer = observer
@@ -1277,13 +1280,15 @@ class Poller:
         if over:
             log.warning(
                 "a cycle needs %d requests, %.0f per %gs at this interval, but the budget "
-                "(api.rate_limit, or the API's stated limit if lower) allows %d: cycles will "
+                "(%s, or the API's stated limit if lower) allows %d: cycles will "
                 "wait for the budget and take longer than poll.interval; raise poll.interval "
-                "or api.rate_limit, or shard",
+                "or %s, or shard",
                 needed,
                 per_window,
                 window,
+                self._rate_key,
                 requests,
+                self._rate_key,
             )
         else:
             log.info("polling fits the budget again (%d requests a cycle)", needed)

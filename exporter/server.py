@@ -28,11 +28,10 @@ from exporter import __version__, receiver, statuspage
 from exporter.apitoken import budget_warnings
 from exporter.client import ENDPOINTS, REASONS
 from exporter.collector import SnapshotCollector
-from exporter.config import DEFAULT_CREDENTIALS
 from exporter.connections import IDLE_TIMEOUT, ConnectionGuard, GuardedSite, connection_limit
 from exporter.connections import REASONS as CLOSE_REASONS
 from exporter.exposition import Exposition
-from exporter.fleet import Fleet
+from exporter.fleet import Fleet, rate_key
 from exporter.hints import RESULTS
 from exporter.model import EMPTY_SNAPSHOT
 from exporter.negotiate import accepts_gzip, media_range
@@ -214,8 +213,8 @@ def _warn(config: Config) -> None:
     """Log what may go wrong with ``config``'s budgets, each credentials' own."""
     for name in config.credential_names():
         scoped = config.scoped(name)
-        for warning in budget_warnings(scoped):
-            log.warning("%s", warning if name == DEFAULT_CREDENTIALS else f"{name}: {warning}")
+        for warning in budget_warnings(scoped, rate_key=rate_key(name)):
+            log.warning("%s", warning)
     used = set(config.credential_names())
     for credentials in config.credentials:
         if credentials.name not in used:

@@ -378,3 +378,22 @@ async def until(condition: Any, limit: float = 10.0) -> None:
     async with asyncio.timeout(limit):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+async def test_start_up_warnings_name_each_credentials_setting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A budget above the API's limit is reported under the key the user wrote
+    (credentials.agency-b.rate_limit, not api.rate_limit); credentials no app uses are
+    reported by name."""
+    path = write(tmp_path / "c.yaml", "http://127.0.0.1:9", b_rate="1300/5m")
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text + "  spare:\n    token: spare-token-0a9e3c5d7f\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, "exporter.server"):
+        async with exporter_for(path):
+            pass
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("credentials.agency-b.rate_limit 1300/5m is above") for m in lines)
+    assert not any(m.startswith("api.rate_limit") for m in lines)
+    assert any("credentials spare are not used by any app" in m for m in lines)
+    assert not any("spare-token" in m for m in lines)
