@@ -17,16 +17,16 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from exporter.apitoken import ApiToken
 from exporter.config import DEFAULT_CREDENTIALS
 from exporter.hints import KEPT_SHARE, Refresher
-from exporter.model import EMPTY_SNAPSHOT, Snapshot
+from exporter.model import EMPTY_SNAPSHOT, AppAnalytics, AppState, Snapshot
 from exporter.poller import RECENT_ERRORS, LimitShare, Poller
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     import aiohttp
 
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from exporter.telemetry import CredentialMetrics, ExporterMetrics
 
 log = logging.getLogger(__name__)
+
+_Keyed = TypeVar("_Keyed", AppState, AppAnalytics)
 
 STOP_WAIT: Final = 1.0  # seconds a retired unit's poller gets to end once cancelled
 
@@ -150,7 +152,12 @@ class Fleet:
         self._stop: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()  # a unit's poller ended by itself: _failure says how
-        self._merged: tuple[tuple[Snapshot, ...], Snapshot] = ((), EMPTY_SNAPSHOT)
+        self._merged: tuple[tuple[Snapshot, ...], Config | None, Snapshot] = (
+            (),
+            None,
+            EMPTY_SNAPSHOT,
+        )
+        self._was_ready = False
         self._closing: set[asyncio.Task[None]] = set()  # retired units' refreshers
         for name in _names(config):
             self.units[name] = self._unit(name, config)
@@ -187,17 +194,25 @@ class Fleet:
         """The units' latest snapshots as one, apps in configuration order; the same
         object until a unit publishes a new one (the exposition renders per object)."""
         parts = tuple(unit.poller.snapshot for unit in self.units.values())
-        cached, merged = self._merged
-        if len(parts) == len(cached) and all(a is b for a, b in zip(parts, cached, strict=True)):
+        cached, config, merged = self._merged
+        if (
+            config is self.config
+            and len(parts) == len(cached)
+            and all(a is b for a, b in zip(parts, cached, strict=True))
+        ):
             return merged
-        merged = _merge(parts, self.config)
-        self._merged = (parts, merged)
+        merged = _merge(tuple(self.units), parts, self.config)
+        self._merged = (parts, self.config, merged)
         return merged
 
     @property
     def ready(self) -> bool:
-        """True once every unit has completed a cycle (successfully or not)."""
-        return all(unit.poller.ready for unit in self.units.values())
+        """True once every unit has completed a cycle (successfully or not), and from
+        then on: credentials a reload adds do not make a serving process unready while
+        their first cycle runs (one poller's readiness never went back either)."""
+        if not self._was_ready:
+            self._was_ready = all(unit.poller.ready for unit in self.units.values())
+        return self._was_ready
 
     @property
     def recent_errors(self) -> tuple[PollError, ...]:
@@ -323,19 +338,35 @@ def _names(config: Config) -> tuple[str, ...]:
     return config.credential_names() or (DEFAULT_CREDENTIALS,)
 
 
-def _merge(parts: tuple[Snapshot, ...], config: Config) -> Snapshot:
+def _merge(names: tuple[str, ...], parts: tuple[Snapshot, ...], config: Config) -> Snapshot:
+    """The units' snapshots (``parts``, of the credentials ``names``) as one. An app a
+    reload moved to other credentials is in two parts until the unit it left has had its
+    next cycle: it is taken from the unit that reads it now once that one has it (twice,
+    it would be duplicate series), from the other until then. The cycle count is the
+    least of the units that have completed one (a unit a reload just added has none yet,
+    and the others' apps are still there to show)."""
     if len(parts) == 1:
         return parts[0]
     order = {app.key: n for n, app in enumerate(config.apps)}
+    owner = {app.key: app.credentials for app in config.apps}
     last = len(order)
-    apps = sorted((a for p in parts for a in p.apps), key=lambda a: order.get(a.key, last))
-    analytics = sorted(
-        (a for p in parts for a in p.analytics), key=lambda a: order.get(a.key, last)
-    )
+    named = tuple(zip(names, parts, strict=True))
+
+    def once(rows: Callable[[Snapshot], Iterable[_Keyed]]) -> list[_Keyed]:
+        chosen: dict[tuple[str, str], _Keyed] = {}
+        for owners in (True, False):
+            for name, part in named:
+                for row in rows(part):
+                    if not owners or owner.get(row.key, name) == name:
+                        chosen.setdefault(row.key, row)
+        return sorted(chosen.values(), key=lambda row: order.get(row.key, last))
+
+    apps = once(lambda p: p.apps)
+    analytics = once(lambda p: p.analytics)
     return Snapshot(
         apps=tuple(apps),
         taken_at=max(p.taken_at for p in parts),
-        cycles=min(p.cycles for p in parts),
+        cycles=min((p.cycles for p in parts if p.cycles), default=0),
         app_level=config.shard.index == 0,
         livestream_limit=config.limits.max_livestreams,
         analytics=tuple(analytics),
