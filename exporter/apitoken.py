@@ -55,7 +55,11 @@ class ApiToken:
         jitter: Callable[[], float] = random.random,
         retries: int = 2,
         slack: float = BUDGET_SLACK,
+        budget: RequestBudget | None = None,
     ) -> None:
+        """``budget``: the budget of a token this one takes over (the same credentials
+        removed by a reload and added again), resized to ``config``: the grants of its
+        window still count."""
         self._session = session
         self._observer = observer
         self._on_token = on_token
@@ -64,9 +68,13 @@ class ApiToken:
         self._jitter = jitter
         self._retries = retries
         rate = config.shard.budget(config.api.rate_limit)
-        self.budget = RequestBudget(
-            requests=rate.requests, window=rate.window, clock=clock, sleep=sleep, slack=slack
-        )
+        if budget is None:
+            budget = RequestBudget(
+                requests=rate.requests, window=rate.window, clock=clock, sleep=sleep, slack=slack
+            )
+        else:
+            budget.resize(requests=rate.requests, window=rate.window)
+        self.budget = budget
         self.budget.keep_share(kept_share)
         self._settings = _client_settings(config)
         self.client = self._new_client(config)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     import aiohttp
 
+    from exporter.budget import RequestBudget
     from exporter.config import Config
     from exporter.model import PollError
     from exporter.telemetry import CredentialMetrics, ExporterMetrics
@@ -57,8 +58,10 @@ class Unit:
         on_snapshot: Callable[[], None],
         on_token: Callable[[str], None] | None,
         on_applied: Callable[[], None] | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
-        """``on_applied`` is called when a reload's configuration took effect here."""
+        """``on_applied`` is called when a reload's configuration took effect here;
+        ``budget`` is the one these credentials had before a reload removed them."""
         self.name = name
         self._on_applied = on_applied
         self.config = config
@@ -70,6 +73,7 @@ class Unit:
             observer=metrics,
             kept_share=KEPT_SHARE if webhooks is not None else 0.0,
             on_token=on_token,
+            budget=budget,
         )
         metrics.watch_budget(self.token.budget.available, self.token.in_force)
         self.refresher: Refresher | None = None
@@ -159,6 +163,9 @@ class Fleet:
         )
         self._was_ready = False
         self._closing: set[asyncio.Task[None]] = set()  # retired units' refreshers
+        # The budgets of retired units, by name: credentials added again take theirs back,
+        # so that the grants of its window still count (the API's window did not restart).
+        self._retired: dict[str, RequestBudget] = {}
         for name in _names(config):
             self.units[name] = self._unit(name, config)
 
@@ -173,6 +180,7 @@ class Fleet:
             on_snapshot=self._published,
             on_token=self._on_token,
             on_applied=self._track_all,
+            budget=self._retired.pop(name, None),
         )
 
     def _track_all(self) -> None:
@@ -316,6 +324,7 @@ class Fleet:
             if app.key not in kept:
                 unit.metrics.untrack_app(app.account_id, app.app_id)
         self._metrics.forget_credentials(unit.name)
+        self._retired[unit.name] = unit.token.budget
         task = unit.task
         if task is not None:
             task.cancel()

@@ -228,6 +228,7 @@ class _Validator(Checker):
                 token_problem_at,
                 f"api: no API token: set api.token, api.token_file or {TOKEN_ENV}",
             )
+        self.one_name_per_token(api, credentials, apps)
         limits = self.limits(root.get("limits", {}), apps)
         webhooks = self.webhooks(root["webhooks"]) if root.get("webhooks") is not None else None
         self.raise_if_any(ConfigError, source)
@@ -363,6 +364,28 @@ class _Validator(Checker):
             self.fail(where, f"no API token: set {where}.token or {where}.token_file")
         token, token_file = given or (Secret(""), None)
         return Credentials(name=name, token=token, token_file=token_file, rate_limit=rate)
+
+    def one_name_per_token(
+        self, api: ApiConfig, credentials: tuple[Credentials, ...], apps: tuple[AppConfig, ...]
+    ) -> None:
+        """Credentials the apps use must hold different tokens: each name has a budget of
+        its own, and two budgets of one token could together go over the API's limit."""
+        used = {app.credentials for app in apps}
+        named = [("api", DEFAULT_CREDENTIALS, api.token)]
+        named += [(f"credentials.{c.name}", c.name, c.token) for c in credentials]
+        first: dict[str, str] = {}
+        for where, name, token in named:
+            value = token.reveal()
+            if name not in used or not value:
+                continue
+            if value in first:
+                self.fail(
+                    where,
+                    f"holds the same token as {first[value]}: one token has one budget, so "
+                    "read their apps with one of them",
+                )
+            else:
+                first[value] = where
 
     def base_url(self, url: str) -> str:
         # Messages never quote the URL: it may carry a password.

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import config as config_module
+from exporter.config import ConfigError
 from exporter.reload import Reloader
 from exporter.server import Exporter
-from exporter.simulator import Simulator, World
+from exporter.simulator import Faults, Simulator, World
 from exporter.simulator.tokens import SimToken
 from tests.clock import FakeClock
 from tests.conftest import API_T0
@@ -149,3 +151,165 @@ async def test_a_reload_that_adds_credentials_keeps_the_process_ready(tmp_path: 
             assert exporter.poller.ready
             assert exporter.poller.snapshot.cycles >= 1
             assert [a.app_id for a in exporter.poller.snapshot.apps] == ["app-a"]
+
+
+def write_rated(path: Path, base_url: str, *, with_b: bool, b_rate: str = "1000/5m") -> Path:
+    """app-a read with the default credentials; with ``with_b``, app-b with agency-b at
+    ``b_rate``."""
+    write(path, base_url, {"app-a": "default", **({"app-b": "agency-b"} if with_b else {})})
+    if with_b:
+        text = path.read_text(encoding="utf-8") + f"    rate_limit: {b_rate}\n"
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def ours() -> set[asyncio.Task[Any]]:
+    """The tasks running the exporter's code (not the simulator's handlers, not this test)."""
+    return {
+        t
+        for t in asyncio.all_tasks()
+        if t is not asyncio.current_task()
+        and "/exporter/" in t.get_coro().cr_code.co_filename  # type: ignore[union-attr]
+        and "/simulator/" not in t.get_coro().cr_code.co_filename  # type: ignore[union-attr]
+    }
+
+
+async def test_credentials_removed_while_their_cycle_waits_for_the_budget(
+    tmp_path: Path,
+) -> None:
+    """agency-b's budget (1/5m) is spent after its first request: its cycle waits five
+    minutes for the window. A reload removes agency-b: its poller ends at once, its
+    series are gone and stay gone, app-a is polled on, and closing leaves no task."""
+    async with accounts() as sim:
+        path = write_rated(tmp_path / "c.yaml", sim.base_url, with_b=True, b_rate="1/5m")
+        async with exporter_for(path) as (exporter, reloader):
+            fleet = exporter.poller
+            before = ours()
+            run = asyncio.create_task(fleet.run(stop := asyncio.Event()))
+            unit = fleet.unit("agency-b")
+            budget = unit.token.budget
+            await until(lambda: budget.available() == 0 and bool(budget._queue))
+            write_rated(path, sim.base_url, with_b=False)
+            assert await reloader.reload() is None
+            assert unit.task is not None
+            await asyncio.wait_for(asyncio.wait({unit.task}), 5)
+            assert not budget._queue  # nothing waits for the retired budget
+            text = generate_latest(exporter.registry).decode()
+            assert 'credentials="agency-b"' not in text
+            assert 'app_id="app-b"' not in text
+            cycles = fleet.unit("default").poller.snapshot.cycles
+            await fleet.unit("default").poller.poll_once()
+            assert fleet.unit("default").poller.snapshot.cycles == cycles + 1
+            stop.set()
+            await asyncio.wait_for(run, 5)
+            await fleet.close()
+        assert ours() <= before
+
+
+async def test_credentials_removed_with_requests_in_flight_leave_no_series_behind(
+    tmp_path: Path,
+) -> None:
+    """Every request is held by the API; a reload removes agency-b, whose cycle has a
+    request in flight; then the API answers. No series of agency-b comes back (neither
+    from the answers of its requests nor from its cycle's end), and the process stops
+    with no task of agency-b left."""
+    async with accounts() as sim:
+        path = write_rated(tmp_path / "c.yaml", sim.base_url, with_b=True)
+        async with exporter_for(path) as (exporter, reloader):
+            fleet = exporter.poller
+            run = asyncio.create_task(fleet.run(stop := asyncio.Event()))
+            await until(lambda: fleet.ready)
+            sim.state.faults = Faults(hold=True)
+            held = len(sim.state.log)
+            unit = fleet.unit("agency-b")
+            cycle = asyncio.create_task(unit.poller.poll_once())
+            await until(lambda: any(s.token_name == "b" for s in list(sim.state.log)[held:]))
+            write_rated(path, sim.base_url, with_b=False)
+            assert await reloader.reload() is None
+            sim.state.faults = Faults()
+            await asyncio.wait({cycle}, timeout=5)
+            await fleet.unit("default").poller.poll_once()
+            text = generate_latest(exporter.registry).decode()
+            assert 'credentials="agency-b"' not in text
+            assert 'app_id="app-b"' not in text
+            stop.set()
+            await asyncio.wait_for(run, 5)
+            await fleet.close()
+            assert not ours()
+
+
+async def test_credentials_removed_and_added_again_keep_their_budgets_window(
+    tmp_path: Path,
+) -> None:
+    """agency-b spends requests of its budget; one reload removes it and the next brings
+    it back (an app commented out and in again). The grants of the current window still
+    count: a fresh budget would let the token send a whole second budget within one of
+    the API's windows (1000 + 1000 in 5 minutes is over Cloudflare's 1200: the token is
+    blocked for 5 minutes). The old unit's requests still count nowhere in the metrics."""
+    async with accounts() as sim:
+        path = write_rated(tmp_path / "c.yaml", sim.base_url, with_b=True, b_rate="50/5m")
+        async with exporter_for(path) as (exporter, _):
+            fleet = exporter.poller
+            await fleet.poll_once(analytics=True)
+            spent = 50 - fleet.unit("agency-b").token.budget.available()
+            assert spent > 0
+            with_b = exporter.config
+            exporter.reconfigure(
+                config_module.load(str(write_rated(path, sim.base_url, with_b=False)))
+            )
+            exporter.reconfigure(with_b)
+            unit = fleet.unit("agency-b")
+            assert unit.token.budget.available() == 50 - spent
+            requests = samples(exporter, "realtimekit_exporter_api_requests_total")
+            assert sum(v for labels, v in requests if labels["credentials"] == "agency-b") == 0
+            await fleet.poll_once(analytics=True)
+            b_sent = sum(1 for s in sim.state.log if s.token_name == "b")
+            requests = samples(exporter, "realtimekit_exporter_api_requests_total")
+            counted = sum(v for labels, v in requests if labels["credentials"] == "agency-b")
+            assert 0 < counted < b_sent  # the new unit's requests only
+            assert unit.token.budget.available() == 50 - b_sent
+
+
+@pytest.mark.parametrize(
+    ("b_token", "c_token", "problem"),
+    [
+        (TOKEN_A, TOKEN_B, "credentials.agency-b: holds the same token as api"),
+        (TOKEN_B, TOKEN_B, "credentials.agency-c: holds the same token as credentials.agency-b"),
+    ],
+    ids=["api-and-b", "b-and-c"],
+)
+def test_two_credentials_in_use_with_one_token_are_refused(
+    tmp_path: Path, b_token: str, c_token: str, problem: str
+) -> None:
+    """Two names for one token gave it two budgets: together they could spend twice
+    api.rate_limit in one of the API's windows, and the token is blocked for 5 minutes
+    (the same token read from a file counts too). The error names both, never the token."""
+    (tmp_path / "c.token").write_text(c_token + "\n", encoding="utf-8")
+    text = f"""
+api: {{token: {TOKEN_A}}}
+credentials:
+  agency-b: {{token: {b_token}}}
+  agency-c: {{token_file: c.token}}
+apps:
+  - {{account_id: a, app_id: a, discover: true}}
+  - {{account_id: b, app_id: b, discover: true, credentials: agency-b}}
+  - {{account_id: c, app_id: c, discover: true, credentials: agency-c}}
+"""
+    with pytest.raises(ConfigError) as caught:
+        config_module.loads(text, base_dir=tmp_path)
+    assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+    for token in (TOKEN_A, TOKEN_B):
+        assert token not in str(caught.value)
+
+
+def test_credentials_not_in_use_may_share_a_token() -> None:
+    """A token named twice where only one of the names is used by apps costs one budget
+    (an unused api token from the environment, say): no problem."""
+    text = f"""
+api: {{token: {TOKEN_A}}}
+credentials:
+  agency-b: {{token: {TOKEN_A}}}
+apps:
+  - {{account_id: b, app_id: b, discover: true, credentials: agency-b}}
+"""
+    assert config_module.loads(text).credential_names() == ("agency-b",)
