@@ -125,6 +125,7 @@ class Unit:
             self.refresher.found_change(app, livestream_id, live)
 
     async def close(self) -> None:
+        self.token.close()
         if self.refresher is not None:
             await self.refresher.close()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
@@ -15,17 +16,22 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import config as config_module
+from exporter import tokenfile
 from exporter.config import ConfigError
+from exporter.poller import Poller
 from exporter.reload import Reloader
-from exporter.server import Exporter
+from exporter.server import Exporter, Server
 from exporter.simulator import Faults, Simulator, World
 from exporter.simulator.tokens import SimToken
 from tests.clock import FakeClock
 from tests.conftest import API_T0
+from tests.faultapi import FaultApi, Hang
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
     from pathlib import Path
+
+    from exporter.model import Snapshot
 
 TOKEN_A: Final = "attack-a-token-51c0e7d2b94f4a38"
 TOKEN_B: Final = "attack-b-token-0d83a6f1c27e4b95"
@@ -313,3 +319,139 @@ apps:
   - {{account_id: b, app_id: b, discover: true, credentials: agency-b}}
 """
     assert config_module.loads(text).credential_names() == ("agency-b",)
+
+
+async def test_a_bug_in_the_poller_of_credentials_added_by_a_reload_stops_the_fleet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poller of agency-b, which a reload added, raises (a bug): the fleet stops the
+    other pollers and raises it, so that the process exits for a restart rather than
+    serve agency-b's apps frozen."""
+    async with accounts() as sim:
+        path = write_rated(tmp_path / "c.yaml", sim.base_url, with_b=False)
+        async with exporter_for(path) as (exporter, reloader):
+            fleet = exporter.poller
+            run = asyncio.create_task(fleet.run(asyncio.Event()))
+            await until(lambda: fleet.ready)
+            poll_once = Poller.poll_once
+
+            async def broken(poller: Poller) -> Snapshot:
+                if poller is fleet.unit("default").poller:
+                    return await poll_once(poller)
+                raise ZeroDivisionError("a bug")
+
+            monkeypatch.setattr(Poller, "poll_once", broken)
+            write_rated(path, sim.base_url, with_b=True)
+            assert await reloader.reload() is None
+            with pytest.raises(ZeroDivisionError):
+                await asyncio.wait_for(run, 5)
+            assert all(u.task is not None and u.task.done() for u in fleet.units.values())
+
+
+@pytest.mark.parametrize("when", ["closing", "closed"])
+async def test_a_reload_during_shutdown_leaves_no_task(tmp_path: Path, when: str) -> None:
+    """A reload that adds agency-b lands while the server closes (a SIGHUP's reload is
+    not waited for), or after: nothing raises, and once the exporter is closed no task
+    of it is left (a poller started by the reload would poll with a closed session)."""
+    async with accounts() as sim:
+        path = write_rated(tmp_path / "c.yaml", sim.base_url, with_b=False)
+        async with exporter_for(path) as (exporter, _):
+            server = Server(exporter, host="127.0.0.1", port=0)
+            await server.start()
+            await until(lambda: exporter.poller.ready)
+            added = config_module.load(str(write_rated(path, sim.base_url, with_b=True)))
+            closing = asyncio.create_task(server.close())
+            if when == "closing":
+                await asyncio.sleep(0)
+                exporter.reconfigure(added)
+            await asyncio.wait_for(closing, 5)
+            if when == "closed":
+                exporter.reconfigure(added)
+            assert server.failure is None
+        await asyncio.sleep(0)
+        assert not ours()
+
+
+# -- 2. isolation -------------------------------------------------------------------------
+async def test_a_hanging_api_for_one_token_does_not_slow_the_others_cycles(
+    tmp_path: Path,
+) -> None:
+    """Every request with TOKEN_B hangs (its cycles end only at their deadline, a poll
+    interval later): the default credentials' cycles stay short, and a stop of app-a's
+    stream shows within about one interval."""
+    async with accounts() as sim, FaultApi(sim) as api:
+        api.fault = lambda r: Hang() if TOKEN_B in r.headers.get("authorization", "") else None
+        path = write(
+            tmp_path / "c.yaml",
+            api.base_url,
+            {"app-a": "default", "app-b": "agency-b"},
+            interval="2s",
+        )
+        async with exporter_for(path) as (exporter, _):
+            fleet = exporter.poller
+            run = asyncio.create_task(fleet.run(stop := asyncio.Event()))
+            try:
+                default = fleet.unit("default").poller
+                await until(lambda: default.snapshot.cycles >= 1 and api.stuck.is_set())
+                sim.world.stop("app-a-ls1")
+                stopped = asyncio.get_running_loop().time()
+
+                def app_a_live() -> bool:
+                    state = default.snapshot.app(ACC_A, "app-a")
+                    return state is not None and any(s.live for s in state.streams)
+
+                await until(lambda: not app_a_live(), 10)
+                assert asyncio.get_running_loop().time() - stopped < 3.0
+                durations = samples(exporter, "realtimekit_exporter_poll_duration_seconds_sum")
+                counts = samples(exporter, "realtimekit_exporter_poll_duration_seconds_count")
+                by = {labels["credentials"]: v for labels, v in durations}
+                count = {labels["credentials"]: v for labels, v in counts}
+                assert by["default"] / count["default"] < 0.5
+            finally:
+                stop.set()
+                await asyncio.wait_for(run, 5)
+
+
+async def test_a_hung_token_file_of_one_credentials_does_not_stop_anothers_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """agency-b's token file is on a file system that hangs, and a reload makes it check
+    the file again (a second check hangs too); then the default credentials' token file
+    rotates. Their checks shared two threads for the whole process: both held by
+    agency-b's hung checks, the default credentials never took up their new token (and
+    every request was refused once the old one was revoked)."""
+    a_file, b_file = tmp_path / "a.token", tmp_path / "b.token"
+    a_file.write_text(TOKEN_A + "\n", encoding="utf-8")
+    b_file.write_text(TOKEN_B + "\n", encoding="utf-8")
+    release = threading.Event()
+    real_read = tokenfile.read_token_file
+
+    def hanging_read(path: Path, *, shown: str | None = None) -> str:
+        if path == b_file:
+            release.wait(30)  # bounded, in case the test fails before setting it
+        return real_read(path, shown=shown)
+
+    async with accounts() as sim:
+        path = write(tmp_path / "c.yaml", sim.base_url, {"app-a": "default", "app-b": "agency-b"})
+        text = path.read_text(encoding="utf-8")
+        text = text.replace(f"token: {TOKEN_A}", "token_file: a.token")
+        path.write_text(text.replace(f"token: {TOKEN_B}", "token_file: b.token"), encoding="utf-8")
+        try:
+            async with exporter_for(path) as (exporter, reloader):
+                fleet = exporter.poller
+                assert all(a.up for a in (await fleet.poll_once()).apps)
+                monkeypatch.setattr(tokenfile, "read_token_file", hanging_read)
+                b_file.write_text(TOKEN_B + " \n", encoding="utf-8")  # changed: read again
+                await fleet.poll_once()
+                assert await reloader.reload() is None  # agency-b checks its file anew
+                b_file.write_text(TOKEN_B + "  \n", encoding="utf-8")
+                await fleet.poll_once()
+                rotated = "attack-a-token-rotated-6e1f02c9b8"
+                sim.state.token = rotated  # TOKEN_A is refused from now on
+                a_file.write_text(rotated + "\n", encoding="utf-8")
+                for _ in range(3):
+                    snapshot = await fleet.poll_once()
+                state = snapshot.app(ACC_A, "app-a")
+                assert state is not None and state.up
+        finally:
+            release.set()
