@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -102,18 +103,29 @@ class Analytics:
         interval: float | None,
         spare: int,
         timeout: float,
+        cycles_per_window: float = math.inf,
     ) -> None:
         """A cycle ended leaving ``spare`` requests of its allowance unspent (0 while
         the budget is short): read the apps that are due, as far as the requests
         left over since the last round allow, in the background. ``interval`` None:
-        analytics are off."""
+        analytics are off.
+
+        What is saved is at most what cycles leaving ``spare`` each would leave over one
+        budget window (``cycles_per_window`` of them): saved while the cycles were light,
+        it would be spent in a window in which they are heavy, and the next cycles would
+        wait for the budget. So nothing is saved while a cycle leaves nothing."""
         if interval is None:
             self._values.clear()
             self._due.clear()
             self._credit = 0
             return
+        spare = max(0, spare)
         most = REQUESTS_PER_APP * len(apps)
-        self._credit = min(most, self._credit + max(0, spare))
+        if spare == 0:
+            most = 0
+        elif spare * cycles_per_window < most:
+            most = math.floor(spare * cycles_per_window)
+        self._credit = min(most, self._credit + spare)
         if self._task is not None and not self._task.done():
             return
         now = self._monotonic()

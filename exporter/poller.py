@@ -444,6 +444,7 @@ class Poller:
             interval=poll.analytics_interval if self._config.shard.index == 0 else None,
             spare=spare,
             timeout=poll.interval,
+            cycles_per_window=window / poll.interval,
         )
 
     def _analytics_read(self) -> None:

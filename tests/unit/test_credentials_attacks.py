@@ -8,24 +8,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
+import aiohttp
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import config as config_module
 from exporter import tokenfile
-from exporter.config import ConfigError
+from exporter.budget import RequestBudget
+from exporter.client import RealtimeKitClient
+from exporter.config import (
+    ApiConfig,
+    AppConfig,
+    Config,
+    ConfigError,
+    PollConfig,
+    RateLimit,
+    Secret,
+)
 from exporter.poller import Poller
 from exporter.reload import Reloader
 from exporter.server import Exporter, Server
 from exporter.simulator import Faults, Simulator, World
+from exporter.simulator.ratelimit import RateLimiter
 from exporter.simulator.tokens import SimToken
 from tests.clock import FakeClock
 from tests.conftest import API_T0
 from tests.faultapi import FaultApi, Hang
+from tests.files import dev_zero, directory, fifo
+from tests.unit.test_analytics import TotalsApi, reader
+from tests.unit.test_analytics import cycle as analytics_cycle
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -455,3 +471,147 @@ async def test_a_hung_token_file_of_one_credentials_does_not_stop_anothers_rotat
                 assert state is not None and state.up
         finally:
             release.set()
+
+
+def empty(path: Path) -> None:
+    path.write_text("", encoding="utf-8")
+
+
+def gone(path: Path) -> None:
+    path.unlink()
+
+
+@pytest.mark.parametrize("make", [fifo, empty, gone, directory, dev_zero])
+async def test_one_credentials_token_file_broken_mid_run_keeps_every_app_up(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, make: Callable[[Path], None]
+) -> None:
+    """agency-b's token file becomes a FIFO (no writer), empty, missing, a directory or
+    /dev/zero while polling: agency-b keeps its token (one warning), every cycle ends in
+    time, both apps stay up, and no request goes out without a token."""
+    b_file = tmp_path / "b.token"
+    b_file.write_text(TOKEN_B + "\n", encoding="utf-8")
+    async with accounts() as sim:
+        path = write(tmp_path / "c.yaml", sim.base_url, {"app-a": "default", "app-b": "agency-b"})
+        text = path.read_text(encoding="utf-8").replace(f"token: {TOKEN_B}", "token_file: b.token")
+        path.write_text(text, encoding="utf-8")
+        async with exporter_for(path) as (exporter, _):
+            await exporter.poller.poll_once()
+            make(b_file)
+            with caplog.at_level(logging.WARNING):
+                for _ in range(3):
+                    snapshot = await asyncio.wait_for(exporter.poller.poll_once(), 10)
+            assert all(app.up for app in snapshot.apps)
+            assert all(sent.authorized for sent in sim.state.log)
+            warned = [r for r in caplog.records if "keeping the current token" in r.getMessage()]
+            assert len(warned) == 1
+            assert TOKEN_B not in caplog.text
+
+
+# -- 3. analytics ---------------------------------------------------------------------------
+async def test_credit_saved_while_no_app_was_due_is_not_spent_when_the_budget_is_short() -> None:
+    """Cycles with requests to spare while no app's analytics were due saved a round of
+    credit; then the budget got short (the lanes plan: a cycle leaves nothing) just as
+    the apps fell due. The saved credit sent a whole round of analytics in a cycle that
+    had no request to spare, taking them from the statuses and counters of the next."""
+    clock = FakeClock()
+    api = TotalsApi()
+    analytics = reader(clock)
+    await analytics_cycle(analytics, api, spare=100)  # every app read; credit spent
+    asked = len(api.asked)
+    for _ in range(3):
+        clock.advance(30)
+        await analytics_cycle(analytics, api, spare=100)  # none due: credit saved
+    assert len(api.asked) == asked
+    clock.advance(300)
+    for _ in range(3):
+        await analytics_cycle(analytics, api, spare=0)  # short: nothing to spare
+        clock.advance(30)
+    assert len(api.asked) == asked
+
+
+class CycleLog:
+    """A poll observer that counts the cycles that had to wait for the budget."""
+
+    def __init__(self) -> None:
+        self.waited = 0
+
+    def poll_error(self, account_id: str, app_id: str, reason: str) -> None: ...
+
+    def track_app(self, account_id: str, app_id: str) -> None: ...
+
+    def untrack_app(self, account_id: str, app_id: str) -> None: ...
+
+    def cycle(self, seconds: float, *, waited_for_budget: bool = False) -> None:
+        self.waited += waited_for_budget
+
+    def plan(self, *, counter_period: float, listing_period: float, lanes: bool) -> None: ...
+
+
+def analytics_sent(sim: Simulator) -> int:
+    return sum(n for (endpoint, _), n in sim.state.requests.items() if "analytics" in endpoint)
+
+
+async def test_analytics_never_make_cycles_wait_for_the_budget_nor_go_over_it() -> None:
+    """15 apps under a budget of 400/5m (cycles may spend 39 requests), on the simulated
+    API's clock: quiet (15 requests a cycle), then 23 streams live (38 a cycle, one to
+    spare), then 40 more (the lanes plan). Analytics are read with what is spare, no
+    cycle ever waits for the budget, none is sent in the lanes plan, and the API never
+    sees more than 400 requests in 5 minutes nor answers 429. The credit saved in the
+    quiet spell (a whole round, 30 requests) was spent once the apps fell due in the busy
+    one, on top of cycles that needed the window: the next cycles waited."""
+    rate, window, interval = 400, 300.0, 30.0
+    clock = FakeClock()
+    world = World(clock=clock)
+    apps = [f"app-{n:02d}" for n in range(15)]
+    for app in apps:
+        world.populate(ACC_A, app, 0)
+    limiter = RateLimiter(rate, window)
+    async with (
+        Simulator(world, token=TOKEN_A, limiter=limiter, ip_limiter="off") as sim,
+        aiohttp.ClientSession() as http,
+    ):
+        budget = RequestBudget(requests=rate, window=window, clock=clock, sleep=clock.sleep)
+        client = RealtimeKitClient(
+            session=http,
+            base_url=sim.base_url,
+            token=Secret(TOKEN_A),
+            budget=budget,
+            clock=clock,
+            sleep=clock.sleep,
+            jitter=lambda: 0.0,
+        )
+        config = Config(
+            api=ApiConfig(
+                token=Secret(TOKEN_A), base_url=sim.base_url, rate_limit=RateLimit(rate, window)
+            ),
+            poll=PollConfig(interval=interval, analytics_interval=window),
+            apps=tuple(AppConfig(ACC_A, app, discover=True) for app in apps),
+        )
+        log = CycleLog()
+        poller = Poller(
+            config=config,
+            api=client,
+            observer=log,
+            clock=clock,
+            monotonic=clock,
+            budget=lambda: (rate, window),
+        )
+        live = 0
+        sent: list[int] = []
+        for streams, cycles in ((0, 20), (23, 25), (63, 25)):
+            for _ in range(streams - live):
+                world.create(ACC_A, apps[live % len(apps)], livestream_id=f"ls-{live}")
+                world.go_live(f"ls-{live}")
+                live += 1
+            before = analytics_sent(sim)
+            for _ in range(cycles):
+                start = clock.now
+                await poller.poll_once()
+                await poller.analytics_settled()
+                clock.advance(max(0.0, interval - (clock.now - start)))
+            sent.append(analytics_sent(sim) - before)
+            assert poller._lanes.mode == ("lanes" if streams > 30 else "full")
+        assert sent[0] > 0 and sent[1] > 0 and sent[2] == 0, sent
+        assert log.waited == 0
+        assert sim.state.token_traffic["default"].busiest <= rate
+        assert not any(status == 429 for _, status in sim.state.requests)
