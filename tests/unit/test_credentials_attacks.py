@@ -18,7 +18,6 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import config as config_module
-from exporter import tokenfile
 from exporter.budget import RequestBudget
 from exporter.client import RealtimeKitClient
 from exporter.config import (
@@ -440,7 +439,7 @@ async def test_a_hung_token_file_of_one_credentials_does_not_stop_anothers_rotat
     a_file.write_text(TOKEN_A + "\n", encoding="utf-8")
     b_file.write_text(TOKEN_B + "\n", encoding="utf-8")
     release = threading.Event()
-    real_read = tokenfile.read_token_file
+    real_read = config_module.read_token_file
 
     def hanging_read(path: Path, *, shown: str | None = None) -> str:
         if path == b_file:
@@ -456,7 +455,7 @@ async def test_a_hung_token_file_of_one_credentials_does_not_stop_anothers_rotat
             async with exporter_for(path) as (exporter, reloader):
                 fleet = exporter.poller
                 assert all(a.up for a in (await fleet.poll_once()).apps)
-                monkeypatch.setattr(tokenfile, "read_token_file", hanging_read)
+                monkeypatch.setattr("exporter.tokenfile.read_token_file", hanging_read)
                 b_file.write_text(TOKEN_B + " \n", encoding="utf-8")  # changed: read again
                 await fleet.poll_once()
                 assert await reloader.reload() is None  # agency-b checks its file anew
