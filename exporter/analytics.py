@@ -78,6 +78,7 @@ class Analytics:
         self._monotonic = monotonic
         self._values: dict[tuple[str, str], AppAnalytics] = {}
         self._due: dict[tuple[str, str], float] = {}
+        self._failing: set[tuple[str, str]] = set()  # apps whose last read failed (logged)
         self._credit = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -91,6 +92,7 @@ class Analytics:
         for table in (self._values, self._due):
             for key in set(table) - keys:
                 del table[key]
+        self._failing &= keys
         for key, value in self._values.items():
             if not value.enabled:
                 self._due[key] = 0.0
@@ -158,10 +160,12 @@ class Analytics:
     ) -> bool:
         before = self._values.get(app.key)
         fields = {"account_id": app.account_id, "app_id": app.app_id}
+        failing = app.key in self._failing
+        self._failing.discard(app.key)
         if isinstance(result, AppAnalytics):
             self._values[app.key] = result
             self._due[app.key] = now + interval
-            if before is not None and not before.enabled:
+            if (before is not None and not before.enabled) or failing:
                 log.info("the app's livestream analytics can be read again", extra=fields)
             return True
         if isinstance(result, BudgetExhausted):
@@ -181,15 +185,21 @@ class Analytics:
                 )
             return before is None or before.enabled
         self._due[app.key] = now + interval
+        self._failing.add(app.key)
         if isinstance(result, ApiError):
-            log.warning(
+            # Once when they start failing: a state change, not a line every interval.
+            log.log(
+                logging.DEBUG if failing else logging.WARNING,
                 "could not read the app's livestream analytics (%s); the last values stay",
                 result.reason,
                 extra=fields,
             )
         else:  # a bug: the poller goes on, its analytics with the last values
-            log.error(
-                "reading the app's livestream analytics failed", exc_info=result, extra=fields
+            log.log(
+                logging.DEBUG if failing else logging.ERROR,
+                "reading the app's livestream analytics failed",
+                exc_info=result,
+                extra=fields,
             )
         return False
 

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import config as config_module
 from exporter.budget import RequestBudget
-from exporter.client import RealtimeKitClient
+from exporter.client import ENDPOINT_ANALYTICS, ApiError, RealtimeKitClient
 from exporter.config import (
     ApiConfig,
     AppConfig,
@@ -39,7 +39,7 @@ from tests.clock import FakeClock
 from tests.conftest import API_T0
 from tests.faultapi import FaultApi, Hang
 from tests.files import dev_zero, directory, fifo
-from tests.unit.test_analytics import TotalsApi, reader
+from tests.unit.test_analytics import APPS, TotalsApi, reader
 from tests.unit.test_analytics import cycle as analytics_cycle
 
 if TYPE_CHECKING:
@@ -614,3 +614,88 @@ async def test_analytics_never_make_cycles_wait_for_the_budget_nor_go_over_it() 
         assert log.waited == 0
         assert sim.state.token_traffic["default"].busiest <= rate
         assert not any(status == 429 for _, status in sim.state.requests)
+
+
+def many_apps(count: int, *, live: int = 1) -> Simulator:
+    """acc-a with ``count`` apps (app-00...), each with ``live`` live streams."""
+    world = World(clock=FakeClock(API_T0))
+    for n in range(count):
+        app = f"app-{n:02d}"
+        world.populate(ACC_A, app, 0)
+        for k in range(live):
+            world.create(ACC_A, app, livestream_id=f"{app}-ls{k}")
+            world.go_live(f"{app}-ls{k}")
+    return Simulator(world, token=TOKEN_A, ip_limiter="off")
+
+
+def write_many(path: Path, base_url: str, count: int, *, extra: str = "") -> Path:
+    apps = "".join(
+        f"  - {{account_id: {ACC_A}, app_id: app-{n:02d}, discover: true}}\n" for n in range(count)
+    )
+    path.write_text(
+        f"api: {{base_url: {base_url}, token: {TOKEN_A}, timeout: 10s, rate_limit: 90000/5m}}\n"
+        f"poll: {{interval: 2s, analytics_interval: 2s}}\n{extra}apps:\n{apps}",
+        encoding="utf-8",
+    )
+    return path
+
+
+async def test_hanging_analytics_hold_neither_the_cycles_nor_the_shutdown(tmp_path: Path) -> None:
+    """Every analytics request of 12 apps hangs (api.timeout 10 s; 12 is more than the 8
+    connection slots), and the API takes 0.3 s for each other answer, so a cycle takes
+    about 1.2 s of its 2 s. The cycles stay that short and without errors, a stream's
+    stop shows within about one interval, and the poller stops at once when asked.
+    Analytics were given a whole interval from the end of a cycle: they held every slot
+    into the next cycle, whose requests then ran out of time: every other cycle marked
+    every app down."""
+    async with many_apps(12) as sim, FaultApi(sim) as api:
+        sim.state.faults = Faults(latency=0.3)
+        api.fault = lambda r: Hang() if "/analytics/" in r.uri else None
+        async with exporter_for(write_many(tmp_path / "c.yaml", api.base_url, 12)) as (exp, _):
+            fleet = exp.poller
+            run = asyncio.create_task(fleet.run(stop := asyncio.Event()))
+            poller = fleet.unit().poller
+            try:
+                await until(lambda: poller.snapshot.cycles >= 3 and api.stuck.is_set())
+                sim.world.stop("app-05-ls0")
+                stopped = asyncio.get_running_loop().time()
+
+                def live() -> bool:
+                    state = poller.snapshot.app(ACC_A, "app-05")
+                    return state is not None and any(s.live for s in state.streams)
+
+                await until(lambda: not live(), 10)
+                assert asyncio.get_running_loop().time() - stopped < 3.5
+                total = samples(exp, "realtimekit_exporter_poll_duration_seconds_sum")
+                count = samples(exp, "realtimekit_exporter_poll_duration_seconds_count")
+                assert total[0][1] / count[0][1] < 1.8
+                errors = samples(exp, "realtimekit_exporter_poll_errors_total")
+                assert sum(value for _, value in errors) == 0
+            finally:
+                stop.set()
+                ended = asyncio.get_running_loop().time()
+                await asyncio.wait_for(run, 5)
+                assert asyncio.get_running_loop().time() - ended < 0.5
+
+
+async def test_analytics_that_keep_failing_warn_once_per_app(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The analytics endpoint times out round after round (the hanging one above): one
+    warning per app when it starts failing, not one per app every interval (a thousand
+    apps would write a thousand lines every five minutes); one line when it works again."""
+    clock = FakeClock()
+    api = TotalsApi()
+    analytics = reader(clock)
+    api.failure = ApiError("timeout", "slow", endpoint=ENDPOINT_ANALYTICS)
+    with caplog.at_level(logging.INFO, "exporter.analytics"):
+        for _ in range(4):
+            await analytics_cycle(analytics, api, spare=100)
+            clock.advance(300)
+        warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == len(APPS)
+        api.failure = None
+        caplog.clear()
+        await analytics_cycle(analytics, api, spare=100)
+        assert len(caplog.records) == len(APPS)
+        assert all(r.levelno == logging.INFO for r in caplog.records)
