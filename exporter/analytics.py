@@ -128,8 +128,8 @@ class Analytics:
         elif spare * cycles_per_window < most:
             most = math.floor(spare * cycles_per_window)
         self._credit = min(most, self._credit + spare)
-        if self._task is not None and not self._task.done():
-            return
+        if timeout <= 0 or (self._task is not None and not self._task.done()):
+            return  # no time before the next cycle, or a round still under way
         now = self._monotonic()
         due = [a for a in apps if self._due.get(a.key, 0.0) <= now]
         take = due[: self._credit // REQUESTS_PER_APP]
