@@ -213,9 +213,12 @@ class Analytics:
         )
         today = time.strftime("%Y-%m-%d", time.gmtime(start))
         row = next((d for d in days if d.day == today), None)
-        if row is None:
-            undated = [d for d in days if d.day is None]
-            row = undated[0] if len(days) == 1 and undated else Totals(0, 0.0, 0.0, today)
+        undated = [d for d in days if d.day is None]
+        if row is None and len(days) == 1 and undated:
+            row = undated[0]  # the one day asked for
+        elif row is None and not undated:
+            row = Totals(0, 0.0, 0.0, today)  # no session today
+        # Else today's row may be one whose date cannot be read: today is not known.
         return AppAnalytics(
             app.account_id, app.app_id, overall=overall, today=row, updated_at=self._clock()
         )

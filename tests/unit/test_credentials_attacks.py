@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
@@ -19,7 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import config as config_module
 from exporter.budget import RequestBudget
-from exporter.client import ENDPOINT_ANALYTICS, ApiError, RealtimeKitClient
+from exporter.client import (
+    ENDPOINT_ANALYTICS,
+    ENDPOINT_ANALYTICS_DAYS,
+    ApiError,
+    RealtimeKitClient,
+)
 from exporter.config import (
     ApiConfig,
     AppConfig,
@@ -32,7 +38,7 @@ from exporter.config import (
 from exporter.poller import Poller
 from exporter.reload import Reloader
 from exporter.server import Exporter, Server
-from exporter.simulator import Faults, Simulator, World
+from exporter.simulator import Canned, Faults, Simulator, World
 from exporter.simulator.ratelimit import RateLimiter
 from exporter.simulator.tokens import SimToken
 from tests.clock import FakeClock
@@ -699,3 +705,96 @@ async def test_analytics_that_keep_failing_warn_once_per_app(
         await analytics_cycle(analytics, api, spare=100)
         assert len(caplog.records) == len(APPS)
         assert all(r.levelno == logging.INFO for r in caplog.records)
+
+
+def totals(count: Any, ingest: Any = 10, viewer: Any = 4, **more: Any) -> dict[str, Any]:
+    return {"count": count, "total_ingest_seconds": ingest, "total_viewer_seconds": viewer, **more}
+
+
+def ok(data: Any) -> Canned:
+    return Canned(200, {"success": True, "data": data})
+
+
+TODAY: Final = "2026-11-27"  # the simulated API's day (tests.conftest.API_T0)
+APP_A: Final = {"account_id": ACC_A, "app_id": "app-a"}
+ANALYTICS: Final = (
+    "realtimekit_app_livestream_sessions_total",
+    "realtimekit_app_livestream_ingest_seconds_total",
+    "realtimekit_app_livestream_viewer_seconds_total",
+    "realtimekit_app_livestream_today_sessions",
+    "realtimekit_app_livestream_today_ingest_seconds",
+    "realtimekit_app_livestream_today_viewer_seconds",
+)
+# What the simulator's one live session of app-a adds up to (60 s each, as it starts).
+FIRST: Final = (1.0, 60.0, 60.0, 1.0, 60.0, 60.0)
+
+
+# The answers of a hostile or broken API, for overall (None: the simulator's own) and for
+# daywise; and what is then exported: FIRST (the answer was refused, the last values
+# stay), or the values the answer holds.
+HOSTILE: Final[dict[str, tuple[Canned | None, Canned | None, tuple[float | None, ...]]]] = {
+    "9 MB body": (Canned(200, raw=b" " * 9_000_000 + b"{}"), None, FIRST),
+    "200,000 brackets deep": (Canned(200, raw=b"[" * 200_000), None, FIRST),
+    "negative count": (ok(totals(-1)), None, FIRST),
+    "negative seconds": (ok(totals(1, -5)), None, FIRST),
+    "NaN as a string": (ok(totals(1, "NaN")), None, FIRST),
+    "Infinity as a string": (ok(totals(1, "Infinity")), None, FIRST),
+    "1e999 as a string": (ok(totals("1e999")), None, FIRST),
+    "a count of 10^400": (
+        Canned(200, raw=b'{"data": {"count": 1' + b"0" * 400 + b"}}"),
+        None,
+        FIRST,
+    ),
+    "a fractional count": (ok(totals(1.5)), None, FIRST),
+    "a boolean count": (ok(totals(True)), None, FIRST),
+    "data a list": (ok([totals(1)]), None, FIRST),
+    "numbers as strings": (ok(totals("7", "10.5", " 3 ")), None, (7.0, 10.5, 3.0, *FIRST[3:])),
+    "1e308 seconds": (ok(totals(2, 1e308)), None, (2.0, 1e308, 4.0, *FIRST[3:])),
+    "10,000 daywise rows": (None, ok([totals(1, date=TODAY)] * 10_000), FIRST),
+    "daywise rows with a negative": (None, ok([totals(-3, date=TODAY)]), FIRST),
+    "today's row among odd dates": (
+        None,
+        ok([totals(9, date="27/11/2026"), totals(5, 50, 20, date=f"{TODAY}T00:00:00Z")]),
+        (*FIRST[:3], 5.0, 50.0, 20.0),
+    ),
+    "rows no date of which can be read": (
+        None,
+        ok([totals(9, date="2026/11/27"), totals(9, date=1795773600), totals(9, date=None)]),
+        (*FIRST[:3], None, None, None),
+    ),
+}
+
+
+@pytest.mark.parametrize(("overall", "daywise", "exported"), HOSTILE.values(), ids=list(HOSTILE))
+async def test_hostile_analytics_answers_are_never_exported_wrong(
+    tmp_path: Path,
+    overall: Canned | None,
+    daywise: Canned | None,
+    exported: tuple[float | None, ...],
+) -> None:
+    """After a first read of the simulator's analytics, the API answers the next one with
+    a hostile body: no crash, the app stays up, and what is exported is the last values
+    (a body refused whole) or exactly what the body says; never a negative, infinite or
+    NaN value. Rows none of whose dates can be read give no value for today: they gave
+    0 (a day without sessions) when there were several of them."""
+    async with accounts() as sim:
+        path = write(tmp_path / "c.yaml", sim.base_url, {"app-a": "default"})
+        async with exporter_for(path) as (exporter, _):
+            poller = exporter.poller.unit().poller
+            poller._analytics._clock = sim.world.now  # "today" is the simulated API's day
+            await exporter.poller.poll_once(analytics=True)
+            assert values(exporter) == FIRST
+            if overall is not None:
+                sim.state.answer_next(ENDPOINT_ANALYTICS, overall, app_id="app-a")
+            if daywise is not None:
+                sim.state.answer_next(ENDPOINT_ANALYTICS_DAYS, daywise, app_id="app-a")
+            poller._analytics._due.clear()  # due now
+            snapshot = await exporter.poller.poll_once(analytics=True)
+            assert all(app.up for app in snapshot.apps)
+            assert values(exporter) == exported
+
+
+def values(exporter: Exporter) -> tuple[float | None, ...]:
+    found = tuple(exporter.registry.get_sample_value(name, APP_A) for name in ANALYTICS)
+    assert all(v is None or (math.isfinite(v) and v >= 0) for v in found)
+    return found
