@@ -65,8 +65,11 @@ _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # used with fullmatch: no trailing newline
 _LISTEN_PORT = re.compile(r"[0-9]{1,5}")
 _WEBHOOK_PATH = re.compile(r"(/[A-Za-z0-9._~\-]+)+")  # fullmatch: plain segments, no dot ones
-# A name of the credentials section (a label value of the budget metrics).
-_CREDENTIALS_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # fullmatch
+# A name of the credentials section (a label value of the budget metrics, shown in logs
+# and errors): no longer than a key an error may quote (_SHOWN_KEY), as a longer word may
+# be a token pasted where the name goes (API tokens are 40 characters).
+MAX_CREDENTIALS_NAME: Final = 24
+_CREDENTIALS_NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_CREDENTIALS_NAME}}}")  # fullmatch
 
 # The keys of each mapping; together, the keys an error may name (anything else might be
 # a misplaced secret).
@@ -345,7 +348,7 @@ class _Validator(Checker):
             elif not isinstance(name, str) or not _CREDENTIALS_NAME.fullmatch(name):
                 self.fail(
                     join("credentials", _shown_key(name, "a name")),
-                    "a name must be 1 to 64 letters, digits, '_', '-' and '.'",
+                    f"a name must be 1 to {MAX_CREDENTIALS_NAME} letters, digits, '_', '-' and '.'",
                 )
             else:
                 out.append(self.credential(name, item, shard))

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any, Final
 import aiohttp
 import pytest
 from prometheus_client import generate_latest
+from prometheus_client.exposition import generate_latest as generate_text
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import config as config_module
+from exporter import statuspage
 from exporter.budget import RequestBudget
 from exporter.client import (
     ENDPOINT_ANALYTICS,
@@ -35,8 +37,10 @@ from exporter.config import (
     RateLimit,
     Secret,
 )
+from exporter.model import AppState, Snapshot
 from exporter.poller import Poller
 from exporter.reload import Reloader
+from exporter.render import render_part
 from exporter.server import Exporter, Server
 from exporter.simulator import Canned, Faults, Simulator, World
 from exporter.simulator.ratelimit import RateLimiter
@@ -51,8 +55,6 @@ from tests.unit.test_analytics import cycle as analytics_cycle
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
     from pathlib import Path
-
-    from exporter.model import Snapshot
 
 TOKEN_A: Final = "attack-a-token-51c0e7d2b94f4a38"
 TOKEN_B: Final = "attack-b-token-0d83a6f1c27e4b95"
@@ -798,3 +800,120 @@ def values(exporter: Exporter) -> tuple[float | None, ...]:
     found = tuple(exporter.registry.get_sample_value(name, APP_A) for name in ANALYTICS)
     assert all(v is None or (math.isfinite(v) and v >= 0) for v in found)
     return found
+
+
+async def test_a_401_on_analytics_alone_leaves_the_app_and_its_token_alone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The analytics endpoints answer 401 while the rest accepts the token: the app stays
+    up, no auth error is counted for it nor shown on the status page, its requests go
+    on, and one warning says the analytics could not be read."""
+    async with accounts() as sim:
+        path = write(tmp_path / "c.yaml", sim.base_url, {"app-a": "default"})
+        async with exporter_for(path) as (exporter, _):
+            refused = Canned(401, {"success": False, "errors": [{"code": 10000}]})
+            for endpoint in (ENDPOINT_ANALYTICS, ENDPOINT_ANALYTICS_DAYS):
+                sim.state.answer_next(endpoint, refused, times=None)
+            poller = exporter.poller.unit().poller
+            with caplog.at_level(logging.WARNING):
+                for _ in range(3):
+                    poller._analytics._due.clear()
+                    snapshot = await exporter.poller.poll_once(analytics=True)
+            assert all(app.up for app in snapshot.apps)
+            errors = samples(exporter, "realtimekit_exporter_poll_errors_total")
+            assert sum(v for _, v in errors) == 0
+            assert not exporter.poller.recent_errors
+            assert exporter.token.budget.paused_until == 0
+            lines = [r.getMessage() for r in caplog.records if r.name == "exporter.analytics"]
+            assert len(lines) == 1 and "could not read" in lines[0], lines
+            assert not [r for r in caplog.records if "rejected the token" in r.getMessage()]
+
+
+# -- 4. secrets ---------------------------------------------------------------------------
+PASTED: Final = "Xq7a1B2c3D4e5a1B2c3D4e5a1B2c3D4e5F6g7H8i9j"  # 42 characters, shaped as a token
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        f"{PASTED}: {{rate_limit: 100/5m}}",
+        f"{PASTED}: {{token: {TOKEN_B}}}",
+        f"{PASTED}:",
+    ],
+    ids=["no-token", "with-a-token", "null"],
+)
+def test_a_token_pasted_as_a_credentials_name_is_never_quoted(entry: str) -> None:
+    """A token pasted where the credentials' name goes (``<token>: {rate_limit: ...}``
+    for ``agency-b: {token: <token>}``) is refused, and no error quotes it: a name of up
+    to 64 characters was valid, so the token was accepted as a name, quoted in each of
+    its problems (in the log, the answer of /-/reload, --config.check), and would have
+    been a label value of every budget metric."""
+    text = (
+        f"api: {{token: {TOKEN_A}}}\n"
+        f"credentials:\n  {entry}\n"
+        f"apps:\n  - {{account_id: a, app_id: a, discover: true, credentials: {PASTED}}}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        config_module.loads(text)
+    assert PASTED not in str(caught.value)
+    assert any("a name must be" in p for p in caught.value.problems), caught.value.problems
+
+
+def test_config_check_names_every_credentials_problem_at_once_without_a_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--config.check with three broken credentials: one line naming each problem (a
+    token with a space, a missing token file, two tokens, an app naming credentials not
+    defined), and no token in it."""
+    from exporter import cli
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        f"api: {{token: {TOKEN_A}}}\n"
+        "credentials:\n"
+        f"  b: {{token: '{TOKEN_B} {TOKEN_B}'}}\n"
+        "  c: {token_file: missing.token}\n"
+        f"  d: {{token: {TOKEN_B}, token_file: d.token, rate_limit: 0/5m}}\n"
+        "apps:\n"
+        "  - {account_id: a, app_id: a, discover: true, credentials: b}\n"
+        "  - {account_id: a, app_id: c, discover: true, credentials: c}\n"
+        "  - {account_id: a, app_id: d, discover: true, credentials: d}\n"
+        f"  - {{account_id: a, app_id: e, discover: true, credentials: {TOKEN_A}}}\n",
+        encoding="utf-8",
+    )
+    assert cli.main(["--config.file", str(path), "--config.check"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    for problem in (
+        "credentials.b.token: must be one token",
+        "credentials.c.token_file: cannot read",
+        "credentials.d: set credentials.d.token or credentials.d.token_file, not both",
+        "credentials.d.rate_limit:",
+        "apps[3].credentials: no credentials named",
+    ):
+        assert problem in err, (problem, err)
+    assert TOKEN_A not in err and TOKEN_B not in err
+
+
+def test_a_credentials_label_value_is_escaped_in_the_exposition_and_the_page() -> None:
+    """The loader allows only letters, digits and _.- in a name; were another name to
+    reach the snapshot, /metrics escapes it as a label value and the status page as
+    HTML: a quote, a brace or a line break cannot forge a series or a tag."""
+    hostile = 'x"} 1\nrealtimekit_up{app_id="forged'
+    snapshot = Snapshot(
+        apps=(AppState(ACC_A, "app-a", up=True, last_success=1.0, credentials=hostile + "<b>"),),
+        cycles=1,
+        taken_at=1.0,
+    )
+    text = render_part(generate_text, snapshot).decode()
+    info = [
+        s
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "realtimekit_app_info"
+    ]
+    assert [s.labels["credentials"] for s in info] == [hostile + "<b>"]
+    assert 'app_id="forged' not in [line.split("{")[0] for line in text.splitlines()]
+    assert sum(1 for line in text.splitlines() if line.startswith("realtimekit_up{")) == 1
+    page = statuspage.render(snapshot, (), 2.0, "test")
+    assert "<b>" not in page and "&lt;b&gt;" in page
