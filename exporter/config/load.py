@@ -689,6 +689,8 @@ def _token_problem(token: str) -> str | None:
         return "is empty"
     if any(ch.isspace() for ch in token):
         return "must be one token with no spaces or line breaks"
+    if not token.isprintable():
+        return "must not hold control characters (no request could carry it)"
     return None
 
 

@@ -917,3 +917,27 @@ def test_a_credentials_label_value_is_escaped_in_the_exposition_and_the_page() -
     assert sum(1 for line in text.splitlines() if line.startswith("realtimekit_up{")) == 1
     page = statuspage.render(snapshot, (), 2.0, "test")
     assert "<b>" not in page and "&lt;b&gt;" in page
+
+
+@pytest.mark.parametrize("control", ["\x07", "\x00", "\x7f", "\x1b[2J"], ids=repr)
+def test_a_token_with_a_control_character_is_refused_at_load(tmp_path: Path, control: str) -> None:
+    """A control character in a token (inline or in its file) cannot be sent in a
+    header: every request of its credentials failed as a bug ("unexpected error in the
+    exporter", with a traceback), each cycle. It is refused where it is read, without
+    quoting it."""
+    (tmp_path / "b.token").write_text(TOKEN_B + control + "\n", encoding="utf-8")
+    escaped = (TOKEN_A + control).encode("unicode_escape").decode()
+    text = (
+        f'api: {{token: "{escaped}"}}\n'
+        "credentials: {b: {token_file: b.token}}\n"
+        "apps:\n"
+        "  - {account_id: a, app_id: a, discover: true}\n"
+        "  - {account_id: a, app_id: b, discover: true, credentials: b}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        config_module.loads(text, base_dir=tmp_path)
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "api.token",
+        "credentials.b.token_file",
+    ], caught.value.problems
+    assert TOKEN_A not in str(caught.value) and TOKEN_B not in str(caught.value)
