@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
@@ -941,3 +942,92 @@ def test_a_token_with_a_control_character_is_refused_at_load(tmp_path: Path, con
         "credentials.b.token_file",
     ], caught.value.problems
     assert TOKEN_A not in str(caught.value) and TOKEN_B not in str(caught.value)
+
+
+# -- 5. bounds ------------------------------------------------------------------------------
+async def test_the_livestream_limit_bounds_the_process_across_credentials(tmp_path: Path) -> None:
+    """limits.max_livestreams is 10 and each credentials' app lists 8 streams: the two
+    units track 10 together (not 10 each), every cycle, the rest counted as dropped;
+    and the same once a reload moves one app to the other credentials."""
+    world = World(clock=FakeClock(API_T0))
+    for account, app in ((ACC_A, "app-a"), (ACC_B, "app-b")):
+        world.populate(account, app, 0)
+        for n in range(8):
+            world.create(account, app, livestream_id=f"{app}-{n}")
+            world.set_status(f"{app}-{n}", "IDLE")
+    tokens = (SimToken("b", TOKEN_B, frozenset({ACC_B})),)
+    async with Simulator(world, token=TOKEN_A, tokens=tokens, ip_limiter="off") as sim:
+        path = write(tmp_path / "c.yaml", sim.base_url, {"app-a": "default", "app-b": "agency-b"})
+        limits = "limits: {max_livestreams: 10}\n"
+        path.write_text(path.read_text(encoding="utf-8") + limits, encoding="utf-8")
+        async with exporter_for(path) as (exporter, reloader):
+            for _ in range(3):
+                snapshot = await exporter.poller.poll_once()
+                assert sum(len(a.streams) for a in snapshot.apps) == 10
+                assert sum(a.dropped for a in snapshot.apps) == 6
+            text = path.read_text(encoding="utf-8")
+            path.write_text(text.replace("    credentials: agency-b\n", ""), encoding="utf-8")
+            assert await reloader.reload() is None
+            assert set(exporter.poller.units) == {"default"}
+            for _ in range(3):
+                snapshot = await exporter.poller.poll_once()
+                assert sum(len(a.streams) for a in snapshot.apps) == 10
+            tracked = samples(exporter, "realtimekit_livestream_info")
+            assert len(tracked) == 10
+
+
+def open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_fifty_credentials_stay_within_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 credentials, each reading 2 apps of its own account: every app is up after two
+    cycles of every unit; the exporter's tasks and open files stay within what 50 units
+    of api.max_concurrency (8) requests each can hold; closing gives every file back."""
+    monkeypatch.setattr("exporter.simulator.tokens.MAX_TOKENS", 64)
+    world = World(clock=FakeClock(API_T0))
+    tokens, names, apps = [], [], []
+    for n in range(50):
+        account = f"acc-{n:02d}"
+        value = f"attack-{n:02d}-token-0123456789abcdef"
+        tokens.append(SimToken(f"t{n}", value, frozenset({account})))
+        names.append(f"  c{n:02d}: {{token: {value}}}")
+        for app in ("app-a", "app-b"):
+            world.populate(account, app, 0)
+            world.create(account, app, livestream_id=f"{account}-{app}")
+            world.go_live(f"{account}-{app}")
+            apps.append(
+                f"  - {{account_id: {account}, app_id: {app}, discover: true, "
+                f"credentials: c{n:02d}}}"
+            )
+    async with Simulator(world, token=TOKEN_A, tokens=tokens, ip_limiter="off") as sim:
+        path = tmp_path / "c.yaml"
+        path.write_text(
+            f"api: {{base_url: {sim.base_url}, token: {TOKEN_A}, timeout: 5s}}\n"
+            "poll: {interval: 1s}\n"
+            "credentials:\n" + "\n".join(names) + "\napps:\n" + "\n".join(apps) + "\n",
+            encoding="utf-8",
+        )
+        before = open_files()
+        async with exporter_for(path) as (exporter, _):
+            fleet = exporter.poller
+            run = asyncio.create_task(fleet.run(stop := asyncio.Event()))
+            peak_tasks = peak_files = 0
+
+            def counted() -> bool:
+                nonlocal peak_tasks, peak_files
+                peak_tasks = max(peak_tasks, len(ours()))
+                peak_files = max(peak_files, open_files())
+                return all(u.poller.snapshot.cycles >= 2 for u in fleet.units.values())
+
+            await until(counted, 30)
+            assert all(app.up for app in fleet.snapshot.apps)
+            assert len(fleet.snapshot.apps) == 100
+            assert peak_tasks <= 50 * (1 + 1 + 8)  # poller, analytics, requests
+            assert peak_files - before <= 50 * 8 + 16
+            stop.set()
+            await asyncio.wait_for(run, 5)
+        await asyncio.sleep(0)
+        assert open_files() <= before + 2
