@@ -92,9 +92,10 @@ def streams_in(samples: Samples) -> set[str]:
 
 @contextlib.asynccontextmanager
 async def exporter_process(
-    tmp_path: Path, config: Path, *, token: str = TOKEN
+    tmp_path: Path, config: Path, *, token: str = TOKEN, extra: tuple[str, ...] = ()
 ) -> AsyncIterator[Running]:
-    """The exporter as a process on a free loopback port; terminated and reaped on the way out."""
+    """The exporter as a process on a free loopback port (``extra``: more flags);
+    terminated and reaped on the way out."""
     log_path = tmp_path / "exporter.log"
     command = exporter_command(
         "--config.file",
@@ -102,6 +103,7 @@ async def exporter_process(
         "--web.listen-address",
         f"{LOOPBACK}:0",
         "--web.enable-lifecycle",
+        *extra,
     )
     with log_path.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
@@ -198,7 +200,7 @@ async def test_an_invalid_config_is_rejected_once_and_the_old_one_stays(
     async with exporter_process(tmp_path, config) as running:
         cycles: tuple[str, frozenset[tuple[str, str]]] = (
             "realtimekit_exporter_poll_duration_seconds_count",
-            frozenset(),
+            frozenset({("credentials", "default")}),
         )
 
         async def polled() -> Samples | None:
@@ -247,7 +249,8 @@ async def test_an_invalid_config_is_rejected_once_and_the_old_one_stays(
 
 
 def cycles_in(samples: Samples) -> float:
-    return samples.get(("realtimekit_exporter_poll_duration_seconds_count", frozenset()), 0)
+    cycles = "realtimekit_exporter_poll_duration_seconds_count"
+    return samples.get((cycles, frozenset({("credentials", "default")})), 0)
 
 
 async def test_a_file_the_parser_cannot_take_is_a_rejected_reload(
