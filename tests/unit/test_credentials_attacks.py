@@ -48,7 +48,7 @@ from exporter.simulator.ratelimit import RateLimiter
 from exporter.simulator.tokens import SimToken
 from tests.clock import FakeClock
 from tests.conftest import API_T0
-from tests.faultapi import FaultApi, Hang
+from tests.faultapi import FaultApi, Hang, Request
 from tests.files import dev_zero, directory, fifo
 from tests.unit.test_analytics import APPS, TotalsApi, reader
 from tests.unit.test_analytics import cycle as analytics_cycle
@@ -394,6 +394,39 @@ async def test_a_reload_during_shutdown_leaves_no_task(tmp_path: Path, when: str
             assert server.failure is None
         await asyncio.sleep(0)
         assert not ours()
+
+
+async def test_credentials_removed_while_their_analytics_hang_end_them(tmp_path: Path) -> None:
+    """agency-b's analytics requests hang at the API; a reload removes agency-b while its
+    round waits: the round ends with its poller (no task left, no series of agency-b),
+    and the default credentials' cycles go on."""
+    async with accounts() as sim, FaultApi(sim) as api:
+
+        def hang_b_analytics(request: Request) -> Hang | None:
+            token = request.headers.get("authorization", "")
+            return Hang() if TOKEN_B in token and "/analytics/" in request.uri else None
+
+        api.fault = hang_b_analytics
+        path = write_rated(tmp_path / "c.yaml", api.base_url, with_b=True)
+        async with exporter_for(path) as (exporter, reloader):
+            fleet = exporter.poller
+            run = asyncio.create_task(fleet.run(stop := asyncio.Event()))
+            unit = fleet.unit("agency-b")
+            await until(lambda: api.stuck.is_set())
+            round_ = unit.poller._analytics._task
+            assert round_ is not None and not round_.done()
+            write_rated(path, api.base_url, with_b=False)
+            assert await reloader.reload() is None
+            await asyncio.wait_for(asyncio.wait({round_}), 5)
+            cycles = fleet.unit("default").poller.snapshot.cycles
+            await fleet.unit("default").poller.poll_once()
+            assert fleet.unit("default").poller.snapshot.cycles == cycles + 1
+            text = generate_latest(exporter.registry).decode()
+            assert 'credentials="agency-b"' not in text and 'app_id="app-b"' not in text
+            stop.set()
+            await asyncio.wait_for(run, 5)
+            await fleet.close()
+            assert not ours()
 
 
 # -- 2. isolation -------------------------------------------------------------------------
