@@ -458,7 +458,7 @@ async def test_a_hanging_api_for_one_token_does_not_slow_the_others_cycles(
                     return state is not None and any(s.live for s in state.streams)
 
                 await until(lambda: not app_a_live(), 10)
-                assert asyncio.get_running_loop().time() - stopped < 3.0
+                assert asyncio.get_running_loop().time() - stopped < 4.0  # two intervals
                 durations = samples(exporter, "realtimekit_exporter_poll_duration_seconds_sum")
                 counts = samples(exporter, "realtimekit_exporter_poll_duration_seconds_count")
                 by = {labels["credentials"]: v for labels, v in durations}
@@ -707,7 +707,7 @@ async def test_hanging_analytics_hold_neither_the_cycles_nor_the_shutdown(tmp_pa
                     return state is not None and any(s.live for s in state.streams)
 
                 await until(lambda: not live(), 10)
-                assert asyncio.get_running_loop().time() - stopped < 3.5
+                assert asyncio.get_running_loop().time() - stopped < 4.5
                 total = samples(exp, "realtimekit_exporter_poll_duration_seconds_sum")
                 count = samples(exp, "realtimekit_exporter_poll_duration_seconds_count")
                 assert total[0][1] / count[0][1] < 1.8
