@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -77,6 +78,7 @@ class Analytics:
         self._monotonic = monotonic
         self._values: dict[tuple[str, str], AppAnalytics] = {}
         self._due: dict[tuple[str, str], float] = {}
+        self._failing: set[tuple[str, str]] = set()  # apps whose last read failed (logged)
         self._credit = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -90,6 +92,7 @@ class Analytics:
         for table in (self._values, self._due):
             for key in set(table) - keys:
                 del table[key]
+        self._failing &= keys
         for key, value in self._values.items():
             if not value.enabled:
                 self._due[key] = 0.0
@@ -102,20 +105,31 @@ class Analytics:
         interval: float | None,
         spare: int,
         timeout: float,
+        cycles_per_window: float = math.inf,
     ) -> None:
         """A cycle ended leaving ``spare`` requests of its allowance unspent (0 while
         the budget is short): read the apps that are due, as far as the requests
         left over since the last round allow, in the background. ``interval`` None:
-        analytics are off."""
+        analytics are off.
+
+        What is saved is at most what cycles leaving ``spare`` each would leave over one
+        budget window (``cycles_per_window`` of them): saved while the cycles were light,
+        it would be spent in a window in which they are heavy, and the next cycles would
+        wait for the budget. So nothing is saved while a cycle leaves nothing."""
         if interval is None:
             self._values.clear()
             self._due.clear()
             self._credit = 0
             return
+        spare = max(0, spare)
         most = REQUESTS_PER_APP * len(apps)
-        self._credit = min(most, self._credit + max(0, spare))
-        if self._task is not None and not self._task.done():
-            return
+        if spare == 0:
+            most = 0
+        elif spare * cycles_per_window < most:
+            most = math.floor(spare * cycles_per_window)
+        self._credit = min(most, self._credit + spare)
+        if timeout <= 0 or (self._task is not None and not self._task.done()):
+            return  # no time before the next cycle, or a round still under way
         now = self._monotonic()
         due = [a for a in apps if self._due.get(a.key, 0.0) <= now]
         take = due[: self._credit // REQUESTS_PER_APP]
@@ -146,10 +160,12 @@ class Analytics:
     ) -> bool:
         before = self._values.get(app.key)
         fields = {"account_id": app.account_id, "app_id": app.app_id}
+        failing = app.key in self._failing
+        self._failing.discard(app.key)
         if isinstance(result, AppAnalytics):
             self._values[app.key] = result
             self._due[app.key] = now + interval
-            if before is not None and not before.enabled:
+            if (before is not None and not before.enabled) or failing:
                 log.info("the app's livestream analytics can be read again", extra=fields)
             return True
         if isinstance(result, BudgetExhausted):
@@ -169,15 +185,21 @@ class Analytics:
                 )
             return before is None or before.enabled
         self._due[app.key] = now + interval
+        self._failing.add(app.key)
         if isinstance(result, ApiError):
-            log.warning(
+            # Once when they start failing: a state change, not a line every interval.
+            log.log(
+                logging.DEBUG if failing else logging.WARNING,
                 "could not read the app's livestream analytics (%s); the last values stay",
                 result.reason,
                 extra=fields,
             )
         else:  # a bug: the poller goes on, its analytics with the last values
-            log.error(
-                "reading the app's livestream analytics failed", exc_info=result, extra=fields
+            log.log(
+                logging.DEBUG if failing else logging.ERROR,
+                "reading the app's livestream analytics failed",
+                exc_info=result,
+                extra=fields,
             )
         return False
 
@@ -191,9 +213,12 @@ class Analytics:
         )
         today = time.strftime("%Y-%m-%d", time.gmtime(start))
         row = next((d for d in days if d.day == today), None)
-        if row is None:
-            undated = [d for d in days if d.day is None]
-            row = undated[0] if len(days) == 1 and undated else Totals(0, 0.0, 0.0, today)
+        undated = [d for d in days if d.day is None]
+        if row is None and len(days) == 1 and undated:
+            row = undated[0]  # the one day asked for
+        elif row is None and not undated:
+            row = Totals(0, 0.0, 0.0, today)  # no session today
+        # Else today's row may be one whose date cannot be read: today is not known.
         return AppAnalytics(
             app.account_id, app.app_id, overall=overall, today=row, updated_at=self._clock()
         )

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Final
 
 from exporter.budget import RequestBudget
 from exporter.client import MIN_REQUEST_TIME, RealtimeKitClient
-from exporter.tokenfile import TokenFile
+from exporter.tokenfile import CHECK_THREADS, TokenFile
+from exporter.workers import DaemonExecutor
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -55,7 +56,11 @@ class ApiToken:
         jitter: Callable[[], float] = random.random,
         retries: int = 2,
         slack: float = BUDGET_SLACK,
+        budget: RequestBudget | None = None,
     ) -> None:
+        """``budget``: the budget of a token this one takes over (the same credentials
+        removed by a reload and added again), resized to ``config``: the grants of its
+        window still count."""
         self._session = session
         self._observer = observer
         self._on_token = on_token
@@ -64,13 +69,20 @@ class ApiToken:
         self._jitter = jitter
         self._retries = retries
         rate = config.shard.budget(config.api.rate_limit)
-        self.budget = RequestBudget(
-            requests=rate.requests, window=rate.window, clock=clock, sleep=sleep, slack=slack
-        )
+        if budget is None:
+            budget = RequestBudget(
+                requests=rate.requests, window=rate.window, clock=clock, sleep=sleep, slack=slack
+            )
+        else:
+            budget.resize(requests=rate.requests, window=rate.window)
+        self.budget = budget
         self.budget.keep_share(kept_share)
         self._settings = _client_settings(config)
         self.client = self._new_client(config)
-        self._file = _token_file(config)
+        # Threads of its own for the token file's checks: a file system that hangs under
+        # one token's file holds up no other token's rotation.
+        self._checks = DaemonExecutor(CHECK_THREADS, name="token-file")
+        self._file = _token_file(config, self._checks)
 
     def __repr__(self) -> str:
         return f"ApiToken(budget={self.budget.requests}/{self.budget.window:g}s)"
@@ -102,7 +114,7 @@ class ApiToken:
             # Always: the client may hold a token the old token file rotated to since,
             # which the new config (a rolled-back file, or a token in the file) replaces.
             self.client.set_token(config.api.token)
-        self._file = _token_file(config)
+        self._file = _token_file(config, self._checks)
         return rebuilt
 
     def resize(self, config: Config) -> None:
@@ -118,6 +130,10 @@ class ApiToken:
             if self._on_token is not None:
                 self._on_token(token.reveal())
             self.client.set_token(token)
+
+    def close(self) -> None:
+        """Start no more token file checks (one that hangs is left to its daemon thread)."""
+        self._checks.shutdown(wait=False, cancel_futures=True)
 
     def _new_client(self, config: Config) -> RealtimeKitClient:
         api = config.api
@@ -190,7 +206,7 @@ def _client_settings(config: Config) -> tuple[object, ...]:
     )
 
 
-def _token_file(config: Config) -> TokenFile | None:
+def _token_file(config: Config, executor: DaemonExecutor) -> TokenFile | None:
     if config.api.token_file is None:
         return None
-    return TokenFile(config.api.token_file, config.api.token)
+    return TokenFile(config.api.token_file, config.api.token, executor=executor)

@@ -17,24 +17,27 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from exporter.apitoken import ApiToken
 from exporter.config import DEFAULT_CREDENTIALS
 from exporter.hints import KEPT_SHARE, Refresher
-from exporter.model import EMPTY_SNAPSHOT, Snapshot
+from exporter.model import EMPTY_SNAPSHOT, AppAnalytics, AppState, Snapshot
 from exporter.poller import RECENT_ERRORS, LimitShare, Poller
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     import aiohttp
 
+    from exporter.budget import RequestBudget
     from exporter.config import Config
     from exporter.model import PollError
     from exporter.telemetry import CredentialMetrics, ExporterMetrics
 
 log = logging.getLogger(__name__)
+
+_Keyed = TypeVar("_Keyed", AppState, AppAnalytics)
 
 STOP_WAIT: Final = 1.0  # seconds a retired unit's poller gets to end once cancelled
 
@@ -55,8 +58,10 @@ class Unit:
         on_snapshot: Callable[[], None],
         on_token: Callable[[str], None] | None,
         on_applied: Callable[[], None] | None = None,
+        budget: RequestBudget | None = None,
     ) -> None:
-        """``on_applied`` is called when a reload's configuration took effect here."""
+        """``on_applied`` is called when a reload's configuration took effect here;
+        ``budget`` is the one these credentials had before a reload removed them."""
         self.name = name
         self._on_applied = on_applied
         self.config = config
@@ -68,6 +73,7 @@ class Unit:
             observer=metrics,
             kept_share=KEPT_SHARE if webhooks is not None else 0.0,
             on_token=on_token,
+            budget=budget,
         )
         metrics.watch_budget(self.token.budget.available, self.token.in_force)
         self.refresher: Refresher | None = None
@@ -120,6 +126,7 @@ class Unit:
             self.refresher.found_change(app, livestream_id, live)
 
     async def close(self) -> None:
+        self.token.close()
         if self.refresher is not None:
             await self.refresher.close()
 
@@ -151,8 +158,16 @@ class Fleet:
         self._stop: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()  # a unit's poller ended by itself: _failure says how
-        self._merged: tuple[tuple[Snapshot, ...], Snapshot] = ((), EMPTY_SNAPSHOT)
+        self._merged: tuple[tuple[Snapshot, ...], Config | None, Snapshot] = (
+            (),
+            None,
+            EMPTY_SNAPSHOT,
+        )
+        self._was_ready = False
         self._closing: set[asyncio.Task[None]] = set()  # retired units' refreshers
+        # The budgets of retired units, by name: credentials added again take theirs back,
+        # so that the grants of its window still count (the API's window did not restart).
+        self._retired: dict[str, RequestBudget] = {}
         for name in _names(config):
             self.units[name] = self._unit(name, config)
 
@@ -167,6 +182,7 @@ class Fleet:
             on_snapshot=self._published,
             on_token=self._on_token,
             on_applied=self._track_all,
+            budget=self._retired.pop(name, None),
         )
 
     def _track_all(self) -> None:
@@ -188,17 +204,25 @@ class Fleet:
         """The units' latest snapshots as one, apps in configuration order; the same
         object until a unit publishes a new one (the exposition renders per object)."""
         parts = tuple(unit.poller.snapshot for unit in self.units.values())
-        cached, merged = self._merged
-        if len(parts) == len(cached) and all(a is b for a, b in zip(parts, cached, strict=True)):
+        cached, config, merged = self._merged
+        if (
+            config is self.config
+            and len(parts) == len(cached)
+            and all(a is b for a, b in zip(parts, cached, strict=True))
+        ):
             return merged
-        merged = _merge(parts, self.config)
-        self._merged = (parts, merged)
+        merged = _merge(tuple(self.units), parts, self.config)
+        self._merged = (parts, self.config, merged)
         return merged
 
     @property
     def ready(self) -> bool:
-        """True once every unit has completed a cycle (successfully or not)."""
-        return all(unit.poller.ready for unit in self.units.values())
+        """True once every unit has completed a cycle (successfully or not), and from
+        then on: credentials a reload adds do not make a serving process unready while
+        their first cycle runs (one poller's readiness never went back either)."""
+        if not self._was_ready:
+            self._was_ready = all(unit.poller.ready for unit in self.units.values())
+        return self._was_ready
 
     @property
     def recent_errors(self) -> tuple[PollError, ...]:
@@ -302,6 +326,7 @@ class Fleet:
             if app.key not in kept:
                 unit.metrics.untrack_app(app.account_id, app.app_id)
         self._metrics.forget_credentials(unit.name)
+        self._retired[unit.name] = unit.token.budget
         task = unit.task
         if task is not None:
             task.cancel()
@@ -329,19 +354,35 @@ def _names(config: Config) -> tuple[str, ...]:
     return config.credential_names() or (DEFAULT_CREDENTIALS,)
 
 
-def _merge(parts: tuple[Snapshot, ...], config: Config) -> Snapshot:
+def _merge(names: tuple[str, ...], parts: tuple[Snapshot, ...], config: Config) -> Snapshot:
+    """The units' snapshots (``parts``, of the credentials ``names``) as one. An app a
+    reload moved to other credentials is in two parts until the unit it left has had its
+    next cycle: it is taken from the unit that reads it now once that one has it (twice,
+    it would be duplicate series), from the other until then. The cycle count is the
+    least of the units that have completed one (a unit a reload just added has none yet,
+    and the others' apps are still there to show)."""
     if len(parts) == 1:
         return parts[0]
     order = {app.key: n for n, app in enumerate(config.apps)}
+    owner = {app.key: app.credentials for app in config.apps}
     last = len(order)
-    apps = sorted((a for p in parts for a in p.apps), key=lambda a: order.get(a.key, last))
-    analytics = sorted(
-        (a for p in parts for a in p.analytics), key=lambda a: order.get(a.key, last)
-    )
+    named = tuple(zip(names, parts, strict=True))
+
+    def once(rows: Callable[[Snapshot], Iterable[_Keyed]]) -> list[_Keyed]:
+        chosen: dict[tuple[str, str], _Keyed] = {}
+        for owners in (True, False):
+            for name, part in named:
+                for row in rows(part):
+                    if not owners or owner.get(row.key, name) == name:
+                        chosen.setdefault(row.key, row)
+        return sorted(chosen.values(), key=lambda row: order.get(row.key, last))
+
+    apps = once(lambda p: p.apps)
+    analytics = once(lambda p: p.analytics)
     return Snapshot(
         apps=tuple(apps),
         taken_at=max(p.taken_at for p in parts),
-        cycles=min(p.cycles for p in parts),
+        cycles=min((p.cycles for p in parts if p.cycles), default=0),
         app_level=config.shard.index == 0,
         livestream_limit=config.limits.max_livestreams,
         analytics=tuple(analytics),

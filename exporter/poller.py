@@ -424,17 +424,19 @@ class Poller:
         if self._on_snapshot is not None:
             self._on_snapshot()
         self._replan(statuses)
-        self._read_analytics()
+        self._read_analytics(until=started + self._config.poll.interval)
         if self._observer is not None:
             self._observer.cycle(
                 self._monotonic() - started, waited_for_budget=deadline.budget_bound
             )
         return snapshot
 
-    def _read_analytics(self) -> None:
+    def _read_analytics(self, *, until: float) -> None:
         """Hand the analytics what this cycle left of its allowance: nothing while the
         budget is short (statuses and counters come first), and only on shard 0 (the
-        values are the app's, like realtimekit_up)."""
+        values are the app's, like realtimekit_up). They have ``until`` (monotonic: the
+        next cycle's start): requests still out then would hold connection slots the
+        next cycle's statuses wait for."""
         poll = self._config.poll
         requests, window = self._budget()
         spare = 0
@@ -446,7 +448,8 @@ class Poller:
             self._api,
             interval=poll.analytics_interval if self._config.shard.index == 0 else None,
             spare=spare,
-            timeout=poll.interval,
+            timeout=max(0.0, until - self._monotonic()),
+            cycles_per_window=window / poll.interval,
         )
 
     def _analytics_read(self) -> None:

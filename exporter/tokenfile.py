@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 # A local file answers in microseconds, a network file system in milliseconds.
 CHECK_TIMEOUT: Final = 1.0
 # Daemon threads: a check stuck in the kernel must not keep a stopping process alive. Two,
-# so that the check of a reloaded token_file need not queue behind one that hangs.
-_CHECKS: Final = DaemonExecutor(2, name="token-file")
+# so that the check of a reloaded token_file need not queue behind one that hangs. Each
+# API token has threads of its own (exporter.apitoken); this executor is the default.
+CHECK_THREADS: Final = 2
+_CHECKS: Final = DaemonExecutor(CHECK_THREADS, name="token-file")
 
 
 class TokenFile:

@@ -101,4 +101,6 @@ def read_token_file(path: Path, *, shown: str | None = None) -> str:
         raise ValueError(f"{name} is empty")
     if any(ch.isspace() for ch in text):
         raise ValueError(f"{name} must hold one token with no spaces or line breaks")
+    if not text.isprintable():
+        raise ValueError(f"{name} must not hold control characters (no request could carry it)")
     return text

@@ -65,8 +65,11 @@ _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # used with fullmatch: no trailing newline
 _LISTEN_PORT = re.compile(r"[0-9]{1,5}")
 _WEBHOOK_PATH = re.compile(r"(/[A-Za-z0-9._~\-]+)+")  # fullmatch: plain segments, no dot ones
-# A name of the credentials section (a label value of the budget metrics).
-_CREDENTIALS_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")  # fullmatch
+# A name of the credentials section (a label value of the budget metrics, shown in logs
+# and errors): no longer than a key an error may quote (_SHOWN_KEY), as a longer word may
+# be a token pasted where the name goes (API tokens are 40 characters).
+MAX_CREDENTIALS_NAME: Final = 24
+_CREDENTIALS_NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_CREDENTIALS_NAME}}}")  # fullmatch
 
 # The keys of each mapping; together, the keys an error may name (anything else might be
 # a misplaced secret).
@@ -228,6 +231,7 @@ class _Validator(Checker):
                 token_problem_at,
                 f"api: no API token: set api.token, api.token_file or {TOKEN_ENV}",
             )
+        self.one_name_per_token(api, credentials, apps)
         limits = self.limits(root.get("limits", {}), apps)
         webhooks = self.webhooks(root["webhooks"]) if root.get("webhooks") is not None else None
         self.raise_if_any(ConfigError, source)
@@ -344,7 +348,7 @@ class _Validator(Checker):
             elif not isinstance(name, str) or not _CREDENTIALS_NAME.fullmatch(name):
                 self.fail(
                     join("credentials", _shown_key(name, "a name")),
-                    "a name must be 1 to 64 letters, digits, '_', '-' and '.'",
+                    f"a name must be 1 to {MAX_CREDENTIALS_NAME} letters, digits, '_', '-' and '.'",
                 )
             else:
                 out.append(self.credential(name, item, shard))
@@ -363,6 +367,28 @@ class _Validator(Checker):
             self.fail(where, f"no API token: set {where}.token or {where}.token_file")
         token, token_file = given or (Secret(""), None)
         return Credentials(name=name, token=token, token_file=token_file, rate_limit=rate)
+
+    def one_name_per_token(
+        self, api: ApiConfig, credentials: tuple[Credentials, ...], apps: tuple[AppConfig, ...]
+    ) -> None:
+        """Credentials the apps use must hold different tokens: each name has a budget of
+        its own, and two budgets of one token could together go over the API's limit."""
+        used = {app.credentials for app in apps}
+        named = [("api", DEFAULT_CREDENTIALS, api.token)]
+        named += [(f"credentials.{c.name}", c.name, c.token) for c in credentials]
+        first: dict[str, str] = {}
+        for where, name, token in named:
+            value = token.reveal()
+            if name not in used or not value:
+                continue
+            if value in first:
+                self.fail(
+                    where,
+                    f"holds the same token as {first[value]}: one token has one budget, so "
+                    "read their apps with one of them",
+                )
+            else:
+                first[value] = where
 
     def base_url(self, url: str) -> str:
         # Messages never quote the URL: it may carry a password.
@@ -663,6 +689,8 @@ def _token_problem(token: str) -> str | None:
         return "is empty"
     if any(ch.isspace() for ch in token):
         return "must be one token with no spaces or line breaks"
+    if not token.isprintable():
+        return "must not hold control characters (no request could carry it)"
     return None
 
 

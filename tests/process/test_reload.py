@@ -92,9 +92,10 @@ def streams_in(samples: Samples) -> set[str]:
 
 @contextlib.asynccontextmanager
 async def exporter_process(
-    tmp_path: Path, config: Path, *, token: str = TOKEN
+    tmp_path: Path, config: Path, *, token: str = TOKEN, extra: tuple[str, ...] = ()
 ) -> AsyncIterator[Running]:
-    """The exporter as a process on a free loopback port; terminated and reaped on the way out."""
+    """The exporter as a process on a free loopback port (``extra``: more flags);
+    terminated and reaped on the way out."""
     log_path = tmp_path / "exporter.log"
     command = exporter_command(
         "--config.file",
@@ -102,6 +103,7 @@ async def exporter_process(
         "--web.listen-address",
         f"{LOOPBACK}:0",
         "--web.enable-lifecycle",
+        *extra,
     )
     with log_path.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(

@@ -1653,7 +1653,7 @@ def test_bad_webhooks_settings_are_named(section: str, problem: str) -> None:
 B_TOKEN = "agency-b-token-0123456789"
 C_TOKEN = "agency-c-token-0123456789"
 LONG_SECRET = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-xy"  # 40 characters, like an API token
-NAME_RULE = "a name must be 1 to 64 letters, digits, '_', '-' and '.'"
+NAME_RULE = "a name must be 1 to 24 letters, digits, '_', '-' and '.'"
 
 
 def with_credentials(
@@ -1768,7 +1768,7 @@ CREDENTIAL_NAMES: dict[str, tuple[object, str]] = {
         "api.token_file or CLOUDFLARE_API_TOKEN)",
     ),
     "space": ("agency b", f"credentials.<a name of 8 characters>: {NAME_RULE}"),
-    "65 characters": ("b" * 65, f"credentials.<a name of 65 characters>: {NAME_RULE}"),
+    "25 characters": ("b" * 25, f"credentials.<a name of 25 characters>: {NAME_RULE}"),
     "empty": ("", f"credentials.<a name of 0 characters>: {NAME_RULE}"),
     "slash": ("a/b", f"credentials.<a name of 3 characters>: {NAME_RULE}"),
     "control character": ("bell\x07", f"credentials.<a name of 5 characters>: {NAME_RULE}"),
@@ -1778,15 +1778,15 @@ CREDENTIAL_NAMES: dict[str, tuple[object, str]] = {
 
 @pytest.mark.parametrize(("name", "problem"), CREDENTIAL_NAMES.values(), ids=list(CREDENTIAL_NAMES))
 def test_bad_credential_names_are_reported(tmp_path: Path, name: object, problem: str) -> None:
-    """A name is 1 to 64 letters, digits, '_', '-' and '.', not "default"; a bad one is
-    described, never quoted."""
+    """A name is 1 to 24 letters, digits, '_', '-' and '.' (a longer word may be a token
+    pasted there), not "default"; a bad one is described, never quoted."""
     text = with_credentials({name: {"token": B_TOKEN}}, OMIT)
     assert problems_of(text, tmp_path) == [problem]
 
 
-def test_a_name_of_64_characters_is_accepted(tmp_path: Path) -> None:
+def test_a_name_of_24_characters_is_accepted(tmp_path: Path) -> None:
     """The longest name allowed is read, and an app can use it."""
-    name = "a-" * 31 + "._"
+    name = "a-" * 11 + "._"
     config = parse(with_credentials({name: {"token": B_TOKEN}}, name), tmp_path)
     assert [c.name for c in config.credentials] == [name]
     assert config.apps[0].credentials == name
