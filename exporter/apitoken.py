@@ -180,7 +180,7 @@ def budget_warnings(config: Config, *, rate_key: str = "api.rate_limit") -> list
     needed = per_cycle * share.window / config.poll.interval
     if needed > share.requests:
         warnings.append(
-            f"polling may need up to {needed:.0f} requests per {share.window:g}s "
+            f"polling may need up to {math.ceil(needed)} requests per {share.window:g}s "
             f"({per_cycle} per cycle every {config.poll.interval:g}s) but the budget allows "
             f"{share.requests}; statuses will still be read every cycle, but session values "
             "only in turn, less often than poll.interval (docs/scaling.md): raise "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from exporter.apitoken import ApiToken
 from exporter.config import DEFAULT_CREDENTIALS
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 _Keyed = TypeVar("_Keyed", AppState, AppAnalytics)
 
-STOP_WAIT: Final = 1.0  # seconds a retired unit's poller gets to end once cancelled
 
 
 class Unit:

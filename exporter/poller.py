@@ -1275,14 +1275,15 @@ class Poller:
         when reading the statuses alone needs more, in the full plan when the whole cycle
         does (it is kept only when lanes would leave the sessions next to nothing)."""
         requests, window = self._budget()
-        per_window = needed * window / self._config.poll.interval
+        # Rounded up: "needs 1200 ... allows 1200" would read as no problem at all.
+        per_window = math.ceil(needed * window / self._config.poll.interval)
         over = needed > allowance
         if over == self._over_budget:
             return
         self._over_budget = over
         if over:
             log.warning(
-                "a cycle needs %d requests, %.0f per %gs at this interval, but the budget "
+                "a cycle needs %d requests, %d per %gs at this interval, but the budget "
                 "(%s, or the API's stated limit if lower) allows %d: cycles will "
                 "wait for the budget and take longer than poll.interval; raise poll.interval "
                 "or %s, or shard",

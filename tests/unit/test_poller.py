@@ -326,6 +326,8 @@ async def test_run_polls_every_interval_until_stopped() -> None:
     [
         (3, RateLimit(1000, 300), []),
         (150, RateLimit(1000, 300), ["polling may need up to 1510 requests per 300s"]),
+        # 100 a cycle is 1003.3 per 301 s: said as 1004, never as the 1000 allowed.
+        (99, RateLimit(1000, 301), ["polling may need up to 1004 requests per 301s"]),
         (0, RateLimit(2000, 300), ["above the API's own limit of 1200"]),
         (0, RateLimit(1300, 600), ["above the API's own limit of 1200"]),
         (0, RateLimit(500, 120), ["above the API's own limit of 1200"]),
@@ -338,6 +340,7 @@ async def test_run_polls_every_interval_until_stopped() -> None:
     ids=[
         "fits",
         "over-budget",
+        "rounded-up",
         "budget-over-api-limit",
         "long-window-burst",
         "short-window",
