@@ -6,29 +6,26 @@ simulator's sessions."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
 from prometheus_client import generate_latest
 
-from exporter import config as config_module
 from exporter import statuspage
 from exporter.client import ENDPOINT_ANALYTICS, ENDPOINT_ANALYTICS_DAYS
-from exporter.reload import Reloader
-from exporter.server import Exporter
 from exporter.simulator import Canned, Simulator, World
 from exporter.simulator.faults import Faults
 from exporter.simulator.tokens import SimToken
 from tests.clock import FakeClock
 from tests.conftest import API_T0
+from tests.reloading import exporter_for
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from exporter.model import Snapshot
+    from exporter.server import Exporter
 
 TOKEN_A: Final = "agency-a-token-3b8e61f0c2d94a7e"
 TOKEN_B: Final = "agency-b-token-9c14d7e2a05f4b3c"
@@ -86,13 +83,6 @@ credentials:
     return path
 
 
-@contextlib.asynccontextmanager
-async def exporter_for(path: Path) -> AsyncIterator[tuple[Exporter, Reloader]]:
-    config = config_module.load(str(path))
-    async with Exporter(config, process_metrics=False) as exporter:
-        yield exporter, Reloader(exporter=exporter, config_file=str(path))
-
-
 def app_up(snapshot: Snapshot, app: str) -> bool:
     account = ACC_A if app == "app-a" else ACC_B
     state = snapshot.app(account, app)
@@ -131,6 +121,7 @@ async def test_each_credentials_read_their_own_apps_with_their_own_token(
         exporter_for(write(tmp_path / "c.yaml", sim.base_url)) as (
             exporter,
             _,
+            _,
         ),
     ):
         snapshot = await exporter.poller.poll_once(analytics=True)
@@ -158,6 +149,7 @@ async def test_a_rejected_token_takes_down_only_its_apps(tmp_path: Path) -> None
         exporter_for(write(tmp_path / "c.yaml", sim.base_url)) as (
             exporter,
             _,
+            _,
         ),
     ):
         await exporter.poller.poll_once(analytics=True)
@@ -180,6 +172,7 @@ async def test_a_throttled_token_pauses_only_its_apps(tmp_path: Path) -> None:
         two_accounts() as sim,
         exporter_for(write(tmp_path / "c.yaml", sim.base_url)) as (
             exporter,
+            _,
             _,
         ),
     ):
@@ -209,6 +202,7 @@ async def test_rotating_one_token_file_leaves_the_other_credentials_alone(
         exporter_for(write(tmp_path / "c.yaml", sim.base_url)) as (
             exporter,
             _,
+            _,
         ),
     ):
         await exporter.poller.poll_once(analytics=True)
@@ -229,7 +223,7 @@ async def test_a_reload_adds_and_removes_credentials(tmp_path: Path) -> None:
     path = write(tmp_path / "c.yaml", "http://127.0.0.1:9")
     async with two_accounts() as sim:
         write(path, sim.base_url)
-        async with exporter_for(path) as (exporter, reloader):
+        async with exporter_for(path) as (exporter, reloader, _):
             server = asyncio.create_task(exporter.poller.run(stop := asyncio.Event()))
             try:
                 await until(lambda: exporter.poller.ready)
@@ -257,6 +251,7 @@ async def test_analytics_add_up_to_the_simulators_sessions(tmp_path: Path) -> No
         two_accounts() as sim,
         exporter_for(write(tmp_path / "c.yaml", sim.base_url)) as (
             exporter,
+            _,
             _,
         ),
     ):
@@ -310,6 +305,7 @@ async def test_analytics_refused_leave_the_app_up(
         exporter_for(write(tmp_path / "c.yaml", sim.base_url)) as (
             exporter,
             _,
+            _,
         ),
     ):
         for endpoint in (ENDPOINT_ANALYTICS, ENDPOINT_ANALYTICS_DAYS):
@@ -348,6 +344,7 @@ async def test_no_token_of_any_credentials_is_shown_anywhere(
         two_accounts() as sim,
         exporter_for(write(tmp_path / "c.yaml", sim.base_url)) as (
             exporter,
+            _,
             _,
         ),
     ):

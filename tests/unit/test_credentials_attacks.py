@@ -7,7 +7,6 @@ credentials: the adversarial pass")."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -40,21 +39,21 @@ from exporter.config import (
 )
 from exporter.model import AppState, Snapshot
 from exporter.poller import Poller
-from exporter.reload import Reloader
 from exporter.render import render_part
 from exporter.server import Exporter, Server
 from exporter.simulator import Canned, Faults, Simulator, World
 from exporter.simulator.ratelimit import RateLimiter
 from exporter.simulator.tokens import SimToken
+from tests.analyticsapi import APPS, TotalsApi, reader
+from tests.analyticsapi import cycle as analytics_cycle
 from tests.clock import FakeClock
 from tests.conftest import API_T0
 from tests.faultapi import FaultApi, Hang, Request
 from tests.files import dev_zero, directory, fifo
-from tests.unit.test_analytics import APPS, TotalsApi, reader
-from tests.unit.test_analytics import cycle as analytics_cycle
+from tests.reloading import exporter_for
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
     from pathlib import Path
 
 TOKEN_A: Final = "attack-a-token-51c0e7d2b94f4a38"
@@ -104,13 +103,6 @@ def write(path: Path, base_url: str, apps: dict[str, str], *, interval: str = "3
     return path
 
 
-@contextlib.asynccontextmanager
-async def exporter_for(path: Path) -> AsyncIterator[tuple[Exporter, Reloader]]:
-    config = config_module.load(str(path))
-    async with Exporter(config, process_metrics=False) as exporter:
-        yield exporter, Reloader(exporter=exporter, config_file=str(path))
-
-
 def samples(exporter: Exporter, name: str) -> list[tuple[dict[str, str], float]]:
     """Every sample of the family ``name`` in the whole exposition, as text parses it."""
     text = generate_latest(exporter.registry).decode()
@@ -140,7 +132,7 @@ async def test_an_app_moved_to_other_credentials_is_exported_once(tmp_path: Path
             sim.base_url,
             {"app-a": "default", "app-b": "agency-b", "app-b2": "agency-b"},
         )
-        async with exporter_for(path) as (exporter, reloader):
+        async with exporter_for(path) as (exporter, reloader, _):
             await exporter.poller.poll_once(analytics=True)
             write(
                 path, sim.base_url, {"app-a": "default", "app-b": "default", "app-b2": "agency-b"}
@@ -172,7 +164,7 @@ async def test_a_reload_that_adds_credentials_keeps_the_process_ready(tmp_path: 
     the status page said "No poll yet" until the new token's first cycle ended."""
     async with accounts() as sim:
         path = write(tmp_path / "c.yaml", sim.base_url, {"app-a": "default"})
-        async with exporter_for(path) as (exporter, reloader):
+        async with exporter_for(path) as (exporter, reloader, _):
             await exporter.poller.poll_once()
             assert exporter.poller.ready
             write(path, sim.base_url, {"app-a": "default", "app-b": "agency-b"})
@@ -212,7 +204,7 @@ async def test_credentials_removed_while_their_cycle_waits_for_the_budget(
     series are gone and stay gone, app-a is polled on, and closing leaves no task."""
     async with accounts() as sim:
         path = write_rated(tmp_path / "c.yaml", sim.base_url, with_b=True, b_rate="1/5m")
-        async with exporter_for(path) as (exporter, reloader):
+        async with exporter_for(path) as (exporter, reloader, _):
             fleet = exporter.poller
             before = ours()
             run = asyncio.create_task(fleet.run(stop := asyncio.Event()))
@@ -245,7 +237,7 @@ async def test_credentials_removed_with_requests_in_flight_leave_no_series_behin
     with no task of agency-b left."""
     async with accounts() as sim:
         path = write_rated(tmp_path / "c.yaml", sim.base_url, with_b=True)
-        async with exporter_for(path) as (exporter, reloader):
+        async with exporter_for(path) as (exporter, reloader, _):
             fleet = exporter.poller
             run = asyncio.create_task(fleet.run(stop := asyncio.Event()))
             await until(lambda: fleet.ready)
@@ -278,7 +270,7 @@ async def test_credentials_removed_and_added_again_keep_their_budgets_window(
     blocked for 5 minutes). The old unit's requests still count nowhere in the metrics."""
     async with accounts() as sim:
         path = write_rated(tmp_path / "c.yaml", sim.base_url, with_b=True, b_rate="50/5m")
-        async with exporter_for(path) as (exporter, _):
+        async with exporter_for(path) as (exporter, _, _):
             fleet = exporter.poller
             await fleet.poll_once(analytics=True)
             spent = 50 - fleet.unit("agency-b").token.budget.available()
@@ -353,7 +345,7 @@ async def test_a_bug_in_the_poller_of_credentials_added_by_a_reload_stops_the_fl
     serve agency-b's apps frozen."""
     async with accounts() as sim:
         path = write_rated(tmp_path / "c.yaml", sim.base_url, with_b=False)
-        async with exporter_for(path) as (exporter, reloader):
+        async with exporter_for(path) as (exporter, reloader, _):
             fleet = exporter.poller
             run = asyncio.create_task(fleet.run(asyncio.Event()))
             await until(lambda: fleet.ready)
@@ -379,7 +371,7 @@ async def test_a_reload_during_shutdown_leaves_no_task(tmp_path: Path, when: str
     of it is left (a poller started by the reload would poll with a closed session)."""
     async with accounts() as sim:
         path = write_rated(tmp_path / "c.yaml", sim.base_url, with_b=False)
-        async with exporter_for(path) as (exporter, _):
+        async with exporter_for(path) as (exporter, _, _):
             server = Server(exporter, host="127.0.0.1", port=0)
             await server.start()
             await until(lambda: exporter.poller.ready)
@@ -408,7 +400,7 @@ async def test_credentials_removed_while_their_analytics_hang_end_them(tmp_path:
 
         api.fault = hang_b_analytics
         path = write_rated(tmp_path / "c.yaml", api.base_url, with_b=True)
-        async with exporter_for(path) as (exporter, reloader):
+        async with exporter_for(path) as (exporter, reloader, _):
             fleet = exporter.poller
             run = asyncio.create_task(fleet.run(stop := asyncio.Event()))
             unit = fleet.unit("agency-b")
@@ -444,7 +436,7 @@ async def test_a_hanging_api_for_one_token_does_not_slow_the_others_cycles(
             {"app-a": "default", "app-b": "agency-b"},
             interval="2s",
         )
-        async with exporter_for(path) as (exporter, _):
+        async with exporter_for(path) as (exporter, _, _):
             fleet = exporter.poller
             run = asyncio.create_task(fleet.run(stop := asyncio.Event()))
             try:
@@ -494,7 +486,7 @@ async def test_a_hung_token_file_of_one_credentials_does_not_stop_anothers_rotat
         text = text.replace(f"token: {TOKEN_A}", "token_file: a.token")
         path.write_text(text.replace(f"token: {TOKEN_B}", "token_file: b.token"), encoding="utf-8")
         try:
-            async with exporter_for(path) as (exporter, reloader):
+            async with exporter_for(path) as (exporter, reloader, _):
                 fleet = exporter.poller
                 assert all(a.up for a in (await fleet.poll_once()).apps)
                 monkeypatch.setattr("exporter.tokenfile.read_token_file", hanging_read)
@@ -535,7 +527,7 @@ async def test_one_credentials_token_file_broken_mid_run_keeps_every_app_up(
         path = write(tmp_path / "c.yaml", sim.base_url, {"app-a": "default", "app-b": "agency-b"})
         text = path.read_text(encoding="utf-8").replace(f"token: {TOKEN_B}", "token_file: b.token")
         path.write_text(text, encoding="utf-8")
-        async with exporter_for(path) as (exporter, _):
+        async with exporter_for(path) as (exporter, _, _):
             await exporter.poller.poll_once()
             make(b_file)
             with caplog.at_level(logging.WARNING):
@@ -693,7 +685,7 @@ async def test_hanging_analytics_hold_neither_the_cycles_nor_the_shutdown(tmp_pa
     async with many_apps(12) as sim, FaultApi(sim) as api:
         sim.state.faults = Faults(latency=0.3)
         api.fault = lambda r: Hang() if "/analytics/" in r.uri else None
-        async with exporter_for(write_many(tmp_path / "c.yaml", api.base_url, 12)) as (exp, _):
+        async with exporter_for(write_many(tmp_path / "c.yaml", api.base_url, 12)) as (exp, _, _):
             fleet = exp.poller
             run = asyncio.create_task(fleet.run(stop := asyncio.Event()))
             poller = fleet.unit().poller
@@ -815,7 +807,7 @@ async def test_hostile_analytics_answers_are_never_exported_wrong(
     0 (a day without sessions) when there were several of them."""
     async with accounts() as sim:
         path = write(tmp_path / "c.yaml", sim.base_url, {"app-a": "default"})
-        async with exporter_for(path) as (exporter, _):
+        async with exporter_for(path) as (exporter, _, _):
             poller = exporter.poller.unit().poller
             poller._analytics._clock = sim.world.now  # "today" is the simulated API's day
             await exporter.poller.poll_once(analytics=True)
@@ -844,7 +836,7 @@ async def test_a_401_on_analytics_alone_leaves_the_app_and_its_token_alone(
     on, and one warning says the analytics could not be read."""
     async with accounts() as sim:
         path = write(tmp_path / "c.yaml", sim.base_url, {"app-a": "default"})
-        async with exporter_for(path) as (exporter, _):
+        async with exporter_for(path) as (exporter, _, _):
             refused = Canned(401, {"success": False, "errors": [{"code": 10000}]})
             for endpoint in (ENDPOINT_ANALYTICS, ENDPOINT_ANALYTICS_DAYS):
                 sim.state.answer_next(endpoint, refused, times=None)
@@ -993,7 +985,7 @@ async def test_the_livestream_limit_bounds_the_process_across_credentials(tmp_pa
         path = write(tmp_path / "c.yaml", sim.base_url, {"app-a": "default", "app-b": "agency-b"})
         limits = "limits: {max_livestreams: 10}\n"
         path.write_text(path.read_text(encoding="utf-8") + limits, encoding="utf-8")
-        async with exporter_for(path) as (exporter, reloader):
+        async with exporter_for(path) as (exporter, reloader, _):
             for _ in range(3):
                 snapshot = await exporter.poller.poll_once()
                 assert sum(len(a.streams) for a in snapshot.apps) == 10
@@ -1044,7 +1036,7 @@ async def test_fifty_credentials_stay_within_bounds(
             encoding="utf-8",
         )
         before = open_files()
-        async with exporter_for(path) as (exporter, _):
+        async with exporter_for(path) as (exporter, _, _):
             fleet = exporter.poller
             run = asyncio.create_task(fleet.run(stop := asyncio.Event()))
             peak_tasks = peak_files = 0
