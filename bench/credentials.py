@@ -9,9 +9,9 @@ credentials ``default`` for account A and ``b`` for account B, each with its own
 
 1. ``both healthy``: streams of account A are stopped at random moments; the stop
    latency is how long until the exporter's snapshot shows each one not live;
-2. ``B throttled``: the API blocks token B for the whole phase (HTTP 429, as when
-   something else spends it); A's stops are measured again;
-3. ``B rejected``: the API refuses token B (401); A's stops again.
+2. ``B rejected``: the API refuses token B (401); A's stops are measured again;
+3. ``B throttled``: the API blocks token B for the whole phase (HTTP 429, as when
+   something else spends it; last, as the pause outlasts the phase); A's stops again.
 
 Reported per phase: A's stop latency (p50, p99, max), whether A's and B's apps were up
 at its end, and per token the busiest window of requests the simulator counted against
@@ -164,10 +164,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         while not exporter.poller.ready:  # noqa: ASYNC110  # no event to wait on
                             await asyncio.sleep(0.05)
                     await asyncio.sleep(args.interval * 2)
+                    # Throttled last: the API's pause of token B outlasts its phase.
                     for name, fault in (
                         ("both healthy", None),
-                        ("B throttled", "throttle"),
                         ("B rejected", "reject"),
+                        ("B throttled", "throttle"),
                     ):
                         sim.state.faults = Faults()
                         if fault == "throttle":
@@ -228,7 +229,7 @@ def report(result: dict[str, Any]) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.credentials", description=__doc__)
     parser.add_argument("--livestreams", type=int, default=500)
-    parser.add_argument("--live", type=int, default=60)
+    parser.add_argument("--live", type=int, default=150)
     parser.add_argument("--seconds", type=float, default=40.0, help="length of each phase")
     parser.add_argument("--interval", type=float, default=2.0, help="poll.interval, seconds")
     parser.add_argument("--rate-a", default="600/1m", help="the default credentials' budget")
