@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from tests import REPO
+from tests.markdown import file_anchors, github_anchor
 from tests.procs import run
 
 if TYPE_CHECKING:
@@ -80,27 +81,9 @@ def _tests_loading(rule_file: Path) -> list[dict[str, Any]]:
     return groups
 
 
-def github_anchor(heading: str) -> str:
-    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces
-    turned into hyphens."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return text.replace(" ", "-")
-
-
 def _doc_anchors() -> set[str]:
-    """The anchors of docs/alerts.md's headings; GitHub adds -1, -2 ... to repeated ones."""
-    anchors: set[str] = set()
-    fenced = False
-    for line in ALERTS_DOC.read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-        elif not fenced and (match := re.match(r"#{1,6} (.+)", line)):
-            anchor = github_anchor(match.group(1))
-            repeat = 0
-            while (unique := f"{anchor}-{repeat}" if repeat else anchor) in anchors:
-                repeat += 1
-            anchors.add(unique)
-    return anchors
+    """The anchors of docs/alerts.md's headings."""
+    return file_anchors(ALERTS_DOC)
 
 
 def _run(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
