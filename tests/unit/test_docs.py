@@ -11,7 +11,8 @@ READMEs under deploy/:
   into another, to a heading there;
 
 and every alert's runbook (deploy/prometheus/alerts.yml and the generated PrometheusRule)
-is a heading of docs/alerts.md, and docs/configuration.md names every configuration key.
+is a heading of docs/alerts.md, docs/configuration.md names every configuration key, and
+the configurations the README and docs/simulator.md give are valid and say what they claim.
 """
 
 from __future__ import annotations
@@ -19,18 +20,20 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
 
-from exporter.cli import build_parser
+from exporter.cli import DEFAULT_PORT, build_parser
+from exporter.config import loads
+from exporter.simulate import SIMULATOR_DEFAULT_TOKEN, SIMULATOR_LISTEN
 from tests import REPO
 from tests.markdown import file_anchors, links, prose
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 DOCS = sorted(
     {
@@ -265,3 +268,40 @@ def test_the_configuration_reference_names_every_key() -> None:
     text = prose((REPO / "docs" / "configuration.md").read_text(encoding="utf-8"))
     named = set(re.findall(r"`(?:[\w.]+\.|[\w.]+\[\]\.)?(\w+)`", text))
     assert sorted(keys - named) == []
+
+
+def _yaml_block(path: Path, first_line: str) -> Any:
+    """The YAML code block of ``path`` that starts with the comment ``first_line``."""
+    text = path.read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)
+    (block,) = [b for b in blocks if b.startswith(first_line + "\n")]
+    return block
+
+
+def test_the_readme_config_and_scrape_snippet_work() -> None:
+    """README.md's minimal config.yaml is valid (with the token in the environment), and its
+    prometheus.yml scrapes the job the shipped alerts select and loads both rule files."""
+    readme = REPO / "README.md"
+    config = loads(
+        _yaml_block(readme, "# config.yaml"), environ={"CLOUDFLARE_API_TOKEN": "a-token"}
+    )
+    assert config.apps and config.apps[0].discover
+    prometheus = yaml.safe_load(_yaml_block(readme, "# prometheus.yml"))
+    (job,) = prometheus["scrape_configs"]
+    alerts = (REPO / "deploy" / "prometheus" / "alerts.yml").read_text(encoding="utf-8")
+    assert f'up{{job="{job["job_name"]}"}}' in alerts
+    assert job["static_configs"][0]["targets"] == [f"localhost:{DEFAULT_PORT}"]
+    names = sorted(Path(f).name for f in prometheus["rule_files"])
+    assert names == ["alerts.yml", "recording.yml"]
+
+
+def test_the_simulator_page_config_polls_the_simulator_as_started() -> None:
+    """docs/simulator.md's sim.yaml is valid and points at what `simulate` serves by
+    default: its address, its token, its account and app."""
+    config = loads(_yaml_block(REPO / "docs" / "simulator.md", "# sim.yaml"), environ={})
+    defaults = build_parser().parse_args(["simulate"])
+    assert config.api.base_url == f"http://{SIMULATOR_LISTEN}/client/v4"
+    assert config.api.token.reveal() == SIMULATOR_DEFAULT_TOKEN
+    assert [(a.account_id, a.app_id) for a in config.apps] == [
+        (defaults.account_id, defaults.app_id)
+    ]
