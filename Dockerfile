@@ -41,7 +41,7 @@ WORKDIR /src
 COPY requirements/runtime.txt ./requirements/
 RUN /opt/venv/bin/python -m pip install --no-cache-dir --require-hashes -r requirements/runtime.txt
 
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
 
 # Install the project into the venv, built with the locked setuptools and without fetching

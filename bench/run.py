@@ -84,7 +84,7 @@ VARIANTS: Final = (
 )
 PROMETHEUS: Final = VARIANTS[-1]
 
-# Targets of the issue, checked at N = 10,000 (L = 500).
+# What the exporter is built to meet (bench/README.md, "JSON"), checked at N = 10,000 (L = 500).
 TARGET_N: Final = 10_000
 TARGET_REQUEST_RATIO: Final = 1.05
 TARGET_P99_SPEEDUP: Final = 20.0
@@ -792,7 +792,7 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def targets(result: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets at N = 10,000, L = 500: value, limit and verdict."""
+    """The targets at N = 10,000, L = 500 (bench/README.md): value, limit and verdict."""
     speedups = {name: entry.get("ratio_p99", math.nan) for name, entry in result["latency"].items()}
     checks = {
         "request_ratio": (result["request_ratio"], TARGET_REQUEST_RATIO, "<="),

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 _STREAM = ("account_id", "app_id", "livestream_id")
 _APP = ("account_id", "app_id")
-_CACHED = " (cached from the last poll)."
 _STATES = tuple((known,) for known in KNOWN_STATUSES)
 
 # One sample: the values of the family's key labels, of its extra labels, and the value.
@@ -64,11 +63,11 @@ class GaugeRows:
 
 
 def _stream(name: str, text: str, extra: tuple[str, ...] = ()) -> GaugeRows:
-    return GaugeRows(name, text + _CACHED, _STREAM, extra)
+    return GaugeRows(name, text + ".", _STREAM, extra)
 
 
 def _app(name: str, text: str) -> GaugeRows:
-    return GaugeRows(name, text + _CACHED, _APP)
+    return GaugeRows(name, text + ".", _APP)
 
 
 def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
@@ -135,14 +134,14 @@ def gauge_rows(snapshot: Snapshot) -> list[GaugeRows]:
     )
     limit = GaugeRows(
         "realtimekit_exporter_livestreams_limit",
-        "limits.max_livestreams: the most livestreams this process exports" + _CACHED,
+        "limits.max_livestreams: the most livestreams this process exports.",
         (),
     )
     if snapshot.livestream_limit is not None:
         limit.rows.append(((), (), float(snapshot.livestream_limit)))
     app_info = GaugeRows(
         "realtimekit_app_info",
-        "The app and the name of the credentials (API token) it is read with; always 1" + _CACHED,
+        "The app and the name of the credentials (API token) it is read with; always 1.",
         _APP,
         ("credentials",),
     )
@@ -258,7 +257,7 @@ def _analytics(snapshot: Snapshot) -> list[GaugeRows]:
 
 
 def _app_counter(name: str, text: str) -> GaugeRows:
-    return GaugeRows(name, text + _CACHED, _APP, counter=True)
+    return GaugeRows(name, text + ".", _APP, counter=True)
 
 
 def families(snapshot: Snapshot) -> list[Metric]:

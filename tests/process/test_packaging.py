@@ -1,5 +1,5 @@
-"""The built wheel carries every module of the package (an editable install would not tell),
-and the dependency lock in requirements/ matches pyproject.toml."""
+"""The built wheel carries every module of the package and the licence (an editable install
+would not tell), and the dependency lock in requirements/ matches pyproject.toml."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_wheel_contains_every_module_and_the_entry_point(tmp_path: Path) -> None
     shutil.copytree(
         REPO / "exporter", src / "exporter", ignore=shutil.ignore_patterns("__pycache__")
     )
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(REPO / name, src / name)
     out = tmp_path / "dist"
     subprocess.run(  # noqa: S603 (fixed arguments)
@@ -53,6 +53,9 @@ def test_wheel_contains_every_module_and_the_entry_point(tmp_path: Path) -> None
     assert sources, "no sources found"
     assert sources <= names, f"missing from the wheel: {sorted(sources - names)}"
     assert not any(n.startswith("tests/") for n in names)
+    # The licence text pyproject.toml declares (license-files), in the wheel's metadata.
+    (licence,) = (n for n in names if n.endswith(".dist-info/licenses/LICENSE"))
+    assert zipfile.ZipFile(wheel).read(licence) == (REPO / "LICENSE").read_bytes()
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "realtimekit-exporter = exporter.__main__:main" in text

@@ -12,7 +12,7 @@ Then the real check: the simulator, the exporter and Prometheus (with the record
 run as processes on loopback, the simulator holding live streams, an ERRORED stream whose
 session ended with an error, a stream with a status the exporter does not know, one whose
 id has a regex metacharacter (and one its unescaped regex would match too), a second app
-read with a second credentials (the same token under another name and budget), app
+read with a second credentials (a token of its own, with a budget of its own), app
 analytics read every second, and a burst of API errors. Prometheus also evaluates the
 shipped alerting rules, with their ``for`` taken out so that what the world sets off fires
 at once: the ERRORED stream's alerts, then a rejected configuration reload's. Every panel
@@ -73,7 +73,7 @@ METRICS_DOC = REPO / "docs" / "metrics.md"
 RECORDING = REPO / "deploy" / "prometheus" / "recording.yml"
 ALERTING = REPO / "deploy" / "prometheus" / "alerts.yml"
 
-JOB = "realtimekit-exporter"  # the job the alerts select, and the job variable's default
+JOB = "realtimekit-exporter"  # the job the alerts select, as Compose and the Kubernetes base
 JOB_VAR = "job"
 JOB_MATCHER = 'job=~"$job"'
 CREDENTIALS_VAR = "credentials"
@@ -316,13 +316,14 @@ def test_dashboard_is_valid_json_with_its_uid_and_variables() -> None:
     datasource = variables[DS_VARIABLE]
     assert datasource["type"] == "datasource" and datasource["query"] == "prometheus"
     # The job: the exporter's jobs only (All is their list, not ".*", which would take
-    # every target's up), the shipped one by default.
+    # every target's up), All of them by default: every deploy's job shows without picking
+    # it (realtimekit-exporter, and realtimekit-exporter-demo for the Kubernetes demo).
     job = variables[JOB_VAR]
     assert job["type"] == "query" and job["multi"] and job["includeAll"]
     assert job.get("allValue") in (None, ""), "All must not select every job in Prometheus"
     assert job["datasource"]["uid"] == DS_REF
     assert _label_values(job) == ("realtimekit_exporter_build_info", JOB_VAR)
-    assert job["current"]["value"] in (JOB, [JOB]), job["current"]
+    assert job["current"]["value"] == ["$__all"], job["current"]
     # The credentials: the names the apps are read with, All by default.
     credentials = variables[CREDENTIALS_VAR]
     assert credentials["type"] == "query"
@@ -576,7 +577,7 @@ EXTRA_STREAMS = (ERRORED, UNKNOWN, DOTTED, DECOY)  # of APP, besides the simulat
 SETTLE_TIMEOUT = 25.0
 SERVER_ERRORS = 'realtimekit_exporter_api_requests_total{code=~"5.."}'
 SIM_RATE_LIMIT = (12000, 300)  # the simulator's limit for the token: requests, window (s)
-OTHER_CREDENTIALS = "agency-b"  # OTHER_APP's credentials: the same token, another name
+OTHER_CREDENTIALS = "agency-b"  # OTHER_APP's credentials: another token, another name
 # Each credentials' budget (requests, window in s): room for the analytics after the
 # statuses and sessions of 1-second cycles, both within the simulator's limit.
 BUDGETS = {DEFAULT_CREDENTIALS: (6000, 300), OTHER_CREDENTIALS: (3000, 300)}
@@ -614,7 +615,8 @@ def _regex_of(values: list[str]) -> str:
 
 
 def _everything() -> dict[str, str]:
-    """The variables of the dashboard opened as shipped: the default job, All elsewhere."""
+    """The variables of the dashboard opened as shipped: All everywhere, and All of the job
+    is the list of the exporter's jobs, here the one the test's Prometheus scrapes."""
     return {JOB_VAR: _regex_of([JOB]), **dict.fromkeys((CREDENTIALS_VAR, *STREAM_VARS), ".*")}
 
 
@@ -741,11 +743,14 @@ def _world(workdir: Path) -> Iterator[tuple[str, str, list[Proc]]]:
     """Simulator, exporter (its config in ``workdir/exporter.yaml``) and Prometheus, with
     the recording rules and the alerting rules at once: yields the simulator's control URL,
     Prometheus' URL and the processes to watch. The exporter reads APP with the default
-    credentials and OTHER_APP with OTHER_CREDENTIALS (the same token), each with a budget
-    of its own, and every app's analytics every second."""
+    credentials and OTHER_APP with OTHER_CREDENTIALS (a second token the simulator accepts
+    too: two credentials may not hold one token), each with a budget of its own, and every
+    app's analytics every second."""
     require_tool("prometheus")
     token_file = workdir / "token"
     token_file.write_text("dashboard-test-token\n", encoding="utf-8")
+    other_token_file = workdir / "other-token"
+    other_token_file.write_text("dashboard-test-other-token\n", encoding="utf-8")
     procs: list[Proc] = []
     with contextlib.ExitStack() as stack:
         simulator, origin = stack.enter_context(
@@ -759,6 +764,11 @@ def _world(workdir: Path) -> Iterator[tuple[str, str, list[Proc]]]:
         )
         procs.append(simulator)
         control = origin + "/-/simulator"
+        added = post(
+            control + "/tokens",
+            {"name": OTHER_CREDENTIALS, "token": "dashboard-test-other-token", "accounts": None},
+        )
+        assert added.status == 201, added.text
         for stream_id, app, name in (
             (ERRORED, APP, "Errored stream"),
             (UNKNOWN, APP, None),
@@ -786,7 +796,7 @@ def _world(workdir: Path) -> Iterator[tuple[str, str, list[Proc]]]:
             },
             "credentials": {
                 OTHER_CREDENTIALS: {
-                    "token_file": str(token_file),
+                    "token_file": str(other_token_file),
                     "rate_limit": _rate_limit(OTHER_CREDENTIALS),
                 }
             },
@@ -995,7 +1005,7 @@ def _check_values(queries: Queries, control: str, everything: Mapping[str, str])
 
     # The budget table: one row per credentials and target (its four queries keep only
     # those two labels, so that Grafana's merge joins them): each credentials' own budget,
-    # and the limit the simulator states for the token they share.
+    # and the limit the simulator states for each token (the same for both).
     title = "Request budget and API policy now"
     budget: dict[str, dict[str, float]] = {}
     for ref in "ABCD":

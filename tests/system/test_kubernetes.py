@@ -553,6 +553,40 @@ def test_promtool_accepts_the_prometheusrule_groups(base: list[Doc], tmp_path: P
     assert "SUCCESS" in done.stdout, done.stdout
 
 
+def test_an_overlay_adds_runbook_links_as_the_readme_says(base: list[Doc], tmp_path: Path) -> None:
+    """README.md's way to give the alerts runbook links: the generator's PrometheusRule with
+    --runbook-base, as a patch in an overlay of the base. Every alert then has runbook_url
+    BASE#<anchor of its runbook>; nothing else of the rules or the other objects changes."""
+    text = README.read_text(encoding="utf-8")
+    assert "scripts/gen-prometheusrule --runbook-base" in text
+    assert "- path: prometheusrule.yaml" in text
+    runbooks = "https://git.example.com/ops/realtimekit-exporter/blob/v0.1.0/docs/alerts.md"
+    shutil.copytree(BASE, tmp_path / "base")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    done = run(
+        [sys.executable, str(GENERATOR), "--runbook-base", runbooks, "--stdout"], timeout=TIMEOUT
+    )
+    assert done.returncode == 0, done.stderr
+    (mine / "prometheusrule.yaml").write_text(done.stdout, encoding="utf-8")
+    kustomization = {"resources": ["../base"], "patches": [{"path": "prometheusrule.yaml"}]}
+    (mine / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    rendered = kustomize(mine)
+
+    groups = one(rendered, "PrometheusRule")["spec"]["groups"]
+    alerts = [r for g in groups for r in g["rules"] if "alert" in r]
+    assert alerts
+    for rule in alerts:
+        annotations = rule["annotations"]
+        path, _, anchor = annotations["runbook"].partition("#")
+        assert path == "docs/alerts.md" and anchor, annotations["runbook"]
+        assert annotations.pop("runbook_url") == f"{runbooks}#{anchor}"
+    assert groups == _source_groups()
+    assert [d for d in rendered if d["kind"] != "PrometheusRule"] == [
+        d for d in base if d["kind"] != "PrometheusRule"
+    ]
+
+
 # -- checkov --------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "overlay", [*sorted(WORKLOAD), *(f"{name}+webhooks-ingress" for name in sorted(EXAMPLE_OF))]

@@ -1,11 +1,13 @@
 """The Prometheus rules in deploy/prometheus: promtool accepts them, their unit tests pass,
 and every alert and recording rule is covered by those tests and documented in docs/alerts.md.
 
-Runbook links: every alert's runbook_url is RUNBOOK_BASE#<anchor of its name>, and that
-anchor is a heading of docs/alerts.md, as are the anchors docs/alerts.md links to itself.
-scripts/gen-prometheusrule with another ``--runbook-base`` writes the PrometheusRule and
-alerts.yml with only those links changed, which promtool still accepts, and refuses a base
-that is no plain URL or a source link it would leave pointing at the old base.
+Runbooks: every alert's ``runbook`` annotation is docs/alerts.md#<anchor of its name>, and
+that anchor is a heading of docs/alerts.md, as are the anchors docs/alerts.md links to
+itself (tests/unit/test_docs.py checks every runbook and anchor link too, without promtool);
+the shipped rules have no ``runbook_url``, since where the page is published is the user's to
+say. scripts/gen-prometheusrule with ``--runbook-base URL`` writes the PrometheusRule and
+alerts.yml with only a ``runbook_url`` (URL#<anchor>) added to each alert, which promtool
+still accepts, and refuses a base that is no plain URL or a runbook it could not link.
 
 promtool comes from the Debian ``prometheus`` package. Without it the promtool tests skip,
 except in CI (``CI`` set), where they fail: CI installs it.
@@ -24,6 +26,7 @@ import pytest
 import yaml
 
 from tests import REPO
+from tests.markdown import file_anchors, github_anchor
 from tests.procs import run
 
 if TYPE_CHECKING:
@@ -36,14 +39,14 @@ RECORDING = RULES_DIR / "recording.yml"
 RULE_TESTS = sorted((RULES_DIR / "tests").glob("*.yml"))
 ALERTS_DOC = REPO / "docs" / "alerts.md"
 GENERATOR = REPO / "scripts" / "gen-prometheusrule"
-RUNBOOK_BASE = (
-    "https://github.com/realtimekit-exporter/realtimekit-exporter/blob/main/docs/alerts.md"
-)
-# Where a user may point the links instead (ids: what for).
-OTHER_RUNBOOK_BASES = {
-    "pinned-tag": RUNBOOK_BASE.replace("/blob/main/", "/blob/v0.1.0/"),
+PROMETHEUS_RULE = REPO / "deploy" / "kubernetes" / "base" / "prometheusrule.yaml"
+RUNBOOK_PATH = "docs/alerts.md"  # every alert's runbook annotation: RUNBOOK_PATH#<anchor>
+# Where a user may publish the runbooks (ids: what for).
+RUNBOOK_BASES = {
+    "git-tag": "https://git.example.com/ops/realtimekit-exporter/blob/v0.1.0/docs/alerts.md",
     "wiki": "https://wiki.example.com/display/OPS/RealtimeKit+runbooks?view=full",
 }
+RUNBOOK_LINE = re.compile(r"^( *)runbook: docs/alerts\.md(#[\w-]+)\n", flags=re.MULTILINE)
 PROMTOOL_TIMEOUT = 30  # seconds; promtool finishes these files in well under one
 GENERATOR_TIMEOUT = 30  # seconds; the generator takes a fraction of one
 SEVERITIES = {"critical", "warning", "info"}
@@ -78,27 +81,9 @@ def _tests_loading(rule_file: Path) -> list[dict[str, Any]]:
     return groups
 
 
-def github_anchor(heading: str) -> str:
-    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces
-    turned into hyphens."""
-    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
-    return text.replace(" ", "-")
-
-
 def _doc_anchors() -> set[str]:
-    """The anchors of docs/alerts.md's headings; GitHub adds -1, -2 ... to repeated ones."""
-    anchors: set[str] = set()
-    fenced = False
-    for line in ALERTS_DOC.read_text(encoding="utf-8").splitlines():
-        if line.startswith("```"):
-            fenced = not fenced
-        elif not fenced and (match := re.match(r"#{1,6} (.+)", line)):
-            anchor = github_anchor(match.group(1))
-            repeat = 0
-            while (unique := f"{anchor}-{repeat}" if repeat else anchor) in anchors:
-                repeat += 1
-            anchors.add(unique)
-    return anchors
+    """The anchors of docs/alerts.md's headings."""
+    return file_anchors(ALERTS_DOC)
 
 
 def _run(promtool: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -178,16 +163,19 @@ def test_alert_labels_and_annotations(rule: dict[str, Any]) -> None:
     assert re.fullmatch(r"RealtimeKit(?:[A-Z][a-z0-9]*)+", rule["alert"])
     assert rule.get("labels", {}).get("severity") in SEVERITIES
     annotations = rule.get("annotations", {})
-    for key in ("summary", "description", "runbook_url"):
+    for key in ("summary", "description", "runbook"):
         assert str(annotations.get(key, "")).strip(), f"missing annotation {key}"
+    assert "runbook_url" not in annotations, (
+        "only scripts/gen-prometheusrule --runbook-base adds it"
+    )
     assert "keep_firing_for" not in rule  # Prometheus 2.42 does not know it
 
 
 @pytest.mark.parametrize("rule", ALERT_RULES, ids=[r["alert"] for r in ALERT_RULES])
-def test_runbook_url_points_at_the_alert_section(rule: dict[str, Any]) -> None:
-    """The link is the one base and the anchor of the alert's own heading in docs/alerts.md."""
-    base, _, anchor = rule["annotations"]["runbook_url"].partition("#")
-    assert base == RUNBOOK_BASE
+def test_runbook_points_at_the_alert_section(rule: dict[str, Any]) -> None:
+    """The runbook is docs/alerts.md and the anchor of the alert's own heading there."""
+    path, _, anchor = rule["annotations"]["runbook"].partition("#")
+    assert path == RUNBOOK_PATH
     assert anchor == github_anchor(rule["alert"])
     assert anchor in _doc_anchors(), f"docs/alerts.md has no heading for #{anchor}"
 
@@ -204,16 +192,13 @@ def _alert_rules_of(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("kind", ["prometheusrule", "alerts"])
-@pytest.mark.parametrize(
-    "base",
-    [RUNBOOK_BASE, *OTHER_RUNBOOK_BASES.values()],
-    ids=["default", *OTHER_RUNBOOK_BASES],
-)
-def test_runbook_base_changes_only_the_runbook_links(
+@pytest.mark.parametrize("base", list(RUNBOOK_BASES.values()), ids=list(RUNBOOK_BASES))
+def test_runbook_base_adds_only_the_runbook_urls(
     promtool: str, kind: str, base: str, tmp_path: Path
 ) -> None:
     """With --runbook-base, the PrometheusRule (--stdout) and alerts.yml (--alerts-out) are
-    the default ones byte for byte, but for each runbook_url's base; promtool accepts them."""
+    the shipped ones byte for byte, but for a runbook_url line (BASE#<anchor of the runbook>)
+    after each alert's runbook; promtool accepts them."""
     if kind == "alerts":
         out = tmp_path / "alerts.yml"
         done = _generate("--runbook-base", base, "--alerts-out", str(out))
@@ -225,14 +210,15 @@ def test_runbook_base_changes_only_the_runbook_links(
         done = _generate("--runbook-base", base, "--stdout")
         assert default_run.returncode == 0 and done.returncode == 0, done.stderr
         default, text = default_run.stdout, done.stdout
+        assert default == PROMETHEUS_RULE.read_text(encoding="utf-8")
         groups = yaml.safe_load(text)["spec"]["groups"]
         rule_file = tmp_path / "prometheusrule-groups.yml"
         rule_file.write_text(yaml.safe_dump({"groups": groups}), encoding="utf-8")
-    # The base occurs only in the runbook_url values, once per alert ...
-    assert default.count(RUNBOOK_BASE) == default.count(f"runbook_url: {RUNBOOK_BASE}#")
-    assert default.count(RUNBOOK_BASE) == len(ALERT_RULES)
-    # ... and only it changes.
-    assert text == default.replace(f"runbook_url: {RUNBOOK_BASE}#", f"runbook_url: {base}#")
+    # One runbook line per alert, no runbook_url without the base ...
+    assert len(RUNBOOK_LINE.findall(default)) == len(ALERT_RULES)
+    assert not re.search(r"^\s*runbook_url:", default, flags=re.MULTILINE)
+    # ... and with it, a runbook_url after each, nothing else.
+    assert text == RUNBOOK_LINE.sub(lambda m: f"{m[0]}{m[1]}runbook_url: {base}{m[2]}\n", default)
     links = {r["alert"]: r["annotations"]["runbook_url"] for r in _alert_rules_of(groups)}
     assert links == {r["alert"]: f"{base}#{github_anchor(r['alert'])}" for r in ALERT_RULES}
     _assert_promtool_accepts(promtool, rule_file)
@@ -241,7 +227,7 @@ def test_runbook_base_changes_only_the_runbook_links(
 @pytest.mark.parametrize(
     "base",
     [
-        f"{RUNBOOK_BASE}#top",
+        "https://wiki.example.com/runbooks#top",
         "wiki.example.com/runbooks",
         "https://wiki.example.com/run books",
         '"https://wiki.example.com/runbooks"',
@@ -263,31 +249,37 @@ def test_generator_refuses_a_runbook_base_that_is_no_plain_url(base: str, tmp_pa
 @pytest.mark.parametrize(
     "change",
     [
-        lambda url: url.replace("/blob/main/", "/blob/dev/"),
-        lambda url: f'"{url}"',
-        lambda url: f"{url}  # the runbook",
-        lambda url: url.partition("#")[0],
+        lambda line: line.replace("docs/alerts.md#", "docs/runbooks.md#"),
+        lambda line: line.replace("runbook: ", 'runbook: "').replace("\n", '"\n'),
+        lambda line: line.replace("\n", "  # the runbook\n"),
+        lambda line: line.partition("#")[0] + "\n",
+        lambda line: (
+            line + line.replace("runbook: docs/alerts.md", "runbook_url: https://x.test/a")
+        ),
     ],
-    ids=["another-base", "quoted", "comment", "no-anchor"],
+    ids=["another-path", "quoted", "comment", "no-anchor", "runbook-url-given"],
 )
-def test_generator_refuses_a_link_it_would_not_rebase(
+def test_generator_refuses_a_runbook_it_would_not_link(
     change: Callable[[str], str], tmp_path: Path
 ) -> None:
-    """A runbook_url in alerts.yml that is not RUNBOOK_BASE#<anchor>, unquoted and alone on
-    its line, stops the generator (exit 2, naming the line): no link keeps an old base."""
+    """A runbook in alerts.yml that is not docs/alerts.md#<anchor>, unquoted and alone on its
+    line, or a runbook_url written by hand, stops the generator (exit 2, naming the line): a
+    --runbook-base could not link it, or would leave a link it did not write."""
     (tmp_path / "scripts").mkdir()
     (tmp_path / "deploy" / "prometheus").mkdir(parents=True)
     generator = tmp_path / "scripts" / GENERATOR.name
     shutil.copyfile(GENERATOR, generator)
     shutil.copyfile(RECORDING, tmp_path / "deploy" / "prometheus" / RECORDING.name)
     lines = ALERTS.read_text(encoding="utf-8").splitlines(keepends=True)
-    number = next(i for i, text in enumerate(lines, 1) if "runbook_url:" in text)
-    key, _, url = lines[number - 1].rstrip("\n").partition("runbook_url: ")
-    lines[number - 1] = f"{key}runbook_url: {change(url)}\n"
+    index = next(i for i, text in enumerate(lines) if RUNBOOK_LINE.fullmatch(text))
+    changed = change(lines[index]).splitlines(keepends=True)
+    lines[index : index + 1] = changed
+    # The line the generator must name: the changed one, or the runbook_url added after it.
+    number = index + len(changed)
     (tmp_path / "deploy" / "prometheus" / ALERTS.name).write_text("".join(lines), "utf-8")
     done = _generate("--stdout", generator=generator)
     assert done.returncode == 2, done.stdout
-    assert f"deploy/prometheus/alerts.yml:{number}: runbook_url must be" in done.stderr
+    assert f"deploy/prometheus/alerts.yml:{number}: each alert needs runbook:" in done.stderr
     assert done.stdout == ""
 
 

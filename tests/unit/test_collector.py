@@ -20,6 +20,7 @@ from exporter.model import (
     Totals,
     Unlisted,
 )
+from tests import REPO
 
 LIVE_SESSION = Session(
     id="sess-1",
@@ -202,10 +203,14 @@ def test_same_snapshot_same_output_and_empty_snapshot_has_no_samples() -> None:
     assert all(not f.samples for f in families(EMPTY_SNAPSHOT))
 
 
-def test_help_says_values_are_cached_and_openmetrics_renders() -> None:
-    """Every help text says the value comes from the last poll; OpenMetrics renders too."""
+def test_help_is_one_sentence_and_openmetrics_renders() -> None:
+    """No help text repeats that the value is the last poll's (docs/metrics.md says it once,
+    for every metric); each is one sentence. OpenMetrics renders too."""
     for family in families(SNAPSHOT):
-        assert family.documentation.endswith("(cached from the last poll).")
+        assert "last poll)" not in family.documentation, family.name
+        assert family.documentation.endswith("."), family.name
+    doc = (REPO / "docs" / "metrics.md").read_text(encoding="utf-8").lower()
+    assert doc.count("values are those of the last poll") == 1
     registry = CollectorRegistry()
     registry.register(SnapshotCollector(lambda: SNAPSHOT))
     text = generate_openmetrics(registry).decode()
