@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 _Keyed = TypeVar("_Keyed", AppState, AppAnalytics)
 
 
-
 class Unit:
     """One credentials' token, poller and refresher; ``config`` is scoped to them
     (:meth:`~exporter.config.Config.scoped`)."""
