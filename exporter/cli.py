@@ -21,6 +21,7 @@ from exporter.cliargs import (
     count_positive,
     fail,
     index,
+    parse_args,
     parse_listen,
 )
 from exporter.connections import raise_open_files_limit
@@ -250,7 +251,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def _main(argv: Sequence[str] | None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(build_parser(), argv)
         if args.command == "simulate":
             return simulate.main(args)
         if args.command == "webhooks":

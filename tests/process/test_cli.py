@@ -106,6 +106,17 @@ async def test_usage_errors_exit_2(args: list[str]) -> None:
     assert err.startswith("realtimekit-exporter: usage error:") and err.count("\n") == 1
 
 
+async def test_a_mistyped_flag_names_the_flag_meant() -> None:
+    """An underscore for a dash is an unknown flag with the right one offered, not a
+    command named after its value; exit 2 with one line."""
+    code, out, err = await run("--web.listen_address", ":1")
+    assert code == 2 and out == ""
+    assert err == (
+        "realtimekit-exporter: usage error: unknown flag --web.listen_address "
+        "(did you mean --web.listen-address?) (see --help)\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "names"),
     [
