@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="enable_lifecycle",
         action="store_true",
         help="serve POST /-/reload (as Prometheus does, off by default: anyone who can "
-        "reach the port could trigger it); SIGHUP reloads either way",
+        "reach the port could trigger it; without it the endpoint answers 403); SIGHUP "
+        "reloads either way",
     )
     web_group.add_argument(
         "--web.healthy-without-auth",
