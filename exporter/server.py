@@ -25,13 +25,13 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__, receiver, statuspage
-from exporter.apitoken import budget_warnings
+from exporter.apitoken import config_warnings
 from exporter.client import ENDPOINTS, REASONS
 from exporter.collector import SnapshotCollector
 from exporter.connections import IDLE_TIMEOUT, ConnectionGuard, GuardedSite, connection_limit
 from exporter.connections import REASONS as CLOSE_REASONS
 from exporter.exposition import Exposition
-from exporter.fleet import Fleet, rate_key
+from exporter.fleet import Fleet
 from exporter.hints import RESULTS
 from exporter.model import EMPTY_SNAPSHOT
 from exporter.negotiate import accepts_gzip, media_range
@@ -210,19 +210,9 @@ class Exporter:
 
 
 def _warn(config: Config) -> None:
-    """Log what may go wrong with ``config``'s budgets, each credentials' own."""
-    for name in config.credential_names():
-        scoped = config.scoped(name)
-        for warning in budget_warnings(scoped, rate_key=rate_key(name)):
-            log.warning("%s", warning)
-    used = set(config.credential_names())
-    for credentials in config.credentials:
-        if credentials.name not in used:
-            log.warning(
-                "credentials %s are not used by any app (apps choose them with credentials: %s)",
-                credentials.name,
-                credentials.name,
-            )
+    """Log what may go wrong with ``config`` (each credentials' budget, among others)."""
+    for warning in config_warnings(config):
+        log.warning("%s", warning)
 
 
 class HttpObserver(Protocol):
