@@ -20,6 +20,7 @@ from exporter.config.checks import Checker, ConfigError, join
 from exporter.config.files import (
     MAX_CONFIG_FILE_BYTES,
     UnreadableFile,
+    UnreadableTokenFile,
     read_file,
     read_token_file,
 )
@@ -218,11 +219,21 @@ def load(
     *,
     environ: Mapping[str, str] | None = None,
     shard: Shard = WHOLE,
+    read_files: bool = True,
 ) -> Config:
     """Read and validate a config file for this process's ``shard``; raise
-    :class:`ConfigError` listing every problem."""
+    :class:`ConfigError` listing every problem. Without ``read_files`` the token files it
+    names are not read, only their paths checked, and their tokens are empty: a config to
+    check (``--config.check.skip-files``), never to run."""
     text = read_text(path)
-    return loads(text, source=str(path), environ=environ, base_dir=Path(path).parent, shard=shard)
+    return loads(
+        text,
+        source=str(path),
+        environ=environ,
+        base_dir=Path(path).parent,
+        shard=shard,
+        read_files=read_files,
+    )
 
 
 def read_text(path: str | os.PathLike[str], *, limit: int = MAX_CONFIG_FILE_BYTES) -> str:
@@ -243,6 +254,7 @@ def loads(
     environ: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
     shard: Shard = WHOLE,
+    read_files: bool = True,
 ) -> Config:
     """Validate YAML text; see :func:`load`."""
     try:
@@ -251,16 +263,19 @@ def loads(
     except YamlError as exc:
         raise ConfigError([str(exc)], source=source) from None
     env = os.environ if environ is None else environ
-    return _Validator(env, base_dir or Path.cwd()).config(document, source, shard)
+    validator = _Validator(env, base_dir or Path.cwd(), read_files=read_files)
+    return validator.config(document, source, shard)
 
 
 class _Validator(Checker):
     """Builds the config from its document; each check returns a usable default."""
 
-    def __init__(self, environ: Mapping[str, str], base_dir: Path) -> None:
+    def __init__(self, environ: Mapping[str, str], base_dir: Path, *, read_files: bool) -> None:
         super().__init__(shown=_shown_key)
         self.environ = environ
         self.base_dir = base_dir
+        self.read_files = read_files
+        self.unread: list[str] = []  # keys of the files named that could not be read
 
     def config(self, document: object, source: str, shard: Shard) -> Config:
         if document is None:
@@ -287,7 +302,8 @@ class _Validator(Checker):
         self.one_name_per_token(api, credentials, apps)
         limits = self.limits(root.get("limits", {}), apps)
         webhooks = self.webhooks(root["webhooks"]) if root.get("webhooks") is not None else None
-        self.raise_if_any(ConfigError, source)
+        if self.problems:
+            raise ConfigError(self.problems, source=source, unread=self.unread)
         return Config(
             api=api,
             poll=poll,
@@ -470,16 +486,18 @@ class _Validator(Checker):
             return Secret(""), None
         if "token_file" in raw:
             key = f"{where}.token_file"
-            name = self.string(key, raw["token_file"])
-            if name is None:
+            named = self.file_path(key, raw["token_file"])
+            if named is None:
                 return Secret(""), None
-            path = Path(name)
-            if not path.is_absolute():
-                path = self.base_dir / path
+            name, path = named
+            if not self.read_files:
+                return Secret(""), path
             try:
                 shown = _shown_path(name, path, key)
                 return Secret(read_token_file(path, shown=shown)), path
             except ValueError as exc:
+                if isinstance(exc, UnreadableTokenFile):
+                    self.unread.append(key)
                 self.fail(key, str(exc))
                 return Secret(""), path
         if "token" in raw:
@@ -500,6 +518,18 @@ class _Validator(Checker):
         if problem := _token_problem(env_token):
             self.fail(where, f"{env} {problem}")
         return Secret(env_token), None
+
+    def file_path(self, key: str, value: object) -> tuple[str, Path] | None:
+        """The file ``key`` names, as written (expanded) and as a path (relative to the
+        config file's directory), if it can name one; None once a problem is reported."""
+        name = self.string(key, value)
+        if name is None:
+            return None
+        if not name or "\0" in name or name.endswith("/") or Path(name).name in ("", ".", ".."):
+            self.fail(key, "must be the path of a file")
+            return None
+        path = Path(name)
+        return name, path if path.is_absolute() else self.base_dir / path
 
     def poll(self, value: object) -> PollConfig:
         raw = self.mapping("poll", value, _POLL)
@@ -574,12 +604,9 @@ class _Validator(Checker):
         if "public_key_url" in raw and "public_key_file" in raw:
             self.fail("webhooks", "set public_key_url or public_key_file, not both")
         elif "public_key_file" in raw:
-            name = self.string("webhooks.public_key_file", raw["public_key_file"])
-            if name is not None:
-                key_file = Path(name)
-                if not key_file.is_absolute():
-                    key_file = self.base_dir / key_file
-                out = replace(out, public_key_url=None, public_key_file=key_file)
+            named = self.file_path("webhooks.public_key_file", raw["public_key_file"])
+            if named is not None:
+                out = replace(out, public_key_url=None, public_key_file=named[1])
         elif "public_key_url" in raw:
             url = self.string("webhooks.public_key_url", raw["public_key_url"])
             if url is not None:

@@ -2208,3 +2208,61 @@ def test_bad_analytics_intervals_are_reported(
     poll.full_listing_interval) names both values, and the key poll.interval only when
     it is written."""
     assert problems_of(render(poll=poll), tmp_path) == [problem]
+
+
+# -- checked where the files it names are not (--config.check.skip-files) -------------------
+
+
+def skipping(tmp_path: Path) -> str:
+    """A document naming a token file, a credentials' token file and a public key file,
+    none of which exists."""
+    return yaml.safe_dump(
+        {
+            "api": {"token_file": "/run/secrets/cf_token"},
+            "credentials": {"b": {"token_file": "b.token"}},
+            "webhooks": {"public_key_file": "keys/webhooks.pem"},
+            "apps": [
+                {"account_id": ACCOUNT, "app_id": "x", "discover": True},
+                {"account_id": ACCOUNT, "app_id": "y", "discover": True, "credentials": "b"},
+            ],
+        }
+    )
+
+
+def test_files_that_cannot_be_read_are_listed_apart(tmp_path: Path) -> None:
+    """Token files that cannot be read are problems, and their keys are told apart (for
+    --config.check to say how to check without them); one that holds no usable token is
+    a problem only."""
+    (tmp_path / "b.token").write_text("two tokens\n")
+    with pytest.raises(ConfigError) as caught:
+        loads(skipping(tmp_path), environ={}, base_dir=tmp_path)
+    assert caught.value.problems == [
+        "api.token_file: cannot read /run/secrets/cf_token: No such file or directory",
+        f"credentials.b.token_file: {tmp_path}/b.token must hold one token with no spaces "
+        "or line breaks",
+    ]
+    assert caught.value.unread == ("api.token_file",)
+
+
+def test_without_reading_files_their_paths_are_kept(tmp_path: Path) -> None:
+    """read_files=False: the files named are not read (their tokens are empty), and the
+    configuration is otherwise the one start-up would use."""
+    config = loads(skipping(tmp_path), environ={}, base_dir=tmp_path, read_files=False)
+    assert str(config.api.token_file) == "/run/secrets/cf_token"
+    assert config.api.token.reveal() == "" and config.tokens() == ()
+    assert [c.token_file for c in config.credentials] == [tmp_path / "b.token"]
+    assert config.webhooks is not None
+    assert config.webhooks.public_key_file == tmp_path / "keys/webhooks.pem"
+
+
+@pytest.mark.parametrize("read_files", [True, False], ids=["reading", "not reading"])
+@pytest.mark.parametrize(
+    "name", ["", "secrets/", ".", "secrets/..", "a\0b"], ids=["empty", "dir/", ".", "..", "NUL"]
+)
+def test_a_file_path_must_name_a_file(tmp_path: Path, name: str, read_files: bool) -> None:
+    """A path that cannot name a file is a problem, whether or not the files are read."""
+    text = render(api={"token_file": name})
+    with pytest.raises(ConfigError) as caught:
+        loads(text, environ={}, base_dir=tmp_path, read_files=read_files)
+    assert caught.value.problems == ["api.token_file: must be the path of a file"]
+    assert caught.value.unread == ()
