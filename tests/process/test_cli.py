@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import Faults, Simulator
 from exporter.simulator.world import STREAM_KEY_PREFIX
+from tests import REPO
 from tests.conftest import TOKEN, add_stream, go_live
 from tests.reloading import cli_config, write_config
 
@@ -139,6 +140,19 @@ async def test_config_check_of_a_config_whose_files_are_elsewhere(tmp_path: Path
         "every 30s, budget 1000/5m, 2 credential(s); not read: api.token_file, "
         "credentials.b.token_file, webhooks.public_key_file\n"
     )
+
+
+async def test_the_kubernetes_config_can_be_checked_where_its_secret_is_not() -> None:
+    """deploy/kubernetes/base/config.yaml, as it stands (its token file is mounted only in
+    the cluster), passes --config.check.skip-files, as its comment says."""
+    path = REPO / "deploy/kubernetes/base/config.yaml"
+    assert "--config.check --config.check.skip-files" in path.read_text(encoding="utf-8")
+    code, out, err = await run("--config.file", str(path), "--config.check")
+    assert code == 2 and "add --config.check.skip-files" in err
+    code, out, err = await run(
+        "--config.file", str(path), "--config.check", "--config.check.skip-files"
+    )
+    assert (code, err) == (0, "") and out.endswith("; not read: api.token_file\n")
 
 
 @pytest.mark.parametrize(
