@@ -244,7 +244,8 @@ def _per_window(per_cycle: int, share: RateLimit, config: Config) -> int:
 
 
 def _over(per_cycle: int, share: RateLimit, config: Config, rate_key: str) -> str:
-    """ "N per WINDOW at a poll.interval of T, but RATE_KEY RATE allows M"."""
+    """How many requests ``per_cycle`` makes per window, against what the budget allows
+    (this shard's share of it)."""
     shards = config.shard.total
     window = format_duration(share.window)
     return (

@@ -95,7 +95,9 @@ def unknown_flag(parser: argparse.ArgumentParser, words: Sequence[str]) -> str |
 
 def _unknown(name: str, flags: list[str]) -> str:
     """The message for an unknown flag ``name``, with the one of ``flags`` meant."""
-    shown = name if len(name) <= 64 and name.isprintable() else ascii(name[:64])
+    # Not quoted when it could be a token given by mistake (40 characters, no dot).
+    plain = name.isprintable() and (len(name) <= 32 or ("." in name and len(name) <= 64))
+    shown = name if plain else f"<a flag of {len(name)} characters>"
     single = not name.startswith("--")
     wanted = _normal(name)
     by_normal = {_normal(f): f for f in flags}

@@ -220,3 +220,14 @@ def test_a_duration_flag_takes_days() -> None:
     """Duration flags take Prometheus's units, days among them."""
     args = parse_args(cli.build_parser(), ["simulate", "--fault.throttle-seconds=1d"])
     assert args.throttle_seconds == 86400.0
+
+
+def test_an_unknown_flag_that_could_be_a_token_is_not_quoted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A word the length of an API token, given where a flag goes, is described, not
+    quoted: it could be the token."""
+    token = "-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-x"
+    assert cli.main(["--config.file", "x.yaml", token]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "unknown flag <a flag of 40 characters>" in err and token not in err
