@@ -17,8 +17,10 @@ import random
 import time
 from typing import TYPE_CHECKING, Final
 
+from exporter import lanes
 from exporter.budget import RequestBudget
 from exporter.client import MIN_REQUEST_TIME, RealtimeKitClient
+from exporter.config import DEFAULT_CREDENTIALS, format_duration
 from exporter.tokenfile import CHECK_THREADS, TokenFile
 from exporter.workers import DaemonExecutor
 
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from exporter.client import RequestObserver
-    from exporter.config import Config
+    from exporter.config import Config, RateLimit
 
 API_RATE_LIMIT: Final = (1200, 300.0)  # what Cloudflare allows per token
 # Seconds each budget window is held longer than it is: a request reaches the API up to
@@ -154,39 +156,118 @@ class ApiToken:
         )
 
 
-def budget_warnings(config: Config, *, rate_key: str = "api.rate_limit") -> list[str]:
-    """Warnings when the budget, or the configured polling, may go over a limit;
-    ``rate_key`` is the setting of the budget, as the warnings name it.
+def rate_key(name: str) -> str:
+    """The setting of the credentials ``name``'s budget, as messages name it."""
+    return "api.rate_limit" if name == DEFAULT_CREDENTIALS else f"credentials.{name}.rate_limit"
 
-    Polling is estimated per cycle and app as one listing page plus one session request
-    per configured stream (each may be LIVE); discovered streams are unknown at start-up,
-    and the poller plans every real cycle against the budget as it runs.
+
+def config_warnings(config: Config) -> list[str]:
+    """What may go wrong with ``config`` though it is valid, as start-up logs it and
+    ``--config.check`` prints it: each credentials' budget (:func:`budget_warnings`,
+    naming its own rate_limit), and credentials no app uses."""
+    warnings = [
+        warning
+        for name in config.credential_names()
+        for warning in budget_warnings(config.scoped(name), rate_key=rate_key(name))
+    ]
+    used = set(config.credential_names())
+    warnings += [
+        f"credentials {c.name} are not used by any app (apps choose them with credentials: "
+        f"{c.name})"
+        for c in config.credentials
+        if c.name not in used
+    ]
+    return warnings
+
+
+def budget_warnings(config: Config, *, rate_key: str = "api.rate_limit") -> list[str]:
+    """Warnings when the budget may go over the API's limit, or when the polling that can
+    be known before the first cycle needs more than the budget; ``rate_key`` is the
+    setting of the budget, as the warnings name it. Each says what to change.
+
+    What a cycle spends follows how many streams are live, which only the first listing
+    tells: the poller plans every cycle on what it finds, and warns then with the real
+    figure. Known at start-up, and warned of here: every app is listed each cycle (one
+    request at least), and each configured stream marked ``expect_live: true`` will want
+    its session read each cycle too (one request more, when it is live). Configured
+    streams without it are not counted: most are not live at any one time.
     """
     warnings = []
     rate = config.api.rate_limit
     api_requests, api_window = API_RATE_LIMIT
     # The most the budget lets through in any one API window: a whole budget at once when
     # its window is at least as long, else one budget per started window of ours.
-    burst = rate.requests * max(1, math.ceil(api_window / rate.window))
-    if burst > api_requests:
+    windows = max(1, math.ceil(api_window / rate.window))
+    if rate.requests * windows > api_requests:
         warnings.append(
             f"{rate_key} {rate} is above the API's own limit of {api_requests} requests "
-            f"per {api_window:g}s per token; going over blocks the token for 5 minutes"
+            f"per {format_duration(api_window)} per token; going over blocks the token for "
+            f"5 minutes: lower it to {api_requests // windows}/{format_duration(rate.window)} "
+            "or less, leaving room for anything else that uses the token"
         )
     share = config.shard.budget(rate)
-    per_cycle = sum(
-        1 + sum(1 for ls in app.livestreams if config.shard.owns(ls.id)) for app in config.apps
+    listings = len(config.apps)
+    expected = sum(
+        1
+        for app in config.apps
+        for ls in app.livestreams
+        if ls.expect_live and config.shard.owns(ls.id)
     )
-    needed = per_cycle * share.window / config.poll.interval
-    if needed > share.requests:
+    if _per_window(listings, share, config) > share.requests:
         warnings.append(
-            f"polling may need up to {math.ceil(needed)} requests per {share.window:g}s "
-            f"({per_cycle} per cycle every {config.poll.interval:g}s) but the budget allows "
-            f"{share.requests}; statuses will still be read every cycle, but session values "
-            "only in turn, less often than poll.interval (docs/scaling.md): raise "
-            f"poll.interval or {rate_key} to refresh them every cycle"
+            f"listing {'the app' if listings == 1 else f'{listings} apps'} every cycle needs "
+            f"at least {_count(listings, 'request')} a cycle, "
+            f"{_over(listings, share, config, rate_key)}: every cycle will wait for "
+            f"the budget and take longer than poll.interval; {_fix(listings, config, rate_key)}"
+        )
+    elif expected and _per_window(listings + expected, share, config) > share.requests:
+        need = listings + expected
+        warnings.append(
+            f"{_count(expected, 'configured livestream')} "
+            f"{'is' if expected == 1 else 'are'} expected live (expect_live: true): "
+            f"reading their sessions every cycle needs about {need} requests a cycle with "
+            f"the listings, {_over(need, share, config, rate_key)}; while they are live, "
+            "their session values will be read in turn, less often than poll.interval "
+            f"(docs/scaling.md). To read them every cycle, {_fix(need, config, rate_key)}"
         )
     return warnings
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _per_window(per_cycle: int, share: RateLimit, config: Config) -> int:
+    """Requests per budget window that ``per_cycle`` requests every poll.interval make,
+    rounded up: "needs 1200 ... allows 1200" would read as no problem at all."""
+    return math.ceil(per_cycle * share.window / config.poll.interval)
+
+
+def _over(per_cycle: int, share: RateLimit, config: Config, rate_key: str) -> str:
+    """How many requests ``per_cycle`` makes per window, against what the budget allows
+    (this shard's share of it)."""
+    shards = config.shard.total
+    window = format_duration(share.window)
+    return (
+        f"{_per_window(per_cycle, share, config)} per {window} at a poll.interval of "
+        f"{format_duration(config.poll.interval)}, but {rate_key} {config.api.rate_limit} "
+        f"allows {share.requests}" + (f" to each of its {shards} shards" if shards > 1 else "")
+    )
+
+
+def _fix(per_cycle: int, config: Config, rate_key: str) -> str:
+    """What to change so that ``per_cycle`` requests fit every cycle: a longer poll
+    interval, or a larger budget if the API allows one token that much."""
+    rate = config.api.rate_limit
+    kept = 1.0 - lanes.MARGIN  # of the budget the poller plans with
+    seconds = per_cycle * rate.window / (rate.requests // config.shard.total * kept)
+    least = math.ceil(seconds) if seconds < 120 else 60 * math.ceil(seconds / 60)
+    fix = f"raise poll.interval to at least {format_duration(least)}"
+    needed = config.shard.total * math.ceil(per_cycle * rate.window / (config.poll.interval * kept))
+    api_requests, api_window = API_RATE_LIMIT
+    if needed * max(1, math.ceil(api_window / rate.window)) <= api_requests:
+        return f"{fix} or {rate_key} to {needed}/{format_duration(rate.window)}"
+    return f"{fix}, or read some apps with another token (credentials; docs/scaling.md)"
 
 
 def _min_request_time(config: Config) -> float:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client import generate_latest
 
 from exporter import __version__, config, logs, registration, simulate, webconfig
+from exporter.apitoken import config_warnings
 from exporter.cliargs import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -21,12 +22,14 @@ from exporter.cliargs import (
     count_positive,
     fail,
     index,
+    parse_args,
     parse_listen,
 )
 from exporter.connections import raise_open_files_limit
 from exporter.reload import Reloader
 from exporter.server import Exporter, ServeError, Server, join_host_port
 from exporter.signals import HANDLED, Signals
+from exporter.signature import KeyError_, load_key
 
 if TYPE_CHECKING:
     import argparse
@@ -55,7 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--config.check",
         dest="config_check",
         action="store_true",
-        help="validate the configuration, print a summary and exit (0 ok, 2 invalid)",
+        help="validate the configuration (and the files it names), print its warnings "
+        "on stderr, as start-up logs them, and a summary, and exit: 0 valid, with or "
+        "without warnings; 2 invalid",
+    )
+    cfg.add_argument(
+        "--config.check.skip-files",
+        dest="config_check_skip_files",
+        action="store_true",
+        help="with --config.check: do not read the files the configuration names "
+        "(api.token_file, credentials' token_file, webhooks.public_key_file), only check "
+        "their paths, to check a configuration where its secrets are not (in CI, say)",
     )
     web_group = parser.add_argument_group("web")
     web_group.add_argument(
@@ -77,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="enable_lifecycle",
         action="store_true",
         help="serve POST /-/reload (as Prometheus does, off by default: anyone who can "
-        "reach the port could trigger it); SIGHUP reloads either way",
+        "reach the port could trigger it; without it the endpoint answers 403); SIGHUP "
+        "reloads either way",
     )
     web_group.add_argument(
         "--web.healthy-without-auth",
@@ -250,12 +264,16 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def _main(argv: Sequence[str] | None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(build_parser(), argv)
         if args.command == "simulate":
             return simulate.main(args)
         if args.command == "webhooks":
             return _webhooks_main(args)
         listen = parse_listen(args.listen)
+        if args.config_check_skip_files and not args.config_check:
+            raise UsageError(
+                "--config.check.skip-files goes with --config.check (running needs the files)"
+            )
         if args.demo:
             if args.config_file or args.config_check or args.once:
                 raise UsageError("--demo runs without --config.file, --config.check or --once")
@@ -282,15 +300,17 @@ def _main(argv: Sequence[str] | None) -> int:
         except KeyboardInterrupt:
             return EXIT_OK
 
+    read_files = not args.config_check_skip_files
     try:
-        cfg = config.load(args.config_file, shard=shard)
+        cfg = config.load(args.config_file, shard=shard, read_files=read_files)
+        if args.config_check and read_files:
+            _check_key_file(cfg)
     except config.ConfigError as exc:
-        return fail(EXIT_USAGE, f"invalid configuration: {exc}")
+        hint = SKIP_FILES_HINT if args.config_check and exc.unread else ""
+        return fail(EXIT_USAGE, f"invalid configuration: {exc}{hint}")
 
     if args.config_check:
-        web_ok = f"; {web_config.source}: OK: {web_config.summary()}" if web_config else ""
-        print(f"{cfg.source}: OK: {cfg.summary()}{web_ok}")
-        return EXIT_OK
+        return _config_check(cfg, web_config, read_files=read_files)
 
     # Every token in use since start (a reload or a rotated token file adds one).
     tokens = [t.reveal() for t in cfg.tokens()]
@@ -321,6 +341,54 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         # Only reachable before the signal handlers are in place.
         return fail(EXIT_FAILURE, "interrupted") if args.once else EXIT_OK
+
+
+# Said when --config.check cannot read a file the configuration names.
+SKIP_FILES_HINT: Final = (
+    " (to check the configuration where these files are not, add --config.check.skip-files)"
+)
+
+
+def _check_key_file(cfg: config.Config) -> None:
+    """For --config.check: the webhook public key file, if the configuration names one,
+    must hold a key. (Serving, the receiver answers deliveries 503 until it can load one.)"""
+    path = cfg.webhooks.public_key_file if cfg.webhooks is not None else None
+    if path is None:
+        return
+    key = "webhooks.public_key_file"
+    try:
+        load_key(config.read_file(path, limit=config.MAX_KEY_FILE_BYTES))
+    except config.UnreadableFile as exc:
+        raise config.ConfigError(
+            [f"{key}: cannot read {path}: {exc}"], source=cfg.source, unread=[key]
+        ) from None
+    except KeyError_ as exc:
+        raise config.ConfigError([f"{key}: {path}: {exc}"], source=cfg.source) from None
+
+
+def _config_check(
+    cfg: config.Config, web_config: webconfig.WebConfig | None, *, read_files: bool
+) -> int:
+    """--config.check of a valid configuration: its warnings on stderr, one a line, as
+    start-up logs them, and its summary on stdout; 0 (warnings are not errors)."""
+    warnings = config_warnings(cfg)
+    for warning in warnings:
+        print(f"realtimekit-exporter: warning: {warning}", file=sys.stderr)
+    said = f" ({len(warnings)} warning{'s' if len(warnings) > 1 else ''})" if warnings else ""
+    unread = _files_named(cfg) if not read_files else []
+    skipped = f"; not read: {', '.join(unread)}" if unread else ""
+    web_ok = f"; {web_config.source}: OK: {web_config.summary()}" if web_config else ""
+    print(f"{cfg.source}: OK{said}: {cfg.summary()}{skipped}{web_ok}")
+    return EXIT_OK
+
+
+def _files_named(cfg: config.Config) -> list[str]:
+    """The keys of the files the configuration names."""
+    keys = ["api.token_file"] if cfg.api.token_file is not None else []
+    keys += [f"credentials.{c.name}.token_file" for c in cfg.credentials if c.token_file]
+    if cfg.webhooks is not None and cfg.webhooks.public_key_file is not None:
+        keys.append("webhooks.public_key_file")
+    return keys
 
 
 def _prepare_daemon() -> None:

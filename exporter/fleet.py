@@ -19,7 +19,7 @@ import heapq
 import logging
 from typing import TYPE_CHECKING, TypeVar
 
-from exporter.apitoken import ApiToken
+from exporter.apitoken import ApiToken, rate_key
 from exporter.config import DEFAULT_CREDENTIALS
 from exporter.hints import KEPT_SHARE, Refresher
 from exporter.model import EMPTY_SNAPSHOT, AppAnalytics, AppState, Snapshot
@@ -339,11 +339,6 @@ class Fleet:
     def _published(self) -> None:
         if self._on_snapshot is not None:
             self._on_snapshot()
-
-
-def rate_key(name: str) -> str:
-    """The setting of the credentials ``name``'s budget, as messages name it."""
-    return "api.rate_limit" if name == DEFAULT_CREDENTIALS else f"credentials.{name}.rate_limit"
 
 
 def _names(config: Config) -> tuple[str, ...]:

@@ -25,13 +25,13 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.exposition import choose_encoder
 
 from exporter import __version__, receiver, statuspage
-from exporter.apitoken import budget_warnings
+from exporter.apitoken import config_warnings
 from exporter.client import ENDPOINTS, REASONS
 from exporter.collector import SnapshotCollector
 from exporter.connections import IDLE_TIMEOUT, ConnectionGuard, GuardedSite, connection_limit
 from exporter.connections import REASONS as CLOSE_REASONS
 from exporter.exposition import Exposition
-from exporter.fleet import Fleet, rate_key
+from exporter.fleet import Fleet
 from exporter.hints import RESULTS
 from exporter.model import EMPTY_SNAPSHOT
 from exporter.negotiate import accepts_gzip, media_range
@@ -210,19 +210,9 @@ class Exporter:
 
 
 def _warn(config: Config) -> None:
-    """Log what may go wrong with ``config``'s budgets, each credentials' own."""
-    for name in config.credential_names():
-        scoped = config.scoped(name)
-        for warning in budget_warnings(scoped, rate_key=rate_key(name)):
-            log.warning("%s", warning)
-    used = set(config.credential_names())
-    for credentials in config.credentials:
-        if credentials.name not in used:
-            log.warning(
-                "credentials %s are not used by any app (apps choose them with credentials: %s)",
-                credentials.name,
-                credentials.name,
-            )
+    """Log what may go wrong with ``config`` (each credentials' budget, among others)."""
+    for warning in config_warnings(config):
+        log.warning("%s", warning)
 
 
 class HttpObserver(Protocol):
@@ -258,8 +248,9 @@ def create_app(
     ``ready`` says whether a poll cycle has completed, ``status`` feeds the page at ``/``
     (which reloads itself every ``refresh`` seconds if given). ``web_state`` puts every
     path but its ``unauthenticated`` ones behind its basic auth, if it has users;
-    ``reload`` is run by ``POST /-/reload``; ``guard`` is told when each request starts
-    and ends (a connection in a request is never evicted or timed out for its headers);
+    ``reload`` is run by ``POST /-/reload`` (without it, that answers 403 and why);
+    ``guard`` is told when each request starts and ends (a connection in a request is
+    never evicted or timed out for its headers);
     ``observer`` counts the requests refused because password checks queue too long."""
     owned = None
     if registry is not None and exposition is None:
@@ -290,7 +281,7 @@ def create_app(
     app.router.add_get("/-/ready", _ready)
     if reload is not None:
         app[RELOAD] = reload
-        app.router.add_post("/-/reload", _reload)  # any other method: 405
+    app.router.add_post("/-/reload", _reload)  # any other method: 405
     app.router.add_get("/", _index)
     return app
 
@@ -331,8 +322,15 @@ async def _authenticate(
     return web.Response(status=401, text="Unauthorized\n", headers=_UNAUTHORIZED_HEADERS)
 
 
+LIFECYCLE_OFF: Final = "lifecycle APIs are not enabled: start with --web.enable-lifecycle\n"
+
+
 async def _reload(request: web.Request) -> web.Response:
-    problem = await request.app[RELOAD]()
+    reload = request.app.get(RELOAD)
+    if reload is None:
+        # As Prometheus answers: the endpoint exists, but it is off (a 404 said nothing).
+        return web.Response(status=403, text=LIFECYCLE_OFF, headers={"Cache-Control": "no-store"})
+    problem = await reload()
     if problem is None:
         return web.Response(text="configuration reloaded\n")
     return web.Response(status=500, text=f"reload failed: {problem}\n")
@@ -432,7 +430,7 @@ class Server:
         reload: Reload | None = None,
     ) -> None:
         """``web_state``: TLS and basic auth (none: plain HTTP, open); ``reload``: what
-        ``POST /-/reload`` runs (none: no such endpoint)."""
+        ``POST /-/reload`` runs (none: it answers 403, lifecycle APIs are not enabled)."""
         self._exporter = exporter
         self._host = host
         self._port = port

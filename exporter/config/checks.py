@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection
+    from collections.abc import Callable, Collection, Sequence
 
 # Problems named in an error's one line; the rest are counted (20,000 bad livestream ids
 # would make a line of a megabyte).
@@ -17,11 +17,15 @@ TOP_LEVEL: Final = "(top level)"
 
 class ConfigError(Exception):
     """The configuration cannot be used; ``problems`` lists each one with its key path
-    (the message names the first :data:`MAX_SHOWN_PROBLEMS` and counts the others)."""
+    (the message names the first :data:`MAX_SHOWN_PROBLEMS` and counts the others), and
+    ``unread`` the keys of the files it names that could not be read (missing, say)."""
 
-    def __init__(self, problems: list[str], *, source: str = "config") -> None:
+    def __init__(
+        self, problems: list[str], *, source: str = "config", unread: Sequence[str] = ()
+    ) -> None:
         self.problems = list(problems)
         self.source = source
+        self.unread = tuple(unread)
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
         shown = "; ".join(self.problems[:MAX_SHOWN_PROBLEMS])

@@ -25,6 +25,11 @@ class UnreadableFile(Exception):
     """A file :func:`read_file` refuses; the message says why, and never quotes the file."""
 
 
+class UnreadableTokenFile(ValueError):
+    """A token file that cannot be read at all (missing, say), as opposed to one that
+    holds no usable token: a configuration checked where its secrets are not may skip it."""
+
+
 def read_file(path: str | os.PathLike[str], *, limit: int) -> bytes:
     """The bytes of the regular file at ``path``, if it holds at most ``limit`` of them;
     :class:`UnreadableFile` otherwise.
@@ -94,7 +99,7 @@ def read_token_file(path: Path, *, shown: str | None = None) -> str:
     try:
         text = read_file(path, limit=MAX_TOKEN_FILE_BYTES).decode("utf-8").strip()
     except UnreadableFile as exc:
-        raise ValueError(f"cannot read {name}: {exc}") from None
+        raise UnreadableTokenFile(f"cannot read {name}: {exc}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{name} is not UTF-8 text") from None
     if not text:

@@ -11,15 +11,16 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 from exporter.config.checks import Checker, ConfigError, join
 from exporter.config.files import (
     MAX_CONFIG_FILE_BYTES,
     UnreadableFile,
+    UnreadableTokenFile,
     read_file,
     read_token_file,
 )
@@ -39,6 +40,7 @@ from exporter.config.records import (
     RateLimit,
     Shard,
     WebhooksConfig,
+    default_max_staleness,
     format_duration,
 )
 from exporter.config.secret import Secret
@@ -46,6 +48,8 @@ from exporter.config.yamldoc import YamlError, parse_yaml
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+
+_T = TypeVar("_T")
 
 TOKEN_ENV: Final = "CLOUDFLARE_API_TOKEN"  # noqa: S105 (a variable name, not a secret)
 # decode.MAX_LABEL_LENGTH: a longer configured id could never match a listed one, and would
@@ -58,8 +62,20 @@ MAX_LIVESTREAMS_LIMIT: Final = 1_000_000
 MAX_RATE_LIMIT_REQUESTS: Final = 1_000_000_000
 MAX_CONCURRENCY: Final = 1000
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# Duration units, longest first, as Prometheus writes them (a year is 365 days).
+_UNIT_SECONDS: Final = {
+    "y": 365 * 86400.0,
+    "w": 7 * 86400.0,
+    "d": 86400.0,
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 0.001,
+}
+_UNIT_ORDER: Final = tuple(_UNIT_SECONDS)
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|[ywdhms])")
+_PLAIN_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+DURATION_FORM: Final = "write a number and a unit (ms, s, m, h, d, w or y), such as 30s, 5m or 1d"
 _SHOWN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,23}")
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PATH_ID = re.compile(r"[A-Za-z0-9_.\-]+")  # used with fullmatch: no trailing newline
@@ -90,34 +106,72 @@ _DEFAULT_RATE_LIMIT: Final = RateLimit(1000, 300.0)
 _SCHEMA_KEYS: Final = _ROOT | _API | _CREDENTIALS | _POLL | _WEBHOOKS | _LIMITS | _APP | _LIVESTREAM
 
 
-def parse_duration(value: object) -> float:
-    """``500ms``, ``30s``, ``5m``, ``1h`` or a plain number of seconds -> seconds."""
+def parse_duration(value: object, *, alternative: str = "") -> float:
+    """``500ms``, ``30s``, ``5m``, ``1h``, ``1d``, ``1w``, ``1y``, a combination in that
+    order (``1h30m``, as Prometheus writes them), or a plain number of seconds -> seconds.
+
+    Anything else, zero and negative durations among them, raises one ValueError that
+    names the value written (when it may be shown) and says what is accepted; its text
+    ends with ``alternative`` (", or off") when something else is accepted too.
+    """
+    seconds = _seconds(value)
+    if seconds is None or not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(
+            f"{_shown_value(value)} is not a duration above zero: {DURATION_FORM}{alternative}"
+        )
+    return seconds
+
+
+def _seconds(value: object) -> float | None:
+    """The seconds ``value`` says, or None if it is not a duration (nor a number)."""
     if isinstance(value, bool):
-        raise ValueError("must be a duration such as 30s, 5m or 1h")
+        return None
     try:
         if isinstance(value, int | float):
-            seconds = float(value)
-        elif isinstance(value, str) and (m := _DURATION.fullmatch(value)):
-            seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-        else:
-            seconds = math.nan
+            return float(value)
+        if not isinstance(value, str):
+            return None
+        text = value.strip()
+        if _PLAIN_SECONDS.fullmatch(text):
+            return float(text)
+        total, pos, last = 0.0, 0, -1
+        while pos < len(text):
+            m = _DURATION_PART.match(text, pos)
+            if m is None:
+                return None
+            rank = _UNIT_ORDER.index(m.group(2))
+            if rank <= last:  # each unit once, the longest first ("1m1h" is a mistake)
+                return None
+            total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            pos, last = m.end(), rank
     except OverflowError:  # an integer too large for a float
-        seconds = math.inf
-    if not math.isfinite(seconds):  # also rejects YAML's .nan and .inf
-        raise ValueError("must be a duration such as 30s, 5m or 1h")
-    if seconds <= 0:
-        raise ValueError("must be greater than zero")
-    return seconds
+        return math.inf
+    return total if last >= 0 else None
+
+
+def _shown_value(value: object) -> str:
+    """A value written where a duration goes, as an error may show it: quoted when short
+    (a long one could be a token pasted in the wrong key, as for :func:`_shown_key`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "an empty value"
+    if isinstance(value, int) and abs(value) >= 10**24:  # str() of 5,000 digits raises
+        return "the number written"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        if len(value) <= 24 and value.isprintable():
+            return repr(value)
+        return f"the value written ({len(value)} characters)"
+    return "a list" if isinstance(value, list) else "a mapping"
 
 
 def parse_analytics_interval(value: object) -> float | None:
     """A duration, or ``off`` (None: never read); YAML reads a bare ``off`` as false."""
     if value is False or value == "off":
         return None
-    try:
-        return parse_duration(value)
-    except ValueError as exc:
-        raise ValueError(f"{exc} (or off)") from None
+    return parse_duration(value, alternative=", or off")
 
 
 def parse_rate_limit(value: object) -> RateLimit:
@@ -165,11 +219,21 @@ def load(
     *,
     environ: Mapping[str, str] | None = None,
     shard: Shard = WHOLE,
+    read_files: bool = True,
 ) -> Config:
     """Read and validate a config file for this process's ``shard``; raise
-    :class:`ConfigError` listing every problem."""
+    :class:`ConfigError` listing every problem. Without ``read_files`` the token files it
+    names are not read, only their paths checked, and their tokens are empty: a config to
+    check (``--config.check.skip-files``), never to run."""
     text = read_text(path)
-    return loads(text, source=str(path), environ=environ, base_dir=Path(path).parent, shard=shard)
+    return loads(
+        text,
+        source=str(path),
+        environ=environ,
+        base_dir=Path(path).parent,
+        shard=shard,
+        read_files=read_files,
+    )
 
 
 def read_text(path: str | os.PathLike[str], *, limit: int = MAX_CONFIG_FILE_BYTES) -> str:
@@ -190,6 +254,7 @@ def loads(
     environ: Mapping[str, str] | None = None,
     base_dir: Path | None = None,
     shard: Shard = WHOLE,
+    read_files: bool = True,
 ) -> Config:
     """Validate YAML text; see :func:`load`."""
     try:
@@ -198,16 +263,19 @@ def loads(
     except YamlError as exc:
         raise ConfigError([str(exc)], source=source) from None
     env = os.environ if environ is None else environ
-    return _Validator(env, base_dir or Path.cwd()).config(document, source, shard)
+    validator = _Validator(env, base_dir or Path.cwd(), read_files=read_files)
+    return validator.config(document, source, shard)
 
 
 class _Validator(Checker):
     """Builds the config from its document; each check returns a usable default."""
 
-    def __init__(self, environ: Mapping[str, str], base_dir: Path) -> None:
+    def __init__(self, environ: Mapping[str, str], base_dir: Path, *, read_files: bool) -> None:
         super().__init__(shown=_shown_key)
         self.environ = environ
         self.base_dir = base_dir
+        self.read_files = read_files
+        self.unread: list[str] = []  # keys of the files named that could not be read
 
     def config(self, document: object, source: str, shard: Shard) -> Config:
         if document is None:
@@ -234,7 +302,8 @@ class _Validator(Checker):
         self.one_name_per_token(api, credentials, apps)
         limits = self.limits(root.get("limits", {}), apps)
         webhooks = self.webhooks(root["webhooks"]) if root.get("webhooks") is not None else None
-        self.raise_if_any(ConfigError, source)
+        if self.problems:
+            raise ConfigError(self.problems, source=source, unread=self.unread)
         return Config(
             api=api,
             poll=poll,
@@ -417,16 +486,18 @@ class _Validator(Checker):
             return Secret(""), None
         if "token_file" in raw:
             key = f"{where}.token_file"
-            name = self.string(key, raw["token_file"])
-            if name is None:
+            named = self.file_path(key, raw["token_file"])
+            if named is None:
                 return Secret(""), None
-            path = Path(name)
-            if not path.is_absolute():
-                path = self.base_dir / path
+            name, path = named
+            if not self.read_files:
+                return Secret(""), path
             try:
                 shown = _shown_path(name, path, key)
                 return Secret(read_token_file(path, shown=shown)), path
             except ValueError as exc:
+                if isinstance(exc, UnreadableTokenFile):
+                    self.unread.append(key)
                 self.fail(key, str(exc))
                 return Secret(""), path
         if "token" in raw:
@@ -448,25 +519,37 @@ class _Validator(Checker):
             self.fail(where, f"{env} {problem}")
         return Secret(env_token), None
 
+    def file_path(self, key: str, value: object) -> tuple[str, Path] | None:
+        """The file ``key`` names, as written (expanded) and as a path (relative to the
+        config file's directory), if it can name one; None once a problem is reported."""
+        name = self.string(key, value)
+        if name is None:
+            return None
+        if not name or "\0" in name or name.endswith("/") or Path(name).name in ("", ".", ".."):
+            self.fail(key, "must be the path of a file")
+            return None
+        path = Path(name)
+        return name, path if path.is_absolute() else self.base_dir / path
+
     def poll(self, value: object) -> PollConfig:
         raw = self.mapping("poll", value, _POLL)
         interval, interval_ok = self.checked(
             "poll.interval", raw.get("interval", 30.0), parse_duration, 30.0
         )
-        staleness, staleness_ok = self.checked(
-            "poll.max_staleness", raw.get("max_staleness", 300.0), parse_duration, 300.0
+        # What the others are compared with: poll.interval as written, or its default (an
+        # error then speaks of "the poll interval", a key the user did not write); None
+        # when the written one is not valid, so that only valid values are compared.
+        least = _Least(interval, written="interval" in raw) if interval_ok else None
+        staleness = self.slower(
+            "max_staleness", raw, parse_duration, default_max_staleness(interval), least
         )
-        # Compare only values the user actually gave validly, never a stand-in default.
-        if interval_ok and staleness_ok and staleness < interval:
-            self.fail("poll.max_staleness", "must be at least poll.interval")
-        given = interval if interval_ok else None
-        full_every = self.slower("full_listing_interval", raw, parse_duration, None, given)
+        full_every = self.slower("full_listing_interval", raw, parse_duration, None, least)
         analytics_every = self.slower(
             "analytics_interval",
             raw,
             parse_analytics_interval,
             max(DEFAULT_ANALYTICS_INTERVAL, interval),
-            given,
+            least,
         )
         return PollConfig(
             interval=interval,
@@ -479,20 +562,19 @@ class _Validator(Checker):
         self,
         key: str,
         raw: dict[str, Any],
-        parse: Callable[[object], float | None],
-        default: float | None,
-        interval: float | None,
-    ) -> float | None:
+        parse: Callable[[object], _T],
+        default: _T,
+        least: _Least | None,
+    ) -> _T:
         """``poll.KEY`` parsed, or ``default`` when it is not written (or null); it must be
-        at least ``interval`` (poll.interval; None when that was not valid, so that only
-        values the user gave validly are compared)."""
+        at least ``least``, the poll interval."""
         path = f"poll.{key}"
         if raw.get(key) is None:
             return default
-        every: float | None
+        every: _T
         every, ok = self.checked(path, raw[key], parse, default)
-        if ok and interval is not None and every is not None and every < interval:
-            self.fail(path, f"must be at least poll.interval ({format_duration(interval)})")
+        if ok and least is not None and isinstance(every, float) and every < least.seconds:
+            self.fail(path, f"{format_duration(every)} is shorter than {least}")
         return every
 
     def webhooks(self, value: object) -> WebhooksConfig:
@@ -522,12 +604,9 @@ class _Validator(Checker):
         if "public_key_url" in raw and "public_key_file" in raw:
             self.fail("webhooks", "set public_key_url or public_key_file, not both")
         elif "public_key_file" in raw:
-            name = self.string("webhooks.public_key_file", raw["public_key_file"])
-            if name is not None:
-                key_file = Path(name)
-                if not key_file.is_absolute():
-                    key_file = self.base_dir / key_file
-                out = replace(out, public_key_url=None, public_key_file=key_file)
+            named = self.file_path("webhooks.public_key_file", raw["public_key_file"])
+            if named is not None:
+                out = replace(out, public_key_url=None, public_key_file=named[1])
         elif "public_key_url" in raw:
             url = self.string("webhooks.public_key_url", raw["public_key_url"])
             if url is not None:
@@ -677,6 +756,19 @@ class _Validator(Checker):
             seen.add(stream_id)
             out.append(LivestreamConfig(id=stream_id, expect_live=expect))
         return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _Least:
+    """The poll interval, as a problem with a slower key names it."""
+
+    seconds: float
+    written: bool  # poll.interval is in the file (else it is the default)
+
+    def __str__(self) -> str:
+        if self.written:
+            return f"poll.interval ({format_duration(self.seconds)})"
+        return f"the poll interval ({format_duration(self.seconds)}, the default)"
 
 
 def _whole(value: object, low: int, high: int) -> bool:

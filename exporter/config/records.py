@@ -25,6 +25,9 @@ DEFAULT_WEBHOOK_PORT: Final = 10243
 DEFAULT_CREDENTIALS: Final = "default"
 # How often each app's livestream analytics are read, unless poll.analytics_interval says.
 DEFAULT_ANALYTICS_INTERVAL: Final = 300.0
+# How long values are kept through API failures, unless poll.max_staleness says: this, or
+# twice poll.interval when that is longer (default_max_staleness).
+DEFAULT_MAX_STALENESS: Final = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +70,16 @@ class Limits:
     max_livestreams: int = DEFAULT_MAX_LIVESTREAMS
 
 
+def default_max_staleness(interval: float) -> float:
+    """poll.max_staleness when it is not written: :data:`DEFAULT_MAX_STALENESS`, or twice
+    ``interval`` when that is longer, so that one failed poll never drops the values."""
+    return max(DEFAULT_MAX_STALENESS, 2 * interval)
+
+
 @dataclass(frozen=True, slots=True)
 class PollConfig:
     interval: float = 30.0
-    max_staleness: float = 300.0
+    max_staleness: float = DEFAULT_MAX_STALENESS
     # How often the whole listing is read when the budget cannot afford it every cycle
     # (None: as often as the budget allows; exporter.lanes).
     full_listing_interval: float | None = None
@@ -217,7 +226,9 @@ class Config:
 
 
 def format_duration(seconds: float) -> str:
-    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+    """``seconds`` in the largest unit that divides it, as a duration is written."""
+    units = (("y", 365 * 86400.0), ("w", 7 * 86400.0), ("d", 86400.0), ("h", 3600.0))
+    for unit, size in (*units, ("m", 60.0), ("s", 1.0)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"

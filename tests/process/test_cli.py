@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.simulator import Faults, Simulator
 from exporter.simulator.world import STREAM_KEY_PREFIX
+from tests import REPO
 from tests.conftest import TOKEN, add_stream, go_live
-from tests.reloading import cli_config
+from tests.reloading import cli_config, write_config
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -72,6 +74,116 @@ async def test_config_check_ok(tmp_path: Path) -> None:
     assert out.count("\n") == 1 and "OK: 1 app(s), 1 configured livestream(s)" in out
 
 
+async def test_config_check_prints_the_warnings_of_start_up_and_exits_0(tmp_path: Path) -> None:
+    """--config.check prints on stderr, one a line, the warnings start-up logs (the same
+    words), and exits 0: warnings are not errors."""
+    path = write_config(
+        tmp_path / "config.yaml",
+        "http://127.0.0.1:9",
+        ["ls-1"],
+        rate_limit="1300/5m",
+        extra={"credentials": {"spare": {"token": "spare-token-0123456789"}}},
+    )
+    code, out, err = await run("--config.file", str(path), "--config.check")
+    assert code == 0, err
+    assert out.startswith(f"{path}: OK (2 warnings): 1 app(s), 1 configured livestream(s)")
+    prefix = "realtimekit-exporter: warning: "
+    lines = err.splitlines()
+    assert len(lines) == 2 and all(line.startswith(prefix) for line in lines)
+    assert lines[0].startswith(f"{prefix}api.rate_limit 1300/5m is above the API's own limit")
+    assert lines[1].startswith(f"{prefix}credentials spare are not used by any app")
+
+    _, _, log = await run("--config.file", str(path), "--once", "--log.format", "json")
+    logged = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    warned = [entry["msg"] for entry in logged if entry["level"] == "warn"]
+    assert [line.removeprefix(prefix) for line in lines] == warned[:2]
+
+
+def secrets_elsewhere(tmp_path: Path) -> Path:
+    """A config whose token file, credentials' token file and webhook key file are not on
+    this machine (as in CI, for a Kubernetes config)."""
+    document = {
+        "api": {"base_url": "http://127.0.0.1:9", "token_file": "/run/secrets/realtimekit/token"},
+        "credentials": {"b": {"token_file": "b.token"}},
+        "webhooks": {"public_key_file": "/etc/realtimekit-exporter/webhooks.pem"},
+        "apps": [
+            {"account_id": "acc", "app_id": "main", "livestreams": [{"id": "ls-1"}]},
+            {"account_id": "acc", "app_id": "other", "discover": True, "credentials": "b"},
+        ],
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+async def test_config_check_of_a_config_whose_files_are_elsewhere(tmp_path: Path) -> None:
+    """A missing token file is an error of --config.check that says how to check without
+    the files; with --config.check.skip-files the files are not read (their paths still
+    are checked), and the check says which were not read."""
+    path = secrets_elsewhere(tmp_path)
+    code, out, err = await run("--config.file", str(path), "--config.check")
+    assert code == 2 and out == ""
+    assert err == (
+        f"realtimekit-exporter: invalid configuration: {path}: 2 problems: api.token_file: "
+        "cannot read /run/secrets/realtimekit/token: No such file or directory; "
+        f"credentials.b.token_file: cannot read {tmp_path}/b.token: No such file or "
+        "directory (to check the configuration where these files are not, add "
+        "--config.check.skip-files)\n"
+    )
+
+    code, out, err = await run(
+        "--config.file", str(path), "--config.check", "--config.check.skip-files"
+    )
+    assert (code, err) == (0, "")
+    assert out == (
+        f"{path}: OK: 2 app(s), 1 configured livestream(s), discovery on 1 app(s), poll "
+        "every 30s, budget 1000/5m, 2 credential(s); not read: api.token_file, "
+        "credentials.b.token_file, webhooks.public_key_file\n"
+    )
+
+
+async def test_the_kubernetes_config_can_be_checked_where_its_secret_is_not() -> None:
+    """deploy/kubernetes/base/config.yaml, as it stands (its token file is mounted only in
+    the cluster), passes --config.check.skip-files, as its comment says."""
+    path = REPO / "deploy/kubernetes/base/config.yaml"
+    assert "--config.check --config.check.skip-files" in path.read_text(encoding="utf-8")
+    code, out, err = await run("--config.file", str(path), "--config.check")
+    assert code == 2 and "add --config.check.skip-files" in err
+    code, out, err = await run(
+        "--config.file", str(path), "--config.check", "--config.check.skip-files"
+    )
+    assert (code, err) == (0, "") and out.endswith("; not read: api.token_file\n")
+
+
+@pytest.mark.parametrize(
+    ("key", "problem", "hint"),
+    [
+        (None, "cannot read {key}: No such file or directory", True),
+        (b"not a key\n", "{key}: not a PEM public key (no BEGIN PUBLIC KEY line)", False),
+    ],
+    ids=["missing", "not a key"],
+)
+async def test_config_check_reads_the_webhook_key_file(
+    tmp_path: Path, key: bytes | None, problem: str, hint: bool
+) -> None:
+    """--config.check reads webhooks.public_key_file, which start-up only tries in the
+    background: a missing one is an error that says how to check without the files, one
+    that holds no key an error only."""
+    path = write_config(
+        tmp_path / "config.yaml",
+        "http://127.0.0.1:9",
+        ["ls-1"],
+        extra={"webhooks": {"public_key_file": "webhooks.pem"}},
+    )
+    if key is not None:
+        (tmp_path / "webhooks.pem").write_bytes(key)
+    code, out, err = await run("--config.file", str(path), "--config.check")
+    assert code == 2 and out == ""
+    shown = problem.replace("{key}", str(tmp_path / "webhooks.pem"))
+    assert f": 1 problem: webhooks.public_key_file: {shown}" in err
+    assert ("--config.check.skip-files" in err) is hint
+
+
 async def test_config_check_invalid_exits_2_with_one_line_and_no_secret(tmp_path: Path) -> None:
     """An invalid config exits 2 with every problem on one stderr line, never the token."""
     path = tmp_path / "bad.yaml"
@@ -96,14 +208,33 @@ async def test_config_check_invalid_exits_2_with_one_line_and_no_secret(tmp_path
         ["--bogus"],
         ["--config.file", "x.yaml", "--web.listen-address", "nope"],
         ["--config.file", "x.yaml", "--log.level", "loud"],
+        ["--config.file", "x.yaml", "--config.check.skip-files"],
     ],
-    ids=["no-config", "flag-without-value", "unknown-flag", "bad-listen", "bad-level"],
+    ids=[
+        "no-config",
+        "flag-without-value",
+        "unknown-flag",
+        "bad-listen",
+        "bad-level",
+        "skip-files-without-check",
+    ],
 )
 async def test_usage_errors_exit_2(args: list[str]) -> None:
     """Usage mistakes exit 2 with a one-line reason on stderr."""
     code, out, err = await run(*args)
     assert code == 2 and out == ""
     assert err.startswith("realtimekit-exporter: usage error:") and err.count("\n") == 1
+
+
+async def test_a_mistyped_flag_names_the_flag_meant() -> None:
+    """An underscore for a dash is an unknown flag with the right one offered, not a
+    command named after its value; exit 2 with one line."""
+    code, out, err = await run("--web.listen_address", ":1")
+    assert code == 2 and out == ""
+    assert err == (
+        "realtimekit-exporter: usage error: unknown flag --web.listen_address "
+        "(did you mean --web.listen-address?) (see --help)\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
 """The command line's parts that run in the test process: listen addresses and their
-default, and SIGTERM before the event loop handles it (the command line as a real
+default, SIGTERM before the event loop handles it, mistyped flags (the command line as a real
 subprocess: tests/process/test_cli.py)."""
 
 from __future__ import annotations
@@ -13,7 +13,14 @@ import pytest
 
 from exporter import cli, logs
 from exporter import config as config_module
-from exporter.cliargs import EXIT_FAILURE, UsageError, parse_listen
+from exporter.cliargs import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    UsageError,
+    parse_args,
+    parse_listen,
+    unknown_flag,
+)
 from tests.reloading import cli_config
 
 if TYPE_CHECKING:
@@ -127,3 +134,100 @@ def test_logs_redact_every_credentials_token(
         "c-token-0123456789",
         "default-token-0123456789",
     ]
+
+
+MISTYPED_FLAGS: dict[str, tuple[list[str], str]] = {
+    "an underscore for a dash": (
+        ["--web.listen_address", ":1"],
+        "unknown flag --web.listen_address (did you mean --web.listen-address?)",
+    ),
+    "with its value attached": (
+        ["--config.file", "x.yaml", "--web.listen_address=:1"],
+        "unknown flag --web.listen_address (did you mean --web.listen-address?)",
+    ),
+    "a dash for a dot": (
+        ["--log-level", "debug", "--config.file", "x.yaml"],
+        "unknown flag --log-level (did you mean --log.level?)",
+    ),
+    "Go style, one dash": (
+        ["-config.file", "x.yaml"],
+        "unknown flag -config.file: flags take two dashes, as in --config.file",
+    ),
+    "Go style with its value attached": (
+        ["-web.listen-address=:1", "--config.file", "x.yaml"],
+        "unknown flag -web.listen-address: flags take two dashes, as in --web.listen-address",
+    ),
+    "one dash and a typo": (
+        ["-config_file", "x.yaml"],
+        "unknown flag -config_file (flags take two dashes; did you mean --config.file?)",
+    ),
+    "nothing close": (["--bogus", "--config.file", "x.yaml"], "unknown flag --bogus"),
+    "a command's flag": (
+        ["simulate", "--listn", ":1"],
+        "unknown flag --listn (did you mean --listen?)",
+    ),
+    "a subcommand's flag": (
+        ["webhooks", "list", "--config_file", "x.yaml"],
+        "unknown flag --config_file (did you mean --config.file?)",
+    ),
+}
+
+
+@pytest.mark.parametrize(("argv", "message"), MISTYPED_FLAGS.values(), ids=list(MISTYPED_FLAGS))
+def test_a_mistyped_flag_is_named_with_the_flag_meant(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A flag the command does not know is named, with the known one closest to it (``_``
+    and ``-`` alike), and Go's one-dash flags are told they take two; its value is never
+    taken for a command (``invalid choice: ':1'``). Exit 2, one line."""
+    assert cli.main(argv) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"usage error: {message} (see " in err
+    assert "invalid choice" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "dest", "value"),
+    [
+        (["--config.file", "simulate"], "config_file", "simulate"),
+        (["--config.f", "x.yaml"], "config_file", "x.yaml"),
+        (["--web.listen-address=:1", "--config.file", "x.yaml"], "listen", ":1"),
+        (["--config.file", "x.yaml", "--", "-x"], "config_file", "x.yaml"),
+    ],
+    ids=["a value that names a command", "an abbreviation", "a value attached", "after --"],
+)
+def test_known_flags_pass_the_check(argv: list[str], dest: str, value: str) -> None:
+    """A flag's value is not judged as a flag or a command; an abbreviation argparse takes
+    still goes; nothing after ``--`` is a flag."""
+    parser = cli.build_parser()
+    if "--" in argv:
+        assert unknown_flag(parser, argv) is None
+    else:
+        assert getattr(parse_args(parser, argv), dest) == value
+
+
+@pytest.mark.parametrize("value", ["0s", "-5s", "0", "soon"])
+def test_a_duration_flag_says_what_it_takes(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A duration flag refuses zero, a negative duration and a word in the one message of
+    configuration durations, naming what was written."""
+    assert cli.main(["simulate", f"--fault.throttle-seconds={value}"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"argument --fault.throttle-seconds: {value!r} is not a duration above zero: " in err
+    assert "(ms, s, m, h, d, w or y)" in err
+
+
+def test_a_duration_flag_takes_days() -> None:
+    """Duration flags take Prometheus's units, days among them."""
+    args = parse_args(cli.build_parser(), ["simulate", "--fault.throttle-seconds=1d"])
+    assert args.throttle_seconds == 86400.0
+
+
+def test_an_unknown_flag_that_could_be_a_token_is_not_quoted(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A word the length of an API token, given where a flag goes, is described, not
+    quoted: it could be the token."""
+    token = "-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789_-x"
+    assert cli.main(["--config.file", "x.yaml", token]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "unknown flag <a flag of 40 characters>" in err and token not in err

@@ -52,7 +52,15 @@ ENVIRON = {"CLOUDFLARE_API_TOKEN": ENV_TOKEN}
 SECRET = "s3cr3t-TOKEN-value"
 ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
 NO_TOKEN = "api: no API token: set api.token, api.token_file or CLOUDFLARE_API_TOKEN"
-BAD_DURATION = "must be a duration such as 30s, 5m or 1h"
+DURATION_FORM = "write a number and a unit (ms, s, m, h, d, w or y), such as 30s, 5m or 1d"
+BAD_DURATION = f"'soon' is not a duration above zero: {DURATION_FORM}"
+
+
+def bad_duration(shown: str) -> str:
+    """The one problem of a duration written as ``shown``."""
+    return f"{shown} is not a duration above zero: {DURATION_FORM}"
+
+
 BAD_ID = "must be non-empty and use only letters, digits, '-', '_' and '.'"
 BAD_RATE = "must look like 1000/5m (requests per window)"
 ONE_TOKEN = "must be one token with no spaces or line breaks"
@@ -195,7 +203,7 @@ FILE_CASES: dict[str, tuple[str, dict[str, str], list[str]]] = {
             "api.retries: unknown key (allowed: base_url, max_concurrency, rate_limit, timeout, "
             "token, token_file)",
             f"api.timeout: {BAD_DURATION}",
-            "poll.max_staleness: must be at least poll.interval",
+            "poll.max_staleness: 30s is shorter than poll.interval (1m)",
             f"apps[0].app_id: {BAD_ID}",
             "apps[1].livestreams[1].id: duplicate livestream id in this app",
             "apps[2]: lists no livestreams and discover is false: nothing to poll",
@@ -436,6 +444,11 @@ GOOD_DURATIONS: dict[str, tuple[object, float]] = {
     "30s": ("30s", 30.0),
     "5m": ("5m", 300.0),
     "1h": ("1h", 3600.0),
+    "a day": ("1d", 86400.0),
+    "a week": ("1w", 7 * 86400.0),
+    "a year is 365 days": ("1y", 365 * 86400.0),
+    "units combined, longest first": ("1h30m", 5400.0),
+    "combined with a space": ("1d 12h", 129600.0),
     "2.5s": ("2.5s", 2.5),
     "1.5m": ("1.5m", 90.0),
     "space before unit": ("10 s", 10.0),
@@ -448,38 +461,49 @@ GOOD_DURATIONS: dict[str, tuple[object, float]] = {
 
 @pytest.mark.parametrize(("value", "seconds"), GOOD_DURATIONS.values(), ids=list(GOOD_DURATIONS))
 def test_durations_parse_to_seconds(tmp_path: Path, value: object, seconds: float) -> None:
-    """Durations accept ms/s/m/h suffixes and plain numbers of seconds."""
+    """Durations take Prometheus's units (ms, s, m, h, d, w, y), combined longest first,
+    and plain numbers of seconds."""
     config = parse(render(api={"timeout": value}), tmp_path, environ={**ENVIRON, "TIMEOUT": "7s"})
     assert config.api.timeout == seconds
 
 
 BAD_DURATIONS: dict[str, tuple[object, str]] = {
-    "zero with unit": ("0s", "must be greater than zero"),
-    "zero plain": (0, "must be greater than zero"),
-    "zero ms": ("0ms", "must be greater than zero"),
-    "negative": ("-1s", BAD_DURATION),
-    "negative plain": (-1, "must be greater than zero"),
-    "word": ("abc", BAD_DURATION),
-    "days": ("5d", BAD_DURATION),
-    "boolean": (True, BAD_DURATION),
-    "null": (None, BAD_DURATION),
-    "list": (["30s"], BAD_DURATION),
-    "two units": ("1m30s", BAD_DURATION),
-    "empty": ("", BAD_DURATION),
-    "NaN": (float("nan"), BAD_DURATION),
-    "infinity": (float("inf"), BAD_DURATION),
-    "huge integer": (10**400, BAD_DURATION),
-    "huge number with unit": ("9" * 400 + "s", BAD_DURATION),
-    "trailing newline": ("30s\nx", BAD_DURATION),
+    "zero with unit": ("0s", "'0s'"),
+    "zero plain": (0, "0"),
+    "zero ms": ("0ms", "'0ms'"),
+    "negative": ("-5s", "'-5s'"),
+    "negative plain": (-1, "-1"),
+    "word": ("abc", "'abc'"),
+    "unknown unit": ("5x", "'5x'"),
+    "boolean": (True, "true"),
+    "null": (None, "an empty value"),
+    "list": (["30s"], "a list"),
+    "units out of order": ("1m1h", "'1m1h'"),
+    "a unit twice": ("1m1m", "'1m1m'"),
+    "empty": ("", "''"),
+    "NaN": (float("nan"), "nan"),
+    "infinity": (float("inf"), "inf"),
+    "huge integer": (10**400, "the number written"),
+    "huge number with unit": ("9" * 400 + "s", "the value written (401 characters)"),
+    "trailing newline": ("30s\nx", "the value written (5 characters)"),
 }
 
 
-@pytest.mark.parametrize(("value", "problem"), BAD_DURATIONS.values(), ids=list(BAD_DURATIONS))
+@pytest.mark.parametrize(("value", "shown"), BAD_DURATIONS.values(), ids=list(BAD_DURATIONS))
 def test_bad_durations_are_reported_with_their_path(
-    tmp_path: Path, value: object, problem: str
+    tmp_path: Path, value: object, shown: str
 ) -> None:
-    """A bad duration gives exactly one problem naming the key."""
-    assert problems_of(render(api={"timeout": value}), tmp_path) == [f"api.timeout: {problem}"]
+    """A bad duration gives exactly one problem naming the key and what was written, in
+    the same words whether it is not a duration, zero or negative."""
+    problems = problems_of(render(api={"timeout": value}), tmp_path)
+    assert problems == [f"api.timeout: {bad_duration(shown)}"]
+
+
+def test_a_long_value_where_a_duration_goes_is_not_quoted(tmp_path: Path) -> None:
+    """A token pasted where a duration goes is described, never quoted."""
+    problems = problems_of(render(api={"timeout": SECRET + "-" + SECRET}), tmp_path)
+    assert problems == [f"api.timeout: {bad_duration('the value written (37 characters)')}"]
+    assert SECRET not in problems[0]
 
 
 @pytest.mark.parametrize(
@@ -488,17 +512,18 @@ def test_bad_durations_are_reported_with_their_path(
         ({"interval": "1m", "max_staleness": "1m"}, []),
         (
             {"interval": "1m", "max_staleness": "59s"},
-            ["poll.max_staleness: must be at least poll.interval"],
+            ["poll.max_staleness: 59s is shorter than poll.interval (1m)"],
         ),
-        ({"interval": "10m"}, ["poll.max_staleness: must be at least poll.interval"]),
-        ({"max_staleness": "10s"}, ["poll.max_staleness: must be at least poll.interval"]),
+        (
+            {"max_staleness": "10s"},
+            ["poll.max_staleness: 10s is shorter than the poll interval (30s, the default)"],
+        ),
         ({"interval": "10m", "max_staleness": "soon"}, [f"poll.max_staleness: {BAD_DURATION}"]),
         ({"interval": "soon", "max_staleness": "10s"}, [f"poll.interval: {BAD_DURATION}"]),
     ],
     ids=[
         "equal is fine",
         "shorter",
-        "default staleness shorter than interval",
         "shorter than default interval",
         "bad staleness is not also compared",
         "bad interval is not also compared",
@@ -507,7 +532,8 @@ def test_bad_durations_are_reported_with_their_path(
 def test_max_staleness_must_cover_the_interval(
     tmp_path: Path, poll: dict[str, object], expected: list[str]
 ) -> None:
-    """poll.max_staleness below poll.interval is a problem, judged only on valid values."""
+    """poll.max_staleness below poll.interval is a problem, judged only on valid values;
+    the problem names poll.interval only when it is written."""
     text = render(poll=poll)
     if expected:
         assert problems_of(text, tmp_path) == expected
@@ -515,6 +541,20 @@ def test_max_staleness_must_cover_the_interval(
         assert parse(text, tmp_path).poll == PollConfig(
             interval=60.0, max_staleness=60.0, analytics_interval=300.0
         )
+
+
+@pytest.mark.parametrize(
+    ("interval", "staleness"),
+    [("10s", 300.0), ("2m30s", 300.0), ("10m", 1200.0), ("1d", 172800.0)],
+    ids=["short", "at the turn", "long", "a day"],
+)
+def test_the_default_max_staleness_follows_a_long_interval(
+    tmp_path: Path, interval: str, staleness: float
+) -> None:
+    """poll.interval alone is never a problem: an unwritten poll.max_staleness is 5m, or
+    twice the interval when that is longer (one failed poll never drops the values)."""
+    config = parse(render(poll={"interval": interval}), tmp_path)
+    assert config.poll.max_staleness == staleness
 
 
 # --- rate limit and concurrency --------------------------------------------------------------
@@ -526,6 +566,7 @@ GOOD_RATES: dict[str, tuple[str, RateLimit, str]] = {
     "spaces": (" 60 / 1m ", RateLimit(60, 60.0), "60/1m"),
     "sub-second window": ("1/500ms", RateLimit(1, 0.5), "1/500ms"),
     "odd window": ("100/90s", RateLimit(100, 90.0), "100/90s"),
+    "a day": ("20000/1d", RateLimit(20000, 86400.0), "20000/1d"),
 }
 
 
@@ -546,10 +587,10 @@ BAD_RATES: dict[str, tuple[object, str]] = {
     "null": (None, BAD_RATE),
     "zero count": ("0/5m", "the request count must be at least 1"),
     "negative count": ("-5/5m", "the request count must be at least 1"),
-    "zero window": ("1000/0s", "the window must be greater than zero"),
-    "bad window unit": ("1000/5d", f"the window {BAD_DURATION}"),
-    "empty window": ("1000/", f"the window {BAD_DURATION}"),
-    "two slashes": ("1000/5m/1", f"the window {BAD_DURATION}"),
+    "zero window": ("1000/0s", f"the window {bad_duration(repr('0s'))}"),
+    "bad window unit": ("1000/5x", f"the window {bad_duration(repr('5x'))}"),
+    "empty window": ("1000/", f"the window {bad_duration(repr(''))}"),
+    "two slashes": ("1000/5m/1", f"the window {bad_duration(repr('5m/1'))}"),
 }
 
 
@@ -2127,19 +2168,26 @@ def test_a_bare_off_in_the_file_turns_analytics_off(tmp_path: Path) -> None:
     [
         (
             {"analytics_interval": "10s"},
-            "poll.analytics_interval: must be at least poll.interval (30s)",
+            "poll.analytics_interval: 10s is shorter than the poll interval (30s, the default)",
         ),
         (
             {"interval": "2m", "max_staleness": "5m", "analytics_interval": "1m"},
-            "poll.analytics_interval: must be at least poll.interval (2m)",
+            "poll.analytics_interval: 1m is shorter than poll.interval (2m)",
         ),
-        ({"analytics_interval": "soon"}, f"poll.analytics_interval: {BAD_DURATION} (or off)"),
-        ({"analytics_interval": True}, f"poll.analytics_interval: {BAD_DURATION} (or off)"),
-        ({"analytics_interval": 0}, "poll.analytics_interval: must be greater than zero (or off)"),
+        (
+            {"analytics_interval": "soon"},
+            f"poll.analytics_interval: {BAD_DURATION}, or off",
+        ),
+        ({"analytics_interval": True}, f"poll.analytics_interval: {bad_duration('true')}, or off"),
+        ({"analytics_interval": 0}, f"poll.analytics_interval: {bad_duration('0')}, or off"),
         ({"interval": "soon", "analytics_interval": "1s"}, f"poll.interval: {BAD_DURATION}"),
         (
             {"full_listing_interval": "10s"},
-            "poll.full_listing_interval: must be at least poll.interval (30s)",
+            "poll.full_listing_interval: 10s is shorter than the poll interval (30s, the default)",
+        ),
+        (
+            {"interval": "1m", "full_listing_interval": "10s"},
+            "poll.full_listing_interval: 10s is shorter than poll.interval (1m)",
         ),
     ],
     ids=[
@@ -2149,12 +2197,72 @@ def test_a_bare_off_in_the_file_turns_analytics_off(tmp_path: Path) -> None:
         "true",
         "zero",
         "bad interval",
+        "full listing below the default interval",
         "full listing below interval",
     ],
 )
 def test_bad_analytics_intervals_are_reported(
     tmp_path: Path, poll: dict[str, object], problem: str
 ) -> None:
-    """A bad poll.analytics_interval is one problem; one below poll.interval (like
-    poll.full_listing_interval) names that and its value."""
+    """A bad poll.analytics_interval is one problem; one below the poll interval (like
+    poll.full_listing_interval) names both values, and the key poll.interval only when
+    it is written."""
     assert problems_of(render(poll=poll), tmp_path) == [problem]
+
+
+# -- checked where the files it names are not (--config.check.skip-files) -------------------
+
+
+def skipping(tmp_path: Path) -> str:
+    """A document naming a token file, a credentials' token file and a public key file,
+    none of which exists."""
+    return yaml.safe_dump(
+        {
+            "api": {"token_file": "/run/secrets/cf_token"},
+            "credentials": {"b": {"token_file": "b.token"}},
+            "webhooks": {"public_key_file": "keys/webhooks.pem"},
+            "apps": [
+                {"account_id": ACCOUNT, "app_id": "x", "discover": True},
+                {"account_id": ACCOUNT, "app_id": "y", "discover": True, "credentials": "b"},
+            ],
+        }
+    )
+
+
+def test_files_that_cannot_be_read_are_listed_apart(tmp_path: Path) -> None:
+    """Token files that cannot be read are problems, and their keys are told apart (for
+    --config.check to say how to check without them); one that holds no usable token is
+    a problem only."""
+    (tmp_path / "b.token").write_text("two tokens\n")
+    with pytest.raises(ConfigError) as caught:
+        loads(skipping(tmp_path), environ={}, base_dir=tmp_path)
+    assert caught.value.problems == [
+        "api.token_file: cannot read /run/secrets/cf_token: No such file or directory",
+        f"credentials.b.token_file: {tmp_path}/b.token must hold one token with no spaces "
+        "or line breaks",
+    ]
+    assert caught.value.unread == ("api.token_file",)
+
+
+def test_without_reading_files_their_paths_are_kept(tmp_path: Path) -> None:
+    """read_files=False: the files named are not read (their tokens are empty), and the
+    configuration is otherwise the one start-up would use."""
+    config = loads(skipping(tmp_path), environ={}, base_dir=tmp_path, read_files=False)
+    assert str(config.api.token_file) == "/run/secrets/cf_token"
+    assert config.api.token.reveal() == "" and config.tokens() == ()
+    assert [c.token_file for c in config.credentials] == [tmp_path / "b.token"]
+    assert config.webhooks is not None
+    assert config.webhooks.public_key_file == tmp_path / "keys/webhooks.pem"
+
+
+@pytest.mark.parametrize("read_files", [True, False], ids=["reading", "not reading"])
+@pytest.mark.parametrize(
+    "name", ["", "secrets/", ".", "secrets/..", "a\0b"], ids=["empty", "dir/", ".", "..", "NUL"]
+)
+def test_a_file_path_must_name_a_file(tmp_path: Path, name: str, read_files: bool) -> None:
+    """A path that cannot name a file is a problem, whether or not the files are read."""
+    text = render(api={"token_file": name})
+    with pytest.raises(ConfigError) as caught:
+        loads(text, environ={}, base_dir=tmp_path, read_files=read_files)
+    assert caught.value.problems == ["api.token_file: must be the path of a file"]
+    assert caught.value.unread == ()

@@ -10,7 +10,6 @@ import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
 
-from exporter.apitoken import budget_warnings
 from exporter.budget import RequestBudget
 from exporter.client import ENDPOINTS, REASONS, RealtimeKitClient
 from exporter.collector import SnapshotCollector
@@ -319,47 +318,6 @@ async def test_run_polls_every_interval_until_stopped() -> None:
     )
     await asyncio.wait_for(poller.run(stop), timeout=5)
     assert len(cycles) == 3 and poller.snapshot.cycles == 3 and poller.ready
-
-
-@pytest.mark.parametrize(
-    ("streams", "rate", "expected"),
-    [
-        (3, RateLimit(1000, 300), []),
-        (150, RateLimit(1000, 300), ["polling may need up to 1510 requests per 300s"]),
-        # 100 a cycle is 1003.3 per 301 s: said as 1004, never as the 1000 allowed.
-        (99, RateLimit(1000, 301), ["polling may need up to 1004 requests per 301s"]),
-        (0, RateLimit(2000, 300), ["above the API's own limit of 1200"]),
-        (0, RateLimit(1300, 600), ["above the API's own limit of 1200"]),
-        (0, RateLimit(500, 120), ["above the API's own limit of 1200"]),
-        (
-            150,
-            RateLimit(1300, 300),
-            ["above the API's own limit of 1200", "polling may need up to 1510 requests"],
-        ),
-    ],
-    ids=[
-        "fits",
-        "over-budget",
-        "rounded-up",
-        "budget-over-api-limit",
-        "long-window-burst",
-        "short-window",
-        "both",
-    ],
-)
-def test_budget_warnings(streams: int, rate: RateLimit, expected: list[str]) -> None:
-    """Start-up warns when the budget could go over the API's limit, or polling over the budget."""
-    config = make_config(
-        "http://127.0.0.1:9",
-        streams=tuple(f"s{i}" for i in range(streams)),
-        discover=streams == 0,
-        interval=30.0,
-        rate_limit=rate,
-    )
-    warnings = budget_warnings(config)
-    assert len(warnings) == len(expected)
-    for warning, fragment in zip(warnings, expected, strict=True):
-        assert fragment in warning
 
 
 async def test_mixed_failures_log_down_once(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:

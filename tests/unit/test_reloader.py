@@ -9,13 +9,14 @@ import logging
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import aiohttp
 import pytest
 import yaml
 
 from exporter import config as config_module
 from exporter.config import Secret, Shard
 from exporter.reload import Reloader
-from exporter.server import Exporter
+from exporter.server import Exporter, Server
 from exporter.simulator import Simulator
 from exporter.tokenfile import TokenFile
 from tests.conftest import ACCOUNT, TOKEN, add_stream, api_simulator, sent
@@ -236,3 +237,39 @@ async def test_reloads_asked_for_while_one_runs_are_merged_into_one(
         assert executor.loads == 2
         assert caplog.text.count("configuration reloaded") == 2
         assert registry.get_sample_value(RELOAD_OK) == 1
+
+
+# -- POST /-/reload on the running server --------------------------------------------------
+@pytest.mark.usefixtures("token_env")
+@pytest.mark.parametrize("lifecycle", [False, True], ids=["without the flag", "with the flag"])
+async def test_post_reload_answers_403_with_the_reason_unless_lifecycle_is_on(
+    tmp_path: Path, sim: Simulator, lifecycle: bool
+) -> None:
+    """Without --web.enable-lifecycle (no reload handed to the server) POST /-/reload is
+    403 and says how to turn it on, as Prometheus does, instead of a bare 404, and
+    reloads nothing; with it, the reload runs. Any other method is 405 either way."""
+    add_stream(sim, "ls-1")
+    path = write_config(tmp_path / "c.yaml", sim.base_url, ["ls-1"])
+    reloads: list[str | None] = []
+    async with exporter_for(path) as (exporter, reloader, _):
+
+        async def reload() -> str | None:
+            reloads.append(await reloader.reload())
+            return reloads[-1]
+
+        server = Server(exporter, host="127.0.0.1", port=0, reload=reload if lifecycle else None)
+        await server.start()
+        try:
+            host, port = server.addresses[0]
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"http://{host}:{port}/-/reload") as response:
+                    status, body = response.status, await response.text()
+                async with http.get(f"http://{host}:{port}/-/reload") as response:
+                    assert response.status == 405
+        finally:
+            await server.close()
+    if lifecycle:
+        assert (status, body, reloads) == (200, "configuration reloaded\n", [None])
+    else:
+        assert status == 403 and reloads == []
+        assert body == "lifecycle APIs are not enabled: start with --web.enable-lifecycle\n"
