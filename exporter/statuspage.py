@@ -22,8 +22,8 @@ and escaped here.
 
 Ids are set in monospace and never broken across lines: a UUID stays whole on one line,
 and an id longer than a UUID is cut with an ellipsis, whole in its ``title``. The "values
-read" column is empty for a row read at the app's last cycle (named once, above the
-table); otherwise it says how long ago the row was read, or, for a live stream whose
+read" column is empty for a row read at the app's last cycle (its time is said once,
+above the table); otherwise it says how long ago the row was read, or, for a live stream whose
 counters are read in turn (the lanes plan), how long ago its counters were.
 
 Every value from the API or the configuration is escaped; the page has no script and
@@ -74,6 +74,7 @@ vertical-align:bottom}
 tr.alert td{background:#fff5f5}tr.alert td:first-child{box-shadow:inset 3px 0 #c62828}
 .label{font-weight:600;color:#4a5560}.err{color:#8a1010;font-weight:600}
 td.last-session{color:#39434d}
+td.name,td.errored,td.last-session,td.message{overflow-wrap:anywhere}td.name{min-width:9em}
 """
 
 
@@ -291,8 +292,8 @@ def _app_section(app: AppState, shown: Sequence[StreamState], now: float, taken_
     if rows:
         if cycle is not None:
             parts.append(
-                f'<p class="muted read-at">Rows were read at the app\'s last cycle, '
-                f"{_when(cycle, now)}, unless \u201cvalues read\u201d says otherwise.</p>"
+                f'<p class="muted read-at">Values below were read {_when(cycle, now)}, '
+                "unless \u201cvalues read\u201d says otherwise.</p>"
             )
         parts.append(
             f'<table class="streams" data-account-id="{_e(app.account_id)}" '

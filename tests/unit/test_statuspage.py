@@ -174,9 +174,7 @@ def test_apps_and_streams_are_shown() -> None:
         "errored": "no",
         "read": "",  # read at the app's last cycle, which the table's heading names
     }
-    assert "Rows were read at the app's last cycle, 2027-01-15 07:59:50 UTC (10 s ago)" in (
-        got.text
-    )
+    assert "Values below were read 2027-01-15 07:59:50 UTC (10 s ago), unless" in got.text
     # Not live: its last session's values, in one cell that says so, with the error.
     assert got.rows["ls-err"] == {
         "name": "—",
