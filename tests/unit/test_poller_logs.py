@@ -5,11 +5,10 @@ line per API request."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -22,23 +21,8 @@ from exporter.simulator.tokens import SimToken
 from tests.clock import FakeClock
 from tests.conftest import ACCOUNT, API_T0, APP, TOKEN, add_stream, go_live, make_config
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
 TOKEN_B: Final = "tenant-b-token-0d6c2f9e81a4"
 HOSTILE_NAME: Final = 'Bühne "A"\nlevel=error msg=forged\r\x1b[2Jx'
-
-
-@pytest.fixture
-def restore_root() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 def lines(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
@@ -93,24 +77,25 @@ async def test_a_stream_error_is_logged_once_with_its_message_and_name(
 
 @pytest.mark.parametrize("fmt", ["logfmt", "json"])
 async def test_streams_are_named_by_name_and_the_formatter_escapes_it(
-    sim: Simulator, restore_root: None, fmt: logs.Format
+    sim: Simulator, caplog: pytest.LogCaptureFixture, fmt: logs.Format
 ) -> None:
     """A line about a stream carries livestream_id and livestream_name; a name with quotes,
     a newline, a carriage return and a terminal escape stays inside its field of one
     line, and reads back as it was (logfmt: its escapes; JSON: parsed)."""
-    out = io.StringIO()
-    logs.configure(fmt=fmt, stream=out)
+    caplog.set_level(logging.INFO, logger="exporter")
     add_stream(sim, "ls-1", name=HOSTILE_NAME)
     config = make_config(sim.base_url, streams=("ls-1",))
     async with Exporter(config, registry=CollectorRegistry(), process_metrics=False) as exporter:
         await exporter.poller.poll_once()
         go_live(sim, "ls-1")
         await exporter.poller.poll_once()
-    [line] = [ln for ln in out.getvalue().split("\n") if "went LIVE" in ln]
-    assert "\r" not in line and "\x1b" not in line
+    [record] = lines(caplog, "went LIVE")
+    formatter = logs.JsonFormatter(tuple) if fmt == "json" else logs.LogfmtFormatter(tuple)
+    line = formatter.format(record)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
     if fmt == "json":
-        record = json.loads(line)
-        assert (record["livestream_id"], record["livestream_name"]) == ("ls-1", HOSTILE_NAME)
+        parsed = json.loads(line)
+        assert (parsed["livestream_id"], parsed["livestream_name"]) == ("ls-1", HOSTILE_NAME)
         return
     match = re.fullmatch(
         r'ts=\S+ level=info logger=exporter.poller msg="livestream went LIVE" account_id=acc-1 '
