@@ -22,6 +22,7 @@ import random
 import re
 import time
 import urllib.request
+from collections import Counter
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import quote, urlsplit
@@ -251,6 +252,8 @@ class RealtimeKitClient:
         self._page_ask = LISTING_PAGE_ASK
         self._budget_share = max(1, budget_share)
         self._policy: tuple[int, float] | None = None
+        # Requests sent, by endpoint (retries count): the poll cycle's debug summary.
+        self.sent: Counter[str] = Counter()
 
     def __repr__(self) -> str:
         return f"RealtimeKitClient(base_url={self._base_url!r})"
@@ -411,9 +414,10 @@ class RealtimeKitClient:
             lambda d: decode.active_session(d, livestream_id=livestream_id),
             doc,
         )
-        if answer.livestream is None:
-            return answer
-        return dataclasses.replace(answer, livestream=self._scrubbed(answer.livestream))
+        return ActiveSession(
+            livestream=self._scrubbed(answer.livestream) if answer.livestream else None,
+            session=self._scrubbed_session(answer.session),
+        )
 
     async def session(
         self,
@@ -438,7 +442,7 @@ class RealtimeKitClient:
         if doc is None:
             return ActiveSession(livestream=None, session=None)
         found: Session | None = _decoded(ENDPOINT_SESSION_BY_ID, decode.session_by_id, doc)
-        return ActiveSession(livestream=None, session=found)
+        return ActiveSession(livestream=None, session=self._scrubbed_session(found))
 
     async def livestream_analytics(
         self,
@@ -642,22 +646,31 @@ class RealtimeKitClient:
                     try:
                         answer = await self._read(response, endpoint)
                     except ApiError:  # over the size limit, but it was still answered
-                        self._observer.request(endpoint, str(status), self._clock() - started)
+                        self._answered(method, endpoint, str(status), started)
                         self._note_rate_limit(response_headers)
                         raise
             except TimeoutError:
-                self._observer.request(endpoint, "timeout", self._clock() - started)
+                self._answered(method, endpoint, "timeout", started)
                 raise ApiError(
                     "timeout", f"no answer within {timeout:g}s", endpoint=endpoint
                 ) from None
             except aiohttp.ClientError as exc:
-                self._observer.request(endpoint, "connection_error", self._clock() - started)
+                self._answered(method, endpoint, "connection_error", started)
                 raise ApiError("connection", _connection_text(exc), endpoint=endpoint) from None
-        self._observer.request(endpoint, str(status), self._clock() - started)
+        self._answered(method, endpoint, str(status), started)
         self._note_rate_limit(response_headers)
         if empty_ok and 200 <= status < 300 and not answer.strip():
             return None  # e.g. a 204 to a DELETE
         return self._interpret(endpoint, status, response_headers, answer, not_found_ok)
+
+    def _answered(self, method: Method, endpoint: str, code: str, started: float) -> None:
+        """One request sent, answered with ``code`` (an HTTP status, ``timeout`` or
+        ``connection_error``): counted, observed, and a debug line that names the
+        endpoint, never the URL (its query) or the headers (the token)."""
+        seconds = self._clock() - started
+        self.sent[endpoint] += 1
+        self._observer.request(endpoint, code, seconds)
+        log.debug("API request %s %s: %s in %.0f ms", method, endpoint, code, 1000 * seconds)
 
     async def _read(self, response: aiohttp.ClientResponse, endpoint: str) -> bytes:
         if response.content_length is not None and response.content_length > self._max_body:
@@ -776,6 +789,16 @@ class RealtimeKitClient:
             meeting_id=None if quotes(stream.meeting_id) else stream.meeting_id,
             status=UNKNOWN_STATUS if quotes(stream.status) else stream.status,
         )
+
+    def _scrubbed_session(self, session: Session | None) -> Session | None:
+        """``session`` with its error message withheld if it quotes the token (it is
+        shown on the status page and logged)."""
+        if session is None or session.err_message is None:
+            return session
+        message = self._unquoting(session.err_message)
+        if message == session.err_message:
+            return session
+        return dataclasses.replace(session, err_message=message)
 
     def _scrubbed_webhook(self, hook: Webhook) -> Webhook:
         """``hook`` without any field that quotes the token (it is printed by the

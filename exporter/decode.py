@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from typing import Any, Final
 
@@ -26,6 +26,8 @@ _SECRET_LIKE: Final = re.compile(r"[A-Za-z0-9_+/=-]{24,}")
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 MAX_STATUS_LENGTH: Final = 64
 MIN_SECRET_LENGTH: Final = 8  # a shorter "stream key" would blank ordinary names
+# A session's err_message that quotes the stream key is shown as this instead.
+WITHHELD_KEY: Final = "message withheld: it quotes the stream key"
 _LIST_KEYS: Final = ("livestreams", "data")
 _EPOCH_TEXT = re.compile(r"^\d{9,}(?:\.\d+)?$")  # epoch seconds/ms as text; 8 digits is ISO basic
 # Rows of a daywise answer read at most: the exporter asks for a day or two, so a longer
@@ -177,13 +179,24 @@ def active_session(doc: object, *, livestream_id: str) -> ActiveSession:
     stream = None
     if isinstance(stream_raw, dict) and stream_raw.get("status") is not None:
         stream = livestream(stream_raw, fallback_id=livestream_id)
+    # The stream key is read only to withhold a session error that quotes it (a key
+    # too short for the secret-like runs that session() redacts).
+    key = (_text(stream_raw.get("stream_key")) if isinstance(stream_raw, dict) else None) or ""
     session_raw = data.get("session")
     if session_raw is None and isinstance(data.get("sessions"), list):
         # the array's order is not documented: prefer the active session, else the first
         candidates = [session(s) for s in data["sessions"] if isinstance(s, dict)]
         found = next((s for s in candidates if s is not None and s.active), None)
-        return ActiveSession(livestream=stream, session=found or next(iter(candidates), None))
-    return ActiveSession(livestream=stream, session=session(session_raw))
+        chosen = found or next(iter(candidates), None)
+        return ActiveSession(livestream=stream, session=_withholding(chosen, key))
+    return ActiveSession(livestream=stream, session=_withholding(session(session_raw), key))
+
+
+def _withholding(found: Session | None, key: str) -> Session | None:
+    """``found`` with its error message withheld if it quotes the stream key ``key``."""
+    if found is None or not found.err_message or _unless_quoting(found.err_message, key):
+        return found
+    return replace(found, err_message=WITHHELD_KEY)
 
 
 def livestream_by_id(doc: object, *, livestream_id: str) -> Livestream:
@@ -232,7 +245,7 @@ def session(item: object) -> Session | None:
         stopped_time=stopped,
         # A stop time that is there but unreadable still means the session has ended.
         ended=stopped is None and stopped_raw not in (None, ""),
-        err_message=_optional_text(item.get("err_message")) or None,
+        err_message=_error_message(item.get("err_message")),
         ingest_seconds=number(item.get("ingest_seconds")),
         viewer_seconds=number(item.get("viewer_seconds")),
     )
@@ -448,6 +461,12 @@ def timestamp(value: object) -> float | None:
 def _int(value: object) -> int | None:
     n = number(value)
     return int(n) if n is not None and n.is_integer() else None
+
+
+def _error_message(value: object) -> str | None:
+    """A session's ``err_message``, fit to show and log (:func:`_quoted`); None if empty."""
+    text = _text(value)
+    return (_quoted(text).strip() or None) if text is not None else None
 
 
 def _quoted(message: str) -> str:

@@ -24,6 +24,7 @@ from exporter.config import DEFAULT_CREDENTIALS
 from exporter.hints import KEPT_SHARE, Refresher
 from exporter.model import EMPTY_SNAPSHOT, AppAnalytics, AppState, Snapshot
 from exporter.poller import RECENT_ERRORS, LimitShare, Poller
+from exporter.statuspage import CredentialsStatus
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -85,6 +86,8 @@ class Unit:
             on_change=self._found_change,
             limit=limit,
             rate_key=rate_key(name),
+            credentials=name,
+            sent=lambda: self.token.client.sent,
         )
         if webhooks is not None:
             token = self.token
@@ -231,6 +234,32 @@ class Fleet:
             reverse=True,
         )
         return tuple(e for _, e in zip(range(RECENT_ERRORS), newest, strict=False))
+
+    def credentials_status(self) -> tuple[CredentialsStatus, ...]:
+        """Each credentials' polling and budget, for the status page: to be read on the
+        event loop (the budgets and pollers change there), then rendered anywhere."""
+        remaining = self._metrics.remaining
+        rows = []
+        for name, unit in self.units.items():
+            budget = unit.token.budget
+            requests, window = unit.token.in_force()
+            plan = unit.poller.plan
+            rows.append(
+                CredentialsStatus(
+                    name=name,
+                    apps=len(unit.config.apps),
+                    interval=unit.config.poll.interval,
+                    requests=requests,
+                    window=window,
+                    available=budget.available(),
+                    from_policy=budget.from_policy,
+                    remaining=remaining.get(name),
+                    mode=plan.mode,
+                    counter_period=plan.counter_period,
+                    listing_period=plan.listing_period,
+                )
+            )
+        return tuple(rows)
 
     def tracking(self, livestream_id: str) -> list[tuple[str, str]]:
         return [key for unit in self.units.values() for key in unit.poller.tracking(livestream_id)]

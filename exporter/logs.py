@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,21 @@ LEVELS: Final[dict[str, int]] = {
     "warn": logging.WARNING,
     "error": logging.ERROR,
 }
-_FIELDS: Final = ("account_id", "app_id", "livestream_id", "reason", "address", "suppressed")
+_FIELDS: Final = (
+    "credentials",
+    "account_id",
+    "app_id",
+    "livestream_id",
+    "livestream_name",
+    "reason",
+    "address",
+    "suppressed",
+)
+# Characters that make a logfmt value quoted; of them, those escaped inside the quotes
+# (C0 and C1 controls, DEL, and the Unicode line and paragraph separators).
+_LOGFMT_QUOTED: Final = re.compile(r'[\s="\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+_LOGFMT_ESCAPED: Final = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+_LOGFMT_ESCAPES: Final = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 REDACTED: Final = "<redacted>"
 MIN_REDACTED_LENGTH: Final = 8
 BURST: Final = 3  # records a minute of one library message
@@ -154,10 +169,17 @@ def _exception_kinds(exc: BaseException | None) -> str:
 
 
 def _logfmt_value(value: str) -> str:
-    if value and not any(ch in value for ch in ' ="\\\n\t'):
+    """``value`` as one logfmt value: quoted if it holds a space, ``=``, a quote, a
+    backslash or a control character, and then with those escaped, so that no text (a
+    stream's name from the API) can end the line, start a field or move the cursor."""
+    if value and not _LOGFMT_QUOTED.search(value):
         return value
-    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-    return f'"{escaped}"'
+    return '"' + _LOGFMT_ESCAPED.sub(_logfmt_escape, value) + '"'
+
+
+def _logfmt_escape(match: re.Match[str]) -> str:
+    char = match[0]
+    return _LOGFMT_ESCAPES.get(char) or f"\\u{ord(char):04x}"
 
 
 def configure(

@@ -11,8 +11,11 @@ app's listing whole and every possibly live stream's session. When it does not, 
 still come every cycle (the listing filtered to LIVE, a stop confirmed by the stream's own
 lookup, the whole listing a few pages per cycle) and sessions go in turn on what is left.
 
-Logs are written on state changes (app up/down, stream went LIVE/stopped, plan changed),
-never per poll.
+Logs are written on state changes (app up/down, stream went LIVE/stopped, a stream's
+error, plan changed), never per poll at info; a line about a stream names it by id and by
+name (fields ``livestream_id``, ``livestream_name``). At debug, each cycle adds one summary
+line (field ``credentials``): its apps, the requests sent since the last one by endpoint,
+its duration and the plan; the client adds one line per request.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from exporter.client import (
     PRIORITY_OTHER,
     ApiError,
 )
+from exporter.config import DEFAULT_CREDENTIALS
 from exporter.model import (
     EMPTY_SNAPSHOT,
     LIVE,
@@ -51,13 +55,14 @@ from exporter.model import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Collection, Sequence
+    from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 
     from exporter.config import AppConfig, Config
     from exporter.model import ActiveSession, Livestream, StreamState
 
 log = logging.getLogger(__name__)
 
+ERRORED = "ERRORED"  # the status of a stream whose session failed
 INTERNAL = "internal"  # health reason for a bug, not an API failure; never a metric label
 RECENT_ERRORS = 20  # how many errors :attr:`Poller.recent_errors` keeps
 FILTER_RETRY = 3600.0  # seconds before a status filter the API ignored is tried again
@@ -208,6 +213,17 @@ class _LanePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class PollPlan:
+    """The plan of the next cycle, as the status page and the cycle's log line tell it:
+    ``mode`` "full" or "lanes" (None before a first cycle); in the lanes plan, about how
+    often each live stream's counters and the full listing are read (seconds)."""
+
+    mode: str | None
+    counter_period: float
+    listing_period: float
+
+
+@dataclass(frozen=True, slots=True)
 class _Health:
     """What a log line is written for: the app going up or down, and the token being
     rejected or accepted again. Other changes of reason while down are debug lines."""
@@ -234,6 +250,8 @@ class Poller:
         on_change: Callable[[tuple[str, str], str, bool], None] | None = None,
         limit: LimitShare | None = None,
         rate_key: str = "api.rate_limit",
+        credentials: str = DEFAULT_CREDENTIALS,
+        sent: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         """``on_snapshot`` is called, on the event loop, each time a new snapshot is out;
         ``before_cycle`` at the start of each cycle (where a reload may :meth:`reconfigure`);
@@ -242,8 +260,13 @@ class Poller:
         stream id, live), not those :meth:`push` changed; ``limit`` shares
         limits.max_livestreams with the other pollers of the process (default: this
         poller's apps have it to themselves); ``rate_key`` is the setting of the budget,
-        as the log names it."""
+        as the log names it; ``credentials`` the name of the token, as the cycle's debug
+        line names it; ``sent`` the client's count of requests sent by endpoint, for that
+        line (the client may be replaced by a reload: it is asked each time)."""
         self._rate_key = rate_key
+        self._credentials = credentials
+        self._sent = sent
+        self._sent_before: tuple[Mapping[str, int] | None, dict[str, int]] = (None, {})
         self._config = config
         self._api = api
         self._observer = observer
@@ -309,6 +332,15 @@ class Poller:
     def recent_errors(self) -> tuple[PollError, ...]:
         """The last :data:`RECENT_ERRORS` errors seen while polling, newest first."""
         return tuple(reversed(self._errors))
+
+    @property
+    def plan(self) -> PollPlan:
+        """The plan of the next cycle."""
+        plan = self._lanes
+        if plan.mode != "lanes":
+            interval = self._config.poll.interval
+            return PollPlan(plan.mode, counter_period=interval, listing_period=interval)
+        return PollPlan(plan.mode, plan.counter_period, plan.listing_every)
 
     def reconfigure(self, config: Config, *, api: Api | None = None) -> None:
         """Poll by ``config`` (and through ``api``) from the next cycle on; call it between
@@ -425,11 +457,49 @@ class Poller:
             self._on_snapshot()
         self._replan(statuses)
         self._read_analytics(until=started + self._config.poll.interval)
+        took = self._monotonic() - started
         if self._observer is not None:
-            self._observer.cycle(
-                self._monotonic() - started, waited_for_budget=deadline.budget_bound
-            )
+            self._observer.cycle(took, waited_for_budget=deadline.budget_bound)
+        sent = self._requests_sent()
+        if log.isEnabledFor(logging.DEBUG):
+            self._log_cycle(snapshot, took, sent)
         return snapshot
+
+    def _log_cycle(self, snapshot: Snapshot, took: float, requests: dict[str, int]) -> None:
+        """The cycle's debug line: its apps, the requests sent since the last cycle ended
+        by endpoint (the cycle's, and a webhook's refreshes and the analytics read in
+        between), its duration and the plan of the next cycle."""
+        by_endpoint = " ".join(f"{e}={n}" for e, n in sorted(requests.items()))
+        plan = self.plan
+        planned = plan.mode or "none"
+        if plan.mode == "lanes":
+            planned += (
+                f" (counters about every {plan.counter_period:.0f}s, the full listing about "
+                f"every {plan.listing_period:.0f}s)"
+            )
+        log.debug(
+            "poll cycle done in %.2fs: %d apps (%d up), %d requests%s; plan %s",
+            took,
+            len(snapshot.apps),
+            sum(1 for app in snapshot.apps if app.up),
+            sum(requests.values()) if self._sent is not None else self._cycle_requests,
+            f" ({by_endpoint})" if by_endpoint else "",
+            planned,
+            extra={"credentials": self._credentials},
+        )
+
+    def _requests_sent(self) -> dict[str, int]:
+        """Requests sent by endpoint since the last call, each cycle's end ({} without a
+        count to read)."""
+        if self._sent is None:
+            return {}
+        counts = self._sent()
+        source, before = self._sent_before
+        if counts is not source:
+            before = {}  # a new client (a reload): its count starts from nothing
+        now = dict(counts)
+        self._sent_before = (counts, now)
+        return {e: n - before.get(e, 0) for e, n in now.items() if n > before.get(e, 0)}
 
     def _read_analytics(self, *, until: float) -> None:
         """Hand the analytics what this cycle left of its allowance: nothing while the
@@ -491,9 +561,7 @@ class Poller:
         )
         self._snapshot = dataclasses.replace(snapshot, apps=apps)
         self._pushed[(key, livestream_id)] = self._clock()
-        if new.live != old.live:
-            fields = {"account_id": key[0], "app_id": key[1], "livestream_id": livestream_id}
-            _log_change(new, fields, source="a webhook, confirmed by the API")
+        _log_change(old, new, _stream_fields(key, new), source="a webhook, confirmed by the API")
         self._published_soon()
         return new
 
@@ -1343,33 +1411,70 @@ class Poller:
         before = {s.id: s for s in prev.streams} if prev is not None else {}
         for stream in state.streams:
             old = before.pop(stream.id, None)
-            fields = {**_app_fields(app), "livestream_id": stream.id}
+            fields = _stream_fields(app.key, stream)
             if self._pushed.get((app.key, stream.id), -math.inf) >= self._cycle_began:
                 continue  # a push changed it while the cycle ran, and told of it
             if old is None:
                 log.debug("tracking livestream (status %s)", stream.livestream.status, extra=fields)
                 if stream.live:
                     log.info("livestream is LIVE", extra=fields)
-            elif stream.live != old.live:
-                if self._on_change is not None:
-                    self._on_change(app.key, stream.id, stream.live)
-                _log_change(stream, fields)
-        for gone in before:
-            log.info(
-                "livestream no longer tracked", extra={**_app_fields(app), "livestream_id": gone}
-            )
+                continue
+            if stream.live != old.live and self._on_change is not None:
+                self._on_change(app.key, stream.id, stream.live)
+            _log_change(old, stream, fields)
+        for gone in before.values():
+            log.info("livestream no longer tracked", extra=_stream_fields(app.key, gone))
 
 
-def _log_change(stream: StreamState, fields: dict[str, str], *, source: str = "") -> None:
-    """The log line of a stream going live or not live; ``source``: what showed it, if
-    not a poll cycle."""
+def _stream_fields(key: tuple[str, str], stream: StreamState) -> dict[str, str]:
+    """The log fields of a line about ``stream``: its app, its id, and its name if it
+    has one (the formatter escapes it: it is the API's text)."""
+    fields = {"account_id": key[0], "app_id": key[1], "livestream_id": stream.id}
+    if stream.livestream.name:
+        fields["livestream_name"] = stream.livestream.name
+    return fields
+
+
+def _stream_error(stream: StreamState) -> tuple[str, str] | None:
+    """What puts the stream in error, as (session id, message; either may be ""): its
+    status ERRORED, or an error message of its (last) session; None if neither."""
+    session = stream.session
+    message = session.err_message if session is not None else None
+    if stream.livestream.status != ERRORED and not message:
+        return None
+    return (session.id if session is not None else "", message or "")
+
+
+def _log_change(
+    old: StreamState, new: StreamState, fields: dict[str, str], *, source: str = ""
+) -> None:
+    """The log lines of a stream that went live or stopped being live, or is newly in
+    error: a warning once per error (its session and message), with the message, which
+    the decoder and client have already redacted. An error whose message comes a cycle
+    after the stop (with the session's final values) is told again then, with it.
+    ``source``: what showed the change, if not a poll cycle."""
     by = f"; {source}" if source else ""
-    if stream.live:
+    error, was = _stream_error(new), _stream_error(old)
+    if error is not None and (was is None or (error[1] and error != was)):
+        message = error[1] or "no error message (yet)"
+        status = new.livestream.status
+        if old.live and not new.live:
+            log.warning(
+                "livestream stopped being LIVE (status %s%s): %s", status, by, message, extra=fields
+            )
+        else:
+            log.warning(
+                "livestream is in error (status %s%s): %s", status, by, message, extra=fields
+            )
+        return
+    if new.live == old.live:
+        return
+    if new.live:
         log.info("livestream went LIVE%s", f" ({source})" if source else "", extra=fields)
     else:
         log.info(
             "livestream stopped being LIVE (status %s%s)",
-            stream.livestream.status,
+            new.livestream.status,
             by,
             extra=fields,
         )

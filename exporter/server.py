@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from exporter.apitoken import ApiToken
     from exporter.config import Config
     from exporter.model import PollError, Snapshot
+    from exporter.statuspage import CredentialsStatus
 
     # Re-reads the configuration; None on success, else why it was rejected. It runs to its
     # end even if its caller is cancelled (a client that hung up), as Reloader.reload does.
@@ -222,13 +223,16 @@ class HttpObserver(Protocol):
 
 
 class StatusSource(Protocol):
-    """What the status page at ``/`` shows (the :class:`~exporter.poller.Poller`)."""
+    """What the status page at ``/`` shows (the :class:`~exporter.fleet.Fleet`); read on
+    the event loop, where it changes, and rendered off it."""
 
     @property
     def snapshot(self) -> Snapshot: ...
 
     @property
     def recent_errors(self) -> Sequence[PollError]: ...
+
+    def credentials_status(self) -> Sequence[CredentialsStatus]: ...
 
 
 def create_app(
@@ -400,16 +404,19 @@ async def _index(request: web.Request) -> web.StreamResponse:
     if request.app[STOPPING].is_set():
         return _stopping()
     source = request.app[STATUS]
-    # Both are read here, on the loop (the poller swaps the snapshot and appends errors on
-    # it); the render then runs off the loop, as /metrics does, for apps with many streams.
+    # All is read here, on the loop (the poller swaps the snapshot and appends errors on
+    # it, the budgets grant requests on it) into plain data; the render then runs off the
+    # loop, as /metrics does, for apps with many streams.
     snapshot = source.snapshot if source is not None else EMPTY_SNAPSHOT
     errors = tuple(source.recent_errors) if source is not None else ()
+    credentials = tuple(source.credentials_status()) if source is not None else ()
     render = functools.partial(
         statuspage.render,
         snapshot,
         errors,
         time.time(),
         __version__,
+        credentials=credentials,
         refresh=request.app[REFRESH],
     )
     page = await asyncio.get_running_loop().run_in_executor(request.app[PAGES], render)

@@ -1,13 +1,31 @@
-"""The status page at ``/``: a snapshot and the recent poll errors as HTML (pure, no I/O).
+"""The status page at ``/``: a snapshot, the credentials' budgets and the recent poll
+errors as HTML (pure, no I/O).
 
-:func:`render` shows, per app, its health and last successful poll, and a table of its
-tracked livestreams, then the last API errors. Streams that need attention come first, so
-that the caps never hide one while a quiet stream is shown: expected live but not live,
-then ERRORED (status or session error), then live, then the rest, each group by name and
-id. At most ``max_rows`` streams are shown per app and ``max_total`` on the whole page (the
-page is fetched again every poll interval); a note says how many each app leaves out.
-Configured streams missing from the listing are few (they come from the configuration) and
-always shown.
+:func:`render` shows, per app, its health and last successful poll; per credentials
+(:class:`CredentialsStatus`, read by the caller on the event loop), the poll interval, the
+budget in force, the requests it grants now, the API's rate limit remaining and the poll
+plan; per app, a table of its tracked livestreams; then the last API errors.
+
+Streams that need attention come first, so that the caps never hide one while a quiet
+stream is shown: expected live but not live, then ERRORED (status or session error), then
+live, then the rest, each group by name and id. At most ``max_rows`` streams are shown per
+app and ``max_total`` on the whole page (the page is fetched again every poll interval); a
+note says how many each app leaves out. Configured streams missing from the listing are
+few (they come from the configuration) and always shown.
+
+A stream's session values are shown as current only while it is live with an active
+session. Any other stream shows its last session's values in one cell headed "last
+session" (when it ended, its counters, its error), never in the current session's columns.
+A session's error message is shown as the decoder and client left it (runs that look like
+a secret redacted, the whole message withheld if it quotes the token or the stream key),
+and escaped here.
+
+Ids are set in monospace and never broken across lines: a UUID stays whole on one line,
+and an id longer than a UUID is cut with an ellipsis, whole in its ``title``. The "values
+read" column is empty for a row read at the app's last cycle (its time is said once,
+above the table); otherwise it says how long ago the row was read, or, for a live stream whose
+counters are read in turn (the lanes plan), how long ago its counters were.
+
 Every value from the API or the configuration is escaped; the page has no script and
 loads nothing else, so it works under ``Content-Security-Policy: default-src 'none'``.
 """
@@ -15,13 +33,15 @@ loads nothing else, so it works under ``Content-Security-Policy: default-src 'no
 from __future__ import annotations
 
 import html
+import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from exporter.model import AppState, PollError, Session, Snapshot, StreamState, Unlisted
+    from exporter.model import AppState, PollError, Snapshot, StreamState, Unlisted
 
 MAX_ROWS: Final = 500  # livestreams shown per app; the rest are counted
 # Livestream rows on the whole page (about 0.6 kB each): 20 apps of 10,000 streams once made
@@ -29,8 +49,12 @@ MAX_ROWS: Final = 500  # livestreams shown per app; the rest are counted
 MAX_TOTAL_ROWS: Final = 2000
 MAX_ERRORS: Final = 20
 NONE: Final = "\u2014"  # an em dash: no value
+UUID_LENGTH: Final = 36  # ids up to this long are shown whole; longer ones are cut
 # Statuses with a colour of their own; any other status (the set is open) is plain text.
 _STATUS_CLASS: Final = {"LIVE": "ok", "ERRORED": "bad", "INVOKED": "warn"}
+# A row read this much before the app's last cycle says when it was read.
+_SAME_CYCLE: Final = 1.0
+_SEP: Final = ' <span class="muted">\u00b7</span> '
 
 _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:1.5em 2em;color:#1d2329;background:#fff}
@@ -38,13 +62,38 @@ h1{font-size:1.5em;margin:0 0 .2em}h2{font-size:1.15em;margin:1.6em 0 .4em}
 table{border-collapse:collapse;margin:.3em 0 .6em}
 th,td{border-bottom:1px solid #d6dbe0;padding:.25em .7em;text-align:left;vertical-align:top}
 th{background:#eef1f4;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
-code,.id{font-family:ui-monospace,monospace;font-size:.92em;overflow-wrap:anywhere}
+code{font-family:ui-monospace,monospace;font-size:.92em;overflow-wrap:anywhere}
+.id{font-family:ui-monospace,monospace;font-size:.92em;white-space:nowrap}
+.clip{display:inline-block;max-width:36ch;overflow:hidden;text-overflow:ellipsis;
+vertical-align:bottom}
 .badge{display:inline-block;padding:0 .5em;border-radius:.6em;font-weight:600;white-space:nowrap}
 .ok{background:#d7f5dd;color:#0b5d1e}.bad{background:#fbdada;color:#8a1010}
 .warn{background:#fff1c2;color:#6b4e00}.muted,.ago{color:#65707b}.ago{font-size:.9em}
-.t{white-space:nowrap}td .ago{display:block}
+.t{white-space:nowrap}td .ago{display:block}td.read .ago{display:inline}
 .note{background:#f5f7f9;border-left:3px solid #9aa5b1;padding:.4em .8em}
+tr.alert td{background:#fff5f5}tr.alert td:first-child{box-shadow:inset 3px 0 #c62828}
+.label{font-weight:600;color:#4a5560}.err{color:#8a1010;font-weight:600}
+td.last-session{color:#39434d}
+td.name,td.errored,td.last-session,td.message{overflow-wrap:anywhere}td.name{min-width:9em}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialsStatus:
+    """What the page shows of one credentials' polling (read on the event loop, where
+    the budget and the poller live, and handed to :func:`render` as plain data)."""
+
+    name: str
+    apps: int  # apps read with them
+    interval: float  # poll.interval, seconds
+    requests: int  # the budget in force: requests per window
+    window: float
+    available: int  # requests the budget would grant right now
+    from_policy: bool = False  # the API's stated limit (Ratelimit-Policy) is what is in force
+    remaining: int | None = None  # the API's last Ratelimit remaining; None if none seen
+    mode: str | None = None  # the poll plan: "full", "lanes", or None before a first cycle
+    counter_period: float = 0.0  # lanes: about how often each live stream's counters are read
+    listing_period: float = 0.0  # lanes: about how often the full listing is read
 
 
 def render(
@@ -53,6 +102,7 @@ def render(
     now: float,
     version: str,
     *,
+    credentials: Sequence[CredentialsStatus] = (),
     refresh: float | None = None,
     max_rows: int = MAX_ROWS,
     max_total: int = MAX_TOTAL_ROWS,
@@ -78,6 +128,8 @@ def render(
         "</ul>",
         _summary(snapshot, now),
     ]
+    if credentials:
+        parts.append(_credentials(credentials))
     shown = _select(snapshot.apps, max_rows, max_total)
     hidden = sum(len(app.streams) for app in snapshot.apps) - sum(map(len, shown))
     if hidden > 0:
@@ -87,7 +139,7 @@ def render(
             "attention first (expected live but not live, then ERRORED, then live).</p>"
         )
     for app, rows in zip(snapshot.apps, shown, strict=True):
-        parts.append(_app_section(app, rows, now))
+        parts.append(_app_section(app, rows, now, snapshot.taken_at))
     parts.append(_errors(errors, now, max_errors))
     parts.append("</body></html>\n")
     return "\n".join(parts)
@@ -97,26 +149,91 @@ def _summary(snapshot: Snapshot, now: float) -> str:
     if snapshot.cycles == 0:
         return '<p class="note" id="no-poll">No poll yet: the first cycle has not completed.</p>'
     up = sum(1 for app in snapshot.apps if app.up)
+    missing = sum(_missing_expected(app) for app in snapshot.apps)
+    expected = ""
+    if missing:
+        expected = (
+            f' <span class="badge bad">{missing} expected live</span> '
+            f"{'stream is' if missing == 1 else 'streams are'} not live."
+        )
     rows = "".join(_app_row(app, now) for app in snapshot.apps)
     return (
         f'<p id="last-cycle">Last poll cycle ended {_when(snapshot.taken_at, now)}; '
-        f"{snapshot.cycles} cycles since start; {up} of {len(snapshot.apps)} apps up.</p>\n"
+        f"{snapshot.cycles} cycles since start; {up} of {len(snapshot.apps)} apps up."
+        f"{expected}</p>\n"
         '<h2>Apps</h2>\n<table id="apps"><thead><tr><th>account_id</th><th>app_id</th>'
         "<th>credentials</th><th>state</th><th>last successful poll</th>"
-        "<th>tracked streams</th><th>live</th>"
+        "<th>tracked streams</th><th>live</th><th>expected live, not live</th>"
         f"<th>not in listing</th></tr></thead><tbody>\n{rows}</tbody></table>"
+    )
+
+
+def _missing_expected(app: AppState) -> int:
+    """The app's streams expected live that are not live, or not in its listing."""
+    return sum(1 for s in app.streams if s.expected_live and not s.live) + sum(
+        1 for u in app.unlisted if u.expected_live
     )
 
 
 def _app_row(app: AppState, now: float) -> str:
     live = sum(1 for s in app.streams if s.live)
+    missing = _missing_expected(app)
+    shown = f'<span class="badge bad">{missing}</span>' if missing else "0"
     return (
         f'<tr data-account-id="{_e(app.account_id)}" data-app-id="{_e(app.app_id)}">'
-        f'<td class="id account">{_e(app.account_id)}</td><td class="id app">{_e(app.app_id)}</td>'
+        f'<td class="id account">{_id(app.account_id)}</td>'
+        f'<td class="id app">{_id(app.app_id)}</td>'
         f'<td class="credentials">{_e(app.credentials)}</td><td class="state">{_health(app)}</td>'
         f'<td class="last-success">{_when(app.last_success, now, never="never")}</td>'
         f'<td class="num tracked">{len(app.streams)}</td><td class="num live-count">{live}</td>'
+        f'<td class="num expected-down">{shown}</td>'
         f'<td class="num unlisted">{len(app.unlisted)}</td></tr>\n'
+    )
+
+
+def _credentials(rows: Sequence[CredentialsStatus]) -> str:
+    body = "".join(_credentials_row(c) for c in rows)
+    return (
+        '<h2>Credentials</h2>\n<table id="credentials"><thead><tr><th>credentials</th>'
+        "<th>apps</th><th>poll interval</th><th>budget in force</th>"
+        "<th>requests left now</th><th>API rate limit remaining</th><th>plan</th>"
+        f"</tr></thead><tbody>\n{body}</tbody></table>"
+    )
+
+
+def _credentials_row(c: CredentialsStatus) -> str:
+    budget = f"{c.requests} per {c.window:g} s"
+    if c.from_policy:
+        budget += ' <span class="muted">(the API\'s Ratelimit-Policy)</span>'
+    left = str(c.available)
+    if c.available <= 0:
+        left = '<span class="badge bad">0</span> <span class="muted">(waiting)</span>'
+    elif c.available * 10 < c.requests:
+        left = f'<span class="badge warn">{c.available}</span>'
+    remaining = (
+        str(c.remaining) if c.remaining is not None else '<span class="muted">not stated</span>'
+    )
+    return (
+        f'<tr data-credentials="{_e(c.name)}"><td class="name">{_e(c.name)}</td>'
+        f'<td class="num apps">{c.apps}</td><td class="interval">{_seconds(c.interval)}</td>'
+        f'<td class="budget">{budget}</td><td class="num available">{left}</td>'
+        f'<td class="num remaining">{remaining}</td><td class="plan">{_plan(c)}</td></tr>\n'
+    )
+
+
+def _plan(c: CredentialsStatus) -> str:
+    if c.mode is None:
+        return f'{NONE} <span class="muted">(no cycle yet)</span>'
+    if c.mode == "full":
+        return "every stream each cycle"
+    counters = (
+        f"counters about every {_seconds(c.counter_period)}"
+        if math.isfinite(c.counter_period)
+        else "no budget left for counters"
+    )
+    return (
+        '<span class="badge warn">budget short</span> statuses each cycle, '
+        f"{counters}, the full listing about every {_seconds(c.listing_period)}"
     )
 
 
@@ -158,8 +275,11 @@ def _select(apps: Sequence[AppState], max_rows: int, max_total: int) -> list[lis
     return [streams[:n] for streams, n in zip(ordered, keep, strict=True)]
 
 
-def _app_section(app: AppState, shown: Sequence[StreamState], now: float) -> str:
-    rows = [_stream_row(s, now) for s in shown] + [_unlisted_row(u) for u in app.unlisted]
+def _app_section(app: AppState, shown: Sequence[StreamState], now: float, taken_at: float) -> str:
+    # The app's last cycle: when its streams were last read together (a webhook's
+    # refresh after the cycle reads one stream later, and is not the cycle).
+    cycle = max((s.last_update for s in app.streams if s.last_update <= taken_at), default=None)
+    rows = [_stream_row(s, now, cycle) for s in shown] + [_unlisted_row(u) for u in app.unlisted]
     title = f"{_e(app.account_id)} / {_e(app.app_id)}"
     parts = [
         f"<section>\n<h2>Livestreams of {title} {_health(app)}</h2>",
@@ -170,11 +290,16 @@ def _app_section(app: AppState, shown: Sequence[StreamState], now: float) -> str
             "last ones fetched, until they are older than poll.max_staleness.</p>"
         )
     if rows:
+        if cycle is not None:
+            parts.append(
+                f'<p class="muted read-at">Values below were read {_when(cycle, now)}, '
+                "unless \u201cvalues read\u201d says otherwise.</p>"
+            )
         parts.append(
             f'<table class="streams" data-account-id="{_e(app.account_id)}" '
             f'data-app-id="{_e(app.app_id)}"><thead><tr><th>name</th><th>livestream_id</th>'
             "<th>status</th><th>live</th><th>live since</th><th>viewer seconds</th>"
-            "<th>ingest seconds</th><th>session error</th><th>last update</th></tr></thead>"
+            "<th>ingest seconds</th><th>session error</th><th>values read</th></tr></thead>"
             "<tbody>\n" + "".join(rows) + "</tbody></table>"
         )
     else:
@@ -193,54 +318,119 @@ def _app_section(app: AppState, shown: Sequence[StreamState], now: float) -> str
     return "\n".join(parts)
 
 
-def _stream_row(stream: StreamState, now: float) -> str:
+def _stream_row(stream: StreamState, now: float, cycle: float | None) -> str:
     ls = stream.livestream
-    session = stream.session
     status_class = _STATUS_CLASS.get(ls.status)
     status = _e(ls.status)
     if status_class is not None:
         status = f'<span class="badge {status_class}">{status}</span>'
-    live = '<span class="badge ok">yes</span>' if stream.live else "no"
-    if stream.expected_live and not stream.live:
-        live = 'no <span class="badge bad">expected live</span>'
-    since = NONE
-    if stream.session_current and session is not None and session.started_time is not None:
-        since = _when(session.started_time, now)
+    alert = ' class="alert"' if stream.expected_live and not stream.live else ""
+    if stream.session_current:
+        session = _current_session(stream, now)
+    else:
+        session = f'<td class="last-session" colspan="4">{_last_session(stream, now)}</td>'
     return (
-        f'<tr data-livestream-id="{_e(stream.id)}">'
+        f'<tr data-livestream-id="{_e(stream.id)}"{alert}>'
         f'<td class="name">{_e(ls.name) if ls.name else NONE}</td>'
-        f'<td class="id">{_e(stream.id)}</td><td class="status">{status}</td>'
-        f'<td class="live">{live}</td><td class="since">{since}</td>'
-        f'<td class="num viewer">{_counter(session, "viewer")}</td>'
-        f'<td class="num ingest">{_counter(session, "ingest")}</td>'
-        f'<td class="errored">{_errored(session)}</td>'
-        f'<td class="updated">{_when(stream.last_update, now)}</td></tr>\n'
+        f'<td class="id">{_id(stream.id)}</td><td class="status">{status}</td>'
+        f'<td class="live">{_live(stream.live, stream.expected_live)}</td>{session}'
+        f'<td class="read">{_read(stream, now, cycle)}</td></tr>\n'
     )
+
+
+def _live(live: bool, expected: bool | None) -> str:
+    """Whether the stream is live, and what its configuration expects (``expect_live``):
+    an expected live stream that is not live stands out."""
+    if live:
+        return '<span class="badge ok">yes</span>' + (
+            ' <span class="muted">expected</span>' if expected else ""
+        )
+    if expected:
+        return 'no <span class="badge bad">expected live</span>'
+    return 'no <span class="muted">(may be off)</span>' if expected is False else "no"
+
+
+def _current_session(stream: StreamState, now: float) -> str:
+    session = stream.session
+    assert session is not None  # session_current
+    since = NONE if session.started_time is None else _when(session.started_time, now)
+    error = "no"
+    if session.err_message:
+        error = f'<span class="err">{_e(session.err_message)}</span>'
+    return (
+        f'<td class="since">{since}</td>'
+        f'<td class="num viewer">{_counter(session.viewer_seconds)}</td>'
+        f'<td class="num ingest">{_counter(session.ingest_seconds)}</td>'
+        f'<td class="errored">{error}</td>'
+    )
+
+
+def _last_session(stream: StreamState, now: float) -> str:
+    """The values of a stream that is not live (or live without its session read yet):
+    those of its last session, said to be so, or why there are none."""
+    session = stream.session
+    errored = stream.livestream.status == "ERRORED"
+    if stream.live:
+        return f'<span class="muted">{NONE} session not read yet</span>'
+    if session is None:
+        if errored:
+            return (
+                '<span class="label">last session</span> not seen by the exporter: its '
+                "error message is not known"
+            )
+        return f'<span class="muted">{NONE} no session seen</span>'
+    parts = ['<span class="label">last session</span>']
+    if session.stopped_time is not None:
+        parts[0] += f" ended {_when(session.stopped_time, now, inline=True)}"
+    elif session.ended:
+        parts[0] += " ended"
+    elif session.started_time is not None:
+        started = _when(session.started_time, now, inline=True)
+        parts[0] += f" started {started}, its final values not read"
+    else:
+        parts[0] += ", its final values not read"
+    if session.viewer_seconds is not None:
+        parts.append(f"viewer seconds {_counter(session.viewer_seconds)}")
+    if session.ingest_seconds is not None:
+        parts.append(f"ingest seconds {_counter(session.ingest_seconds)}")
+    if session.err_message:
+        parts.append(f'error: <span class="err">{_e(session.err_message)}</span>')
+    elif errored and session.active:
+        parts.append("error: not known until its final values are read")
+    elif errored:
+        parts.append("error: none given by the API")
+    else:
+        parts.append("no error")
+    return _SEP.join(parts)
+
+
+def _read(stream: StreamState, now: float, cycle: float | None) -> str:
+    """Empty for a row read at the app's last cycle; else how long ago it was read (or,
+    for a live stream whose counters wait their turn, how long ago those were)."""
+    if cycle is None:
+        return ""
+    if stream.last_update < cycle - _SAME_CYCLE:
+        return _age(stream.last_update, now)
+    if stream.session_current and stream.counters_at < stream.last_update - _SAME_CYCLE:
+        return "counters " + _age(stream.counters_at, now)
+    return ""
 
 
 def _unlisted_row(gone: Unlisted) -> str:
-    empty = f"<td>{NONE}</td>"
+    alert = ' class="unlisted alert"' if gone.expected_live else ' class="unlisted"'
     return (
-        f'<tr data-livestream-id="{_e(gone.id)}" class="unlisted">'
-        f'<td class="name">{NONE}</td><td class="id">{_e(gone.id)}</td>'
+        f'<tr data-livestream-id="{_e(gone.id)}"{alert}>'
+        f'<td class="name">{NONE}</td><td class="id">{_id(gone.id)}</td>'
         '<td class="status"><span class="badge warn">not in listing</span></td>'
-        f"{empty * 6}</tr>\n"
+        f'<td class="live">{_live(False, gone.expected_live)}</td>'
+        f'<td colspan="4">{NONE}</td><td>{NONE}</td></tr>\n'
     )
 
 
-def _counter(session: Session | None, which: str) -> str:
-    if session is None:
-        return NONE
-    value = session.viewer_seconds if which == "viewer" else session.ingest_seconds
+def _counter(value: float | None) -> str:
     if value is None:
         return NONE
     return f"{value:.0f}" if float(value).is_integer() or value >= 1e6 else f"{value:.1f}"
-
-
-def _errored(session: Session | None) -> str:
-    if session is None:
-        return NONE
-    return '<span class="badge bad">yes</span>' if session.errored else "no"
 
 
 def _errors(errors: Sequence[PollError], now: float, max_errors: int) -> str:
@@ -250,8 +440,8 @@ def _errors(errors: Sequence[PollError], now: float, max_errors: int) -> str:
     if not shown:
         return head + '\n<p id="no-errors">No API errors since the exporter started.</p>'
     rows = "".join(
-        f'<tr><td class="time">{_when(e.time, now)}</td><td class="id">{_e(e.account_id)}</td>'
-        f'<td class="id">{_e(e.app_id)}</td><td>{_e(e.endpoint) or NONE}</td>'
+        f'<tr><td class="time">{_when(e.time, now)}</td><td class="id">{_id(e.account_id)}</td>'
+        f'<td class="id">{_id(e.app_id)}</td><td>{_e(e.endpoint) or NONE}</td>'
         f'<td class="reason"><code>{_e(e.reason)}</code></td>'
         f'<td class="message">{_e(e.message)}</td></tr>\n'
         for e in shown
@@ -263,15 +453,45 @@ def _errors(errors: Sequence[PollError], now: float, max_errors: int) -> str:
     )
 
 
-def _when(timestamp: float | None, now: float, *, never: str = NONE) -> str:
-    """``2026-11-27 10:00:00 UTC`` and how long ago, or ``never`` without a time."""
+def _id(value: str) -> str:
+    """An id, whole if it is no longer than a UUID, else cut by CSS with the whole id in
+    its title (and still in the text, so that a copy takes all of it)."""
+    if len(value) <= UUID_LENGTH:
+        return _e(value)
+    return f'<span class="clip" title="{_e(value)}">{_e(value)}</span>'
+
+
+def _when(timestamp: float | None, now: float, *, never: str = NONE, inline: bool = False) -> str:
+    """``2026-11-27 10:00:00 UTC`` and how long ago, or ``never`` without a time;
+    ``inline`` keeps the age beside the time."""
     if timestamp is None:
         return never
-    try:
-        shown = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    except (OverflowError, OSError, ValueError):  # a time no calendar holds
+    shown = _utc(timestamp)
+    if shown is None:  # a time no calendar holds
         return _e(f"{timestamp:g}")
-    return f'<span class="t">{shown}</span> <span class="ago">({ago(now - timestamp)})</span>'
+    age = f'<span class="{"muted" if inline else "ago"}">({ago(now - timestamp)})</span>'
+    return f'<span class="t">{shown}</span> {age}'
+
+
+def _age(timestamp: float, now: float) -> str:
+    """How long ago, with the time itself in a title."""
+    shown = _utc(timestamp) or f"{timestamp:g}"
+    return f'<span class="ago" title="{_e(shown)}">{ago(now - timestamp)}</span>'
+
+
+def _utc(timestamp: float) -> str | None:
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def _seconds(seconds: float) -> str:
+    """A duration: ``30 s``, ``5 min`` from 2 min, ``2 h`` from 2 h (rounded)."""
+    for unit, size in (("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:g} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
 def ago(seconds: float) -> str:

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from exporter.config import Config, RateLimit
-    from exporter.model import ActiveSession, Listing, Livestream, Totals
+    from exporter.model import ActiveSession, Listing, Livestream, PollError, Snapshot, Totals
+    from exporter.statuspage import CredentialsStatus
 
 T0: Final = 1_800_000_000.0
 INTERVAL: Final = 2.0
@@ -148,6 +149,24 @@ def samples(text: str) -> dict[Key, float]:
     return found
 
 
+class _PollerStatus:
+    """The status page's source for one poller without a fleet: no credentials table."""
+
+    def __init__(self, poller: Poller) -> None:
+        self._poller = poller
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._poller.snapshot
+
+    @property
+    def recent_errors(self) -> tuple[PollError, ...]:
+        return self._poller.recent_errors
+
+    def credentials_status(self) -> tuple[CredentialsStatus, ...]:
+        return ()
+
+
 class FaultRig:
     """Client, poller, metrics and the HTTP app for one upstream; ``async with`` it."""
 
@@ -225,7 +244,7 @@ class FaultRig:
             app = create_app(
                 registry=registry,
                 ready=lambda: self.poller.ready,
-                status=self.poller,
+                status=_PollerStatus(self.poller),
                 refresh=INTERVAL,
             )
             self._runner = web.AppRunner(app, access_log=None, handle_signals=False)

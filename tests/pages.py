@@ -40,6 +40,7 @@ class Page(HTMLParser):
         self.rows: dict[str, dict[str, str]] = {}  # livestream id -> td class -> text
         self.apps: dict[tuple[str, str], dict[str, str]] = {}  # (account, app) -> class -> text
         self.errors: list[list[str]] = []  # rows of the error table, cell texts
+        self.tables: dict[str, list[list[str]]] = {}  # table id or class -> rows of cell texts
         self.text_parts: list[str] = []
         self._table: str | None = None
         self._row: dict[str, str] | None = None
@@ -52,6 +53,10 @@ class Page(HTMLParser):
     @property
     def text(self) -> str:
         return "".join(self.text_parts)
+
+    def table(self, name: str) -> list[list[str]]:
+        """The rows (cell texts, header rows left out) of the table of that id or class."""
+        return self.tables.get(name, [])
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         found = dict(attrs)
@@ -80,6 +85,8 @@ class Page(HTMLParser):
                 self._cells.append(text)
             self._cell = None
         elif tag == "tr":
+            if self._table is not None and self._cells:
+                self.tables.setdefault(self._table, []).append(self._cells)
             if self._table == "errors" and self._cells:
                 self.errors.append(self._cells)
             self._row = self._cells = None

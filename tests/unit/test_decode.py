@@ -610,6 +610,39 @@ def test_active_session_with_stopped_time_is_not_active() -> None:
 
 
 @pytest.mark.parametrize(
+    ("message", "key", "read"),
+    [
+        ("encoder lost", SESSION_STREAM_KEY, "encoder lost"),
+        (
+            f"bad key {SESSION_STREAM_KEY} for ls b60ef3da-fbbb-441b-9168-8235b0035248",
+            SESSION_STREAM_KEY,
+            "bad key <redacted> for ls b60ef3da-fbbb-441b-9168-8235b0035248",
+        ),
+        ("bad key SHORTKEY9", "shortkey9", decode.WITHHELD_KEY),  # too short to look secret
+        ("  ", SESSION_STREAM_KEY, None),
+        ("x" * 500, SESSION_STREAM_KEY, "<redacted>"),
+        ("é " * 300, SESSION_STREAM_KEY, ("é " * 100).strip()),
+    ],
+    ids=["plain", "long-key", "short-key", "blank", "one-long-run", "clipped"],
+)
+def test_a_session_error_message_is_redacted_and_clipped(
+    message: str, key: str, read: str | None
+) -> None:
+    """err_message is shown and logged: runs that look like a secret are redacted (a
+    UUID stays), one that quotes the stream key of the answer's livestream is withheld
+    whole, and it is clipped to MAX_MESSAGE_LENGTH."""
+    body = session_body(stopped_time="2023-07-15T07:18:39.500Z", err_message=message)
+    body["data"]["livestream"]["stream_key"] = key
+    result = decode.active_session(body, livestream_id=SESSION_STREAM_ID)
+    assert result.session is not None
+    assert result.session.err_message == read
+    by_id = decode.session_by_id({"data": body["data"]["session"]})
+    assert by_id is not None
+    if read != decode.WITHHELD_KEY:  # the by-id answer has no stream key to compare with
+        assert by_id.err_message == read
+
+
+@pytest.mark.parametrize(
     "data",
     [
         {"livestream": SESSION_EXAMPLE["data"]["livestream"], "session": None},

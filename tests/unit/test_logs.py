@@ -128,3 +128,29 @@ def test_an_own_message_a_client_can_repeat_is_throttled_too(restore_root: None)
     lines = stream.getvalue().splitlines()
     assert sum("configuration reloaded" in line for line in lines) == logs.BURST
     assert sum("a state change" in line for line in lines) == 400
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("plain", "plain"),
+        ("two words", '"two words"'),
+        ('say "hi"\\', '"say \\"hi\\"\\\\"'),
+        ("line\nbreak\rreturn\ttab", '"line\\nbreak\\rreturn\\ttab"'),
+        ("esc\x1b[2J del\x7f c1\x85", '"esc\\u001b[2J del\\u007f c1\\u0085"'),
+        ("sep\u2028par\u2029", '"sep\\u2028par\\u2029"'),
+        ("Bühne🎤", "Bühne🎤"),
+    ],
+    ids=["plain", "space", "quotes", "breaks", "controls", "separators", "unicode"],
+)
+def test_logfmt_values_cannot_break_the_line_or_move_the_cursor(
+    restore_root: None, value: str, shown: str
+) -> None:
+    """Text from the API (a stream's name, a session's error) in a message or a field:
+    one line whatever it holds, with line breaks, control characters and Unicode line
+    separators escaped inside quotes."""
+    stream = io.StringIO()
+    logs.configure(fmt="logfmt", stream=stream)
+    logging.getLogger("exporter.test").info("%s", value, extra={"livestream_name": value})
+    [line] = stream.getvalue().split("\n")[:-1]
+    assert line.endswith(f" msg={shown} livestream_name={shown}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,9 +26,18 @@ from exporter.poller import INTERNAL, RECENT_ERRORS, Poller
 from exporter.server import Exporter, create_app
 from exporter.simulator import Canned, Faults, Simulator
 from exporter.simulator.world import STREAM_KEY_PREFIX
-from exporter.statuspage import MAX_ROWS, MAX_TOTAL_ROWS, ago, render
+from exporter.statuspage import MAX_ROWS, MAX_TOTAL_ROWS, CredentialsStatus, ago, render
 from tests.apidouble import UnaskedApi
-from tests.conftest import ACCOUNT, APP, TOKEN, add_stream, go_live, make_config
+from tests.conftest import (
+    ACCOUNT,
+    APP,
+    TOKEN,
+    add_stream,
+    api_simulator,
+    go_live,
+    make_config,
+    sent,
+)
 from tests.pages import ALLOWED_TAGS, Page
 
 if TYPE_CHECKING:
@@ -150,6 +160,7 @@ def test_apps_and_streams_are_shown() -> None:
         "last-success": "2027-01-15 07:59:50 UTC (10 s ago)",
         "tracked": "3",
         "live-count": "1",
+        "expected-down": "0",
         "unlisted": "0",
     }
     assert got.rows["ls-live"] == {
@@ -161,14 +172,21 @@ def test_apps_and_streams_are_shown() -> None:
         "viewer": "300",
         "ingest": "116.1",
         "errored": "no",
-        "updated": "2027-01-15 07:59:50 UTC (10 s ago)",
+        "read": "",  # read at the app's last cycle, which the table's heading names
     }
-    err = got.rows["ls-err"]
-    assert (err["name"], err["live"], err["since"], err["errored"]) == ("—", "no", "—", "yes")
-    assert (err["viewer"], err["ingest"]) == ("1200.5", "600")
-    assert err["updated"] == "2027-01-15 06:53:20 UTC (66 min ago)"
-    new = got.rows["ls-new"]
-    assert (new["viewer"], new["ingest"], new["errored"], new["since"]) == ("—",) * 4
+    assert "Values below were read 2027-01-15 07:59:50 UTC (10 s ago), unless" in got.text
+    # Not live: its last session's values, in one cell that says so, with the error.
+    assert got.rows["ls-err"] == {
+        "name": "—",
+        "id": "ls-err",
+        "status": "ERRORED",
+        "live": "no",
+        "last-session": "last session ended 2027-01-15 07:55:00 UTC (5 min ago) · viewer "
+        "seconds 1200.5 · ingest seconds 600 · error: encoder went away",
+        "read": "66 min ago",  # kept from an earlier cycle
+    }
+    assert got.rows["ls-new"]["last-session"] == "— no session seen"
+    assert "since" not in got.rows["ls-new"] and "viewer" not in got.rows["ls-new"]
     # the ERRORED stream first, then the live one, then the rest
     assert list(got.rows) == ["ls-err", "ls-live", "ls-new"]
 
@@ -215,10 +233,219 @@ def test_unlisted_streams_are_listed_as_not_in_listing() -> None:
     assert got.apps[(ACCOUNT, APP)]["tracked"] == "1"
 
 
-def test_expected_live_stream_that_is_not_live_is_flagged() -> None:
-    got = page(snap(app(stream("ls-1", expected_live=True), stream("ls-2", expected_live=False))))
-    assert got.rows["ls-1"]["live"] == "no expected live"
-    assert got.rows["ls-2"]["live"] == "no"
+def test_streams_expected_live_are_marked_and_those_not_live_stand_out() -> None:
+    """expect_live: true is marked on a live stream; on one that is not live (or is not in
+    the listing) it is a red badge on a highlighted row, counted per app and in the page's
+    summary; expect_live: false says the stream may be off."""
+    got = page(
+        snap(
+            app(
+                stream("ls-down", expected_live=True),
+                stream("ls-up", "LIVE", live=True, expected_live=True),
+                stream("ls-off", expected_live=False),
+                stream("ls-plain"),
+                unlisted=(Unlisted("ls-gone", expected_live=True), Unlisted("ls-gone-2")),
+            ),
+            app(stream("ls-other", "LIVE", live=True), app_id="app-2"),
+        )
+    )
+    assert got.rows["ls-down"]["live"] == "no expected live"
+    assert got.rows["ls-up"]["live"] == "yes expected"
+    assert got.rows["ls-off"]["live"] == "no (may be off)"
+    assert got.rows["ls-plain"]["live"] == "no"
+    assert got.rows["ls-gone"]["live"] == "no expected live"
+    assert got.rows["ls-gone-2"]["live"] == "no"
+    highlighted = {
+        a["data-livestream-id"]
+        for t, a in got.tags
+        if t == "tr" and "alert" in (a.get("class") or "").split()
+    }
+    assert highlighted == {"ls-down", "ls-gone"}
+    assert got.apps[(ACCOUNT, APP)]["expected-down"] == "2"
+    assert got.apps[(ACCOUNT, "app-2")]["expected-down"] == "0"
+    assert "2 expected live streams are not live." in got.text
+    one = page(snap(app(stream("ls-down", expected_live=True))))
+    assert "1 expected live stream is not live." in one.text
+    assert "expected live stream" not in page(snap(app(stream("ls-plain")))).text
+
+
+def test_a_session_error_is_shown_escaped_and_a_stream_not_live_shows_its_last_session() -> None:
+    """The session's err_message is on the page, escaped. A stream that is not live
+    (INVOKED again after a failed broadcast, or ERRORED) shows its last session's values
+    and error under "last session", never in the current session's columns; a live
+    stream shows its current session's."""
+    failed = Session(
+        id="s-old",
+        started_time=NOW - 4000,
+        stopped_time=NOW - 3600,
+        err_message=HOSTILE,
+        ingest_seconds=400,
+        viewer_seconds=900,
+    )
+    current = Session(id="s-now", started_time=NOW - 60, err_message="bitrate too high")
+    got = page(
+        snap(
+            app(
+                stream("ls-invoked", "INVOKED", session=failed),
+                stream("ls-errored", "ERRORED", session=failed),
+                stream("ls-live", "LIVE", live=True, session=current),
+            )
+        )
+    )
+    for sid in ("ls-invoked", "ls-errored"):
+        row = got.rows[sid]
+        assert {"since", "viewer", "ingest", "errored"}.isdisjoint(row), row
+        assert row["last-session"] == (
+            "last session ended 2027-01-15 07:00:00 UTC (60 min ago) · viewer seconds 900 · "
+            f"ingest seconds 400 · error: {HOSTILE}"
+        )
+    live = got.rows["ls-live"]
+    assert (live["errored"], live["viewer"]) == ("bitrate too high", "—")
+    assert "last-session" not in live
+
+
+@pytest.mark.parametrize(
+    ("session", "shown"),
+    [
+        (None, "last session not seen by the exporter: its error message is not known"),
+        (
+            Session(id="s", started_time=NOW - 600),  # stopped, final values not read yet
+            "last session started 2027-01-15 07:50:00 UTC (10 min ago), its final values "
+            "not read · error: not known until its final values are read",
+        ),
+        (
+            Session(id="s", started_time=NOW - 600, stopped_time=NOW - 60, viewer_seconds=5),
+            "last session ended 2027-01-15 07:59:00 UTC (60 s ago) · viewer seconds 5 · "
+            "error: none given by the API",
+        ),
+        (
+            Session(id="s", ended=True, err_message="gone"),
+            "last session ended · error: gone",
+        ),
+    ],
+    ids=["no-session", "final-values-pending", "no-message", "ended-without-time"],
+)
+def test_an_errored_stream_says_why_it_shows_no_error_message(
+    session: Session | None, shown: str
+) -> None:
+    """An ERRORED stream never shows a bare dash for its error: it says that no session
+    was seen, that the final values are not read yet, or that the API gave no message."""
+    got = page(snap(app(stream("ls-1", "ERRORED", session=session))))
+    assert got.rows["ls-1"]["last-session"] == shown
+
+
+def test_a_live_stream_whose_session_is_not_read_yet_says_so() -> None:
+    """Live on the listing's word, its session not asked yet: no values, and why."""
+    got = page(snap(app(stream("ls-1", "LIVE", live=True))))
+    assert got.rows["ls-1"]["last-session"] == "— session not read yet"
+
+
+def credentials(name: str = "default", **kwargs: Any) -> CredentialsStatus:
+    values: dict[str, Any] = {
+        "apps": 1,
+        "interval": 30.0,
+        "requests": 1200,
+        "window": 300.0,
+        "available": 1150,
+        "remaining": 1142,
+        "mode": "full",
+        "counter_period": 30.0,
+        "listing_period": 30.0,
+    }
+    return CredentialsStatus(name=name, **(values | kwargs))
+
+
+def test_each_credentials_poll_interval_budget_and_rate_limit_are_shown() -> None:
+    """Per credentials: apps, poll interval, the budget in force (and whether the API's
+    stated limit is what sets it), the requests it grants now (an empty budget stands
+    out), the API's last Ratelimit remaining (or that none was stated) and the plan."""
+    got = page(
+        snap(app()),
+        credentials=(
+            credentials(),
+            credentials(
+                "<b>tenant</b>",
+                apps=3,
+                interval=15.0,
+                requests=600,
+                window=300.0,
+                available=0,
+                from_policy=True,
+                remaining=None,
+                mode="lanes",
+                counter_period=95.2,
+                listing_period=600.0,
+            ),
+            credentials("new", available=40, mode=None),
+        ),
+    )
+    rows = {row[0]: row for row in got.table("credentials")}
+    assert rows["default"] == [
+        "default",
+        "1",
+        "30 s",
+        "1200 per 300 s",
+        "1150",
+        "1142",
+        "every stream each cycle",
+    ]
+    assert rows["<b>tenant</b>"] == [
+        "<b>tenant</b>",
+        "3",
+        "15 s",
+        "600 per 300 s (the API's Ratelimit-Policy)",
+        "0 (waiting)",
+        "not stated",
+        "budget short statuses each cycle, counters about every 95 s, the full listing "
+        "about every 10 min",
+    ]
+    assert rows["new"][4:] == ["40", "1142", "— (no cycle yet)"]
+    assert page(snap(app())).table("credentials") == []  # none given: no table
+
+
+def test_ids_stay_on_one_line() -> None:
+    """Id cells are monospace and never break (a UUID is shown whole); an id longer than a
+    UUID is cut by CSS, whole in its title and its text."""
+    uuid = "3f2a9c1e-7b4d-4e21-9a6f-0c5d8e7b1a23"
+    long_id = "x" * 80 + EVIL_ATTR
+    text = render(snap(app(stream(uuid), stream(long_id))), (), NOW, "1")
+    assert ".id{font-family:ui-monospace,monospace;font-size:.92em;white-space:nowrap}" in text
+    got = Page(text)
+    assert got.rows[uuid]["id"] == uuid and got.rows[long_id]["id"] == long_id
+    clipped = [a for t, a in got.tags if t == "span" and a.get("class") == "clip"]
+    assert [a["title"] for a in clipped] == [long_id]
+    assert f'<td class="id">{uuid}</td>' in text
+
+
+def test_values_read_names_only_rows_not_read_at_the_apps_last_cycle() -> None:
+    """The "values read" cell is empty for a row read at the app's last cycle (and for one
+    a webhook refreshed since); a row kept from an earlier cycle says how old it is, and a
+    live stream whose counters wait their turn says how old those are."""
+    live = Session(id="s", started_time=NOW - 900, viewer_seconds=10)
+    in_turn = dataclasses.replace(
+        stream("ls-turn", "LIVE", live=True, session=live), counted_at=NOW - 190
+    )
+    pushed = stream("ls-pushed", "IDLE", last_update=NOW - 2)  # after the snapshot's time
+    got = page(
+        snap(
+            app(
+                stream("ls-fresh"),
+                stream("ls-kept", last_update=NOW - 400),
+                in_turn,
+                stream("ls-fresh-live", "LIVE", live=True, session=live),
+                pushed,
+            )
+        )
+    )
+    assert got.rows["ls-fresh"]["read"] == ""
+    assert got.rows["ls-pushed"]["read"] == ""
+    assert got.rows["ls-fresh-live"]["read"] == ""
+    assert got.rows["ls-kept"]["read"] == "6 min ago"
+    assert got.rows["ls-turn"]["read"] == "counters 3 min ago"
+    kept = next(
+        a for t, a in got.tags if t == "span" and a.get("title") == "2027-01-15 07:53:20 UTC"
+    )
+    assert kept["class"] == "ago"
 
 
 def test_an_app_that_is_down_says_so_and_when_it_last_worked() -> None:
@@ -394,7 +621,7 @@ def test_refresh_and_odd_times() -> None:
     odd = stream("ls-1", live=True, session=Session(id="s", started_time=1e300), last_update=1e300)
     text = render(snap(app(odd)), (), NOW, "1", refresh=30.0)
     assert '<meta http-equiv="refresh" content="30">' in text
-    assert "1e+300" in Page(text).rows["ls-1"]["updated"]
+    assert Page(text).rows["ls-1"]["since"] == "1e+300"
     assert "http-equiv" not in render(EMPTY_SNAPSHOT, (), NOW, "1")
 
 
@@ -581,3 +808,60 @@ async def test_page_without_a_status_source_is_the_empty_page() -> None:
         assert response.status == 200
         text = await response.text()
         assert "No poll yet" in text and f"version {__version__}" in text
+
+
+async def test_the_served_page_shows_each_credentials_budget_as_polling_left_it(
+    served: tuple[Exporter, TestClient[Any, Any]], sim: Simulator
+) -> None:
+    """The credentials table of a running exporter: the configured budget, the requests
+    it grants after the cycle's, the API's Ratelimit remaining, and the plan."""
+    exporter, client = served
+    before = Page(await (await client.get("/")).text())
+    assert before.table("credentials") == [
+        ["default", "1", "30 s", "1000 per 300 s", "1000", "not stated", "— (no cycle yet)"]
+    ]
+    await exporter.poller.poll_once()
+    got = Page(await (await client.get("/")).text())
+    spent = sent(sim)
+    assert spent > 0
+    assert got.table("credentials") == [
+        [
+            "default",
+            "1",
+            "30 s",
+            "1000 per 300 s",
+            str(1000 - spent),
+            str(exporter.metrics.remaining["default"]),
+            "every stream each cycle",
+        ]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("token", "shown"),
+    [
+        (TOKEN, "error: RTMP auth failed for key <redacted> (Bearer <redacted>)"),
+        # A token too short to look like a secret is caught by the client: all withheld.
+        ("tok-short1", "error: message withheld: it quotes the API token"),
+    ],
+    ids=["long-token", "short-token"],
+)
+async def test_a_session_error_that_quotes_secrets_is_shown_without_them(
+    token: str, shown: str
+) -> None:
+    """A session that fails with an err_message quoting its stream key and the API token:
+    the page shows the message with both redacted, and neither secret."""
+    async with api_simulator(token) as simulator:
+        add_stream(simulator, "ls-1", name="Main stage")
+        go_live(simulator, "ls-1")
+        config = make_config(simulator.base_url, streams=("ls-1",), token=token)
+        async for exporter, client in serve(config):
+            await exporter.poller.poll_once()
+            key = simulator.world.find("ls-1").stream_key
+            simulator.world.fail("ls-1", message=f"RTMP auth failed for key {key} (Bearer {token})")
+            await exporter.poller.poll_once()  # the stop, and the session's final values
+            body = await (await client.get("/")).text()
+            assert key not in body and token not in body
+            row = Page(body).rows["ls-1"]
+            assert row["status"] == "ERRORED"
+            assert row["last-session"].endswith(shown), row
