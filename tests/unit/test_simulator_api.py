@@ -1190,7 +1190,7 @@ def test_max_per_page_must_be_at_least_one() -> None:
         (["--ip-rate-limit", "0/1s"], "--ip-rate-limit"),
         (["--fault.variant-rate", "1.5"], "--fault.variant-rate"),
         (["--fault.status-lag", "soon"], "--fault.status-lag"),
-        (["--fault.status-lag", "2d"], "--fault.status-lag"),
+        (["--fault.status-lag", "2q"], "--fault.status-lag"),  # no such unit (2d is 2 days)
         (["--fault.status-lag", "90000s"], "status_lag"),
     ],
     ids=lambda v: "-".join(v) if isinstance(v, list) else None,
