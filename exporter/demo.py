@@ -55,7 +55,8 @@ def config(
     expected = tuple(LivestreamConfig(id=s.id, expect_live=True) for s in main[:1])
     return Config(
         api=ApiConfig(token=Secret(api_token), base_url=base_url),
-        poll=PollConfig(interval=INTERVAL, max_staleness=60.0),
+        # Analytics every minute: the demo shows them soon after it starts.
+        poll=PollConfig(interval=INTERVAL, max_staleness=60.0, analytics_interval=60.0),
         apps=(
             AppConfig(account_id=ACCOUNT_ID, app_id=MAIN_APP, discover=True, livestreams=expected),
             AppConfig(account_id=ACCOUNT_ID, app_id=EVENTS_APP, discover=True),

@@ -80,6 +80,9 @@ def _working(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> li
     for name in ("realtimekit_livestream_ingest_seconds", "realtimekit_livestream_viewer_seconds"):
         if not {dict(k)["livestream_id"] for k in metrics.get(name, {})} & live:
             missing.append(f"{name} of a live stream")
+    analytics = metrics.get("realtimekit_app_livestream_sessions_total", {})
+    if {dict(k)["app_id"] for k, v in analytics.items() if v > 0} != {MAIN_APP, EVENTS_APP}:
+        missing.append("realtimekit_app_livestream_sessions_total above 0 for both apps")
     return missing
 
 
