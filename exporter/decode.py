@@ -23,6 +23,9 @@ MAX_MESSAGE_LENGTH: Final = 200
 # In an API's error text, a run this long of letters, digits and _+/=- may be a secret (a
 # stream key, a token) echoed back; a UUID (a livestream or session id) stays readable.
 _SECRET_LIKE: Final = re.compile(r"[A-Za-z0-9_+/=-]{24,}")
+# The end of a clipped message that may be part of a word cut by the clip: what follows
+# its last space or delimiter (a secret is quoted "key=K", "(K)" or "'K'" as well).
+_LAST_WORD: Final = re.compile(r"[^\s\"'()<>\[\]{},;]+\Z")
 _UUID: Final = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 MAX_STATUS_LENGTH: Final = 64
 MIN_SECRET_LENGTH: Final = 8  # a shorter "stream key" would blank ordinary names
@@ -471,8 +474,17 @@ def _error_message(value: object) -> str | None:
 
 def _quoted(message: str) -> str:
     """An API's error message, fit to log: secret-like runs redacted, then clipped (the
-    other way round, a secret cut by the clip could slip under the length threshold)."""
-    return _SECRET_LIKE.sub(_redact, _encodable(message))[:MAX_MESSAGE_LENGTH]
+    other way round, a secret cut by the clip could slip under the length threshold)
+    between words (a secret the clip cut in two would no longer be quoted whole, so the
+    checks for the token and the stream key would miss its first characters)."""
+    text = _SECRET_LIKE.sub(_redact, _encodable(message))
+    if len(text) <= MAX_MESSAGE_LENGTH:
+        return text
+    clipped = text[:MAX_MESSAGE_LENGTH]
+    if not text[MAX_MESSAGE_LENGTH].isspace():
+        clipped = _LAST_WORD.sub("", clipped)  # the word the clip cut, whole
+    # One word longer than the clip could hold anything: said to be there, not shown.
+    return clipped if clipped.strip() else "<redacted>"
 
 
 def _redact(match: re.Match[str]) -> str:

@@ -45,10 +45,14 @@ _FIELDS: Final = (
     "address",
     "suppressed",
 )
+# Bidirectional controls: in a terminal, an override in a stream's name turns the rest of
+# the line around (``level=error`` then reads otherwise); escaped in both formats.
+_BIDI: Final = "\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069"
 # Characters that make a logfmt value quoted; of them, those escaped inside the quotes
-# (C0 and C1 controls, DEL, and the Unicode line and paragraph separators).
-_LOGFMT_QUOTED: Final = re.compile(r'[\s="\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
-_LOGFMT_ESCAPED: Final = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+# (C0 and C1 controls, DEL, the Unicode line and paragraph separators, bidi controls).
+_LOGFMT_QUOTED: Final = re.compile(rf'[\s="\\\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI}]')
+_LOGFMT_ESCAPED: Final = re.compile(rf'["\\\x00-\x1f\x7f-\x9f\u2028\u2029{_BIDI}]')
+_JSON_ESCAPED: Final = re.compile(f"[{_BIDI}]")  # JSON escapes the rest itself
 _LOGFMT_ESCAPES: Final = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 REDACTED: Final = "<redacted>"
 MIN_REDACTED_LENGTH: Final = 8
@@ -146,7 +150,8 @@ class LogfmtFormatter(_Formatter):
 
 class JsonFormatter(_Formatter):
     def render(self, fields: dict[str, str]) -> str:
-        return json.dumps(fields, ensure_ascii=False)
+        # A bidi control can only be inside a string: its \uXXXX escape is the same text.
+        return _JSON_ESCAPED.sub(_unicode_escape, json.dumps(fields, ensure_ascii=False))
 
 
 def _exception_kinds(exc: BaseException | None) -> str:
@@ -178,8 +183,11 @@ def _logfmt_value(value: str) -> str:
 
 
 def _logfmt_escape(match: re.Match[str]) -> str:
-    char = match[0]
-    return _LOGFMT_ESCAPES.get(char) or f"\\u{ord(char):04x}"
+    return _LOGFMT_ESCAPES.get(match[0]) or _unicode_escape(match)
+
+
+def _unicode_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match[0]):04x}"
 
 
 def configure(

@@ -73,8 +73,13 @@ _UNIT_SECONDS: Final = {
     "ms": 0.001,
 }
 _UNIT_ORDER: Final = tuple(_UNIT_SECONDS)
-_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|[ywdhms])")
-_PLAIN_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+# ASCII digits (\d alone is any Unicode digit: a fullwidth "1s" was one second).
+_DURATION_PART = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|[ywdhms])")
+_PLAIN_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# The shortest and the longest duration, as Prometheus bounds its own (a millisecond, and
+# 292 years of nanoseconds): 1e307 s passed, and the poller's first plan overflowed.
+MIN_DURATION: Final = 0.001
+MAX_DURATION: Final = 292 * _UNIT_SECONDS["y"]
 DURATION_FORM: Final = "write a number and a unit (ms, s, m, h, d, w or y), such as 30s, 5m or 1d"
 _SHOWN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,23}")
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -110,14 +115,21 @@ def parse_duration(value: object, *, alternative: str = "") -> float:
     """``500ms``, ``30s``, ``5m``, ``1h``, ``1d``, ``1w``, ``1y``, a combination in that
     order (``1h30m``, as Prometheus writes them), or a plain number of seconds -> seconds.
 
-    Anything else, zero and negative durations among them, raises one ValueError that
-    names the value written (when it may be shown) and says what is accepted; its text
-    ends with ``alternative`` (", or off") when something else is accepted too.
+    Anything else, zero and negative durations among them, and any shorter than 1ms or
+    longer than 292y, raises one ValueError that names the value written (when it may be
+    shown) and says what is accepted; its text ends with ``alternative`` (", or off")
+    when something else is accepted too.
     """
     seconds = _seconds(value)
     if seconds is None or not math.isfinite(seconds) or seconds <= 0:
         raise ValueError(
             f"{_shown_value(value)} is not a duration above zero: {DURATION_FORM}{alternative}"
+        )
+    if not MIN_DURATION <= seconds <= MAX_DURATION:
+        beyond = "longer than 292y" if seconds > MAX_DURATION else "shorter than 1ms"
+        raise ValueError(
+            f"{_shown_value(value)} is {beyond}: a duration is at least 1ms and at most "
+            f"292y{alternative}"
         )
     return seconds
 
