@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Final
 
 import pytest
@@ -17,7 +18,7 @@ from exporter.simulator import Simulator, World
 from tests.clock import FakeClock
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Iterator
 
     from exporter.simulator.world import SimSession
 
@@ -34,6 +35,20 @@ def api_simulator(token: str = TOKEN, *, apps: tuple[str, ...] = (APP,)) -> Simu
     for app in apps:
         world.populate(ACCOUNT, app, 0)
     return Simulator(world, token=token, ip_limiter="off")
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    """The root logger's handlers and level as they were, after the test (which may
+    configure logging as the CLI does)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture

@@ -25,7 +25,6 @@ from tests.pages import ALLOWED_TAGS, Page
 from tests.webauth import HASH, PASSWORD, USER, basic
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
 
 NOW = 1_800_000_000.0
@@ -172,16 +171,6 @@ def test_a_rate_limit_window_beyond_any_use_is_refused() -> None:
 
 
 # -- logs ----------------------------------------------------------------------------------
-@pytest.fixture
-def restore_root() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 BIDI = ["\u202e", "\u202a", "\u2066", "\u2067", "\u2068", "\u2069", "\u200e", "\u200f"]

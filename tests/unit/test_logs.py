@@ -5,28 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
-from typing import TYPE_CHECKING
 
 import pytest
 
 from exporter import logs
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
 SECRET = "tok-very-secret-0123"
-
-
-@pytest.fixture
-def restore_root() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
-    for handler in handlers:
-        root.addHandler(handler)
-    root.setLevel(level)
 
 
 def emit(fmt: logs.Format, level: logs.Level = "info") -> tuple[str, logging.Logger]:
