@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Final
 from exporter import lanes
 from exporter.budget import RequestBudget
 from exporter.client import MIN_REQUEST_TIME, RealtimeKitClient
-from exporter.config import DEFAULT_CREDENTIALS, format_duration
+from exporter.config import format_duration, rate_key
 from exporter.tokenfile import CHECK_THREADS, TokenFile
 from exporter.workers import DaemonExecutor
 
@@ -156,21 +156,16 @@ class ApiToken:
         )
 
 
-def rate_key(name: str) -> str:
-    """The setting of the credentials ``name``'s budget, as messages name it."""
-    return "api.rate_limit" if name == DEFAULT_CREDENTIALS else f"credentials.{name}.rate_limit"
-
-
 def config_warnings(config: Config) -> list[str]:
     """What may go wrong with ``config`` though it is valid, as start-up logs it and
     ``--config.check`` prints it: each credentials' budget (:func:`budget_warnings`,
     naming its own rate_limit), and credentials no app uses."""
+    used = config.credential_names()
     warnings = [
         warning
-        for name in config.credential_names()
+        for name in used
         for warning in budget_warnings(config.scoped(name), rate_key=rate_key(name))
     ]
-    used = set(config.credential_names())
     warnings += [
         f"credentials {c.name} are not used by any app (apps choose them with credentials: "
         f"{c.name})"
@@ -195,9 +190,7 @@ def budget_warnings(config: Config, *, rate_key: str = "api.rate_limit") -> list
     warnings = []
     rate = config.api.rate_limit
     api_requests, api_window = API_RATE_LIMIT
-    # The most the budget lets through in any one API window: a whole budget at once when
-    # its window is at least as long, else one budget per started window of ours.
-    windows = max(1, math.ceil(api_window / rate.window))
+    windows = _api_windows(rate.window)
     if rate.requests * windows > api_requests:
         warnings.append(
             f"{rate_key} {rate} is above the API's own limit of {api_requests} requests "
@@ -217,8 +210,8 @@ def budget_warnings(config: Config, *, rate_key: str = "api.rate_limit") -> list
         warnings.append(
             f"listing {'the app' if listings == 1 else f'{listings} apps'} every cycle needs "
             f"at least {_count(listings, 'request')} a cycle, "
-            f"{_over(listings, share, config, rate_key)}: every cycle will wait for "
-            f"the budget and take longer than poll.interval; {_fix(listings, config, rate_key)}"
+            f"{_over(listings, share, config, rate_key)}: every cycle will wait for the "
+            "budget and take longer than poll.interval; " + _fix(listings, share, config, rate_key)
         )
     elif expected and _per_window(listings + expected, share, config) > share.requests:
         need = listings + expected
@@ -228,7 +221,7 @@ def budget_warnings(config: Config, *, rate_key: str = "api.rate_limit") -> list
             f"reading their sessions every cycle needs about {need} requests a cycle with "
             f"the listings, {_over(need, share, config, rate_key)}; while they are live, "
             "their session values will be read in turn, less often than poll.interval "
-            f"(docs/scaling.md). To read them every cycle, {_fix(need, config, rate_key)}"
+            f"(docs/scaling.md). To read them every cycle, {_fix(need, share, config, rate_key)}"
         )
     return warnings
 
@@ -238,9 +231,14 @@ def _count(n: int, noun: str) -> str:
 
 
 def _per_window(per_cycle: int, share: RateLimit, config: Config) -> int:
-    """Requests per budget window that ``per_cycle`` requests every poll.interval make,
-    rounded up: "needs 1200 ... allows 1200" would read as no problem at all."""
-    return math.ceil(per_cycle * share.window / config.poll.interval)
+    return lanes.per_window(per_cycle, share.window, config.poll.interval)
+
+
+def _api_windows(window: float) -> int:
+    """Windows of ``window`` seconds that one of the API's windows can see starting: the
+    most a budget lets through in one API window is its requests times this (a whole
+    budget at once when its window is at least as long)."""
+    return max(1, math.ceil(API_RATE_LIMIT[1] / window))
 
 
 def _over(per_cycle: int, share: RateLimit, config: Config, rate_key: str) -> str:
@@ -255,17 +253,16 @@ def _over(per_cycle: int, share: RateLimit, config: Config, rate_key: str) -> st
     )
 
 
-def _fix(per_cycle: int, config: Config, rate_key: str) -> str:
+def _fix(per_cycle: int, share: RateLimit, config: Config, rate_key: str) -> str:
     """What to change so that ``per_cycle`` requests fit every cycle: a longer poll
     interval, or a larger budget if the API allows one token that much."""
     rate = config.api.rate_limit
     kept = 1.0 - lanes.MARGIN  # of the budget the poller plans with
-    seconds = per_cycle * rate.window / (rate.requests // config.shard.total * kept)
+    seconds = per_cycle * rate.window / (share.requests * kept)
     least = math.ceil(seconds) if seconds < 120 else 60 * math.ceil(seconds / 60)
     fix = f"raise poll.interval to at least {format_duration(least)}"
     needed = config.shard.total * math.ceil(per_cycle * rate.window / (config.poll.interval * kept))
-    api_requests, api_window = API_RATE_LIMIT
-    if needed * max(1, math.ceil(api_window / rate.window)) <= api_requests:
+    if needed * _api_windows(rate.window) <= API_RATE_LIMIT[0]:
         return f"{fix} or {rate_key} to {needed}/{format_duration(rate.window)}"
     return f"{fix}, or read some apps with another token (credentials; docs/scaling.md)"
 

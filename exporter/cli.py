@@ -29,7 +29,8 @@ from exporter.connections import raise_open_files_limit
 from exporter.reload import Reloader
 from exporter.server import Exporter, ServeError, Server, join_host_port
 from exporter.signals import HANDLED, Signals
-from exporter.signature import KeyError_, load_key
+from exporter.signature import KeyError_
+from exporter.webhookkey import load_key_file
 
 if TYPE_CHECKING:
     import argparse
@@ -357,7 +358,7 @@ def _check_key_file(cfg: config.Config) -> None:
         return
     key = "webhooks.public_key_file"
     try:
-        load_key(config.read_file(path, limit=config.MAX_KEY_FILE_BYTES))
+        load_key_file(path)
     except config.UnreadableFile as exc:
         raise config.ConfigError(
             [f"{key}: cannot read {path}: {exc}"], source=cfg.source, unread=[key]

@@ -19,7 +19,7 @@ import heapq
 import logging
 from typing import TYPE_CHECKING, TypeVar
 
-from exporter.apitoken import ApiToken, rate_key
+from exporter.apitoken import ApiToken
 from exporter.config import DEFAULT_CREDENTIALS
 from exporter.hints import KEPT_SHARE, Refresher
 from exporter.model import EMPTY_SNAPSHOT, AppAnalytics, AppState, Snapshot
@@ -85,7 +85,6 @@ class Unit:
             budget=self.token.planned,
             on_change=self._found_change,
             limit=limit,
-            rate_key=rate_key(name),
             credentials=name,
             sent=lambda: self.token.client.sent,
         )

@@ -51,6 +51,12 @@ def allowance(requests: int, window: float, interval: float) -> float:
     return requests * (1.0 - MARGIN) * interval / window
 
 
+def per_window(per_cycle: float, window: float, interval: float) -> int:
+    """Requests per ``window`` that ``per_cycle`` requests every ``interval`` make, rounded
+    up: "needs 1200 ... allows 1200" would read as no problem at all."""
+    return math.ceil(per_cycle * window / interval)
+
+
 def choose(demand: Demand, allowance: float, current: Mode | None) -> Mode:
     """The full plan while it fits the allowance (coming back to it only with room to
     spare, so that a demand near the edge does not flip the plan every cycle), or when

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 LIVE: Final = "LIVE"
+ERRORED: Final = "ERRORED"  # the status of a stream whose session failed
 KNOWN_STATUSES: Final = ("LIVE", "IDLE", "ERRORED", "INVOKED", "OFFLINE")
 # Statuses that say for sure there is no active session: no session request is spent on them.
 NOT_LIVE: Final = frozenset({"IDLE", "ERRORED", "INVOKED", "OFFLINE"})
@@ -153,6 +154,13 @@ class StreamState:
     def seen_at(self) -> float:
         """When the listing last included the stream."""
         return self.last_update if self.listed_at is None else self.listed_at
+
+    @property
+    def in_error(self) -> bool:
+        """Listed ERRORED, or its (last) session reports an error message."""
+        return self.livestream.status == ERRORED or (
+            self.session is not None and self.session.errored
+        )
 
     @property
     def session_current(self) -> bool:

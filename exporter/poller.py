@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -42,7 +42,7 @@ from exporter.client import (
     PRIORITY_OTHER,
     ApiError,
 )
-from exporter.config import DEFAULT_CREDENTIALS
+from exporter.config import DEFAULT_CREDENTIALS, rate_key
 from exporter.model import (
     EMPTY_SNAPSHOT,
     LIVE,
@@ -62,7 +62,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ERRORED = "ERRORED"  # the status of a stream whose session failed
 INTERNAL = "internal"  # health reason for a bug, not an API failure; never a metric label
 RECENT_ERRORS = 20  # how many errors :attr:`Poller.recent_errors` keeps
 FILTER_RETRY = 3600.0  # seconds before a status filter the API ignored is tried again
@@ -249,7 +248,6 @@ class Poller:
         budget: Callable[[], tuple[int, float]] | None = None,
         on_change: Callable[[tuple[str, str], str, bool], None] | None = None,
         limit: LimitShare | None = None,
-        rate_key: str = "api.rate_limit",
         credentials: str = DEFAULT_CREDENTIALS,
         sent: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
@@ -259,14 +257,14 @@ class Poller:
         ``on_change`` is told each stream a cycle found going live or not live (app key,
         stream id, live), not those :meth:`push` changed; ``limit`` shares
         limits.max_livestreams with the other pollers of the process (default: this
-        poller's apps have it to themselves); ``rate_key`` is the setting of the budget,
-        as the log names it; ``credentials`` the name of the token, as the cycle's debug
-        line names it; ``sent`` the client's count of requests sent by endpoint, for that
-        line (the client may be replaced by a reload: it is asked each time)."""
-        self._rate_key = rate_key
+        poller's apps have it to themselves); ``credentials`` the name of the token, as
+        the cycle's debug line names it (and the budget warning its rate_limit key);
+        ``sent`` the client's count of requests sent by endpoint, for that line (the
+        client may be replaced by a reload: it is asked each time)."""
+        self._rate_key = rate_key(credentials)  # the setting of the budget, as logs name it
         self._credentials = credentials
         self._sent = sent
-        self._sent_before: tuple[Mapping[str, int] | None, dict[str, int]] = (None, {})
+        self._sent_before: dict[str, int] = {}
         self._config = config
         self._api = api
         self._observer = observer
@@ -376,6 +374,7 @@ class Poller:
         self._analytics.reconfigure(config.apps)
         if api is not None:
             self._api = api
+            self._sent_before = {}  # a new client: its count starts from nothing
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; a cycle that overruns starts the next one at once."""
@@ -493,13 +492,9 @@ class Poller:
         count to read)."""
         if self._sent is None:
             return {}
-        counts = self._sent()
-        source, before = self._sent_before
-        if counts is not source:
-            before = {}  # a new client (a reload): its count starts from nothing
-        now = dict(counts)
-        self._sent_before = (counts, now)
-        return {e: n - before.get(e, 0) for e, n in now.items() if n > before.get(e, 0)}
+        now, before = dict(self._sent()), self._sent_before
+        self._sent_before = now
+        return dict(Counter(now) - Counter(before))
 
     def _read_analytics(self, *, until: float) -> None:
         """Hand the analytics what this cycle left of its allowance: nothing while the
@@ -1343,8 +1338,7 @@ class Poller:
         when reading the statuses alone needs more, in the full plan when the whole cycle
         does (it is kept only when lanes would leave the sessions next to nothing)."""
         requests, window = self._budget()
-        # Rounded up: "needs 1200 ... allows 1200" would read as no problem at all.
-        per_window = math.ceil(needed * window / self._config.poll.interval)
+        per_window = lanes.per_window(needed, window, self._config.poll.interval)
         over = needed > allowance
         if over == self._over_budget:
             return
@@ -1438,11 +1432,10 @@ def _stream_fields(key: tuple[str, str], stream: StreamState) -> dict[str, str]:
 def _stream_error(stream: StreamState) -> tuple[str, str] | None:
     """What puts the stream in error, as (session id, message; either may be ""): its
     status ERRORED, or an error message of its (last) session; None if neither."""
-    session = stream.session
-    message = session.err_message if session is not None else None
-    if stream.livestream.status != ERRORED and not message:
+    if not stream.in_error:
         return None
-    return (session.id if session is not None else "", message or "")
+    session = stream.session
+    return (session.id, session.err_message or "") if session is not None else ("", "")
 
 
 def _log_change(

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Final
 
+from exporter.model import ERRORED
+
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
@@ -149,14 +151,17 @@ def _summary(snapshot: Snapshot, now: float) -> str:
     if snapshot.cycles == 0:
         return '<p class="note" id="no-poll">No poll yet: the first cycle has not completed.</p>'
     up = sum(1 for app in snapshot.apps if app.up)
-    missing = sum(_missing_expected(app) for app in snapshot.apps)
+    missing_by_app = [_missing_expected(app) for app in snapshot.apps]
+    missing = sum(missing_by_app)
     expected = ""
     if missing:
         expected = (
             f' <span class="badge bad">{missing} expected live</span> '
             f"{'stream is' if missing == 1 else 'streams are'} not live."
         )
-    rows = "".join(_app_row(app, now) for app in snapshot.apps)
+    rows = "".join(
+        _app_row(app, n, now) for app, n in zip(snapshot.apps, missing_by_app, strict=True)
+    )
     return (
         f'<p id="last-cycle">Last poll cycle ended {_when(snapshot.taken_at, now)}; '
         f"{snapshot.cycles} cycles since start; {up} of {len(snapshot.apps)} apps up."
@@ -175,9 +180,9 @@ def _missing_expected(app: AppState) -> int:
     )
 
 
-def _app_row(app: AppState, now: float) -> str:
+def _app_row(app: AppState, missing: int, now: float) -> str:
+    """The app's row; ``missing``: its streams expected live that are not live."""
     live = sum(1 for s in app.streams if s.live)
-    missing = _missing_expected(app)
     shown = f'<span class="badge bad">{missing}</span>' if missing else "0"
     return (
         f'<tr data-account-id="{_e(app.account_id)}" data-app-id="{_e(app.app_id)}">'
@@ -245,9 +250,7 @@ def _group(stream: StreamState) -> int:
     """0: expected live but not live; 1: ERRORED or a session error; 2: live; 3: the rest."""
     if stream.expected_live and not stream.live:
         return 0
-    if stream.livestream.status == "ERRORED" or (
-        stream.session is not None and stream.session.errored
-    ):
+    if stream.in_error:
         return 1
     return 2 if stream.live else 3
 
@@ -369,7 +372,7 @@ def _last_session(stream: StreamState, now: float) -> str:
     """The values of a stream that is not live (or live without its session read yet):
     those of its last session, said to be so, or why there are none."""
     session = stream.session
-    errored = stream.livestream.status == "ERRORED"
+    errored = stream.livestream.status == ERRORED
     if stream.live:
         return f'<span class="muted">{NONE} session not read yet</span>'
     if session is None:

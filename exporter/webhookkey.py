@@ -32,6 +32,12 @@ FETCH_TIMEOUT: Final = 10.0
 MAX_DOCUMENT_BYTES: Final = 64 * 1024
 
 
+def load_key_file(path: Path) -> PublicKey:
+    """The public key in the PEM file at ``path`` (read bounded). Raises
+    :class:`~exporter.config.UnreadableFile` or :class:`~exporter.signature.KeyError_`."""
+    return load_key(read_file(path, limit=MAX_KEY_FILE_BYTES))
+
+
 class Recheck(NamedTuple):
     key: PublicKey | None  # another key to try, if any
     checked: bool  # the key in force was read again just now (else: it may be stale)
@@ -155,12 +161,10 @@ class PublicKeys:
 
     async def _read_file(self) -> PublicKey:
         assert self._file is not None
-        path = self._file
         try:
-            data = await asyncio.to_thread(read_file, path, limit=MAX_KEY_FILE_BYTES)
+            return await asyncio.to_thread(load_key_file, self._file)
         except UnreadableFile as exc:
             raise KeyError_(f"the key file cannot be read: {exc}") from None
-        return load_key(data)
 
     async def _read_url(self) -> PublicKey:
         assert self._url is not None

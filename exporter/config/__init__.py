@@ -44,6 +44,7 @@ from exporter.config.records import (
     Shard,
     WebhooksConfig,
     format_duration,
+    rate_key,
 )
 from exporter.config.secret import Secret
 from exporter.config.yamldoc import MAX_YAML_NODES, YamlError, parse_yaml
@@ -83,6 +84,7 @@ __all__ = [
     "parse_listen_address",
     "parse_rate_limit",
     "parse_yaml",
+    "rate_key",
     "read_file",
     "read_text",
     "read_token_file",

@@ -30,6 +30,7 @@ from exporter.config.records import (
     DEFAULT_CREDENTIALS,
     DEFAULT_MAX_LIVESTREAMS,
     DEFAULT_WEBHOOK_PORT,
+    DURATION_UNITS,
     ApiConfig,
     AppConfig,
     Config,
@@ -62,24 +63,14 @@ MAX_LIVESTREAMS_LIMIT: Final = 1_000_000
 MAX_RATE_LIMIT_REQUESTS: Final = 1_000_000_000
 MAX_CONCURRENCY: Final = 1000
 
-# Duration units, longest first, as Prometheus writes them (a year is 365 days).
-_UNIT_SECONDS: Final = {
-    "y": 365 * 86400.0,
-    "w": 7 * 86400.0,
-    "d": 86400.0,
-    "h": 3600.0,
-    "m": 60.0,
-    "s": 1.0,
-    "ms": 0.001,
-}
-_UNIT_ORDER: Final = tuple(_UNIT_SECONDS)
+_UNIT_ORDER: Final = tuple(DURATION_UNITS)
 # ASCII digits (\d alone is any Unicode digit: a fullwidth "1s" was one second).
 _DURATION_PART = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|[ywdhms])")
 _PLAIN_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 # The shortest and the longest duration, as Prometheus bounds its own (a millisecond, and
 # 292 years of nanoseconds): 1e307 s passed, and the poller's first plan overflowed.
 MIN_DURATION: Final = 0.001
-MAX_DURATION: Final = 292 * _UNIT_SECONDS["y"]
+MAX_DURATION: Final = 292 * DURATION_UNITS["y"]
 DURATION_FORM: Final = "write a number and a unit (ms, s, m, h, d, w or y), such as 30s, 5m or 1d"
 _SHOWN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,23}")
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -154,7 +145,7 @@ def _seconds(value: object) -> float | None:
             rank = _UNIT_ORDER.index(m.group(2))
             if rank <= last:  # each unit once, the longest first ("1m1h" is a mistake)
                 return None
-            total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+            total += float(m.group(1)) * DURATION_UNITS[m.group(2)]
             pos, last = m.end(), rank
     except OverflowError:  # an integer too large for a float
         return math.inf

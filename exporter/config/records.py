@@ -30,6 +30,11 @@ DEFAULT_ANALYTICS_INTERVAL: Final = 300.0
 DEFAULT_MAX_STALENESS: Final = 300.0
 
 
+def rate_key(name: str) -> str:
+    """The setting of the credentials ``name``'s budget, as messages name it."""
+    return "api.rate_limit" if name == DEFAULT_CREDENTIALS else f"credentials.{name}.rate_limit"
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimit:
     requests: int
@@ -225,10 +230,22 @@ class Config:
         )
 
 
+# Duration units, longest first, as Prometheus writes them (a year is 365 days).
+DURATION_UNITS: Final = {
+    "y": 365 * 86400.0,
+    "w": 7 * 86400.0,
+    "d": 86400.0,
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 0.001,
+}
+
+
 def format_duration(seconds: float) -> str:
-    """``seconds`` in the largest unit that divides it, as a duration is written."""
-    units = (("y", 365 * 86400.0), ("w", 7 * 86400.0), ("d", 86400.0), ("h", 3600.0))
-    for unit, size in (*units, ("m", 60.0), ("s", 1.0)):
-        if seconds >= size and seconds % size == 0:
+    """``seconds`` in the largest unit of a second or more that divides it, as a duration
+    is written."""
+    for unit, size in DURATION_UNITS.items():
+        if size >= 1 and seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
     return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
